@@ -1,0 +1,172 @@
+package consensus
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+)
+
+func entry(t *testing.T, i uint64, c Command) *raft.Log {
+	t.Helper()
+	b, err := json.Marshal(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &raft.Log{Index: i, Data: b}
+}
+
+// memSink is a snapshot sink in memory.
+type memSink struct{ bytes.Buffer }
+
+func (s *memSink) ID() string    { return "mem" }
+func (s *memSink) Cancel() error { return nil }
+func (s *memSink) Close() error  { return nil }
+
+func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
+	f := NewFSM()
+	a := Member{Name: "a", RaftAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2"}
+	b := Member{Name: "b", RaftAddr: "127.0.0.1:3", APIAddr: "127.0.0.1:4"}
+	c := Member{Name: "c", RaftAddr: "127.0.0.1:5", APIAddr: "127.0.0.1:6"}
+	for i, cmd := range []Command{
+		{Op: OpRegister, Member: &a}, {Op: OpRegister, Member: &b}, {Op: OpRegister, Member: &c},
+		{Op: OpUnregister, Name: "b"},
+	} {
+		if r := f.Apply(entry(t, uint64(i+1), cmd)); r != nil {
+			t.Fatalf("apply %v: %v", cmd, r)
+		}
+	}
+	want := State{Members: map[string]Member{"a": a, "c": c}}
+	if got := f.State(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("state = %+v, want %+v", got, want)
+	}
+
+	snap, err := f.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sink memSink
+	if err := snap.Persist(&sink); err != nil {
+		t.Fatal(err)
+	}
+	restored := NewFSM()
+	if err := restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
+	}
+	if got := restored.State(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("restored state = %+v, want %+v", got, want)
+	}
+	// A later change to the original does not reach the snapshot's copy.
+	f.Apply(entry(t, 9, Command{Op: OpUnregister, Name: "a"}))
+	if got := restored.State(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("restored state changed with the original: %+v", got)
+	}
+}
+
+func TestFSMRefusesBadEntriesAndKeepsState(t *testing.T) {
+	f := NewFSM()
+	a := Member{Name: "a"}
+	f.Apply(entry(t, 1, Command{Op: OpRegister, Member: &a}))
+	before := f.State()
+	for _, l := range []*raft.Log{
+		{Index: 2, Data: []byte("{not json")},
+		entry(t, 3, Command{Op: "teleport"}),
+		entry(t, 4, Command{Op: OpRegister}),
+	} {
+		if _, isErr := f.Apply(l).(error); !isErr {
+			t.Errorf("entry %q applied without error", l.Data)
+		}
+	}
+	if !reflect.DeepEqual(f.State(), before) {
+		t.Fatalf("state changed by refused entries: %+v", f.State())
+	}
+	if err := f.Restore(io.NopCloser(strings.NewReader("garbage"))); err == nil {
+		t.Fatal("a corrupt snapshot restored")
+	}
+	if !reflect.DeepEqual(f.State(), before) {
+		t.Fatalf("state changed by a corrupt snapshot: %+v", f.State())
+	}
+}
+
+func TestFreshMeansOnlySelf(t *testing.T) {
+	f := NewFSM()
+	if !f.Fresh("a") {
+		t.Fatal("an empty FSM is not fresh")
+	}
+	f.Apply(entry(t, 1, Command{Op: OpRegister, Member: &Member{Name: "a"}}))
+	if !f.Fresh("a") {
+		t.Fatal("self's own registration counts as history")
+	}
+	f.Apply(entry(t, 2, Command{Op: OpRegister, Member: &Member{Name: "b"}}))
+	if f.Fresh("a") {
+		t.Fatal("a node that knows another member is fresh")
+	}
+}
+
+// inmemCluster opens n nodes on raft's in-memory transport, the first bootstrapped.
+func inmemCluster(t *testing.T, names ...string) []*Node {
+	t.Helper()
+	var trans []*raft.InmemTransport
+	var nodes []*Node
+	for i, name := range names {
+		_, tr := raft.NewInmemTransport(raft.ServerAddress(name))
+		for _, other := range trans {
+			tr.Connect(other.LocalAddr(), other)
+			other.Connect(tr.LocalAddr(), tr)
+		}
+		trans = append(trans, tr)
+		n, err := Open(Config{Name: name, Dir: t.TempDir(), Bootstrap: i == 0, Transport: tr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		nodes = append(nodes, n)
+	}
+	waitFor(t, "a leader", func() bool { return nodes[0].IsLeader() })
+	return nodes
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestJoinAndRemove(t *testing.T) {
+	nodes := inmemCluster(t, "a", "b", "c")
+	leader := nodes[0]
+	for _, n := range nodes {
+		m := Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}
+		if err := leader.Join(m, 5*time.Second); err != nil {
+			t.Fatalf("join %s: %v", n.Name(), err)
+		}
+	}
+	for _, n := range nodes {
+		waitFor(t, n.Name()+" to see three members", func() bool { return len(n.FSM.MemberNames()) == 3 })
+	}
+	err := leader.Join(Member{Name: "b", RaftAddr: "elsewhere"}, 5*time.Second)
+	if !errors.Is(err, ErrNameTaken) {
+		t.Fatalf("second node named b: err = %v, want ErrNameTaken", err)
+	}
+	if err := nodes[1].Join(Member{Name: "d", RaftAddr: "d"}, time.Second); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("join on a follower: err = %v, want ErrNotLeader", err)
+	}
+	if err := leader.Remove("c", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	servers, _ := leader.Servers()
+	if len(servers) != 2 || len(leader.FSM.MemberNames()) != 2 {
+		t.Fatalf("after removing c: servers %v, members %v", servers, leader.FSM.MemberNames())
+	}
+}

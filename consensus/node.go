@@ -1,0 +1,289 @@
+// Package consensus owns the cluster's agreement: a hashicorp/raft node whose log and stable
+// store are a bbolt file and whose snapshots are files, all in the node's data folder; the FSM
+// that holds what the cluster agrees on; and membership (join, remove). Raft talks over the
+// wire package's cookie-keyed TLS.
+package consensus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/duckraft/duckraft/wire"
+)
+
+// ErrNotLeader means the call must be made on the leader; callers forward it there.
+var ErrNotLeader = raft.ErrNotLeader
+
+// ErrNameTaken means another node already uses the name in this cluster.
+var ErrNameTaken = errors.New("name already in the cluster")
+
+// Config says how to open a node.
+type Config struct {
+	Name string // the node's name, also its Raft server ID
+	Dir  string // the Raft folder: raft.db and snapshots/
+
+	// Bind and Advertise are the Raft address listened on and the one peers dial; Advertise
+	// defaults to Bind's host with the port actually bound.
+	Bind, Advertise string
+	Identity        *wire.Identity
+
+	// Bootstrap makes a node without history a cluster of one. A node about to join another
+	// cluster opens without it and waits for the leader to add it.
+	Bootstrap bool
+
+	// Transport replaces the TCP transport (tests use raft's in-memory one); Bind, Advertise
+	// and Identity are then ignored.
+	Transport raft.Transport
+
+	Log *slog.Logger
+}
+
+// Node is a running Raft member.
+type Node struct {
+	Raft *raft.Raft
+	FSM  *FSM
+
+	name      string
+	store     *raftboltdb.BoltStore
+	transport raft.Transport
+	log       *slog.Logger
+}
+
+// Timings tuned for a cluster on one machine or a LAN: a dead leader is replaced within about a
+// second. raft's defaults (1 s heartbeat and election timeouts) are meant for WANs.
+func tune(c *raft.Config) {
+	c.HeartbeatTimeout = 400 * time.Millisecond
+	c.ElectionTimeout = 400 * time.Millisecond
+	c.LeaderLeaseTimeout = 200 * time.Millisecond
+	c.CommitTimeout = 5 * time.Millisecond
+}
+
+// Open starts the Raft node described by cfg, bootstrapping a cluster of one when asked and the
+// folder holds no history.
+func Open(cfg Config) (*Node, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("raft folder: %w", err)
+	}
+	rlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	if err != nil {
+		return nil, fmt.Errorf("open raft log %s: %w (is another node running on this data folder?)", filepath.Join(cfg.Dir, "raft.db"), err)
+	}
+	logs, err := raft.NewLogCache(512, store)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, rlog)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("snapshot store: %w", err)
+	}
+
+	trans := cfg.Transport
+	if trans == nil {
+		trans, err = newTCPTransport(cfg, rlog)
+		if err != nil {
+			store.Close()
+			return nil, err
+		}
+	}
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.Name)
+	rc.Logger = rlog
+	tune(rc)
+
+	fsm := NewFSM()
+	r, err := raft.NewRaft(rc, fsm, logs, store, snaps, trans)
+	if err != nil {
+		closeTransport(trans)
+		store.Close()
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	n := &Node{Raft: r, FSM: fsm, name: cfg.Name, store: store, transport: trans, log: cfg.Log}
+
+	if cfg.Bootstrap {
+		has, err := raft.HasExistingState(logs, store, snaps)
+		if err != nil {
+			n.Close()
+			return nil, err
+		}
+		if !has {
+			boot := raft.Configuration{Servers: []raft.Server{{
+				Suffrage: raft.Voter, ID: raft.ServerID(cfg.Name), Address: trans.LocalAddr(),
+			}}}
+			if err := r.BootstrapCluster(boot).Error(); err != nil {
+				n.Close()
+				return nil, fmt.Errorf("bootstrap a cluster of one: %w", err)
+			}
+		}
+	}
+	return n, nil
+}
+
+func newTCPTransport(cfg Config, rlog hclog.Logger) (*raft.NetworkTransport, error) {
+	ln, err := cfg.Identity.Listen("tcp", cfg.Bind, true, cfg.Log.With("listener", "raft"))
+	if err != nil {
+		return nil, fmt.Errorf("raft address %s: %w", cfg.Bind, err)
+	}
+	adv, err := advertised(cfg.Advertise, ln.Addr())
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	layer := &streamLayer{Listener: ln, id: cfg.Identity, advertise: adv}
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  layer,
+		MaxPool: 3,
+		Timeout: 5 * time.Second,
+		Logger:  rlog,
+	}), nil
+}
+
+// advertised is the address peers dial: the configured one, or the bound one. A node bound to
+// 0.0.0.0 must be told what to advertise, since peers cannot dial "any address".
+func advertised(adv string, bound net.Addr) (net.Addr, error) {
+	tcp := bound.(*net.TCPAddr)
+	if adv == "" {
+		if tcp.IP.IsUnspecified() {
+			return nil, fmt.Errorf("raft listens on %s, which peers cannot dial: pass --advertise HOST", tcp)
+		}
+		return tcp, nil
+	}
+	host, port, err := net.SplitHostPort(adv)
+	if err != nil {
+		host, port = adv, ""
+	}
+	if port == "" || port == "0" {
+		port = fmt.Sprint(tcp.Port)
+	}
+	return net.ResolveTCPAddr("tcp", net.JoinHostPort(host, port))
+}
+
+func closeTransport(t raft.Transport) {
+	if c, ok := t.(io.Closer); ok {
+		c.Close()
+	}
+}
+
+// Name is this node's name.
+func (n *Node) Name() string { return n.name }
+
+// Addr is the Raft address peers dial.
+func (n *Node) Addr() string { return string(n.transport.LocalAddr()) }
+
+// IsLeader reports whether this node leads now.
+func (n *Node) IsLeader() bool { return n.Raft.State() == raft.Leader }
+
+// Leader names the current leader and its Raft address; both empty when none is known.
+func (n *Node) Leader() (name, addr string) {
+	a, id := n.Raft.LeaderWithID()
+	return string(id), string(a)
+}
+
+// Servers is Raft's current configuration: who is in the cluster and who votes.
+func (n *Node) Servers() ([]raft.Server, error) {
+	f := n.Raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, err
+	}
+	return f.Configuration().Servers, nil
+}
+
+// Apply commits a command through the log and returns the FSM's verdict. Only the leader may.
+func (n *Node) Apply(c Command, timeout time.Duration) error {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return err
+	}
+	f := n.Raft.Apply(b, timeout)
+	if err := f.Error(); err != nil {
+		return err
+	}
+	if err, ok := f.Response().(error); ok {
+		return err
+	}
+	return nil
+}
+
+// Join adds m as a voter and records its addresses. It is idempotent for a node already in the
+// cluster at the same Raft address, and refuses a name or an address another node holds.
+func (n *Node) Join(m Member, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		switch {
+		case string(s.ID) == m.Name && string(s.Address) != m.RaftAddr:
+			return fmt.Errorf("%w: a node named %s is already a member (raft %s); start the new node with another --name, or `forget %s` first if the old one is gone for good", ErrNameTaken, m.Name, s.Address, m.Name)
+		case string(s.ID) != m.Name && string(s.Address) == m.RaftAddr:
+			return fmt.Errorf("raft address %s already belongs to member %s: give the new node its own --raft-addr", m.RaftAddr, s.ID)
+		}
+	}
+	if err := n.Raft.AddVoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("add %s as a voter: %w", m.Name, err)
+	}
+	return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
+}
+
+// Remove takes name out of the cluster: out of the voters and out of the registry.
+func (n *Node) Remove(name string, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	// Registry first: once the leader has removed itself it can no longer apply anything. If the
+	// removal then fails, the member re-registers itself (see the agent), so nothing is lost.
+	if err := n.Apply(Command{Op: OpUnregister, Name: name}, timeout); err != nil {
+		return err
+	}
+	if err := n.Raft.RemoveServer(raft.ServerID(name), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	return nil
+}
+
+// Close shuts Raft down and closes its files and listener.
+func (n *Node) Close() error {
+	err := n.Raft.Shutdown().Error()
+	closeTransport(n.transport)
+	if cerr := n.store.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// streamLayer carries Raft's transport over the cookie-keyed TLS listener and dialer.
+type streamLayer struct {
+	*wire.Listener
+	id        *wire.Identity
+	advertise net.Addr
+}
+
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	return s.id.Dial(ctx, "tcp", string(addr))
+}
+
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
