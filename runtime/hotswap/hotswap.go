@@ -1,0 +1,488 @@
+package hotswap
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+)
+
+// The environment a supervisor starts a duck with; see the package doc.
+const (
+	EnvAddr         = "DUCK_ADDR"
+	EnvVersion      = "DUCK_VERSION"
+	EnvVersionFile  = "DUCK_VERSION_FILE"
+	EnvPIDFile      = "DUCK_PIDFILE"
+	EnvReadyTimeout = "DUCK_READY_TIMEOUT"
+	EnvLifelineFD   = "DUCK_LIFELINE_FD"
+	EnvStateFile    = "DUCK_STATE_FILE"
+)
+
+const (
+	DefaultAddr         = "127.0.0.1:8080"
+	DefaultReadyTimeout = 10 * time.Second
+	// DrainBound is how long a generation that has handed over waits for
+	// its keep-alive connections to end before closing the idle ones. It is
+	// short because tableflip refuses the next swap until this process has
+	// exited.
+	DrainBound = 1500 * time.Millisecond
+	// stopTimeout bounds a graceful stop's wait for running requests.
+	stopTimeout = 5 * time.Second
+)
+
+// Names of the files passed from one generation to the next.
+const (
+	stateFD    = "duckraft-state"
+	lifelineFD = "duckraft-lifeline"
+)
+
+// Config describes a duck's state type S.
+type Config[S any] struct {
+	// Schema numbers the layout of S. Bump it when a field changes name,
+	// type or meaning, and supply Migrate.
+	Schema int
+	// Migrate converts state handed over by a version of another schema
+	// (older, or newer on a rollback) into S. Without it such a swap fails
+	// and the old generation carries on.
+	Migrate func(fromSchema int, old json.RawMessage) (S, error)
+}
+
+// Duck is the running duck as seen by its setup function.
+type Duck[S any] struct {
+	// State is restored from the previous generation (or DUCK_STATE_FILE,
+	// or the zero S) and handed to the next one.
+	State *State[S]
+	// Version is DUCK_VERSION_FILE's content, DUCK_VERSION, or "dev".
+	Version string
+	// Generation counts processes since the first start: 1, then one more
+	// per successful swap.
+	Generation int
+
+	r *runner
+}
+
+// Serve serves h on DUCK_ADDR through every swap. It returns at once;
+// connections are accepted once the duck is Ready. Call it once: an
+// http.ServeMux holds many handlers.
+func (d *Duck[S]) Serve(h http.Handler) error {
+	if d.r.http != nil {
+		return errors.New("hotswap: Serve called twice; serve one http.ServeMux with every handler")
+	}
+	ln, err := d.r.listen("tcp", d.r.env.addr)
+	if err != nil {
+		return err
+	}
+	d.r.http = newServer(ln, h, d.r.log)
+	go d.r.http.serve()
+	return nil
+}
+
+// Listen returns a listener inherited from the previous generation, or a new
+// one. Accept waits while a swap decides, and fails with net.ErrClosed once
+// this generation has handed over. Unlike Serve's, connections accepted here
+// stay with this generation until it exits, at most DrainBound after
+// handing over: close them when Accept fails.
+func (d *Duck[S]) Listen(network, addr string) (net.Listener, error) {
+	return d.r.listen(network, addr)
+}
+
+// Run starts the duck: it restores the state, calls setup (which serves,
+// listens and starts goroutines, then returns), becomes Ready and then
+// carries out swaps and stops until this generation ends. It returns nil
+// when the generation ended well (handed over, or stopped by a signal or the
+// lifeline) and an error that says what to fix otherwise; main should exit
+// non-zero on an error, which tells the previous generation the swap failed.
+func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
+	env, err := readEnv()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid(), "version", env.version)
+	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: env.readyTimeout, PIDFile: env.pidFile})
+	if err != nil {
+		return fmt.Errorf("hotswap: starting tableflip: %w", err)
+	}
+	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{})}
+	if err := r.watchLifeline(); err != nil {
+		upg.Stop()
+		return err
+	}
+	snap, err := r.restore()
+	if err != nil {
+		upg.Stop()
+		return err
+	}
+	var v S
+	if snap.State != nil {
+		if v, err = decode(cfg, snap); err != nil {
+			upg.Stop()
+			return fmt.Errorf("hotswap: %w", err)
+		}
+		if snap.Schema != cfg.Schema {
+			log.Info("state migrated", "from_schema", snap.Schema, "to_schema", cfg.Schema)
+		}
+	}
+	r.generation = snap.Generation + 1
+	d := &Duck[S]{State: newState(v), Version: env.version, Generation: r.generation, r: r}
+	r.state = d.State
+	if err := setup(d); err != nil {
+		upg.Stop()
+		return fmt.Errorf("hotswap: duck setup failed: %w", err)
+	}
+	if err := upg.Ready(); err != nil {
+		upg.Stop()
+		return fmt.Errorf("hotswap: signalling Ready: %w", err)
+	}
+	if err := r.thaw(); err != nil {
+		upg.Stop()
+		return err
+	}
+	log.Info("ready", "generation", r.generation, "addr", env.addr, "schema", cfg.Schema)
+	return r.loop()
+}
+
+// freezer is the part of State[S] the runner needs, free of S.
+type freezer interface {
+	freeze() (json.RawMessage, error)
+	thaw()
+}
+
+// runner carries out swaps and stops for one generation.
+type runner struct {
+	env        env
+	log        *slog.Logger
+	upg        *tableflip.Upgrader
+	schema     int
+	generation int
+	state      freezer
+	listeners  []*listener
+	http       *server
+	stateFile  *os.File // passed to the next generation; nil until a swap
+	lifeline   chan struct{}
+	ready      bool
+}
+
+func (r *runner) listen(network, addr string) (*listener, error) {
+	ln, err := r.upg.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("hotswap: listening on %s %s: %w; pick a free address (%s)", network, addr, err, EnvAddr)
+	}
+	l, err := newListener(ln)
+	if err != nil {
+		return nil, fmt.Errorf("hotswap: %w", err)
+	}
+	r.listeners = append(r.listeners, l)
+	if r.ready {
+		if err := l.resume(); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// restore returns the snapshot handed over by the previous generation, or
+// the one saved at the last stop, or an empty one for a first start.
+func (r *runner) restore() (snapshot, error) {
+	if r.upg.HasParent() {
+		f, err := r.upg.File(stateFD)
+		if err != nil {
+			return snapshot{}, fmt.Errorf("hotswap: inheriting state: %w", err)
+		}
+		if f == nil {
+			return snapshot{}, errors.New("hotswap: the previous generation passed no state; was it built on this SDK?")
+		}
+		snap, err := readSnapshot(f)
+		if err != nil {
+			f.Close()
+			return snapshot{}, fmt.Errorf("hotswap: reading handed-over state: %w", err)
+		}
+		// Our own next swap rewrites this same file: tableflip already
+		// passes it on, and the previous generation is done with it.
+		r.stateFile = f
+		return snap, nil
+	}
+	if r.env.stateFile == "" {
+		return snapshot{}, nil
+	}
+	f, err := os.Open(r.env.stateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return snapshot{}, nil
+	}
+	if err != nil {
+		return snapshot{}, fmt.Errorf("hotswap: opening %s=%s: %w", EnvStateFile, r.env.stateFile, err)
+	}
+	defer f.Close()
+	snap, err := readSnapshot(f)
+	if err != nil {
+		return snapshot{}, fmt.Errorf("hotswap: reading %s=%s: %w; remove it to start from empty state", EnvStateFile, r.env.stateFile, err)
+	}
+	r.log.Info("state restored", "file", r.env.stateFile, "schema", snap.Schema)
+	return snap, nil
+}
+
+// watchLifeline closes r.lifeline when the supervisor's end of the pipe
+// closes. Pdeathsig would not do: it is cleared across fork, so the second
+// generation would lack it.
+func (r *runner) watchLifeline() error {
+	if r.env.lifelineFD < 0 {
+		return nil
+	}
+	var f *os.File
+	if r.upg.HasParent() {
+		// The number in the environment was the first generation's;
+		// tableflip hands the pipe on under a name.
+		var err error
+		if f, err = r.upg.File(lifelineFD); err != nil {
+			return fmt.Errorf("hotswap: inheriting the lifeline: %w", err)
+		}
+		if f == nil {
+			return errors.New("hotswap: the previous generation passed no lifeline although " + EnvLifelineFD + " is set")
+		}
+	} else {
+		fd := r.env.lifelineFD
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			return fmt.Errorf("hotswap: %s=%d is not an open file descriptor (%v); pass the read end of a pipe, e.g. with exec.Cmd.ExtraFiles", EnvLifelineFD, fd, err)
+		}
+		// Only tableflip's copy should reach the next generation.
+		syscall.CloseOnExec(fd)
+		f = os.NewFile(uintptr(fd), "lifeline")
+		if err := r.upg.AddFile(lifelineFD, f); err != nil {
+			return fmt.Errorf("hotswap: passing the lifeline on: %w", err)
+		}
+	}
+	go func() {
+		io.Copy(io.Discard, f)
+		close(r.lifeline)
+	}()
+	return nil
+}
+
+func (r *runner) loop() error {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	swapped := make(chan error, 1)
+	swapping := false
+	for {
+		var reason string
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if swapping {
+					r.log.Warn("SIGHUP ignored: a swap is already in progress")
+					continue
+				}
+				swapping = true
+				go func() { swapped <- r.swap() }()
+				continue
+			}
+			reason = sig.String()
+		case <-r.lifeline:
+			reason = "lifeline closed: the supervisor is gone"
+		case err := <-swapped:
+			swapping = false
+			if err != nil {
+				r.log.Error("swap failed; this generation carries on with its state", "err", err)
+				continue
+			}
+			return r.handOver(sigs)
+		}
+		r.log.Info("stopping", "reason", reason)
+		if swapping {
+			// Stop kills a new generation that is not Ready yet.
+			r.upg.Stop()
+			if err := <-swapped; err == nil {
+				return r.handOver(sigs)
+			}
+		}
+		return r.stop()
+	}
+}
+
+// swap freezes this generation and starts the next one; on failure it
+// thaws again, with the state as it was.
+func (r *runner) swap() error {
+	start := time.Now()
+	r.log.Info("swap: SIGHUP received; freezing", "generation", r.generation)
+	if r.http != nil {
+		if err := r.http.hold(r.env.readyTimeout); err != nil {
+			return errors.Join(fmt.Errorf("waiting for running requests: %w", err), r.thaw())
+		}
+	}
+	for _, l := range r.listeners {
+		l.pause()
+	}
+	raw, err := r.state.freeze()
+	if err != nil {
+		return errors.Join(err, r.thaw())
+	}
+	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw}); err != nil {
+		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
+	}
+	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start))
+	if err := r.upg.Upgrade(); err != nil {
+		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
+	}
+	r.log.Info("swap: new generation ready", "new_pid", r.readPIDFile(), "took", time.Since(start))
+	return nil
+}
+
+// handOff writes the snapshot into the file the next generation inherits.
+// The file has no name: only the generations ever see it.
+func (r *runner) handOff(snap snapshot) error {
+	if r.stateFile == nil {
+		f, err := os.CreateTemp("", "duck-state-")
+		if err != nil {
+			return err
+		}
+		os.Remove(f.Name())
+		if err := r.upg.AddFile(stateFD, f); err != nil {
+			f.Close()
+			return err
+		}
+		r.stateFile = f
+	}
+	return writeSnapshot(r.stateFile, snap)
+}
+
+// thaw lets this generation serve and change its state: at the first Ready,
+// and again after a failed swap.
+func (r *runner) thaw() error {
+	r.ready = true
+	r.state.thaw()
+	if r.http != nil {
+		if err := r.http.carryOn(); err != nil {
+			return fmt.Errorf("hotswap: %w", err)
+		}
+	}
+	for _, l := range r.listeners {
+		if err := l.resume(); err != nil {
+			return fmt.Errorf("hotswap: %w", err)
+		}
+	}
+	return nil
+}
+
+// handOver forwards this generation's remaining requests to the next one,
+// then returns so the process exits.
+func (r *runner) handOver(sigs <-chan os.Signal) error {
+	for _, l := range r.listeners {
+		l.Close()
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case sig := <-sigs:
+				if sig == syscall.SIGHUP {
+					r.log.Warn("SIGHUP ignored: this generation has handed over; signal the new one (see the PID file)")
+					continue
+				}
+				close(stop)
+				return
+			case <-r.lifeline:
+				close(stop)
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	if r.http != nil {
+		r.http.handOver(DrainBound, stop)
+	}
+	r.log.Info("exiting: handed over", "generation", r.generation)
+	return nil
+}
+
+// stop ends the duck for good: no generation follows.
+func (r *runner) stop() error {
+	for _, l := range r.listeners {
+		l.pause()
+	}
+	if r.http != nil {
+		r.http.shutdown(stopTimeout)
+	}
+	raw, err := r.state.freeze()
+	if err == nil && r.env.stateFile != "" {
+		err = saveSnapshot(r.env.stateFile, snapshot{Schema: r.schema, Generation: r.generation, State: raw})
+	}
+	r.upg.Stop()
+	if err != nil {
+		return fmt.Errorf("hotswap: saving the state at stop: %w", err)
+	}
+	r.log.Info("stopped", "generation", r.generation)
+	return nil
+}
+
+func (r *runner) readPIDFile() string {
+	if r.env.pidFile == "" {
+		return "unknown"
+	}
+	b, err := os.ReadFile(r.env.pidFile)
+	if err != nil {
+		return "unknown"
+	}
+	return strings.TrimSpace(string(b))
+}
+
+type env struct {
+	addr         string
+	version      string
+	pidFile      string
+	readyTimeout time.Duration
+	lifelineFD   int
+	stateFile    string
+}
+
+func readEnv() (env, error) {
+	e := env{
+		addr:         os.Getenv(EnvAddr),
+		version:      os.Getenv(EnvVersion),
+		pidFile:      os.Getenv(EnvPIDFile),
+		readyTimeout: DefaultReadyTimeout,
+		lifelineFD:   -1,
+		stateFile:    os.Getenv(EnvStateFile),
+	}
+	if e.addr == "" {
+		e.addr = DefaultAddr
+	}
+	if p := os.Getenv(EnvVersionFile); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return e, fmt.Errorf("hotswap: reading %s=%s: %w; write the version there before starting or swapping", EnvVersionFile, p, err)
+		}
+		e.version = strings.TrimSpace(string(b))
+	}
+	if e.version == "" {
+		e.version = "dev"
+	}
+	if s := os.Getenv(EnvReadyTimeout); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return e, fmt.Errorf("hotswap: %s=%q is not a positive duration; use a Go duration such as 10s", EnvReadyTimeout, s)
+		}
+		e.readyTimeout = d
+	}
+	if s := os.Getenv(EnvLifelineFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			return e, fmt.Errorf("hotswap: %s=%q is not a file descriptor number above 2; pass the read end of the supervisor's pipe", EnvLifelineFD, s)
+		}
+		e.lifelineFD = fd
+	}
+	return e, nil
+}
