@@ -1,0 +1,310 @@
+package hotswap_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// load is keep-alive HTTP clients, one connection each, alternating GET /
+// and POST /quack until stopped or their budget is spent.
+type load struct {
+	posts    atomic.Int64 // POSTs answered 200
+	requests atomic.Int64
+	failures atomic.Int64
+	dials    atomic.Int64
+	mu       sync.Mutex
+	errs     []string
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+}
+
+func startLoad(t testing.TB, addr string, clients int, every time.Duration, perClient int, budget time.Duration) *load {
+	l := &load{}
+	ctx, cancel := context.WithTimeout(context.Background(), budget)
+	l.cancel = cancel
+	for i := 0; i < clients; i++ {
+		tr := &http.Transport{
+			MaxIdleConnsPerHost: 1,
+			DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+				l.dials.Add(1)
+				return (&net.Dialer{}).DialContext(ctx, network, a)
+			},
+		}
+		c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			defer tr.CloseIdleConnections()
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			for n := 0; n < perClient; n++ {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+				}
+				method, path := http.MethodGet, "/"
+				if n%2 == 1 {
+					method, path = http.MethodPost, "/quack"
+				}
+				req, _ := http.NewRequest(method, "http://"+addr+path, nil)
+				_, err := do(c, req)
+				l.requests.Add(1)
+				if err != nil {
+					l.failures.Add(1)
+					l.mu.Lock()
+					if len(l.errs) < 20 {
+						l.errs = append(l.errs, err.Error())
+					}
+					l.mu.Unlock()
+					continue
+				}
+				if method == http.MethodPost {
+					l.posts.Add(1)
+				}
+			}
+		}()
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+func (l *load) stop() {
+	l.cancel()
+	l.wg.Wait()
+}
+
+func TestSwapUnderLoadLosesNothing(t *testing.T) {
+	binary(t, "duck-v2")
+	d := startDuck(t, "duck", nil)
+	const swaps = 20
+	// 8 clients at 250 requests/s each; the budget only stops a hung run.
+	l := startLoad(t, d.addr, 8, 4*time.Millisecond, 50_000, 3*time.Minute)
+	var took []time.Duration
+	for i := 0; i < swaps; i++ {
+		// Every swap happens with every client's connection busy.
+		before := l.requests.Load()
+		poll(t, 30*time.Second, "the clients to make 50 more requests", func() bool {
+			return l.requests.Load() >= before+50
+		})
+		next := "duck-v2"
+		if i%2 == 1 {
+			next = "duck"
+		}
+		start := time.Now()
+		d.swap(next)
+		took = append(took, time.Since(start))
+	}
+	before := l.requests.Load()
+	poll(t, 30*time.Second, "requests after the last swap", func() bool { return l.requests.Load() >= before+50 })
+	l.stop()
+
+	final := d.mustCall(http.MethodGet, "/")
+	t.Logf("%d swaps, %d requests (%d POSTs ok), %d connections dialled, %d failed; swaps took %v",
+		swaps, l.requests.Load(), l.posts.Load(), l.dials.Load(), l.failures.Load(), took)
+	if n := l.failures.Load(); n != 0 {
+		t.Errorf("%d requests failed across %d swaps; first errors:\n%s", n, swaps, strings.Join(l.errs, "\n"))
+	}
+	if int64(final.Count) != l.posts.Load() {
+		t.Errorf("count is %d after %d successful POSTs: the state lost or double-counted %d", final.Count, l.posts.Load(), int64(final.Count)-l.posts.Load())
+	}
+	if final.Version != "duck" {
+		t.Errorf("version is %q after the last swap, want duck", final.Version)
+	}
+	// Keep-alive was really in use: far fewer connections than requests.
+	if l.dials.Load()*10 > l.requests.Load() {
+		t.Errorf("%d connections for %d requests: the clients were not keeping connections alive", l.dials.Load(), l.requests.Load())
+	}
+}
+
+func TestQuackNumberCarriesAcrossSwap(t *testing.T) {
+	d := startDuck(t, "duck", []string{"DUCK_INTERVAL=20ms"})
+	d.stdout.waitFor(t, 0, 20*time.Second, "Quack! #5 (duck)")
+	d.swap("duck-v2")
+	d.stdout.waitFor(t, 0, 20*time.Second, "QUACK!! #", "(duck-v2)")
+	first := d.stdout.len()
+	d.stdout.waitFor(t, first, 20*time.Second, "QUACK!!")
+
+	quack := regexp.MustCompile(`^(Quack!|QUACK!!) #(\d+) \((duck|duck-v2)\)$`)
+	switched := 0
+	prev := ""
+	for i, line := range d.stdout.snapshot() {
+		m := quack.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("unexpected stdout line %q", line)
+		}
+		if n, _ := strconv.Atoi(m[2]); n != i+1 {
+			t.Fatalf("line %d is %q: the quack number should be %d (no reset, no repeat, no gap)", i+1, line, i+1)
+		}
+		if prev != "" && m[1] != prev {
+			switched++
+		}
+		prev = m[1]
+	}
+	if switched != 1 || prev != "QUACK!!" {
+		t.Errorf("the voice changed %d times ending with %q; want one change to QUACK!!", switched, prev)
+	}
+}
+
+// A swap to a bad version must leave the old generation serving with its
+// state, and say why on stderr.
+func TestCrashingVersionLeavesOldDuckServing(t *testing.T) {
+	d := startDuck(t, "duck", nil)
+	for range 3 {
+		d.mustCall(http.MethodPost, "/quack")
+	}
+	old := d.pid()
+	mark := d.stderr.len()
+	d.install("duck-crash")
+	d.signal(old, syscall.SIGHUP)
+	line := d.stderr.waitFor(t, mark, 20*time.Second, "swap failed", "exit status 3")
+	t.Logf("reported: %s", line)
+
+	if d.pid() != old || !alive(old) {
+		t.Fatalf("pid file says %d, old pid %d alive=%v: the old generation should still be the duck", d.pid(), old, alive(old))
+	}
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != 3 || r.Version != "duck" {
+		t.Errorf("after the failed swap GET / = %+v, want count 3 from version duck", r)
+	}
+	if r := d.mustCall(http.MethodPost, "/quack"); r.Count != 4 {
+		t.Errorf("POST after the failed swap counted %d, want 4: the state should be thawed", r.Count)
+	}
+	// And the next good version still takes over with the state.
+	d.swap("duck-v2")
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != 4 || r.Version != "duck-v2" {
+		t.Errorf("after swapping to duck-v2 GET / = %+v, want count 4 from duck-v2", r)
+	}
+}
+
+func TestHangingVersionTimesOutAndOldDuckCarriesOn(t *testing.T) {
+	d := startDuck(t, "duck", []string{"DUCK_READY_TIMEOUT=2s", "DUCK_INTERVAL=50ms"})
+	d.mustCall(http.MethodPost, "/quack")
+	d.mustCall(http.MethodPost, "/quack")
+	old := d.pid()
+	mark := d.stderr.len()
+	d.install("duck-hang")
+	d.signal(old, syscall.SIGHUP)
+	d.stderr.waitFor(t, mark, 20*time.Second, "duck-hang: never becoming Ready")
+
+	// While the swap decides: a second SIGHUP is ignored, and a request is
+	// held, not failed.
+	d.signal(old, syscall.SIGHUP)
+	held := make(chan reply, 1)
+	heldErr := make(chan error, 1)
+	go func() {
+		r, err := d.call(http.MethodPost, "/quack")
+		held <- r
+		heldErr <- err
+	}()
+	d.stderr.waitFor(t, mark, 20*time.Second, "SIGHUP ignored: a swap is already in progress")
+	line := d.stderr.waitFor(t, mark, 20*time.Second, "swap failed", "timed out")
+	t.Logf("reported: %s", line)
+
+	if r, err := <-held, <-heldErr; err != nil || r.Count != 3 {
+		t.Errorf("the POST held during the swap got %+v, %v; want count 3", r, err)
+	}
+	if d.pid() != old || !alive(old) {
+		t.Fatalf("pid file says %d, old pid %d alive=%v: the old generation should still be the duck", d.pid(), old, alive(old))
+	}
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != 3 || r.Version != "duck" {
+		t.Errorf("after the failed swap GET / = %+v, want count 3 from version duck", r)
+	}
+	// The old duck quacks on after thawing.
+	d.stdout.waitFor(t, d.stdout.len(), 20*time.Second, "Quack!")
+}
+
+func TestBrokenVersionDoesNotBuild(t *testing.T) {
+	_, err := build(t, "duck-broken")
+	if err == nil {
+		t.Fatal("duck-broken built; it should fail to compile")
+	}
+	if !strings.Contains(err.Error(), "cannot use") {
+		t.Errorf("the build error should carry the compiler's message, got: %v", err)
+	}
+}
+
+func TestMigrationConvertsStateByValue(t *testing.T) {
+	d := startDuck(t, "duck", []string{"DUCK_INTERVAL=20ms"})
+	for range 5 {
+		d.mustCall(http.MethodPost, "/quack")
+	}
+	d.stdout.waitFor(t, 0, 20*time.Second, "Quack! #3 (duck)")
+	d.swap("duck-migrate")
+
+	r := d.mustCall(http.MethodGet, "/")
+	if r.State.Posts.Total != 5 || r.Count != 5 {
+		t.Errorf("posts.total = %d, count = %d after migrating; want 5 from schema 1's count", r.State.Posts.Total, r.Count)
+	}
+	if r.State.MigratedFrom != 1 || r.State.Note != "migrated from schema 1" {
+		t.Errorf("migrated_from = %d, note = %q; want 1 and the migration note", r.State.MigratedFrom, r.State.Note)
+	}
+	if r.State.Lines < 3 {
+		t.Errorf("lines = %d after migrating; want at least the 3 quacks printed before", r.State.Lines)
+	}
+	if r := d.mustCall(http.MethodPost, "/quack"); r.State.Posts.Total != 6 {
+		t.Errorf("POST after migrating counted %d, want 6", r.State.Posts.Total)
+	}
+	d.stderr.waitFor(t, 0, 5*time.Second, "state migrated", "from_schema=1", "to_schema=2")
+
+	// Going back to schema 1 without a Migrate is refused, and schema 2
+	// carries on.
+	old := d.pid()
+	mark := d.stderr.len()
+	d.install("duck")
+	d.signal(old, syscall.SIGHUP)
+	d.stderr.waitFor(t, mark, 20*time.Second, "swap failed")
+	d.stderr.waitFor(t, mark, 5*time.Second, "schema 2 but this version has schema 1 and no Config.Migrate")
+	if r := d.mustCall(http.MethodGet, "/"); r.State.Posts.Total != 6 || r.Version != "duck-migrate" {
+		t.Errorf("after the refused downgrade GET / = %+v, want posts.total 6 from duck-migrate", r)
+	}
+}
+
+// The supervisor holds the write end of the lifeline; when it goes, so
+// does the duck, whichever generation is running, and the state is saved
+// for the next start.
+func TestLifelineEndsEveryGeneration(t *testing.T) {
+	for _, swaps := range []int{0, 1} {
+		t.Run(fmt.Sprintf("after %d swaps", swaps), func(t *testing.T) {
+			stateFile := filepath.Join(t.TempDir(), "state.json")
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close()
+			env := []string{"DUCK_LIFELINE_FD=3", "DUCK_STATE_FILE=" + stateFile}
+			d := startDuck(t, "duck", env, func(c *exec.Cmd) { c.ExtraFiles = []*os.File{r} })
+			r.Close()
+			d.mustCall(http.MethodPost, "/quack")
+			for range swaps {
+				d.swap("duck-v2")
+			}
+			d.mustCall(http.MethodPost, "/quack")
+			last := d.pid()
+
+			w.Close()
+			if !waitExit(last, 20*time.Second) {
+				t.Fatalf("pid %d still running 20s after the lifeline closed", last)
+			}
+			d.stderr.waitFor(t, 0, 5*time.Second, "stopping", "lifeline closed")
+
+			// A supervisor that comes back starts the duck from the saved state.
+			again := startDuck(t, "duck", []string{"DUCK_STATE_FILE=" + stateFile})
+			if r := again.mustCall(http.MethodGet, "/"); r.Count != 2 {
+				t.Errorf("restarted duck counts %d, want the 2 POSTs saved at stop", r.Count)
+			}
+		})
+	}
+}
