@@ -1,0 +1,278 @@
+// Package build turns a source bundle into a duck binary with the node's local Go toolchain, and
+// keeps the result in a cache keyed by the bundle's ID: <Dir>/<id>/src holds the sources as built
+// (the bundle plus go.mod and vendor/), <Dir>/<id>/duck the binary. Everything a build needs
+// besides the bundle travels inside the node binary (see package duckraft), so a build needs no
+// network and no module cache, only a Go toolchain.
+package build
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
+)
+
+// DefaultTimeout bounds a build when Builder.Timeout is zero. A cold build of a duck compiles the
+// parts of the standard library it uses, which takes tens of seconds on a small machine.
+const DefaultTimeout = 5 * time.Minute
+
+// ErrNoToolchain is wrapped by Build's error when there is no go command to run.
+var ErrNoToolchain = errors.New("no Go toolchain found")
+
+// ErrTimeout is wrapped by Build's error when a build runs past its time limit.
+var ErrTimeout = errors.New("build timed out")
+
+// CompileError is a build that ran and failed: the duck's source does not compile.
+type CompileError struct {
+	ID string
+	// Output is the go command's stderr, verbatim: file:line: message lines from the compiler.
+	Output string
+}
+
+func (e *CompileError) Error() string {
+	return fmt.Sprintf("duck %s does not compile; fix the source and deploy again:\n%s", short(e.ID), strings.TrimRight(e.Output, "\n"))
+}
+
+// Builder builds bundles into binaries. Its zero value, with Dir set, is ready to use. Builds of
+// different IDs run in parallel; concurrent builds of one ID run the go command once.
+type Builder struct {
+	// Dir is the cache root, e.g. <data>/builds.
+	Dir string
+	// Timeout bounds one build; zero means DefaultTimeout.
+	Timeout time.Duration
+	// GoBin is the go command; empty means "go" looked up on PATH.
+	GoBin string
+
+	mu    sync.Mutex
+	locks map[string]chan struct{} // one per ID, held while that ID builds
+}
+
+// Binary returns the path of the cached binary for id and whether it exists.
+func (b *Builder) Binary(id string) (string, bool) {
+	if !bundle.ValidID(id) {
+		return "", false
+	}
+	p := filepath.Join(b.Dir, id, "duck")
+	info, err := os.Stat(p)
+	return p, err == nil && info.Mode().IsRegular()
+}
+
+// Build returns the path of the binary built from the bundle data whose ID is id, building it
+// unless the cache already has it. A compile failure is a *CompileError; a missing go command wraps
+// ErrNoToolchain; a build that runs past Timeout is stopped, with its whole process group, and
+// wraps ErrTimeout.
+func (b *Builder) Build(ctx context.Context, id string, data []byte) (string, error) {
+	if b.Dir == "" {
+		return "", errors.New("build: Builder.Dir is empty; set it to the node's build cache folder")
+	}
+	if !bundle.ValidID(id) {
+		return "", fmt.Errorf("build %q: not a bundle ID (64 lowercase hex digits)", id)
+	}
+	if got := bundle.Sum(data); got != id {
+		return "", fmt.Errorf("build %s: the bundle's sha256 is %s; the bundle was corrupted on its way, fetch it again", short(id), short(got))
+	}
+	if p, ok := b.Binary(id); ok {
+		return p, nil
+	}
+
+	timeout := b.Timeout
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	tctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+
+	unlock, err := b.lock(tctx, id)
+	if err != nil {
+		return "", b.stopped(ctx, id, timeout, err)
+	}
+	defer unlock()
+	// Another Build of this ID may have finished while this one waited.
+	if p, ok := b.Binary(id); ok {
+		return p, nil
+	}
+	p, err := b.build(tctx, id, data)
+	if err != nil && tctx.Err() != nil {
+		return "", b.stopped(ctx, id, timeout, err)
+	}
+	return p, err
+}
+
+// stopped explains a build ended by its context: the caller's, or the time limit.
+func (b *Builder) stopped(ctx context.Context, id string, timeout time.Duration, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("build %s: stopped because its caller gave up: %w", short(id), ctx.Err())
+	}
+	return fmt.Errorf("build %s exceeded its time limit of %s and was killed; raise the builder's Timeout or free up the machine (a first build compiles the standard library, later ones reuse GOCACHE): %w (%v)", short(id), timeout, ErrTimeout, err)
+}
+
+func (b *Builder) lock(ctx context.Context, id string) (func(), error) {
+	b.mu.Lock()
+	if b.locks == nil {
+		b.locks = make(map[string]chan struct{})
+	}
+	ch, ok := b.locks[id]
+	if !ok {
+		ch = make(chan struct{}, 1)
+		b.locks[id] = ch
+	}
+	b.mu.Unlock()
+	select {
+	case ch <- struct{}{}:
+		return func() { <-ch }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// build does the work in a private folder under <Dir>/<id> and renames the results into place,
+// so a crash or a concurrent build (another node process on the same folder) never leaves a
+// half-written binary where Binary looks.
+func (b *Builder) build(ctx context.Context, id string, data []byte) (string, error) {
+	goBin, err := b.goCommand()
+	if err != nil {
+		return "", err
+	}
+	idDir := filepath.Join(b.Dir, id)
+	if err := os.MkdirAll(idDir, 0o755); err != nil {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
+	work, err := os.MkdirTemp(idDir, ".work-")
+	if err != nil {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
+	defer func() {
+		os.RemoveAll(work)
+		os.Remove(idDir) // only if empty: a failed first build leaves no trace
+	}()
+
+	src := filepath.Join(work, "src")
+	if err := bundle.Extract(data, src); err != nil {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
+	for _, name := range []string{"go.mod", "go.work", "vendor"} {
+		if _, err := os.Lstat(filepath.Join(src, name)); err == nil {
+			return "", fmt.Errorf("build %s: the bundle has its own %s; ducks that import other modules are not supported yet, so a duck may import only the standard library and the duckraft SDK: remove %s from the duck's folder", short(id), name, name)
+		}
+	}
+	if err := writeVendor(src); err != nil {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
+
+	out := filepath.Join(work, "duck")
+	if err := b.run(ctx, id, goBin, src, out); err != nil {
+		return "", err
+	}
+	// The sources first, so a binary in place always has its sources beside it. Renaming onto an
+	// existing non-empty src fails; that src came from the same bundle, so keep it.
+	if err := os.Rename(src, filepath.Join(idDir, "src")); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
+	bin := filepath.Join(idDir, "duck")
+	if err := os.Rename(out, bin); err != nil {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
+	return bin, nil
+}
+
+func (b *Builder) goCommand() (string, error) {
+	if b.GoBin == "" {
+		p, err := exec.LookPath("go")
+		if err != nil {
+			return "", fmt.Errorf("%w on PATH: install Go 1.26 or later (https://go.dev/dl) on this node, or set the builder's GoBin to the path of a go command", ErrNoToolchain)
+		}
+		return p, nil
+	}
+	p, err := exec.LookPath(b.GoBin)
+	if err != nil {
+		return "", fmt.Errorf("%w at GoBin %s (%v): install Go 1.26 or later there, or point GoBin at an existing go command", ErrNoToolchain, b.GoBin, err)
+	}
+	return p, nil
+}
+
+// run runs go build in src, writing the binary to out.
+func (b *Builder) run(ctx context.Context, id, goBin, src, out string) error {
+	// -trimpath keeps the build folder out of the binary and out of the build cache's keys, so
+	// rebuilding the vendored packages from a new folder is a cache hit.
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-buildvcs=false", "-o", out, ".")
+	cmd.Dir = src
+	cmd.Env = b.env()
+	var stderr bytes.Buffer
+	cmd.Stdout = &stderr
+	cmd.Stderr = &stderr
+	// go build runs the compiler and linker as children; on timeout all of them must go, so the
+	// command gets its own process group and the whole group is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
+
+	err := cmd.Run()
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil {
+		return err // Build explains the timeout or cancellation
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		return &CompileError{ID: id, Output: stderr.String()}
+	}
+	return fmt.Errorf("build %s: running %s: %w", short(id), goBin, err)
+}
+
+// env is the node's environment with everything that could make a build reach the network, use a
+// module cache, pick another toolchain or cross-compile overridden. GOCACHE is kept: the build cache
+// is what makes a rebuild after a one-line change fast.
+func (b *Builder) env() []string {
+	set := map[string]string{
+		"GOTOOLCHAIN": "local",
+		"CGO_ENABLED": "0",
+		"GOFLAGS":     "-mod=vendor",
+		"GOPROXY":     "off",
+		"GOSUMDB":     "off",
+		"GONOSUMDB":   "",
+		"GOPRIVATE":   "",
+		"GOWORK":      "off",
+		"GO111MODULE": "on",
+		"GOOS":        runtime.GOOS,
+		"GOARCH":      runtime.GOARCH,
+	}
+	// A node started without HOME (a bare service) still needs somewhere for the go command's
+	// caches; give it folders under the build cache root.
+	if os.Getenv("HOME") == "" {
+		if os.Getenv("GOCACHE") == "" && os.Getenv("XDG_CACHE_HOME") == "" {
+			set["GOCACHE"] = filepath.Join(b.Dir, ".gocache")
+		}
+		if os.Getenv("GOPATH") == "" && os.Getenv("GOMODCACHE") == "" {
+			set["GOPATH"] = filepath.Join(b.Dir, ".gopath")
+		}
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if _, ok := set[k]; !ok {
+			env = append(env, kv)
+		}
+	}
+	for k, v := range set {
+		env = append(env, k+"="+v)
+	}
+	return env
+}
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
