@@ -155,6 +155,23 @@ func TestJoinAndRemove(t *testing.T) {
 	for _, n := range nodes {
 		waitFor(t, n.Name()+" to see three members", func() bool { return len(n.FSM.MemberNames()) == 3 })
 	}
+	servers, _ := leader.Servers()
+	for _, s := range servers {
+		if s.ID != "a" && s.Suffrage != raft.Nonvoter {
+			t.Fatalf("%s votes before it has caught up: %v", s.ID, s.Suffrage)
+		}
+	}
+	for _, n := range nodes[1:] {
+		if err := leader.Promote(n.Name(), 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	servers, _ = leader.Servers()
+	for _, s := range servers {
+		if s.Suffrage != raft.Voter {
+			t.Fatalf("%s is %v after promotion", s.ID, s.Suffrage)
+		}
+	}
 	err := leader.Join(Member{Name: "b", RaftAddr: "elsewhere"}, 5*time.Second)
 	if !errors.Is(err, ErrNameTaken) {
 		t.Fatalf("second node named b: err = %v, want ErrNameTaken", err)
@@ -165,7 +182,7 @@ func TestJoinAndRemove(t *testing.T) {
 	if err := leader.Remove("c", 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	servers, _ := leader.Servers()
+	servers, _ = leader.Servers()
 	if len(servers) != 2 || len(leader.FSM.MemberNames()) != 2 {
 		t.Fatalf("after removing c: servers %v, members %v", servers, leader.FSM.MemberNames())
 	}

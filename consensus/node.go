@@ -223,7 +223,9 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 	return nil
 }
 
-// Join adds m as a voter and records its addresses. It is idempotent for a node already in the
+// Join adds m to the cluster as a non-voter and records its addresses. A new member only votes
+// once it has caught up (see Promote): added as a voter at once, a node that never comes up
+// would leave a cluster of one without a majority. Join is idempotent for a node already in the
 // cluster at the same Raft address, and refuses a name or an address another node holds.
 func (n *Node) Join(m Member, timeout time.Duration) error {
 	if !n.IsLeader() {
@@ -239,12 +241,37 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 			return fmt.Errorf("%w: a node named %s is already a member (raft %s); start the new node with another --name, or `forget %s` first if the old one is gone for good", ErrNameTaken, m.Name, s.Address, m.Name)
 		case string(s.ID) != m.Name && string(s.Address) == m.RaftAddr:
 			return fmt.Errorf("raft address %s already belongs to member %s: give the new node its own --raft-addr", m.RaftAddr, s.ID)
+		case string(s.ID) == m.Name && s.Suffrage == raft.Voter:
+			return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
 		}
 	}
-	if err := n.Raft.AddVoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
-		return fmt.Errorf("add %s as a voter: %w", m.Name, err)
+	if err := n.Raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
+		return fmt.Errorf("add %s: %w", m.Name, err)
 	}
 	return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
+}
+
+// Promote makes a member that has caught up with the log a voter.
+func (n *Node) Promote(name string, timeout time.Duration) error {
+	if !n.IsLeader() {
+		return ErrNotLeader
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return err
+	}
+	for _, s := range servers {
+		if string(s.ID) == name {
+			if s.Suffrage == raft.Voter {
+				return nil
+			}
+			if err := n.Raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
+				return fmt.Errorf("make %s a voter: %w", name, err)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%s is not a member: connect it first", name)
 }
 
 // Remove takes name out of the cluster: out of the voters and out of the registry.

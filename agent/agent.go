@@ -1,0 +1,355 @@
+// Package agent is the node agent, one per host: it owns the node's identity and data folder,
+// runs its consensus member, and serves the HTTP+JSON API that the CLI and the other nodes call
+// over the cookie-keyed channel. It never stops for a code change; ducks are what get swapped.
+package agent
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/wire"
+)
+
+// Config is what `node start` is told.
+type Config struct {
+	Name     string
+	DataDir  string
+	APIAddr  string // listen address of the API
+	RaftAddr string // listen address of Raft
+	// Advertise is the host peers and clients dial when the node binds 0.0.0.0.
+	Advertise string
+	Identity  *wire.Identity
+	Log       *slog.Logger
+}
+
+// Default addresses of a node started without flags: loopback only, so nothing off the machine
+// can reach a node unless it is told to listen there. 4369 is Erlang's epmd; these sit beside it.
+const (
+	DefaultAPIAddr  = "127.0.0.1:4370"
+	DefaultRaftAddr = "127.0.0.1:4371"
+)
+
+// applyTimeout bounds one log entry's round trip; past it the caller hears why.
+const applyTimeout = 10 * time.Second
+
+// Agent is a running node.
+type Agent struct {
+	cfg    Config
+	self   consensus.Member
+	client *Client
+	log    *slog.Logger
+
+	api    *wire.Listener
+	server *http.Server
+
+	mu   sync.RWMutex // guards node, which connect and leave replace
+	node *consensus.Node
+
+	seenMu   sync.Mutex
+	lastSeen map[string]time.Time
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// identity is what a data folder remembers of its node, so that a restart comes back as the
+// same member at the same addresses.
+type identity struct {
+	Name     string `json:"name"`
+	RaftAddr string `json:"raft_addr"`
+	APIAddr  string `json:"api_addr"`
+}
+
+func (a *Agent) raftDir() string { return filepath.Join(a.cfg.DataDir, "raft") }
+
+// Start opens the data folder, starts Raft and serves the API. A node without history becomes a
+// working cluster of one before Start returns.
+func Start(cfg Config) (*Agent, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Name == "" {
+		return nil, errors.New("a node needs a name: pass --name")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data folder: %w", err)
+	}
+	// The folder holds the Raft log (every committed bundle) and built binaries: nobody else on
+	// the machine should read or plant anything there.
+	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data folder: %w", err)
+	}
+	stored, err := loadIdentity(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	if stored != nil {
+		if stored.Name != cfg.Name {
+			return nil, fmt.Errorf("data folder %s belongs to node %s: start it with --name %s, or give %s its own --data-dir", cfg.DataDir, stored.Name, stored.Name, cfg.Name)
+		}
+		cfg.RaftAddr = keepStored(cfg.RaftAddr, stored.RaftAddr)
+		cfg.APIAddr = keepStored(cfg.APIAddr, stored.APIAddr)
+	}
+	cfg.RaftAddr = cmp.Or(cfg.RaftAddr, DefaultRaftAddr)
+	cfg.APIAddr = cmp.Or(cfg.APIAddr, DefaultAPIAddr)
+
+	a := &Agent{
+		cfg:      cfg,
+		client:   NewClient(cfg.Identity),
+		log:      cfg.Log,
+		lastSeen: map[string]time.Time{},
+		stop:     make(chan struct{}),
+	}
+	a.api, err = cfg.Identity.Listen("tcp", cfg.APIAddr, false, cfg.Log.With("listener", "api"))
+	if err != nil {
+		return nil, fmt.Errorf("api address %s: %w", cfg.APIAddr, err)
+	}
+	apiAddr, err := advertise(a.api.Addr(), cfg.Advertise)
+	if err != nil {
+		a.api.Close()
+		return nil, err
+	}
+	node, err := a.openRaft(true)
+	if err != nil {
+		a.api.Close()
+		return nil, err
+	}
+	a.node = node
+	a.self = consensus.Member{Name: cfg.Name, RaftAddr: node.Addr(), APIAddr: apiAddr}
+	// Reopening Raft (connect, leave) must bind the port it got now, not "any port" again.
+	a.cfg.RaftAddr = rebind(cfg.RaftAddr, node.Addr())
+	if stored != nil && stored.RaftAddr != a.self.RaftAddr {
+		a.Close()
+		return nil, fmt.Errorf("this data folder's node is at raft address %s, not %s: start it with --raft-addr %s (its peers dial that address)", stored.RaftAddr, a.self.RaftAddr, stored.RaftAddr)
+	}
+	if err := saveIdentity(cfg.DataDir, identity{Name: cfg.Name, RaftAddr: a.self.RaftAddr, APIAddr: a.self.APIAddr}); err != nil {
+		a.Close()
+		return nil, err
+	}
+
+	a.server = &http.Server{
+		Handler:           a.routes(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+	}
+	a.wg.Add(2)
+	go func() {
+		defer a.wg.Done()
+		a.server.Serve(a.api)
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.keepRegistered()
+	}()
+
+	if node.FSM.Fresh(cfg.Name) {
+		// A fresh node is a cluster of one: wait until it leads and has recorded itself, so that
+		// "ready" means every command works.
+		deadline := time.Now().Add(10 * time.Second)
+		for !a.registered() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return a, nil
+}
+
+// keepStored prefers the address this data folder's node had over a flag asking for any port,
+// so a node started with port 0 comes back where its peers knew it.
+func keepStored(flag, stored string) string {
+	if flag == "" {
+		return stored
+	}
+	if _, port, err := net.SplitHostPort(flag); err == nil && port == "0" {
+		return stored
+	}
+	return flag
+}
+
+// rebind keeps bind's host and takes the port actually bound from addr.
+func rebind(bind, addr string) string {
+	host, _, err := net.SplitHostPort(bind)
+	_, port, err2 := net.SplitHostPort(addr)
+	if err != nil || err2 != nil {
+		return bind
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func advertise(bound net.Addr, host string) (string, error) {
+	tcp := bound.(*net.TCPAddr)
+	if host != "" {
+		return net.JoinHostPort(host, fmt.Sprint(tcp.Port)), nil
+	}
+	if tcp.IP.IsUnspecified() {
+		return "", fmt.Errorf("the API listens on %s, which peers cannot dial: pass --advertise HOST", tcp)
+	}
+	return tcp.String(), nil
+}
+
+func (a *Agent) openRaft(bootstrap bool) (*consensus.Node, error) {
+	return consensus.Open(consensus.Config{
+		Name:      a.cfg.Name,
+		Dir:       a.raftDir(),
+		Bind:      a.cfg.RaftAddr,
+		Advertise: a.cfg.Advertise,
+		Identity:  a.cfg.Identity,
+		Bootstrap: bootstrap,
+		Log:       a.log,
+	})
+}
+
+// resetRaft throws this node's Raft history away and reopens it: bootstrapped as a cluster of
+// one, or empty, waiting to be added by another cluster's leader.
+func (a *Agent) resetRaft(bootstrap bool) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err := a.node.Close(); err != nil {
+		a.log.Warn("closing raft before reset", "err", err)
+	}
+	if err := os.RemoveAll(a.raftDir()); err != nil {
+		return fmt.Errorf("clear raft folder: %w", err)
+	}
+	n, err := a.openRaft(bootstrap)
+	if err != nil {
+		return err
+	}
+	a.node = n
+	return nil
+}
+
+// Node is the current consensus member.
+func (a *Agent) Node() *consensus.Node {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	return a.node
+}
+
+// Self is this node as the registry records it.
+func (a *Agent) Self() consensus.Member { return a.self }
+
+func (a *Agent) registered() bool {
+	m, ok := a.Node().FSM.State().Members[a.self.Name]
+	return ok && m == a.self
+}
+
+// keepRegistered makes sure the registry holds this node's current addresses: after bootstrap,
+// after a restart at a new API address, after a failed removal. Only a voter or non-voter in
+// Raft's configuration registers; a node taken out stays out.
+func (a *Agent) keepRegistered() {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if !a.registered() && a.inConfiguration() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			self := a.self
+			err := a.onLeader(ctx, "/v1/register", self, nil, func(n *consensus.Node) error {
+				return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &self}, applyTimeout)
+			})
+			cancel()
+			if err != nil {
+				a.log.Debug("register", "err", err)
+			}
+		}
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Agent) inConfiguration() bool {
+	servers, err := a.Node().Servers()
+	if err != nil {
+		return false
+	}
+	for _, s := range servers {
+		if string(s.ID) == a.self.Name {
+			return true
+		}
+	}
+	return false
+}
+
+// ErrNoLeader means no leader is known: the cluster has lost its majority or is electing.
+var ErrNoLeader = errors.New("no leader")
+
+// onLeader runs local on this node if it leads, or sends in to the same path on the leader,
+// waiting briefly through an election.
+func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local func(*consensus.Node) error) error {
+	for {
+		n := a.Node()
+		if n.IsLeader() {
+			err := local(n)
+			if !errors.Is(err, consensus.ErrNotLeader) {
+				return err
+			}
+		}
+		name, _ := n.Leader()
+		if m, ok := n.FSM.State().Members[name]; ok && name != a.self.Name {
+			return a.client.Do(ctx, m.APIAddr, http.MethodPost, path, in, out)
+		}
+		select {
+		case <-ctx.Done():
+			if name != "" && name != a.self.Name {
+				return fmt.Errorf("%w: leader %s has not registered its API address yet; retry in a moment", ErrNoLeader, name)
+			}
+			return fmt.Errorf("%w elected: is a majority of the cluster up? `members` shows who is reachable", ErrNoLeader)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops serving and shuts Raft down.
+func (a *Agent) Close() error {
+	select {
+	case <-a.stop:
+		return nil
+	default:
+		close(a.stop)
+	}
+	if a.server != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		a.server.Shutdown(ctx)
+		cancel()
+	}
+	a.api.Close()
+	a.wg.Wait()
+	return a.Node().Close()
+}
+
+func loadIdentity(dir string) (*identity, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "node.json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read node identity: %w", err)
+	}
+	var id identity
+	if err := json.Unmarshal(b, &id); err != nil {
+		return nil, fmt.Errorf("node identity %s is corrupt (%v): restore it or start on an empty --data-dir", filepath.Join(dir, "node.json"), err)
+	}
+	return &id, nil
+}
+
+func saveIdentity(dir string, id identity) error {
+	b, _ := json.MarshalIndent(id, "", "  ")
+	tmp := filepath.Join(dir, "node.json.tmp")
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save node identity: %w", err)
+	}
+	return os.Rename(tmp, filepath.Join(dir, "node.json"))
+}

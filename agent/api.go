@@ -1,0 +1,380 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/duckraft/duckraft/consensus"
+)
+
+// maxBody bounds a request body; nothing the API takes today comes near it.
+const maxBody = 1 << 20
+
+func (a *Agent) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ping", a.handlePing)
+	mux.HandleFunc("GET /v1/members", a.handleMembers)
+	mux.HandleFunc("POST /v1/connect", a.handleConnect)
+	mux.HandleFunc("POST /v1/join", a.handleJoin)
+	mux.HandleFunc("POST /v1/register", a.handleRegister)
+	mux.HandleFunc("POST /v1/promote", a.handlePromote)
+	mux.HandleFunc("POST /v1/forget", a.handleForget)
+	mux.HandleFunc("POST /v1/remove", a.handleRemove)
+	mux.HandleFunc("POST /v1/leave", a.handleLeave)
+	return a.requireCookie(mux)
+}
+
+// requireCookie answers 401 to a TLS client that proved no cookie. (One that proved a different
+// cookie never gets this far: the handshake refuses it.)
+func (a *Agent) requireCookie(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !a.cfg.Identity.HasCookie(r.TLS) {
+			writeError(w, http.StatusUnauthorized, errors.New("this node only answers holders of the cluster cookie: use the node CLI with --cookie-file or DUCKRAFT_COOKIE"))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(errorBody{Error: err.Error()})
+}
+
+// statusOf picks the HTTP status for an error, keeping one a forwarded call came back with.
+func statusOf(err error) int {
+	var ae *APIError
+	switch {
+	case errors.As(err, &ae):
+		return ae.Status
+	case errors.Is(err, ErrNoLeader):
+		return http.StatusServiceUnavailable
+	case errors.Is(err, consensus.ErrNameTaken):
+		return http.StatusConflict
+	}
+	return http.StatusInternalServerError
+}
+
+// decode reads a JSON body into v, answering 400 with what is wrong when it cannot.
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %v", err))
+		return false
+	}
+	return true
+}
+
+// Ping is a node's account of itself.
+type Ping struct {
+	Name         string `json:"name"`
+	State        string `json:"state"`
+	Leader       string `json:"leader"`
+	Term         uint64 `json:"term"`
+	CommitIndex  uint64 `json:"commit_index"`
+	AppliedIndex uint64 `json:"applied_index"`
+}
+
+func (a *Agent) ping() Ping {
+	n := a.Node()
+	leader, _ := n.Leader()
+	return Ping{
+		Name:         a.self.Name,
+		State:        strings.ToLower(n.Raft.State().String()),
+		Leader:       leader,
+		Term:         n.Raft.CurrentTerm(),
+		CommitIndex:  n.Raft.CommitIndex(),
+		AppliedIndex: n.Raft.AppliedIndex(),
+	}
+}
+
+func (a *Agent) handlePing(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.ping()) }
+
+// MemberStatus is one row of `members`.
+type MemberStatus struct {
+	Name        string    `json:"name"`
+	RaftAddr    string    `json:"raft_addr"`
+	APIAddr     string    `json:"api_addr"`
+	Role        string    `json:"role"`     // leader, follower, candidate; unknown when unreachable
+	Suffrage    string    `json:"suffrage"` // voter, nonvoter
+	Reachable   bool      `json:"reachable"`
+	LastContact time.Time `json:"last_contact,omitzero"`
+}
+
+// probeTimeout is how long a member may take to answer a ping before it counts as unreachable.
+const probeTimeout = time.Second
+
+// members lists Raft's configuration with each member's addresses, asking each one, in
+// parallel, how it is. Every node answers alike because every node asks the members themselves.
+func (a *Agent) members(ctx context.Context) ([]MemberStatus, error) {
+	n := a.Node()
+	servers, err := n.Servers()
+	if err != nil {
+		return nil, err
+	}
+	registry := n.FSM.State().Members
+	out := make([]MemberStatus, len(servers))
+	var wg sync.WaitGroup
+	for i, s := range servers {
+		m := registry[string(s.ID)]
+		out[i] = MemberStatus{
+			Name: string(s.ID), RaftAddr: string(s.Address), APIAddr: m.APIAddr,
+			Role: "unknown", Suffrage: strings.ToLower(s.Suffrage.String()),
+		}
+		wg.Add(1)
+		go func(st *MemberStatus) {
+			defer wg.Done()
+			var p Ping
+			if st.Name == a.self.Name {
+				p = a.ping()
+			} else if st.APIAddr == "" {
+				return // joined, not yet registered
+			} else {
+				pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+				err := a.client.Do(pctx, st.APIAddr, http.MethodGet, "/v1/ping", nil, &p)
+				cancel()
+				if err != nil || p.Name != st.Name {
+					st.LastContact = a.seen(st.Name, false)
+					return
+				}
+			}
+			st.Reachable = true
+			st.Role = p.State
+			st.LastContact = a.seen(st.Name, true)
+		}(&out[i])
+	}
+	wg.Wait()
+	slices.SortFunc(out, func(x, y MemberStatus) int { return strings.Compare(x.Name, y.Name) })
+	return out, nil
+}
+
+// seen records (when ok) and returns the last time a member answered.
+func (a *Agent) seen(name string, ok bool) time.Time {
+	a.seenMu.Lock()
+	defer a.seenMu.Unlock()
+	if ok {
+		a.lastSeen[name] = time.Now().UTC().Truncate(time.Millisecond)
+	}
+	return a.lastSeen[name]
+}
+
+func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
+	ms, err := a.members(r.Context())
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, ms)
+}
+
+// ConnectRequest asks a node to join the cluster that Addr (any member's API) belongs to.
+type ConnectRequest struct {
+	Addr string `json:"addr"`
+}
+
+func (a *Agent) handleConnect(w http.ResponseWriter, r *http.Request) {
+	var req ConnectRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Addr == "" {
+		writeError(w, http.StatusBadRequest, errors.New("connect needs the API address of a member of the other cluster"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	if err := a.connect(ctx, req.Addr); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, map[string]bool{"connected": true})
+}
+
+// ErrHasHistory means a node that has a history of its own was asked to join another cluster.
+var ErrHasHistory = errors.New("this node has history of its own")
+
+// connect joins this node to the cluster at addr. A node gives up its own (one-node) history
+// to join, so only a fresh node may: merging two histories is not something Raft can do.
+func (a *Agent) connect(ctx context.Context, addr string) error {
+	var theirs []MemberStatus
+	if err := a.client.Do(ctx, addr, http.MethodGet, "/v1/members", nil, &theirs); err != nil {
+		return fmt.Errorf("cannot reach %s: %w", addr, err)
+	}
+	for _, m := range theirs {
+		if m.Name != a.self.Name {
+			continue
+		}
+		if m.RaftAddr == a.self.RaftAddr {
+			return nil // already connected: Node.connect is idempotent too
+		}
+		return &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v: a node named %s is already a member of %s's cluster (raft %s); start this node with another --name", consensus.ErrNameTaken, m.Name, addr, m.RaftAddr)}
+	}
+	n := a.Node()
+	if !n.FSM.Fresh(a.self.Name) {
+		return &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v (members %s): only a fresh node joins another cluster; connect the other node to this one instead, or start this one on an empty --data-dir", ErrHasHistory, strings.Join(n.FSM.MemberNames(), ", "))}
+	}
+
+	a.log.Info("joining", "via", addr)
+	if err := a.resetRaft(false); err != nil {
+		return fmt.Errorf("prepare to join: %w", err)
+	}
+	if err := a.client.Do(ctx, addr, http.MethodPost, "/v1/join", a.self, nil); err != nil {
+		// Back to being a cluster of one, as before the attempt.
+		if rerr := a.resetRaft(true); rerr != nil {
+			a.log.Error("could not return to a cluster of one after a failed join", "err", rerr)
+		}
+		return fmt.Errorf("join through %s: %w", addr, err)
+	}
+	for !a.registered() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("joined through %s, but this node has not caught up with the log yet; check `members` in a moment", addr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	// Caught up (the log has reached our own registration): now we may vote.
+	self := a.self.Name
+	err := a.onLeader(ctx, "/v1/promote", NameRequest{Name: self}, nil, func(n *consensus.Node) error {
+		return n.Promote(self, applyTimeout)
+	})
+	if err != nil {
+		return fmt.Errorf("joined through %s as a non-voter, but could not become a voter: %w; run connect again", addr, err)
+	}
+	a.log.Info("joined", "via", addr, "leader", first(a.Node().Leader()))
+	return nil
+}
+
+func first(s, _ string) string { return s }
+
+func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var m consensus.Member
+	if !decode(w, r, &m) {
+		return
+	}
+	if m.Name == "" || m.RaftAddr == "" || m.APIAddr == "" {
+		writeError(w, http.StatusBadRequest, errors.New("join needs the member's name, raft_addr and api_addr"))
+		return
+	}
+	err := a.onLeader(r.Context(), "/v1/join", m, nil, func(n *consensus.Node) error {
+		return n.Join(m, applyTimeout)
+	})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	a.log.Info("member joined", "name", m.Name, "raft", m.RaftAddr, "api", m.APIAddr)
+	writeJSON(w, map[string]bool{"joined": true})
+}
+
+func (a *Agent) handleRegister(w http.ResponseWriter, r *http.Request) {
+	var m consensus.Member
+	if !decode(w, r, &m) {
+		return
+	}
+	err := a.onLeader(r.Context(), "/v1/register", m, nil, func(n *consensus.Node) error {
+		return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &m}, applyTimeout)
+	})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, map[string]bool{"registered": true})
+}
+
+// NameRequest names a member.
+type NameRequest struct {
+	Name string `json:"name"`
+}
+
+// handleForget removes a member that is gone for good. A live one is refused: it would keep
+// campaigning with the configuration it has; it should leave itself.
+func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
+	var req NameRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	ms, err := a.members(r.Context())
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	i := slices.IndexFunc(ms, func(m MemberStatus) bool { return m.Name == req.Name })
+	switch {
+	case i < 0:
+		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.Name))
+		return
+	case ms[i].Reachable:
+		writeError(w, http.StatusConflict, fmt.Errorf("%s is alive: run `leave` against it (--addr %s) instead of forgetting it", req.Name, ms[i].APIAddr))
+		return
+	}
+	if err := a.remove(r.Context(), req.Name); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, map[string]bool{"forgotten": true})
+}
+
+func (a *Agent) remove(ctx context.Context, name string) error {
+	return a.onLeader(ctx, "/v1/remove", NameRequest{Name: name}, nil, func(n *consensus.Node) error {
+		return n.Remove(name, applyTimeout)
+	})
+}
+
+func (a *Agent) handlePromote(w http.ResponseWriter, r *http.Request) {
+	var req NameRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	err := a.onLeader(r.Context(), "/v1/promote", req, nil, func(n *consensus.Node) error {
+		return n.Promote(req.Name, applyTimeout)
+	})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, map[string]bool{"promoted": true})
+}
+
+func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
+	var req NameRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if err := a.remove(r.Context(), req.Name); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, map[string]bool{"removed": true})
+}
+
+// handleLeave takes this node out of its cluster; it carries on as a fresh cluster of one, so
+// it can connect elsewhere, as a node does after Node.disconnect.
+func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
+	if len(a.Node().FSM.MemberNames()) <= 1 {
+		writeError(w, http.StatusConflict, errors.New("this node is a cluster of one: there is nothing to leave"))
+		return
+	}
+	if err := a.remove(r.Context(), a.self.Name); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	if err := a.resetRaft(true); err != nil {
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("left the cluster, but could not restart as a cluster of one: %w; restart the node", err))
+		return
+	}
+	writeJSON(w, map[string]bool{"left": true})
+}

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/duckraft/duckraft/wire"
+)
+
+// Client calls a node's API over the cookie-keyed channel. The CLI uses it, and so do nodes
+// calling each other (forwarding to the leader, joining, probing members).
+type Client struct {
+	http *http.Client
+}
+
+// NewClient makes a client proving id.
+func NewClient(id *wire.Identity) *Client {
+	t := &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			return id.Dial(ctx, network, addr)
+		},
+		MaxIdleConnsPerHost: 4,
+		IdleConnTimeout:     30 * time.Second,
+	}
+	return &Client{http: &http.Client{Transport: t}}
+}
+
+// APIError is a node's refusal, with its status and its message for the user.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// errorBody is how every error leaves the API.
+type errorBody struct {
+	Error string `json:"error"`
+}
+
+// Do sends in (as JSON, unless nil) to addr's path and decodes the answer into out (unless nil).
+func (c *Client) Do(ctx context.Context, addr, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue interface{ Unwrap() error }
+		if errors.As(err, &ue) {
+			err = ue.Unwrap() // drop net/http's "Get https://...:" prefix; Explain names the address
+		}
+		return wire.Explain(addr, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		var eb errorBody
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(raw, &eb) != nil || eb.Error == "" {
+			eb.Error = fmt.Sprintf("%s answered %s: %s", addr, resp.Status, bytes.TrimSpace(raw))
+		}
+		return &APIError{Status: resp.StatusCode, Message: eb.Error}
+	}
+	if out == nil {
+		io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("undecodable answer from %s%s: %w", addr, path, err)
+	}
+	return nil
+}

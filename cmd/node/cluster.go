@@ -1,0 +1,131 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net/http"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/wire"
+)
+
+// client is what every client command shares: where the node is and how to prove the cookie.
+type client struct {
+	addr    string
+	timeout time.Duration
+	cookie  *wire.CookieSource
+	api     *agent.Client
+}
+
+func clientFlags(fs *flag.FlagSet) *client {
+	c := &client{}
+	fs.StringVar(&c.addr, "addr", cmp.Or(os.Getenv("DUCKRAFT_ADDR"), agent.DefaultAPIAddr), "API address of the node to talk to ($DUCKRAFT_ADDR)")
+	fs.DurationVar(&c.timeout, "timeout", 60*time.Second, "give up after this long")
+	c.cookie = cookieFlags(fs)
+	return c
+}
+
+// call sends one request to the node, with the cookie derived only now that flags are parsed.
+func (c *client) call(method, path string, in, out any) error {
+	cookie, err := c.cookie.Load()
+	if err != nil {
+		return err
+	}
+	id, err := wire.FromCookie(cookie)
+	if err != nil {
+		return err
+	}
+	c.api = agent.NewClient(id)
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
+	defer cancel()
+	return c.api.Do(ctx, c.addr, method, path, in, out)
+}
+
+func runConnect(args []string) error {
+	fs := flag.NewFlagSet("connect", flag.ContinueOnError)
+	c := clientFlags(fs)
+	pos, err := parse(fs, args, "OTHER_API_ADDR")
+	if err != nil {
+		return err
+	}
+	if err := c.call(http.MethodPost, "/v1/connect", agent.ConnectRequest{Addr: pos[0]}, nil); err != nil {
+		return err
+	}
+	fmt.Println("true")
+	return nil
+}
+
+func runMembers(args []string) error {
+	fs := flag.NewFlagSet("members", flag.ContinueOnError)
+	c := clientFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var ms []agent.MemberStatus
+	if err := c.call(http.MethodGet, "/v1/members", nil, &ms); err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(ms)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tROLE\tSUFFRAGE\tREACHABLE\tLAST CONTACT\tAPI\tRAFT")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.Suffrage, yesNo(m.Reachable), ago(m.LastContact), m.APIAddr, m.RaftAddr)
+	}
+	return tw.Flush()
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+func ago(t time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := time.Since(t)
+	if d < time.Second {
+		return "now"
+	}
+	return d.Round(time.Second).String() + " ago"
+}
+
+func runForget(args []string) error {
+	fs := flag.NewFlagSet("forget", flag.ContinueOnError)
+	c := clientFlags(fs)
+	pos, err := parse(fs, args, "NAME")
+	if err != nil {
+		return err
+	}
+	if err := c.call(http.MethodPost, "/v1/forget", agent.NameRequest{Name: pos[0]}, nil); err != nil {
+		return err
+	}
+	fmt.Printf("forgot %s\n", pos[0])
+	return nil
+}
+
+func runLeave(args []string) error {
+	fs := flag.NewFlagSet("leave", flag.ContinueOnError)
+	c := clientFlags(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := c.call(http.MethodPost, "/v1/leave", nil, nil); err != nil {
+		return err
+	}
+	fmt.Println("left the cluster; the node carries on as a cluster of one")
+	return nil
+}

@@ -1,0 +1,113 @@
+// Command node is duckraft's one binary: `node start` runs a node agent; every other command is
+// a client of a running node's API. It only parses flags and wires the packages together.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// prog is the name this binary was invoked by: `go install` calls it node, which clashes with
+// Node.js on many machines, so users often build it as duckraft instead.
+var prog = filepath.Base(os.Args[0])
+
+type command struct {
+	name, args, help string
+	run              func(args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"start", "--name NAME [--data-dir DIR] [--api-addr H:P] [--raft-addr H:P] [--advertise HOST]", "run a node (a cluster of one until connected)", runStart},
+		{"connect", "OTHER_API_ADDR", "join the node at --addr to OTHER's cluster; prints true", runConnect},
+		{"members", "[--json]", "list the cluster's members, their roles and whether they answer", runMembers},
+		{"forget", "NAME", "remove a dead member from the cluster", runForget},
+		{"leave", "", "take the node at --addr out of its cluster (it carries on alone)", runLeave},
+		{"demo", "", "start three nodes in a temporary folder, connect them, show members, stop them", runDemo},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "%s: Erlang-style clustering and hot code loading for Go programs\n\nUsage:\n", prog)
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %s %s %s\n      %s\n", prog, c.name, c.args, c.help)
+	}
+	fmt.Fprintf(w, `
+Client commands reach a node at --addr H:P (or $DUCKRAFT_ADDR, default 127.0.0.1:4370) and prove
+the cluster cookie: --cookie-file F, or $DUCKRAFT_COOKIE, or ~/.duckraft.cookie.
+(--cookie C works too, but shows in ps to everyone on the machine.)
+Run '%s COMMAND -h' for a command's flags.
+`, prog)
+}
+
+func main() {
+	if len(os.Args) < 2 || os.Args[1] == "-h" || os.Args[1] == "--help" || os.Args[1] == "help" {
+		usage(os.Stdout)
+		if len(os.Args) < 2 {
+			os.Exit(2)
+		}
+		return
+	}
+	name := os.Args[1]
+	for _, c := range commands() {
+		if c.name != name {
+			continue
+		}
+		err := c.run(os.Args[2:])
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "%s %s: %v\n", prog, name, err)
+			var ue usageError
+			if errors.As(err, &ue) {
+				os.Exit(2)
+			}
+			os.Exit(1)
+		}
+		return
+	}
+	fmt.Fprintf(os.Stderr, "%s: unknown command %q\n\n", prog, name)
+	usage(os.Stderr)
+	os.Exit(2)
+}
+
+// usageError is a mistake in how a command was called.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// parse parses flags that may come before or after the positional arguments, as users type
+// them (`node connect B --addr A`), and checks the positional count.
+func parse(fs *flag.FlagSet, args []string, positional ...string) ([]string, error) {
+	fs.SetOutput(io.Discard)
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				fs.SetOutput(os.Stdout)
+				fmt.Printf("Usage: %s %s %s\n", prog, fs.Name(), strings.Join(positional, " "))
+				fs.PrintDefaults()
+				return nil, err
+			}
+			return nil, usageError{err.Error()}
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+	if len(pos) != len(positional) {
+		if len(positional) == 0 {
+			return nil, usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
+		}
+		return nil, usageError{fmt.Sprintf("want %s, got %d argument(s); see '%s %s -h'", strings.Join(positional, " "), len(pos), prog, fs.Name())}
+	}
+	return pos, nil
+}

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/wire"
+)
+
+// cookieFlags adds the ways of giving a cookie to fs.
+func cookieFlags(fs *flag.FlagSet) *wire.CookieSource {
+	var s wire.CookieSource
+	fs.StringVar(&s.Flag, "cookie", "", "the cluster cookie (visible in ps: prefer --cookie-file or $DUCKRAFT_COOKIE)")
+	fs.StringVar(&s.File, "cookie-file", "", "file holding the cluster cookie (mode 0600); default $DUCKRAFT_COOKIE, then ~/.duckraft.cookie")
+	return &s
+}
+
+func runStart(args []string) error {
+	fs := flag.NewFlagSet("start", flag.ContinueOnError)
+	name := fs.String("name", "", "the node's name, unique in its cluster (required)")
+	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME)")
+	apiAddr := fs.String("api-addr", "", "address the API listens on (default "+agent.DefaultAPIAddr+", or the one this data folder's node had)")
+	raftAddr := fs.String("raft-addr", "", "address Raft listens on (default "+agent.DefaultRaftAddr+", or the one this data folder's node had)")
+	adv := fs.String("advertise", "", "host peers and clients dial, needed when binding 0.0.0.0")
+	cookie := cookieFlags(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *name == "" {
+		return usageError{"a node needs a name: --name NAME"}
+	}
+	if *dataDir == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return fmt.Errorf("no home folder for the default data folder: %w; pass --data-dir", err)
+		}
+		*dataDir = filepath.Join(home, ".duckraft", *name)
+	}
+	cookie.Create = true
+	c, err := cookie.Load()
+	if err != nil {
+		return err
+	}
+	id, err := wire.FromCookie(c)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name)
+	a, err := agent.Start(agent.Config{
+		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
+		Advertise: *adv, Identity: id, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	self := a.Self()
+	// Scripts and the end-to-end tests wait for this line; keep its shape.
+	fmt.Printf("node %s ready: api %s, raft %s, data %s\n", self.Name, self.APIAddr, self.RaftAddr, *dataDir)
+
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	s := <-sig
+	log.Info("stopping", "signal", s.String())
+	if err := a.Close(); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	log.Info("stopped")
+	return nil
+}

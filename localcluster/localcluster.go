@@ -1,0 +1,240 @@
+// Package localcluster starts real node processes on 127.0.0.1, each in its own folder under one
+// root, with ports the kernel picks. The demo shows a cluster with it and the end-to-end tests
+// drive one, so both exercise exactly what a user runs.
+package localcluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Cluster is a set of node processes sharing a binary, a cookie and a root folder.
+type Cluster struct {
+	Bin    string // the node binary
+	Root   string // each node's data folder is Root/NAME
+	Cookie string
+	// Output, when set, receives every line the nodes print, prefixed with the node's name.
+	Output io.Writer
+
+	mu    sync.Mutex
+	nodes map[string]*Node
+}
+
+// Node is one node process.
+type Node struct {
+	Name string
+	Dir  string
+	API  string // API address, from its ready line
+	Raft string // Raft address, from its ready line
+	Args []string
+
+	c    *Cluster
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // exit status, once done is closed
+
+	logMu sync.Mutex
+	log   bytes.Buffer
+}
+
+var readyLine = regexp.MustCompile(`ready: api ([^\s,]+), raft ([^\s,]+)`)
+
+// ReadyTimeout bounds how long a node may take to print its ready line.
+const ReadyTimeout = 30 * time.Second
+
+// Start starts node name with --api-addr and --raft-addr on kernel-picked loopback ports unless
+// extra sets them, and waits for its ready line.
+func (c *Cluster) Start(name string, extra ...string) (*Node, error) {
+	args := []string{"start", "--name", name, "--data-dir", filepath.Join(c.Root, name)}
+	if !hasFlag(extra, "--api-addr") {
+		args = append(args, "--api-addr", "127.0.0.1:0")
+	}
+	if !hasFlag(extra, "--raft-addr") {
+		args = append(args, "--raft-addr", "127.0.0.1:0")
+	}
+	n := &Node{Name: name, Dir: filepath.Join(c.Root, name), Args: append(args, extra...), c: c}
+	if err := n.start(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.nodes == nil {
+		c.nodes = map[string]*Node{}
+	}
+	c.nodes[name] = n
+	c.mu.Unlock()
+	return n, nil
+}
+
+func hasFlag(args []string, flag string) bool {
+	for _, a := range args {
+		if a == flag || strings.HasPrefix(a, flag+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *Node) start() error {
+	cmd := exec.Command(n.c.Bin, n.Args...)
+	cmd.Env = append(os.Environ(), "DUCKRAFT_COOKIE="+n.c.Cookie)
+	// Own process group, so a stop reaches the node and anything it started.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start node %s: %w", n.Name, err)
+	}
+	n.cmd, n.done = cmd, make(chan struct{})
+	ready := make(chan [2]string, 1)
+	var pipes sync.WaitGroup
+	pipes.Add(2)
+	go n.copyLines(stdout, ready, &pipes)
+	go n.copyLines(stderr, nil, &pipes)
+	go func() {
+		pipes.Wait()
+		n.err = cmd.Wait()
+		close(n.done)
+	}()
+	select {
+	case addrs := <-ready:
+		n.API, n.Raft = addrs[0], addrs[1]
+		return nil
+	case <-n.done:
+		return fmt.Errorf("node %s exited before it was ready (%v):\n%s", n.Name, n.err, n.Log())
+	case <-time.After(ReadyTimeout):
+		n.Kill()
+		return fmt.Errorf("node %s printed no ready line within %s:\n%s", n.Name, ReadyTimeout, n.Log())
+	}
+}
+
+func (n *Node) copyLines(r io.Reader, ready chan [2]string, wg *sync.WaitGroup) {
+	defer wg.Done()
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		n.logMu.Lock()
+		n.log.WriteString(line + "\n")
+		n.logMu.Unlock()
+		if n.c.Output != nil {
+			fmt.Fprintf(n.c.Output, "%s| %s\n", n.Name, line)
+		}
+		if ready != nil {
+			if m := readyLine.FindStringSubmatch(line); m != nil {
+				select {
+				case ready <- [2]string{m[1], m[2]}:
+				default:
+				}
+			}
+		}
+	}
+}
+
+// Log is everything the node printed so far.
+func (n *Node) Log() string {
+	n.logMu.Lock()
+	defer n.logMu.Unlock()
+	return n.log.String()
+}
+
+// Running reports whether the process is still alive.
+func (n *Node) Running() bool {
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill kills the node's process group with SIGKILL, as a crash would, and waits for it.
+func (n *Node) Kill() error {
+	syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+	<-n.done
+	return nil
+}
+
+// Stop asks the node to stop (SIGTERM) and waits; it kills it if it has not gone within timeout.
+func (n *Node) Stop(timeout time.Duration) error {
+	if !n.Running() {
+		return nil
+	}
+	n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+		var ee *exec.ExitError
+		if errors.As(n.err, &ee) {
+			return fmt.Errorf("node %s stopped with %v", n.Name, n.err)
+		}
+		return nil
+	case <-time.After(timeout):
+		n.Kill()
+		return fmt.Errorf("node %s did not stop within %s and was killed", n.Name, timeout)
+	}
+}
+
+// Restart starts the node again with the same arguments, from its data folder.
+func (n *Node) Restart() error {
+	if n.Running() {
+		return fmt.Errorf("node %s is still running", n.Name)
+	}
+	n.logMu.Lock()
+	n.log.Reset()
+	n.logMu.Unlock()
+	return n.start()
+}
+
+// StopAll stops every node, killing those that do not stop in time.
+func (c *Cluster) StopAll(timeout time.Duration) error {
+	c.mu.Lock()
+	nodes := make([]*Node, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		nodes = append(nodes, n)
+	}
+	c.mu.Unlock()
+	var errs []error
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := n.Stop(timeout); err != nil {
+				mu.Lock()
+				errs = append(errs, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// Run runs a client command of the node binary against addr with the cluster's cookie and
+// returns what it printed.
+func (c *Cluster) Run(ctx context.Context, addr string, args ...string) (stdout, stderr string, err error) {
+	cmd := exec.CommandContext(ctx, c.Bin, args...)
+	cmd.Env = append(os.Environ(), "DUCKRAFT_COOKIE="+c.Cookie, "DUCKRAFT_ADDR="+addr)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err = cmd.Run()
+	return o.String(), e.String(), err
+}

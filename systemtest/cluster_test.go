@@ -1,0 +1,226 @@
+package systemtest
+
+import (
+	"crypto/tls"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/duckraft/duckraft/localcluster"
+)
+
+// The seed's opening: isolated nodes, Node.connect, Node.list from every node.
+func TestThreeNodesConnectAndAgreeOnMembers(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	for _, n := range nodes {
+		ms := members(c, n.API)
+		if len(ms) != 1 || ms[0].Name != n.Name || ms[0].Role != "leader" {
+			t.Fatalf("fresh node %s is not a cluster of one: %s", n.Name, view(ms))
+		}
+	}
+	connectAll(t, c, nodes)
+	want := "a:leader:true:voter b:follower:true:voter c:follower:true:voter"
+	for _, n := range nodes {
+		waitFor(t, n.Name+" to list three voters with a leading", 10*time.Second, func() bool {
+			return view(members(c, n.API)) == want
+		})
+	}
+	// Connecting again is harmless, as Node.connect is.
+	if out := cli(t, c, nodes[1].API, "connect", nodes[2].API); strings.TrimSpace(out) != "true" {
+		t.Fatalf("second connect printed %q", out)
+	}
+}
+
+// kill -9 the leader: a new one is elected, the old one shows unreachable; restarted from its
+// data folder it comes back as a follower under the same name.
+func TestLeaderKilledAndRestarted(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	leader := nodes[0]
+	waitFor(t, "a to lead three voters", 10*time.Second, func() bool {
+		ms := members(c, leader.API)
+		return leaderOf(ms) == "a" && len(ms) == 3 && strings.Count(view(ms), ":voter") == 3
+	})
+
+	leader.Kill()
+	for _, n := range nodes[1:] {
+		waitFor(t, n.Name+" to see a new leader and a unreachable", 15*time.Second, func() bool {
+			ms := members(c, n.API)
+			l := leaderOf(ms)
+			return len(ms) == 3 && l != "" && l != "a" && strings.Contains(view(ms), "a:unknown:false")
+		})
+	}
+
+	if err := leader.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		waitFor(t, n.Name+" to see a back as a follower", 15*time.Second, func() bool {
+			ms := members(c, n.API)
+			return len(ms) == 3 && strings.Contains(view(ms), "a:follower:true:voter") && leaderOf(ms) != ""
+		})
+	}
+}
+
+func TestWrongCookieCannotConnect(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b")
+	connectAll(t, c, nodes)
+	before := view(members(c, nodes[0].API))
+
+	// x runs with another cookie: its own client reaches it, but it cannot reach the cluster.
+	other := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	t.Cleanup(func() { other.StopAll(10 * time.Second) })
+	x, err := other.Start("x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, err := tryCLI(other, x.API, "connect", nodes[0].API)
+	if err == nil || !strings.Contains(errOut, "cookies differ") {
+		t.Fatalf("connect with another cookie: err=%v, stderr=%q; want a refusal naming the cookies", err, errOut)
+	}
+	waitFor(t, "a to log that the cookies differ", 10*time.Second, func() bool {
+		return strings.Contains(nodes[0].Log(), "cookies differ")
+	})
+	if after := view(members(c, nodes[0].API)); after != before {
+		t.Fatalf("membership changed: %q, was %q", after, before)
+	}
+	if ms := members(other, x.API); len(ms) != 1 || ms[0].Name != "x" {
+		t.Fatalf("x is no longer a cluster of one: %s", view(ms))
+	}
+	// And a client with x's cookie cannot talk to the cluster at all.
+	_, errOut, err = tryCLI(other, nodes[0].API, "members")
+	if err == nil || !strings.Contains(errOut, "cookies differ") {
+		t.Fatalf("members with another cookie: err=%v, stderr=%q", err, errOut)
+	}
+}
+
+func TestConnectToNothingFailsWithClearMessage(t *testing.T) {
+	c, nodes := newCluster(t, "a")
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := l.Addr().String()
+	l.Close()
+	// The client's own timeout is far above a refused connection's answer: a message about
+	// nothing listening proves it did not just time out.
+	_, errOut, err := tryCLI(c, nodes[0].API, "connect", "--timeout", "20s", dead)
+	if err == nil || !strings.Contains(errOut, "nothing listens at "+dead) {
+		t.Fatalf("connect to a dead address: err=%v, stderr=%q", err, errOut)
+	}
+	if ms := members(c, nodes[0].API); len(ms) != 1 || leaderOf(ms) != "a" {
+		t.Fatalf("a failed join left a broken node: %s", view(ms))
+	}
+	// Asking a dead node directly says so too.
+	_, errOut, err = tryCLI(c, dead, "members")
+	if err == nil || !strings.Contains(errOut, "nothing listens") {
+		t.Fatalf("members on a dead address: err=%v, stderr=%q", err, errOut)
+	}
+}
+
+func TestSecondNodeWithSameNameIsRefused(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b")
+	connectAll(t, c, nodes)
+	before := view(members(c, nodes[0].API))
+
+	twin := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: c.Cookie}
+	t.Cleanup(func() { twin.StopAll(10 * time.Second) })
+	b2, err := twin.Start("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, err := tryCLI(twin, b2.API, "connect", nodes[0].API)
+	if err == nil || !strings.Contains(errOut, "already a member") {
+		t.Fatalf("second b connecting: err=%v, stderr=%q", err, errOut)
+	}
+	if after := view(members(c, nodes[0].API)); after != before {
+		t.Fatalf("membership changed: %q, was %q", after, before)
+	}
+}
+
+func TestNodeWithHistoryRefusesToJoin(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes[:2])
+	// a and b share a history now; a may not throw it away to join c.
+	_, errOut, err := tryCLI(c, nodes[0].API, "connect", nodes[2].API)
+	if err == nil || !strings.Contains(errOut, "history of its own") || !strings.Contains(errOut, "connect the other node to this one") {
+		t.Fatalf("connect of a node with history: err=%v, stderr=%q", err, errOut)
+	}
+	if ms := members(c, nodes[0].API); len(ms) != 2 {
+		t.Fatalf("a's cluster changed: %s", view(ms))
+	}
+}
+
+func TestForgetDeadMemberAndLeave(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	_, errOut, err := tryCLI(c, nodes[0].API, "forget", "c")
+	if err == nil || !strings.Contains(errOut, "is alive") {
+		t.Fatalf("forget of a live member: err=%v, stderr=%q", err, errOut)
+	}
+	nodes[2].Kill()
+	waitFor(t, "c to be forgotten", 15*time.Second, func() bool {
+		_, _, err := tryCLI(c, nodes[1].API, "forget", "c")
+		return err == nil
+	})
+	waitFor(t, "a and b to list only themselves", 10*time.Second, func() bool {
+		return view(members(c, nodes[1].API)) == "a:leader:true:voter b:follower:true:voter" ||
+			view(members(c, nodes[1].API)) == "a:follower:true:voter b:leader:true:voter"
+	})
+	cli(t, c, nodes[1].API, "leave")
+	waitFor(t, "b to be a cluster of one and a alone", 15*time.Second, func() bool {
+		ms := members(c, nodes[1].API)
+		return len(ms) == 1 && ms[0].Name == "b" && len(members(c, nodes[0].API)) == 1
+	})
+}
+
+// A client without the cookie is refused before any handler runs: a TLS client with no key gets
+// a 401 naming the cookie, and a plain HTTP one too.
+func TestClientWithoutCookieGets401(t *testing.T) {
+	_, nodes := newCluster(t, "a")
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	resp, err := hc.Post("https://"+nodes[0].API+"/v1/connect", "application/json", strings.NewReader(`{"addr":"127.0.0.1:1"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "cookie") {
+		t.Fatalf("TLS client without the cookie: %s %s", resp.Status, body)
+	}
+	resp, err = http.Get("http://" + nodes[0].API + "/v1/members")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "cookie") {
+		t.Fatalf("plain HTTP client: %s %s", resp.Status, body)
+	}
+}
+
+func TestRestartKeepsIdentityAndRefusesAnotherName(t *testing.T) {
+	c, nodes := newCluster(t, "a")
+	a := nodes[0]
+	api := a.API
+	if err := a.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if a.API != api {
+		t.Fatalf("restarted at %s, was %s", a.API, api)
+	}
+	if ms := members(c, a.API); len(ms) != 1 || ms[0].Name != "a" {
+		t.Fatalf("after restart: %s", view(ms))
+	}
+	a.Stop(10 * time.Second)
+	_, err := c.Start("z", "--data-dir", a.Dir)
+	if err == nil || !strings.Contains(err.Error(), "belongs to node a") {
+		t.Fatalf("start z on a's folder: %v", err)
+	}
+}

@@ -1,0 +1,153 @@
+// Package systemtest drives real node processes on 127.0.0.1 the way a user does, through the
+// node binary's own commands. Every end-to-end test uses the helpers in this file.
+package systemtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/localcluster"
+)
+
+// bin is the node binary under test, built once for the whole package.
+var bin string
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "duckraft-systemtest-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	// Nodes and clients must not read or make the developer's own ~/.duckraft.cookie.
+	os.Setenv("HOME", dir)
+	os.Unsetenv("DUCKRAFT_COOKIE")
+	os.Unsetenv("DUCKRAFT_ADDR")
+	bin = filepath.Join(dir, "duckraft")
+	build := exec.Command("go", "build", "-o", bin, "../cmd/node")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build node binary:", err)
+		return 1
+	}
+	return m.Run()
+}
+
+func randomCookie() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// newCluster starts the named nodes, each a cluster of one, stopping them all when the test
+// ends and printing their logs if it failed.
+func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localcluster.Node) {
+	t.Helper()
+	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	var nodes []*localcluster.Node
+	t.Cleanup(func() {
+		if err := c.StopAll(10 * time.Second); err != nil {
+			t.Errorf("stopping the cluster: %v", err)
+		}
+		if t.Failed() {
+			for _, n := range nodes {
+				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
+			}
+		}
+	})
+	for _, name := range names {
+		n, err := c.Start(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	return c, nodes
+}
+
+// cli runs a client command against addr and fails the test if it fails.
+func cli(t *testing.T, c *localcluster.Cluster, addr string, args ...string) string {
+	t.Helper()
+	out, errOut, err := tryCLI(c, addr, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", "node", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+func tryCLI(c *localcluster.Cluster, addr string, args ...string) (string, string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return c.Run(ctx, addr, args...)
+}
+
+// members asks the node at addr for the member list; nil if it cannot answer.
+func members(c *localcluster.Cluster, addr string) []agent.MemberStatus {
+	out, _, err := tryCLI(c, addr, "members", "--json")
+	if err != nil {
+		return nil
+	}
+	var ms []agent.MemberStatus
+	if json.Unmarshal([]byte(out), &ms) != nil {
+		return nil
+	}
+	return ms
+}
+
+// connectAll connects every node after the first to the first's cluster.
+func connectAll(t *testing.T, c *localcluster.Cluster, nodes []*localcluster.Node) {
+	t.Helper()
+	for _, n := range nodes[1:] {
+		if out := cli(t, c, n.API, "connect", nodes[0].API); strings.TrimSpace(out) != "true" {
+			t.Fatalf("connect %s printed %q, want true", n.Name, out)
+		}
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after timeout.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// view summarises a member list as "name:role:reachable" entries, for comparing nodes' answers.
+func view(ms []agent.MemberStatus) string {
+	var parts []string
+	for _, m := range ms {
+		parts = append(parts, fmt.Sprintf("%s:%s:%v:%s", m.Name, m.Role, m.Reachable, m.Suffrage))
+	}
+	return strings.Join(parts, " ")
+}
+
+func leaderOf(ms []agent.MemberStatus) string {
+	leader := ""
+	for _, m := range ms {
+		if m.Role == "leader" {
+			if leader != "" {
+				return "" // two claim it: not settled
+			}
+			leader = m.Name
+		}
+	}
+	return leader
+}
