@@ -62,6 +62,9 @@
 //	                    starts from it when it exists.
 //
 // Signals: SIGHUP swaps (a second SIGHUP during a swap is ignored and
-// logged), SIGTERM and SIGINT stop gracefully. Log lines go to stderr as
+// logged; one that comes while the previous generation still drains waits
+// for it to exit, as tableflip requires), SIGTERM and SIGINT stop
+// gracefully. Signals are caught from the start, before the PID file names
+// the process. Log lines go to stderr as
 // log/slog text, one line per event.
 package hotswap

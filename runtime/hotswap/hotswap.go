@@ -1,6 +1,7 @@
 package hotswap
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -114,6 +115,10 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		return fmt.Errorf("hotswap: starting tableflip: %w", err)
 	}
 	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{})}
+	// Catch signals before Ready writes the PID file: a supervisor may
+	// send SIGHUP as soon as it sees it, and SIGHUP's default is to die.
+	r.sigs = make(chan os.Signal, 4)
+	signal.Notify(r.sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 	if err := r.watchLifeline(); err != nil {
 		upg.Stop()
 		return err
@@ -170,6 +175,7 @@ type runner struct {
 	http       *server
 	stateFile  *os.File // passed to the next generation; nil until a swap
 	lifeline   chan struct{}
+	sigs       chan os.Signal
 	ready      bool
 }
 
@@ -270,8 +276,7 @@ func (r *runner) watchLifeline() error {
 }
 
 func (r *runner) loop() error {
-	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	sigs := r.sigs
 	swapped := make(chan error, 1)
 	swapping := false
 	for {
@@ -314,6 +319,9 @@ func (r *runner) loop() error {
 // thaws again, with the state as it was.
 func (r *runner) swap() error {
 	start := time.Now()
+	if err := r.waitForParent(); err != nil {
+		return err
+	}
 	r.log.Info("swap: SIGHUP received; freezing", "generation", r.generation)
 	if r.http != nil {
 		if err := r.http.hold(r.env.readyTimeout); err != nil {
@@ -331,11 +339,45 @@ func (r *runner) swap() error {
 		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
 	}
 	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start))
-	if err := r.upg.Upgrade(); err != nil {
+	if err := r.upgrade(); err != nil {
 		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
 	}
 	r.log.Info("swap: new generation ready", "new_pid", r.readPIDFile(), "took", time.Since(start))
 	return nil
+}
+
+// waitForParent waits for the previous generation to finish draining:
+// tableflip refuses to swap until it has exited, and a SIGHUP that comes
+// while it drains is better served late than refused.
+func (r *runner) waitForParent() error {
+	ctx, cancel := context.WithTimeout(context.Background(), DrainBound+10*time.Second)
+	defer cancel()
+	go func() {
+		// A stop (upg.Stop closes Exit) should not wait for the parent.
+		select {
+		case <-r.upg.Exit():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := r.upg.WaitForParent(ctx); err != nil && ctx.Err() != nil {
+		return fmt.Errorf("the previous generation has not exited (%w); swap again once it has", ctx.Err())
+	}
+	return nil
+}
+
+// upgrade is tableflip's Upgrade, retried while tableflip has not yet
+// noticed the parent's exit that WaitForParent already reported (its own
+// goroutine learns of it a moment later). tableflip does not export that
+// error, hence the string.
+func (r *runner) upgrade() error {
+	for try := 0; ; try++ {
+		err := r.upg.Upgrade()
+		if err == nil || err.Error() != "parent hasn't exited" || try == 100 {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 // handOff writes the snapshot into the file the next generation inherits.

@@ -91,14 +91,15 @@ func TestSwapUnderLoadLosesNothing(t *testing.T) {
 	binary(t, "duck-v2")
 	d := startDuck(t, "duck", nil)
 	const swaps = 20
-	// 8 clients at 250 requests/s each; the budget only stops a hung run.
-	l := startLoad(t, d.addr, 8, 4*time.Millisecond, 50_000, 3*time.Minute)
+	// 8 clients at up to 1000 requests/s each, as fast as two shared cores
+	// allow; the budget only stops a hung run.
+	l := startLoad(t, d.addr, 8, time.Millisecond, 50_000, 3*time.Minute)
 	var took []time.Duration
 	for i := 0; i < swaps; i++ {
 		// Every swap happens with every client's connection busy.
 		before := l.requests.Load()
-		poll(t, 30*time.Second, "the clients to make 50 more requests", func() bool {
-			return l.requests.Load() >= before+50
+		poll(t, 30*time.Second, "the clients to make 200 more requests", func() bool {
+			return l.requests.Load() >= before+200
 		})
 		next := "duck-v2"
 		if i%2 == 1 {

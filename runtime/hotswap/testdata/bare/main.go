@@ -23,11 +23,22 @@ func main() {
 		os.Exit(1)
 	}
 	defer upg.Stop()
+	// Two fixes to the example so a benchmark can swap back to back: catch
+	// SIGHUP before Ready writes the PID file, and wait for the previous
+	// generation to exit (tableflip refuses to upgrade before, and learns
+	// of the exit a moment after WaitForParent does). Neither is on the
+	// measured path from SIGHUP to the old process gone.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGHUP)
 	go func() {
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGHUP)
 		for range sig {
-			if err := upg.Upgrade(); err != nil {
+			upg.WaitForParent(context.Background())
+			err := upg.Upgrade()
+			for try := 0; err != nil && err.Error() == "parent hasn't exited" && try < 100; try++ {
+				time.Sleep(time.Millisecond)
+				err = upg.Upgrade()
+			}
+			if err != nil {
 				fmt.Fprintln(os.Stderr, "bare: upgrade failed:", err)
 			}
 		}
