@@ -23,7 +23,7 @@ const SDKVersion = "v0.0.0"
 // SDKGo is the go line of this module's go.mod.
 const SDKGo = "1.26"
 
-// Tableflip is a byte-for-byte copy of the non-test, non-Windows .go files and the LICENSE of
+// Tableflip is a byte-for-byte (after gofmt) copy of the non-test, non-Windows .go files and the LICENSE of
 // github.com/cloudflare/tableflip at TableflipVersion, under TableflipDir. go:embed cannot reach
 // the module cache, hence the copy. The leading underscore keeps the go tool from treating the
 // copy as a package of this module, so ./... neither builds nor vets it; go:embed still accepts
