@@ -2,11 +2,13 @@ package consensus
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -22,20 +24,48 @@ type Member struct {
 // State is everything the cluster agrees on. It is a plain value so that a snapshot is its JSON
 // and a reader gets a copy it may keep.
 type State struct {
-	Members map[string]Member `json:"members"`
+	Members  map[string]Member `json:"members"`
+	Versions []Version         `json:"versions,omitempty"`
+	Rollout  *Rollout          `json:"rollout,omitempty"` // the latest rollout
+	Past     []*Rollout        `json:"past,omitempty"`    // earlier rollouts, newest last
 }
+
+// keepPast bounds the rollout history the state keeps.
+const keepPast = 50
+
+// ErrSameVersion means a bundle was committed while the cluster already runs it.
+var ErrSameVersion = errors.New("same version")
+
+// ErrStale means a command was about a rollout that is no longer the current one.
+var ErrStale = errors.New("stale rollout command")
 
 // Command is one entry of the log. Op selects what it does; the other fields are its arguments.
 type Command struct {
 	Op     string  `json:"op"`
 	Member *Member `json:"member,omitempty"`
 	Name   string  `json:"name,omitempty"`
+
+	// Time is stamped by the leader when it proposes the command, so every node applies the
+	// same time: Apply must not read the clock.
+	Time     time.Time `json:"time,omitzero"`
+	Version  *Version  `json:"version,omitempty"`
+	Canary   bool      `json:"canary,omitempty"`
+	NoRevert bool      `json:"no_revert,omitempty"`
+	N        int       `json:"n,omitempty"`
+	Phase    string    `json:"phase,omitempty"`
+	State    string    `json:"state,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
 }
 
 // The operations a Command may carry.
 const (
-	OpRegister   = "register"
-	OpUnregister = "unregister"
+	OpRegister     = "register"
+	OpUnregister   = "unregister"
+	OpCommit       = "commit"        // a new version, and its rollout
+	OpGrant        = "grant"         // a node's turn to swap (or to go back)
+	OpReport       = "report"        // a node's progress in the rollout
+	OpRolloutState = "rollout-state" // pause, resume, undo, done
 )
 
 // FSM applies committed commands to State. Apply is deterministic: every node applying the same
@@ -72,6 +102,23 @@ func (s *State) apply(c Command) error {
 		s.Members[c.Member.Name] = *c.Member
 	case OpUnregister:
 		delete(s.Members, c.Name)
+	case OpCommit:
+		prev := s.Rollout
+		if err := s.commit(c); err != nil {
+			return err
+		}
+		if prev != nil {
+			s.Past = append(s.Past, prev)
+			if len(s.Past) > keepPast {
+				s.Past = s.Past[len(s.Past)-keepPast:]
+			}
+		}
+	case OpGrant:
+		return s.grant(c)
+	case OpReport:
+		return s.report(c)
+	case OpRolloutState:
+		return s.setRolloutState(c)
 	default:
 		// A newer node may write operations this one does not know; refusing them loudly beats
 		// silently diverging. Upgrade this node to apply them.
@@ -80,11 +127,49 @@ func (s *State) apply(c Command) error {
 	return nil
 }
 
-// State returns a copy of the current state.
+// State returns a copy of the current state. Bundles are shared, not copied: nobody writes
+// into one.
 func (f *FSM) State() State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return State{Members: maps.Clone(f.state.Members)}
+	s := State{
+		Members:  maps.Clone(f.state.Members),
+		Versions: slices.Clone(f.state.Versions),
+		Rollout:  f.state.Rollout.clone(),
+	}
+	for _, r := range f.state.Past {
+		s.Past = append(s.Past, r.clone())
+	}
+	return s
+}
+
+// Rollout returns a copy of the latest rollout, nil if there was none.
+func (f *FSM) Rollout() *Rollout {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Rollout.clone()
+}
+
+// Version returns committed version n.
+func (f *FSM) Version(n int) (Version, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	for _, v := range f.state.Versions {
+		if v.N == n {
+			return v, true
+		}
+	}
+	return Version{}, false
+}
+
+// Current is the version the cluster runs (see State.current), if any.
+func (f *FSM) Current() (Version, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if v := f.state.current(); v != nil {
+		return *v, true
+	}
+	return Version{}, false
 }
 
 // Fresh reports whether the cluster's history is only self's own start: nothing but self was
@@ -97,7 +182,7 @@ func (f *FSM) Fresh(self string) bool {
 			return false
 		}
 	}
-	return true
+	return len(f.state.Versions) == 0
 }
 
 // MemberNames lists the registered names in order.

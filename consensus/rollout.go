@@ -1,0 +1,366 @@
+package consensus
+
+import (
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Version is a committed code version: a source bundle named by its sha256, numbered in commit
+// order.
+type Version struct {
+	N         int       `json:"n"`
+	ID        string    `json:"id"`
+	Message   string    `json:"message,omitempty"`
+	Author    string    `json:"author,omitempty"`
+	Committed time.Time `json:"committed"`
+	// Bundle is the source itself. The log carries it (bundles are small); the state keeps the
+	// newest keepBundles of them so snapshots stay small.
+	Bundle []byte `json:"bundle,omitempty"`
+}
+
+// keepBundles is how many versions keep their bundle in the state: enough to undo a few steps.
+const keepBundles = 5
+
+// Phases of one node in a rollout.
+const (
+	PhasePending   = "pending"   // nothing yet
+	PhaseBuilding  = "building"  // building the new version
+	PhaseBuilt     = "built"     // built, waiting for its turn
+	PhaseGranted   = "granted"   // its turn: swap every duck
+	PhaseSwapping  = "swapping"  // swapping
+	PhaseRunning   = "running"   // every duck runs the new version and stayed healthy
+	PhaseFailed    = "failed"    // build or swap failed; the rollout halted here
+	PhaseSkipped   = "skipped"   // down when its turn came; it catches up by itself
+	PhaseReverting = "reverting" // its turn to go back to the previous version
+	PhaseReverted  = "reverted"  // back on the previous version
+)
+
+// States of a rollout.
+const (
+	RolloutRolling   = "rolling"   // nodes upgrade one at a time
+	RolloutPaused    = "paused"    // canary done or paused by hand; resume or undo
+	RolloutDone      = "done"      // every node runs the version (or was skipped)
+	RolloutHalted    = "halted"    // a node failed; nothing more happens
+	RolloutReverting = "reverting" // upgraded nodes go back, in reverse order
+	RolloutReverted  = "reverted"  // every upgraded node is back on the previous version
+)
+
+// NodeRollout is one node's part in a rollout.
+type NodeRollout struct {
+	Phase   string    `json:"phase"`
+	Since   time.Time `json:"since"` // when Phase was entered
+	Granted time.Time `json:"granted,omitzero"`
+	Done    time.Time `json:"done,omitzero"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// Rollout is the rollout of one version across the cluster. The order is fixed when the version
+// is committed, so every node, and every later leader, sees the same one.
+type Rollout struct {
+	Version    int                     `json:"version"`
+	Target     string                  `json:"target"`         // bundle ID rolled out
+	From       int                     `json:"from,omitempty"` // version the cluster ran before, 0 if none
+	FromID     string                  `json:"from_id,omitempty"`
+	Order      []string                `json:"order"`
+	Nodes      map[string]*NodeRollout `json:"nodes"`
+	State      string                  `json:"state"`
+	Canary     bool                    `json:"canary,omitempty"`
+	AutoRevert bool                    `json:"auto_revert"`
+	Reason     string                  `json:"reason,omitempty"`
+	Started    time.Time               `json:"started"`
+	Ended      time.Time               `json:"ended,omitzero"`
+}
+
+// Active reports whether the rollout still has work to do.
+func (r *Rollout) Active() bool {
+	return r != nil && (r.State == RolloutRolling || r.State == RolloutPaused || r.State == RolloutReverting)
+}
+
+func (r *Rollout) clone() *Rollout {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Order = slices.Clone(r.Order)
+	c.Nodes = make(map[string]*NodeRollout, len(r.Nodes))
+	for k, v := range r.Nodes {
+		nv := *v
+		c.Nodes[k] = &nv
+	}
+	return &c
+}
+
+// Desired is the version ID node should run as far as this rollout goes: the target once the
+// node has upgraded (or was skipped, and must catch up), the previous version otherwise. A node
+// outside the order (joined later) follows the rollout's outcome.
+func (r *Rollout) Desired(node string) string {
+	if r == nil {
+		return ""
+	}
+	nr, ok := r.Nodes[node]
+	if !ok {
+		if r.State == RolloutDone || r.FromID == "" {
+			return r.Target
+		}
+		return r.FromID
+	}
+	switch nr.Phase {
+	case PhaseRunning, PhaseGranted, PhaseSwapping, PhaseSkipped:
+		return r.Target
+	}
+	if r.FromID == "" {
+		return r.Target
+	}
+	return r.FromID
+}
+
+// Step is what the leader should commit next to move a rollout on; Command is empty when it
+// should wait.
+type Step struct {
+	Command Command
+	Why     string
+}
+
+// Timings of the leader's rollout driver.
+type Timings struct {
+	// AckTimeout is how long a granted node may take to say it started; a node that is down says
+	// nothing and is skipped after it.
+	AckTimeout time.Duration
+	// SwapTimeout bounds a whole swap on one node (build included).
+	SwapTimeout time.Duration
+}
+
+// Next decides the leader's next move for r at time now. It is a pure function of the rollout so
+// that any leader, old or new, makes the same move, and a test can check every branch.
+func (r *Rollout) Next(now time.Time, t Timings) Step {
+	if r == nil {
+		return Step{}
+	}
+	switch r.State {
+	case RolloutRolling:
+		for _, name := range r.Order {
+			nr := r.Nodes[name]
+			switch nr.Phase {
+			case PhaseGranted:
+				if now.Sub(nr.Since) > t.AckTimeout {
+					return r.report(name, PhaseSkipped, fmt.Sprintf("no answer within %s of its turn: down? it catches up when it returns", t.AckTimeout), now)
+				}
+				return Step{Why: "waiting for " + name + " to start"}
+			case PhaseSwapping:
+				if now.Sub(nr.Since) > t.SwapTimeout {
+					return r.report(name, PhaseFailed, fmt.Sprintf("swap took over %s", t.SwapTimeout), now)
+				}
+				return Step{Why: "waiting for " + name + " to swap"}
+			}
+		}
+		upgraded := 0
+		for _, name := range r.Order {
+			nr := r.Nodes[name]
+			switch nr.Phase {
+			case PhaseRunning:
+				upgraded++
+			case PhasePending, PhaseBuilding, PhaseBuilt:
+				if r.Canary && upgraded > 0 {
+					return Step{Command: Command{Op: OpRolloutState, N: r.Version, State: RolloutPaused, Reason: "canary " + r.Order[0] + " runs the version: `rollout resume` to carry on, `rollout undo` to go back", Time: now}}
+				}
+				return Step{Command: Command{Op: OpGrant, N: r.Version, Name: name, Phase: PhaseGranted, Time: now}, Why: "grant " + name}
+			}
+		}
+		return Step{Command: Command{Op: OpRolloutState, N: r.Version, State: RolloutDone, Time: now}}
+	case RolloutReverting:
+		for _, name := range slices.Backward(r.Order) {
+			nr := r.Nodes[name]
+			if nr.Phase == PhaseReverting {
+				if now.Sub(nr.Since) > t.SwapTimeout {
+					return r.report(name, PhaseFailed, fmt.Sprintf("going back took over %s", t.SwapTimeout), now)
+				}
+				return Step{Why: "waiting for " + name + " to go back"}
+			}
+		}
+		for _, name := range slices.Backward(r.Order) {
+			if r.Nodes[name].Phase == PhaseRunning {
+				return Step{Command: Command{Op: OpGrant, N: r.Version, Name: name, Phase: PhaseReverting, Time: now}, Why: "revert " + name}
+			}
+		}
+		return Step{Command: Command{Op: OpRolloutState, N: r.Version, State: RolloutReverted, Time: now}}
+	}
+	return Step{}
+}
+
+func (r *Rollout) report(name, phase, msg string, now time.Time) Step {
+	return Step{Command: Command{Op: OpReport, N: r.Version, Name: name, Phase: phase, Error: msg, Time: now}, Why: name + " " + phase}
+}
+
+// commit records a new version and starts its rollout.
+func (s *State) commit(c Command) error {
+	if c.Version == nil || c.Version.ID == "" || len(c.Version.Bundle) == 0 {
+		return fmt.Errorf("commit without a bundle")
+	}
+	if s.Rollout.Active() {
+		return fmt.Errorf("version %d is still rolling out (%s): wait for it, or `rollout undo`", s.Rollout.Version, s.Rollout.State)
+	}
+	var from *Version
+	if len(s.Versions) > 0 {
+		from = &s.Versions[len(s.Versions)-1]
+		if cur := s.current(); cur != nil && cur.ID == c.Version.ID {
+			return fmt.Errorf("%w: this bundle is version %d, which the cluster already runs", ErrSameVersion, cur.N)
+		}
+	}
+	v := *c.Version
+	v.N = 1
+	if from != nil {
+		v.N = from.N + 1
+	}
+	v.Committed = c.Time
+	s.Versions = append(s.Versions, v)
+	// Drop old bundles, but never the one the cluster runs: a revert needs it.
+	cur := s.current()
+	for i := 0; i < len(s.Versions)-keepBundles; i++ {
+		if cur == nil || s.Versions[i].N != cur.N {
+			s.Versions[i].Bundle = nil
+		}
+	}
+	r := &Rollout{
+		Version: v.N, Target: v.ID, Order: slices.Sorted(mapKeys(s.Members)),
+		Nodes: map[string]*NodeRollout{}, State: RolloutRolling, Canary: c.Canary,
+		AutoRevert: !c.NoRevert, Started: c.Time,
+	}
+	if cur != nil {
+		r.From, r.FromID = cur.N, cur.ID
+	}
+	for _, name := range r.Order {
+		r.Nodes[name] = &NodeRollout{Phase: PhasePending, Since: c.Time}
+	}
+	s.Rollout = r
+	return nil
+}
+
+// current is the version the cluster runs: the last rollout's target once done (or while it
+// rolls), its source after a revert or halt.
+func (s *State) current() *Version {
+	r := s.Rollout
+	if r == nil {
+		return nil
+	}
+	n := r.Version
+	if (r.State == RolloutReverted || r.State == RolloutHalted) && r.From != 0 {
+		n = r.From
+	}
+	for i := range s.Versions {
+		if s.Versions[i].N == n {
+			return &s.Versions[i]
+		}
+	}
+	return nil
+}
+
+func mapKeys[V any](m map[string]V) func(func(string) bool) {
+	return func(yield func(string) bool) {
+		for k := range m {
+			if !yield(k) {
+				return
+			}
+		}
+	}
+}
+
+// rolloutFor checks that a command is about the current rollout.
+func (s *State) rolloutFor(c Command) (*Rollout, error) {
+	r := s.Rollout
+	if r == nil || r.Version != c.N {
+		return nil, fmt.Errorf("%w: version %d is not the one rolling out", ErrStale, c.N)
+	}
+	return r, nil
+}
+
+func (s *State) grant(c Command) error {
+	r, err := s.rolloutFor(c)
+	if err != nil {
+		return err
+	}
+	nr, ok := r.Nodes[c.Name]
+	if !ok {
+		return fmt.Errorf("%s is not in version %d's rollout", c.Name, c.N)
+	}
+	if c.Phase != PhaseGranted && c.Phase != PhaseReverting {
+		return fmt.Errorf("cannot grant %q", c.Phase)
+	}
+	nr.Phase, nr.Since, nr.Granted, nr.Error = c.Phase, c.Time, c.Time, ""
+	return nil
+}
+
+func (s *State) report(c Command) error {
+	r, err := s.rolloutFor(c)
+	if err != nil {
+		return err
+	}
+	nr, ok := r.Nodes[c.Name]
+	if !ok {
+		return fmt.Errorf("%s is not in version %d's rollout", c.Name, c.N)
+	}
+	switch c.Phase {
+	case PhaseBuilding, PhaseBuilt:
+		// A build report never undoes a later phase: builds run in parallel with the rollout.
+		if nr.Phase != PhasePending && nr.Phase != PhaseBuilding {
+			return nil
+		}
+	case PhaseSwapping:
+		if nr.Phase != PhaseGranted {
+			return fmt.Errorf("%w: %s was not granted a swap", ErrStale, c.Name)
+		}
+	case PhaseRunning, PhaseReverted, PhaseFailed, PhaseSkipped:
+	default:
+		return fmt.Errorf("unknown phase %q", c.Phase)
+	}
+	nr.Phase, nr.Since, nr.Error = c.Phase, c.Time, c.Error
+	if c.Phase == PhaseRunning || c.Phase == PhaseReverted || c.Phase == PhaseFailed || c.Phase == PhaseSkipped {
+		nr.Done = c.Time
+	}
+	if c.Phase == PhaseFailed && (r.State == RolloutRolling || r.State == RolloutPaused) {
+		// The first failure stops the rollout where it is; the cluster keeps serving the old
+		// version on every node not yet upgraded.
+		r.Reason = fmt.Sprintf("%s failed: %s", c.Name, c.Error)
+		r.State = RolloutHalted
+		if r.AutoRevert && r.FromID != "" {
+			r.State = RolloutReverting
+		} else {
+			r.Ended = c.Time
+		}
+	}
+	return nil
+}
+
+func (s *State) setRolloutState(c Command) error {
+	r, err := s.rolloutFor(c)
+	if err != nil {
+		return err
+	}
+	switch c.State {
+	case RolloutPaused:
+		if r.State != RolloutRolling {
+			return fmt.Errorf("version %d is %s, not rolling: nothing to pause", r.Version, r.State)
+		}
+	case RolloutRolling:
+		if r.State != RolloutPaused {
+			return fmt.Errorf("version %d is %s, not paused: nothing to resume", r.Version, r.State)
+		}
+		r.Canary = false // resume carries on to every node
+	case RolloutReverting:
+		if !r.Active() && r.State != RolloutDone && r.State != RolloutHalted {
+			return fmt.Errorf("version %d is %s: nothing to undo", r.Version, r.State)
+		}
+		if r.FromID == "" {
+			return fmt.Errorf("version %d is the first version: there is nothing to go back to", r.Version)
+		}
+	case RolloutDone, RolloutReverted, RolloutHalted:
+		r.Ended = c.Time
+	default:
+		return fmt.Errorf("unknown rollout state %q", c.State)
+	}
+	r.State = c.State
+	if c.Reason != "" {
+		r.Reason = c.Reason
+	}
+	return nil
+}

@@ -1,0 +1,241 @@
+package consensus
+
+import (
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var timings = Timings{AckTimeout: 5 * time.Second, SwapTimeout: time.Minute}
+
+// cluster3 is an FSM with members a, b, c and a first version rolled out everywhere.
+func cluster3(t *testing.T) (*FSM, *clock) {
+	t.Helper()
+	f := NewFSM()
+	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	for _, n := range []string{"c", "a", "b"} {
+		mustApply(t, f, Command{Op: OpRegister, Member: &Member{Name: n}})
+	}
+	commit(t, f, clk, "v1", false)
+	drive(t, f, clk, func(name string, phase string) string { return PhaseRunning })
+	if r := f.Rollout(); r.State != RolloutDone {
+		t.Fatalf("first rollout ended %s", r.State)
+	}
+	return f, clk
+}
+
+type clock struct{ t time.Time }
+
+func (c *clock) now() time.Time { c.t = c.t.Add(100 * time.Millisecond); return c.t }
+
+var logIndex uint64
+
+func mustApply(t *testing.T, f *FSM, c Command) {
+	t.Helper()
+	if err := apply(t, f, c); err != nil {
+		t.Fatalf("apply %s: %v", c.Op, err)
+	}
+}
+
+func apply(t *testing.T, f *FSM, c Command) error {
+	t.Helper()
+	logIndex++
+	if err, ok := f.Apply(entry(t, logIndex, c)).(error); ok {
+		return err
+	}
+	return nil
+}
+
+func commit(t *testing.T, f *FSM, clk *clock, src string, canary bool) error {
+	t.Helper()
+	return apply(t, f, Command{Op: OpCommit, Time: clk.now(), Canary: canary,
+		Version: &Version{ID: "id-" + src, Message: src, Bundle: []byte(src)}})
+}
+
+// drive plays leader and nodes until the rollout needs nobody: the leader commits what Next
+// says; a granted node answers with outcome(name, phase). It returns the grants in order.
+func drive(t *testing.T, f *FSM, clk *clock, outcome func(name, phase string) string) []string {
+	t.Helper()
+	var grants []string
+	for range 100 {
+		r := f.Rollout()
+		step := r.Next(clk.now(), timings)
+		if step.Command.Op == "" {
+			return grants
+		}
+		mustApply(t, f, step.Command)
+		if step.Command.Op != OpGrant {
+			continue
+		}
+		name, phase := step.Command.Name, step.Command.Phase
+		grants = append(grants, phase+":"+name)
+		if phase == PhaseGranted {
+			mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: PhaseSwapping, Time: clk.now()})
+		}
+		res := outcome(name, phase)
+		if res == "" {
+			continue // the node says nothing (down)
+		}
+		errMsg := ""
+		if res == PhaseFailed {
+			errMsg = "duck exited with status 3"
+		}
+		mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: res, Error: errMsg, Time: clk.now()})
+	}
+	t.Fatal("rollout did not settle in 100 steps")
+	return nil
+}
+
+func TestRolloutUpgradesOneNodeAtATimeInOrder(t *testing.T) {
+	f, clk := cluster3(t)
+	if err := commit(t, f, clk, "v2", false); err != nil {
+		t.Fatal(err)
+	}
+	r := f.Rollout()
+	if r.Version != 2 || r.From != 1 || !slices.Equal(r.Order, []string{"a", "b", "c"}) {
+		t.Fatalf("rollout = %+v", r)
+	}
+	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
+	if want := []string{"granted:a", "granted:b", "granted:c"}; !slices.Equal(grants, want) {
+		t.Fatalf("grants %v, want %v", grants, want)
+	}
+	r = f.Rollout()
+	if r.State != RolloutDone || r.Desired("b") != "id-v2" {
+		t.Fatalf("after rollout: %s, b should run %s", r.State, r.Desired("b"))
+	}
+	if v, _ := f.Current(); v.N != 2 {
+		t.Fatalf("current version %d, want 2", v.N)
+	}
+	if len(f.State().Past) != 1 {
+		t.Fatalf("history holds %d past rollouts, want 1", len(f.State().Past))
+	}
+}
+
+func TestSameBundleTwiceIsNotANewVersion(t *testing.T) {
+	f, clk := cluster3(t)
+	err := commit(t, f, clk, "v1", false)
+	if !errors.Is(err, ErrSameVersion) {
+		t.Fatalf("committing the running bundle again: %v", err)
+	}
+	if n := len(f.State().Versions); n != 1 {
+		t.Fatalf("%d versions after a repeated commit", n)
+	}
+}
+
+func TestFailureHaltsAndRevertsInReverseOrder(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	grants := drive(t, f, clk, func(name, phase string) string {
+		switch {
+		case phase == PhaseReverting:
+			return PhaseReverted
+		case name == "c":
+			return PhaseFailed
+		}
+		return PhaseRunning
+	})
+	want := []string{"granted:a", "granted:b", "granted:c", "reverting:b", "reverting:a"}
+	if !slices.Equal(grants, want) {
+		t.Fatalf("grants %v, want %v", grants, want)
+	}
+	r := f.Rollout()
+	if r.State != RolloutReverted || !strings.Contains(r.Reason, "c failed: duck exited") {
+		t.Fatalf("rollout %s (%s)", r.State, r.Reason)
+	}
+	for _, n := range r.Order {
+		if r.Desired(n) != "id-v1" {
+			t.Fatalf("%s should be back on v1, desired %s", n, r.Desired(n))
+		}
+	}
+	if v, _ := f.Current(); v.N != 1 {
+		t.Fatalf("current version %d after a revert, want 1", v.N)
+	}
+	// Nothing was lost: a new version may be committed.
+	if err := commit(t, f, clk, "v3", false); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBuildFailureHaltsBeforeAnySwap(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "broken", false)
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "b", Phase: PhaseFailed, Error: "main.go:3: undefined: x", Time: clk.now()})
+	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
+	if len(grants) != 0 {
+		t.Fatalf("a version that does not build was granted: %v", grants)
+	}
+	if r := f.Rollout(); r.State != RolloutReverted || r.Desired("a") != "id-v1" {
+		t.Fatalf("rollout %s; a desired %s", r.State, r.Desired("a"))
+	}
+}
+
+func TestCanaryPausesAfterFirstNode(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", true)
+	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
+	if !slices.Equal(grants, []string{"granted:a"}) || f.Rollout().State != RolloutPaused {
+		t.Fatalf("canary: grants %v, state %s", grants, f.Rollout().State)
+	}
+	if err := commit(t, f, clk, "v3", false); err == nil {
+		t.Fatal("a new version was committed over a paused canary")
+	}
+	mustApply(t, f, Command{Op: OpRolloutState, N: 2, State: RolloutRolling, Time: clk.now()})
+	grants = drive(t, f, clk, func(string, string) string { return PhaseRunning })
+	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != RolloutDone {
+		t.Fatalf("resume: grants %v, state %s", grants, f.Rollout().State)
+	}
+}
+
+func TestNodeThatNeverAnswersIsSkipped(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	r := f.Rollout()
+	mustApply(t, f, r.Next(clk.now(), timings).Command) // grant a
+	clk.t = clk.t.Add(timings.AckTimeout + time.Second)
+	step := f.Rollout().Next(clk.now(), timings)
+	if step.Command.Op != OpReport || step.Command.Phase != PhaseSkipped || step.Command.Name != "a" {
+		t.Fatalf("after the ack timeout: %+v", step)
+	}
+	mustApply(t, f, step.Command)
+	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
+	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != RolloutDone {
+		t.Fatalf("after skipping a: grants %v, state %s", grants, f.Rollout().State)
+	}
+	if f.Rollout().Desired("a") != "id-v2" {
+		t.Fatal("a skipped node must catch up to the target when it returns")
+	}
+}
+
+func TestStaleCommandsAreRefused(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	err := apply(t, f, Command{Op: OpReport, N: 1, Name: "a", Phase: PhaseRunning, Time: clk.now()})
+	if !errors.Is(err, ErrStale) {
+		t.Fatalf("report about version 1 during version 2's rollout: %v", err)
+	}
+	err = apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()})
+	if !errors.Is(err, ErrStale) {
+		t.Fatalf("swapping without a grant: %v", err)
+	}
+}
+
+func TestSnapshotKeepsRollout(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	snap, _ := f.Snapshot()
+	var sink memSink
+	snap.Persist(&sink)
+	g := NewFSM()
+	if err := g.Restore(nopCloser{&sink}); err != nil {
+		t.Fatal(err)
+	}
+	if r := g.Rollout(); r == nil || r.Version != 2 || r.State != RolloutRolling || len(g.State().Versions) != 2 {
+		t.Fatalf("restored rollout %+v", r)
+	}
+}
+
+type nopCloser struct{ *memSink }
+
+func (nopCloser) Close() error { return nil }
