@@ -1,0 +1,719 @@
+package supervise
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/duckraft/duckraft/runtime/hotswap"
+)
+
+const (
+	pollEvery = 20 * time.Millisecond
+	// killWait bounds the wait for a SIGKILLed process to be reaped.
+	killWait = 2 * time.Second
+	// drainWait bounds the wait for the last output of processes that
+	// have exited (their pipes' EOF).
+	drainWait = time.Second
+	// handOverWait bounds how long an old generation may take to exit
+	// after its successor is Ready: hotswap drains for DrainBound.
+	handOverWait = hotswap.DrainBound + 5*time.Second
+	minBackoff   = 100 * time.Millisecond
+	maxBackoff   = 5 * time.Second
+	// tailSize is how many stderr lines an error quotes.
+	tailSize = 10
+)
+
+type swapOp struct {
+	version, binary string
+	reply           chan error
+}
+
+// duck is one supervised duck. Its goroutine, keep, owns the processes:
+// it alone starts, swaps, restarts and stops them, so those never race;
+// the fields under mu are what others may read.
+type duck struct {
+	s        *Supervisor
+	cfg      Config
+	log      *slog.Logger
+	id, dir  string
+	addr     string
+	extraEnv []string
+	ctx      context.Context // cancelled by Stop
+	cancel   context.CancelFunc
+	ops      chan swapOp
+	finished chan struct{} // closed when keep (or a failed Start) is done
+
+	mu       sync.Mutex
+	version  string
+	gen      int // the last generation number handed out
+	state    string
+	restarts int
+	started  time.Time
+	lastErr  string
+	cur      *proc
+	run      *run
+
+	crashes []time.Time // within Window; keep's alone
+}
+
+func newDuck(s *Supervisor, spec Spec) *duck {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &duck{
+		s:        s,
+		cfg:      s.cfg,
+		log:      s.log.With("duck", spec.ID),
+		id:       spec.ID,
+		dir:      filepath.Join(s.cfg.Dir, spec.ID),
+		addr:     spec.Addr,
+		extraEnv: append([]string(nil), spec.Env...),
+		ctx:      ctx,
+		cancel:   cancel,
+		ops:      make(chan swapOp),
+		finished: make(chan struct{}),
+		version:  spec.Version,
+		state:    "starting",
+	}
+}
+
+func (d *duck) path(name string) string { return filepath.Join(d.dir, name) }
+
+func (d *duck) status() Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := Status{
+		ID: d.id, Version: d.version, Addr: d.addr,
+		Gen: d.gen, State: d.state, Restarts: d.restarts,
+		Started: d.started, LastError: d.lastErr,
+	}
+	if d.cur != nil && d.cur.alive() {
+		st.PID = d.cur.pid
+	}
+	return st
+}
+
+func (d *duck) setState(state string) {
+	d.mu.Lock()
+	d.state = state
+	d.mu.Unlock()
+}
+
+func (d *duck) setError(err error) {
+	d.mu.Lock()
+	d.lastErr = err.Error()
+	d.mu.Unlock()
+}
+
+func (d *duck) running(p *proc) {
+	d.mu.Lock()
+	d.cur = p
+	d.state = "running"
+	d.started = time.Now()
+	d.mu.Unlock()
+}
+
+// environ is the environment of a first generation: the agent's own,
+// without DUCK_ variables meant for the agent, then the spec's, then the
+// contract of runtime/hotswap, which wins.
+func (d *duck) environ() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "DUCK_") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, d.extraEnv...)
+	d.mu.Lock()
+	version := d.version
+	d.mu.Unlock()
+	if d.addr != "" {
+		env = append(env, hotswap.EnvAddr+"="+d.addr)
+	}
+	return append(env,
+		hotswap.EnvVersion+"="+version,
+		hotswap.EnvVersionFile+"="+d.path(versionName),
+		hotswap.EnvPIDFile+"="+d.path(pidName),
+		hotswap.EnvReadyTimeout+"="+d.cfg.ReadyTimeout.String(),
+		hotswap.EnvStateFile+"="+d.path(stateName),
+		hotswap.EnvLifelineFD+"=3", // ExtraFiles[0]
+	)
+}
+
+// start installs the binary and starts the first generation (Start).
+func (d *duck) start(ctx context.Context, binary string) error {
+	fail := func(format string, args ...any) error {
+		err := fmt.Errorf("supervise: starting duck %q (%s): "+format, append([]any{d.id, d.version}, args...)...)
+		d.mu.Lock()
+		d.state, d.lastErr = "stopped", err.Error()
+		d.mu.Unlock()
+		d.log.Error("duck did not start", "err", err)
+		return err
+	}
+	if err := os.MkdirAll(d.dir, 0o755); err != nil {
+		return fail("%w", err)
+	}
+	tmp, err := stage(d.dir, binary)
+	if err != nil {
+		return fail("%w", err)
+	}
+	if err := os.Rename(tmp, d.path(binaryName)); err != nil {
+		os.Remove(tmp)
+		return fail("installing the binary: %w", err)
+	}
+	os.Remove(d.path(prevName)) // left by a swap the agent did not see to its end
+	if err := writeFileAtomic(d.path(versionName), d.version+"\n"); err != nil {
+		return fail("writing the version file: %w", err)
+	}
+	r, p, err := d.spawn()
+	if err != nil {
+		return fail("%w", err)
+	}
+	if err := d.waitReady(ctx, r, p); err != nil {
+		d.endRun(r, false)
+		return fail("%w", err)
+	}
+	d.running(p)
+	d.log.Info("duck started", "version", d.version, "pid", p.pid, "gen", d.status().Gen)
+	return nil
+}
+
+// spawn starts a first generation from the stable path: a new run, with
+// new pipes for its output and a new lifeline.
+func (d *duck) spawn() (*run, *proc, error) {
+	os.Remove(d.path(pidName)) // so only the new process's PID counts as Ready
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return nil, nil, err
+	}
+	lifeR, lifeW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
+		return nil, nil, err
+	}
+	stable := d.path(binaryName)
+	env := d.environ()
+	cmd, err := startCmd(func() *exec.Cmd {
+		return &exec.Cmd{
+			Path:       stable,
+			Args:       []string{stable}, // tableflip re-executes os.Args[0]
+			Dir:        d.dir,
+			Env:        env,
+			Stdout:     outW, // an *os.File is inherited as is, by every generation
+			Stderr:     errW,
+			ExtraFiles: []*os.File{lifeR},
+			// Its own process group: a Ctrl-C at the agent's terminal is
+			// the agent's to handle, and it stops its ducks (or they see
+			// the lifeline close).
+			SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		}
+	})
+	// Only the ducks keep these ends: the pipes' EOF then means every
+	// process of the run is gone, and the lifeline's write end stays
+	// with us alone.
+	outW.Close()
+	errW.Close()
+	lifeR.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		lifeW.Close()
+		return nil, nil, fmt.Errorf("starting %s: %w", stable, err)
+	}
+	r := &run{lifeW: lifeW, drained: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	for stream, f := range map[string]*os.File{"stdout": outR, "stderr": errR} {
+		go func() {
+			defer wg.Done()
+			readLines(f, func(text string) { d.emit(r, stream, text) })
+			f.Close()
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(r.drained)
+	}()
+	p := watchCmd(cmd)
+	r.add(p)
+	d.mu.Lock()
+	d.gen++
+	p.gen = d.gen
+	d.cur, d.run = p, r
+	d.mu.Unlock()
+	return r, p, nil
+}
+
+// startCmd retries a start that failed with "text file busy": a process
+// forked elsewhere in the agent may hold a descriptor of the binary for a
+// moment (stage prevents it for its own copies).
+func startCmd(mk func() *exec.Cmd) (*exec.Cmd, error) {
+	for try := 1; ; try++ {
+		cmd := mk()
+		err := cmd.Start()
+		if !errors.Is(err, syscall.ETXTBSY) || try == 10 {
+			return cmd, err
+		}
+		time.Sleep(time.Duration(try) * 10 * time.Millisecond)
+	}
+}
+
+func (d *duck) emit(r *run, stream, text string) {
+	d.mu.Lock()
+	l := Line{Duck: d.id, Version: d.version, Gen: d.gen, Stream: stream, Text: text, Time: time.Now()}
+	d.mu.Unlock()
+	if stream == "stderr" {
+		r.stderr(text)
+	}
+	d.s.lines.publish(l)
+}
+
+// waitReady waits for the PID file to name p, the first generation of r.
+func (d *duck) waitReady(ctx context.Context, r *run, p *proc) error {
+	timer := time.NewTimer(d.cfg.ReadyTimeout)
+	defer timer.Stop()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	pidFile := d.path(pidName)
+	for {
+		if readPIDFile(pidFile) == p.pid {
+			return nil
+		}
+		select {
+		case <-p.done:
+			d.waitDrained(r)
+			return fmt.Errorf("it exited before it was Ready: %s%s; fix the duck (or its environment) and start it again", p.exited(), tail(r.stderrSince(0)))
+		case <-timer.C:
+			kill(p)
+			return fmt.Errorf("it was not Ready within %s and was killed%s; make its setup return sooner or raise the ready timeout", d.cfg.ReadyTimeout, tail(r.stderrSince(0)))
+		case <-ctx.Done():
+			kill(p)
+			return fmt.Errorf("gave up waiting for Ready: %w", ctx.Err())
+		case <-d.ctx.Done():
+			kill(p)
+			return errors.New("stopped before it was Ready")
+		case <-tick.C:
+		}
+	}
+}
+
+func kill(p *proc) {
+	p.signal(syscall.SIGKILL)
+	select {
+	case <-p.done:
+	case <-time.After(killWait):
+	}
+}
+
+func (d *duck) waitDrained(r *run) {
+	select {
+	case <-r.drained:
+	case <-time.After(drainWait):
+	}
+}
+
+// keep runs the duck from its first Ready to its stop.
+func (d *duck) keep() {
+	defer close(d.finished)
+	for {
+		d.mu.Lock()
+		cur := d.cur
+		d.mu.Unlock()
+		var died <-chan struct{} // nil, never ready, once the duck failed
+		if cur != nil {
+			died = cur.done
+		}
+		select {
+		case <-d.ctx.Done():
+			d.shutdown()
+			return
+		case op := <-d.ops:
+			op.reply <- d.swap(op)
+		case <-died:
+			d.crashed(fmt.Sprintf("generation %d (PID %d) %s", cur.gen, cur.pid, cur.exited()))
+		}
+	}
+}
+
+// shutdown stops the current run gracefully: SIGTERM to every generation
+// still alive (a duck writes its state file when it stops), SIGKILL past
+// StopTimeout.
+func (d *duck) shutdown() {
+	d.mu.Lock()
+	r := d.run
+	d.mu.Unlock()
+	if r != nil {
+		d.endRun(r, true)
+	}
+	d.mu.Lock()
+	d.state, d.cur = "stopped", nil
+	d.mu.Unlock()
+	d.log.Info("duck stopped")
+}
+
+// endRun ends every process of r, then closes its lifeline (any process we
+// did not know of sees EOF and stops) and waits a moment for the last lines.
+func (d *duck) endRun(r *run, graceful bool) {
+	live := r.live()
+	if graceful && len(live) > 0 {
+		for _, p := range live {
+			p.signal(syscall.SIGTERM)
+		}
+		if !waitAll(live, d.cfg.StopTimeout) {
+			d.log.Warn("duck did not stop within the bound; killing it", "bound", d.cfg.StopTimeout)
+		}
+	}
+	live = r.live()
+	for _, p := range live {
+		p.signal(syscall.SIGKILL)
+	}
+	waitAll(live, killWait)
+	r.closeLifeline()
+	d.waitDrained(r)
+}
+
+func waitAll(ps []*proc, bound time.Duration) bool {
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	for _, p := range ps {
+		select {
+		case <-p.done:
+		case <-timer.C:
+			return false
+		}
+	}
+	return true
+}
+
+// crashed restarts the duck from its stable path after its current
+// generation died outside a swap or a stop, unless it crashed too often.
+func (d *duck) crashed(why string) {
+	d.log.Warn("duck crashed", "why", why)
+	d.mu.Lock()
+	r := d.run
+	d.mu.Unlock()
+	d.endRun(r, false)
+	for d.ctx.Err() == nil {
+		now := time.Now()
+		recent := d.crashes[:0]
+		for _, t := range d.crashes {
+			if now.Sub(t) < d.cfg.Window {
+				recent = append(recent, t)
+			}
+		}
+		d.crashes = append(recent, now)
+		d.mu.Lock()
+		d.cur = nil
+		if len(d.crashes) > d.cfg.MaxRestarts {
+			d.state = "failed"
+			d.lastErr = fmt.Sprintf("gave up after %d crashes within %s; last: %s; fix the duck, then stop it and start it again", len(d.crashes), d.cfg.Window, why)
+			d.mu.Unlock()
+			d.log.Error("duck failed: crashing too often", "crashes", len(d.crashes), "window", d.cfg.Window, "last", why)
+			return
+		}
+		d.state, d.lastErr = "restarting", why
+		d.restarts++
+		d.mu.Unlock()
+		backoff := min(minBackoff<<(len(d.crashes)-1), maxBackoff)
+		select {
+		case <-time.After(backoff):
+		case <-d.ctx.Done():
+			return
+		}
+		r, p, err := d.spawn()
+		if err != nil {
+			why = "restart failed: " + err.Error()
+			continue
+		}
+		if err := d.waitReady(d.ctx, r, p); err != nil {
+			d.endRun(r, false)
+			why = "restarted generation " + strconv.Itoa(p.gen) + ": " + err.Error()
+			continue
+		}
+		d.running(p)
+		d.log.Info("duck restarted", "pid", p.pid, "gen", p.gen, "backoff", backoff)
+		return
+	}
+}
+
+// swap carries out Supervisor.Swap; see there.
+func (d *duck) swap(op swapOp) error {
+	d.mu.Lock()
+	old, r, oldVersion, state := d.cur, d.run, d.version, d.state
+	d.mu.Unlock()
+	fail := func(format string, args ...any) error {
+		err := fmt.Errorf("supervise: swapping duck %q from %s to %s: "+format, append([]any{d.id, oldVersion, op.version}, args...)...)
+		d.setError(err)
+		d.log.Error("swap failed", "err", err)
+		return err
+	}
+	if old == nil {
+		return fail("the duck is %s (%s); stop it and start it again with the new binary", state, d.status().LastError)
+	}
+	stable, prev, versionFile := d.path(binaryName), d.path(prevName), d.path(versionName)
+	tmp, err := stage(d.dir, op.binary)
+	if err != nil {
+		return fail("%w; %s keeps running", err, oldVersion)
+	}
+	// Keep the old binary: if the swap fails, a later crash-restart must
+	// start the old version, not the one that failed.
+	os.Remove(prev)
+	if err := os.Link(stable, prev); err != nil {
+		os.Remove(tmp)
+		return fail("keeping the old binary: %w; %s keeps running", err, oldVersion)
+	}
+	putBack := func() {
+		err := errors.Join(os.Rename(prev, stable), writeFileAtomic(versionFile, oldVersion+"\n"))
+		if err != nil {
+			d.log.Error("could not put the old binary back; a restart may start the failed version", "err", err)
+		}
+	}
+	if err := writeFileAtomic(versionFile, op.version+"\n"); err != nil {
+		os.Remove(tmp)
+		putBack()
+		return fail("writing the version file: %w; %s keeps running", err, oldVersion)
+	}
+	if err := os.Rename(tmp, stable); err != nil {
+		os.Remove(tmp)
+		putBack()
+		return fail("installing the binary: %w; %s keeps running", err, oldVersion)
+	}
+
+	d.setState("swapping")
+	failures := r.watchFailures(old.pid)
+	defer r.watchFailures(0)
+	mark := r.stderrCount()
+	start := time.Now()
+	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
+	old.signal(syscall.SIGHUP)
+
+	// hotswap may wait ReadyTimeout for running requests before it starts
+	// the new generation, and ReadyTimeout again for it to be Ready.
+	deadline := time.NewTimer(2*d.cfg.ReadyTimeout + 5*time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	pidFile := d.path(pidName)
+	var next *proc
+	for next == nil {
+		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid {
+			next = r.adopt(pid)
+			break
+		}
+		// Watch the new process before it is Ready, so that it is reaped
+		// and killed with the run even if the old one dies first.
+		for _, pid := range childrenOf(old.pid) {
+			r.adopt(pid)
+		}
+		select {
+		case report := <-failures:
+			putBack()
+			d.setState("running")
+			return fail("the new version did not take over: %s%s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again",
+				reportedErr(report), tail(r.stderrSince(mark)), oldVersion, old.pid, stable, op.version)
+		case <-old.done:
+			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid {
+				next = r.adopt(pid) // it handed over before we looked
+				continue
+			}
+			putBack()
+			d.endRun(r, false)
+			err := fail("the old generation (PID %d) %s during the swap and no new one became Ready%s; restarting %s from its binary", old.pid, old.exited(), tail(r.stderrSince(mark)), oldVersion)
+			d.crashed(err.Error())
+			return err
+		case <-deadline.C:
+			// The old generation thaws when the child it waits for dies.
+			for _, p := range r.live() {
+				if p != old {
+					p.signal(syscall.SIGKILL)
+				}
+			}
+			putBack()
+			d.setState("running")
+			return fail("no new generation became Ready within %s%s; %s keeps running (PID %d) and its binary is back at %s",
+				2*d.cfg.ReadyTimeout+5*time.Second, tail(r.stderrSince(mark)), oldVersion, old.pid, stable)
+		case <-d.ctx.Done():
+			putBack()
+			return fail("stopped during the swap; the old binary is back at %s", stable)
+		case <-tick.C:
+		}
+	}
+
+	d.mu.Lock()
+	d.gen++
+	next.gen = d.gen
+	d.cur, d.version, d.started = next, op.version, time.Now()
+	d.mu.Unlock()
+	d.log.Info("swap: new generation ready", "pid", next.pid, "gen", next.gen, "took", time.Since(start))
+
+	// The old generation forwards what its open connections still send,
+	// then exits; it must, because tableflip refuses the next swap until
+	// it has.
+	select {
+	case <-old.done:
+	case <-time.After(handOverWait):
+		d.log.Warn("old generation did not exit after handing over; killing it", "pid", old.pid, "waited", handOverWait)
+		kill(old)
+	case <-d.ctx.Done():
+		return fail("stopped during the swap, after the new version became Ready")
+	}
+
+	healthy := time.NewTimer(d.cfg.Healthy)
+	defer healthy.Stop()
+	select {
+	case <-next.done:
+		putBack()
+		d.mu.Lock()
+		d.version = oldVersion
+		d.mu.Unlock()
+		d.endRun(r, false)
+		err := fail("the new generation (PID %d) %s within %s of becoming Ready%s; restarting %s from its binary, with the state of its last graceful stop (what the new version was handed is lost)",
+			next.pid, next.exited(), d.cfg.Healthy, tail(r.stderrSince(mark)), oldVersion)
+		d.crashed(err.Error())
+		return err
+	case <-healthy.C:
+	case <-d.ctx.Done():
+		return fail("stopped during the swap, after the new version became Ready")
+	}
+	os.Remove(prev)
+	d.setState("running")
+	d.log.Info("duck swapped", "from", oldVersion, "to", op.version, "pid", next.pid, "gen", next.gen, "took", time.Since(start))
+	return nil
+}
+
+// reportedErr picks the err value out of the old generation's slog line
+// "swap failed; this generation carries on with its state".
+func reportedErr(line string) string {
+	i := strings.Index(line, " err=")
+	if i < 0 {
+		return "the old generation reports: " + line
+	}
+	v := line[i+len(" err="):]
+	if q, err := strconv.QuotedPrefix(v); err == nil {
+		v, _ = strconv.Unquote(q)
+	} else if j := strings.IndexByte(v, ' '); j >= 0 {
+		v = v[:j]
+	}
+	return "the old generation reports: " + v
+}
+
+func tail(lines []string) string {
+	if len(lines) == 0 {
+		return ""
+	}
+	return "; last stderr lines:\n\t" + strings.Join(lines, "\n\t") + "\n"
+}
+
+// run is the processes started from one first generation: it and every
+// generation that followed it by swaps, sharing one stdout pipe, one
+// stderr pipe and one lifeline.
+type run struct {
+	lifeW    *os.File
+	lifeOnce sync.Once
+	drained  chan struct{} // closed at EOF of both pipes: every process is gone
+
+	mu      sync.Mutex
+	procs   []*proc
+	tail    []string // the last tailSize stderr lines
+	nstderr int
+	failPID int // whose "swap failed" lines to report
+	fails   chan string
+}
+
+func (r *run) add(p *proc) {
+	r.mu.Lock()
+	r.procs = append(r.procs, p)
+	r.mu.Unlock()
+}
+
+// adopt returns the watched process pid, watching it if it is new.
+func (r *run) adopt(pid int) *proc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.procs {
+		if p.pid == pid && p.alive() {
+			return p
+		}
+	}
+	p := watchAdopted(pid)
+	r.procs = append(r.procs, p)
+	return p
+}
+
+func (r *run) live() []*proc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*proc
+	keep := r.procs[:0]
+	for _, p := range r.procs {
+		if p.alive() {
+			out = append(out, p)
+			keep = append(keep, p)
+		}
+	}
+	r.procs = keep
+	return out
+}
+
+func (r *run) closeLifeline() {
+	r.lifeOnce.Do(func() { r.lifeW.Close() })
+}
+
+// watchFailures returns a channel that receives pid's "swap failed" log
+// lines; pid 0 stops watching.
+func (r *run) watchFailures(pid int) <-chan string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failPID = pid
+	r.fails = make(chan string, 1)
+	return r.fails
+}
+
+func (r *run) stderr(text string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.nstderr++
+	r.tail = append(r.tail, text)
+	if len(r.tail) > tailSize {
+		r.tail = r.tail[len(r.tail)-tailSize:]
+	}
+	// hotswap logs this when a new generation fails and the old one thaws
+	// (runtime/hotswap, runner.loop).
+	if r.failPID != 0 && strings.Contains(text, `msg="swap failed`) && strings.Contains(text+" ", " pid="+strconv.Itoa(r.failPID)+" ") {
+		select {
+		case r.fails <- text:
+		default:
+		}
+	}
+}
+
+func (r *run) stderrCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.nstderr
+}
+
+// stderrSince returns the kept stderr lines printed after the mark'th.
+func (r *run) stderrSince(mark int) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := min(r.nstderr-mark, len(r.tail))
+	return append([]string(nil), r.tail[len(r.tail)-n:]...)
+}
