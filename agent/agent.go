@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/supervise"
 	"github.com/duckraft/duckraft/wire"
 )
 
@@ -32,6 +34,10 @@ type Config struct {
 	Advertise string
 	Identity  *wire.Identity
 	Log       *slog.Logger
+
+	// ReadyTimeout bounds how long a new duck generation may take to become Ready, and Healthy
+	// how long it must then stay up for a swap to count; zero means the supervisor's defaults.
+	ReadyTimeout, Healthy time.Duration
 }
 
 // Default addresses of a node started without flags: loopback only, so nothing off the machine
@@ -59,6 +65,12 @@ type Agent struct {
 
 	seenMu   sync.Mutex
 	lastSeen map[string]time.Time
+
+	builder *build.Builder
+	sup     *supervise.Supervisor
+	ducksMu sync.Mutex // serializes load, spawn and stop; guards local
+	local   localState
+	fol     follower
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -112,6 +124,9 @@ func Start(cfg Config) (*Agent, error) {
 		lastSeen: map[string]time.Time{},
 		stop:     make(chan struct{}),
 	}
+	if err := a.startRuntime(); err != nil {
+		return nil, err
+	}
 	a.api, err = cfg.Identity.Listen("tcp", cfg.APIAddr, false, cfg.Log.With("listener", "api"))
 	if err != nil {
 		return nil, fmt.Errorf("api address %s: %w", cfg.APIAddr, err)
@@ -144,7 +159,20 @@ func Start(cfg Config) (*Agent, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
-	a.wg.Add(2)
+	a.fol.building = map[string]bool{}
+	a.wg.Add(5)
+	go func() {
+		defer a.wg.Done()
+		a.driveRollouts()
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.followRollouts()
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.restartDucks()
+	}()
 	go func() {
 		defer a.wg.Done()
 		a.server.Serve(a.api)
@@ -326,8 +354,12 @@ func (a *Agent) Close() error {
 		cancel()
 	}
 	a.api.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// Ducks stop gracefully, each saving its state for the next start.
+	serr := a.sup.Close(ctx)
 	a.wg.Wait()
-	return a.Node().Close()
+	return errors.Join(serr, a.Node().Close())
 }
 
 func loadIdentity(dir string) (*identity, error) {

@@ -28,6 +28,18 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /v1/forget", a.handleForget)
 	mux.HandleFunc("POST /v1/remove", a.handleRemove)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
+	mux.HandleFunc("POST /v1/load", a.handleLoad)
+	mux.HandleFunc("POST /v1/spawn", a.handleSpawn)
+	mux.HandleFunc("POST /v1/stop", a.handleStop)
+	mux.HandleFunc("GET /v1/ducks", a.handleDucks)
+	mux.HandleFunc("GET /v1/logs", a.handleLogs)
+	mux.HandleFunc("POST /v1/deploy", a.handleDeploy)
+	mux.HandleFunc("POST /v1/commit", a.handleCommit)
+	mux.HandleFunc("GET /v1/rollout", a.handleRollout)
+	mux.HandleFunc("POST /v1/rollout", a.handleRolloutAction)
+	mux.HandleFunc("POST /v1/report", a.handleReport)
+	mux.HandleFunc("GET /v1/local", a.handleLocal)
+	mux.HandleFunc("GET /v1/status", a.handleStatus)
 	return a.requireCookie(mux)
 }
 

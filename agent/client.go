@@ -55,30 +55,11 @@ func (c *Client) Do(ctx context.Context, addr, method, path string, in, out any)
 		}
 		body = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, body)
+	resp, err := c.send(ctx, addr, method, path, body, "application/json")
 	if err != nil {
 		return err
 	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var ue interface{ Unwrap() error }
-		if errors.As(err, &ue) {
-			err = ue.Unwrap() // drop net/http's "Get https://...:" prefix; Explain names the address
-		}
-		return wire.Explain(addr, err)
-	}
 	defer resp.Body.Close()
-	if resp.StatusCode/100 != 2 {
-		var eb errorBody
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(raw, &eb) != nil || eb.Error == "" {
-			eb.Error = fmt.Sprintf("%s answered %s: %s", addr, resp.Status, bytes.TrimSpace(raw))
-		}
-		return &APIError{Status: resp.StatusCode, Message: eb.Error}
-	}
 	if out == nil {
 		io.Copy(io.Discard, resp.Body)
 		return nil
@@ -87,4 +68,59 @@ func (c *Client) Do(ctx context.Context, addr, method, path string, in, out any)
 		return fmt.Errorf("undecodable answer from %s%s: %w", addr, path, err)
 	}
 	return nil
+}
+
+// Stream sends body and calls each with every line of JSON the node streams back, until the
+// stream ends. A stream cut before the node ended it is an error: the node went away.
+func (c *Client) Stream(ctx context.Context, addr, method, path string, body io.Reader, contentType string, each func(json.RawMessage) error) error {
+	resp, err := c.send(ctx, addr, method, path, body, contentType)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var raw json.RawMessage
+		err := dec.Decode(&raw)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("lost the connection to %s: %w", addr, err)
+		}
+		if err := each(raw); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Client) send(ctx context.Context, addr, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "https://"+addr+path, body)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var ue interface{ Unwrap() error }
+		if errors.As(err, &ue) {
+			err = ue.Unwrap() // drop net/http's "Get https://...:" prefix; Explain names the address
+		}
+		return nil, wire.Explain(addr, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		var eb errorBody
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(raw, &eb) != nil || eb.Error == "" {
+			eb.Error = fmt.Sprintf("%s answered %s: %s", addr, resp.Status, bytes.TrimSpace(raw))
+		}
+		return nil, &APIError{Status: resp.StatusCode, Message: eb.Error}
+	}
+	return resp, nil
 }

@@ -31,20 +31,33 @@ func clientFlags(fs *flag.FlagSet) *client {
 	return c
 }
 
-// call sends one request to the node, with the cookie derived only now that flags are parsed.
-func (c *client) call(method, path string, in, out any) error {
+// open derives the identity from the cookie (slow on purpose, so once, and only now that the
+// flags are parsed) and returns the API client.
+func (c *client) open() (*agent.Client, error) {
+	if c.api != nil {
+		return c.api, nil
+	}
 	cookie, err := c.cookie.Load()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	id, err := wire.FromCookie(cookie)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	c.api = agent.NewClient(id)
+	return c.api, nil
+}
+
+// call sends one request to the node and decodes its answer.
+func (c *client) call(method, path string, in, out any) error {
+	api, err := c.open()
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	return c.api.Do(ctx, c.addr, method, path, in, out)
+	return api.Do(ctx, c.addr, method, path, in, out)
 }
 
 func runConnect(args []string) error {

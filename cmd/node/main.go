@@ -28,6 +28,11 @@ func commands() []command {
 		{"members", "[--json]", "list the cluster's members, their roles and whether they answer", runMembers},
 		{"forget", "NAME", "remove a dead member from the cluster", runForget},
 		{"leave", "", "take the node at --addr out of its cluster (it carries on alone)", runLeave},
+		{"load", "DIR", "build DIR's Go main package on the node and swap its ducks to it (the seed's c/1)", runLoad},
+		{"spawn", "[--port P] [--env DUCK_X=V] [--detach]", "start a duck on the node and follow its output; Ctrl-C leaves it running", runSpawn},
+		{"stop", "DUCK", "stop a duck", runStop},
+		{"ducks", "[--json]", "list the node's ducks", runDucks},
+		{"logs", "[-f] [-n N] [DUCK]", "print a duck's recent output (every duck's without DUCK); -f follows it", runLogs},
 		{"demo", "", "start three nodes in a temporary folder, connect them, show members, stop them", runDemo},
 	}
 }
@@ -103,7 +108,14 @@ func parse(fs *flag.FlagSet, args []string, positional ...string) ([]string, err
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
-	if len(pos) != len(positional) {
+	// Positional names in [brackets] are optional.
+	required := 0
+	for _, p := range positional {
+		if !strings.HasPrefix(p, "[") {
+			required++
+		}
+	}
+	if len(pos) < required || len(pos) > len(positional) {
 		if len(positional) == 0 {
 			return nil, usageError{fmt.Sprintf("unexpected argument %q", pos[0])}
 		}

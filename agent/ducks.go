@@ -1,0 +1,468 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/bundle"
+	"github.com/duckraft/duckraft/runtime/supervise"
+)
+
+// This file is the seed's c/1 and QuackingDuck.start on one node: load a version (build it, swap
+// every duck here to it), spawn a duck, stop it, list ducks, read their output. What a node runs
+// is remembered in its data folder (local.json, bundles/), so a restarted agent starts its ducks
+// again at the version it had.
+
+// localState is what this node runs, saved in local.json.
+type localState struct {
+	Version string       `json:"version,omitempty"` // bundle ID loaded here
+	Ducks   []duckRecord `json:"ducks"`
+	NextID  int          `json:"next_id"`
+	// Synced is the rollout step (version/state) this node last caught up with; Acted the last
+	// grant it took its turn for. Both survive a restart so no step is taken twice.
+	Synced string `json:"synced,omitempty"`
+	Acted  string `json:"acted,omitempty"`
+}
+
+type duckRecord struct {
+	ID   string   `json:"id"`
+	Addr string   `json:"addr"`
+	Env  []string `json:"env,omitempty"`
+}
+
+// Event is one step of a long operation, streamed to the CLI as a line of JSON so it can show
+// what it is waiting for.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Phase   string    `json:"phase"` // building, built, swapping, swapped, reverting, done, failed
+	Duck    string    `json:"duck,omitempty"`
+	Version string    `json:"version,omitempty"`
+	Message string    `json:"message,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	// Output is the compiler's own message, verbatim, when a build failed.
+	Output string `json:"output,omitempty"`
+}
+
+// Label is how a version is shown: the first 12 hex digits of its bundle's sha256.
+func Label(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+func (a *Agent) localPath() string { return filepath.Join(a.cfg.DataDir, "local.json") }
+
+func (a *Agent) bundlePath(id string) string {
+	return filepath.Join(a.cfg.DataDir, "bundles", id+".tgz")
+}
+
+func loadLocal(path string) (localState, error) {
+	var s localState
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return s, nil
+	}
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("%s is corrupt (%v): fix or delete it (the node then forgets its ducks)", path, err)
+	}
+	return s, nil
+}
+
+// saveLocal writes local.json atomically: a crash mid-write must not lose the node's ducks.
+func (a *Agent) saveLocal() error {
+	b, _ := json.MarshalIndent(a.local, "", "  ")
+	tmp := a.localPath() + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
+		return fmt.Errorf("save local.json: %w", err)
+	}
+	return os.Rename(tmp, a.localPath())
+}
+
+// startRuntime opens the builder and the supervisor. The supervisor makes this process a child
+// subreaper, so it must exist before any duck does.
+func (a *Agent) startRuntime() error {
+	a.builder = &build.Builder{Dir: filepath.Join(a.cfg.DataDir, "builds")}
+	sup, err := supervise.New(supervise.Config{
+		Dir:          filepath.Join(a.cfg.DataDir, "ducks"),
+		Log:          a.log,
+		ReadyTimeout: a.cfg.ReadyTimeout,
+		Healthy:      a.cfg.Healthy,
+	})
+	if err != nil {
+		return err
+	}
+	a.sup = sup
+	a.local, err = loadLocal(a.localPath())
+	return err
+}
+
+// restartDucks starts again the ducks this node ran before it stopped, at the version it had;
+// each continues from the state its last generation saved.
+func (a *Agent) restartDucks() {
+	a.ducksMu.Lock()
+	defer a.ducksMu.Unlock()
+	if len(a.local.Ducks) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	bin, err := a.binary(ctx, a.local.Version)
+	if err != nil {
+		a.log.Error("cannot restart ducks", "version", Label(a.local.Version), "err", err)
+		return
+	}
+	for _, d := range a.local.Ducks {
+		err := a.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: a.duckVersion(a.local.Version), Binary: bin, Addr: d.Addr, Env: d.Env})
+		if err != nil {
+			a.log.Error("restart duck", "duck", d.ID, "err", err)
+			continue
+		}
+		a.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", Label(a.local.Version))
+	}
+}
+
+// binary returns the built binary of version id, building it from the stored bundle if the
+// cache lost it.
+func (a *Agent) binary(ctx context.Context, id string) (string, error) {
+	if bin, ok := a.builder.Binary(id); ok {
+		return bin, nil
+	}
+	data, err := os.ReadFile(a.bundlePath(id))
+	if err != nil {
+		return "", fmt.Errorf("node %s does not have version %s: load it here first (%w)", a.self.Name, Label(id), err)
+	}
+	return a.builder.Build(ctx, id, data)
+}
+
+// streamer writes Events as lines of JSON, flushing each so the CLI sees it at once.
+type streamer struct {
+	w http.ResponseWriter
+	f http.Flusher
+}
+
+func newStreamer(w http.ResponseWriter) *streamer {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	f, _ := w.(http.Flusher)
+	s := &streamer{w: w, f: f}
+	s.flush()
+	return s
+}
+
+func (s *streamer) send(v any) {
+	json.NewEncoder(s.w).Encode(v)
+	s.flush()
+}
+
+func (s *streamer) flush() {
+	if s.f != nil {
+		s.f.Flush()
+	}
+}
+
+func (s *streamer) event(e Event) {
+	e.Time = time.Now().UTC()
+	s.send(e)
+}
+
+// handleLoad builds the bundle in the body and swaps every duck on this node to it, streaming
+// its progress. A version that does not build, or a duck that does not come up on it, leaves
+// every duck on the version it ran.
+func (a *Agent) handleLoad(w http.ResponseWriter, r *http.Request) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, bundle.MaxSize))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("bundle over the %d MiB limit: keep only the duck's own source in its folder", bundle.MaxSize>>20))
+			return
+		}
+		writeError(w, http.StatusBadRequest, fmt.Errorf("read bundle: %w", err))
+		return
+	}
+	if len(data) == 0 {
+		writeError(w, http.StatusBadRequest, errors.New("empty bundle: pack a folder with `load DIR`"))
+		return
+	}
+	// The work goes on if the caller hangs up: stopping half-way would leave ducks on two versions.
+	ctx := context.WithoutCancel(r.Context())
+	s := newStreamer(w)
+	if err := a.load(ctx, data, s); err != nil {
+		e := Event{Phase: "failed", Error: err.Error()}
+		var ce *build.CompileError
+		if errors.As(err, &ce) {
+			e.Output = ce.Output
+			e.Error = fmt.Sprintf("version %s does not compile; every duck here keeps running the version it had", Label(ce.ID))
+		}
+		s.event(e)
+	}
+}
+
+func (a *Agent) load(ctx context.Context, data []byte, s *streamer) error {
+	id := bundle.Sum(data)
+	if err := a.keepBundle(id, data); err != nil {
+		return err
+	}
+	return a.switchTo(ctx, id, s.event)
+}
+
+// keepBundle stores a version's bundle in the data folder, so the node can rebuild it after its
+// build cache is gone and go back to it without asking anyone.
+func (a *Agent) keepBundle(id string, data []byte) error {
+	if _, err := os.Stat(a.bundlePath(id)); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(a.bundlePath(id)), 0o700); err != nil {
+		return err
+	}
+	tmp := a.bundlePath(id) + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("keep bundle: %w", err)
+	}
+	return os.Rename(tmp, a.bundlePath(id))
+}
+
+// switchTo builds version id (its bundle already kept) and swaps every duck on this node to it,
+// one at a time. If a duck does not come up on it, the ducks already swapped go back and the
+// node stays on the version it ran.
+func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) error {
+	v := a.duckVersion(id)
+	event(Event{Phase: "building", Version: v})
+	bin, err := a.binary(ctx, id)
+	if err != nil {
+		return err
+	}
+	event(Event{Phase: "built", Version: v})
+
+	a.ducksMu.Lock()
+	defer a.ducksMu.Unlock()
+	old := a.local.Version
+	if old == id && len(a.local.Ducks) > 0 {
+		event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) already on %s", len(a.local.Ducks), v)})
+		return nil
+	}
+	var swapped []string
+	for _, d := range a.local.Ducks {
+		event(Event{Phase: "swapping", Duck: d.ID, Version: v})
+		if err := a.sup.Swap(ctx, d.ID, v, bin); err != nil {
+			a.revert(ctx, old, swapped, event)
+			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, Label(old), err)
+		}
+		swapped = append(swapped, d.ID)
+		event(Event{Phase: "swapped", Duck: d.ID, Version: v})
+	}
+	a.local.Version = id
+	if err := a.saveLocal(); err != nil {
+		return err
+	}
+	event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) on %s", len(swapped), v)})
+	return nil
+}
+
+// revert swaps the ducks that already took a failed version back to the one they had.
+func (a *Agent) revert(ctx context.Context, old string, ids []string, event func(Event)) {
+	if old == "" || len(ids) == 0 {
+		return
+	}
+	bin, err := a.binary(ctx, old)
+	if err != nil {
+		a.log.Error("cannot revert", "version", Label(old), "err", err)
+		return
+	}
+	v := a.duckVersion(old)
+	for _, id := range slices.Backward(ids) {
+		event(Event{Phase: "reverting", Duck: id, Version: v})
+		if err := a.sup.Swap(ctx, id, v, bin); err != nil {
+			a.log.Error("revert duck", "duck", id, "err", err)
+		}
+	}
+}
+
+// SpawnRequest starts a duck; an empty Addr picks a free loopback port.
+type SpawnRequest struct {
+	Addr string   `json:"addr,omitempty"`
+	Env  []string `json:"env,omitempty"`
+}
+
+// DuckInfo is one duck as `ducks` shows it.
+type DuckInfo struct {
+	Node string `json:"node"`
+	supervise.Status
+}
+
+var envVar = regexp.MustCompile(`^DUCK_[A-Z0-9_]+=`)
+
+// reservedEnv are set by the supervisor; a caller overriding them would break the swap.
+var reservedEnv = regexp.MustCompile(`^DUCK_(ADDR|VERSION|VERSION_FILE|PIDFILE|LIFELINE_FD|STATE_FILE|READY_TIMEOUT)=`)
+
+func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
+	var req SpawnRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	for _, e := range req.Env {
+		if !envVar.MatchString(e) || reservedEnv.MatchString(e) {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("environment %q refused: a duck takes DUCK_* variables other than the ones the supervisor sets (e.g. DUCK_INTERVAL=200ms)", e))
+			return
+		}
+	}
+	a.ducksMu.Lock()
+	defer a.ducksMu.Unlock()
+	if a.local.Version == "" {
+		writeError(w, http.StatusConflict, fmt.Errorf("node %s has no duck code loaded (the analogue of UndefinedFunctionError): run `load DIR` against it first", a.self.Name))
+		return
+	}
+	addr := req.Addr
+	if addr == "" {
+		var err error
+		if addr, err = freeLoopbackAddr(); err != nil {
+			writeError(w, http.StatusInternalServerError, err)
+			return
+		}
+	}
+	ctx := context.WithoutCancel(r.Context())
+	bin, err := a.binary(ctx, a.local.Version)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	a.local.NextID++
+	id := "duck-" + strconv.Itoa(a.local.NextID)
+	spec := supervise.Spec{ID: id, Version: a.duckVersion(a.local.Version), Binary: bin, Addr: addr, Env: req.Env}
+	if err := a.sup.Start(ctx, spec); err != nil {
+		a.saveLocal() // keep NextID moving so a failed ID is never reused
+		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("duck %s did not start: %w", id, err))
+		return
+	}
+	a.local.Ducks = append(a.local.Ducks, duckRecord{ID: id, Addr: addr, Env: req.Env})
+	if err := a.saveLocal(); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	st, _ := a.sup.Get(id)
+	writeJSON(w, DuckInfo{Node: a.self.Name, Status: st})
+}
+
+// freeLoopbackAddr asks the kernel for a free port. Another process could take it before the
+// duck binds it; the duck then fails to start and says so.
+func freeLoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("pick a port for the duck: %w; pass --port", err)
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
+	var req NameRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	a.ducksMu.Lock()
+	defer a.ducksMu.Unlock()
+	i := slices.IndexFunc(a.local.Ducks, func(d duckRecord) bool { return d.ID == req.Name })
+	if i < 0 {
+		writeError(w, http.StatusNotFound, fmt.Errorf("node %s runs no duck %q: `ducks` lists them", a.self.Name, req.Name))
+		return
+	}
+	if err := a.sup.Stop(r.Context(), req.Name); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	a.local.Ducks = slices.Delete(a.local.Ducks, i, i+1)
+	if err := a.saveLocal(); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, map[string]bool{"stopped": true})
+}
+
+func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {
+	out := []DuckInfo{}
+	for _, st := range a.sup.List() {
+		out = append(out, DuckInfo{Node: a.self.Name, Status: st})
+	}
+	writeJSON(w, out)
+}
+
+// LogLine is one line a duck printed, as `logs` streams it.
+type LogLine struct {
+	Node string `json:"node"`
+	supervise.Line
+}
+
+// handleLogs streams a duck's (or every duck's) recent output, then, with follow=1, its live
+// output until the caller hangs up or the duck is stopped.
+func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	duck := q.Get("duck")
+	n, err := strconv.Atoi(cmpOr(q.Get("n"), "100"))
+	if err != nil || n < 0 {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("n=%q is not a line count", q.Get("n")))
+		return
+	}
+	if duck != "" {
+		if _, ok := a.sup.Get(duck); !ok {
+			writeError(w, http.StatusNotFound, fmt.Errorf("node %s runs no duck %q: `ducks` lists them", a.self.Name, duck))
+			return
+		}
+	}
+	follow := q.Get("follow") == "1"
+	var live <-chan supervise.Line
+	if follow {
+		ch, cancel := a.sup.Subscribe()
+		defer cancel()
+		live = ch
+	}
+	s := newStreamer(w)
+	for _, l := range a.sup.Recent(duck, n) {
+		s.send(LogLine{Node: a.self.Name, Line: l})
+	}
+	if !follow {
+		return
+	}
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case <-a.stop:
+			return
+		case l := <-live:
+			if duck == "" || l.Duck == duck {
+				s.send(LogLine{Node: a.self.Name, Line: l})
+			}
+		case <-tick.C:
+			if duck != "" {
+				if _, ok := a.sup.Get(duck); !ok {
+					return // stopped: the stream ends
+				}
+			}
+		}
+	}
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}

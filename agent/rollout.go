@@ -1,0 +1,519 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/bundle"
+)
+
+// This file is the rolling upgrade: `deploy` commits a version through the log; the leader's
+// driver grants one node at a time in the order the log fixed; every node's follower builds the
+// version as soon as it is committed, swaps its ducks when granted, and reports through the log.
+// The FSM only records; these two loops act on what it records.
+
+// Timings of the rollout, from `node start` flags.
+var rolloutTimings = consensus.Timings{AckTimeout: 5 * time.Second, SwapTimeout: 10 * time.Minute}
+
+// CommitRequest is what a node sends the leader to commit a version.
+type CommitRequest struct {
+	Bundle   []byte `json:"bundle"`
+	Message  string `json:"message,omitempty"`
+	Author   string `json:"author,omitempty"`
+	Canary   bool   `json:"canary,omitempty"`
+	NoRevert bool   `json:"no_revert,omitempty"`
+}
+
+// CommitResult names the version committed.
+type CommitResult struct {
+	N  int    `json:"n"`
+	ID string `json:"id"`
+}
+
+// maxCommitBody fits the largest bundle, base64 encoded in JSON.
+const maxCommitBody = bundle.MaxSize*4/3 + 64<<10
+
+// handleDeploy takes a bundle from the CLI, checks it, and has the leader commit it.
+func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
+	data, ok := readBundle(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	req := CommitRequest{Bundle: data, Message: q.Get("m"), Author: q.Get("author"), Canary: q.Get("canary") == "1", NoRevert: q.Get("no_revert") == "1"}
+	var res CommitResult
+	err := a.onLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
+		res, err = a.commit(n, req)
+		return err
+	})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, res)
+}
+
+// readBundle reads a bundle body and refuses one that is oversized or does not unpack, before
+// anything reaches the log.
+func readBundle(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, bundle.MaxSize))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("bundle over the %d MiB limit: keep only the duck's own source in its folder", bundle.MaxSize>>20))
+		} else {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("read bundle: %w", err))
+		}
+		return nil, false
+	}
+	if err := checkBundle(data); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return nil, false
+	}
+	return data, true
+}
+
+// checkBundle unpacks a bundle into a scratch folder, so that a corrupt or hostile one is
+// refused with the reason instead of failing on every node later.
+func checkBundle(data []byte) error {
+	if len(data) == 0 {
+		return errors.New("empty bundle: pack a folder with `load DIR` or `deploy DIR`")
+	}
+	tmp, err := os.MkdirTemp("", "duckraft-check-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	if err := bundle.Extract(data, filepath.Join(tmp, "src")); err != nil {
+		return fmt.Errorf("bundle refused: %w", err)
+	}
+	return nil
+}
+
+func (a *Agent) handleCommit(w http.ResponseWriter, r *http.Request) {
+	var req CommitRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCommitBody))
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %v", err))
+		return
+	}
+	if err := checkBundle(req.Bundle); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	var res CommitResult
+	err := a.onLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
+		res, err = a.commit(n, req)
+		return err
+	})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, res)
+}
+
+func (a *Agent) commit(n *consensus.Node, req CommitRequest) (CommitResult, error) {
+	id := bundle.Sum(req.Bundle)
+	err := n.Apply(consensus.Command{
+		Op: consensus.OpCommit, Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert,
+		Version: &consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
+	}, applyTimeout)
+	if err != nil {
+		if errors.Is(err, consensus.ErrSameVersion) {
+			return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
+		}
+		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
+	}
+	r := n.FSM.Rollout()
+	a.log.Info("committed version", "n", r.Version, "id", Label(id), "order", r.Order)
+	return CommitResult{N: r.Version, ID: id}, nil
+}
+
+// VersionInfo is a committed version without its bundle.
+type VersionInfo struct {
+	N         int       `json:"n"`
+	ID        string    `json:"id"`
+	Message   string    `json:"message,omitempty"`
+	Author    string    `json:"author,omitempty"`
+	Committed time.Time `json:"committed"`
+}
+
+// RolloutView is the cluster's rollout picture, the same from every node that has caught up.
+type RolloutView struct {
+	Leader   string               `json:"leader"`
+	Rollout  *consensus.Rollout   `json:"rollout,omitempty"`
+	Past     []*consensus.Rollout `json:"past,omitempty"`
+	Versions []VersionInfo        `json:"versions"`
+}
+
+func (a *Agent) rolloutView() RolloutView {
+	n := a.Node()
+	st := n.FSM.State()
+	leader, _ := n.Leader()
+	v := RolloutView{Leader: leader, Rollout: st.Rollout, Past: st.Past, Versions: []VersionInfo{}}
+	for _, ver := range st.Versions {
+		v.Versions = append(v.Versions, VersionInfo{N: ver.N, ID: ver.ID, Message: ver.Message, Author: ver.Author, Committed: ver.Committed})
+	}
+	return v
+}
+
+func (a *Agent) handleRollout(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.rolloutView()) }
+
+// RolloutAction is pause, resume or undo (to the previous version, or to version To).
+type RolloutAction struct {
+	Action string `json:"action"`
+	To     int    `json:"to,omitempty"`
+}
+
+func (a *Agent) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
+	var req RolloutAction
+	if !decode(w, r, &req) {
+		return
+	}
+	var res CommitResult
+	err := a.onLeader(r.Context(), "/v1/rollout", req, &res, func(n *consensus.Node) (err error) {
+		res, err = a.rolloutAction(n, req)
+		return err
+	})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, res)
+}
+
+func (a *Agent) rolloutAction(n *consensus.Node, req RolloutAction) (CommitResult, error) {
+	r := n.FSM.Rollout()
+	if r == nil {
+		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: "nothing has been deployed yet"}
+	}
+	state := ""
+	switch req.Action {
+	case "pause":
+		state = consensus.RolloutPaused
+	case "resume":
+		state = consensus.RolloutRolling
+	case "undo":
+		if req.To != 0 {
+			// Going back to any kept version is a new rollout of its bundle.
+			v, ok := n.FSM.Version(req.To)
+			if !ok || len(v.Bundle) == 0 {
+				return CommitResult{}, &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("version %d is not kept any more (the log keeps the newest bundles): deploy its source again", req.To)}
+			}
+			return a.commit(n, CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo"})
+		}
+		state = consensus.RolloutReverting
+	default:
+		return CommitResult{}, &APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
+	}
+	err := n.Apply(consensus.Command{Op: consensus.OpRolloutState, N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}, applyTimeout)
+	if err != nil {
+		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
+	}
+	return CommitResult{N: r.Version, ID: r.Target}, nil
+}
+
+// handleReport applies a node's report about its part in a rollout; the leader stamps the time.
+func (a *Agent) handleReport(w http.ResponseWriter, r *http.Request) {
+	var c consensus.Command
+	if !decode(w, r, &c) {
+		return
+	}
+	if c.Op != consensus.OpReport {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("only reports go through /v1/report, not %q", c.Op))
+		return
+	}
+	if err := a.onLeader(r.Context(), "/v1/report", c, nil, func(n *consensus.Node) error { return a.applyReport(n, c) }); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, map[string]bool{"reported": true})
+}
+
+func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {
+	c.Time = time.Now().UTC()
+	err := n.Apply(c, applyTimeout)
+	if errors.Is(err, consensus.ErrStale) {
+		return &APIError{Status: http.StatusConflict, Message: err.Error()}
+	}
+	return err
+}
+
+// report sends this node's progress to the leader, retrying through elections: a lost report
+// would stall the rollout until the swap timeout.
+func (a *Agent) report(n int, phase, msg string) {
+	c := consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: phase, Error: msg}
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := a.onLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return a.applyReport(n, c) })
+		cancel()
+		var ae *APIError
+		if err == nil || errors.As(err, &ae) && ae.Status == http.StatusConflict {
+			if err != nil {
+				a.log.Info("report not taken", "phase", phase, "reason", err)
+			}
+			return
+		}
+		a.log.Warn("report", "phase", phase, "attempt", attempt, "err", err)
+		select {
+		case <-a.stop:
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+// driveRollouts is the leader's loop: it commits whatever Rollout.Next says. Only the leader
+// acts, and since the next step is a function of the log alone, a new leader continues exactly
+// where the old one stopped.
+func (a *Agent) driveRollouts() {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		n := a.Node()
+		if !n.IsLeader() {
+			continue
+		}
+		r := n.FSM.Rollout()
+		if !r.Active() {
+			continue
+		}
+		step := r.Next(time.Now().UTC(), rolloutTimings)
+		if step.Command.Op == "" {
+			continue
+		}
+		if err := n.Apply(step.Command, applyTimeout); err != nil {
+			a.log.Warn("rollout step", "step", step.Why, "err", err)
+			continue
+		}
+		a.log.Info("rollout", "version", r.Version, "step", step.Command.Op, "node", step.Command.Name, "phase", step.Command.Phase, "state", step.Command.State)
+	}
+}
+
+// follower is this node's side of rollouts.
+type follower struct {
+	mu       sync.Mutex
+	building map[string]bool // bundle IDs being built now
+	busy     bool            // a turn or catch-up is running
+}
+
+// followRollouts is every node's loop: build what was committed, take its turn when granted,
+// catch up with the cluster when it comes back from being away.
+func (a *Agent) followRollouts() {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.stop:
+			return
+		case <-t.C:
+		}
+		r := a.Node().FSM.Rollout()
+		if r == nil {
+			continue
+		}
+		me := r.Nodes[a.self.Name]
+		if r.Active() && me != nil && (me.Phase == consensus.PhasePending) {
+			a.prebuild(r)
+		}
+		if me != nil && (me.Phase == consensus.PhaseGranted || me.Phase == consensus.PhaseSwapping) {
+			a.turn(r, r.Target, consensus.PhaseRunning)
+			continue
+		}
+		if me != nil && me.Phase == consensus.PhaseReverting {
+			a.turn(r, r.FromID, consensus.PhaseReverted)
+			continue
+		}
+		a.catchUp(r)
+	}
+}
+
+// prebuild starts building the rollout's target at once, so that the rollout waits on swaps, not
+// builds. A version that does not build fails the rollout before any node swaps.
+func (a *Agent) prebuild(r *consensus.Rollout) {
+	a.fol.mu.Lock()
+	if a.fol.building[r.Target] {
+		a.fol.mu.Unlock()
+		return
+	}
+	a.fol.building[r.Target] = true
+	a.fol.mu.Unlock()
+	go func() {
+		a.report(r.Version, consensus.PhaseBuilding, "")
+		ctx, cancel := context.WithTimeout(context.Background(), rolloutTimings.SwapTimeout)
+		defer cancel()
+		err := a.fetchAndBuild(ctx, r.Target)
+		if err != nil {
+			a.report(r.Version, consensus.PhaseFailed, buildFailure(err))
+			return
+		}
+		a.report(r.Version, consensus.PhaseBuilt, "")
+	}()
+}
+
+// buildFailure is a build error as the rollout records it: the compiler's words verbatim.
+func buildFailure(err error) string {
+	var ce *build.CompileError
+	if errors.As(err, &ce) {
+		return "does not compile:\n" + ce.Output
+	}
+	return err.Error()
+}
+
+// fetchAndBuild keeps the version's bundle from the log and builds it.
+func (a *Agent) fetchAndBuild(ctx context.Context, id string) error {
+	if err := a.keepCommitted(id); err != nil {
+		return err
+	}
+	_, err := a.binary(ctx, id)
+	return err
+}
+
+// keepCommitted copies a committed version's bundle from the state into the data folder.
+func (a *Agent) keepCommitted(id string) error {
+	if _, err := os.Stat(a.bundlePath(id)); err == nil {
+		return nil
+	}
+	for _, v := range a.Node().FSM.State().Versions {
+		if v.ID == id && len(v.Bundle) > 0 {
+			return a.keepBundle(id, v.Bundle)
+		}
+	}
+	return fmt.Errorf("node %s does not have version %s and the log no longer keeps its bundle: deploy it again", a.self.Name, Label(id))
+}
+
+// turn swaps every duck here to id because the leader granted it, and reports the outcome.
+func (a *Agent) turn(r *consensus.Rollout, id, success string) {
+	// One turn per grant, even if the report that ends it takes a moment to come back through
+	// the log: a node never swaps twice for one grant.
+	key := fmt.Sprintf("%d/%s/%s", r.Version, success, r.Nodes[a.self.Name].Granted.Format(time.RFC3339Nano))
+	a.ducksMu.Lock()
+	acted := a.local.Acted == key
+	a.ducksMu.Unlock()
+	if acted || !a.claim() {
+		return
+	}
+	go func() {
+		defer a.release()
+		defer a.setActed(key)
+		if success == consensus.PhaseRunning && r.Nodes[a.self.Name].Phase == consensus.PhaseGranted {
+			a.report(r.Version, consensus.PhaseSwapping, "")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), rolloutTimings.SwapTimeout)
+		defer cancel()
+		err := a.keepCommitted(id)
+		if err == nil {
+			err = a.switchTo(ctx, id, a.logEvent)
+		}
+		if err != nil {
+			a.log.Error("rollout turn failed", "version", r.Version, "err", err)
+			if success == consensus.PhaseRunning {
+				a.report(r.Version, consensus.PhaseFailed, buildFailure(err))
+			} else {
+				a.report(r.Version, success, "could not go back: "+err.Error())
+			}
+			return
+		}
+		a.setSynced(r)
+		a.report(r.Version, success, "")
+	}()
+}
+
+// catchUp brings a node that was away (skipped, down during a commit, joined later) to the
+// version the cluster settled on. It acts once per change of the rollout, so a version loaded
+// by hand on this node stays until the cluster moves on.
+func (a *Agent) catchUp(r *consensus.Rollout) {
+	me := r.Nodes[a.self.Name]
+	if r.Active() && (me == nil || me.Phase != consensus.PhaseSkipped) {
+		return
+	}
+	key := syncKey(r)
+	a.ducksMu.Lock()
+	synced, have := a.local.Synced, a.local.Version
+	a.ducksMu.Unlock()
+	if synced == key {
+		return
+	}
+	want := r.Desired(a.self.Name)
+	if want == "" || want == have {
+		a.setSynced(r)
+		return
+	}
+	if !a.claim() {
+		return
+	}
+	go func() {
+		defer a.release()
+		ctx, cancel := context.WithTimeout(context.Background(), rolloutTimings.SwapTimeout)
+		defer cancel()
+		a.log.Info("catching up with the cluster", "version", r.Version, "to", Label(want))
+		err := a.keepCommitted(want)
+		if err == nil {
+			err = a.switchTo(ctx, want, a.logEvent)
+		}
+		if err != nil {
+			a.log.Error("catch up failed; will retry", "err", err)
+			return
+		}
+		a.setSynced(r)
+	}()
+}
+
+func (a *Agent) setActed(key string) {
+	a.ducksMu.Lock()
+	defer a.ducksMu.Unlock()
+	a.local.Acted = key
+	if err := a.saveLocal(); err != nil {
+		a.log.Error("save local state", "err", err)
+	}
+}
+
+func syncKey(r *consensus.Rollout) string {
+	return strconv.Itoa(r.Version) + "/" + r.State
+}
+
+func (a *Agent) setSynced(r *consensus.Rollout) {
+	a.ducksMu.Lock()
+	defer a.ducksMu.Unlock()
+	a.local.Synced = syncKey(r)
+	if err := a.saveLocal(); err != nil {
+		a.log.Error("save local state", "err", err)
+	}
+}
+
+func (a *Agent) claim() bool {
+	a.fol.mu.Lock()
+	defer a.fol.mu.Unlock()
+	if a.fol.busy {
+		return false
+	}
+	a.fol.busy = true
+	return true
+}
+
+func (a *Agent) release() {
+	a.fol.mu.Lock()
+	a.fol.busy = false
+	a.fol.mu.Unlock()
+}
+
+func (a *Agent) logEvent(e Event) {
+	a.log.Info("swap", "phase", e.Phase, "duck", e.Duck, "version", e.Version, "msg", e.Message)
+}

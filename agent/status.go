@@ -1,0 +1,117 @@
+package agent
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/duckraft/duckraft/consensus"
+)
+
+// Local is what one node says of itself for `status`: the version its ducks run and the ducks.
+type Local struct {
+	Name    string     `json:"name"`
+	Role    string     `json:"role"`
+	Version string     `json:"version,omitempty"` // bundle ID
+	Label   string     `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
+	Ducks   []DuckInfo `json:"ducks"`
+}
+
+func (a *Agent) localView() Local {
+	a.ducksMu.Lock()
+	id := a.local.Version
+	a.ducksMu.Unlock()
+	l := Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: []DuckInfo{}}
+	for _, st := range a.sup.List() {
+		l.Ducks = append(l.Ducks, DuckInfo{Node: a.self.Name, Status: st})
+	}
+	return l
+}
+
+// versionLabel names a version as users see it: vN once committed; a loaded but uncommitted one
+// by its short ID, marked local.
+func (a *Agent) versionLabel(id string) string {
+	if id == "" {
+		return ""
+	}
+	l := a.duckVersion(id)
+	if l == Label(id) {
+		return l + " (local)"
+	}
+	return l
+}
+
+// duckVersion is the version string a duck reports: vN once committed, else the short ID.
+func (a *Agent) duckVersion(id string) string {
+	for _, v := range a.Node().FSM.State().Versions {
+		if v.ID == id {
+			return "v" + strconv.Itoa(v.N)
+		}
+	}
+	return Label(id)
+}
+
+func (a *Agent) handleLocal(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.localView()) }
+
+// NodeStatus is one row of `status`.
+type NodeStatus struct {
+	Member    MemberStatus           `json:"member"`
+	Local     *Local                 `json:"local,omitempty"` // nil when unreachable
+	Rollout   *consensus.NodeRollout `json:"rollout,omitempty"`
+	Reachable bool                   `json:"reachable"`
+}
+
+// Status is the cluster as `status` shows it.
+type Status struct {
+	Nodes   []NodeStatus `json:"nodes"`
+	Rollout RolloutView  `json:"rollout"`
+}
+
+func (a *Agent) status(ctx context.Context) (Status, error) {
+	ms, err := a.members(ctx)
+	if err != nil {
+		return Status{}, err
+	}
+	view := a.rolloutView()
+	out := Status{Rollout: view, Nodes: make([]NodeStatus, len(ms))}
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		out.Nodes[i] = NodeStatus{Member: m, Reachable: m.Reachable}
+		if view.Rollout != nil {
+			out.Nodes[i].Rollout = view.Rollout.Nodes[m.Name]
+		}
+		if !m.Reachable {
+			continue
+		}
+		wg.Add(1)
+		go func(ns *NodeStatus) {
+			defer wg.Done()
+			var l Local
+			if ns.Member.Name == a.self.Name {
+				l = a.localView()
+			} else {
+				pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+				defer cancel()
+				if a.client.Do(pctx, ns.Member.APIAddr, http.MethodGet, "/v1/local", nil, &l) != nil {
+					return
+				}
+			}
+			ns.Local = &l
+		}(&out.Nodes[i])
+	}
+	wg.Wait()
+	slices.SortFunc(out.Nodes, func(x, y NodeStatus) int { return strings.Compare(x.Member.Name, y.Member.Name) })
+	return out, nil
+}
+
+func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
+	st, err := a.status(r.Context())
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, st)
+}

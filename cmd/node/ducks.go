@@ -1,0 +1,227 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/runtime/bundle"
+)
+
+// runLoad is the seed's c("quacking_duck.ex"): build DIR on the node and swap its ducks to it.
+func runLoad(args []string) error {
+	fs := flag.NewFlagSet("load", flag.ContinueOnError)
+	c := clientFlags(fs)
+	c.timeout = 10 * time.Minute // a first build with an empty build cache takes a while
+	pos, err := parse(fs, args, "DIR")
+	if err != nil {
+		return err
+	}
+	b, err := bundle.Pack(pos[0])
+	if err != nil {
+		return err
+	}
+	api, err := c.open()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	ctx, cancelT := context.WithTimeout(ctx, c.timeout)
+	defer cancelT()
+
+	p := newProgress(os.Stderr)
+	defer p.close()
+	p.step(fmt.Sprintf("sending %s (%d bytes) to %s", pos[0], len(b.Data), c.addr))
+	var failed *agent.Event
+	var done agent.Event
+	err = api.Stream(ctx, c.addr, http.MethodPost, "/v1/load", bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
+		var e agent.Event
+		if err := json.Unmarshal(raw, &e); err != nil {
+			return err
+		}
+		switch e.Phase {
+		case "building":
+			p.step("building " + e.Version)
+		case "built":
+			p.finish("built " + e.Version)
+		case "swapping":
+			p.step(fmt.Sprintf("swapping %s to %s", e.Duck, e.Version))
+		case "swapped":
+			p.finish(fmt.Sprintf("swapped %s to %s", e.Duck, e.Version))
+		case "reverting":
+			p.step(fmt.Sprintf("reverting %s to %s", e.Duck, e.Version))
+		case "done":
+			done = e
+		case "failed":
+			failed = &e
+		}
+		return nil
+	})
+	p.close()
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return fmt.Errorf("stopped waiting; the node carries on with the load (see `ducks`)")
+		}
+		return err
+	}
+	if failed != nil {
+		if failed.Output != "" {
+			// The compiler's own words, as it printed them.
+			fmt.Fprint(os.Stderr, failed.Output)
+		}
+		return errors.New(failed.Error)
+	}
+	if done.Version == "" {
+		return fmt.Errorf("the node ended the load without saying how it went: check `ducks` and its log")
+	}
+	fmt.Printf("loaded %s: %s\n", done.Version, done.Message)
+	return nil
+}
+
+type envFlags []string
+
+func (e *envFlags) String() string     { return strings.Join(*e, ",") }
+func (e *envFlags) Set(v string) error { *e = append(*e, v); return nil }
+
+// runSpawn is the seed's QuackingDuck.start: start a duck and follow its output until Ctrl-C,
+// which leaves it running.
+func runSpawn(args []string) error {
+	fs := flag.NewFlagSet("spawn", flag.ContinueOnError)
+	c := clientFlags(fs)
+	port := fs.Int("port", 0, "port the duck serves HTTP on, on 127.0.0.1 (default: a free one)")
+	listen := fs.String("listen", "", "full address the duck serves on (overrides --port)")
+	detach := fs.Bool("detach", false, "return once the duck runs instead of following its output")
+	var env envFlags
+	fs.Var(&env, "env", "DUCK_*=value passed to the duck, e.g. DUCK_INTERVAL=200ms (repeatable)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	req := agent.SpawnRequest{Addr: *listen, Env: env}
+	if req.Addr == "" && *port != 0 {
+		req.Addr = "127.0.0.1:" + strconv.Itoa(*port)
+	}
+	var d agent.DuckInfo
+	if err := c.call(http.MethodPost, "/v1/spawn", req, &d); err != nil {
+		return err
+	}
+	fmt.Printf("%s on %s serving http://%s (version %s)\n", d.ID, d.Node, d.Addr, d.Version)
+	if *detach {
+		return nil
+	}
+	return follow(c, d.ID, 0, true)
+}
+
+// follow prints a duck's (or every duck's) output, live if live is set, until Ctrl-C or the
+// node goes away.
+func follow(c *client, duck string, n int, live bool) error {
+	api, err := c.open()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	q := url.Values{"n": {strconv.Itoa(n)}}
+	if duck != "" {
+		q.Set("duck", duck)
+	}
+	if live {
+		q.Set("follow", "1")
+	}
+	err = api.Stream(ctx, c.addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
+		var l agent.LogLine
+		if err := json.Unmarshal(raw, &l); err != nil {
+			return err
+		}
+		out := os.Stdout
+		if l.Stream == "stderr" {
+			out = os.Stderr
+		}
+		fmt.Fprintf(out, "[%s/%s] %s\n", l.Node, l.Duck, l.Text)
+		return nil
+	})
+	if ctx.Err() != nil {
+		if duck != "" {
+			fmt.Fprintf(os.Stderr, "detached; %s keeps running (stop it with: %s stop %s)\n", duck, prog, duck)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("node at %s is gone, and its ducks with it: %w", c.addr, err)
+	}
+	if live && duck != "" {
+		return fmt.Errorf("%s has stopped", duck)
+	}
+	return nil
+}
+
+func runStop(args []string) error {
+	fs := flag.NewFlagSet("stop", flag.ContinueOnError)
+	c := clientFlags(fs)
+	pos, err := parse(fs, args, "DUCK")
+	if err != nil {
+		return err
+	}
+	if err := c.call(http.MethodPost, "/v1/stop", agent.NameRequest{Name: pos[0]}, nil); err != nil {
+		return err
+	}
+	fmt.Printf("stopped %s\n", pos[0])
+	return nil
+}
+
+func runDucks(args []string) error {
+	fs := flag.NewFlagSet("ducks", flag.ContinueOnError)
+	c := clientFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var ds []agent.DuckInfo
+	if err := c.call(http.MethodGet, "/v1/ducks", nil, &ds); err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(ds)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DUCK\tNODE\tVERSION\tSTATE\tADDR\tPID\tGEN\tRESTARTS\tUP")
+	for _, d := range ds {
+		up := "-"
+		if !d.Started.IsZero() && d.State == "running" {
+			up = time.Since(d.Started).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", d.ID, d.Node, d.Version, d.State, d.Addr, d.PID, d.Gen, d.Restarts, up)
+	}
+	return tw.Flush()
+}
+
+func runLogs(args []string) error {
+	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
+	c := clientFlags(fs)
+	f := fs.Bool("f", false, "follow: keep printing new lines until Ctrl-C")
+	n := fs.Int("n", 100, "how many recent lines to print first")
+	pos, err := parse(fs, args, "[DUCK]")
+	if err != nil {
+		return err
+	}
+	duck := ""
+	if len(pos) == 1 {
+		duck = pos[0]
+	}
+	return follow(c, duck, *n, *f)
+}

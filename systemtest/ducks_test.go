@@ -1,0 +1,129 @@
+package systemtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/localcluster"
+)
+
+// duckReply is what a duck answers on GET / and POST /quack.
+type duckReply struct {
+	Count   int    `json:"count"`
+	Version string `json:"version"`
+}
+
+func askDuck(method, addr string) (duckReply, error) {
+	req, _ := http.NewRequest(method, "http://"+addr+map[string]string{"GET": "/", "POST": "/quack"}[method], nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return duckReply{}, err
+	}
+	defer resp.Body.Close()
+	var r duckReply
+	if resp.StatusCode != http.StatusOK {
+		return r, fmt.Errorf("%s %s: %s", method, addr, resp.Status)
+	}
+	return r, json.NewDecoder(resp.Body).Decode(&r)
+}
+
+func ducksOn(c *localcluster.Cluster, addr string) []agent.DuckInfo {
+	out, _, err := tryCLI(c, addr, "ducks", "--json")
+	if err != nil {
+		return nil
+	}
+	var ds []agent.DuckInfo
+	json.Unmarshal([]byte(out), &ds)
+	return ds
+}
+
+// loadedVersion is the version `load` reported.
+func loadedVersion(t *testing.T, out string) string {
+	t.Helper()
+	var v string
+	if _, err := fmt.Sscanf(out, "loaded %s", &v); err != nil {
+		t.Fatalf("load printed %q", out)
+	}
+	return strings.TrimSuffix(v, ":")
+}
+
+// The seed's c/1 and hot reload on one node: load, spawn, load a new version, the running duck
+// changes its voice and keeps its count; bad versions change nothing.
+func TestLoadSpawnAndHotSwapOnOneNode(t *testing.T) {
+	c, nodes := newCluster(t, "a")
+	a := nodes[0]
+
+	_, errOut, err := tryCLI(c, a.API, "spawn", "--detach")
+	if err == nil || !strings.Contains(errOut, "no duck code loaded") || !strings.Contains(errOut, "load") {
+		t.Fatalf("spawn before load: err=%v stderr=%q; want the UndefinedFunctionError analogue", err, errOut)
+	}
+
+	v1 := loadedVersion(t, cli(t, c, a.API, "load", "../duck"))
+	out := cli(t, c, a.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=100ms")
+	var id, addr string
+	if _, err := fmt.Sscanf(out, "%s on a serving http://%s", &id, &addr); err != nil {
+		t.Fatalf("spawn printed %q", out)
+	}
+	waitFor(t, "the duck to quack", 10*time.Second, func() bool {
+		return strings.Contains(cli(t, c, a.API, "logs", id), "Quack! #")
+	})
+	for range 3 {
+		if _, err := askDuck("POST", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r, err := askDuck("GET", addr); err != nil || r.Count != 3 || r.Version != v1 {
+		t.Fatalf("duck says %+v, %v; want count 3 at %s", r, err, v1)
+	}
+
+	v2 := loadedVersion(t, cli(t, c, a.API, "load", "../testdata/duck-v2"))
+	if r, err := askDuck("GET", addr); err != nil || r.Count != 3 || r.Version != v2 {
+		t.Fatalf("after load of v2 the duck says %+v, %v; want count 3 at %s", r, err, v2)
+	}
+	waitFor(t, "the louder quack", 10*time.Second, func() bool {
+		return strings.Contains(cli(t, c, a.API, "logs", "-n", "3", id), "QUACK")
+	})
+
+	// A version that does not compile: the compiler's own message, and nothing changes.
+	_, errOut, err = tryCLI(c, a.API, "load", "../testdata/duck-broken")
+	if err == nil || !strings.Contains(errOut, "does not compile") || !strings.Contains(errOut, "main.go:") {
+		t.Fatalf("load of a broken duck: err=%v stderr=%q", err, errOut)
+	}
+	// A version that exits before Ready: reported with its exit, and nothing changes.
+	_, errOut, err = tryCLI(c, a.API, "load", "../testdata/duck-crash")
+	if err == nil || !strings.Contains(errOut, "did not come up") {
+		t.Fatalf("load of a crashing duck: err=%v stderr=%q", err, errOut)
+	}
+	if r, err := askDuck("POST", addr); err != nil || r.Count != 4 || r.Version != v2 {
+		t.Fatalf("after the bad versions the duck says %+v, %v; want count 4 at %s", r, err, v2)
+	}
+	ds := ducksOn(c, a.API)
+	if len(ds) != 1 || ds[0].ID != id || ds[0].Version != v2 || ds[0].State != "running" {
+		t.Fatalf("ducks = %+v", ds)
+	}
+
+	// Ducks die with their node and come back with it, count and version kept.
+	if err := a.Stop(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := askDuck("GET", addr); err == nil {
+		t.Fatal("the duck outlived its node")
+	}
+	if err := a.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the duck to come back with its node", 30*time.Second, func() bool {
+		r, err := askDuck("GET", addr)
+		return err == nil && r.Count == 4 && r.Version == v2
+	})
+
+	cli(t, c, a.API, "stop", id)
+	if ds := ducksOn(c, a.API); len(ds) != 0 {
+		t.Fatalf("ducks after stop = %+v", ds)
+	}
+}
