@@ -33,6 +33,10 @@ func commands() []command {
 		{"stop", "DUCK", "stop a duck", runStop},
 		{"ducks", "[--json]", "list the node's ducks", runDucks},
 		{"logs", "[-f] [-n N] [DUCK]", "print a duck's recent output (every duck's without DUCK); -f follows it", runLogs},
+		{"deploy", "DIR [-m MSG] [--canary] [--detach]", "commit DIR as a new version and follow its rollout node by node (the seed's nl)", runDeploy},
+		{"rollout", "status|history|pause|resume|undo [--to N] [--json]", "inspect or steer the rollout", runRollout},
+		{"status", "[--json]", "every node: role, version, rollout phase, ducks", runStatus},
+		{"watch", "", "follow the current rollout live", runWatch},
 		{"demo", "", "start three nodes in a temporary folder, connect them, show members, stop them", runDemo},
 	}
 }

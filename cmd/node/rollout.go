@@ -1,0 +1,329 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"os/user"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/runtime/bundle"
+)
+
+// runDeploy is the seed's nl for the whole cluster: commit DIR as a new version through the log
+// and follow the rollout node by node, like `kubectl rollout status`.
+func runDeploy(args []string) error {
+	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
+	c := clientFlags(fs)
+	msg := fs.String("m", "", "a message for the version, as a commit message")
+	canary := fs.Bool("canary", false, "upgrade the first node only, then wait for `rollout resume` or `rollout undo`")
+	detach := fs.Bool("detach", false, "return once the version is committed")
+	noRevert := fs.Bool("no-revert", false, "on failure, leave upgraded nodes as they are instead of going back")
+	c.timeout = 15 * time.Minute
+	pos, err := parse(fs, args, "DIR")
+	if err != nil {
+		return err
+	}
+	b, err := bundle.Pack(pos[0])
+	if err != nil {
+		return err
+	}
+	api, err := c.open()
+	if err != nil {
+		return err
+	}
+	q := url.Values{"m": {*msg}, "author": {author()}}
+	if *canary {
+		q.Set("canary", "1")
+	}
+	if *noRevert {
+		q.Set("no_revert", "1")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var res agent.CommitResult
+	err = api.Stream(ctx, c.addr, http.MethodPost, "/v1/deploy?"+q.Encode(), bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
+		return json.Unmarshal(raw, &res)
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("committed version %d (%s)\n", res.N, agent.Label(res.ID))
+	if *detach {
+		return nil
+	}
+	return watch(c, res.N, os.Stdout)
+}
+
+func author() string {
+	name := "someone"
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	host, _ := os.Hostname()
+	return name + "@" + host
+}
+
+// watch follows rollout n (0: whatever rollout is current) until it ends, redrawing a table in
+// place on a terminal and printing a line per change otherwise. It returns an error saying why
+// when the rollout halted or went back.
+func watch(c *client, n int, w *os.File) error {
+	api, err := c.open()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer cancel()
+	tty := isTerminal(w)
+	seen := map[string]string{}
+	drawn := 0
+	for {
+		var v agent.RolloutView
+		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+		err := api.Do(rctx, c.addr, http.MethodGet, "/v1/rollout", nil, &v)
+		rcancel()
+		if ctx.Err() != nil {
+			fmt.Fprintln(os.Stderr, "stopped watching; the rollout carries on (`rollout status` shows it)")
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("lost the node at %s while watching: %w; `rollout status` on another node shows the rollout", c.addr, err)
+		}
+		r := v.Rollout
+		if r == nil {
+			return errors.New("nothing has been deployed yet")
+		}
+		if n != 0 && r.Version < n {
+			// This node has not applied the commit yet.
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if tty {
+			if drawn > 0 {
+				fmt.Fprintf(w, "\033[%dA\033[J", drawn)
+			}
+			drawn = drawRollout(w, r, v.Leader)
+		} else {
+			printChanges(w, r, seen)
+		}
+		if !r.Active() || r.State == consensus.RolloutPaused {
+			return outcome(r)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// drawRollout writes the rollout as a table and returns how many lines it took.
+func drawRollout(w io.Writer, r *consensus.Rollout, leader string) int {
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "version %d %s (leader %s)\n", r.Version, r.State, leader)
+	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  #\tNODE\tPHASE\tFOR\tNOTE")
+	for i, name := range r.Order {
+		nr := r.Nodes[name]
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", i+1, name, nr.Phase, phaseTime(nr), firstLine(nr.Error))
+	}
+	tw.Flush()
+	w.Write(buf.Bytes())
+	return bytes.Count(buf.Bytes(), []byte("\n"))
+}
+
+func phaseTime(nr *consensus.NodeRollout) string {
+	end := time.Now()
+	if !nr.Done.IsZero() && !nr.Granted.IsZero() {
+		return nr.Done.Sub(nr.Granted).Round(time.Millisecond).String()
+	}
+	if nr.Since.IsZero() {
+		return "-"
+	}
+	return end.Sub(nr.Since).Round(100 * time.Millisecond).String()
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " ..."
+	}
+	return s
+}
+
+// printChanges prints a line for each node whose phase changed since the last call.
+func printChanges(w io.Writer, r *consensus.Rollout, seen map[string]string) {
+	for _, name := range r.Order {
+		nr := r.Nodes[name]
+		if seen[name] == nr.Phase {
+			continue
+		}
+		seen[name] = nr.Phase
+		line := fmt.Sprintf("  %s: %s", name, nr.Phase)
+		if nr.Phase == consensus.PhaseRunning || nr.Phase == consensus.PhaseReverted {
+			line += " (" + phaseTime(nr) + ")"
+		}
+		if nr.Error != "" {
+			line += ": " + nr.Error
+		}
+		fmt.Fprintln(w, line)
+	}
+	if seen[""] != r.State {
+		seen[""] = r.State
+		fmt.Fprintf(w, "version %d %s: order %s\n", r.Version, r.State, strings.Join(r.Order, " -> "))
+	}
+}
+
+// outcome turns how a rollout ended into the command's result.
+func outcome(r *consensus.Rollout) error {
+	switch r.State {
+	case consensus.RolloutDone:
+		var skipped []string
+		for _, name := range r.Order {
+			if r.Nodes[name].Phase == consensus.PhaseSkipped {
+				skipped = append(skipped, name)
+			}
+		}
+		if len(skipped) > 0 {
+			return fmt.Errorf("version %d rolled out, but %s were down and skipped; they catch up when they return", r.Version, strings.Join(skipped, ", "))
+		}
+		fmt.Printf("version %d runs on every node (%s)\n", r.Version, r.Ended.Sub(r.Started).Round(time.Millisecond))
+		return nil
+	case consensus.RolloutPaused:
+		fmt.Printf("version %d paused: %s\n", r.Version, r.Reason)
+		return nil
+	}
+	return fmt.Errorf("version %d %s: %s", r.Version, r.State, r.Reason)
+}
+
+func runWatch(args []string) error {
+	fs := flag.NewFlagSet("watch", flag.ContinueOnError)
+	c := clientFlags(fs)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	return watch(c, 0, os.Stdout)
+}
+
+// runRollout is `rollout status|history|pause|resume|undo`.
+func runRollout(args []string) error {
+	fs := flag.NewFlagSet("rollout", flag.ContinueOnError)
+	c := clientFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	to := fs.Int("to", 0, "undo: go back to this version instead of the previous one")
+	pos, err := parse(fs, args, "status|history|pause|resume|undo")
+	if err != nil {
+		return err
+	}
+	switch pos[0] {
+	case "status", "history":
+		var v agent.RolloutView
+		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(v)
+		}
+		if pos[0] == "history" {
+			return printHistory(v)
+		}
+		if v.Rollout == nil {
+			fmt.Println("nothing has been deployed yet")
+			return nil
+		}
+		drawRollout(os.Stdout, v.Rollout, v.Leader)
+		if v.Rollout.Reason != "" {
+			fmt.Println(v.Rollout.Reason)
+		}
+		return nil
+	case "pause", "resume", "undo":
+		var res agent.CommitResult
+		if err := c.call(http.MethodPost, "/v1/rollout", agent.RolloutAction{Action: pos[0], To: *to}, &res); err != nil {
+			return err
+		}
+		if *asJSON {
+			return printJSON(res)
+		}
+		if pos[0] == "undo" && *to != 0 {
+			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, agent.Label(res.ID), *to)
+			return watch(c, res.N, os.Stdout)
+		}
+		fmt.Printf("version %d: %s\n", res.N, pos[0])
+		if pos[0] != "pause" {
+			return watch(c, res.N, os.Stdout)
+		}
+		return nil
+	}
+	return usageError{fmt.Sprintf("unknown rollout command %q: status, history, pause, resume or undo", pos[0])}
+}
+
+func printHistory(v agent.RolloutView) error {
+	outcome := map[int]string{}
+	for _, r := range append(v.Past, v.Rollout) {
+		if r != nil {
+			outcome[r.Version] = r.State
+		}
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tID\tCOMMITTED\tBY\tROLLOUT\tMESSAGE")
+	for _, ver := range v.Versions {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, agent.Label(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
+	}
+	return tw.Flush()
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// runStatus is every node at a glance: role, reachability, version, rollout phase, ducks.
+func runStatus(args []string) error {
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	c := clientFlags(fs)
+	asJSON := fs.Bool("json", false, "print JSON")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var st agent.Status
+	if err := c.call(http.MethodGet, "/v1/status", nil, &st); err != nil {
+		return err
+	}
+	if *asJSON {
+		return printJSON(st)
+	}
+	if r := st.Rollout.Rollout; r != nil {
+		fmt.Printf("version %d %s, order %s\n", r.Version, r.State, strings.Join(r.Order, " -> "))
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tROLE\tREACHABLE\tVERSION\tPHASE\tFOR\tDUCKS")
+	for _, n := range st.Nodes {
+		version, ducks := "?", "?"
+		if n.Local != nil {
+			version = n.Local.Label
+			var ds []string
+			for _, d := range n.Local.Ducks {
+				ds = append(ds, fmt.Sprintf("%s(%s,%s)", d.ID, d.Version, d.State))
+			}
+			ducks = strings.Join(ds, " ")
+		}
+		phase, since := "-", "-"
+		if n.Rollout != nil {
+			phase, since = n.Rollout.Phase, phaseTime(n.Rollout)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Member.Name, n.Member.Role, yesNo(n.Reachable), version, phase, since, ducks)
+	}
+	return tw.Flush()
+}
