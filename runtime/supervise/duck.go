@@ -299,10 +299,11 @@ func (d *duck) waitReady(ctx context.Context, r *run, p *proc) error {
 		select {
 		case <-p.done:
 			d.waitDrained(r)
-			return fmt.Errorf("it exited before it was Ready: %s%s; fix the duck (or its environment) and start it again", p.exited(), tail(r.stderrSince(0)))
+			return fmt.Errorf("it exited before it was Ready: %s; fix the duck (or its environment) and start it again%s", p.exited(), tail(r.stderrSince(0)))
 		case <-timer.C:
 			kill(p)
-			return fmt.Errorf("it was not Ready within %s and was killed%s; make its setup return sooner or raise the ready timeout", d.cfg.ReadyTimeout, tail(r.stderrSince(0)))
+			d.waitDrained(r)
+			return fmt.Errorf("it was not Ready within %s and was killed; make its setup return sooner or raise the ready timeout%s", d.cfg.ReadyTimeout, tail(r.stderrSince(0)))
 		case <-ctx.Done():
 			kill(p)
 			return fmt.Errorf("gave up waiting for Ready: %w", ctx.Err())
@@ -526,8 +527,8 @@ func (d *duck) swap(op swapOp) error {
 		case report := <-failures:
 			putBack()
 			d.setState("running")
-			return fail("the new version did not take over: %s%s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again",
-				reportedErr(report), tail(r.stderrSince(mark)), oldVersion, old.pid, stable, op.version)
+			return fail("the new version did not take over: %s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again%s",
+				reportedErr(report), oldVersion, old.pid, stable, op.version, tail(r.stderrSince(mark)))
 		case <-old.done:
 			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid {
 				next = r.adopt(pid) // it handed over before we looked
@@ -535,7 +536,7 @@ func (d *duck) swap(op swapOp) error {
 			}
 			putBack()
 			d.endRun(r, false)
-			err := fail("the old generation (PID %d) %s during the swap and no new one became Ready%s; restarting %s from its binary", old.pid, old.exited(), tail(r.stderrSince(mark)), oldVersion)
+			err := fail("the old generation (PID %d) %s during the swap and no new one became Ready; restarting %s from its binary%s", old.pid, old.exited(), oldVersion, tail(r.stderrSince(mark)))
 			d.crashed(err.Error())
 			return err
 		case <-deadline.C:
@@ -547,8 +548,8 @@ func (d *duck) swap(op swapOp) error {
 			}
 			putBack()
 			d.setState("running")
-			return fail("no new generation became Ready within %s%s; %s keeps running (PID %d) and its binary is back at %s",
-				2*d.cfg.ReadyTimeout+5*time.Second, tail(r.stderrSince(mark)), oldVersion, old.pid, stable)
+			return fail("no new generation became Ready within %s; %s keeps running (PID %d) and its binary is back at %s%s",
+				2*d.cfg.ReadyTimeout+5*time.Second, oldVersion, old.pid, stable, tail(r.stderrSince(mark)))
 		case <-d.ctx.Done():
 			putBack()
 			return fail("stopped during the swap; the old binary is back at %s", stable)
@@ -584,8 +585,8 @@ func (d *duck) swap(op swapOp) error {
 		d.version = oldVersion
 		d.mu.Unlock()
 		d.endRun(r, false)
-		err := fail("the new generation (PID %d) %s within %s of becoming Ready%s; restarting %s from its binary, with the state of its last graceful stop (what the new version was handed is lost)",
-			next.pid, next.exited(), d.cfg.Healthy, tail(r.stderrSince(mark)), oldVersion)
+		err := fail("the new generation (PID %d) %s within %s of becoming Ready; restarting %s from its binary, with the state of its last graceful stop (what the new version was handed is lost)%s",
+			next.pid, next.exited(), d.cfg.Healthy, oldVersion, tail(r.stderrSince(mark)))
 		d.crashed(err.Error())
 		return err
 	case <-healthy.C:
@@ -618,7 +619,7 @@ func tail(lines []string) string {
 	if len(lines) == 0 {
 		return ""
 	}
-	return "; last stderr lines:\n\t" + strings.Join(lines, "\n\t") + "\n"
+	return "; the duck's last stderr lines:\n\t" + strings.Join(lines, "\n\t")
 }
 
 // run is the processes started from one first generation: it and every
@@ -689,18 +690,20 @@ func (r *run) watchFailures(pid int) <-chan string {
 func (r *run) stderr(text string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.nstderr++
-	r.tail = append(r.tail, text)
-	if len(r.tail) > tailSize {
-		r.tail = r.tail[len(r.tail)-tailSize:]
-	}
 	// hotswap logs this when a new generation fails and the old one thaws
-	// (runtime/hotswap, runner.loop).
+	// (runtime/hotswap, runner.loop). An error quotes it once, not again
+	// among the stderr lines.
 	if r.failPID != 0 && strings.Contains(text, `msg="swap failed`) && strings.Contains(text+" ", " pid="+strconv.Itoa(r.failPID)+" ") {
 		select {
 		case r.fails <- text:
 		default:
 		}
+		return
+	}
+	r.nstderr++
+	r.tail = append(r.tail, text)
+	if len(r.tail) > tailSize {
+		r.tail = r.tail[len(r.tail)-tailSize:]
 	}
 }
 

@@ -380,3 +380,31 @@ func asExit(err error, exit **exec.ExitError) bool {
 	*exit = e
 	return ok
 }
+
+func TestSwapToVersionDyingAfterReadyRestartsOld(t *testing.T) {
+	s := newSupervisor(t, Config{Healthy: 2 * time.Second})
+	spec := startDuck(t, s, "duck-1", "duck", "v1")
+	quack(t, spec.Addr, 2)
+	before := mustGet(t, s, "duck-1")
+
+	err := swap(s, "duck-1", "v2", "duck-flaky") // Ready, then exits 100ms later
+	if err == nil {
+		t.Fatal("swap to a version that dies after Ready succeeded")
+	}
+	t.Log(err)
+	if err := contains(err.Error(), "within 2s of becoming Ready", "restarting v1", "crashing after Ready on purpose"); err != nil {
+		t.Fatal(err)
+	}
+	st := mustGet(t, s, "duck-1")
+	if st.State != "running" || st.Version != "v1" || st.PID == before.PID || st.Restarts != 1 {
+		t.Fatalf("after a swap to a version that died: %+v", st)
+	}
+	if !sameFile(t, filepath.Join(s.cfg.Dir, "duck-1", binaryName), bins["duck"]) {
+		t.Fatal("the stable path does not hold the old binary")
+	}
+	// The handed-over state died with the new version; the old one starts
+	// from its last graceful stop, of which there was none.
+	if r := call(t, "GET", spec.Addr, "/"); r.Version != "v1" || r.Count != 0 {
+		t.Fatalf("GET / = %+v, want v1 with count 0", r)
+	}
+}

@@ -1,0 +1,91 @@
+package supervise
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// agentEnv makes the test binary a fake agent (see fakeAgent), so a test can
+// kill an agent with kill -9 and watch its ducks.
+const agentEnv = "SUPERVISE_TEST_AGENT"
+
+// fakeAgent supervises one duck (binary and version from the environment),
+// swaps it once to prove the lifeline survives a swap, prints "pid <PID>"
+// of the current generation and waits to be killed.
+func fakeAgent() {
+	s, err := New(Config{Dir: os.Getenv("AGENT_DIR"), Healthy: 100 * time.Millisecond})
+	if err == nil {
+		err = s.Start(context.Background(), Spec{ID: "duck-1", Version: "v1", Binary: os.Getenv("AGENT_DUCK"), Addr: os.Getenv("AGENT_ADDR"), Env: []string{"DUCK_INTERVAL=1h"}})
+	}
+	if err == nil {
+		err = s.Swap(context.Background(), "duck-1", "v2", os.Getenv("AGENT_DUCK_V2"))
+	}
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+	st, _ := s.Get("duck-1")
+	fmt.Println("pid", st.PID)
+	select {}
+}
+
+func TestDuckDiesWithItsAgent(t *testing.T) {
+	addr, dir := freeAddr(t), t.TempDir()
+	agent := exec.Command(os.Args[0], "-test.run=^$")
+	agent.Env = append(os.Environ(), agentEnv+"=1", "AGENT_DIR="+dir, "AGENT_DUCK="+bins["duck"], "AGENT_DUCK_V2="+bins["duck-v2"], "AGENT_ADDR="+addr)
+	agent.Stderr = os.Stderr
+	out, err := agent.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		agent.Process.Kill()
+		agent.Wait()
+	})
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	pid, err := strconv.Atoi(strings.TrimPrefix(strings.TrimSpace(line), "pid "))
+	if err != nil {
+		t.Fatalf("fake agent said %q", line)
+	}
+	if r := call(t, "GET", addr, "/"); r.Version != "v2" {
+		t.Fatalf("GET / = %+v", r)
+	}
+
+	agent.Process.Kill()
+	agent.Wait()
+	// The duck, interval 1h, prints nothing until its lifeline closes.
+	waitFor(t, "the duck of a dead agent to exit", func() bool { return dead(pid) })
+	if _, err := os.Stat(dir + "/duck-1/" + stateName); err != nil {
+		t.Logf("no state file after the agent died: %v", err)
+	}
+}
+
+// dead says whether pid has exited. An orphan whose parent died may become
+// this test process's child (an earlier test made it a subreaper); it is
+// reaped here, by PID.
+func dead(pid int) bool {
+	st, err := readStat(pid)
+	if err != nil {
+		return true
+	}
+	b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if i := strings.LastIndexByte(string(b), ')'); i < 0 || !strings.HasPrefix(string(b[i+1:]), " Z") {
+		return false
+	}
+	if st.ppid == os.Getpid() {
+		if p, err := os.FindProcess(pid); err == nil {
+			p.Wait()
+		}
+	}
+	return true
+}
