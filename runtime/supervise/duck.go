@@ -406,7 +406,7 @@ func waitAll(ps []*proc, bound time.Duration) bool {
 // crashed restarts the duck from its stable path after its current
 // generation died outside a swap or a stop, unless it crashed too often.
 func (d *duck) crashed(why string) {
-	d.log.Warn("duck crashed", "why", why)
+	d.log.Warn("duck exited unexpectedly; restarting it", "why", why)
 	d.mu.Lock()
 	r := d.run
 	d.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -88,6 +89,9 @@ func newSupervisor(t *testing.T, cfg Config) *Supervisor {
 		defer cancel()
 		if err := s.Close(ctx); err != nil {
 			t.Errorf("Close: %v", err)
+		}
+		if left := ducksUnder(cfg.Dir); len(left) > 0 {
+			t.Errorf("duck processes left running after Close: %v", left)
 		}
 		w.mu.Lock()
 		w.done = true
@@ -219,4 +223,21 @@ func contains(s string, subs ...string) error {
 		}
 	}
 	return nil
+}
+
+// ducksUnder lists the live processes running a binary under dir.
+func ducksUnder(dir string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		exe, err := os.Readlink("/proc/" + e.Name() + "/exe")
+		if err == nil && strings.HasPrefix(exe, dir+"/") && !dead(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }

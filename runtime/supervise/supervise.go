@@ -25,10 +25,13 @@
 // A duck that exits outside a swap or a stop is restarted from the stable
 // path with backoff (100ms doubling to 5s), OTP style: more than
 // Config.MaxRestarts crashes within Config.Window and it is given up on
-// (state "failed"). A restarted duck starts from DUCK_STATE_FILE, which the
-// duck writes when it stops gracefully; a crash (kill -9, a panic) writes
-// none, so a crash loses every change since the last graceful stop. State
-// handed over at a swap travels only between the two processes.
+// (state "failed"). Any exit counts, even status 0: a duck is meant to run
+// until it is stopped. A restarted duck starts from DUCK_STATE_FILE, which
+// the duck writes when it stops gracefully (Stop, Close, its lifeline
+// closing); a crash (kill -9, a panic) writes none, so a crash loses every
+// change since the last graceful stop. State handed over at a swap travels
+// only between the two processes, so it is lost too if the new version dies
+// within Config.Healthy and the old one has to be restarted.
 //
 // # Lifeline
 //
@@ -123,8 +126,10 @@ type Status struct {
 	// State is one of "starting", "running", "swapping", "restarting",
 	// "failed", "stopped".
 	State     string
-	Restarts  int
+	Restarts  int       // crash restarts so far
 	Started   time.Time // when the current generation became Ready
+	// LastError is the last failure (a crash, a failed swap); it stays
+	// after the duck recovers.
 	LastError string
 }
 

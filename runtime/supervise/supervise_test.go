@@ -408,3 +408,21 @@ func TestSwapToVersionDyingAfterReadyRestartsOld(t *testing.T) {
 		t.Fatalf("GET / = %+v, want v1 with count 0", r)
 	}
 }
+
+func TestStopDuringSwapLeavesNoProcess(t *testing.T) {
+	s := newSupervisor(t, Config{ReadyTimeout: 5 * time.Second})
+	startDuck(t, s, "duck-1", "duck", "v1")
+	swapped := make(chan error, 1)
+	go func() { swapped <- swap(s, "duck-1", "v2", "duck-hang") }()
+	waitLine(t, s, "the hanging version to start", func(l Line) bool { return strings.Contains(l.Text, "never becoming Ready") })
+	if err := s.Stop(context.Background(), "duck-1"); err != nil {
+		t.Fatal(err)
+	}
+	err := <-swapped
+	if err == nil || !strings.Contains(err.Error(), "stopped during the swap") {
+		t.Fatalf("Swap interrupted by Stop returned %v", err)
+	}
+	if left := ducksUnder(s.cfg.Dir); len(left) > 0 {
+		t.Fatalf("processes left after Stop: %v", left)
+	}
+}
