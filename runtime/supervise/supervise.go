@@ -125,9 +125,9 @@ type Status struct {
 	Gen               int
 	// State is one of "starting", "running", "swapping", "restarting",
 	// "failed", "stopped".
-	State     string
-	Restarts  int       // crash restarts so far
-	Started   time.Time // when the current generation became Ready
+	State    string
+	Restarts int       // crash restarts so far
+	Started  time.Time // when the current generation became Ready
 	// LastError is the last failure (a crash, a failed swap); it stays
 	// after the duck recovers.
 	LastError string
