@@ -149,6 +149,29 @@ func readStat(pid int) (stat, error) {
 // the new generation before it is Ready, so that it is watched (and reaped)
 // even if the old generation dies before the PID file names it.
 func childrenOf(pid int) []int {
+	// Each thread's children file is cheap to read, where scanning all of
+	// /proc is not; kernels built without CONFIG_PROC_CHILDREN lack it.
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return nil // pid is gone
+	}
+	var out []int
+	for _, t := range tasks {
+		b, err := os.ReadFile(dir + "/" + t.Name() + "/children")
+		if errors.Is(err, os.ErrNotExist) && t.Name() == strconv.Itoa(pid) {
+			return scanChildrenOf(pid)
+		}
+		for _, f := range bytes.Fields(b) {
+			if n, err := strconv.Atoi(string(f)); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+func scanChildrenOf(pid int) []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
