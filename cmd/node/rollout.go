@@ -65,7 +65,7 @@ func runDeploy(args []string) error {
 	if *detach {
 		return nil
 	}
-	return watch(c, res.N, os.Stdout)
+	return watch(c, res.N, "", false, os.Stdout)
 }
 
 func author() string {
@@ -78,9 +78,11 @@ func author() string {
 }
 
 // watch follows rollout n (0: whatever rollout is current) until it ends, redrawing a table in
-// place on a terminal and printing a line per change otherwise. It returns an error saying why
+// place on a terminal and printing a line per change otherwise. After `rollout resume` or
+// `undo`, leave is the state the rollout had: the node asked may show it a moment longer, and
+// it does not mean the rollout ended. With wantBack (undo), going back is the success. It returns an error saying why
 // when the rollout halted or went back.
-func watch(c *client, n int, w *os.File) error {
+func watch(c *client, n int, leave string, wantBack bool, w *os.File) error {
 	api, err := c.open()
 	if err != nil {
 		return err
@@ -89,6 +91,7 @@ func watch(c *client, n int, w *os.File) error {
 	defer cancel()
 	tty := isTerminal(w)
 	seen := map[string]string{}
+
 	drawn := 0
 	for {
 		var v agent.RolloutView
@@ -119,7 +122,14 @@ func watch(c *client, n int, w *os.File) error {
 		} else {
 			printChanges(w, r, seen)
 		}
-		if !r.Active() || r.State == consensus.RolloutPaused {
+		if r.State != leave {
+			leave = "" // the node has applied the change asked for
+		}
+		if leave == "" && (!r.Active() || r.State == consensus.RolloutPaused) {
+			if wantBack && r.State == consensus.RolloutReverted {
+				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
+				return nil
+			}
 			return outcome(r)
 		}
 		select {
@@ -213,7 +223,7 @@ func runWatch(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	return watch(c, 0, os.Stdout)
+	return watch(c, 0, "", false, os.Stdout)
 }
 
 // runRollout is `rollout status|history|pause|resume|undo`.
@@ -248,6 +258,14 @@ func runRollout(args []string) error {
 		}
 		return nil
 	case "pause", "resume", "undo":
+		var v agent.RolloutView
+		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
+			return err
+		}
+		before := ""
+		if v.Rollout != nil {
+			before = v.Rollout.State
+		}
 		var res agent.CommitResult
 		if err := c.call(http.MethodPost, "/v1/rollout", agent.RolloutAction{Action: pos[0], To: *to}, &res); err != nil {
 			return err
@@ -257,11 +275,11 @@ func runRollout(args []string) error {
 		}
 		if pos[0] == "undo" && *to != 0 {
 			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, agent.Label(res.ID), *to)
-			return watch(c, res.N, os.Stdout)
+			return watch(c, res.N, "", false, os.Stdout)
 		}
 		fmt.Printf("version %d: %s\n", res.N, pos[0])
 		if pos[0] != "pause" {
-			return watch(c, res.N, os.Stdout)
+			return watch(c, res.N, before, pos[0] == "undo", os.Stdout)
 		}
 		return nil
 	}

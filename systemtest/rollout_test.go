@@ -1,0 +1,269 @@
+package systemtest
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/localcluster"
+)
+
+// duckCluster is three connected nodes that run version 1 (duck/) with one duck each.
+type duckCluster struct {
+	c     *localcluster.Cluster
+	nodes []*localcluster.Node
+	ducks map[string]string // node name -> duck HTTP address
+}
+
+func newDuckCluster(t *testing.T) *duckCluster {
+	t.Helper()
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	out := cli(t, c, nodes[0].API, "deploy", "-m", "first", "../duck")
+	if !strings.Contains(out, "version 1 runs on every node") {
+		t.Fatalf("first deploy printed:\n%s", out)
+	}
+	dc := &duckCluster{c: c, nodes: nodes, ducks: map[string]string{}}
+	for _, n := range nodes {
+		var id, addr string
+		out := cli(t, c, n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=200ms")
+		if _, err := fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr); err != nil {
+			t.Fatalf("spawn on %s printed %q", n.Name, out)
+		}
+		dc.ducks[n.Name] = addr
+	}
+	return dc
+}
+
+func rolloutOf(t *testing.T, c *localcluster.Cluster, addr string) agent.RolloutView {
+	t.Helper()
+	var v agent.RolloutView
+	if err := json.Unmarshal([]byte(cli(t, c, addr, "rollout", "status", "--json")), &v); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// load runs keep-alive POSTs against every duck until stop is closed, counting what succeeded
+// per duck and what failed.
+type load struct {
+	ok     map[string]*atomic.Int64
+	failed atomic.Int64
+	errs   sync.Map
+	stop   chan struct{}
+	wg     sync.WaitGroup
+}
+
+func startLoad(ducks map[string]string) *load {
+	l := &load{ok: map[string]*atomic.Int64{}, stop: make(chan struct{})}
+	for name, addr := range ducks {
+		l.ok[name] = &atomic.Int64{}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; i < 20000; i++ { // bounded, and it stops by itself
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				if _, err := askDuck("POST", addr); err != nil {
+					l.failed.Add(1)
+					l.errs.Store(err.Error(), name)
+				} else {
+					l.ok[name].Add(1)
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) finish() { close(l.stop); l.wg.Wait() }
+
+func TestRolloutUpgradesInAnnouncedOrderUnderLoad(t *testing.T) {
+	dc := newDuckCluster(t)
+	for name, addr := range dc.ducks {
+		if r, err := askDuck("POST", addr); err != nil || r.Count != 1 || r.Version != "v1" {
+			t.Fatalf("duck on %s: %+v %v", name, r, err)
+		}
+	}
+	l := startLoad(dc.ducks)
+	out := cli(t, dc.c, dc.nodes[1].API, "deploy", "-m", "louder", "../testdata/duck-v2")
+	l.finish()
+	if !strings.Contains(out, "version 2 runs on every node") {
+		t.Fatalf("deploy printed:\n%s", out)
+	}
+	if n := l.failed.Load(); n != 0 {
+		var errs []string
+		l.errs.Range(func(k, v any) bool { errs = append(errs, fmt.Sprintf("%v: %v", v, k)); return true })
+		t.Fatalf("%d requests failed during the rollout: %v", n, errs)
+	}
+
+	// The log's reports prove the order: each node finished before the next was granted.
+	r := rolloutOf(t, dc.c, dc.nodes[2].API).Rollout
+	if r.State != consensus.RolloutDone || strings.Join(r.Order, ",") != "a,b,c" {
+		t.Fatalf("rollout %s, order %v", r.State, r.Order)
+	}
+	for i := 1; i < len(r.Order); i++ {
+		prev, next := r.Nodes[r.Order[i-1]], r.Nodes[r.Order[i]]
+		if next.Granted.Before(prev.Done) {
+			t.Fatalf("%s was granted at %v, before %s finished at %v", r.Order[i], next.Granted, r.Order[i-1], prev.Done)
+		}
+	}
+	for name, addr := range dc.ducks {
+		want := int(l.ok[name].Load()) + 1
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v2" || got.Count != want {
+			t.Fatalf("duck on %s after the rollout: %+v, %v; want v2 with count %d", name, got, err, want)
+		}
+	}
+}
+
+func TestVersionThatDoesNotCompileHaltsBeforeAnySwap(t *testing.T) {
+	dc := newDuckCluster(t)
+	_, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "../testdata/duck-broken")
+	if err == nil || !strings.Contains(errOut, "does not compile") {
+		t.Fatalf("deploy of a broken version: err=%v\n%s", err, errOut)
+	}
+	// The first node to build it (all build at once, the first in the order may already have its
+	// turn) reports the compiler's message and the rollout halts there: no node ever runs it.
+	r := rolloutOf(t, dc.c, dc.nodes[1].API).Rollout
+	if r.Active() || !strings.Contains(r.Reason, "does not compile") {
+		t.Fatalf("rollout %s: %s", r.State, r.Reason)
+	}
+	for _, name := range r.Order {
+		if p := r.Nodes[name].Phase; p == consensus.PhaseRunning || p == consensus.PhaseSwapping {
+			t.Fatalf("%s is %s on a version that does not compile", name, p)
+		}
+	}
+	if !r.Nodes["c"].Granted.IsZero() {
+		t.Fatal("the rollout went on to the last node after a failure")
+	}
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("POST", addr); err != nil || got.Version != "v1" || got.Count != 1 {
+			t.Fatalf("duck on %s: %+v, %v; want v1 still serving", name, got, err)
+		}
+	}
+	// The cluster is not stuck: a good version rolls out next.
+	if out := cli(t, dc.c, dc.nodes[0].API, "deploy", "../testdata/duck-v2"); !strings.Contains(out, "version 3 runs on every node") {
+		t.Fatalf("deploy after a broken version:\n%s", out)
+	}
+}
+
+func TestCrashingVersionStopsAtFirstNodeAndClusterKeepsServing(t *testing.T) {
+	dc := newDuckCluster(t)
+	_, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "../testdata/duck-crash")
+	if err == nil || !strings.Contains(errOut, "a failed") {
+		t.Fatalf("deploy of a crashing version: err=%v\n%s", err, errOut)
+	}
+	r := rolloutOf(t, dc.c, dc.nodes[2].API).Rollout
+	if r.Nodes["a"].Phase != consensus.PhaseFailed || !r.Nodes["b"].Granted.IsZero() || !r.Nodes["c"].Granted.IsZero() {
+		t.Fatalf("rollout went past the first failure: %+v", r.Nodes)
+	}
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v1" || got.Count != 0 {
+			t.Fatalf("duck on %s: %+v, %v; want v1 still serving", name, got, err)
+		}
+	}
+}
+
+func TestUndoGoesBackInReverseOrderAndHistoryShowsIt(t *testing.T) {
+	dc := newDuckCluster(t)
+	cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "louder", "../testdata/duck-v2")
+	out := cli(t, dc.c, dc.nodes[2].API, "rollout", "undo")
+	if !strings.Contains(out, "version 2 reverted: every node is back on version 1") {
+		t.Fatalf("undo printed:\n%s", out)
+	}
+	r := rolloutOf(t, dc.c, dc.nodes[0].API).Rollout
+	if !r.Nodes["c"].Done.Before(r.Nodes["b"].Done) || !r.Nodes["b"].Done.Before(r.Nodes["a"].Done) {
+		t.Fatalf("not reverted in reverse order: %+v", r.Nodes)
+	}
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v1" {
+			t.Fatalf("duck on %s after undo: %+v, %v", name, got, err)
+		}
+	}
+	hist := cli(t, dc.c, dc.nodes[1].API, "rollout", "history")
+	if !strings.Contains(hist, "first") || !strings.Contains(hist, "louder") || !strings.Contains(hist, "reverted") {
+		t.Fatalf("history:\n%s", hist)
+	}
+	// undo --to 2 rolls version 2's source out again, as a new version.
+	out = cli(t, dc.c, dc.nodes[1].API, "rollout", "undo", "--to", "2")
+	if !strings.Contains(out, "version 3 runs on every node") {
+		t.Fatalf("undo --to 2 printed:\n%s", out)
+	}
+}
+
+func TestCanaryWaitsForResume(t *testing.T) {
+	dc := newDuckCluster(t)
+	out := cli(t, dc.c, dc.nodes[0].API, "deploy", "--canary", "../testdata/duck-v2")
+	if !strings.Contains(out, "paused") {
+		t.Fatalf("canary deploy printed:\n%s", out)
+	}
+	versions := func() string {
+		var vs []string
+		for _, n := range []string{"a", "b", "c"} {
+			got, _ := askDuck("GET", dc.ducks[n])
+			vs = append(vs, got.Version)
+		}
+		return strings.Join(vs, ",")
+	}
+	if v := versions(); v != "v2,v1,v1" {
+		t.Fatalf("after the canary the ducks run %s, want v2 on the first node only", v)
+	}
+	cli(t, dc.c, dc.nodes[2].API, "rollout", "resume")
+	if v := versions(); v != "v2,v2,v2" {
+		t.Fatalf("after resume the ducks run %s", v)
+	}
+}
+
+func TestLeaderKilledMidRolloutRolloutCompletesOnce(t *testing.T) {
+	dc := newDuckCluster(t)
+	a := dc.nodes[0]
+	if l := leaderOf(members(dc.c, a.API)); l != "a" {
+		t.Skipf("leader is %s, not a; this test kills the leader after its own turn", l)
+	}
+	cli(t, dc.c, dc.nodes[1].API, "deploy", "--detach", "../testdata/duck-v2")
+	waitFor(t, "a to finish its turn", 60*time.Second, func() bool {
+		r := rolloutOf(t, dc.c, dc.nodes[1].API).Rollout
+		return r.Version == 2 && r.Nodes["a"].Phase == consensus.PhaseRunning
+	})
+	a.Kill()
+	waitFor(t, "the rollout to complete under a new leader", 60*time.Second, func() bool {
+		r := rolloutOf(t, dc.c, dc.nodes[1].API).Rollout
+		return r.State == consensus.RolloutDone
+	})
+	for _, n := range dc.nodes[1:] {
+		var ds []agent.DuckInfo
+		json.Unmarshal([]byte(cli(t, dc.c, n.API, "ducks", "--json")), &ds)
+		if len(ds) != 1 || ds[0].Version != "v2" || ds[0].Gen != 2 {
+			t.Fatalf("ducks on %s: %+v; want one duck on v2 swapped exactly once (generation 2)", n.Name, ds)
+		}
+	}
+}
+
+func TestNodeDownDuringCommitCatchesUp(t *testing.T) {
+	dc := newDuckCluster(t)
+	c := dc.nodes[2]
+	if err := c.Stop(20 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "../testdata/duck-v2")
+	if err == nil || !strings.Contains(errOut, "c were down and skipped") {
+		t.Fatalf("deploy with c down: err=%v\n%s", err, errOut)
+	}
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "c's duck to catch up to v2", 60*time.Second, func() bool {
+		got, err := askDuck("GET", dc.ducks["c"])
+		return err == nil && got.Version == "v2"
+	})
+}
