@@ -41,3 +41,9 @@ const TableflipVersion = "v1.2.3"
 
 // TableflipGo is the go line of tableflip's own go.mod at TableflipVersion.
 const TableflipGo = "1.14"
+
+// Demo holds the two duck versions the demo deploys (the quacking duck and its louder v2), so
+// `node demo` works from any folder, even from an installed binary.
+//
+//go:embed duck/main.go testdata/duck-v2/main.go
+var Demo embed.FS

@@ -119,6 +119,11 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	// send SIGHUP as soon as it sees it, and SIGHUP's default is to die.
 	r.sigs = make(chan os.Signal, 4)
 	signal.Notify(r.sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	// When the agent dies, its end of our stdout and stderr pipes goes with it, and Go kills a
+	// program that writes to a broken stdout or stderr pipe with SIGPIPE: the duck would die on
+	// its first quack or log line, before the lifeline's graceful stop saves its state. Ignored,
+	// the write just fails and the stop goes on.
+	signal.Ignore(syscall.SIGPIPE)
 	if err := r.watchLifeline(); err != nil {
 		upg.Stop()
 		return err
