@@ -164,7 +164,14 @@ func (r *Rollout) Next(now time.Time, t Timings) Step {
 				if r.Canary && upgraded > 0 {
 					return Step{Command: Command{Op: OpRolloutState, N: r.Version, State: RolloutPaused, Reason: "canary " + r.Order[0] + " runs the version: `rollout resume` to carry on, `rollout undo` to go back", Time: now}}
 				}
-				return Step{Command: Command{Op: OpGrant, N: r.Version, Name: name, Phase: PhaseGranted, Time: now}, Why: "grant " + name}
+				// A node's turn comes once it has built, so the turn is the swap alone. One that
+				// never even started building is probably down: granted anyway, it is skipped
+				// when it does not answer.
+				waited := now.Sub(nr.Since)
+				if nr.Phase == PhaseBuilt || nr.Phase == PhasePending && waited > t.AckTimeout || waited > t.SwapTimeout {
+					return Step{Command: Command{Op: OpGrant, N: r.Version, Name: name, Phase: PhaseGranted, Time: now}, Why: "grant " + name}
+				}
+				return Step{Why: "waiting for " + name + " to build"}
 			}
 		}
 		return Step{Command: Command{Op: OpRolloutState, N: r.Version, State: RolloutDone, Time: now}}

@@ -63,6 +63,17 @@ func drive(t *testing.T, f *FSM, clk *clock, outcome func(name, phase string) st
 		r := f.Rollout()
 		step := r.Next(clk.now(), timings)
 		if step.Command.Op == "" {
+			// Waiting: for builds, which every node reports as done here; else for nobody.
+			built := false
+			for _, name := range r.Order {
+				if p := r.Nodes[name].Phase; r.State == RolloutRolling && (p == PhasePending || p == PhaseBuilding) {
+					mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: PhaseBuilt, Time: clk.now()})
+					built = true
+				}
+			}
+			if built {
+				continue
+			}
 			return grants
 		}
 		mustApply(t, f, step.Command)
@@ -191,8 +202,16 @@ func TestCanaryPausesAfterFirstNode(t *testing.T) {
 func TestNodeThatNeverAnswersIsSkipped(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
-	r := f.Rollout()
-	mustApply(t, f, r.Next(clk.now(), timings).Command) // grant a
+	if step := f.Rollout().Next(clk.now(), timings); step.Command.Op != "" {
+		t.Fatalf("a node that has not built yet was granted at once: %+v", step)
+	}
+	// a never reports building: after the ack timeout it is granted anyway, to be skipped.
+	clk.t = clk.t.Add(timings.AckTimeout + time.Second)
+	grant := f.Rollout().Next(clk.now(), timings).Command
+	if grant.Op != OpGrant || grant.Name != "a" {
+		t.Fatalf("a silent node was not granted after the ack timeout: %+v", grant)
+	}
+	mustApply(t, f, grant)
 	clk.t = clk.t.Add(timings.AckTimeout + time.Second)
 	step := f.Rollout().Next(clk.now(), timings)
 	if step.Command.Op != OpReport || step.Command.Phase != PhaseSkipped || step.Command.Name != "a" {

@@ -228,11 +228,18 @@ func (c *Cluster) StopAll(timeout time.Duration) error {
 	return errors.Join(errs...)
 }
 
+// Command prepares a client command of the node binary against addr with the cluster's cookie,
+// for callers that stream its output.
+func (c *Cluster) Command(ctx context.Context, addr string, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, c.Bin, args...)
+	cmd.Env = append(os.Environ(), "DUCKRAFT_COOKIE="+c.Cookie, "DUCKRAFT_ADDR="+addr)
+	return cmd
+}
+
 // Run runs a client command of the node binary against addr with the cluster's cookie and
 // returns what it printed.
 func (c *Cluster) Run(ctx context.Context, addr string, args ...string) (stdout, stderr string, err error) {
-	cmd := exec.CommandContext(ctx, c.Bin, args...)
-	cmd.Env = append(os.Environ(), "DUCKRAFT_COOKIE="+c.Cookie, "DUCKRAFT_ADDR="+addr)
+	cmd := c.Command(ctx, addr, args...)
 	var o, e bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &o, &e
 	err = cmd.Run()

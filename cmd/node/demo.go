@@ -4,18 +4,29 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
+	"github.com/duckraft/duckraft"
+	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
-// runDemo walks the seed's first half with real node processes: three isolated nodes, connect
-// them, list the members, stop them.
+// runDemo is the user's story with real node processes: three nodes connect, a duck runs on
+// each, a louder version is committed, and the quacks change node by node, in order, while the
+// counts run on. Everything it starts is stopped at the end.
 func runDemo(args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	keep := fs.Bool("keep", false, "keep the temporary folder afterwards")
@@ -34,6 +45,10 @@ func runDemo(args []string) error {
 	if !*keep {
 		defer os.RemoveAll(root)
 	}
+	v1, v2, err := demoSources(root)
+	if err != nil {
+		return err
+	}
 	secret := make([]byte, 16)
 	rand.Read(secret)
 	c := &localcluster.Cluster{Bin: bin, Root: root, Cookie: hex.EncodeToString(secret)}
@@ -41,9 +56,11 @@ func runDemo(args []string) error {
 		c.Output = os.Stderr
 	}
 	defer func() {
-		step("stop every node")
-		if err := c.StopAll(10 * time.Second); err != nil {
+		step("stop every node (their ducks stop with them)")
+		if err := c.StopAll(20 * time.Second); err != nil {
 			fmt.Fprintln(os.Stderr, err)
+		} else {
+			fmt.Println("  stopped")
 		}
 		if *keep {
 			fmt.Printf("data folders kept in %s\n", root)
@@ -52,52 +69,182 @@ func runDemo(args []string) error {
 	// Ctrl-C stops the demo cleanly rather than leaving nodes behind.
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
+	t0 := time.Now()
 
 	step("start three nodes, each a cluster of one (iex --sname a --cookie ...)")
 	var nodes []*localcluster.Node
 	for _, name := range []string{"a", "b", "c"} {
-		n, err := c.Start(name)
+		n, err := c.Start(name, "--healthy", "300ms")
 		if err != nil {
 			return err
 		}
-		fmt.Printf("  %s: api %s, raft %s\n", n.Name, n.API, n.Raft)
+		fmt.Printf("  node %s: api %s, raft %s\n", n.Name, n.API, n.Raft)
 		nodes = append(nodes, n)
 	}
 	run := func(addr string, args ...string) error {
-		fmt.Printf("$ %s %s   # on %s\n", prog, join(args), addr)
-		out, errOut, err := c.Run(ctx, addr, args...)
-		fmt.Print(out, errOut)
-		return err
+		fmt.Printf("$ %s %s\n", prog, strings.Join(args, " "))
+		cmd := c.Command(ctx, addr, args...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd.Run()
 	}
 	a := nodes[0]
-	step("each node sees only itself (Node.list)")
-	if err := run(nodes[1].API, "members"); err != nil {
+	step("connect b and c to a (Node.connect), then list the members from c (Node.list)")
+	for _, n := range nodes[1:] {
+		if err := run(n.API, "connect", "--addr", n.API, a.API); err != nil {
+			return err
+		}
+	}
+	if err := run(nodes[2].API, "members"); err != nil {
 		return err
 	}
-	step("connect b and c to a (Node.connect)")
-	for _, n := range nodes[1:] {
-		if err := run(n.API, "connect", a.API); err != nil {
-			return err
-		}
+
+	step("commit the quacking duck as version 1; every node builds it")
+	if err := run(a.API, "deploy", "-m", "the quacking duck", v1); err != nil {
+		return err
 	}
-	step("every node agrees on the members")
+	step("start a duck on every node")
+	ducks := map[string]string{}
 	for _, n := range nodes {
-		if err := run(n.API, "members"); err != nil {
-			return err
+		out, _, err := c.Run(ctx, n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=400ms")
+		if err != nil {
+			return fmt.Errorf("spawn on %s: %w", n.Name, err)
+		}
+		fmt.Print("  " + out)
+		var id, addr string
+		fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr)
+		ducks[n.Name] = addr
+	}
+
+	step("the ducks quack (their output comes home) while clients POST /quack to every duck")
+	follow, stopFollow := context.WithCancel(ctx)
+	var followers sync.WaitGroup
+	for _, n := range nodes {
+		cmd := c.Command(follow, n.API, "logs", "-f", "-n", "0")
+		cmd.Stdout = os.Stdout
+		if err := cmd.Start(); err == nil {
+			followers.Add(1)
+			go func() { defer followers.Done(); cmd.Wait() }()
 		}
 	}
+	posts := startPosting(ducks)
+	sleep(ctx, 2*time.Second)
+
+	step("commit the louder duck as version 2: watch it roll out a, then b, then c")
+	deployErr := run(nodes[1].API, "deploy", "-m", "louder", v2)
+	sleep(ctx, 1500*time.Millisecond)
+	posts.stop()
+	stopFollow()
+	followers.Wait()
+	if deployErr != nil {
+		return deployErr
+	}
+
+	step("summary")
+	summary(c, nodes, ducks, posts)
+	fmt.Printf("\nthe story took %s\n", time.Since(t0).Round(100*time.Millisecond))
 	return ctx.Err()
+}
+
+// demoSources writes the two duck versions the binary carries into root/src.
+func demoSources(root string) (v1, v2 string, err error) {
+	for _, d := range []struct{ from, to string }{{"duck/main.go", "duck"}, {"testdata/duck-v2/main.go", "duck-v2"}} {
+		b, err := duckraft.Demo.ReadFile(d.from)
+		if err != nil {
+			return "", "", err
+		}
+		dir := filepath.Join(root, "src", d.to)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return "", "", err
+		}
+		if err := os.WriteFile(filepath.Join(dir, "main.go"), b, 0o600); err != nil {
+			return "", "", err
+		}
+	}
+	return filepath.Join(root, "src", "duck"), filepath.Join(root, "src", "duck-v2"), nil
+}
+
+// poster POSTs /quack to every duck, counting what succeeded and what failed.
+type poster struct {
+	ok, failed map[string]*atomic.Int64
+	done       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func startPosting(ducks map[string]string) *poster {
+	p := &poster{ok: map[string]*atomic.Int64{}, failed: map[string]*atomic.Int64{}, done: make(chan struct{})}
+	for name, addr := range ducks {
+		p.ok[name], p.failed[name] = &atomic.Int64{}, &atomic.Int64{}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for i := 0; i < 100000; i++ { // bounded; the demo stops it long before
+				select {
+				case <-p.done:
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				resp, err := http.Post("http://"+addr+"/quack", "", nil)
+				if err == nil {
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+				if err != nil || resp.StatusCode != http.StatusOK {
+					p.failed[name].Add(1)
+				} else {
+					p.ok[name].Add(1)
+				}
+			}
+		}()
+	}
+	return p
+}
+
+func (p *poster) stop() { close(p.done); p.wg.Wait() }
+
+func summary(c *localcluster.Cluster, nodes []*localcluster.Node, ducks map[string]string, p *poster) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var view agent.RolloutView
+	if out, _, err := c.Run(ctx, nodes[0].API, "rollout", "status", "--json"); err == nil {
+		json.Unmarshal([]byte(out), &view)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tTURN\tSWAP TOOK\tDUCK SAYS\tCOUNT\tPOSTS OK\tPOSTS FAILED\tCOUNT = POSTS OK")
+	exact := true
+	for i, n := range nodes {
+		says, count, turn, took := "?", "?", "-", "-"
+		var r struct {
+			Count   int    `json:"count"`
+			Version string `json:"version"`
+		}
+		if resp, err := http.Get("http://" + ducks[n.Name] + "/"); err == nil {
+			json.NewDecoder(resp.Body).Decode(&r)
+			resp.Body.Close()
+			says, count = r.Version, fmt.Sprint(r.Count)
+		}
+		if view.Rollout != nil {
+			if nr := view.Rollout.Nodes[n.Name]; nr != nil {
+				turn = fmt.Sprint(i + 1)
+				took = phaseTime(nr)
+			}
+		}
+		same := count == fmt.Sprint(p.ok[n.Name].Load())
+		exact = exact && same && p.failed[n.Name].Load() == 0
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", n.Name, turn, took, says, count, p.ok[n.Name].Load(), p.failed[n.Name].Load(), yesNo(same))
+	}
+	tw.Flush()
+	if exact {
+		fmt.Println("\nno request failed, and every duck's count is exactly the POSTs it answered: its state crossed the swap.")
+	} else {
+		fmt.Println("\nsome requests failed or a count differs: see the table above.")
+	}
 }
 
 func step(s string) { fmt.Printf("\n== %s\n", s) }
 
-func join(args []string) string {
-	s := ""
-	for i, a := range args {
-		if i > 0 {
-			s += " "
-		}
-		s += a
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
 	}
-	return s
 }

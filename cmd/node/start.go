@@ -28,6 +28,8 @@ func runStart(args []string) error {
 	apiAddr := fs.String("api-addr", "", "address the API listens on (default "+agent.DefaultAPIAddr+", or the one this data folder's node had)")
 	raftAddr := fs.String("raft-addr", "", "address Raft listens on (default "+agent.DefaultRaftAddr+", or the one this data folder's node had)")
 	adv := fs.String("advertise", "", "host peers and clients dial, needed when binding 0.0.0.0")
+	readyTimeout := fs.Duration("ready-timeout", 0, "how long a new duck generation may take to become Ready (default 10s)")
+	healthy := fs.Duration("healthy", 0, "how long a swapped duck must stay up before the swap counts (default 500ms)")
 	cookie := cookieFlags(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -54,7 +56,7 @@ func runStart(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name)
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
-		Advertise: *adv, Identity: id, Log: log,
+		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy,
 	})
 	if err != nil {
 		return err
