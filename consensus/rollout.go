@@ -48,11 +48,14 @@ const (
 
 // NodeRollout is one node's part in a rollout.
 type NodeRollout struct {
-	Phase   string    `json:"phase"`
-	Since   time.Time `json:"since"` // when Phase was entered
-	Granted time.Time `json:"granted,omitzero"`
-	Done    time.Time `json:"done,omitzero"`
-	Error   string    `json:"error,omitempty"`
+	Phase string    `json:"phase"`
+	Since time.Time `json:"since"` // when Phase was entered
+	// BuildStarted and Built time the node's build, Granted and Done its turn.
+	BuildStarted time.Time `json:"build_started,omitzero"`
+	Built        time.Time `json:"built,omitzero"`
+	Granted      time.Time `json:"granted,omitzero"`
+	Done         time.Time `json:"done,omitzero"`
+	Error        string    `json:"error,omitempty"`
 }
 
 // Rollout is the rollout of one version across the cluster. The order is fixed when the version
@@ -311,6 +314,11 @@ func (s *State) report(c Command) error {
 		// A build report never undoes a later phase: builds run in parallel with the rollout.
 		if nr.Phase != PhasePending && nr.Phase != PhaseBuilding {
 			return nil
+		}
+		if c.Phase == PhaseBuilding {
+			nr.BuildStarted = c.Time
+		} else {
+			nr.Built = c.Time
 		}
 	case PhaseSwapping:
 		if nr.Phase != PhaseGranted {
