@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/localcluster"
+	"github.com/duckraft/duckraft/wire"
 )
 
 // The seed's opening: isolated nodes, Node.connect, Node.list from every node.
@@ -222,5 +223,30 @@ func TestRestartKeepsIdentityAndRefusesAnotherName(t *testing.T) {
 	_, err := c.Start("z", "--data-dir", a.Dir)
 	if err == nil || !strings.Contains(err.Error(), "belongs to node a") {
 		t.Fatalf("start z on a's folder: %v", err)
+	}
+}
+
+// A cookie holder sending a malformed body gets a 400 that says what is wrong, never a stack
+// trace.
+func TestMalformedBodyGets400(t *testing.T) {
+	c, nodes := newCluster(t, "a")
+	id, err := wire.FromCookie(c.Cookie)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: id.ClientConfig()}}
+	for _, body := range []string{`{"addr":`, `{"addr": 7}`, `{"nonsense": true}`, "\x00\x01"} {
+		resp, err := hc.Post("https://"+nodes[0].API+"/v1/connect", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), "malformed request body") || strings.Contains(string(b), "goroutine") {
+			t.Fatalf("body %q: %s %s", body, resp.Status, b)
+		}
+	}
+	if ms := members(c, nodes[0].API); len(ms) != 1 {
+		t.Fatalf("malformed requests changed the cluster: %s", view(ms))
 	}
 }

@@ -267,3 +267,37 @@ func TestNodeDownDuringCommitCatchesUp(t *testing.T) {
 		return err == nil && got.Version == "v2"
 	})
 }
+
+func TestNodeThatJoinsLaterGetsTheVersionAndSameBundleIsNotNew(t *testing.T) {
+	dc := newDuckCluster(t)
+	_, errOut, err := tryCLI(dc.c, dc.nodes[1].API, "deploy", "../duck")
+	if err == nil || !strings.Contains(errOut, "already runs") {
+		t.Fatalf("deploying the running bundle again: err=%v\n%s", err, errOut)
+	}
+	if vs := rolloutOf(t, dc.c, dc.nodes[0].API).Versions; len(vs) != 1 {
+		t.Fatalf("%d versions after deploying the same bundle twice", len(vs))
+	}
+	d, err := dc.c.Start("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli(t, dc.c, d.API, "connect", dc.nodes[0].API)
+	waitFor(t, "d to build and run version 1", 60*time.Second, func() bool {
+		var st agent.Status
+		out, _, err := tryCLI(dc.c, d.API, "status", "--json")
+		if err != nil || json.Unmarshal([]byte(out), &st) != nil {
+			return false
+		}
+		for _, n := range st.Nodes {
+			if n.Member.Name == "d" {
+				return n.Local != nil && n.Local.Label == "v1"
+			}
+		}
+		return false
+	})
+	// And d can run a duck at once, with the cluster's code.
+	out := cli(t, dc.c, d.API, "spawn", "--detach")
+	if !strings.Contains(out, "(version v1)") {
+		t.Fatalf("spawn on d printed %q", out)
+	}
+}
