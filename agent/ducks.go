@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/duckraft/duckraft/runtime/build"
@@ -41,6 +42,9 @@ type duckRecord struct {
 	ID   string   `json:"id"`
 	Addr string   `json:"addr"`
 	Env  []string `json:"env,omitempty"`
+	// Version is set for a duck spawned at another version than the node's; the next switch of
+	// the node's version takes it along too.
+	Version string `json:"version,omitempty"`
 }
 
 // Event is one step of a long operation, streamed to the CLI as a line of JSON so it can show
@@ -123,13 +127,14 @@ func (a *Agent) restartDucks() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	bin, err := a.binary(ctx, a.local.Version)
-	if err != nil {
-		a.log.Error("cannot restart ducks", "version", Label(a.local.Version), "err", err)
-		return
-	}
 	for _, d := range a.local.Ducks {
-		err := a.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: a.duckVersion(a.local.Version), Binary: bin, Addr: d.Addr, Env: d.Env})
+		version := cmpOr(d.Version, a.local.Version)
+		bin, err := a.binary(ctx, version)
+		if err != nil {
+			a.log.Error("cannot restart duck", "duck", d.ID, "version", Label(version), "err", err)
+			continue
+		}
+		err = a.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: a.duckVersion(version), Binary: bin, Addr: d.Addr, Env: d.Env})
 		if err != nil {
 			a.log.Error("restart duck", "duck", d.ID, "err", err)
 			continue
@@ -253,7 +258,12 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 	a.ducksMu.Lock()
 	defer a.ducksMu.Unlock()
 	old := a.local.Version
-	if old == id && len(a.local.Ducks) > 0 {
+	// Already there (a node that loaded the version it now spreads, a turn taken again after a
+	// restart): nothing to swap, unless a duck still shows the version under its old name.
+	if old == id && !slices.ContainsFunc(a.local.Ducks, func(d duckRecord) bool {
+		st, _ := a.sup.Get(d.ID)
+		return d.Version != "" || st.Version != v
+	}) {
 		event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) already on %s", len(a.local.Ducks), v)})
 		return nil
 	}
@@ -268,6 +278,9 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 		event(Event{Phase: "swapped", Duck: d.ID, Version: v})
 	}
 	a.local.Version = id
+	for i := range a.local.Ducks {
+		a.local.Ducks[i].Version = ""
+	}
 	if err := a.saveLocal(); err != nil {
 		return err
 	}
@@ -294,10 +307,15 @@ func (a *Agent) revert(ctx context.Context, old string, ids []string, event func
 	}
 }
 
-// SpawnRequest starts a duck; an empty Addr picks a free loopback port.
+// SpawnRequest starts a duck; an empty Addr picks a free loopback port. On names the node to
+// start it on (Node.spawn); the node asked forwards it there with the version it runs itself, as
+// the seed's code is the code of the node the call comes from.
 type SpawnRequest struct {
-	Addr string   `json:"addr,omitempty"`
-	Env  []string `json:"env,omitempty"`
+	Addr    string   `json:"addr,omitempty"`
+	Env     []string `json:"env,omitempty"`
+	On      string   `json:"on,omitempty"`
+	Version string   `json:"version,omitempty"` // bundle ID; empty: the node's own version
+	From    string   `json:"from,omitempty"`    // the node the call came through
 }
 
 // DuckInfo is one duck as `ducks` shows it.
@@ -322,41 +340,99 @@ func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if req.On != "" && req.On != a.self.Name {
+		a.spawnElsewhere(w, r, req)
+		return
+	}
+	d, err := a.spawn(context.WithoutCancel(r.Context()), req)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, d)
+}
+
+// spawnElsewhere is Node.spawn: the duck starts on another node, at the version this node runs.
+func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req SpawnRequest) {
+	m, ok := a.Node().FSM.State().Members[req.On]
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.On))
+		return
+	}
+	a.ducksMu.Lock()
+	version := a.local.Version
+	a.ducksMu.Unlock()
+	if version == "" {
+		writeError(w, http.StatusConflict, a.noCode())
+		return
+	}
+	fwd := SpawnRequest{Addr: req.Addr, Env: req.Env, Version: version, From: a.self.Name}
+	var d DuckInfo
+	if err := a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/spawn", fwd, &d); err != nil {
+		var ae *APIError
+		if !errors.As(err, &ae) {
+			err = fmt.Errorf("node %s is unreachable: %w", req.On, err)
+		}
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, d)
+}
+
+// noCode is this node's UndefinedFunctionError.
+func (a *Agent) noCode() error {
+	return &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s has no duck code loaded (the analogue of UndefinedFunctionError): run `load DIR` against it, or `spread` from a node that has it", a.self.Name)}
+}
+
+// has reports whether this node can run version id without asking anyone.
+func (a *Agent) has(id string) bool {
+	if _, ok := a.builder.Binary(id); ok {
+		return true
+	}
+	_, err := os.Stat(a.bundlePath(id))
+	return err == nil
+}
+
+func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
 	a.ducksMu.Lock()
 	defer a.ducksMu.Unlock()
-	if a.local.Version == "" {
-		writeError(w, http.StatusConflict, fmt.Errorf("node %s has no duck code loaded (the analogue of UndefinedFunctionError): run `load DIR` against it first", a.self.Name))
-		return
+	version := cmpOr(req.Version, a.local.Version)
+	if version == "" {
+		return DuckInfo{}, a.noCode()
+	}
+	if !a.has(version) {
+		// The seed's UndefinedFunctionError: the code was compiled on another node only.
+		from := cmpOr(req.From, "another node")
+		return DuckInfo{}, &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s does not have version %s, which %s runs (the analogue of UndefinedFunctionError): run `spread` against %s to give it to every node (the seed's nl), or `load DIR` against %s", a.self.Name, a.duckVersion(version), from, from, a.self.Name)}
 	}
 	addr := req.Addr
 	if addr == "" {
 		var err error
 		if addr, err = freeLoopbackAddr(); err != nil {
-			writeError(w, http.StatusInternalServerError, err)
-			return
+			return DuckInfo{}, err
 		}
 	}
-	ctx := context.WithoutCancel(r.Context())
-	bin, err := a.binary(ctx, a.local.Version)
+	bin, err := a.binary(ctx, version)
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
+		return DuckInfo{}, err
 	}
 	a.local.NextID++
 	id := "duck-" + strconv.Itoa(a.local.NextID)
-	spec := supervise.Spec{ID: id, Version: a.duckVersion(a.local.Version), Binary: bin, Addr: addr, Env: req.Env}
+	spec := supervise.Spec{ID: id, Version: a.duckVersion(version), Binary: bin, Addr: addr, Env: req.Env}
 	if err := a.sup.Start(ctx, spec); err != nil {
 		a.saveLocal() // keep NextID moving so a failed ID is never reused
-		writeError(w, http.StatusUnprocessableEntity, fmt.Errorf("duck %s did not start: %w", id, err))
-		return
+		return DuckInfo{}, &APIError{Status: http.StatusUnprocessableEntity, Message: fmt.Sprintf("duck %s did not start on %s: %v", id, a.self.Name, err)}
 	}
-	a.local.Ducks = append(a.local.Ducks, duckRecord{ID: id, Addr: addr, Env: req.Env})
+	rec := duckRecord{ID: id, Addr: addr, Env: req.Env}
+	if version != a.local.Version {
+		rec.Version = version
+	}
+	a.local.Ducks = append(a.local.Ducks, rec)
 	if err := a.saveLocal(); err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
+		return DuckInfo{}, err
 	}
 	st, _ := a.sup.Get(id)
-	writeJSON(w, DuckInfo{Node: a.self.Name, Status: st})
+	return DuckInfo{Node: a.self.Name, Status: st}, nil
 }
 
 // freeLoopbackAddr asks the kernel for a free port. Another process could take it before the
@@ -370,9 +446,27 @@ func freeLoopbackAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
+// StopRequest stops duck Name on node On (default: the node asked).
+type StopRequest struct {
+	Name string `json:"name"`
+	On   string `json:"on,omitempty"`
+}
+
 func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
-	var req NameRequest
+	var req StopRequest
 	if !decode(w, r, &req) {
+		return
+	}
+	if req.On != "" && req.On != a.self.Name {
+		m, err := a.member(req.On)
+		if err == nil {
+			err = a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/stop", StopRequest{Name: req.Name}, nil)
+		}
+		if err != nil {
+			writeError(w, statusOf(err), err)
+			return
+		}
+		writeJSON(w, map[string]bool{"stopped": true})
 		return
 	}
 	a.ducksMu.Lock()
@@ -395,16 +489,26 @@ func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Query().Get("scope") == "cluster" {
+		writeJSON(w, a.clusterDucks(r.Context()))
+		return
+	}
+	writeJSON(w, a.localDucks())
+}
+
+func (a *Agent) localDucks() []DuckInfo {
 	out := []DuckInfo{}
 	for _, st := range a.sup.List() {
 		out = append(out, DuckInfo{Node: a.self.Name, Status: st})
 	}
-	writeJSON(w, out)
+	return out
 }
 
-// LogLine is one line a duck printed, as `logs` streams it.
+// LogLine is one line a duck printed, as `logs` streams it. A line with Error set says the
+// stream from Node broke: the node is gone, and its ducks with it.
 type LogLine struct {
-	Node string `json:"node"`
+	Node  string `json:"node"`
+	Error string `json:"error,omitempty"`
 	supervise.Line
 }
 
@@ -412,6 +516,14 @@ type LogLine struct {
 // output until the caller hangs up or the duck is stopped.
 func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	switch on := q.Get("on"); {
+	case on == "*":
+		a.clusterLogs(w, r)
+		return
+	case on != "" && on != a.self.Name:
+		a.proxyLogs(w, r, on)
+		return
+	}
 	duck := q.Get("duck")
 	n, err := strconv.Atoi(cmpOr(q.Get("n"), "100"))
 	if err != nil || n < 0 {
@@ -465,4 +577,13 @@ func cmpOr(s, def string) string {
 		return def
 	}
 	return s
+}
+
+func sortDucks(ds []DuckInfo) {
+	slices.SortFunc(ds, func(x, y DuckInfo) int {
+		if x.Node != y.Node {
+			return strings.Compare(x.Node, y.Node)
+		}
+		return strings.Compare(x.ID, y.ID)
+	})
 }

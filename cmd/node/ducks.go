@@ -105,12 +105,13 @@ func runSpawn(args []string) error {
 	port := fs.Int("port", 0, "port the duck serves HTTP on, on 127.0.0.1 (default: a free one)")
 	listen := fs.String("listen", "", "full address the duck serves on (overrides --port)")
 	detach := fs.Bool("detach", false, "return once the duck runs instead of following its output")
+	on := fs.String("on", "", "start the duck on this node (Node.spawn), at the version the node at --addr runs")
 	var env envFlags
 	fs.Var(&env, "env", "DUCK_*=value passed to the duck, e.g. DUCK_INTERVAL=200ms (repeatable)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	req := agent.SpawnRequest{Addr: *listen, Env: env}
+	req := agent.SpawnRequest{Addr: *listen, Env: env, On: *on}
 	if req.Addr == "" && *port != 0 {
 		req.Addr = "127.0.0.1:" + strconv.Itoa(*port)
 	}
@@ -122,12 +123,13 @@ func runSpawn(args []string) error {
 	if *detach {
 		return nil
 	}
-	return follow(c, d.ID, 0, true)
+	return follow(c, d.Node, d.ID, 0, true)
 }
 
 // follow prints a duck's (or every duck's) output, live if live is set, until Ctrl-C or the
-// node goes away.
-func follow(c *client, duck string, n int, live bool) error {
+// node goes away. on names the node the duck runs on ("*": every node), reached through the
+// node at --addr, so the output comes home to the caller as in the seed's Node.spawn.
+func follow(c *client, on, duck string, n int, live bool) error {
 	api, err := c.open()
 	if err != nil {
 		return err
@@ -135,16 +137,28 @@ func follow(c *client, duck string, n int, live bool) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	q := url.Values{"n": {strconv.Itoa(n)}}
+	if on != "" {
+		q.Set("on", on)
+	}
 	if duck != "" {
 		q.Set("duck", duck)
 	}
 	if live {
 		q.Set("follow", "1")
 	}
+	var gone error
 	err = api.Stream(ctx, c.addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
 		var l agent.LogLine
 		if err := json.Unmarshal(raw, &l); err != nil {
 			return err
+		}
+		if l.Error != "" {
+			if duck != "" {
+				gone = errors.New(l.Error)
+				return gone
+			}
+			fmt.Fprintln(os.Stderr, l.Error)
+			return nil
 		}
 		out := os.Stdout
 		if l.Stream == "stderr" {
@@ -159,6 +173,9 @@ func follow(c *client, duck string, n int, live bool) error {
 		}
 		return nil
 	}
+	if gone != nil {
+		return gone
+	}
 	if err != nil {
 		return fmt.Errorf("node at %s is gone, and its ducks with it: %w", c.addr, err)
 	}
@@ -171,11 +188,16 @@ func follow(c *client, duck string, n int, live bool) error {
 func runStop(args []string) error {
 	fs := flag.NewFlagSet("stop", flag.ContinueOnError)
 	c := clientFlags(fs)
+	on := fs.String("on", "", "the node the duck runs on (default: the node at --addr)")
 	pos, err := parse(fs, args, "DUCK")
 	if err != nil {
 		return err
 	}
-	if err := c.call(http.MethodPost, "/v1/stop", agent.NameRequest{Name: pos[0]}, nil); err != nil {
+	duck := pos[0]
+	if node, id, ok := strings.Cut(duck, "/"); ok {
+		*on, duck = node, id
+	}
+	if err := c.call(http.MethodPost, "/v1/stop", agent.StopRequest{Name: duck, On: *on}, nil); err != nil {
 		return err
 	}
 	fmt.Printf("stopped %s\n", pos[0])
@@ -186,11 +208,16 @@ func runDucks(args []string) error {
 	fs := flag.NewFlagSet("ducks", flag.ContinueOnError)
 	c := clientFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
+	local := fs.Bool("local", false, "only the ducks of the node at --addr (default: every node's)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	path := "/v1/ducks?scope=cluster"
+	if *local {
+		path = "/v1/ducks"
+	}
 	var ds []agent.DuckInfo
-	if err := c.call(http.MethodGet, "/v1/ducks", nil, &ds); err != nil {
+	if err := c.call(http.MethodGet, path, nil, &ds); err != nil {
 		return err
 	}
 	if *asJSON {
@@ -215,6 +242,7 @@ func runLogs(args []string) error {
 	c := clientFlags(fs)
 	f := fs.Bool("f", false, "follow: keep printing new lines until Ctrl-C")
 	n := fs.Int("n", 100, "how many recent lines to print first")
+	on := fs.String("on", "", "the node the duck runs on (default: the node at --addr; every node's ducks without DUCK)")
 	pos, err := parse(fs, args, "[DUCK]")
 	if err != nil {
 		return err
@@ -222,6 +250,12 @@ func runLogs(args []string) error {
 	duck := ""
 	if len(pos) == 1 {
 		duck = pos[0]
+		// NODE/DUCK names a duck anywhere in the cluster, as `ducks` lists it.
+		if node, id, ok := strings.Cut(duck, "/"); ok {
+			*on, duck = node, id
+		}
+	} else if *on == "" {
+		*on = "*"
 	}
-	return follow(c, duck, *n, *f)
+	return follow(c, *on, duck, *n, *f)
 }

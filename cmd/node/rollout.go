@@ -68,6 +68,27 @@ func runDeploy(args []string) error {
 	return watch(c, res.N, "", false, os.Stdout)
 }
 
+// runSpread is the seed's nl: the version loaded on the node at --addr becomes the cluster's.
+func runSpread(args []string) error {
+	fs := flag.NewFlagSet("spread", flag.ContinueOnError)
+	c := clientFlags(fs)
+	msg := fs.String("m", "", "a message for the version")
+	detach := fs.Bool("detach", false, "return once the version is committed")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	var res agent.CommitResult
+	q := url.Values{"m": {*msg}, "author": {author()}}
+	if err := c.call(http.MethodPost, "/v1/spread?"+q.Encode(), nil, &res); err != nil {
+		return err
+	}
+	fmt.Printf("committed version %d (%s)\n", res.N, agent.Label(res.ID))
+	if *detach {
+		return nil
+	}
+	return watch(c, res.N, "", false, os.Stdout)
+}
+
 func author() string {
 	name := "someone"
 	if u, err := user.Current(); err == nil {
