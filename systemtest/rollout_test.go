@@ -256,7 +256,7 @@ func TestNodeDownDuringCommitCatchesUp(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "../testdata/duck-v2")
-	if err == nil || !strings.Contains(errOut, "c were down and skipped") {
+	if err == nil || !strings.Contains(errOut, "c was down and skipped") {
 		t.Fatalf("deploy with c down: err=%v\n%s", err, errOut)
 	}
 	if err := c.Restart(); err != nil {

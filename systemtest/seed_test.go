@@ -125,7 +125,7 @@ func TestSeedWalkthrough(t *testing.T) {
 	}
 
 	// nl again: every node's duck changes (c is down; it catches up when it returns).
-	if _, errOut, err := tryCLI(c, a.API, "spread"); err != nil && !strings.Contains(errOut, "c were down and skipped") {
+	if _, errOut, err := tryCLI(c, a.API, "spread"); err != nil && !strings.Contains(errOut, "c was down and skipped") {
 		t.Fatalf("second spread: %v\n%s", err, errOut)
 	}
 	waitFor(t, "b's running duck to quack the new line", 10*time.Second, func() bool {

@@ -227,6 +227,9 @@ func outcome(r *consensus.Rollout) error {
 			}
 		}
 		if len(skipped) > 0 {
+			if len(skipped) == 1 {
+				return fmt.Errorf("version %d rolled out, but %s was down and skipped; it catches up when it returns", r.Version, skipped[0])
+			}
 			return fmt.Errorf("version %d rolled out, but %s were down and skipped; they catch up when they return", r.Version, strings.Join(skipped, ", "))
 		}
 		fmt.Printf("version %d runs on every node (%s)\n", r.Version, r.Ended.Sub(r.Started).Round(time.Millisecond))
