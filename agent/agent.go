@@ -35,6 +35,9 @@ type Config struct {
 	Identity  *wire.Identity
 	Log       *slog.Logger
 
+	// MetricsAddr, when set, serves /metrics (Prometheus, plain HTTP, no cookie) there.
+	MetricsAddr string
+
 	// ReadyTimeout bounds how long a new duck generation may take to become Ready, and Healthy
 	// how long it must then stay up for a swap to count; zero means the supervisor's defaults.
 	ReadyTimeout, Healthy time.Duration
@@ -71,6 +74,10 @@ type Agent struct {
 	ducksMu sync.Mutex // serializes load, spawn and stop; guards local
 	local   localState
 	fol     follower
+
+	metrics     *metrics
+	metricsSrv  *http.Server
+	metricsAddr string
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -154,6 +161,13 @@ func Start(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 
+	a.metrics = newMetrics(a)
+	if cfg.MetricsAddr != "" {
+		if a.metricsAddr, err = a.serveMetrics(cfg.MetricsAddr); err != nil {
+			a.Close()
+			return nil, err
+		}
+	}
 	a.server = &http.Server{
 		Handler:           a.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -264,6 +278,9 @@ func (a *Agent) Node() *consensus.Node {
 	return a.node
 }
 
+// MetricsAddr is where /metrics is served, empty when it is not.
+func (a *Agent) MetricsAddr() string { return a.metricsAddr }
+
 // Self is this node as the registry records it.
 func (a *Agent) Self() consensus.Member { return a.self }
 
@@ -352,6 +369,9 @@ func (a *Agent) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		a.server.Shutdown(ctx)
 		cancel()
+	}
+	if a.metricsSrv != nil {
+		a.metricsSrv.Close()
 	}
 	a.api.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)

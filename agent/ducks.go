@@ -153,7 +153,10 @@ func (a *Agent) binary(ctx context.Context, id string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("node %s does not have version %s: load it here first (%w)", a.self.Name, Label(id), err)
 	}
-	return a.builder.Build(ctx, id, data)
+	t0 := time.Now()
+	bin, err := a.builder.Build(ctx, id, data)
+	a.metrics.built(time.Since(t0), err)
+	return bin, err
 }
 
 // streamer writes Events as lines of JSON, flushing each so the CLI sees it at once.
@@ -270,7 +273,10 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 	var swapped []string
 	for _, d := range a.local.Ducks {
 		event(Event{Phase: "swapping", Duck: d.ID, Version: v})
-		if err := a.sup.Swap(ctx, d.ID, v, bin); err != nil {
+		t0 := time.Now()
+		err := a.sup.Swap(ctx, d.ID, v, bin)
+		a.metrics.swapped(time.Since(t0), err)
+		if err != nil {
 			a.revert(ctx, old, swapped, event)
 			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, Label(old), err)
 		}

@@ -38,7 +38,9 @@ type Node struct {
 	Dir  string
 	API  string // API address, from its ready line
 	Raft string // Raft address, from its ready line
-	Args []string
+	// Metrics is the /metrics URL, from its ready line, when started with --metrics-addr.
+	Metrics string
+	Args    []string
 
 	c    *Cluster
 	cmd  *exec.Cmd
@@ -49,7 +51,7 @@ type Node struct {
 	log   bytes.Buffer
 }
 
-var readyLine = regexp.MustCompile(`ready: api ([^\s,]+), raft ([^\s,]+)`)
+var readyLine = regexp.MustCompile(`ready: api ([^\s,]+), raft ([^\s,]+)(?:, data [^,]+)?(?:, metrics (\S+))?`)
 
 // ReadyTimeout bounds how long a node may take to print its ready line.
 const ReadyTimeout = 30 * time.Second
@@ -103,7 +105,7 @@ func (n *Node) start() error {
 		return fmt.Errorf("start node %s: %w", n.Name, err)
 	}
 	n.cmd, n.done = cmd, make(chan struct{})
-	ready := make(chan [2]string, 1)
+	ready := make(chan [3]string, 1)
 	var pipes sync.WaitGroup
 	pipes.Add(2)
 	go n.copyLines(stdout, ready, &pipes)
@@ -115,7 +117,7 @@ func (n *Node) start() error {
 	}()
 	select {
 	case addrs := <-ready:
-		n.API, n.Raft = addrs[0], addrs[1]
+		n.API, n.Raft, n.Metrics = addrs[0], addrs[1], addrs[2]
 		return nil
 	case <-n.done:
 		return fmt.Errorf("node %s exited before it was ready (%v):\n%s", n.Name, n.err, n.Log())
@@ -125,7 +127,7 @@ func (n *Node) start() error {
 	}
 }
 
-func (n *Node) copyLines(r io.Reader, ready chan [2]string, wg *sync.WaitGroup) {
+func (n *Node) copyLines(r io.Reader, ready chan [3]string, wg *sync.WaitGroup) {
 	defer wg.Done()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
@@ -140,7 +142,7 @@ func (n *Node) copyLines(r io.Reader, ready chan [2]string, wg *sync.WaitGroup) 
 		if ready != nil {
 			if m := readyLine.FindStringSubmatch(line); m != nil {
 				select {
-				case ready <- [2]string{m[1], m[2]}:
+				case ready <- [3]string{m[1], m[2], m[3]}:
 				default:
 				}
 			}

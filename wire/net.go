@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -81,7 +82,9 @@ func (l *Listener) handshake(raw net.Conn) {
 			fmt.Fprint(rh.Conn, "HTTP/1.1 401 Unauthorized\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"+
 				"duckraft: this API only answers cookie holders over TLS; use the node CLI with --cookie-file or DUCKRAFT_COOKIE\n")
 		}
-		l.log.Warn("refused connection", "from", raw.RemoteAddr().String(), "reason", describeRefusal(err))
+		kind, why := describeRefusal(err)
+		refused[kind].Add(1)
+		l.log.Warn("refused connection", "from", raw.RemoteAddr().String(), "reason", why)
 		raw.Close()
 		return
 	}
@@ -103,20 +106,42 @@ func looksLikeHTTP(hdr []byte) bool {
 }
 
 // describeRefusal says in an operator's words why a handshake this side accepted failed.
-func describeRefusal(err error) string {
+func describeRefusal(err error) (kind RefusalKind, why string) {
 	msg := err.Error()
 	switch {
 	case errors.Is(err, ErrCookieMismatch), strings.Contains(msg, "bad certificate"):
 		// Both ends derive a key from their cookie; the client compares first and aborts with
 		// bad_certificate when ours is not the key its cookie gives.
-		return "the cookies differ: the peer was started with another cookie; start every node and client with the same --cookie-file or DUCKRAFT_COOKIE"
+		return RefusedWrongCookie, "the cookies differ: the peer was started with another cookie; start every node and client with the same --cookie-file or DUCKRAFT_COOKIE"
 	case errors.Is(err, ErrNoCookie), strings.Contains(msg, "certificate required"), strings.Contains(msg, "didn't provide a certificate"):
-		return "the peer presented no cookie"
+		return RefusedNoCookie, "the peer presented no cookie"
 	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Sprintf("no TLS handshake within %s", HandshakeTimeout)
+		return RefusedOther, fmt.Sprintf("no TLS handshake within %s", HandshakeTimeout)
 	}
-	return "TLS handshake failed: " + msg
+	return RefusedOther, "TLS handshake failed: " + msg
 }
+
+// RefusalKind classifies refused connections for the metrics.
+type RefusalKind int
+
+// The kinds of refusal.
+const (
+	RefusedWrongCookie RefusalKind = iota
+	RefusedNoCookie
+	RefusedOther
+	refusalKinds
+)
+
+func (k RefusalKind) String() string {
+	return [...]string{"wrong_cookie", "no_cookie", "other"}[k]
+}
+
+// refused counts refused connections by kind, for the whole process: every listener of a node
+// (API, Raft) adds to the same counts, which is what its metrics report.
+var refused [refusalKinds]atomic.Uint64
+
+// Refused is how many connections this process refused for the given reason.
+func Refused(k RefusalKind) uint64 { return refused[k].Load() }
 
 // Accept returns the next connection that proved the cookie.
 func (l *Listener) Accept() (net.Conn, error) {

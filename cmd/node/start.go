@@ -30,6 +30,7 @@ func runStart(args []string) error {
 	adv := fs.String("advertise", "", "host peers and clients dial, needed when binding 0.0.0.0")
 	readyTimeout := fs.Duration("ready-timeout", 0, "how long a new duck generation may take to become Ready (default 10s)")
 	healthy := fs.Duration("healthy", 0, "how long a swapped duck must stay up before the swap counts (default 500ms)")
+	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address, in plain HTTP and without the cookie (off unless set)")
 	cookie := cookieFlags(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -56,14 +57,18 @@ func runStart(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name)
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
-		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy,
+		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr,
 	})
 	if err != nil {
 		return err
 	}
 	self := a.Self()
 	// Scripts and the end-to-end tests wait for this line; keep its shape.
-	fmt.Printf("node %s ready: api %s, raft %s, data %s\n", self.Name, self.APIAddr, self.RaftAddr, *dataDir)
+	metrics := ""
+	if m := a.MetricsAddr(); m != "" {
+		metrics = ", metrics http://" + m + "/metrics"
+	}
+	fmt.Printf("node %s ready: api %s, raft %s, data %s%s\n", self.Name, self.APIAddr, self.RaftAddr, *dataDir, metrics)
 
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
