@@ -296,6 +296,9 @@ func (a *Agent) keepRegistered() {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for {
+		if a.registered() {
+			a.mirrorDucks()
+		}
 		if !a.registered() && a.inConfiguration() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			self := a.self

@@ -35,6 +35,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /v1/logs", a.handleLogs)
 	mux.HandleFunc("POST /v1/deploy", a.handleDeploy)
 	mux.HandleFunc("POST /v1/spread", a.handleSpread)
+	mux.HandleFunc("POST /v1/place", a.handlePlace)
 	mux.HandleFunc("POST /v1/commit", a.handleCommit)
 	mux.HandleFunc("GET /v1/rollout", a.handleRollout)
 	mux.HandleFunc("POST /v1/rollout", a.handleRolloutAction)

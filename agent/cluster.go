@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/duckraft/duckraft/consensus"
 )
@@ -81,12 +82,15 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// clusterDucks lists the ducks of every node; a node that does not answer gets a row saying so.
+// clusterDucks lists the ducks of every node: where they run comes from the log, how they are
+// from each node. A node that does not answer keeps its rows, marked so.
 func (a *Agent) clusterDucks(ctx context.Context) []DuckInfo {
+	st := a.Node().FSM.State()
 	var mu sync.Mutex
-	out := []DuckInfo{}
+	live := map[string]DuckInfo{}
+	down := map[string]bool{}
 	var wg sync.WaitGroup
-	for _, m := range a.Node().FSM.State().Members {
+	for _, m := range st.Members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -97,18 +101,88 @@ func (a *Agent) clusterDucks(ctx context.Context) []DuckInfo {
 				pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 				defer cancel()
 				if err := a.client.Do(pctx, m.APIAddr, http.MethodGet, "/v1/ducks", nil, &ds); err != nil {
-					ds = []DuckInfo{{Node: m.Name}}
-					ds[0].State = "node unreachable"
+					mu.Lock()
+					down[m.Name] = true
+					mu.Unlock()
+					return
 				}
 			}
 			mu.Lock()
-			out = append(out, ds...)
+			for _, d := range ds {
+				live[d.Node+"/"+d.ID] = d
+			}
 			mu.Unlock()
 		}()
 	}
 	wg.Wait()
+	out := []DuckInfo{}
+	for _, d := range live {
+		out = append(out, d)
+	}
+	for key, p := range st.Ducks {
+		if _, ok := live[key]; ok {
+			continue
+		}
+		d := DuckInfo{Node: p.Node}
+		d.ID, d.Addr, d.State = p.ID, p.Addr, "node unreachable"
+		if !down[p.Node] {
+			d.State = "not running" // placed in the log, not (yet) on its node
+		}
+		out = append(out, d)
+	}
 	sortDucks(out)
 	return out
+}
+
+// mirrorDucks keeps the log's record of this node's ducks equal to the ducks it runs. It runs
+// in the background so that spawn and stop do not wait on a log round trip, and so that a
+// record missed while the cluster had no leader is written later.
+func (a *Agent) mirrorDucks() {
+	a.ducksMu.Lock()
+	want := map[string]consensus.Placement{}
+	for _, d := range a.local.Ducks {
+		p := consensus.Placement{Node: a.self.Name, ID: d.ID, Addr: d.Addr, Env: d.Env}
+		want[p.Key()] = p
+	}
+	a.ducksMu.Unlock()
+	var cmds []consensus.Command
+	have := a.Node().FSM.State().Ducks
+	for k, p := range want {
+		if h, ok := have[k]; !ok || h.Addr != p.Addr {
+			cmds = append(cmds, consensus.Command{Op: consensus.OpPlace, Placement: &p})
+		}
+	}
+	for k, p := range have {
+		if _, ok := want[k]; !ok && p.Node == a.self.Name {
+			cmds = append(cmds, consensus.Command{Op: consensus.OpUnplace, Name: k})
+		}
+	}
+	for _, c := range cmds {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err := a.onLeader(ctx, "/v1/place", c, nil, func(n *consensus.Node) error { return n.Apply(c, applyTimeout) })
+		cancel()
+		if err != nil {
+			a.log.Debug("record ducks in the log", "err", err)
+			return
+		}
+	}
+}
+
+// handlePlace records a node's duck in the log (or drops it).
+func (a *Agent) handlePlace(w http.ResponseWriter, r *http.Request) {
+	var c consensus.Command
+	if !decode(w, r, &c) {
+		return
+	}
+	if c.Op != consensus.OpPlace && c.Op != consensus.OpUnplace {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("only place and unplace go through /v1/place, not %q", c.Op))
+		return
+	}
+	if err := a.onLeader(r.Context(), "/v1/place", c, nil, func(n *consensus.Node) error { return n.Apply(c, applyTimeout) }); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, map[string]bool{"recorded": true})
 }
 
 // handleSpread commits the version loaded on this node to the whole cluster: the seed's nl.

@@ -187,3 +187,29 @@ func TestJoinAndRemove(t *testing.T) {
 		t.Fatalf("after removing c: servers %v, members %v", servers, leader.FSM.MemberNames())
 	}
 }
+
+func TestPlacementsFollowTheirNode(t *testing.T) {
+	f := NewFSM()
+	for i, c := range []Command{
+		{Op: OpRegister, Member: &Member{Name: "a"}},
+		{Op: OpRegister, Member: &Member{Name: "b"}},
+		{Op: OpPlace, Placement: &Placement{Node: "a", ID: "duck-1", Addr: "127.0.0.1:8001"}},
+		{Op: OpPlace, Placement: &Placement{Node: "b", ID: "duck-1", Addr: "127.0.0.1:8002"}},
+		{Op: OpPlace, Placement: &Placement{Node: "b", ID: "duck-2", Addr: "127.0.0.1:8003"}},
+		{Op: OpUnplace, Name: "b/duck-1"},
+	} {
+		if r := f.Apply(entry(t, uint64(i+1), c)); r != nil {
+			t.Fatalf("apply %v: %v", c.Op, r)
+		}
+	}
+	if got := f.State().Ducks; len(got) != 2 || got["b/duck-2"].Addr != "127.0.0.1:8003" || got["a/duck-1"].Node != "a" {
+		t.Fatalf("placements = %+v", got)
+	}
+	if r := f.Apply(entry(t, 9, Command{Op: OpPlace, Placement: &Placement{Node: "a"}})); r == nil {
+		t.Fatal("a placement without a duck ID applied")
+	}
+	f.Apply(entry(t, 10, Command{Op: OpUnregister, Name: "b"}))
+	if got := f.State().Ducks; len(got) != 1 || got["a/duck-1"].ID != "duck-1" {
+		t.Fatalf("after b left, placements = %+v", got)
+	}
+}

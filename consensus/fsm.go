@@ -28,7 +28,21 @@ type State struct {
 	Versions []Version         `json:"versions,omitempty"`
 	Rollout  *Rollout          `json:"rollout,omitempty"` // the latest rollout
 	Past     []*Rollout        `json:"past,omitempty"`    // earlier rollouts, newest last
+	// Ducks says which duck runs on which node, keyed NODE/ID. Each node mirrors its own ducks
+	// here, so every node can list the cluster's ducks, those of a node that is down included.
+	Ducks map[string]Placement `json:"ducks,omitempty"`
 }
+
+// Placement is one duck on one node.
+type Placement struct {
+	Node string   `json:"node"`
+	ID   string   `json:"id"`
+	Addr string   `json:"addr"`
+	Env  []string `json:"env,omitempty"`
+}
+
+// Key is how State.Ducks names a placement.
+func (p Placement) Key() string { return p.Node + "/" + p.ID }
 
 // keepPast bounds the rollout history the state keeps.
 const keepPast = 50
@@ -47,15 +61,16 @@ type Command struct {
 
 	// Time is stamped by the leader when it proposes the command, so every node applies the
 	// same time: Apply must not read the clock.
-	Time     time.Time `json:"time,omitzero"`
-	Version  *Version  `json:"version,omitempty"`
-	Canary   bool      `json:"canary,omitempty"`
-	NoRevert bool      `json:"no_revert,omitempty"`
-	N        int       `json:"n,omitempty"`
-	Phase    string    `json:"phase,omitempty"`
-	State    string    `json:"state,omitempty"`
-	Error    string    `json:"error,omitempty"`
-	Reason   string    `json:"reason,omitempty"`
+	Time      time.Time  `json:"time,omitzero"`
+	Placement *Placement `json:"placement,omitempty"`
+	Version   *Version   `json:"version,omitempty"`
+	Canary    bool       `json:"canary,omitempty"`
+	NoRevert  bool       `json:"no_revert,omitempty"`
+	N         int        `json:"n,omitempty"`
+	Phase     string     `json:"phase,omitempty"`
+	State     string     `json:"state,omitempty"`
+	Error     string     `json:"error,omitempty"`
+	Reason    string     `json:"reason,omitempty"`
 }
 
 // The operations a Command may carry.
@@ -66,6 +81,8 @@ const (
 	OpGrant        = "grant"         // a node's turn to swap (or to go back)
 	OpReport       = "report"        // a node's progress in the rollout
 	OpRolloutState = "rollout-state" // pause, resume, undo, done
+	OpPlace        = "place"         // a duck started on a node
+	OpUnplace      = "unplace"       // a duck stopped (Name is NODE/ID)
 )
 
 // FSM applies committed commands to State. Apply is deterministic: every node applying the same
@@ -102,6 +119,12 @@ func (s *State) apply(c Command) error {
 		s.Members[c.Member.Name] = *c.Member
 	case OpUnregister:
 		delete(s.Members, c.Name)
+		// A node taken out takes its ducks with it.
+		for k, p := range s.Ducks {
+			if p.Node == c.Name {
+				delete(s.Ducks, k)
+			}
+		}
 	case OpCommit:
 		prev := s.Rollout
 		if err := s.commit(c); err != nil {
@@ -113,6 +136,16 @@ func (s *State) apply(c Command) error {
 				s.Past = s.Past[len(s.Past)-keepPast:]
 			}
 		}
+	case OpPlace:
+		if c.Placement == nil || c.Placement.Node == "" || c.Placement.ID == "" {
+			return fmt.Errorf("place without a node and duck")
+		}
+		if s.Ducks == nil {
+			s.Ducks = map[string]Placement{}
+		}
+		s.Ducks[c.Placement.Key()] = *c.Placement
+	case OpUnplace:
+		delete(s.Ducks, c.Name)
 	case OpGrant:
 		return s.grant(c)
 	case OpReport:
@@ -136,6 +169,7 @@ func (f *FSM) State() State {
 		Members:  maps.Clone(f.state.Members),
 		Versions: slices.Clone(f.state.Versions),
 		Rollout:  f.state.Rollout.clone(),
+		Ducks:    maps.Clone(f.state.Ducks),
 	}
 	for _, r := range f.state.Past {
 		s.Past = append(s.Past, r.clone())

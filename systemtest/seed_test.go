@@ -104,6 +104,16 @@ func TestSeedWalkthrough(t *testing.T) {
 		t.Fatal("the caller was not told that c died")
 	}
 
+	// The log remembers where every duck runs: listed from any node, c's duck shows as gone.
+	waitFor(t, "c's duck listed as unreachable", 10*time.Second, func() bool {
+		for _, d := range ducksOn(c, b.API) {
+			if d.Node == "c" && d.ID == "duck-1" && d.State == "node unreachable" {
+				return true
+			}
+		}
+		return false
+	})
+
 	// Change the output string and c(...) on a: a's duck changes, b's does not.
 	louder := filepath.Join(t.TempDir(), "duck")
 	src, err := os.ReadFile("../duck/main.go")
