@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/supervise"
@@ -340,8 +342,11 @@ func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local fu
 	for {
 		n := a.Node()
 		if n.IsLeader() {
+			// Leadership lost under an entry means it may or may not commit: every command
+			// through here is safe to propose again (commits of the same bundle, reports and
+			// registrations are idempotent), so go find the new leader and do.
 			err := local(n)
-			if !errors.Is(err, consensus.ErrNotLeader) {
+			if !errors.Is(err, consensus.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
 				return err
 			}
 		}

@@ -36,6 +36,7 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("POST /v1/deploy", a.handleDeploy)
 	mux.HandleFunc("POST /v1/spread", a.handleSpread)
 	mux.HandleFunc("POST /v1/place", a.handlePlace)
+	mux.HandleFunc("POST /v1/bench/commit", a.handleBenchCommit)
 	mux.HandleFunc("POST /v1/commit", a.handleCommit)
 	mux.HandleFunc("GET /v1/rollout", a.handleRollout)
 	mux.HandleFunc("POST /v1/rollout", a.handleRolloutAction)

@@ -81,6 +81,7 @@ const (
 	OpGrant        = "grant"         // a node's turn to swap (or to go back)
 	OpReport       = "report"        // a node's progress in the rollout
 	OpRolloutState = "rollout-state" // pause, resume, undo, done
+	OpNoop         = "noop"          // nothing: measures a commit's round trip
 	OpPlace        = "place"         // a duck started on a node
 	OpUnplace      = "unplace"       // a duck stopped (Name is NODE/ID)
 )
@@ -130,12 +131,13 @@ func (s *State) apply(c Command) error {
 		if err := s.commit(c); err != nil {
 			return err
 		}
-		if prev != nil {
+		if prev != nil && prev != s.Rollout {
 			s.Past = append(s.Past, prev)
 			if len(s.Past) > keepPast {
 				s.Past = s.Past[len(s.Past)-keepPast:]
 			}
 		}
+	case OpNoop:
 	case OpPlace:
 		if c.Placement == nil || c.Placement.Node == "" || c.Placement.ID == "" {
 			return fmt.Errorf("place without a node and duck")

@@ -208,6 +208,9 @@ func (s *State) commit(c Command) error {
 		return fmt.Errorf("commit without a bundle")
 	}
 	if s.Rollout.Active() {
+		if s.Rollout.Target == c.Version.ID {
+			return nil // the same commit again (a retry after a lost leader): nothing new
+		}
 		return fmt.Errorf("version %d is still rolling out (%s): wait for it, or `rollout undo`", s.Rollout.Version, s.Rollout.State)
 	}
 	var from *Version

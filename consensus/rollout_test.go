@@ -258,3 +258,17 @@ func TestSnapshotKeepsRollout(t *testing.T) {
 type nopCloser struct{ *memSink }
 
 func (nopCloser) Close() error { return nil }
+
+func TestCommitRetriedAfterLostLeaderIsTheSameVersion(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	if err := commit(t, f, clk, "v2", false); err != nil {
+		t.Fatalf("the same commit proposed again while it rolls out: %v", err)
+	}
+	if st := f.State(); len(st.Versions) != 2 || st.Rollout.Version != 2 || len(st.Past) != 1 {
+		t.Fatalf("a retried commit changed the state: %d versions, rollout %d, %d past", len(st.Versions), st.Rollout.Version, len(st.Past))
+	}
+	if err := commit(t, f, clk, "v3", false); err == nil {
+		t.Fatal("another version was committed while version 2 rolls out")
+	}
+}

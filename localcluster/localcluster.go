@@ -18,6 +18,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/wire"
 )
 
 // Cluster is a set of node processes sharing a binary, a cookie and a root folder.
@@ -30,6 +33,7 @@ type Cluster struct {
 
 	mu    sync.Mutex
 	nodes map[string]*Node
+	api   *agent.Client
 }
 
 // Node is one node process.
@@ -237,6 +241,25 @@ func (c *Cluster) Command(ctx context.Context, addr string, args ...string) *exe
 	cmd.Env = append(os.Environ(), "DUCKRAFT_COOKIE="+c.Cookie, "DUCKRAFT_ADDR="+addr)
 	return cmd
 }
+
+// Do calls a node's API directly with the cluster's cookie.
+func (c *Cluster) Do(ctx context.Context, addr, method, path string, in, out any) error {
+	c.mu.Lock()
+	if c.api == nil {
+		id, err := wire.FromCookie(c.Cookie)
+		if err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		c.api = agent.NewClient(id)
+	}
+	api := c.api
+	c.mu.Unlock()
+	return api.Do(ctx, addr, method, path, in, out)
+}
+
+// PID is the node process's ID.
+func (n *Node) PID() int { return n.cmd.Process.Pid }
 
 // Run runs a client command of the node binary against addr with the cluster's cookie and
 // returns what it printed.

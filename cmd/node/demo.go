@@ -126,7 +126,7 @@ func runDemo(args []string) error {
 			go func() { defer followers.Done(); cmd.Wait() }()
 		}
 	}
-	posts := startPosting(ducks)
+	posts := startPosting(ducks, 1, 20*time.Millisecond)
 	sleep(ctx, 2*time.Second)
 
 	step("commit the louder duck as version 2: watch it roll out a, then b, then c")
@@ -163,40 +163,59 @@ func demoSources(root string) (v1, v2 string, err error) {
 	return filepath.Join(root, "src", "duck"), filepath.Join(root, "src", "duck-v2"), nil
 }
 
-// poster POSTs /quack to every duck, counting what succeeded and what failed.
+// poster POSTs /quack to every duck from `clients` keep-alive clients per duck, counting what
+// succeeded and what failed, and how long each request took.
 type poster struct {
 	ok, failed map[string]*atomic.Int64
 	done       chan struct{}
 	wg         sync.WaitGroup
+	mu         sync.Mutex
+	latencies  []time.Duration
 }
 
-func startPosting(ducks map[string]string) *poster {
+func startPosting(ducks map[string]string, clients int, every time.Duration) *poster {
 	p := &poster{ok: map[string]*atomic.Int64{}, failed: map[string]*atomic.Int64{}, done: make(chan struct{})}
 	for name, addr := range ducks {
 		p.ok[name], p.failed[name] = &atomic.Int64{}, &atomic.Int64{}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			for i := 0; i < 100000; i++ { // bounded; the demo stops it long before
-				select {
-				case <-p.done:
-					return
-				case <-time.After(20 * time.Millisecond):
-				}
-				resp, err := http.Post("http://"+addr+"/quack", "", nil)
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-				}
-				if err != nil || resp.StatusCode != http.StatusOK {
-					p.failed[name].Add(1)
-				} else {
+		for range clients {
+			p.wg.Add(1)
+			go func() {
+				defer p.wg.Done()
+				hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1}, Timeout: 10 * time.Second}
+				for i := 0; i < 1_000_000; i++ { // bounded; the caller stops it long before
+					select {
+					case <-p.done:
+						return
+					case <-time.After(every):
+					}
+					t0 := time.Now()
+					resp, err := hc.Post("http://"+addr+"/quack", "", nil)
+					if err == nil {
+						io.Copy(io.Discard, resp.Body)
+						resp.Body.Close()
+					}
+					if err != nil || resp.StatusCode != http.StatusOK {
+						p.failed[name].Add(1)
+						continue
+					}
 					p.ok[name].Add(1)
+					p.mu.Lock()
+					p.latencies = append(p.latencies, time.Since(t0))
+					p.mu.Unlock()
 				}
-			}
-		}()
+			}()
+		}
 	}
 	return p
+}
+
+// totals sums the successful and failed requests over every duck.
+func (p *poster) totals() (ok, failed int64) {
+	for name := range p.ok {
+		ok += p.ok[name].Load()
+		failed += p.failed[name].Load()
+	}
+	return ok, failed
 }
 
 func (p *poster) stop() { close(p.done); p.wg.Wait() }

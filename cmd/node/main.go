@@ -38,6 +38,7 @@ func commands() []command {
 		{"rollout", "status|history|pause|resume|undo [--to N] [--json]", "inspect or steer the rollout", runRollout},
 		{"status", "[--json]", "every node: role, version, rollout phase, ducks", runStatus},
 		{"watch", "", "follow the current rollout live", runWatch},
+		{"bench", "[--rounds N]", "start a local cluster and measure swaps, rollouts, restarts, Raft commits and memory", runBench},
 		{"demo", "", "start three nodes in a temporary folder, connect them, show members, stop them", runDemo},
 	}
 }

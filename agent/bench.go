@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/duckraft/duckraft/consensus"
+)
+
+// CommitBench asks the leader to commit N empty entries one after another and say how long
+// each took, from Apply to the FSM's answer: the Raft round trip `bench` reports.
+type CommitBench struct {
+	N int `json:"n"`
+}
+
+// CommitLatency is the answer: each commit's time, sorted.
+type CommitLatency struct {
+	Leader  string          `json:"leader"`
+	Samples []time.Duration `json:"samples"`
+}
+
+func (a *Agent) handleBenchCommit(w http.ResponseWriter, r *http.Request) {
+	var req CommitBench
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.N <= 0 || req.N > 10000 {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("n=%d: ask for 1 to 10000 commits", req.N))
+		return
+	}
+	var res CommitLatency
+	err := a.onLeader(r.Context(), "/v1/bench/commit", req, &res, func(n *consensus.Node) error {
+		res = CommitLatency{Leader: a.self.Name}
+		for range req.N {
+			t0 := time.Now()
+			if err := n.Apply(consensus.Command{Op: consensus.OpNoop}, applyTimeout); err != nil {
+				return err
+			}
+			res.Samples = append(res.Samples, time.Since(t0))
+		}
+		slices.Sort(res.Samples)
+		return nil
+	})
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, res)
+}
