@@ -352,7 +352,14 @@ func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local fu
 		}
 		name, _ := n.Leader()
 		if m, ok := n.FSM.State().Members[name]; ok && name != a.self.Name {
-			return a.client.Do(ctx, m.APIAddr, http.MethodPost, path, in, out)
+			err := a.client.Do(ctx, m.APIAddr, http.MethodPost, path, in, out)
+			var ae *APIError
+			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
+				return err
+			}
+			// The leader did not answer: it may have just died, before this node noticed. Wait
+			// for the next one rather than fail a call a new leader would take.
+			a.log.Debug("leader unreachable, waiting for the next", "leader", name, "err", err)
 		}
 		select {
 		case <-ctx.Done():

@@ -178,6 +178,13 @@ func (n *Node) Kill() error {
 	return nil
 }
 
+// KillAgent kills the node process alone with SIGKILL, as a crash of the agent would; its ducks
+// run in their own process groups and notice through their lifeline.
+func (n *Node) KillAgent() {
+	n.cmd.Process.Signal(syscall.SIGKILL)
+	<-n.done
+}
+
 // Stop asks the node to stop (SIGTERM) and waits; it kills it if it has not gone within timeout.
 func (n *Node) Stop(timeout time.Duration) error {
 	if !n.Running() {

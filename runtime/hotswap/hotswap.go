@@ -400,7 +400,16 @@ func (r *runner) handOff(snap snapshot) error {
 		}
 		r.stateFile = f
 	}
-	return writeSnapshot(r.stateFile, snap)
+	if err := writeSnapshot(r.stateFile, snap); err != nil {
+		return err
+	}
+	// Also leave the handed-over state where a restart looks for it: if both generations die in
+	// the middle of the swap (a kill -9, the machine), the supervisor starts the duck again from
+	// this state instead of the one saved at its last graceful stop.
+	if r.env.stateFile != "" {
+		return saveSnapshot(r.env.stateFile, snap)
+	}
+	return nil
 }
 
 // thaw lets this generation serve and change its state: at the first Ready,
