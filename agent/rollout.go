@@ -282,10 +282,13 @@ func (a *Agent) driveRollouts() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
+		// Woken by the log (a grant, a report) at once; the ticker catches what the log does
+		// not announce: timeouts, a leader change, a Raft reset on connect.
 		select {
 		case <-a.stop:
 			return
 		case <-t.C:
+		case <-a.Node().FSM.Changed():
 		}
 		n := a.Node()
 		if !n.IsLeader() {
@@ -320,10 +323,13 @@ func (a *Agent) followRollouts() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for {
+		// Woken by the log (a grant, a report) at once; the ticker catches what the log does
+		// not announce: timeouts, a leader change, a Raft reset on connect.
 		select {
 		case <-a.stop:
 			return
 		case <-t.C:
+		case <-a.Node().FSM.Changed():
 		}
 		r := a.Node().FSM.Rollout()
 		if r == nil {

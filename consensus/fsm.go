@@ -90,13 +90,28 @@ const (
 // log reaches the same State. It records and never acts: starting builds or ducks is the job of
 // whoever watches it.
 type FSM struct {
-	mu    sync.RWMutex
-	state State
+	mu      sync.RWMutex
+	state   State
+	changed chan struct{} // closed and replaced at every apply
 }
 
 // NewFSM returns an FSM holding an empty State.
 func NewFSM() *FSM {
-	return &FSM{state: State{Members: map[string]Member{}}}
+	return &FSM{state: State{Members: map[string]Member{}}, changed: make(chan struct{})}
+}
+
+// Changed returns a channel closed at the next change of the state, so that whoever acts on it
+// (the rollout loops) wakes at once instead of on its next poll.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// notify wakes the watchers of Changed; the caller holds f.mu.
+func (f *FSM) notify() {
+	close(f.changed)
+	f.changed = make(chan struct{})
 }
 
 // Apply applies one committed entry. A command that cannot apply returns an error value (Raft
@@ -108,6 +123,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	defer f.notify()
 	return f.state.apply(c)
 }
 
@@ -246,6 +262,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.state = s
+	f.notify()
 	f.mu.Unlock()
 	return nil
 }

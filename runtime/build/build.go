@@ -216,7 +216,12 @@ func (b *Builder) run(ctx context.Context, id, goBin, src, out string) error {
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 
-	err := cmd.Run()
+	unlock, err := hostLock(ctx)
+	if err != nil {
+		return err
+	}
+	err = cmd.Run()
+	unlock()
 	if err == nil {
 		return nil
 	}
@@ -275,4 +280,26 @@ func short(id string) string {
 		return id[:12]
 	}
 	return id
+}
+
+// hostLock lets one go build run at a time on this machine. Nodes on one host (a local cluster,
+// the tests) build the same version at once; in parallel they share the cores and each takes
+// as long as all of them together, while one after another the first finishes at its own speed
+// and the others find its work in the shared build cache. Nodes on separate hosts do not meet.
+func hostLock(ctx context.Context) (func(), error) {
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "duckraft-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return func() {}, nil // no lock to be had: build anyway, only slower
+	}
+	for {
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
+			return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, ctx.Err()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
