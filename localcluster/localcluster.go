@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -46,6 +47,10 @@ type Node struct {
 	Metrics string
 	Args    []string
 
+	// Prefix runs the node under another command, e.g. `ip netns exec NS` to put it on a test
+	// host of its own.
+	Prefix []string
+
 	c    *Cluster
 	cmd  *exec.Cmd
 	done chan struct{}
@@ -63,6 +68,11 @@ const ReadyTimeout = 30 * time.Second
 // Start starts node name with --api-addr and --raft-addr on kernel-picked loopback ports unless
 // extra sets them, and waits for its ready line.
 func (c *Cluster) Start(name string, extra ...string) (*Node, error) {
+	return c.StartWith(nil, name, extra...)
+}
+
+// StartWith is Start with the node run under prefix (see Node.Prefix).
+func (c *Cluster) StartWith(prefix []string, name string, extra ...string) (*Node, error) {
 	args := []string{"start", "--name", name, "--data-dir", filepath.Join(c.Root, name)}
 	if !hasFlag(extra, "--api-addr") {
 		args = append(args, "--api-addr", "127.0.0.1:0")
@@ -70,7 +80,7 @@ func (c *Cluster) Start(name string, extra ...string) (*Node, error) {
 	if !hasFlag(extra, "--raft-addr") {
 		args = append(args, "--raft-addr", "127.0.0.1:0")
 	}
-	n := &Node{Name: name, Dir: filepath.Join(c.Root, name), Args: append(args, extra...), c: c}
+	n := &Node{Name: name, Dir: filepath.Join(c.Root, name), Args: append(args, extra...), Prefix: prefix, c: c}
 	if err := n.start(); err != nil {
 		return nil, err
 	}
@@ -93,7 +103,8 @@ func hasFlag(args []string, flag string) bool {
 }
 
 func (n *Node) start() error {
-	cmd := exec.Command(n.c.Bin, n.Args...)
+	argv := append(append(slices.Clone(n.Prefix), n.c.Bin), n.Args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "DUCKRAFT_COOKIE="+n.c.Cookie)
 	// Own process group, so a stop reaches the node and anything it started.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
