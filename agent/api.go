@@ -91,6 +91,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %v", err))
 		return false
 	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, errors.New("malformed request body: more than one JSON value"))
+		return false
+	}
 	return true
 }
 

@@ -260,6 +260,14 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if s.Members == nil {
 		s.Members = map[string]Member{}
 	}
+	if err := s.Rollout.check(); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	for _, r := range s.Past {
+		if err := r.check(); err != nil {
+			return fmt.Errorf("restore snapshot: %w", err)
+		}
+	}
 	f.mu.Lock()
 	f.state = s
 	f.notify()

@@ -228,12 +228,24 @@ func FuzzRestore(f *testing.F) {
 			}
 			return
 		}
-		// Restore took it; the raw copy of what it holds must still encode.
-		fsm.mu.RLock()
-		_, err := json.Marshal(fsm.state)
-		fsm.mu.RUnlock()
+		// Restore took it: every reader works on it, and its own snapshot restores to the same.
+		restored := stateJSON(t, fsm)
+		fsm.Rollout().Next(time.Now(), Timings{AckTimeout: time.Second, SwapTimeout: time.Minute})
+		fsm.Current()
+		snap, err := fsm.Snapshot()
 		if err != nil {
-			t.Fatalf("restored state from %q does not encode: %v", data, err)
+			t.Fatal(err)
+		}
+		var sink memSink
+		if err := snap.Persist(&sink); err != nil {
+			t.Fatal(err)
+		}
+		again := NewFSM()
+		if err := again.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+			t.Fatalf("the snapshot of a restored state does not restore: %v", err)
+		}
+		if got := stateJSON(t, again); got != restored {
+			t.Fatalf("snapshot round trip changed the state:\nbefore %s\nafter  %s", restored, got)
 		}
 	})
 }

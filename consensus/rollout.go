@@ -75,6 +75,25 @@ type Rollout struct {
 	Ended      time.Time               `json:"ended,omitzero"`
 }
 
+// check refuses a rollout that no Apply could have made (a corrupt or hand-made snapshot): every
+// node in the order has its entry, and no entry is missing.
+func (r *Rollout) check() error {
+	if r == nil {
+		return nil
+	}
+	for _, name := range r.Order {
+		if r.Nodes[name] == nil {
+			return fmt.Errorf("rollout of version %d names %s in its order but has no entry for it", r.Version, name)
+		}
+	}
+	for name, nr := range r.Nodes {
+		if nr == nil {
+			return fmt.Errorf("rollout of version %d has an empty entry for %s", r.Version, name)
+		}
+	}
+	return nil
+}
+
 // Active reports whether the rollout still has work to do.
 func (r *Rollout) Active() bool {
 	return r != nil && (r.State == RolloutRolling || r.State == RolloutPaused || r.State == RolloutReverting)

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"errors"
+	"io"
 	"slices"
 	"strings"
 	"testing"
@@ -270,5 +271,22 @@ func TestCommitRetriedAfterLostLeaderIsTheSameVersion(t *testing.T) {
 	}
 	if err := commit(t, f, clk, "v3", false); err == nil {
 		t.Fatal("another version was committed while version 2 rolls out")
+	}
+}
+
+func TestRestoreRefusesARolloutNoApplyCouldMake(t *testing.T) {
+	for _, snap := range []string{
+		`{"members":{"a":{"name":"a"}},"rollout":{"version":1,"order":["a"],"nodes":{"a":null},"state":"rolling"}}`,
+		`{"members":{"a":{"name":"a"}},"rollout":{"version":1,"order":["a","b"],"nodes":{"a":{"phase":"pending"}},"state":"rolling"}}`,
+		`{"members":{},"past":[{"version":1,"order":["x"],"nodes":{},"state":"done"}]}`,
+	} {
+		f, _ := cluster3(t)
+		before := f.State()
+		if err := f.Restore(io.NopCloser(strings.NewReader(snap))); err == nil {
+			t.Fatalf("restored %s", snap)
+		}
+		if after := f.State(); after.Rollout.Version != before.Rollout.Version || len(after.Members) != 3 {
+			t.Fatalf("a refused snapshot changed the state")
+		}
 	}
 }

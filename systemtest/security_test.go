@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -411,6 +412,27 @@ func TestCookieFlagHelpWarnsItShowsInPs(t *testing.T) {
 		for _, want := range []string{"ps", "--cookie-file", "DUCKRAFT_COOKIE"} {
 			if !strings.Contains(help, want) {
 				t.Errorf("%s: --cookie help %q does not mention %s", strings.Join(cmd, " "), strings.TrimSpace(help), want)
+			}
+		}
+	}
+}
+
+// A duck's environment does not hold the cookie: a duck is the cluster's workload, not a member,
+// and nothing it runs or prints may hand out the key to every node.
+func TestDuckEnvironmentHoldsNoCookie(t *testing.T) {
+	dc := newDuckCluster(t)
+	ds := ducksOn(dc.c, dc.nodes[0].API) // every node's ducks
+	if len(ds) != len(dc.nodes) {
+		t.Fatalf("ducks: %+v, want one on each node", ds)
+	}
+	for _, d := range ds {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", d.PID))
+		if err != nil {
+			t.Fatalf("duck %s on %s: %v", d.ID, d.Node, err)
+		}
+		for _, kv := range bytes.Split(env, []byte{0}) {
+			if bytes.Contains(kv, []byte(dc.c.Cookie)) {
+				t.Errorf("duck %s on %s (pid %d) has the cookie in its environment: %s=...", d.ID, d.Node, d.PID, bytes.SplitN(kv, []byte("="), 2)[0])
 			}
 		}
 	}

@@ -50,6 +50,8 @@ func runStart(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Nothing this node starts (ducks, go build) needs the cookie; none of them gets it.
+	os.Unsetenv(wire.CookieEnv)
 	id, err := wire.FromCookie(c)
 	if err != nil {
 		return err

@@ -265,7 +265,9 @@ func (b *Builder) env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if _, ok := set[k]; !ok {
+		// DUCKRAFT_ variables (the cookie among them) are the node's, never a build's: the go
+		// command runs code from the bundle's toolchain directives and generators' reach.
+		if _, ok := set[k]; !ok && !strings.HasPrefix(k, "DUCKRAFT_") {
 			env = append(env, kv)
 		}
 	}

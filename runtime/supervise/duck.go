@@ -122,12 +122,14 @@ func (d *duck) running(p *proc) {
 }
 
 // environ is the environment of a first generation: the agent's own,
-// without DUCK_ variables meant for the agent, then the spec's, then the
-// contract of runtime/hotswap, which wins.
+// without DUCK_ variables meant for the agent and without DUCKRAFT_ ones
+// (DUCKRAFT_COOKIE is the key to the whole cluster; a duck is a workload,
+// not a member), then the spec's, then the contract of runtime/hotswap,
+// which wins.
 func (d *duck) environ() []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "DUCK_") {
+		if !strings.HasPrefix(kv, "DUCK_") && !strings.HasPrefix(kv, "DUCKRAFT_") {
 			env = append(env, kv)
 		}
 	}
@@ -585,7 +587,7 @@ func (d *duck) swap(op swapOp) error {
 		d.version = oldVersion
 		d.mu.Unlock()
 		d.endRun(r, false)
-		err := fail("the new generation (PID %d) %s within %s of becoming Ready; restarting %s from its binary, with the state of its last graceful stop (what the new version was handed is lost)%s",
+		err := fail("the new generation (PID %d) %s within %s of becoming Ready; restarting %s from its binary and the state it handed over%s",
 			next.pid, next.exited(), d.cfg.Healthy, oldVersion, tail(r.stderrSince(mark)))
 		d.crashed(err.Error())
 		return err

@@ -28,10 +28,10 @@
 // (state "failed"). Any exit counts, even status 0: a duck is meant to run
 // until it is stopped. A restarted duck starts from DUCK_STATE_FILE, which
 // the duck writes when it stops gracefully (Stop, Close, its lifeline
-// closing); a crash (kill -9, a panic) writes none, so a crash loses every
-// change since the last graceful stop. State handed over at a swap travels
-// only between the two processes, so it is lost too if the new version dies
-// within Config.Healthy and the old one has to be restarted.
+// closing) and also at every swap's handover; a crash (kill -9, a panic)
+// writes none, so a crash loses every change since the last graceful stop
+// or handover. A new version that dies within Config.Healthy has the old
+// one restarted from the state it handed over.
 //
 // # Lifeline
 //
