@@ -355,6 +355,7 @@ func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		writeError(w, statusOf(err), err)
 		return
 	}
+	a.mirrorDucks() // so that every node lists it from now on
 	writeJSON(w, d)
 }
 
@@ -475,23 +476,26 @@ func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]bool{"stopped": true})
 		return
 	}
+	if err := a.stopDuck(r.Context(), req.Name); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	a.mirrorDucks() // so that no node lists it any more
+	writeJSON(w, map[string]bool{"stopped": true})
+}
+
+func (a *Agent) stopDuck(ctx context.Context, id string) error {
 	a.ducksMu.Lock()
 	defer a.ducksMu.Unlock()
-	i := slices.IndexFunc(a.local.Ducks, func(d duckRecord) bool { return d.ID == req.Name })
+	i := slices.IndexFunc(a.local.Ducks, func(d duckRecord) bool { return d.ID == id })
 	if i < 0 {
-		writeError(w, http.StatusNotFound, fmt.Errorf("node %s runs no duck %q: `ducks` lists them", a.self.Name, req.Name))
-		return
+		return &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("node %s runs no duck %q: `ducks` lists them", a.self.Name, id)}
 	}
-	if err := a.sup.Stop(r.Context(), req.Name); err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
+	if err := a.sup.Stop(ctx, id); err != nil {
+		return err
 	}
 	a.local.Ducks = slices.Delete(a.local.Ducks, i, i+1)
-	if err := a.saveLocal(); err != nil {
-		writeError(w, http.StatusInternalServerError, err)
-		return
-	}
-	writeJSON(w, map[string]bool{"stopped": true})
+	return a.saveLocal()
 }
 
 func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {

@@ -242,7 +242,7 @@ func TestLeaderKilledMidRolloutRolloutCompletesOnce(t *testing.T) {
 	})
 	for _, n := range dc.nodes[1:] {
 		var ds []agent.DuckInfo
-		json.Unmarshal([]byte(cli(t, dc.c, n.API, "ducks", "--json")), &ds)
+		json.Unmarshal([]byte(cli(t, dc.c, n.API, "ducks", "--local", "--json")), &ds)
 		if len(ds) != 1 || ds[0].Version != "v2" || ds[0].Gen != 2 {
 			t.Fatalf("ducks on %s: %+v; want one duck on v2 swapped exactly once (generation 2)", n.Name, ds)
 		}

@@ -45,6 +45,10 @@ func runStart(args []string) error {
 		}
 		*dataDir = filepath.Join(home, ".duckraft", *name)
 	}
+	// Catch the stop signals before anything starts: a supervisor (or a test) may send SIGTERM
+	// the moment the ready line appears, and the default action would skip the graceful stop.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	cookie.Create = true
 	c, err := cookie.Load()
 	if err != nil {
@@ -72,8 +76,6 @@ func runStart(args []string) error {
 	}
 	fmt.Printf("node %s ready: api %s, raft %s, data %s%s\n", self.Name, self.APIAddr, self.RaftAddr, *dataDir, metrics)
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 	s := <-sig
 	log.Info("stopping", "signal", s.String())
 	if err := a.Close(); err != nil {
