@@ -103,6 +103,9 @@ func (a *Agent) saveLocal() error {
 // subreaper, so it must exist before any duck does.
 func (a *Agent) startRuntime() error {
 	a.builder = &build.Builder{Dir: filepath.Join(a.cfg.DataDir, "builds")}
+	if cache, err := os.UserCacheDir(); err == nil {
+		a.builder.Shared = filepath.Join(cache, "duckraft", "builds")
+	}
 	sup, err := supervise.New(supervise.Config{
 		Dir:          filepath.Join(a.cfg.DataDir, "ducks"),
 		Log:          a.log,

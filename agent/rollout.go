@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -361,8 +362,18 @@ func (a *Agent) prebuild(r *consensus.Rollout) {
 	}
 	a.fol.building[r.Target] = true
 	a.fol.mu.Unlock()
+	// Build in turn order where nodes share a host (one go build at a time there, see
+	// runtime/build): the first node's build then comes first and the others hit the build
+	// cache. On hosts of their own the stagger costs nothing, as a later node's turn comes
+	// after the earlier nodes' swaps anyway.
+	stagger := time.Duration(slices.Index(r.Order, a.self.Name)) * 100 * time.Millisecond
 	go func() {
 		a.report(r.Version, consensus.PhaseBuilding, "")
+		select {
+		case <-time.After(stagger):
+		case <-a.stop:
+			return
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), rolloutTimings.SwapTimeout)
 		defer cancel()
 		err := a.fetchAndBuild(ctx, r.Target)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -52,6 +53,9 @@ type Builder struct {
 	Timeout time.Duration
 	// GoBin is the go command; empty means "go" looked up on PATH.
 	GoBin string
+	// Shared, when set, is a folder every node on this host (same user) shares: a binary one of
+	// them built is taken by the others instead of building the same bundle again.
+	Shared string
 
 	mu    sync.Mutex
 	locks map[string]chan struct{} // one per ID, held while that ID builds
@@ -170,7 +174,7 @@ func (b *Builder) build(ctx context.Context, id string, data []byte) (string, er
 	}
 
 	out := filepath.Join(work, "duck")
-	if err := b.run(ctx, id, goBin, src, out); err != nil {
+	if err := b.produce(ctx, id, goBin, src, out); err != nil {
 		return "", err
 	}
 	// The sources first, so a binary in place always has its sources beside it. Renaming onto an
@@ -200,6 +204,59 @@ func (b *Builder) goCommand() (string, error) {
 	return p, nil
 }
 
+// produce writes the binary of id to out: from the host's shared build folder if another node
+// on this host built it already, else with go build, leaving a copy there for the others. One go
+// build at a time per host, so the nodes of a local cluster wait for the first build and take
+// its result instead of each building the same source.
+func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error {
+	unlock, err := hostLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	shared := ""
+	if b.Shared != "" {
+		shared = filepath.Join(b.Shared, id, "duck")
+		if err := copyFile(shared, out); err == nil {
+			return nil
+		}
+	}
+	if err := b.run(ctx, id, goBin, src, out); err != nil {
+		return err
+	}
+	if shared != "" {
+		// Best effort: a node that cannot share still has its own binary.
+		if os.MkdirAll(filepath.Dir(shared), 0o700) == nil {
+			tmp := shared + ".tmp"
+			if copyFile(out, tmp) == nil {
+				os.Rename(tmp, shared)
+			}
+		}
+	}
+	return nil
+}
+
+// copyFile copies an executable, hard-linking when it can.
+func copyFile(from, to string) error {
+	if err := os.Link(from, to); err == nil {
+		return nil
+	}
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	o, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(o, in); err != nil {
+		o.Close()
+		return err
+	}
+	return o.Close()
+}
+
 // run runs go build in src, writing the binary to out.
 func (b *Builder) run(ctx context.Context, id, goBin, src, out string) error {
 	// -trimpath keeps the build folder out of the binary and out of the build cache's keys, so
@@ -216,12 +273,7 @@ func (b *Builder) run(ctx context.Context, id, goBin, src, out string) error {
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	cmd.WaitDelay = 5 * time.Second
 
-	unlock, err := hostLock(ctx)
-	if err != nil {
-		return err
-	}
-	err = cmd.Run()
-	unlock()
+	err := cmd.Run()
 	if err == nil {
 		return nil
 	}

@@ -468,3 +468,37 @@ func BenchmarkRebuildOneLineChange(b *testing.B) {
 	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
 	b.ReportMetric(float64(took[len(took)/2].Milliseconds()), "median-ms")
 }
+
+// Nodes on one host share their builds: the second node's Build takes the first one's binary
+// instead of running go again, and it runs as the first one's does.
+func TestNodesOnOneHostShareABuild(t *testing.T) {
+	goBin, runs := countingGo(t)
+	shared := t.TempDir()
+	b := pack(t, map[string]string{"main.go": tableflipDuck})
+	first, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := runs(); n != 1 {
+		t.Errorf("go ran %d times for two nodes building one bundle on one host, want 1", n)
+	}
+	if first == second {
+		t.Fatal("the two nodes share one path: each needs its own copy in its data folder")
+	}
+	a, _ := os.ReadFile(first)
+	c, _ := os.ReadFile(second)
+	if len(a) == 0 || !bytes.Equal(a, c) {
+		t.Fatal("the second node's binary differs from the first's")
+	}
+	// A node without the shared folder builds for itself.
+	if _, err := (&Builder{Dir: t.TempDir(), GoBin: goBin}).Build(context.Background(), b.ID, b.Data); err != nil {
+		t.Fatal(err)
+	}
+	if n := runs(); n != 2 {
+		t.Errorf("go ran %d times, want 2 once a node without the shared folder built too", n)
+	}
+}
