@@ -200,15 +200,5 @@ func (a *Agent) handleSpread(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", a.self.Name, Label(id), err))
 		return
 	}
-	req := CommitRequest{Bundle: data, Message: cmpOr(q.Get("m"), "spread from "+a.self.Name), Author: q.Get("author")}
-	var res CommitResult
-	err = a.onLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
-		res, err = a.commit(n, req)
-		return err
-	})
-	if err != nil {
-		writeError(w, statusOf(err), err)
-		return
-	}
-	writeJSON(w, res)
+	a.answerCommit(w, r, CommitRequest{Bundle: data, Message: cmpOr(q.Get("m"), "spread from "+a.self.Name), Author: q.Get("author")})
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -53,6 +52,11 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	req := CommitRequest{Bundle: data, Message: q.Get("m"), Author: q.Get("author"), Canary: q.Get("canary") == "1", NoRevert: q.Get("no_revert") == "1"}
+	a.answerCommit(w, r, req)
+}
+
+// answerCommit has the leader commit req and answers with the version, or why not.
+func (a *Agent) answerCommit(w http.ResponseWriter, r *http.Request, req CommitRequest) {
 	var res CommitResult
 	err := a.onLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
 		res, err = a.commit(n, req)
@@ -104,25 +108,14 @@ func checkBundle(data []byte) error {
 
 func (a *Agent) handleCommit(w http.ResponseWriter, r *http.Request) {
 	var req CommitRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxCommitBody))
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %v", err))
+	if !decodeMax(w, r, &req, maxCommitBody) {
 		return
 	}
 	if err := checkBundle(req.Bundle); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	var res CommitResult
-	err := a.onLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
-		res, err = a.commit(n, req)
-		return err
-	})
-	if err != nil {
-		writeError(w, statusOf(err), err)
-		return
-	}
-	writeJSON(w, res)
+	a.answerCommit(w, r, req)
 }
 
 func (a *Agent) commit(n *consensus.Node, req CommitRequest) (CommitResult, error) {
