@@ -113,28 +113,42 @@ func (r *Rollout) clone() *Rollout {
 	return &c
 }
 
-// Desired is the version ID node should run as far as this rollout goes: the target once the
-// node has upgraded (or was skipped, and must catch up), the previous version otherwise. A node
-// outside the order (joined later) follows the rollout's outcome.
+// Desired is the version ID node should run as far as this rollout goes. Once it is done, every
+// node runs the target, a skipped one (which catches up) or one that joined later included; once
+// it went back, every node runs the previous version; while it rolls, a node runs the target
+// from its turn on.
 func (r *Rollout) Desired(node string) string {
 	if r == nil {
 		return ""
 	}
-	nr, ok := r.Nodes[node]
-	if !ok {
-		if r.State == RolloutDone || r.FromID == "" {
+	from := r.FromID
+	if from == "" {
+		from = r.Target // the first version: there is nothing else to run
+	}
+	phase := ""
+	if nr, ok := r.Nodes[node]; ok {
+		phase = nr.Phase
+	}
+	switch r.State {
+	case RolloutDone:
+		return r.Target
+	case RolloutReverted:
+		return from
+	case RolloutHalted:
+		if phase == PhaseRunning {
+			return r.Target // left as it was: halted without going back
+		}
+		return from
+	}
+	switch phase {
+	case PhaseRunning, PhaseGranted, PhaseSwapping:
+		return r.Target
+	case PhaseSkipped:
+		if r.State != RolloutReverting {
 			return r.Target
 		}
-		return r.FromID
 	}
-	switch nr.Phase {
-	case PhaseRunning, PhaseGranted, PhaseSwapping, PhaseSkipped:
-		return r.Target
-	}
-	if r.FromID == "" {
-		return r.Target
-	}
-	return r.FromID
+	return from
 }
 
 // Step is what the leader should commit next to move a rollout on; Command is empty when it
@@ -198,6 +212,20 @@ func (r *Rollout) Next(now time.Time, t Timings) Step {
 		}
 		return Step{Command: Command{Op: OpRolloutState, N: r.Version, State: RolloutDone, Time: now}}
 	case RolloutReverting:
+		// A node still in its turn forward finishes it first (or is skipped if it never
+		// answered), so that going back never misses a node that was mid-swap.
+		for _, name := range r.Order {
+			nr := r.Nodes[name]
+			switch {
+			case nr.Phase == PhaseGranted && now.Sub(nr.Since) > t.AckTimeout:
+				return r.report(name, PhaseSkipped, fmt.Sprintf("no answer within %s of its turn: down? it goes back by itself when it returns", t.AckTimeout), now)
+			case nr.Phase == PhaseGranted, nr.Phase == PhaseSwapping:
+				if nr.Phase == PhaseSwapping && now.Sub(nr.Since) > t.SwapTimeout {
+					return r.report(name, PhaseFailed, fmt.Sprintf("swap took over %s", t.SwapTimeout), now)
+				}
+				return Step{Why: "waiting for " + name + " to finish its turn before going back"}
+			}
+		}
 		for _, name := range slices.Backward(r.Order) {
 			nr := r.Nodes[name]
 			if nr.Phase == PhaseReverting {

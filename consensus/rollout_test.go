@@ -290,3 +290,32 @@ func TestRestoreRefusesARolloutNoApplyCouldMake(t *testing.T) {
 		}
 	}
 }
+
+// A node fails while an earlier one is still swapping: the one mid-swap finishes its turn and is
+// then taken back too, so no node is left on the failed version.
+func TestFailureWhileAnotherNodeSwapsRevertsThatNodeToo(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	for _, n := range []string{"a", "b", "c"} {
+		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: PhaseBuilt, Time: clk.now()})
+	}
+	mustApply(t, f, f.Rollout().Next(clk.now(), timings).Command) // grant a
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()})
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "c", Phase: PhaseFailed, Error: "disk full", Time: clk.now()})
+	if r := f.Rollout(); r.State != RolloutReverting {
+		t.Fatalf("state %s after c failed", r.State)
+	}
+	if step := f.Rollout().Next(clk.now(), timings); step.Command.Op != "" {
+		t.Fatalf("the rollout went back while a was mid-swap: %+v", step)
+	}
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseRunning, Time: clk.now()})
+	grants := drive(t, f, clk, func(name, phase string) string { return PhaseReverted })
+	if !slices.Equal(grants, []string{"reverting:a"}) || f.Rollout().State != RolloutReverted {
+		t.Fatalf("grants %v, state %s; want a taken back", grants, f.Rollout().State)
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if d := f.Rollout().Desired(n); d != "id-v1" {
+			t.Fatalf("%s should run v1 after the revert, desired %s", n, d)
+		}
+	}
+}
