@@ -84,7 +84,9 @@ func runDemo(args []string) error {
 	run := func(addr string, args ...string) error {
 		fmt.Printf("$ %s %s\n", prog, strings.Join(args, " "))
 		cmd := c.Command(ctx, addr, args...)
-		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		// Through a pipe, not the terminal itself: the commands then print a line per step
+		// instead of redrawing a table, which the ducks' quacks would tear apart.
+		cmd.Stdout, cmd.Stderr = struct{ io.Writer }{os.Stdout}, struct{ io.Writer }{os.Stderr}
 		return cmd.Run()
 	}
 	a := nodes[0]
