@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -73,7 +74,11 @@ type Agent struct {
 
 	builder *build.Builder
 	sup     *supervise.Supervisor
-	ducksMu sync.Mutex // serializes load, spawn and stop; guards local
+	// opMu serializes what changes the ducks (load and rollout turns, spawn, stop, restart),
+	// which may take minutes; localMu guards local for moments, so that status, metrics and the
+	// rollout loops never wait on an operation.
+	opMu    sync.Mutex
+	localMu sync.Mutex
 	local   localState
 	fol     follower
 
@@ -82,7 +87,13 @@ type Agent struct {
 	metricsAddr string
 
 	stop chan struct{}
-	wg   sync.WaitGroup
+	// ctx ends when the agent stops, so that builds, swaps and reports in flight end with it
+	// rather than report a stop as a failure.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	// leaving is set while the node takes itself out, so it does not register itself again.
+	leaving atomic.Bool
 }
 
 // identity is what a data folder remembers of its node, so that a restart comes back as the
@@ -133,6 +144,7 @@ func Start(cfg Config) (*Agent, error) {
 		lastSeen: map[string]time.Time{},
 		stop:     make(chan struct{}),
 	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if err := a.startRuntime(); err != nil {
 		return nil, err
 	}
@@ -175,7 +187,7 @@ func Start(cfg Config) (*Agent, error) {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
-	a.fol.building = map[string]bool{}
+	a.fol.building = map[int]bool{}
 	a.wg.Add(5)
 	go func() {
 		defer a.wg.Done()
@@ -187,7 +199,7 @@ func Start(cfg Config) (*Agent, error) {
 	}()
 	go func() {
 		defer a.wg.Done()
-		a.restartDucks()
+		a.restartDucks(a.ctx)
 	}()
 	go func() {
 		defer a.wg.Done()
@@ -301,7 +313,7 @@ func (a *Agent) keepRegistered() {
 		if a.registered() {
 			a.mirrorDucks()
 		}
-		if !a.registered() && a.inConfiguration() {
+		if !a.registered() && a.inConfiguration() && !a.leaving.Load() {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			self := a.self
 			err := a.onLeader(ctx, "/v1/register", self, nil, func(n *consensus.Node) error {
@@ -339,6 +351,10 @@ var ErrNoLeader = errors.New("no leader")
 // onLeader runs local on this node if it leads, or sends in to the same path on the leader,
 // waiting briefly through an election.
 func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local func(*consensus.Node) error) error {
+	// Bounded whatever the caller's patience: without a leader the answer does not improve.
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var unreachable error
 	for {
 		n := a.Node()
 		if n.IsLeader() {
@@ -360,9 +376,13 @@ func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local fu
 			// The leader did not answer: it may have just died, before this node noticed. Wait
 			// for the next one rather than fail a call a new leader would take.
 			a.log.Debug("leader unreachable, waiting for the next", "leader", name, "err", err)
+			unreachable = fmt.Errorf("%w: leader %s at %s does not answer (%v): `members` shows who is reachable", ErrNoLeader, name, m.APIAddr, err)
 		}
 		select {
 		case <-ctx.Done():
+			if unreachable != nil {
+				return unreachable
+			}
 			if name != "" && name != a.self.Name {
 				return fmt.Errorf("%w: leader %s has not registered its API address yet; retry in a moment", ErrNoLeader, name)
 			}
@@ -379,6 +399,7 @@ func (a *Agent) Close() error {
 		return nil
 	default:
 		close(a.stop)
+		a.cancel()
 	}
 	if a.server != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/duckraft/duckraft/consensus"
 )
 
@@ -75,8 +77,10 @@ func statusOf(err error) int {
 	switch {
 	case errors.As(err, &ae):
 		return ae.Status
-	case errors.Is(err, ErrNoLeader):
+	case errors.Is(err, ErrNoLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrNotLeader):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, consensus.ErrRefused):
+		return http.StatusConflict
 	case errors.Is(err, consensus.ErrNameTaken):
 		return http.StatusConflict
 	}
@@ -392,9 +396,14 @@ func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusConflict, errors.New("this node is a cluster of one: there is nothing to leave"))
 		return
 	}
+	a.leaving.Store(true)
+	defer a.leaving.Store(false)
 	if err := a.remove(r.Context(), a.self.Name); err != nil {
 		writeError(w, statusOf(err), err)
 		return
+	}
+	if err := a.changeLocal(func(l *localState) { l.Synced, l.Acted = "", "" }); err != nil {
+		a.log.Warn("forget the old cluster's rollout steps", "err", err)
 	}
 	if err := a.resetRaft(true); err != nil {
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("left the cluster, but could not restart as a cluster of one: %w; restart the node", err))

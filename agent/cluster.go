@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -134,17 +135,15 @@ func (a *Agent) clusterDucks(ctx context.Context) []DuckInfo {
 	return out
 }
 
-// mirrorDucks keeps the log's record of this node's ducks equal to the ducks it runs. It runs
-// in the background so that spawn and stop do not wait on a log round trip, and so that a
-// record missed while the cluster had no leader is written later.
+// mirrorDucks keeps the log's record of this node's ducks equal to the ducks it runs: right
+// after a spawn or stop, and again in the background, so that a record missed while the cluster
+// had no leader is written later.
 func (a *Agent) mirrorDucks() {
-	a.ducksMu.Lock()
 	want := map[string]consensus.Placement{}
-	for _, d := range a.local.Ducks {
+	for _, d := range a.snapshotLocal().Ducks {
 		p := consensus.Placement{Node: a.self.Name, ID: d.ID, Addr: d.Addr, Env: d.Env}
 		want[p.Key()] = p
 	}
-	a.ducksMu.Unlock()
 	var cmds []consensus.Command
 	have := a.Node().FSM.State().Ducks
 	for k, p := range want {
@@ -188,9 +187,7 @@ func (a *Agent) handlePlace(w http.ResponseWriter, r *http.Request) {
 // handleSpread commits the version loaded on this node to the whole cluster: the seed's nl.
 func (a *Agent) handleSpread(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	a.ducksMu.Lock()
-	id := a.local.Version
-	a.ducksMu.Unlock()
+	id := a.snapshotLocal().Version
 	if id == "" {
 		writeError(w, http.StatusConflict, a.noCode())
 		return
@@ -200,5 +197,5 @@ func (a *Agent) handleSpread(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", a.self.Name, Label(id), err))
 		return
 	}
-	a.answerCommit(w, r, CommitRequest{Bundle: data, Message: cmpOr(q.Get("m"), "spread from "+a.self.Name), Author: q.Get("author")})
+	a.answerCommit(w, r, CommitRequest{Bundle: data, Message: cmp.Or(q.Get("m"), "spread from "+a.self.Name), Author: q.Get("author")})
 }

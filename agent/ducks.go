@@ -1,11 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"net"
 	"net/http"
@@ -89,14 +89,30 @@ func loadLocal(path string) (localState, error) {
 	return s, nil
 }
 
-// saveLocal writes local.json atomically: a crash mid-write must not lose the node's ducks.
-func (a *Agent) saveLocal() error {
+// snapshotLocal returns a copy of what this node runs; it never waits on an operation.
+func (a *Agent) snapshotLocal() localState {
+	a.localMu.Lock()
+	defer a.localMu.Unlock()
+	l := a.local
+	l.Ducks = slices.Clone(a.local.Ducks)
+	return l
+}
+
+// changeLocal changes what this node runs and writes local.json atomically: a crash mid-write
+// must not lose the node's ducks.
+func (a *Agent) changeLocal(change func(*localState)) error {
+	a.localMu.Lock()
+	defer a.localMu.Unlock()
+	change(&a.local)
 	b, _ := json.MarshalIndent(a.local, "", "  ")
 	tmp := a.localPath() + ".tmp"
 	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("save local.json: %w", err)
+		return fmt.Errorf("save %s: %w; is the data folder writable and its disk not full?", a.localPath(), err)
 	}
-	return os.Rename(tmp, a.localPath())
+	if err := os.Rename(tmp, a.localPath()); err != nil {
+		return fmt.Errorf("save %s: %w; is the data folder writable?", a.localPath(), err)
+	}
+	return nil
 }
 
 // startRuntime opens the builder and the supervisor. The supervisor makes this process a child
@@ -122,16 +138,12 @@ func (a *Agent) startRuntime() error {
 
 // restartDucks starts again the ducks this node ran before it stopped, at the version it had;
 // each continues from the state its last generation saved.
-func (a *Agent) restartDucks() {
-	a.ducksMu.Lock()
-	defer a.ducksMu.Unlock()
-	if len(a.local.Ducks) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-	defer cancel()
-	for _, d := range a.local.Ducks {
-		version := cmpOr(d.Version, a.local.Version)
+func (a *Agent) restartDucks(ctx context.Context) {
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	l := a.snapshotLocal()
+	for _, d := range l.Ducks {
+		version := cmp.Or(d.Version, l.Version)
 		bin, err := a.binary(ctx, version)
 		if err != nil {
 			a.log.Error("cannot restart duck", "duck", d.ID, "version", Label(version), "err", err)
@@ -142,7 +154,7 @@ func (a *Agent) restartDucks() {
 			a.log.Error("restart duck", "duck", d.ID, "err", err)
 			continue
 		}
-		a.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", Label(a.local.Version))
+		a.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", Label(version))
 	}
 }
 
@@ -197,18 +209,8 @@ func (s *streamer) event(e Event) {
 // its progress. A version that does not build, or a duck that does not come up on it, leaves
 // every duck on the version it ran.
 func (a *Agent) handleLoad(w http.ResponseWriter, r *http.Request) {
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, bundle.MaxSize))
-	if err != nil {
-		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("bundle over the %d MiB limit: keep only the duck's own source in its folder", bundle.MaxSize>>20))
-			return
-		}
-		writeError(w, http.StatusBadRequest, fmt.Errorf("read bundle: %w", err))
-		return
-	}
-	if len(data) == 0 {
-		writeError(w, http.StatusBadRequest, errors.New("empty bundle: pack a folder with `load DIR`"))
+	data, ok := readBundle(w, r)
+	if !ok {
 		return
 	}
 	// The work goes on if the caller hangs up: stopping half-way would leave ducks on two versions.
@@ -261,23 +263,24 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 	}
 	event(Event{Phase: "built", Version: v})
 
-	a.ducksMu.Lock()
-	defer a.ducksMu.Unlock()
-	old := a.local.Version
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	l := a.snapshotLocal()
+	old := l.Version
 	// Already there (a node that loaded the version it now spreads, a turn taken again after a
 	// restart): nothing to swap, unless a duck still shows the version under its old name.
-	if old == id && !slices.ContainsFunc(a.local.Ducks, func(d duckRecord) bool {
+	if old == id && !slices.ContainsFunc(l.Ducks, func(d duckRecord) bool {
 		st, _ := a.sup.Get(d.ID)
 		return d.Version != "" || st.Version != v
 	}) {
-		event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) already on %s", len(a.local.Ducks), v)})
+		event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) already on %s", len(l.Ducks), v)})
 		return nil
 	}
 	var swapped []string
-	for _, d := range a.local.Ducks {
+	for _, d := range l.Ducks {
 		event(Event{Phase: "swapping", Duck: d.ID, Version: v})
 		t0 := time.Now()
-		err := a.sup.Swap(ctx, d.ID, v, bin)
+		err := a.swapOrStart(ctx, d, v, bin)
 		a.metrics.swapped(time.Since(t0), err)
 		if err != nil {
 			a.revert(ctx, old, swapped, event)
@@ -286,15 +289,28 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 		swapped = append(swapped, d.ID)
 		event(Event{Phase: "swapped", Duck: d.ID, Version: v})
 	}
-	a.local.Version = id
-	for i := range a.local.Ducks {
-		a.local.Ducks[i].Version = ""
-	}
-	if err := a.saveLocal(); err != nil {
+	err = a.changeLocal(func(l *localState) {
+		l.Version = id
+		for i := range l.Ducks {
+			l.Ducks[i].Version = ""
+		}
+	})
+	if err != nil {
 		return err
 	}
 	event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) on %s", len(swapped), v)})
 	return nil
+}
+
+// swapOrStart swaps a running duck to bin; one that is not running (it could not be restarted,
+// or its supervisor gave up on it) is started afresh on bin instead, so that one broken duck
+// does not fail every version its node is given.
+func (a *Agent) swapOrStart(ctx context.Context, d duckRecord, v, bin string) error {
+	if st, ok := a.sup.Get(d.ID); ok && st.State != "failed" {
+		return a.sup.Swap(ctx, d.ID, v, bin)
+	}
+	a.sup.Stop(ctx, d.ID) // forget a given-up duck; nothing to do for an unknown one
+	return a.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: v, Binary: bin, Addr: d.Addr, Env: d.Env})
 }
 
 // revert swaps the ducks that already took a failed version back to the one they had.
@@ -369,9 +385,7 @@ func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req Spawn
 		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.On))
 		return
 	}
-	a.ducksMu.Lock()
-	version := a.local.Version
-	a.ducksMu.Unlock()
+	version := a.snapshotLocal().Version
 	if version == "" {
 		writeError(w, http.StatusConflict, a.noCode())
 		return
@@ -404,15 +418,19 @@ func (a *Agent) has(id string) bool {
 }
 
 func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
-	a.ducksMu.Lock()
-	defer a.ducksMu.Unlock()
-	version := cmpOr(req.Version, a.local.Version)
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	nodeVersion := a.snapshotLocal().Version
+	version := cmp.Or(req.Version, nodeVersion)
 	if version == "" {
 		return DuckInfo{}, a.noCode()
 	}
+	if !bundle.ValidID(version) {
+		return DuckInfo{}, &APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("%q is not a version ID (64 hex digits)", version)}
+	}
 	if !a.has(version) {
 		// The seed's UndefinedFunctionError: the code was compiled on another node only.
-		from := cmpOr(req.From, "another node")
+		from := cmp.Or(req.From, "another node")
 		return DuckInfo{}, &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s does not have version %s, which %s runs (the analogue of UndefinedFunctionError): run `spread` against %s to give it to every node (the seed's nl), or `load DIR` against %s", a.self.Name, a.duckVersion(version), from, from, a.self.Name)}
 	}
 	addr := req.Addr
@@ -426,19 +444,22 @@ func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
 	if err != nil {
 		return DuckInfo{}, err
 	}
-	a.local.NextID++
-	id := "duck-" + strconv.Itoa(a.local.NextID)
+	var id string
+	// The ID is taken, and saved, before the duck starts, so a failed one is never reused.
+	if err := a.changeLocal(func(l *localState) { l.NextID++; id = "duck-" + strconv.Itoa(l.NextID) }); err != nil {
+		return DuckInfo{}, err
+	}
 	spec := supervise.Spec{ID: id, Version: a.duckVersion(version), Binary: bin, Addr: addr, Env: req.Env}
 	if err := a.sup.Start(ctx, spec); err != nil {
-		a.saveLocal() // keep NextID moving so a failed ID is never reused
 		return DuckInfo{}, &APIError{Status: http.StatusUnprocessableEntity, Message: fmt.Sprintf("duck %s did not start on %s: %v", id, a.self.Name, err)}
 	}
 	rec := duckRecord{ID: id, Addr: addr, Env: req.Env}
-	if version != a.local.Version {
+	if version != nodeVersion {
 		rec.Version = version
 	}
-	a.local.Ducks = append(a.local.Ducks, rec)
-	if err := a.saveLocal(); err != nil {
+	if err := a.changeLocal(func(l *localState) { l.Ducks = append(l.Ducks, rec) }); err != nil {
+		// Not remembered, so not left running: a restarted node would not know it.
+		a.sup.Stop(ctx, id)
 		return DuckInfo{}, err
 	}
 	st, _ := a.sup.Get(id)
@@ -479,7 +500,8 @@ func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, map[string]bool{"stopped": true})
 		return
 	}
-	if err := a.stopDuck(r.Context(), req.Name); err != nil {
+	// The stop goes on if the caller hangs up: half-stopped, the duck would stay in local.json.
+	if err := a.stopDuck(context.WithoutCancel(r.Context()), req.Name); err != nil {
 		writeError(w, statusOf(err), err)
 		return
 	}
@@ -488,17 +510,18 @@ func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) stopDuck(ctx context.Context, id string) error {
-	a.ducksMu.Lock()
-	defer a.ducksMu.Unlock()
-	i := slices.IndexFunc(a.local.Ducks, func(d duckRecord) bool { return d.ID == id })
-	if i < 0 {
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	if !slices.ContainsFunc(a.snapshotLocal().Ducks, func(d duckRecord) bool { return d.ID == id }) {
 		return &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("node %s runs no duck %q: `ducks` lists them", a.self.Name, id)}
 	}
-	if err := a.sup.Stop(ctx, id); err != nil {
+	// A duck the supervisor does not know (it could not be restarted) is stopped already.
+	if err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervise.ErrUnknownDuck) {
 		return err
 	}
-	a.local.Ducks = slices.Delete(a.local.Ducks, i, i+1)
-	return a.saveLocal()
+	return a.changeLocal(func(l *localState) {
+		l.Ducks = slices.DeleteFunc(l.Ducks, func(d duckRecord) bool { return d.ID == id })
+	})
 }
 
 func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {
@@ -538,7 +561,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	duck := q.Get("duck")
-	n, err := strconv.Atoi(cmpOr(q.Get("n"), "100"))
+	n, err := strconv.Atoi(cmp.Or(q.Get("n"), "100"))
 	if err != nil || n < 0 {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("n=%q is not a line count", q.Get("n")))
 		return
@@ -583,13 +606,6 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-func cmpOr(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
 
 func sortDucks(ds []DuckInfo) {

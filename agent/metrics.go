@@ -58,9 +58,7 @@ func newMetrics(a *Agent) *metrics {
 		return float64(vs[len(vs)-1].N)
 	})
 	gauge("duckraft_version_running", "Committed version number this node's ducks run (0: none, or a version loaded here only).", func() float64 {
-		a.ducksMu.Lock()
-		id := a.local.Version
-		a.ducksMu.Unlock()
+		id := a.snapshotLocal().Version
 		var n int
 		if _, err := fmt.Sscanf(a.duckVersion(id), "v%d", &n); err != nil {
 			return 0

@@ -23,7 +23,8 @@ import (
 // version as soon as it is committed, swaps its ducks when granted, and reports through the log.
 // The FSM only records; these two loops act on what it records.
 
-// Timings of the rollout, from `node start` flags.
+// Timings of the rollout: a node that does not start its turn within 5 s is skipped; a turn,
+// build included, may take 10 minutes.
 var rolloutTimings = consensus.Timings{AckTimeout: 5 * time.Second, SwapTimeout: 10 * time.Minute}
 
 // CommitRequest is what a node sends the leader to commit a version.
@@ -125,10 +126,12 @@ func (a *Agent) commit(n *consensus.Node, req CommitRequest) (CommitResult, erro
 		Version: &consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
 	}, applyTimeout)
 	if err != nil {
-		if errors.Is(err, consensus.ErrSameVersion) {
+		// A refusal (the same version, another still rolling out) is the caller's to fix; a
+		// lost leader or a timeout goes back to onLeader, which tries the next leader.
+		if errors.Is(err, consensus.ErrRefused) {
 			return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
 		}
-		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
+		return CommitResult{}, err
 	}
 	r := n.FSM.Rollout()
 	a.log.Info("committed version", "n", r.Version, "id", Label(id), "order", r.Order)
@@ -213,8 +216,11 @@ func (a *Agent) rolloutAction(n *consensus.Node, req RolloutAction) (CommitResul
 		return CommitResult{}, &APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
 	}
 	err := n.Apply(consensus.Command{Op: consensus.OpRolloutState, N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}, applyTimeout)
-	if err != nil {
+	if errors.Is(err, consensus.ErrRefused) {
 		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
+	}
+	if err != nil {
+		return CommitResult{}, err
 	}
 	return CommitResult{N: r.Version, ID: r.Target}, nil
 }
@@ -239,31 +245,36 @@ func (a *Agent) handleReport(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {
 	c.Time = time.Now().UTC()
 	err := n.Apply(c, applyTimeout)
-	if errors.Is(err, consensus.ErrStale) {
+	if errors.Is(err, consensus.ErrRefused) {
 		return &APIError{Status: http.StatusConflict, Message: err.Error()}
 	}
 	return err
 }
 
 // report sends this node's progress to the leader, retrying through elections: a lost report
-// would stall the rollout until the swap timeout.
-func (a *Agent) report(n int, phase, msg string) {
+// would stall the rollout until the swap timeout. It says whether the log took it: false when the
+// leader refused it (the rollout moved on) or the agent is stopping.
+func (a *Agent) report(n int, phase, msg string) bool {
 	c := consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: phase, Error: msg}
 	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		if a.ctx.Err() != nil {
+			return false // stopping: a stop is not a failure to report
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 		err := a.onLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return a.applyReport(n, c) })
 		cancel()
 		var ae *APIError
-		if err == nil || errors.As(err, &ae) && ae.Status == http.StatusConflict {
-			if err != nil {
-				a.log.Info("report not taken", "phase", phase, "reason", err)
-			}
-			return
+		switch {
+		case err == nil:
+			return true
+		case errors.As(err, &ae) && ae.Status == http.StatusConflict:
+			a.log.Info("report not taken", "phase", phase, "reason", err)
+			return false
 		}
 		a.log.Warn("report", "phase", phase, "attempt", attempt, "err", err)
 		select {
-		case <-a.stop:
-			return
+		case <-a.ctx.Done():
+			return false
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
@@ -307,8 +318,9 @@ func (a *Agent) driveRollouts() {
 // follower is this node's side of rollouts.
 type follower struct {
 	mu       sync.Mutex
-	building map[string]bool // bundle IDs being built now
-	busy     bool            // a turn or catch-up is running
+	building map[int]bool // rollouts whose target this node has started building
+	busy     bool         // a turn or catch-up is running
+	retryAt  time.Time    // a failed catch-up is not tried again before this
 }
 
 // followRollouts is every node's loop: build what was committed, take its turn when granted,
@@ -330,10 +342,14 @@ func (a *Agent) followRollouts() {
 			continue
 		}
 		me := r.Nodes[a.self.Name]
-		if r.Active() && me != nil && (me.Phase == consensus.PhasePending) {
+		forward := r.State == consensus.RolloutRolling || r.State == consensus.RolloutPaused
+		if forward && me != nil && me.Phase == consensus.PhasePending {
 			a.prebuild(r)
 		}
-		if me != nil && (me.Phase == consensus.PhaseGranted || me.Phase == consensus.PhaseSwapping) {
+		// A turn starts only while the rollout goes forward; one already under way (this
+		// agent restarted mid-swap) is finished even while the rollout goes back, which waits
+		// for it.
+		if me != nil && (forward && me.Phase == consensus.PhaseGranted || me.Phase == consensus.PhaseSwapping && (forward || r.State == consensus.RolloutReverting)) {
 			a.turn(r, r.Target, consensus.PhaseRunning)
 			continue
 		}
@@ -349,27 +365,32 @@ func (a *Agent) followRollouts() {
 // builds. A version that does not build fails the rollout before any node swaps.
 func (a *Agent) prebuild(r *consensus.Rollout) {
 	a.fol.mu.Lock()
-	if a.fol.building[r.Target] {
+	if a.fol.building[r.Version] {
 		a.fol.mu.Unlock()
 		return
 	}
-	a.fol.building[r.Target] = true
+	a.fol.building[r.Version] = true
 	a.fol.mu.Unlock()
 	// Build in turn order where nodes share a host (one go build at a time there, see
-	// runtime/build): the first node's build then comes first and the others hit the build
-	// cache. On hosts of their own the stagger costs nothing, as a later node's turn comes
-	// after the earlier nodes' swaps anyway.
+	// runtime/build): the first node's build then comes first and the others take its result.
+	// On hosts of their own the stagger costs nothing, as a later node's turn comes after the
+	// earlier nodes' swaps anyway.
 	stagger := time.Duration(slices.Index(r.Order, a.self.Name)) * 100 * time.Millisecond
+	a.wg.Add(1)
 	go func() {
+		defer a.wg.Done()
 		a.report(r.Version, consensus.PhaseBuilding, "")
 		select {
 		case <-time.After(stagger):
-		case <-a.stop:
+		case <-a.ctx.Done():
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), rolloutTimings.SwapTimeout)
+		ctx, cancel := context.WithTimeout(a.ctx, rolloutTimings.SwapTimeout)
 		defer cancel()
 		err := a.fetchAndBuild(ctx, r.Target)
+		if a.ctx.Err() != nil {
+			return
+		}
 		if err != nil {
 			a.report(r.Version, consensus.PhaseFailed, buildFailure(err))
 			return
@@ -414,24 +435,35 @@ func (a *Agent) turn(r *consensus.Rollout, id, success string) {
 	// One turn per grant, even if the report that ends it takes a moment to come back through
 	// the log: a node never swaps twice for one grant.
 	key := fmt.Sprintf("%d/%s/%s", r.Version, success, r.Nodes[a.self.Name].Granted.Format(time.RFC3339Nano))
-	a.ducksMu.Lock()
-	acted := a.local.Acted == key
-	a.ducksMu.Unlock()
-	if acted || !a.claim() {
+	if a.snapshotLocal().Acted == key || !a.claim() {
 		return
 	}
+	a.wg.Add(1)
 	go func() {
+		defer a.wg.Done()
 		defer a.release()
-		defer a.setActed(key)
 		if success == consensus.PhaseRunning && r.Nodes[a.self.Name].Phase == consensus.PhaseGranted {
-			a.report(r.Version, consensus.PhaseSwapping, "")
+			if !a.report(r.Version, consensus.PhaseSwapping, "") {
+				// The leader did not take the start of the turn (the rollout moved on, or this
+				// agent is stopping): no swap without it.
+				if a.ctx.Err() == nil {
+					a.setActed(key)
+				}
+				return
+			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), rolloutTimings.SwapTimeout)
+		ctx, cancel := context.WithTimeout(a.ctx, rolloutTimings.SwapTimeout)
 		defer cancel()
 		err := a.keepCommitted(id)
 		if err == nil {
 			err = a.switchTo(ctx, id, a.logEvent)
 		}
+		if a.ctx.Err() != nil {
+			// Stopping is not the version's fault: report nothing and leave the turn open, so
+			// the restarted agent takes it again.
+			return
+		}
+		a.setActed(key)
 		if err != nil {
 			a.log.Error("rollout turn failed", "version", r.Version, "err", err)
 			if success == consensus.PhaseRunning {
@@ -455,9 +487,8 @@ func (a *Agent) catchUp(r *consensus.Rollout) {
 		return
 	}
 	key := syncKey(r)
-	a.ducksMu.Lock()
-	synced, have := a.local.Synced, a.local.Version
-	a.ducksMu.Unlock()
+	l := a.snapshotLocal()
+	synced, have := l.Synced, l.Version
 	if synced == key {
 		return
 	}
@@ -466,12 +497,17 @@ func (a *Agent) catchUp(r *consensus.Rollout) {
 		a.setSynced(r)
 		return
 	}
-	if !a.claim() {
+	a.fol.mu.Lock()
+	wait := time.Now().Before(a.fol.retryAt)
+	a.fol.mu.Unlock()
+	if wait || !a.claim() {
 		return
 	}
+	a.wg.Add(1)
 	go func() {
+		defer a.wg.Done()
 		defer a.release()
-		ctx, cancel := context.WithTimeout(context.Background(), rolloutTimings.SwapTimeout)
+		ctx, cancel := context.WithTimeout(a.ctx, rolloutTimings.SwapTimeout)
 		defer cancel()
 		a.log.Info("catching up with the cluster", "version", r.Version, "to", Label(want))
 		err := a.keepCommitted(want)
@@ -479,31 +515,32 @@ func (a *Agent) catchUp(r *consensus.Rollout) {
 			err = a.switchTo(ctx, want, a.logEvent)
 		}
 		if err != nil {
-			a.log.Error("catch up failed; will retry", "err", err)
+			if a.ctx.Err() == nil {
+				a.log.Error("catch up failed; will retry in 5s", "err", err)
+				a.fol.mu.Lock()
+				a.fol.retryAt = time.Now().Add(5 * time.Second)
+				a.fol.mu.Unlock()
+			}
 			return
 		}
 		a.setSynced(r)
 	}()
 }
 
+// syncKey names one step of one rollout; its start time tells it from a rollout of the same
+// number in a cluster this node was in before.
+func syncKey(r *consensus.Rollout) string {
+	return strconv.Itoa(r.Version) + "/" + r.State + "/" + r.Started.Format(time.RFC3339Nano)
+}
+
 func (a *Agent) setActed(key string) {
-	a.ducksMu.Lock()
-	defer a.ducksMu.Unlock()
-	a.local.Acted = key
-	if err := a.saveLocal(); err != nil {
+	if err := a.changeLocal(func(l *localState) { l.Acted = key }); err != nil {
 		a.log.Error("save local state", "err", err)
 	}
 }
 
-func syncKey(r *consensus.Rollout) string {
-	return strconv.Itoa(r.Version) + "/" + r.State
-}
-
 func (a *Agent) setSynced(r *consensus.Rollout) {
-	a.ducksMu.Lock()
-	defer a.ducksMu.Unlock()
-	a.local.Synced = syncKey(r)
-	if err := a.saveLocal(); err != nil {
+	if err := a.changeLocal(func(l *localState) { l.Synced = syncKey(r) }); err != nil {
 		a.log.Error("save local state", "err", err)
 	}
 }

@@ -21,14 +21,8 @@ type Local struct {
 }
 
 func (a *Agent) localView() Local {
-	a.ducksMu.Lock()
-	id := a.local.Version
-	a.ducksMu.Unlock()
-	l := Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: []DuckInfo{}}
-	for _, st := range a.sup.List() {
-		l.Ducks = append(l.Ducks, DuckInfo{Node: a.self.Name, Status: st})
-	}
-	return l
+	id := a.snapshotLocal().Version
+	return Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: a.localDucks()}
 }
 
 // versionLabel names a version as users see it: vN once committed; a loaded but uncommitted one

@@ -39,7 +39,7 @@ func fuzzBases(tb testing.TB) [][]byte {
 		return b
 	}
 	ver := func(src string) *Version {
-		return &Version{ID: "id-" + src, Message: src, Author: "fuzz", Bundle: []byte("bundle of " + src)}
+		return &Version{ID: idOf(src), Message: src, Author: "fuzz", Bundle: []byte("bundle of " + src)}
 	}
 	report := func(n int, name, phase string, s int) {
 		do(Command{Op: OpReport, N: n, Name: name, Phase: phase, Time: at(s)})
@@ -132,9 +132,9 @@ var fuzzCommands = []Command{
 	{Op: OpRegister, Member: &Member{}},
 	{Op: OpRegister},
 	{Op: OpUnregister, Name: "b"},
-	{Op: OpCommit, Version: &Version{ID: "id-v9", Bundle: []byte("x")}, Time: time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)},
-	{Op: OpCommit, Version: &Version{ID: "id-v1", Bundle: []byte("bundle of v1")}},
-	{Op: OpCommit, Version: &Version{ID: "id-v9"}},
+	{Op: OpCommit, Version: &Version{ID: idOf("v9"), Bundle: []byte("x")}, Time: time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)},
+	{Op: OpCommit, Version: &Version{ID: idOf("v1"), Bundle: []byte("bundle of v1")}},
+	{Op: OpCommit, Version: &Version{ID: idOf("v9")}},
 	{Op: OpGrant, N: 2, Name: "c", Phase: PhaseGranted},
 	{Op: OpGrant, N: 2, Name: "a", Phase: PhaseReverting},
 	{Op: OpGrant, N: 2, Name: "a", Phase: PhaseRunning},

@@ -26,6 +26,11 @@ import (
 // ErrNotLeader means the call must be made on the leader; callers forward it there.
 var ErrNotLeader = raft.ErrNotLeader
 
+// ErrRefused wraps the FSM's refusal of a committed command (a version already rolling out, a
+// report about another rollout): the log worked, the command was not valid. Anything else Apply
+// returns is Raft's own error (lost leadership, a timeout) and may be tried again.
+var ErrRefused = errors.New("refused")
+
 // ErrNameTaken means another node already uses the name in this cluster.
 var ErrNameTaken = errors.New("name already in the cluster")
 
@@ -218,7 +223,7 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 		return err
 	}
 	if err, ok := f.Response().(error); ok {
-		return err
+		return fmt.Errorf("%w: %w", ErrRefused, err)
 	}
 	return nil
 }

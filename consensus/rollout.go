@@ -2,6 +2,8 @@ package consensus
 
 import (
 	"fmt"
+	"maps"
+	"regexp"
 	"slices"
 	"time"
 )
@@ -217,10 +219,11 @@ func (r *Rollout) Next(now time.Time, t Timings) Step {
 		for _, name := range r.Order {
 			nr := r.Nodes[name]
 			switch {
-			case nr.Phase == PhaseGranted && now.Sub(nr.Since) > t.AckTimeout:
-				return r.report(name, PhaseSkipped, fmt.Sprintf("no answer within %s of its turn: down? it goes back by itself when it returns", t.AckTimeout), now)
-			case nr.Phase == PhaseGranted, nr.Phase == PhaseSwapping:
-				if nr.Phase == PhaseSwapping && now.Sub(nr.Since) > t.SwapTimeout {
+			case nr.Phase == PhaseGranted:
+				// Not started yet: it never will, the rollout is going back.
+				return r.report(name, PhaseSkipped, "granted, but the rollout went back before it started", now)
+			case nr.Phase == PhaseSwapping:
+				if now.Sub(nr.Since) > t.SwapTimeout {
 					return r.report(name, PhaseFailed, fmt.Sprintf("swap took over %s", t.SwapTimeout), now)
 				}
 				return Step{Why: "waiting for " + name + " to finish its turn before going back"}
@@ -251,8 +254,12 @@ func (r *Rollout) report(name, phase, msg string, now time.Time) Step {
 
 // commit records a new version and starts its rollout.
 func (s *State) commit(c Command) error {
-	if c.Version == nil || c.Version.ID == "" || len(c.Version.Bundle) == 0 {
+	if c.Version == nil || len(c.Version.Bundle) == 0 {
 		return fmt.Errorf("commit without a bundle")
+	}
+	if !validID.MatchString(c.Version.ID) {
+		// The ID names folders on every node: it must be the sha256 and nothing else.
+		return fmt.Errorf("commit of %q: a version ID is the bundle's sha256 in 64 lowercase hex digits", c.Version.ID)
 	}
 	if s.Rollout.Active() {
 		if s.Rollout.Target == c.Version.ID {
@@ -282,7 +289,7 @@ func (s *State) commit(c Command) error {
 		}
 	}
 	r := &Rollout{
-		Version: v.N, Target: v.ID, Order: slices.Sorted(mapKeys(s.Members)),
+		Version: v.N, Target: v.ID, Order: slices.Sorted(maps.Keys(s.Members)),
 		Nodes: map[string]*NodeRollout{}, State: RolloutRolling, Canary: c.Canary,
 		AutoRevert: !c.NoRevert, Started: c.Time,
 	}
@@ -315,15 +322,7 @@ func (s *State) current() *Version {
 	return nil
 }
 
-func mapKeys[V any](m map[string]V) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
-}
+var validID = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
 // rolloutFor checks that a command is about the current rollout.
 func (s *State) rolloutFor(c Command) (*Rollout, error) {
@@ -371,10 +370,20 @@ func (s *State) report(c Command) error {
 			nr.Built = c.Time
 		}
 	case PhaseSwapping:
-		if nr.Phase != PhaseGranted {
-			return fmt.Errorf("%w: %s was not granted a swap", ErrStale, c.Name)
+		// A turn starts only while the rollout goes forward: a node granted before a halt or
+		// a revert must not swap to a version already known to fail.
+		if nr.Phase != PhaseGranted || r.State != RolloutRolling && r.State != RolloutPaused {
+			return fmt.Errorf("%w: %s may not start a swap (it is %s, the rollout %s)", ErrStale, c.Name, nr.Phase, r.State)
 		}
-	case PhaseRunning, PhaseReverted, PhaseFailed, PhaseSkipped:
+	case PhaseRunning:
+		if nr.Phase != PhaseGranted && nr.Phase != PhaseSwapping {
+			return fmt.Errorf("%w: %s reports running but was not in its turn (it is %s)", ErrStale, c.Name, nr.Phase)
+		}
+	case PhaseReverted:
+		if nr.Phase != PhaseReverting {
+			return fmt.Errorf("%w: %s reports going back but was not asked to (it is %s)", ErrStale, c.Name, nr.Phase)
+		}
+	case PhaseFailed, PhaseSkipped:
 	default:
 		return fmt.Errorf("unknown phase %q", c.Phase)
 	}

@@ -1,6 +1,8 @@
 package consensus
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"slices"
@@ -52,7 +54,7 @@ func apply(t *testing.T, f *FSM, c Command) error {
 func commit(t *testing.T, f *FSM, clk *clock, src string, canary bool) error {
 	t.Helper()
 	return apply(t, f, Command{Op: OpCommit, Time: clk.now(), Canary: canary,
-		Version: &Version{ID: "id-" + src, Message: src, Bundle: []byte(src)}})
+		Version: &Version{ID: idOf(src), Message: src, Bundle: []byte(src)}})
 }
 
 // drive plays leader and nodes until the rollout needs nobody: the leader commits what Next
@@ -114,7 +116,7 @@ func TestRolloutUpgradesOneNodeAtATimeInOrder(t *testing.T) {
 		t.Fatalf("grants %v, want %v", grants, want)
 	}
 	r = f.Rollout()
-	if r.State != RolloutDone || r.Desired("b") != "id-v2" {
+	if r.State != RolloutDone || r.Desired("b") != idOf("v2") {
 		t.Fatalf("after rollout: %s, b should run %s", r.State, r.Desired("b"))
 	}
 	if v, _ := f.Current(); v.N != 2 {
@@ -157,7 +159,7 @@ func TestFailureHaltsAndRevertsInReverseOrder(t *testing.T) {
 		t.Fatalf("rollout %s (%s)", r.State, r.Reason)
 	}
 	for _, n := range r.Order {
-		if r.Desired(n) != "id-v1" {
+		if r.Desired(n) != idOf("v1") {
 			t.Fatalf("%s should be back on v1, desired %s", n, r.Desired(n))
 		}
 	}
@@ -178,7 +180,7 @@ func TestBuildFailureHaltsBeforeAnySwap(t *testing.T) {
 	if len(grants) != 0 {
 		t.Fatalf("a version that does not build was granted: %v", grants)
 	}
-	if r := f.Rollout(); r.State != RolloutReverted || r.Desired("a") != "id-v1" {
+	if r := f.Rollout(); r.State != RolloutReverted || r.Desired("a") != idOf("v1") {
 		t.Fatalf("rollout %s; a desired %s", r.State, r.Desired("a"))
 	}
 }
@@ -223,7 +225,7 @@ func TestNodeThatNeverAnswersIsSkipped(t *testing.T) {
 	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != RolloutDone {
 		t.Fatalf("after skipping a: grants %v, state %s", grants, f.Rollout().State)
 	}
-	if f.Rollout().Desired("a") != "id-v2" {
+	if f.Rollout().Desired("a") != idOf("v2") {
 		t.Fatal("a skipped node must catch up to the target when it returns")
 	}
 }
@@ -314,8 +316,14 @@ func TestFailureWhileAnotherNodeSwapsRevertsThatNodeToo(t *testing.T) {
 		t.Fatalf("grants %v, state %s; want a taken back", grants, f.Rollout().State)
 	}
 	for _, n := range []string{"a", "b", "c"} {
-		if d := f.Rollout().Desired(n); d != "id-v1" {
+		if d := f.Rollout().Desired(n); d != idOf("v1") {
 			t.Fatalf("%s should run v1 after the revert, desired %s", n, d)
 		}
 	}
+}
+
+// idOf is the version ID the tests give a source: its sha256, as a real bundle's.
+func idOf(src string) string {
+	sum := sha256.Sum256([]byte(src))
+	return hex.EncodeToString(sum[:])
 }

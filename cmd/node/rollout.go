@@ -32,7 +32,6 @@ func runDeploy(args []string) error {
 	canary := fs.Bool("canary", false, "upgrade the first node only, then wait for `rollout resume` or `rollout undo`")
 	detach := fs.Bool("detach", false, "return once the version is committed")
 	noRevert := fs.Bool("no-revert", false, "on failure, leave upgraded nodes as they are instead of going back")
-	c.timeout = 15 * time.Minute
 	pos, err := parse(fs, args, "DIR")
 	if err != nil {
 		return err
@@ -52,7 +51,8 @@ func runDeploy(args []string) error {
 	if *noRevert {
 		q.Set("no_revert", "1")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	// --timeout bounds the commit; the rollout is followed for as long as it takes.
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	var res agent.CommitResult
 	err = api.Stream(ctx, c.addr, http.MethodPost, "/v1/deploy?"+q.Encode(), bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {

@@ -341,7 +341,13 @@ func short(id string) string {
 // as long as all of them together, while one after another the first finishes at its own speed
 // and the others find its work in the shared build cache. Nodes on separate hosts do not meet.
 func hostLock(ctx context.Context) (func(), error) {
-	f, err := os.OpenFile(filepath.Join(os.TempDir(), "duckraft-build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	// In the user's own cache folder, not /tmp, where another user could hold it.
+	dir, err := os.UserCacheDir()
+	if err != nil {
+		dir = os.TempDir()
+	}
+	os.MkdirAll(filepath.Join(dir, "duckraft"), 0o700)
+	f, err := os.OpenFile(filepath.Join(dir, "duckraft", "build.lock"), os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return func() {}, nil // no lock to be had: build anyway, only slower
 	}

@@ -426,7 +426,7 @@ func (d *duck) crashed(why string) {
 		d.cur = nil
 		if len(d.crashes) > d.cfg.MaxRestarts {
 			d.state = "failed"
-			d.lastErr = fmt.Sprintf("gave up after %d crashes within %s; last: %s; fix the duck, then stop it and start it again", len(d.crashes), d.cfg.Window, why)
+			d.lastErr = fmt.Sprintf("gave up after %d crashes within %s; last: %s; fix the duck, then `stop` it and `spawn` it again", len(d.crashes), d.cfg.Window, why)
 			d.mu.Unlock()
 			d.log.Error("duck failed: crashing too often", "crashes", len(d.crashes), "window", d.cfg.Window, "last", why)
 			return
@@ -468,7 +468,7 @@ func (d *duck) swap(op swapOp) error {
 		return err
 	}
 	if old == nil {
-		return fail("the duck is %s (%s); stop it and start it again with the new binary", state, d.status().LastError)
+		return fail("the duck is %s (%s); `stop` it and `spawn` it again", state, d.status().LastError)
 	}
 	stable, prev, versionFile := d.path(binaryName), d.path(prevName), d.path(versionName)
 	tmp, err := stage(d.dir, op.binary)

@@ -358,7 +358,7 @@ func (s *Supervisor) duck(id string) (*duck, error) {
 	defer s.mu.Unlock()
 	d, ok := s.ducks[id]
 	if !ok {
-		return nil, fmt.Errorf("supervise: duck %q: %w on this node; see List for the ducks it runs", id, ErrUnknownDuck)
+		return nil, fmt.Errorf("supervise: duck %q: %w on this node; `ducks` lists the ducks it runs", id, ErrUnknownDuck)
 	}
 	return d, nil
 }
