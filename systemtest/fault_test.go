@@ -175,3 +175,31 @@ func TestDiskWriteFailingHaltsAtThatNode(t *testing.T) {
 		t.Fatalf("deploy after mending the disk:\n%s", out)
 	}
 }
+
+// A node stopped (SIGTERM) in the middle of its turn is not a failed version: the rollout waits,
+// and the restarted node takes its turn again; the cluster never goes back.
+func TestNodeStoppedMidTurnTakesItAgain(t *testing.T) {
+	dc := newDuckCluster(t)
+	postInitial(t, dc)
+	b := dc.nodes[1]
+	cli(t, dc.c, dc.nodes[0].API, "deploy", "--detach", "../testdata/duck-slow")
+	waitPhase(t, dc, dc.nodes[0].API, 2, "b", consensus.PhaseSwapping)
+	if err := b.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r := rolloutOf(t, dc.c, dc.nodes[0].API).Rollout; r.State != consensus.RolloutRolling || r.Nodes["b"].Phase != consensus.PhaseSwapping {
+		t.Fatalf("after b stopped mid-turn the rollout is %s and b %s (%s); want it still rolling, b still in its turn", r.State, r.Nodes["b"].Phase, r.Reason)
+	}
+	if err := b.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the rollout to complete", 90*time.Second, func() bool {
+		return rolloutOf(t, dc.c, dc.nodes[0].API).Rollout.State == consensus.RolloutDone
+	})
+	for name, addr := range dc.ducks {
+		waitFor(t, "the duck on "+name+" on version 2", 30*time.Second, func() bool {
+			got, err := askDuck("GET", addr)
+			return err == nil && got.Version == "v2" && got.Count == 1
+		})
+	}
+}
