@@ -370,6 +370,11 @@ func (s *State) report(c Command) error {
 			nr.Built = c.Time
 		}
 	case PhaseSwapping:
+		if nr.Phase == PhaseSwapping {
+			// Said again: a node restarted mid-turn replays the log, sees its grant before its
+			// own report and reports once more. The turn goes on.
+			return nil
+		}
 		// A turn starts only while the rollout goes forward: a node granted before a halt or
 		// a revert must not swap to a version already known to fail.
 		if nr.Phase != PhaseGranted || r.State != RolloutRolling && r.State != RolloutPaused {

@@ -327,3 +327,20 @@ func idOf(src string) string {
 	sum := sha256.Sum256([]byte(src))
 	return hex.EncodeToString(sum[:])
 }
+
+func TestSwappingReportedTwiceIsTheSameTurn(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	for _, n := range []string{"a", "b", "c"} {
+		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: PhaseBuilt, Time: clk.now()})
+	}
+	mustApply(t, f, f.Rollout().Next(clk.now(), timings).Command) // grant a
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()})
+	since := f.Rollout().Nodes["a"].Since
+	if err := apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()}); err != nil {
+		t.Fatalf("a node restarted mid-turn reporting swapping again: %v", err)
+	}
+	if nr := f.Rollout().Nodes["a"]; nr.Phase != PhaseSwapping || !nr.Since.Equal(since) {
+		t.Fatalf("the repeated report changed the turn: %+v", nr)
+	}
+}
