@@ -280,21 +280,26 @@ func (a *Agent) report(n int, phase, msg string) bool {
 	}
 }
 
+// nextRound waits for the rollout loops' next look at the log: woken by the log (a grant, a
+// report) at once, while the ticker catches what the log does not announce (timeouts, a leader
+// change, a Raft reset on connect). False once the agent stops.
+func (a *Agent) nextRound(t *time.Ticker) bool {
+	select {
+	case <-a.stop:
+		return false
+	case <-t.C:
+	case <-a.Node().FSM.Changed():
+	}
+	return true
+}
+
 // driveRollouts is the leader's loop: it commits whatever Rollout.Next says. Only the leader
 // acts, and since the next step is a function of the log alone, a new leader continues exactly
 // where the old one stopped.
 func (a *Agent) driveRollouts() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	for {
-		// Woken by the log (a grant, a report) at once; the ticker catches what the log does
-		// not announce: timeouts, a leader change, a Raft reset on connect.
-		select {
-		case <-a.stop:
-			return
-		case <-t.C:
-		case <-a.Node().FSM.Changed():
-		}
+	for a.nextRound(t) {
 		n := a.Node()
 		if !n.IsLeader() {
 			continue
@@ -328,15 +333,7 @@ type follower struct {
 func (a *Agent) followRollouts() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	for {
-		// Woken by the log (a grant, a report) at once; the ticker catches what the log does
-		// not announce: timeouts, a leader change, a Raft reset on connect.
-		select {
-		case <-a.stop:
-			return
-		case <-t.C:
-		case <-a.Node().FSM.Changed():
-		}
+	for a.nextRound(t) {
 		r := a.Node().FSM.Rollout()
 		if r == nil {
 			continue
