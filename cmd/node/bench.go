@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -35,22 +33,12 @@ func runBench(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	bin, err := os.Executable()
+	c, v1, _, err := tempCluster("duckraft-bench-")
 	if err != nil {
 		return err
 	}
-	root, err := os.MkdirTemp("", "duckraft-bench-")
-	if err != nil {
-		return err
-	}
+	root := c.Root
 	defer os.RemoveAll(root)
-	v1, _, err := demoSources(root)
-	if err != nil {
-		return err
-	}
-	secret := make([]byte, 16)
-	rand.Read(secret)
-	c := &localcluster.Cluster{Bin: bin, Root: root, Cookie: hex.EncodeToString(secret)}
 	defer c.StopAll(20 * time.Second)
 	ctx := context.Background()
 	run := func(addr string, args ...string) (string, error) {
@@ -84,9 +72,7 @@ func runBench(args []string) error {
 		if err != nil {
 			return err
 		}
-		var id, addr string
-		fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr)
-		ducks[n.Name] = addr
+		ducks[n.Name] = spawnedAddr(out, n.Name)
 	}
 
 	// Raft: the leader commits empty entries one after another.

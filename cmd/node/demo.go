@@ -34,24 +34,14 @@ func runDemo(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	bin, err := os.Executable()
-	if err != nil {
-		return fmt.Errorf("find this binary to start nodes with: %w", err)
-	}
-	root, err := os.MkdirTemp("", "duckraft-demo-")
+	c, v1, v2, err := tempCluster("duckraft-demo-")
 	if err != nil {
 		return err
 	}
+	root := c.Root
 	if !*keep {
 		defer os.RemoveAll(root)
 	}
-	v1, v2, err := demoSources(root)
-	if err != nil {
-		return err
-	}
-	secret := make([]byte, 16)
-	rand.Read(secret)
-	c := &localcluster.Cluster{Bin: bin, Root: root, Cookie: hex.EncodeToString(secret)}
 	if *verbose {
 		c.Output = os.Stderr
 	}
@@ -112,9 +102,7 @@ func runDemo(args []string) error {
 			return fmt.Errorf("spawn on %s: %w", n.Name, err)
 		}
 		fmt.Print("  " + out)
-		var id, addr string
-		fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr)
-		ducks[n.Name] = addr
+		ducks[n.Name] = spawnedAddr(out, n.Name)
 	}
 
 	step("the ducks quack (their output comes home) while clients POST /quack to every duck")
@@ -148,6 +136,34 @@ func runDemo(args []string) error {
 }
 
 // demoSources writes the two duck versions the binary carries into root/src.
+// tempCluster is a cluster of this binary's nodes in a new temporary folder, with a random
+// cookie and the two duck versions written there: what the demo and the bench start from. The
+// caller removes c.Root.
+func tempCluster(prefix string) (c *localcluster.Cluster, v1, v2 string, err error) {
+	bin, err := os.Executable()
+	if err != nil {
+		return nil, "", "", fmt.Errorf("find this binary to start nodes with: %w", err)
+	}
+	root, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		return nil, "", "", err
+	}
+	if v1, v2, err = demoSources(root); err != nil {
+		os.RemoveAll(root)
+		return nil, "", "", err
+	}
+	secret := make([]byte, 16)
+	rand.Read(secret)
+	return &localcluster.Cluster{Bin: bin, Root: root, Cookie: hex.EncodeToString(secret)}, v1, v2, nil
+}
+
+// spawnedAddr is the duck's address in what `spawn` printed for node.
+func spawnedAddr(out, node string) string {
+	var id, addr string
+	fmt.Sscanf(out, "%s on "+node+" serving http://%s", &id, &addr)
+	return addr
+}
+
 func demoSources(root string) (v1, v2 string, err error) {
 	for _, d := range []struct{ from, to string }{{"duck/main.go", "duck"}, {"testdata/duck-v2/main.go", "duck-v2"}} {
 		b, err := duckraft.Demo.ReadFile(d.from)
