@@ -228,15 +228,20 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 	return nil
 }
 
+// leaderServers is Raft's configuration, for a change only the leader may make.
+func (n *Node) leaderServers() ([]raft.Server, error) {
+	if !n.IsLeader() {
+		return nil, ErrNotLeader
+	}
+	return n.Servers()
+}
+
 // Join adds m to the cluster as a non-voter and records its addresses. A new member only votes
 // once it has caught up (see Promote): added as a voter at once, a node that never comes up
 // would leave a cluster of one without a majority. Join is idempotent for a node already in the
 // cluster at the same Raft address, and refuses a name or an address another node holds.
 func (n *Node) Join(m Member, timeout time.Duration) error {
-	if !n.IsLeader() {
-		return ErrNotLeader
-	}
-	servers, err := n.Servers()
+	servers, err := n.leaderServers()
 	if err != nil {
 		return err
 	}
@@ -258,10 +263,7 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 
 // Promote makes a member that has caught up with the log a voter.
 func (n *Node) Promote(name string, timeout time.Duration) error {
-	if !n.IsLeader() {
-		return ErrNotLeader
-	}
-	servers, err := n.Servers()
+	servers, err := n.leaderServers()
 	if err != nil {
 		return err
 	}

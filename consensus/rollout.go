@@ -333,14 +333,23 @@ func (s *State) rolloutFor(c Command) (*Rollout, error) {
 	return r, nil
 }
 
-func (s *State) grant(c Command) error {
+// nodeFor finds the current rollout and the commanded node's part in it.
+func (s *State) nodeFor(c Command) (*Rollout, *NodeRollout, error) {
 	r, err := s.rolloutFor(c)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	nr, ok := r.Nodes[c.Name]
 	if !ok {
-		return fmt.Errorf("%s is not in version %d's rollout", c.Name, c.N)
+		return nil, nil, fmt.Errorf("%s is not in version %d's rollout", c.Name, c.N)
+	}
+	return r, nr, nil
+}
+
+func (s *State) grant(c Command) error {
+	_, nr, err := s.nodeFor(c)
+	if err != nil {
+		return err
 	}
 	if c.Phase != PhaseGranted && c.Phase != PhaseReverting {
 		return fmt.Errorf("cannot grant %q", c.Phase)
@@ -350,13 +359,9 @@ func (s *State) grant(c Command) error {
 }
 
 func (s *State) report(c Command) error {
-	r, err := s.rolloutFor(c)
+	r, nr, err := s.nodeFor(c)
 	if err != nil {
 		return err
-	}
-	nr, ok := r.Nodes[c.Name]
-	if !ok {
-		return fmt.Errorf("%s is not in version %d's rollout", c.Name, c.N)
 	}
 	switch c.Phase {
 	case PhaseBuilding, PhaseBuilt:
