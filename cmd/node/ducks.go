@@ -221,9 +221,7 @@ func runDucks(args []string) error {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(ds)
+		return printJSON(ds)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DUCK\tNODE\tVERSION\tSTATE\tADDR\tPID\tGEN\tRESTARTS\tUP")
