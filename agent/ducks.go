@@ -30,6 +30,9 @@ import (
 // localState is what this node runs, saved in local.json.
 type localState struct {
 	Version string       `json:"version,omitempty"` // bundle ID loaded here
+	// Label is how Version was shown when it was loaded ("v3"), so that ducks restarted before
+	// the node has replayed its log still say v3, not a bare bundle ID.
+	Label string `json:"label,omitempty"`
 	Ducks   []duckRecord `json:"ducks"`
 	NextID  int          `json:"next_id"`
 	// Synced is the rollout step (version/state) this node last caught up with; Acted the last
@@ -232,7 +235,7 @@ func (a *Agent) load(ctx context.Context, data []byte, s *streamer) error {
 	if err := a.keepBundle(id, data); err != nil {
 		return err
 	}
-	return a.switchTo(ctx, id, s.event)
+	return a.switchTo(ctx, id, 0, s.event)
 }
 
 // keepBundle stores a version's bundle in the data folder, so the node can rebuild it after its
@@ -254,7 +257,9 @@ func (a *Agent) keepBundle(id string, data []byte) error {
 // switchTo builds version id (its bundle already kept) and swaps every duck on this node to it,
 // one at a time. If a duck does not come up on it, the ducks already swapped go back and the
 // node stays on the version it ran.
-func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) error {
+//
+// healthy is how long each new duck must stay up after Ready (0: the node's --healthy).
+func (a *Agent) switchTo(ctx context.Context, id string, healthy time.Duration, event func(Event)) error {
 	v := a.duckVersion(id)
 	event(Event{Phase: "building", Version: v})
 	bin, err := a.binary(ctx, id)
@@ -280,7 +285,7 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 	for _, d := range l.Ducks {
 		event(Event{Phase: "swapping", Duck: d.ID, Version: v})
 		t0 := time.Now()
-		err := a.swapOrStart(ctx, d, v, bin)
+		err := a.swapOrStart(ctx, d, v, bin, healthy)
 		a.metrics.swapped(time.Since(t0), err)
 		if err != nil {
 			a.revert(ctx, old, swapped, event)
@@ -290,7 +295,7 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 		event(Event{Phase: "swapped", Duck: d.ID, Version: v})
 	}
 	err = a.changeLocal(func(l *localState) {
-		l.Version = id
+		l.Version, l.Label = id, v
 		for i := range l.Ducks {
 			l.Ducks[i].Version = ""
 		}
@@ -305,9 +310,9 @@ func (a *Agent) switchTo(ctx context.Context, id string, event func(Event)) erro
 // swapOrStart swaps a running duck to bin; one that is not running (it could not be restarted,
 // or its supervisor gave up on it) is started afresh on bin instead, so that one broken duck
 // does not fail every version its node is given.
-func (a *Agent) swapOrStart(ctx context.Context, d duckRecord, v, bin string) error {
+func (a *Agent) swapOrStart(ctx context.Context, d duckRecord, v, bin string, healthy time.Duration) error {
 	if st, ok := a.sup.Get(d.ID); ok && st.State != "failed" {
-		return a.sup.Swap(ctx, d.ID, v, bin)
+		return a.sup.Swap(ctx, d.ID, v, bin, healthy)
 	}
 	a.sup.Stop(ctx, d.ID) // forget a given-up duck; nothing to do for an unknown one
 	return a.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: v, Binary: bin, Addr: d.Addr, Env: d.Env})
@@ -326,7 +331,7 @@ func (a *Agent) revert(ctx context.Context, old string, ids []string, event func
 	v := a.duckVersion(old)
 	for _, id := range slices.Backward(ids) {
 		event(Event{Phase: "reverting", Duck: id, Version: v})
-		if err := a.sup.Swap(ctx, id, v, bin); err != nil {
+		if err := a.sup.Swap(ctx, id, v, bin, 0); err != nil {
 			a.log.Error("revert duck", "duck", id, "err", err)
 		}
 	}

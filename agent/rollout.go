@@ -9,11 +9,11 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
@@ -23,10 +23,6 @@ import (
 // version as soon as it is committed, swaps its ducks when granted, and reports through the log.
 // The FSM only records; these two loops act on what it records.
 
-// Timings of the rollout: a node that does not start its turn within 5 s is skipped; a turn,
-// build included, may take 10 minutes.
-var rolloutTimings = consensus.Timings{AckTimeout: 5 * time.Second, SwapTimeout: 10 * time.Minute}
-
 // CommitRequest is what a node sends the leader to commit a version.
 type CommitRequest struct {
 	Bundle   []byte `json:"bundle"`
@@ -34,6 +30,8 @@ type CommitRequest struct {
 	Author   string `json:"author,omitempty"`
 	Canary   bool   `json:"canary,omitempty"`
 	NoRevert bool   `json:"no_revert,omitempty"`
+	// Policy is the rollout's rules; zero fields take rollout's defaults.
+	Policy rollout.Policy `json:"policy,omitzero"`
 }
 
 // CommitResult names the version committed.
@@ -53,6 +51,22 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 	}
 	q := r.URL.Query()
 	req := CommitRequest{Bundle: data, Message: q.Get("m"), Author: q.Get("author"), Canary: q.Get("canary") == "1", NoRevert: q.Get("no_revert") == "1"}
+	for name, d := range map[string]*time.Duration{
+		"start_deadline": &req.Policy.StartDeadline, "build_deadline": &req.Policy.BuildDeadline,
+		"progress_deadline": &req.Policy.ProgressDeadline, "healthy": &req.Policy.Healthy, "down_after": &req.Policy.DownAfter,
+	} {
+		if v := q.Get(name); v != "" {
+			var err error
+			if *d, err = time.ParseDuration(v); err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a duration: use one such as 30s or 2m", name, v))
+				return
+			}
+		}
+	}
+	if err := req.Policy.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	a.answerCommit(w, r, req)
 }
 
@@ -122,7 +136,7 @@ func (a *Agent) handleCommit(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) commit(n *consensus.Node, req CommitRequest) (CommitResult, error) {
 	id := bundle.Sum(req.Bundle)
 	err := n.Apply(consensus.Command{
-		Op: consensus.OpCommit, Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert,
+		Op: consensus.OpCommit, Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert, Policy: &req.Policy,
 		Version: &consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
 	}, applyTimeout)
 	if err != nil {
@@ -149,10 +163,10 @@ type VersionInfo struct {
 
 // RolloutView is the cluster's rollout picture, the same from every node that has caught up.
 type RolloutView struct {
-	Leader   string               `json:"leader"`
-	Rollout  *consensus.Rollout   `json:"rollout,omitempty"`
-	Past     []*consensus.Rollout `json:"past,omitempty"`
-	Versions []VersionInfo        `json:"versions"`
+	Leader   string             `json:"leader"`
+	Rollout  *rollout.Rollout   `json:"rollout,omitempty"`
+	Past     []*rollout.Rollout `json:"past,omitempty"`
+	Versions []VersionInfo      `json:"versions"`
 }
 
 func (a *Agent) rolloutView() RolloutView {
@@ -196,12 +210,12 @@ func (a *Agent) rolloutAction(n *consensus.Node, req RolloutAction) (CommitResul
 	if r == nil {
 		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: "nothing has been deployed yet"}
 	}
-	state := ""
+	var state rollout.State
 	switch req.Action {
 	case "pause":
-		state = consensus.RolloutPaused
+		state = rollout.Paused
 	case "resume":
-		state = consensus.RolloutRolling
+		state = rollout.Rolling
 	case "undo":
 		if req.To != 0 {
 			// Going back to any kept version is a new rollout of its bundle.
@@ -211,7 +225,7 @@ func (a *Agent) rolloutAction(n *consensus.Node, req RolloutAction) (CommitResul
 			}
 			return a.commit(n, CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo"})
 		}
-		state = consensus.RolloutReverting
+		state = rollout.GoingBack
 	default:
 		return CommitResult{}, &APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
 	}
@@ -254,7 +268,7 @@ func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {
 // report sends this node's progress to the leader, retrying through elections: a lost report
 // would stall the rollout until the swap timeout. It says whether the log took it: false when the
 // leader refused it (the rollout moved on) or the agent is stopping.
-func (a *Agent) report(n int, phase, msg string) bool {
+func (a *Agent) report(n int, phase rollout.Phase, msg string) bool {
 	c := consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: phase, Error: msg}
 	for attempt := 0; ; attempt++ {
 		if a.ctx.Err() != nil {
@@ -293,9 +307,9 @@ func (a *Agent) nextRound(t *time.Ticker) bool {
 	return true
 }
 
-// driveRollouts is the leader's loop: it commits whatever Rollout.Next says. Only the leader
-// acts, and since the next step is a function of the log alone, a new leader continues exactly
-// where the old one stopped.
+// driveRollouts is the leader's loop: it commits whatever Rollout.Next says, with Raft's view
+// of which members it still reaches. Only the leader acts, and since the next step is a
+// function of the log and that view alone, a new leader continues where the old one stopped.
 func (a *Agent) driveRollouts() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -308,28 +322,30 @@ func (a *Agent) driveRollouts() {
 		if !r.Active() {
 			continue
 		}
-		step := r.Next(time.Now().UTC(), rolloutTimings)
-		if step.Command.Op == "" {
+		now := time.Now().UTC()
+		step := r.Next(now, n.Silence())
+		if step.Op == "" {
 			continue
 		}
-		if err := n.Apply(step.Command, applyTimeout); err != nil {
+		if err := n.Apply(consensus.StepCommand(r, step, now), applyTimeout); err != nil {
 			a.log.Warn("rollout step", "step", step.Why, "err", err)
 			continue
 		}
-		a.log.Info("rollout", "version", r.Version, "step", step.Command.Op, "node", step.Command.Name, "phase", step.Command.Phase, "state", step.Command.State)
+		a.log.Info("rollout", "version", r.Version, "step", step.Op, "node", step.Node, "phase", step.Phase, "state", step.State, "why", step.Message)
 	}
 }
 
 // follower is this node's side of rollouts.
 type follower struct {
 	mu       sync.Mutex
-	building map[int]bool // rollouts whose target this node has started building
+	building map[int]bool // rollouts whose target this process has started building
 	busy     bool         // a turn or catch-up is running
 	retryAt  time.Time    // a failed catch-up is not tried again before this
 }
 
 // followRollouts is every node's loop: build what was committed, take its turn when granted,
-// catch up with the cluster when it comes back from being away.
+// catch up with the cluster once a rollout has ended. What to do is rollout.Follow's decision;
+// this loop only carries it out.
 func (a *Agent) followRollouts() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -338,29 +354,37 @@ func (a *Agent) followRollouts() {
 		if r == nil {
 			continue
 		}
-		me := r.Nodes[a.self.Name]
-		forward := r.State == consensus.RolloutRolling || r.State == consensus.RolloutPaused
-		if forward && me != nil && me.Phase == consensus.PhasePending {
+		a.fol.mu.Lock()
+		building := a.fol.building[r.Version]
+		a.fol.mu.Unlock()
+		if r.NeedsBuild(a.self.Name, building) {
 			a.prebuild(r)
 		}
-		// A turn starts only while the rollout goes forward; one already under way (this
-		// agent restarted mid-swap) is finished even while the rollout goes back, which waits
-		// for it.
-		if me != nil && (forward && me.Phase == consensus.PhaseGranted || me.Phase == consensus.PhaseSwapping && (forward || r.State == consensus.RolloutReverting)) {
-			a.turn(r, r.Target, consensus.PhaseRunning)
+		a.fol.mu.Lock()
+		busy := a.fol.busy
+		a.fol.mu.Unlock()
+		if busy {
+			// One duty at a time: a turn under way changes what this node runs, so what to do
+			// next is decided once it is over (deciding now marked a node synced on the
+			// version it was leaving).
 			continue
 		}
-		if me != nil && me.Phase == consensus.PhaseReverting {
-			a.turn(r, r.FromID, consensus.PhaseReverted)
-			continue
+		l := a.snapshotLocal()
+		duty := r.Follow(a.self.Name, rollout.Local{Have: l.Version, Acted: l.Acted, Synced: l.Synced})
+		switch duty.Kind {
+		case rollout.Turn:
+			a.turn(r, duty)
+		case rollout.CatchUp:
+			a.catchUp(r, duty)
+		case rollout.MarkSynced:
+			a.setSynced(duty.Key)
 		}
-		a.catchUp(r)
 	}
 }
 
 // prebuild starts building the rollout's target at once, so that the rollout waits on swaps, not
 // builds. A version that does not build fails the rollout before any node swaps.
-func (a *Agent) prebuild(r *consensus.Rollout) {
+func (a *Agent) prebuild(r *rollout.Rollout) {
 	a.fol.mu.Lock()
 	if a.fol.building[r.Version] {
 		a.fol.mu.Unlock()
@@ -372,27 +396,30 @@ func (a *Agent) prebuild(r *consensus.Rollout) {
 	// runtime/build): the first node's build then comes first and the others take its result.
 	// On hosts of their own the stagger costs nothing, as a later node's turn comes after the
 	// earlier nodes' swaps anyway.
-	stagger := time.Duration(slices.Index(r.Order, a.self.Name)) * 100 * time.Millisecond
+	stagger := time.Duration(min(slices.Index(r.Order, a.self.Name), 20)) * 100 * time.Millisecond
+	deadline := r.Started.Add(r.Policy.WithDefaults().BuildDeadline)
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		a.report(r.Version, consensus.PhaseBuilding, "")
+		a.report(r.Version, rollout.Building, "")
 		select {
 		case <-time.After(stagger):
 		case <-a.ctx.Done():
 			return
 		}
-		ctx, cancel := context.WithTimeout(a.ctx, rolloutTimings.SwapTimeout)
+		// Past the build deadline the leader fails the rollout anyway; a build that hangs must
+		// not hold this node's one build slot for longer.
+		ctx, cancel := context.WithDeadline(a.ctx, deadline)
 		defer cancel()
 		err := a.fetchAndBuild(ctx, r.Target)
 		if a.ctx.Err() != nil {
 			return
 		}
 		if err != nil {
-			a.report(r.Version, consensus.PhaseFailed, buildFailure(err))
+			a.report(r.Version, rollout.Failed, buildFailure(err))
 			return
 		}
-		a.report(r.Version, consensus.PhaseBuilt, "")
+		a.report(r.Version, rollout.Built, "")
 	}()
 }
 
@@ -427,73 +454,57 @@ func (a *Agent) keepCommitted(id string) error {
 	return fmt.Errorf("node %s does not have version %s and the log no longer keeps its bundle: deploy it again", a.self.Name, Label(id))
 }
 
-// turn swaps every duck here to id because the leader granted it, and reports the outcome.
-func (a *Agent) turn(r *consensus.Rollout, id, success string) {
-	// One turn per grant, even if the report that ends it takes a moment to come back through
-	// the log: a node never swaps twice for one grant.
-	key := fmt.Sprintf("%d/%s/%s", r.Version, success, r.Nodes[a.self.Name].Granted.Format(time.RFC3339Nano))
-	if a.snapshotLocal().Acted == key || !a.claim() {
+// turn swaps every duck here to the duty's version because the leader granted it, and reports
+// the outcome.
+func (a *Agent) turn(r *rollout.Rollout, duty rollout.Duty) {
+	if !a.claim() {
 		return
 	}
+	me := r.Nodes[a.self.Name]
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
 		defer a.release()
-		if success == consensus.PhaseRunning && r.Nodes[a.self.Name].Phase == consensus.PhaseGranted {
-			if !a.report(r.Version, consensus.PhaseSwapping, "") {
+		if duty.Success == rollout.Running && me.Phase == rollout.Granted {
+			if !a.report(r.Version, rollout.Swapping, "") {
 				// The leader did not take the start of the turn (the rollout moved on, or this
 				// agent is stopping): no swap without it.
 				if a.ctx.Err() == nil {
-					a.setActed(key)
+					a.setActed(duty.Key)
 				}
 				return
 			}
 		}
-		ctx, cancel := context.WithTimeout(a.ctx, rolloutTimings.SwapTimeout)
+		p := r.Policy.WithDefaults()
+		ctx, cancel := context.WithTimeout(a.ctx, p.ProgressDeadline)
 		defer cancel()
-		err := a.keepCommitted(id)
+		err := a.keepCommitted(duty.Version)
 		if err == nil {
-			err = a.switchTo(ctx, id, a.logEvent)
+			err = a.switchTo(ctx, duty.Version, p.Healthy, a.logEvent)
 		}
 		if a.ctx.Err() != nil {
 			// Stopping is not the version's fault: report nothing and leave the turn open, so
 			// the restarted agent takes it again.
 			return
 		}
-		a.setActed(key)
+		a.setActed(duty.Key)
 		if err != nil {
 			a.log.Error("rollout turn failed", "version", r.Version, "err", err)
-			if success == consensus.PhaseRunning {
-				a.report(r.Version, consensus.PhaseFailed, buildFailure(err))
+			if duty.Success == rollout.Running {
+				a.report(r.Version, rollout.Failed, buildFailure(err))
 			} else {
-				a.report(r.Version, success, "could not go back: "+err.Error())
+				a.report(r.Version, duty.Success, "could not go back: "+err.Error())
 			}
 			return
 		}
-		a.setSynced(r)
-		a.report(r.Version, success, "")
+		a.report(r.Version, duty.Success, "")
 	}()
 }
 
 // catchUp brings a node that was away (skipped, down during a commit, joined later) to the
-// version the cluster settled on. It acts once per change of the rollout, so a version loaded
-// by hand on this node stays until the cluster moves on.
-func (a *Agent) catchUp(r *consensus.Rollout) {
-	me := r.Nodes[a.self.Name]
-	if r.Active() && (me == nil || me.Phase != consensus.PhaseSkipped) {
-		return
-	}
-	key := syncKey(r)
-	l := a.snapshotLocal()
-	synced, have := l.Synced, l.Version
-	if synced == key {
-		return
-	}
-	want := r.Desired(a.self.Name)
-	if want == "" || want == have {
-		a.setSynced(r)
-		return
-	}
+// version the cluster settled on, once the rollout has ended. It acts once per rollout end, so a
+// version loaded by hand on this node stays until the cluster moves on.
+func (a *Agent) catchUp(r *rollout.Rollout, duty rollout.Duty) {
 	a.fol.mu.Lock()
 	wait := time.Now().Before(a.fol.retryAt)
 	a.fol.mu.Unlock()
@@ -504,12 +515,13 @@ func (a *Agent) catchUp(r *consensus.Rollout) {
 	go func() {
 		defer a.wg.Done()
 		defer a.release()
-		ctx, cancel := context.WithTimeout(a.ctx, rolloutTimings.SwapTimeout)
+		p := r.Policy.WithDefaults()
+		ctx, cancel := context.WithTimeout(a.ctx, p.BuildDeadline+p.ProgressDeadline)
 		defer cancel()
-		a.log.Info("catching up with the cluster", "version", r.Version, "to", Label(want))
-		err := a.keepCommitted(want)
+		a.log.Info("catching up with the cluster", "version", r.Version, "to", Label(duty.Version))
+		err := a.keepCommitted(duty.Version)
 		if err == nil {
-			err = a.switchTo(ctx, want, a.logEvent)
+			err = a.switchTo(ctx, duty.Version, p.Healthy, a.logEvent)
 		}
 		if err != nil {
 			if a.ctx.Err() == nil {
@@ -520,14 +532,8 @@ func (a *Agent) catchUp(r *consensus.Rollout) {
 			}
 			return
 		}
-		a.setSynced(r)
+		a.setSynced(duty.Key)
 	}()
-}
-
-// syncKey names one step of one rollout; its start time tells it from a rollout of the same
-// number in a cluster this node was in before.
-func syncKey(r *consensus.Rollout) string {
-	return strconv.Itoa(r.Version) + "/" + r.State + "/" + r.Started.Format(time.RFC3339Nano)
 }
 
 func (a *Agent) setActed(key string) {
@@ -536,12 +542,11 @@ func (a *Agent) setActed(key string) {
 	}
 }
 
-func (a *Agent) setSynced(r *consensus.Rollout) {
-	if err := a.changeLocal(func(l *localState) { l.Synced = syncKey(r) }); err != nil {
+func (a *Agent) setSynced(key string) {
+	if err := a.changeLocal(func(l *localState) { l.Synced = key }); err != nil {
 		a.log.Error("save local state", "err", err)
 	}
 }
-
 func (a *Agent) claim() bool {
 	a.fol.mu.Lock()
 	defer a.fol.mu.Unlock()

@@ -8,7 +8,7 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // Local is what one node says of itself for `status`: the version its ducks run and the ducks.
@@ -45,6 +45,9 @@ func (a *Agent) duckVersion(id string) string {
 			return "v" + strconv.Itoa(v.N)
 		}
 	}
+	if l := a.snapshotLocal(); l.Version == id && l.Label != "" {
+		return l.Label // the log is not replayed yet
+	}
 	return Label(id)
 }
 
@@ -52,10 +55,10 @@ func (a *Agent) handleLocal(w http.ResponseWriter, r *http.Request) { writeJSON(
 
 // NodeStatus is one row of `status`.
 type NodeStatus struct {
-	Member    MemberStatus           `json:"member"`
-	Local     *Local                 `json:"local,omitempty"` // nil when unreachable
-	Rollout   *consensus.NodeRollout `json:"rollout,omitempty"`
-	Reachable bool                   `json:"reachable"`
+	Member    MemberStatus  `json:"member"`
+	Local     *Local        `json:"local,omitempty"` // nil when unreachable
+	Rollout   *rollout.Node `json:"rollout,omitempty"`
+	Reachable bool          `json:"reachable"`
 }
 
 // Status is the cluster as `status` shows it.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/hashicorp/raft"
 )
 
@@ -24,10 +25,10 @@ type Member struct {
 // State is everything the cluster agrees on. It is a plain value so that a snapshot is its JSON
 // and a reader gets a copy it may keep.
 type State struct {
-	Members  map[string]Member `json:"members"`
-	Versions []Version         `json:"versions,omitempty"`
-	Rollout  *Rollout          `json:"rollout,omitempty"` // the latest rollout
-	Past     []*Rollout        `json:"past,omitempty"`    // earlier rollouts, newest last
+	Members  map[string]Member  `json:"members"`
+	Versions []Version          `json:"versions,omitempty"`
+	Rollout  *rollout.Rollout   `json:"rollout,omitempty"` // the latest rollout
+	Past     []*rollout.Rollout `json:"past,omitempty"`    // earlier rollouts, newest last
 	// Ducks says which duck runs on which node, keyed NODE/ID. Each node mirrors its own ducks
 	// here, so every node can list the cluster's ducks, those of a node that is down included.
 	Ducks map[string]Placement `json:"ducks,omitempty"`
@@ -50,8 +51,8 @@ const keepPast = 50
 // ErrSameVersion means a bundle was committed while the cluster already runs it.
 var ErrSameVersion = errors.New("same version")
 
-// ErrStale means a command was about a rollout that is no longer the current one.
-var ErrStale = errors.New("stale rollout command")
+// ErrStale means a command was about a rollout, turn or phase that is no longer the current one.
+var ErrStale = rollout.ErrStale
 
 // Command is one entry of the log. Op selects what it does; the other fields are its arguments.
 type Command struct {
@@ -61,16 +62,17 @@ type Command struct {
 
 	// Time is stamped by the leader when it proposes the command, so every node applies the
 	// same time: Apply must not read the clock.
-	Time      time.Time  `json:"time,omitzero"`
-	Placement *Placement `json:"placement,omitempty"`
-	Version   *Version   `json:"version,omitempty"`
-	Canary    bool       `json:"canary,omitempty"`
-	NoRevert  bool       `json:"no_revert,omitempty"`
-	N         int        `json:"n,omitempty"`
-	Phase     string     `json:"phase,omitempty"`
-	State     string     `json:"state,omitempty"`
-	Error     string     `json:"error,omitempty"`
-	Reason    string     `json:"reason,omitempty"`
+	Time      time.Time       `json:"time,omitzero"`
+	Placement *Placement      `json:"placement,omitempty"`
+	Version   *Version        `json:"version,omitempty"`
+	Canary    bool            `json:"canary,omitempty"`
+	NoRevert  bool            `json:"no_revert,omitempty"`
+	N         int             `json:"n,omitempty"`
+	Phase     rollout.Phase   `json:"phase,omitempty"`
+	State     rollout.State   `json:"state,omitempty"`
+	Policy    *rollout.Policy `json:"policy,omitempty"` // with a commit
+	Error     string          `json:"error,omitempty"`
+	Reason    string          `json:"reason,omitempty"`
 }
 
 // The operations a Command may carry.
@@ -186,20 +188,20 @@ func (f *FSM) State() State {
 	s := State{
 		Members:  maps.Clone(f.state.Members),
 		Versions: slices.Clone(f.state.Versions),
-		Rollout:  f.state.Rollout.clone(),
+		Rollout:  f.state.Rollout.Clone(),
 		Ducks:    maps.Clone(f.state.Ducks),
 	}
 	for _, r := range f.state.Past {
-		s.Past = append(s.Past, r.clone())
+		s.Past = append(s.Past, r.Clone())
 	}
 	return s
 }
 
 // Rollout returns a copy of the latest rollout, nil if there was none.
-func (f *FSM) Rollout() *Rollout {
+func (f *FSM) Rollout() *rollout.Rollout {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return f.state.Rollout.clone()
+	return f.state.Rollout.Clone()
 }
 
 // Version returns committed version n.
@@ -260,11 +262,11 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	if s.Members == nil {
 		s.Members = map[string]Member{}
 	}
-	if err := s.Rollout.check(); err != nil {
+	if err := s.Rollout.Check(); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	for _, r := range s.Past {
-		if err := r.check(); err != nil {
+		if err := r.Check(); err != nil {
 			return fmt.Errorf("restore snapshot: %w", err)
 		}
 	}

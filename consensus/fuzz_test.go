@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/hashicorp/raft"
 )
 
@@ -41,7 +42,7 @@ func fuzzBases(tb testing.TB) [][]byte {
 	ver := func(src string) *Version {
 		return &Version{ID: idOf(src), Message: src, Author: "fuzz", Bundle: []byte("bundle of " + src)}
 	}
-	report := func(n int, name, phase string, s int) {
+	report := func(n int, name string, phase rollout.Phase, s int) {
 		do(Command{Op: OpReport, N: n, Name: name, Phase: phase, Time: at(s)})
 	}
 	var bases [][]byte
@@ -53,37 +54,37 @@ func fuzzBases(tb testing.TB) [][]byte {
 
 	do(Command{Op: OpCommit, Version: ver("v1"), Time: at(1)})
 	for i, n := range []string{"a", "b", "c"} {
-		report(1, n, PhaseBuilt, 2)
-		do(Command{Op: OpGrant, N: 1, Name: n, Phase: PhaseGranted, Time: at(3 + i)})
-		report(1, n, PhaseSwapping, 3+i)
-		report(1, n, PhaseRunning, 3+i)
+		report(1, n, rollout.Built, 2)
+		do(Command{Op: OpGrant, N: 1, Name: n, Phase: rollout.Granted, Time: at(3 + i)})
+		report(1, n, rollout.Swapping, 3+i)
+		report(1, n, rollout.Running, 3+i)
 	}
-	do(Command{Op: OpRolloutState, N: 1, State: RolloutDone, Time: at(10)})
+	do(Command{Op: OpRolloutState, N: 1, State: rollout.Done, Time: at(10)})
 	bases = append(bases, snap()) // version 1 done everywhere
 
 	do(Command{Op: OpCommit, Version: ver("v2"), Time: at(20)})
-	report(2, "a", PhaseBuilt, 21)
-	report(2, "b", PhaseBuilding, 21)
-	do(Command{Op: OpGrant, N: 2, Name: "a", Phase: PhaseGranted, Time: at(22)})
-	report(2, "a", PhaseSwapping, 22)
+	report(2, "a", rollout.Built, 21)
+	report(2, "b", rollout.Building, 21)
+	do(Command{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Granted, Time: at(22)})
+	report(2, "a", rollout.Swapping, 22)
 	bases = append(bases, snap()) // version 2 rolling: a swapping, b building, c pending
 
-	report(2, "a", PhaseRunning, 23)
-	report(2, "b", PhaseBuilt, 23)
-	do(Command{Op: OpGrant, N: 2, Name: "b", Phase: PhaseGranted, Time: at(24)})
-	report(2, "b", PhaseSwapping, 24)
-	report(2, "b", PhaseFailed, 25)
+	report(2, "a", rollout.Running, 23)
+	report(2, "b", rollout.Built, 23)
+	do(Command{Op: OpGrant, N: 2, Name: "b", Phase: rollout.Granted, Time: at(24)})
+	report(2, "b", rollout.Swapping, 24)
+	report(2, "b", rollout.Failed, 25)
 	bases = append(bases, snap()) // b failed: reverting a
 
-	do(Command{Op: OpGrant, N: 2, Name: "a", Phase: PhaseReverting, Time: at(26)})
-	report(2, "a", PhaseReverted, 27)
-	do(Command{Op: OpRolloutState, N: 2, State: RolloutReverted, Time: at(28)})
+	do(Command{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Reverting, Time: at(26)})
+	report(2, "a", rollout.Reverted, 27)
+	do(Command{Op: OpRolloutState, N: 2, State: rollout.WentBack, Time: at(28)})
 	do(Command{Op: OpCommit, Version: ver("v3"), Canary: true, NoRevert: true, Time: at(30)})
-	report(3, "a", PhaseBuilt, 31)
-	do(Command{Op: OpGrant, N: 3, Name: "a", Phase: PhaseGranted, Time: at(32)})
-	report(3, "a", PhaseSwapping, 32)
-	report(3, "a", PhaseRunning, 33)
-	do(Command{Op: OpRolloutState, N: 3, State: RolloutPaused, Reason: "canary", Time: at(34)})
+	report(3, "a", rollout.Built, 31)
+	do(Command{Op: OpGrant, N: 3, Name: "a", Phase: rollout.Granted, Time: at(32)})
+	report(3, "a", rollout.Swapping, 32)
+	report(3, "a", rollout.Running, 33)
+	do(Command{Op: OpRolloutState, N: 3, State: rollout.Paused, Reason: "canary", Time: at(34)})
 	bases = append(bases, snap()) // version 3, a canary, paused; 2 in the past
 	return bases
 }
@@ -135,19 +136,19 @@ var fuzzCommands = []Command{
 	{Op: OpCommit, Version: &Version{ID: idOf("v9"), Bundle: []byte("x")}, Time: time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)},
 	{Op: OpCommit, Version: &Version{ID: idOf("v1"), Bundle: []byte("bundle of v1")}},
 	{Op: OpCommit, Version: &Version{ID: idOf("v9")}},
-	{Op: OpGrant, N: 2, Name: "c", Phase: PhaseGranted},
-	{Op: OpGrant, N: 2, Name: "a", Phase: PhaseReverting},
-	{Op: OpGrant, N: 2, Name: "a", Phase: PhaseRunning},
-	{Op: OpGrant, N: 2, Name: "zz", Phase: PhaseGranted},
-	{Op: OpReport, N: 2, Name: "a", Phase: PhaseRunning},
-	{Op: OpReport, N: 2, Name: "b", Phase: PhaseFailed, Error: "duck exited with status 3"},
-	{Op: OpReport, N: 2, Name: "c", Phase: PhaseSwapping},
+	{Op: OpGrant, N: 2, Name: "c", Phase: rollout.Granted},
+	{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Reverting},
+	{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Running},
+	{Op: OpGrant, N: 2, Name: "zz", Phase: rollout.Granted},
+	{Op: OpReport, N: 2, Name: "a", Phase: rollout.Running},
+	{Op: OpReport, N: 2, Name: "b", Phase: rollout.Failed, Error: "duck exited with status 3"},
+	{Op: OpReport, N: 2, Name: "c", Phase: rollout.Swapping},
 	{Op: OpReport, N: 2, Name: "c", Phase: "teleported"},
-	{Op: OpReport, N: 1, Name: "a", Phase: PhaseRunning},
-	{Op: OpRolloutState, N: 2, State: RolloutPaused},
-	{Op: OpRolloutState, N: 3, State: RolloutRolling},
-	{Op: OpRolloutState, N: 3, State: RolloutReverting},
-	{Op: OpRolloutState, N: 2, State: RolloutDone},
+	{Op: OpReport, N: 1, Name: "a", Phase: rollout.Running},
+	{Op: OpRolloutState, N: 2, State: rollout.Paused},
+	{Op: OpRolloutState, N: 3, State: rollout.Rolling},
+	{Op: OpRolloutState, N: 3, State: rollout.GoingBack},
+	{Op: OpRolloutState, N: 2, State: rollout.Done},
 	{Op: OpRolloutState, N: 2, State: "exploded"},
 	{Op: "teleport"},
 }
@@ -196,7 +197,8 @@ func FuzzApply(f *testing.F) {
 
 		// What every node and the leader read from the state must not panic on it either.
 		r := fsm.Rollout()
-		r.Next(time.Date(2026, 11, 25, 14, 0, 0, 0, time.UTC), Timings{AckTimeout: 5 * time.Second, SwapTimeout: time.Minute})
+		r.Next(time.Date(2026, 11, 25, 14, 0, 0, 0, time.UTC), func(string) time.Duration { return time.Hour })
+		r.Follow("a", rollout.Local{})
 		for _, name := range fsm.MemberNames() {
 			r.Desired(name)
 		}
@@ -230,7 +232,7 @@ func FuzzRestore(f *testing.F) {
 		}
 		// Restore took it: every reader works on it, and its own snapshot restores to the same.
 		restored := stateJSON(t, fsm)
-		fsm.Rollout().Next(time.Now(), Timings{AckTimeout: time.Second, SwapTimeout: time.Minute})
+		fsm.Rollout().Next(time.Now(), nil)
 		fsm.Current()
 		snap, err := fsm.Snapshot()
 		if err != nil {

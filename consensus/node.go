@@ -64,6 +64,7 @@ type Node struct {
 	store     *raftboltdb.BoltStore
 	transport raft.Transport
 	log       *slog.Logger
+	contacts  *contacts
 }
 
 // Timings tuned for a cluster on one machine or a LAN: a dead leader is replaced within about a
@@ -122,7 +123,7 @@ func Open(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	n := &Node{Raft: r, FSM: fsm, name: cfg.Name, store: store, transport: trans, log: cfg.Log}
+	n := &Node{Raft: r, FSM: fsm, name: cfg.Name, store: store, transport: trans, log: cfg.Log, contacts: watchContacts(r)}
 
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, store, snaps)
@@ -300,6 +301,7 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 // Close shuts Raft down and closes its files and listener.
 func (n *Node) Close() error {
 	err := n.Raft.Shutdown().Error()
+	n.contacts.stop(n.Raft)
 	closeTransport(n.transport)
 	if cerr := n.store.Close(); err == nil {
 		err = cerr

@@ -9,9 +9,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duckraft/duckraft/rollout"
 )
 
-var timings = Timings{AckTimeout: 5 * time.Second, SwapTimeout: time.Minute}
+// next is the leader's next command for r at now, every member in contact; Op is empty to wait.
+func next(r *rollout.Rollout, now time.Time) Command {
+	st := r.Next(now, nil)
+	if st.Op == "" {
+		return Command{}
+	}
+	return StepCommand(r, st, now)
+}
 
 // cluster3 is an FSM with members a, b, c and a first version rolled out everywhere.
 func cluster3(t *testing.T) (*FSM, *clock) {
@@ -22,8 +31,8 @@ func cluster3(t *testing.T) (*FSM, *clock) {
 		mustApply(t, f, Command{Op: OpRegister, Member: &Member{Name: n}})
 	}
 	commit(t, f, clk, "v1", false)
-	drive(t, f, clk, func(name string, phase string) string { return PhaseRunning })
-	if r := f.Rollout(); r.State != RolloutDone {
+	drive(t, f, clk, func(name string, phase rollout.Phase) rollout.Phase { return rollout.Running })
+	if r := f.Rollout(); r.State != rollout.Done {
 		t.Fatalf("first rollout ended %s", r.State)
 	}
 	return f, clk
@@ -59,18 +68,18 @@ func commit(t *testing.T, f *FSM, clk *clock, src string, canary bool) error {
 
 // drive plays leader and nodes until the rollout needs nobody: the leader commits what Next
 // says; a granted node answers with outcome(name, phase). It returns the grants in order.
-func drive(t *testing.T, f *FSM, clk *clock, outcome func(name, phase string) string) []string {
+func drive(t *testing.T, f *FSM, clk *clock, outcome func(name string, phase rollout.Phase) rollout.Phase) []string {
 	t.Helper()
 	var grants []string
 	for range 100 {
 		r := f.Rollout()
-		step := r.Next(clk.now(), timings)
-		if step.Command.Op == "" {
+		step := next(r, clk.now())
+		if step.Op == "" {
 			// Waiting: for builds, which every node reports as done here; else for nobody.
 			built := false
 			for _, name := range r.Order {
-				if p := r.Nodes[name].Phase; r.State == RolloutRolling && (p == PhasePending || p == PhaseBuilding) {
-					mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: PhaseBuilt, Time: clk.now()})
+				if p := r.Nodes[name].Phase; r.State == rollout.Rolling && (p == rollout.Pending || p == rollout.Building) {
+					mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: rollout.Built, Time: clk.now()})
 					built = true
 				}
 			}
@@ -79,21 +88,21 @@ func drive(t *testing.T, f *FSM, clk *clock, outcome func(name, phase string) st
 			}
 			return grants
 		}
-		mustApply(t, f, step.Command)
-		if step.Command.Op != OpGrant {
+		mustApply(t, f, step)
+		if step.Op != OpGrant {
 			continue
 		}
-		name, phase := step.Command.Name, step.Command.Phase
-		grants = append(grants, phase+":"+name)
-		if phase == PhaseGranted {
-			mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: PhaseSwapping, Time: clk.now()})
+		name, phase := step.Name, step.Phase
+		grants = append(grants, string(phase)+":"+name)
+		if phase == rollout.Granted {
+			mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: rollout.Swapping, Time: clk.now()})
 		}
 		res := outcome(name, phase)
 		if res == "" {
 			continue // the node says nothing (down)
 		}
 		errMsg := ""
-		if res == PhaseFailed {
+		if res == rollout.Failed {
 			errMsg = "duck exited with status 3"
 		}
 		mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: res, Error: errMsg, Time: clk.now()})
@@ -111,12 +120,12 @@ func TestRolloutUpgradesOneNodeAtATimeInOrder(t *testing.T) {
 	if r.Version != 2 || r.From != 1 || !slices.Equal(r.Order, []string{"a", "b", "c"}) {
 		t.Fatalf("rollout = %+v", r)
 	}
-	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
+	grants := drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
 	if want := []string{"granted:a", "granted:b", "granted:c"}; !slices.Equal(grants, want) {
 		t.Fatalf("grants %v, want %v", grants, want)
 	}
 	r = f.Rollout()
-	if r.State != RolloutDone || r.Desired("b") != idOf("v2") {
+	if r.State != rollout.Done || r.Desired("b") != idOf("v2") {
 		t.Fatalf("after rollout: %s, b should run %s", r.State, r.Desired("b"))
 	}
 	if v, _ := f.Current(); v.N != 2 {
@@ -141,21 +150,21 @@ func TestSameBundleTwiceIsNotANewVersion(t *testing.T) {
 func TestFailureHaltsAndRevertsInReverseOrder(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
-	grants := drive(t, f, clk, func(name, phase string) string {
+	grants := drive(t, f, clk, func(name string, phase rollout.Phase) rollout.Phase {
 		switch {
-		case phase == PhaseReverting:
-			return PhaseReverted
+		case phase == rollout.Reverting:
+			return rollout.Reverted
 		case name == "c":
-			return PhaseFailed
+			return rollout.Failed
 		}
-		return PhaseRunning
+		return rollout.Running
 	})
 	want := []string{"granted:a", "granted:b", "granted:c", "reverting:b", "reverting:a"}
 	if !slices.Equal(grants, want) {
 		t.Fatalf("grants %v, want %v", grants, want)
 	}
 	r := f.Rollout()
-	if r.State != RolloutReverted || !strings.Contains(r.Reason, "c failed: duck exited") {
+	if r.State != rollout.WentBack || !strings.Contains(r.Reason, "c failed: duck exited") {
 		t.Fatalf("rollout %s (%s)", r.State, r.Reason)
 	}
 	for _, n := range r.Order {
@@ -175,12 +184,12 @@ func TestFailureHaltsAndRevertsInReverseOrder(t *testing.T) {
 func TestBuildFailureHaltsBeforeAnySwap(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "broken", false)
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "b", Phase: PhaseFailed, Error: "main.go:3: undefined: x", Time: clk.now()})
-	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "b", Phase: rollout.Failed, Error: "main.go:3: undefined: x", Time: clk.now()})
+	grants := drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
 	if len(grants) != 0 {
 		t.Fatalf("a version that does not build was granted: %v", grants)
 	}
-	if r := f.Rollout(); r.State != RolloutReverted || r.Desired("a") != idOf("v1") {
+	if r := f.Rollout(); r.State != rollout.WentBack || r.Desired("a") != idOf("v1") {
 		t.Fatalf("rollout %s; a desired %s", r.State, r.Desired("a"))
 	}
 }
@@ -188,16 +197,16 @@ func TestBuildFailureHaltsBeforeAnySwap(t *testing.T) {
 func TestCanaryPausesAfterFirstNode(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", true)
-	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
-	if !slices.Equal(grants, []string{"granted:a"}) || f.Rollout().State != RolloutPaused {
+	grants := drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
+	if !slices.Equal(grants, []string{"granted:a"}) || f.Rollout().State != rollout.Paused {
 		t.Fatalf("canary: grants %v, state %s", grants, f.Rollout().State)
 	}
 	if err := commit(t, f, clk, "v3", false); err == nil {
 		t.Fatal("a new version was committed over a paused canary")
 	}
-	mustApply(t, f, Command{Op: OpRolloutState, N: 2, State: RolloutRolling, Time: clk.now()})
-	grants = drive(t, f, clk, func(string, string) string { return PhaseRunning })
-	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != RolloutDone {
+	mustApply(t, f, Command{Op: OpRolloutState, N: 2, State: rollout.Rolling, Time: clk.now()})
+	grants = drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
+	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != rollout.Done {
 		t.Fatalf("resume: grants %v, state %s", grants, f.Rollout().State)
 	}
 }
@@ -205,24 +214,24 @@ func TestCanaryPausesAfterFirstNode(t *testing.T) {
 func TestNodeThatNeverAnswersIsSkipped(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
-	if step := f.Rollout().Next(clk.now(), timings); step.Command.Op != "" {
+	if step := next(f.Rollout(), clk.now()); step.Op != "" {
 		t.Fatalf("a node that has not built yet was granted at once: %+v", step)
 	}
 	// a never reports building: after the ack timeout it is granted anyway, to be skipped.
-	clk.t = clk.t.Add(timings.AckTimeout + time.Second)
-	grant := f.Rollout().Next(clk.now(), timings).Command
+	clk.t = clk.t.Add(rollout.DefaultStartDeadline + time.Second)
+	grant := next(f.Rollout(), clk.now())
 	if grant.Op != OpGrant || grant.Name != "a" {
 		t.Fatalf("a silent node was not granted after the ack timeout: %+v", grant)
 	}
 	mustApply(t, f, grant)
-	clk.t = clk.t.Add(timings.AckTimeout + time.Second)
-	step := f.Rollout().Next(clk.now(), timings)
-	if step.Command.Op != OpReport || step.Command.Phase != PhaseSkipped || step.Command.Name != "a" {
+	clk.t = clk.t.Add(rollout.DefaultStartDeadline + time.Second)
+	step := next(f.Rollout(), clk.now())
+	if step.Op != OpReport || step.Phase != rollout.Skipped || step.Name != "a" {
 		t.Fatalf("after the ack timeout: %+v", step)
 	}
-	mustApply(t, f, step.Command)
-	grants := drive(t, f, clk, func(string, string) string { return PhaseRunning })
-	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != RolloutDone {
+	mustApply(t, f, step)
+	grants := drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
+	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != rollout.Done {
 		t.Fatalf("after skipping a: grants %v, state %s", grants, f.Rollout().State)
 	}
 	if f.Rollout().Desired("a") != idOf("v2") {
@@ -233,11 +242,11 @@ func TestNodeThatNeverAnswersIsSkipped(t *testing.T) {
 func TestStaleCommandsAreRefused(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
-	err := apply(t, f, Command{Op: OpReport, N: 1, Name: "a", Phase: PhaseRunning, Time: clk.now()})
+	err := apply(t, f, Command{Op: OpReport, N: 1, Name: "a", Phase: rollout.Running, Time: clk.now()})
 	if !errors.Is(err, ErrStale) {
 		t.Fatalf("report about version 1 during version 2's rollout: %v", err)
 	}
-	err = apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()})
+	err = apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()})
 	if !errors.Is(err, ErrStale) {
 		t.Fatalf("swapping without a grant: %v", err)
 	}
@@ -253,7 +262,7 @@ func TestSnapshotKeepsRollout(t *testing.T) {
 	if err := g.Restore(nopCloser{&sink}); err != nil {
 		t.Fatal(err)
 	}
-	if r := g.Rollout(); r == nil || r.Version != 2 || r.State != RolloutRolling || len(g.State().Versions) != 2 {
+	if r := g.Rollout(); r == nil || r.Version != 2 || r.State != rollout.Rolling || len(g.State().Versions) != 2 {
 		t.Fatalf("restored rollout %+v", r)
 	}
 }
@@ -299,20 +308,20 @@ func TestFailureWhileAnotherNodeSwapsRevertsThatNodeToo(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
 	for _, n := range []string{"a", "b", "c"} {
-		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: PhaseBuilt, Time: clk.now()})
+		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: rollout.Built, Time: clk.now()})
 	}
-	mustApply(t, f, f.Rollout().Next(clk.now(), timings).Command) // grant a
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()})
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "c", Phase: PhaseFailed, Error: "disk full", Time: clk.now()})
-	if r := f.Rollout(); r.State != RolloutReverting {
+	mustApply(t, f, next(f.Rollout(), clk.now())) // grant a
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()})
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "c", Phase: rollout.Failed, Error: "disk full", Time: clk.now()})
+	if r := f.Rollout(); r.State != rollout.GoingBack {
 		t.Fatalf("state %s after c failed", r.State)
 	}
-	if step := f.Rollout().Next(clk.now(), timings); step.Command.Op != "" {
+	if step := next(f.Rollout(), clk.now()); step.Op != "" {
 		t.Fatalf("the rollout went back while a was mid-swap: %+v", step)
 	}
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseRunning, Time: clk.now()})
-	grants := drive(t, f, clk, func(name, phase string) string { return PhaseReverted })
-	if !slices.Equal(grants, []string{"reverting:a"}) || f.Rollout().State != RolloutReverted {
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Running, Time: clk.now()})
+	grants := drive(t, f, clk, func(name string, phase rollout.Phase) rollout.Phase { return rollout.Reverted })
+	if !slices.Equal(grants, []string{"reverting:a"}) || f.Rollout().State != rollout.WentBack {
 		t.Fatalf("grants %v, state %s; want a taken back", grants, f.Rollout().State)
 	}
 	for _, n := range []string{"a", "b", "c"} {
@@ -332,15 +341,15 @@ func TestSwappingReportedTwiceIsTheSameTurn(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
 	for _, n := range []string{"a", "b", "c"} {
-		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: PhaseBuilt, Time: clk.now()})
+		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: rollout.Built, Time: clk.now()})
 	}
-	mustApply(t, f, f.Rollout().Next(clk.now(), timings).Command) // grant a
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()})
+	mustApply(t, f, next(f.Rollout(), clk.now())) // grant a
+	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()})
 	since := f.Rollout().Nodes["a"].Since
-	if err := apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: PhaseSwapping, Time: clk.now()}); err != nil {
+	if err := apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()}); err != nil {
 		t.Fatalf("a node restarted mid-turn reporting swapping again: %v", err)
 	}
-	if nr := f.Rollout().Nodes["a"]; nr.Phase != PhaseSwapping || !nr.Since.Equal(since) {
+	if nr := f.Rollout().Nodes["a"]; nr.Phase != rollout.Swapping || !nr.Since.Equal(since) {
 		t.Fatalf("the repeated report changed the turn: %+v", nr)
 	}
 }

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/agent"
-	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/localcluster"
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // BenchmarkRollout measures commit to running everywhere: three real nodes started with
@@ -45,7 +45,7 @@ func BenchmarkRollout(b *testing.B) {
 	}
 	committed := regexp.MustCompile(`committed version (\d+)`)
 
-	var deploy, rollout, toGrant, build, swap, handoff, tail []time.Duration
+	var deploy, rolloutT, toGrant, build, swap, handoff, tail []time.Duration
 	b.ResetTimer()
 	for i := range b.N {
 		b.StopTimer()
@@ -70,15 +70,15 @@ func BenchmarkRollout(b *testing.B) {
 			b.Fatalf("deploy %d printed:\n%s", i, out)
 		}
 		r := benchRollout(b, c, addr)
-		if fmt.Sprint(r.Version) != m[1] || r.State != consensus.RolloutDone || r.Ended.IsZero() {
+		if fmt.Sprint(r.Version) != m[1] || r.State != rollout.Done || r.Ended.IsZero() {
 			b.Fatalf("after deploy of version %s the rollout is version %d, %s, ended %v", m[1], r.Version, r.State, r.Ended)
 		}
 		deploy = append(deploy, took)
-		rollout = append(rollout, r.Ended.Sub(r.Started))
+		rolloutT = append(rolloutT, r.Ended.Sub(r.Started))
 		toGrant = append(toGrant, r.Nodes[r.Order[0]].Granted.Sub(r.Started))
 		for j, name := range r.Order {
 			n := r.Nodes[name]
-			if n.Phase != consensus.PhaseRunning {
+			if n.Phase != rollout.Running {
 				b.Fatalf("version %d: %s is %s, not running", r.Version, name, n.Phase)
 			}
 			build = append(build, n.Built.Sub(n.BuildStarted))
@@ -95,7 +95,7 @@ func BenchmarkRollout(b *testing.B) {
 		unit string
 		all  []time.Duration
 	}{
-		{"deploy-ms", deploy}, {"rollout-ms", rollout}, {"commit-to-grant-ms", toGrant},
+		{"deploy-ms", deploy}, {"rollout-ms", rolloutT}, {"commit-to-grant-ms", toGrant},
 		{"build-ms", build}, {"swap-ms", swap}, {"handoff-ms", handoff}, {"tail-ms", tail},
 	}
 	var table strings.Builder
@@ -163,7 +163,7 @@ func newBenchDuckCluster(b *testing.B) (*localcluster.Cluster, []*localcluster.N
 	return c, nodes
 }
 
-func benchRollout(b *testing.B, c *localcluster.Cluster, addr string) *consensus.Rollout {
+func benchRollout(b *testing.B, c *localcluster.Cluster, addr string) *rollout.Rollout {
 	b.Helper()
 	out, errOut, err := tryCLI(c, addr, "rollout", "status", "--json")
 	if err != nil {

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // The fault suite: something is killed or breaks in the middle of a rollout. Each test checks
@@ -43,9 +43,9 @@ func checkNothingLost(t *testing.T, dc *duckCluster, l *load) {
 }
 
 // waitPhase waits until node's phase in rollout n is phase.
-func waitPhase(t *testing.T, dc *duckCluster, via string, n int, node, phase string) {
+func waitPhase(t *testing.T, dc *duckCluster, via string, n int, node string, phase rollout.Phase) {
 	t.Helper()
-	waitFor(t, node+" to be "+phase, 60*time.Second, func() bool {
+	waitFor(t, node+" to be "+string(phase), 60*time.Second, func() bool {
 		r := rolloutOf(t, dc.c, via).Rollout
 		return r != nil && r.Version == n && r.Nodes[node].Phase == phase
 	})
@@ -57,7 +57,7 @@ func TestAgentKilledMidSwapLosesNothing(t *testing.T) {
 	l := startLoad(dc.ducks)
 	b := dc.nodes[1]
 	cli(t, dc.c, dc.nodes[0].API, "deploy", "--detach", "../testdata/duck-slow")
-	waitPhase(t, dc, dc.nodes[0].API, 2, "b", consensus.PhaseSwapping)
+	waitPhase(t, dc, dc.nodes[0].API, 2, "b", rollout.Swapping)
 	b.KillAgent() // its ducks stop through their lifeline, saving their state
 	failedWhileDown := l.failed.Load()
 	t0 := time.Now()
@@ -65,7 +65,7 @@ func TestAgentKilledMidSwapLosesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "the rollout to complete", 90*time.Second, func() bool {
-		return rolloutOf(t, dc.c, dc.nodes[0].API).Rollout.State == consensus.RolloutDone
+		return rolloutOf(t, dc.c, dc.nodes[0].API).Rollout.State == rollout.Done
 	})
 	waitFor(t, "b's duck on the new version", 30*time.Second, func() bool {
 		got, err := askDuck("GET", dc.ducks["b"])
@@ -87,7 +87,7 @@ func TestDuckKilledMidSwapLosesNothing(t *testing.T) {
 	l := startLoad(dc.ducks)
 	b := dc.nodes[1]
 	cli(t, dc.c, dc.nodes[0].API, "deploy", "--detach", "../testdata/duck-slow")
-	waitPhase(t, dc, dc.nodes[0].API, 2, "b", consensus.PhaseSwapping)
+	waitPhase(t, dc, dc.nodes[0].API, 2, "b", rollout.Swapping)
 	ds := ducksOn(dc.c, b.API)
 	var pid int
 	for _, d := range ds {
@@ -133,7 +133,7 @@ func TestLeaderKilledWhileCommitting(t *testing.T) {
 	}
 	waitFor(t, "the rollout to finish on the survivors", 90*time.Second, func() bool {
 		r := rolloutOf(t, dc.c, b.API).Rollout
-		return r.Version >= 2 && r.State == consensus.RolloutDone
+		return r.Version >= 2 && r.State == rollout.Done
 	})
 	v := rolloutOf(t, dc.c, b.API)
 	if len(v.Versions) != 2 || v.Versions[1].Message != "racing the leader's death" && v.Versions[1].Message != "" {
@@ -183,18 +183,18 @@ func TestNodeStoppedMidTurnTakesItAgain(t *testing.T) {
 	postInitial(t, dc)
 	b := dc.nodes[1]
 	cli(t, dc.c, dc.nodes[0].API, "deploy", "--detach", "../testdata/duck-slow")
-	waitPhase(t, dc, dc.nodes[0].API, 2, "b", consensus.PhaseSwapping)
+	waitPhase(t, dc, dc.nodes[0].API, 2, "b", rollout.Swapping)
 	if err := b.Stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if r := rolloutOf(t, dc.c, dc.nodes[0].API).Rollout; r.State != consensus.RolloutRolling || r.Nodes["b"].Phase != consensus.PhaseSwapping {
+	if r := rolloutOf(t, dc.c, dc.nodes[0].API).Rollout; r.State != rollout.Rolling || r.Nodes["b"].Phase != rollout.Swapping {
 		t.Fatalf("after b stopped mid-turn the rollout is %s and b %s (%s); want it still rolling, b still in its turn", r.State, r.Nodes["b"].Phase, r.Reason)
 	}
 	if err := b.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the rollout to complete", 90*time.Second, func() bool {
-		return rolloutOf(t, dc.c, dc.nodes[0].API).Rollout.State == consensus.RolloutDone
+		return rolloutOf(t, dc.c, dc.nodes[0].API).Rollout.State == rollout.Done
 	})
 	for name, addr := range dc.ducks {
 		waitFor(t, "the duck on "+name+" on version 2", 30*time.Second, func() bool {

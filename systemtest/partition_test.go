@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // testHost is a network namespace joined to this one by a veth pair: a host of the test's own,
@@ -140,7 +140,7 @@ func TestPartitionedNodeCatchesUpAfterHeal(t *testing.T) {
 		}
 	}
 	v := rolloutOf(t, c, cc.API)
-	if len(v.Versions) != 2 || v.Rollout.State != consensus.RolloutDone {
+	if len(v.Versions) != 2 || v.Rollout.State != rollout.Done {
 		t.Fatalf("c's view after the heal: %d versions, rollout %s", len(v.Versions), v.Rollout.State)
 	}
 }

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/agent"
-	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/localcluster"
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // duckCluster is three connected nodes that run version 1 (duck/) with one duck each.
@@ -109,7 +109,7 @@ func TestRolloutUpgradesInAnnouncedOrderUnderLoad(t *testing.T) {
 
 	// The log's reports prove the order: each node finished before the next was granted.
 	r := rolloutOf(t, dc.c, dc.nodes[2].API).Rollout
-	if r.State != consensus.RolloutDone || strings.Join(r.Order, ",") != "a,b,c" {
+	if r.State != rollout.Done || strings.Join(r.Order, ",") != "a,b,c" {
 		t.Fatalf("rollout %s, order %v", r.State, r.Order)
 	}
 	for i := 1; i < len(r.Order); i++ {
@@ -139,7 +139,7 @@ func TestVersionThatDoesNotCompileHaltsBeforeAnySwap(t *testing.T) {
 		t.Fatalf("rollout %s: %s", r.State, r.Reason)
 	}
 	for _, name := range r.Order {
-		if p := r.Nodes[name].Phase; p == consensus.PhaseRunning || p == consensus.PhaseSwapping {
+		if p := r.Nodes[name].Phase; p == rollout.Running || p == rollout.Swapping {
 			t.Fatalf("%s is %s on a version that does not compile", name, p)
 		}
 	}
@@ -164,7 +164,7 @@ func TestCrashingVersionStopsAtFirstNodeAndClusterKeepsServing(t *testing.T) {
 		t.Fatalf("deploy of a crashing version: err=%v\n%s", err, errOut)
 	}
 	r := rolloutOf(t, dc.c, dc.nodes[2].API).Rollout
-	if r.Nodes["a"].Phase != consensus.PhaseFailed || !r.Nodes["b"].Granted.IsZero() || !r.Nodes["c"].Granted.IsZero() {
+	if r.Nodes["a"].Phase != rollout.Failed || !r.Nodes["b"].Granted.IsZero() || !r.Nodes["c"].Granted.IsZero() {
 		t.Fatalf("rollout went past the first failure: %+v", r.Nodes)
 	}
 	for name, addr := range dc.ducks {
@@ -233,12 +233,12 @@ func TestLeaderKilledMidRolloutRolloutCompletesOnce(t *testing.T) {
 	cli(t, dc.c, dc.nodes[1].API, "deploy", "--detach", "../testdata/duck-v2")
 	waitFor(t, "a to finish its turn", 60*time.Second, func() bool {
 		r := rolloutOf(t, dc.c, dc.nodes[1].API).Rollout
-		return r.Version == 2 && r.Nodes["a"].Phase == consensus.PhaseRunning
+		return r.Version == 2 && r.Nodes["a"].Phase == rollout.Running
 	})
 	a.Kill()
 	waitFor(t, "the rollout to complete under a new leader", 60*time.Second, func() bool {
 		r := rolloutOf(t, dc.c, dc.nodes[1].API).Rollout
-		return r.State == consensus.RolloutDone
+		return r.State == rollout.Done
 	})
 	for _, n := range dc.nodes[1:] {
 		var ds []agent.DuckInfo

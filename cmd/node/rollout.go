@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/agent"
-	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
@@ -32,6 +32,12 @@ func runDeploy(args []string) error {
 	canary := fs.Bool("canary", false, "upgrade the first node only, then wait for `rollout resume` or `rollout undo`")
 	detach := fs.Bool("detach", false, "return once the version is committed")
 	noRevert := fs.Bool("no-revert", false, "on failure, leave upgraded nodes as they are instead of going back")
+	var p rollout.Policy
+	fs.DurationVar(&p.BuildDeadline, "build-deadline", rollout.DefaultBuildDeadline, "a node still building this long after the commit fails the rollout")
+	fs.DurationVar(&p.ProgressDeadline, "progress-deadline", rollout.DefaultProgressDeadline, "one node's turn (its swaps and healthy wait) may take this long, or it fails the rollout")
+	fs.DurationVar(&p.Healthy, "healthy", rollout.DefaultHealthy, "each new duck must stay up this long after Ready for its swap to count")
+	fs.DurationVar(&p.StartDeadline, "start-deadline", rollout.DefaultStartDeadline, "a node silent this long in its turn is skipped and catches up when the rollout ends")
+	fs.DurationVar(&p.DownAfter, "down-after", rollout.DefaultDownAfter, "a node the leader cannot reach for this long is skipped, in any phase, and catches up when it returns")
 	pos, err := parse(fs, args, "DIR")
 	if err != nil {
 		return err
@@ -50,6 +56,15 @@ func runDeploy(args []string) error {
 	}
 	if *noRevert {
 		q.Set("no_revert", "1")
+	}
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	for name, d := range map[string]time.Duration{
+		"build_deadline": p.BuildDeadline, "progress_deadline": p.ProgressDeadline, "healthy": p.Healthy,
+		"start_deadline": p.StartDeadline, "down_after": p.DownAfter,
+	} {
+		q.Set(name, d.String())
 	}
 	// --timeout bounds the commit; the rollout is followed for as long as it takes.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
@@ -103,7 +118,7 @@ func author() string {
 // `undo`, leave is the state the rollout had: the node asked may show it a moment longer, and
 // it does not mean the rollout ended. With wantBack (undo), going back is the success. It returns an error saying why
 // when the rollout halted or went back.
-func watch(c *client, n int, leave string, wantBack bool, w *os.File) error {
+func watch(c *client, n int, leave rollout.State, wantBack bool, w *os.File) error {
 	api, err := c.open()
 	if err != nil {
 		return err
@@ -127,10 +142,10 @@ func watch(c *client, n int, leave string, wantBack bool, w *os.File) error {
 			return fmt.Errorf("lost the node at %s while watching: %w; `rollout status` on another node shows the rollout", c.addr, err)
 		}
 		r := v.Rollout
-		if r == nil {
+		if r == nil && n == 0 {
 			return errors.New("nothing has been deployed yet")
 		}
-		if n != 0 && r.Version < n {
+		if n != 0 && (r == nil || r.Version < n) {
 			// This node has not applied the commit yet.
 			time.Sleep(100 * time.Millisecond)
 			continue
@@ -146,8 +161,8 @@ func watch(c *client, n int, leave string, wantBack bool, w *os.File) error {
 		if r.State != leave {
 			leave = "" // the node has applied the change asked for
 		}
-		if leave == "" && (!r.Active() || r.State == consensus.RolloutPaused) {
-			if wantBack && r.State == consensus.RolloutReverted {
+		if leave == "" && (!r.Active() || r.State == rollout.Paused) {
+			if wantBack && r.State == rollout.WentBack {
 				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
 				return nil
 			}
@@ -161,9 +176,13 @@ func watch(c *client, n int, leave string, wantBack bool, w *os.File) error {
 }
 
 // drawRollout writes the rollout as a table and returns how many lines it took.
-func drawRollout(w io.Writer, r *consensus.Rollout, leader string) int {
+func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "version %d %s (leader %s)\n", r.Version, r.State, leader)
+	fmt.Fprintf(&buf, "  policy: %s\n", policyLine(r.Policy))
+	if r.Reason != "" {
+		fmt.Fprintf(&buf, "  %s\n", firstLine(r.Reason))
+	}
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  #\tNODE\tPHASE\tFOR\tNOTE")
 	for i, name := range r.Order {
@@ -175,7 +194,14 @@ func drawRollout(w io.Writer, r *consensus.Rollout, leader string) int {
 	return bytes.Count(buf.Bytes(), []byte("\n"))
 }
 
-func phaseTime(nr *consensus.NodeRollout) string {
+// policyLine is the rules a rollout runs under, each bound a phase has.
+func policyLine(p rollout.Policy) string {
+	p = p.WithDefaults()
+	return fmt.Sprintf("build deadline %s, progress deadline %s, healthy %s, start deadline %s, down after %s",
+		p.BuildDeadline, p.ProgressDeadline, p.Healthy, p.StartDeadline, p.DownAfter)
+}
+
+func phaseTime(nr *rollout.Node) string {
 	end := time.Now()
 	if !nr.Done.IsZero() && !nr.Granted.IsZero() {
 		return nr.Done.Sub(nr.Granted).Round(time.Millisecond).String()
@@ -194,15 +220,15 @@ func firstLine(s string) string {
 }
 
 // printChanges prints a line for each node whose phase changed since the last call.
-func printChanges(w io.Writer, r *consensus.Rollout, seen map[string]string) {
+func printChanges(w io.Writer, r *rollout.Rollout, seen map[string]string) {
 	for _, name := range r.Order {
 		nr := r.Nodes[name]
-		if seen[name] == nr.Phase {
+		if seen[name] == string(nr.Phase) {
 			continue
 		}
-		seen[name] = nr.Phase
+		seen[name] = string(nr.Phase)
 		line := fmt.Sprintf("  %s: %s", name, nr.Phase)
-		if nr.Phase == consensus.PhaseRunning || nr.Phase == consensus.PhaseReverted {
+		if nr.Phase == rollout.Running || nr.Phase == rollout.Reverted {
 			line += " (" + phaseTime(nr) + ")"
 		}
 		if nr.Error != "" {
@@ -210,19 +236,19 @@ func printChanges(w io.Writer, r *consensus.Rollout, seen map[string]string) {
 		}
 		fmt.Fprintln(w, line)
 	}
-	if seen[""] != r.State {
-		seen[""] = r.State
+	if seen[""] != string(r.State) {
+		seen[""] = string(r.State)
 		fmt.Fprintf(w, "version %d %s: order %s\n", r.Version, r.State, strings.Join(r.Order, " -> "))
 	}
 }
 
 // outcome turns how a rollout ended into the command's result.
-func outcome(r *consensus.Rollout) error {
+func outcome(r *rollout.Rollout) error {
 	switch r.State {
-	case consensus.RolloutDone:
+	case rollout.Done:
 		var skipped []string
 		for _, name := range r.Order {
-			if r.Nodes[name].Phase == consensus.PhaseSkipped {
+			if r.Nodes[name].Phase == rollout.Skipped {
 				skipped = append(skipped, name)
 			}
 		}
@@ -234,7 +260,7 @@ func outcome(r *consensus.Rollout) error {
 		}
 		fmt.Printf("version %d runs on every node (%s)\n", r.Version, r.Ended.Sub(r.Started).Round(time.Millisecond))
 		return nil
-	case consensus.RolloutPaused:
+	case rollout.Paused:
 		fmt.Printf("version %d paused: %s\n", r.Version, r.Reason)
 		return nil
 	}
@@ -277,8 +303,8 @@ func runRollout(args []string) error {
 			return nil
 		}
 		drawRollout(os.Stdout, v.Rollout, v.Leader)
-		if v.Rollout.Reason != "" {
-			fmt.Println(v.Rollout.Reason)
+		if strings.Contains(v.Rollout.Reason, "\n") {
+			fmt.Println(v.Rollout.Reason) // the compiler's words, whole
 		}
 		return nil
 	case "pause", "resume", "undo":
@@ -286,7 +312,7 @@ func runRollout(args []string) error {
 		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
 			return err
 		}
-		before := ""
+		var before rollout.State
 		if v.Rollout != nil {
 			before = v.Rollout.State
 		}
@@ -311,7 +337,7 @@ func runRollout(args []string) error {
 }
 
 func printHistory(v agent.RolloutView) error {
-	outcome := map[int]string{}
+	outcome := map[int]rollout.State{}
 	for _, r := range append(v.Past, v.Rollout) {
 		if r != nil {
 			outcome[r.Version] = r.State
@@ -363,7 +389,7 @@ func runStatus(args []string) error {
 		}
 		phase, since := "-", "-"
 		if n.Rollout != nil {
-			phase, since = n.Rollout.Phase, phaseTime(n.Rollout)
+			phase, since = string(n.Rollout.Phase), phaseTime(n.Rollout)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Member.Name, n.Member.Role, yesNo(n.Reachable), version, phase, since, ducks)
 	}

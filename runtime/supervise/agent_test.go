@@ -25,7 +25,7 @@ func fakeAgent() {
 		err = s.Start(context.Background(), Spec{ID: "duck-1", Version: "v1", Binary: os.Getenv("AGENT_DUCK"), Addr: os.Getenv("AGENT_ADDR"), Env: []string{"DUCK_INTERVAL=1h"}})
 	}
 	if err == nil {
-		err = s.Swap(context.Background(), "duck-1", "v2", os.Getenv("AGENT_DUCK_V2"))
+		err = s.Swap(context.Background(), "duck-1", "v2", os.Getenv("AGENT_DUCK_V2"), 0)
 	}
 	if err != nil {
 		fmt.Println("error", err)

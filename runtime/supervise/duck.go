@@ -35,6 +35,7 @@ const (
 
 type swapOp struct {
 	version, binary string
+	healthy         time.Duration // how long the new generation must stay up
 	reply           chan error
 }
 
@@ -578,7 +579,7 @@ func (d *duck) swap(op swapOp) error {
 		return fail("stopped during the swap, after the new version became Ready")
 	}
 
-	healthy := time.NewTimer(d.cfg.Healthy)
+	healthy := time.NewTimer(op.healthy)
 	defer healthy.Stop()
 	select {
 	case <-next.done:
@@ -588,7 +589,7 @@ func (d *duck) swap(op swapOp) error {
 		d.mu.Unlock()
 		d.endRun(r, false)
 		err := fail("the new generation (PID %d) %s within %s of becoming Ready; restarting %s from its binary and the state it handed over%s",
-			next.pid, next.exited(), d.cfg.Healthy, oldVersion, tail(r.stderrSince(mark)))
+			next.pid, next.exited(), op.healthy, oldVersion, tail(r.stderrSince(mark)))
 		d.crashed(err.Error())
 		return err
 	case <-healthy.C:

@@ -125,7 +125,7 @@ func startDuck(t *testing.T, s *Supervisor, id, bin, version string, env ...stri
 func swap(s *Supervisor, id, version, bin string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return s.Swap(ctx, id, version, bins[bin])
+	return s.Swap(ctx, id, version, bins[bin], 0)
 }
 
 // waitFor polls cond until it holds, failing the test past a deadline.

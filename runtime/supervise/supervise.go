@@ -42,6 +42,7 @@
 package supervise
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -244,7 +245,10 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) error {
 //
 // If ctx ends first Swap returns, but a swap under way runs to its end;
 // Get shows the outcome.
-func (s *Supervisor) Swap(ctx context.Context, id, version, binary string) error {
+//
+// healthy overrides Config.Healthy for this swap when it is not 0: a rollout's policy says how
+// long a new version must stay up.
+func (s *Supervisor) Swap(ctx context.Context, id, version, binary string, healthy time.Duration) error {
 	if version == "" || binary == "" {
 		return fmt.Errorf("supervise: swapping duck %q needs a version label and a binary", id)
 	}
@@ -252,7 +256,7 @@ func (s *Supervisor) Swap(ctx context.Context, id, version, binary string) error
 	if err != nil {
 		return err
 	}
-	op := swapOp{version: version, binary: binary, reply: make(chan error, 1)}
+	op := swapOp{version: version, binary: binary, healthy: cmp.Or(healthy, s.cfg.Healthy), reply: make(chan error, 1)}
 	select {
 	case d.ops <- op:
 	case <-d.finished:

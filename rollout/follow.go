@@ -1,0 +1,89 @@
+package rollout
+
+import (
+	"strconv"
+	"time"
+)
+
+// Local is what a node knows of itself that the log does not hold. Have, Acted and Synced
+// survive its restarts (they live in its data folder); the rest is its process's memory.
+type Local struct {
+	Have   string // bundle ID its ducks run, "" if none yet
+	Acted  string // TurnKey of the last turn it finished
+	Synced string // SyncKey of the last rollout end it caught up with
+}
+
+// DutyKind is what a node should do next.
+type DutyKind int
+
+// The duties of a node.
+const (
+	Idle       DutyKind = iota
+	Turn                // swap every duck to Duty.Version, then report Duty.Success
+	CatchUp             // switch to Duty.Version, the cluster's choice, outside any turn
+	MarkSynced          // already on the cluster's choice: remember Duty.Key
+)
+
+// Duty is a node's next job in a rollout.
+type Duty struct {
+	Kind    DutyKind
+	Version string // bundle ID to switch to
+	// Success is the phase a Turn reports when it worked: Running forward, Reverted back.
+	Success Phase
+	// Key names the turn or the rollout end, so that a node never takes the same one twice,
+	// across restarts too (Local.Acted, Local.Synced).
+	Key string
+}
+
+// NeedsBuild reports whether node should build the target now: builds start at the commit,
+// beside the rollout, so that a node's turn is its swap alone. A node that restarted in the
+// middle of its build (building is what this process has started) builds again; the build
+// cache makes that cheap when the first attempt had finished.
+func (r *Rollout) NeedsBuild(node string, building bool) bool {
+	if r == nil || building || !r.forward() {
+		return false
+	}
+	me := r.Nodes[node]
+	return me != nil && (me.Phase == Pending || me.Phase == Building)
+}
+
+// Follow is node's next duty. A turn the leader granted comes first (one under way when the node
+// restarted is taken again, even while the rollout goes back, which waits for it); once the
+// rollout has ended, a node not on the version the cluster settled on catches up with it.
+func (r *Rollout) Follow(node string, l Local) Duty {
+	if r == nil {
+		return Duty{}
+	}
+	if me := r.Nodes[node]; me != nil {
+		forward := me.Phase == Granted && r.forward() || me.Phase == Swapping && (r.forward() || r.State == GoingBack)
+		if forward || me.Phase == Reverting {
+			d := Duty{Kind: Turn, Version: r.Target, Success: Running}
+			if me.Phase == Reverting {
+				d.Version, d.Success = r.FromID, Reverted
+			}
+			d.Key = strconv.Itoa(r.Version) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
+			if l.Acted == d.Key {
+				return Duty{} // done; its report is on its way through the log
+			}
+			return d
+		}
+	}
+	if r.Active() {
+		return Duty{}
+	}
+	key := SyncKey(r)
+	if l.Synced == key {
+		return Duty{}
+	}
+	want := r.Desired(node)
+	if want == "" || want == l.Have {
+		return Duty{Kind: MarkSynced, Key: key}
+	}
+	return Duty{Kind: CatchUp, Version: want, Key: key}
+}
+
+// SyncKey names the end of one rollout; its start time tells it from a rollout of the same
+// number in a cluster the node was in before.
+func SyncKey(r *Rollout) string {
+	return strconv.Itoa(r.Version) + "/" + string(r.State) + "/" + r.Started.Format(time.RFC3339Nano)
+}

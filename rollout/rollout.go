@@ -1,0 +1,182 @@
+// Package rollout is the rolling upgrade as a state machine: the phases a node goes through, the
+// states of a rollout, the policy committed with each version, and the two decisions that move
+// it: the leader's next step (Next) and a node's next duty (Follow). Everything here is a pure
+// function of the rollout and the inputs passed in, so that any leader, old or new, makes the
+// same move, every node reads the same picture, and a simulation (sim_test.go) can drive the
+// whole protocol under a seeded clock and network.
+//
+// The consensus package stores a Rollout in the Raft log and applies the changes this package
+// defines (Grant, Report, SetState); the agent acts on Next and Follow; the CLI shows it. Nothing
+// here starts a build, a swap or a process.
+package rollout
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Phase is where one node is in a rollout.
+type Phase string
+
+// The phases of one node.
+const (
+	Pending   Phase = "pending"   // nothing yet
+	Building  Phase = "building"  // building the new version
+	Built     Phase = "built"     // built, waiting for its turn
+	Granted   Phase = "granted"   // its turn: swap every duck
+	Swapping  Phase = "swapping"  // swapping, then staying healthy for Policy.Healthy
+	Running   Phase = "running"   // every duck runs the new version and stayed healthy
+	Failed    Phase = "failed"    // build or swap failed, or a deadline passed
+	Skipped   Phase = "skipped"   // down or silent in its turn; it catches up by itself
+	Reverting Phase = "reverting" // its turn to go back to the previous version
+	Reverted  Phase = "reverted"  // back on the previous version
+)
+
+// Ended reports whether a node is done with its part (forward or back).
+func (p Phase) Ended() bool {
+	return p == Running || p == Failed || p == Skipped || p == Reverted
+}
+
+// State is where a whole rollout is.
+type State string
+
+// The states of a rollout. Rolling and Reverting have work left; Paused waits for the operator;
+// Done, Halted and WentBack are the ends.
+const (
+	Rolling   State = "rolling"   // nodes upgrade one at a time
+	Paused    State = "paused"    // canary done or paused by hand: resume or undo
+	Done      State = "done"      // every node runs the version (or was skipped)
+	Halted    State = "halted"    // a node failed and auto-revert was off: nothing more happens
+	GoingBack State = "reverting" // upgraded nodes go back, in reverse order
+	WentBack  State = "reverted"  // every upgraded node is back on the previous version
+)
+
+// ErrStale means a change was about a turn or phase the rollout has moved past; the node that
+// sent it should look at the log again rather than retry.
+var ErrStale = errors.New("stale rollout command")
+
+// Node is one node's part in a rollout.
+type Node struct {
+	Phase Phase     `json:"phase"`
+	Since time.Time `json:"since"` // when Phase was entered
+	// BuildStarted and Built time the node's build, Granted and Done its turn.
+	BuildStarted time.Time `json:"build_started,omitzero"`
+	Built        time.Time `json:"built,omitzero"`
+	Granted      time.Time `json:"granted,omitzero"`
+	Done         time.Time `json:"done,omitzero"`
+	Error        string    `json:"error,omitempty"`
+}
+
+// Rollout is the rollout of one version across the cluster. The order is fixed when the version
+// is committed, so every node, and every later leader, sees the same one.
+type Rollout struct {
+	Version    int              `json:"version"`
+	Target     string           `json:"target"`         // bundle ID rolled out
+	From       int              `json:"from,omitempty"` // version the cluster ran before, 0 if none
+	FromID     string           `json:"from_id,omitempty"`
+	Order      []string         `json:"order"`
+	Nodes      map[string]*Node `json:"nodes"`
+	State      State            `json:"state"`
+	Canary     bool             `json:"canary,omitempty"`
+	AutoRevert bool             `json:"auto_revert"`
+	// Policy is the rules every leader applies to this rollout; a rollout from before policies
+	// were recorded has the zero Policy, which means the defaults.
+	Policy  Policy    `json:"policy,omitzero"`
+	Reason  string    `json:"reason,omitempty"`
+	Started time.Time `json:"started"`
+	Ended   time.Time `json:"ended,omitzero"`
+}
+
+// New starts the rollout of version n (bundle target) from version from (bundle fromID; 0 and ""
+// for the first version) over the nodes in order.
+func New(n int, target string, from int, fromID string, order []string, canary, autoRevert bool, p Policy, now time.Time) *Rollout {
+	r := &Rollout{
+		Version: n, Target: target, From: from, FromID: fromID, Order: slices.Clone(order),
+		Nodes: make(map[string]*Node, len(order)), State: Rolling, Canary: canary,
+		AutoRevert: autoRevert, Policy: p, Started: now,
+	}
+	for _, name := range order {
+		r.Nodes[name] = &Node{Phase: Pending, Since: now}
+	}
+	return r
+}
+
+// Check refuses a rollout that no sequence of changes could have made (a corrupt or hand-made
+// snapshot): every node in the order has its entry, and no entry is empty.
+func (r *Rollout) Check() error {
+	if r == nil {
+		return nil
+	}
+	for _, name := range r.Order {
+		if r.Nodes[name] == nil {
+			return fmt.Errorf("rollout of version %d names %s in its order but has no entry for it", r.Version, name)
+		}
+	}
+	for name, nr := range r.Nodes {
+		if nr == nil {
+			return fmt.Errorf("rollout of version %d has an empty entry for %s", r.Version, name)
+		}
+	}
+	return r.Policy.Validate()
+}
+
+// Active reports whether the rollout still has work to do or waits for the operator.
+func (r *Rollout) Active() bool {
+	return r != nil && (r.State == Rolling || r.State == Paused || r.State == GoingBack)
+}
+
+// forward reports whether the rollout goes forward (or waits to).
+func (r *Rollout) forward() bool { return r.State == Rolling || r.State == Paused }
+
+// Clone is a deep copy a reader may keep.
+func (r *Rollout) Clone() *Rollout {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Order = slices.Clone(r.Order)
+	c.Nodes = make(map[string]*Node, len(r.Nodes))
+	for k, v := range r.Nodes {
+		nv := *v
+		c.Nodes[k] = &nv
+	}
+	return &c
+}
+
+// Desired is the version ID node should run as far as this rollout goes. Once it is done, every
+// node runs the target, a skipped one (which catches up) or one that joined later included; once
+// it went back, every node runs the previous version; while it rolls, a node runs the target
+// from its turn on, and a node that was skipped keeps what it had.
+func (r *Rollout) Desired(node string) string {
+	if r == nil {
+		return ""
+	}
+	from := r.FromID
+	if from == "" {
+		from = r.Target // the first version: there is nothing else to run
+	}
+	var phase Phase
+	if nr, ok := r.Nodes[node]; ok {
+		phase = nr.Phase
+	}
+	switch r.State {
+	case Done:
+		return r.Target
+	case WentBack:
+		return from
+	case Halted:
+		if phase == Running {
+			return r.Target // left as it was: halted without going back
+		}
+		return from
+	}
+	// A skipped node waits for the end: it catches up then, so that no node swaps out of turn
+	// while the rollout may still find the version bad.
+	switch phase {
+	case Running, Granted, Swapping:
+		return r.Target
+	}
+	return from
+}

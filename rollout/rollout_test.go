@@ -1,0 +1,231 @@
+package rollout
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+// three is version 2 rolling out over a, b, c from version 1.
+func three() *Rollout {
+	return New(2, "v2", 1, "v1", []string{"a", "b", "c"}, false, true, Policy{}, t0)
+}
+
+func inContact(string) time.Duration { return 0 }
+
+func silentFor(node string, d time.Duration) Silence {
+	return func(name string) time.Duration {
+		if name == node {
+			return d
+		}
+		return 0
+	}
+}
+
+// TestEveryPhaseHasAWayOut is the rule of issue "a rollout always ends": for each phase a node
+// can be in during a rollout, a node that is down, or silent, or stuck there is moved on within
+// a bounded time.
+func TestEveryPhaseHasAWayOut(t *testing.T) {
+	p := Policy{}.WithDefaults()
+	cases := []struct {
+		name  string
+		state State
+		phase Phase
+		since time.Duration // how long before now the node entered the phase
+		quiet Silence
+		want  Step
+	}{
+		{"pending, down", Rolling, Pending, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"pending, in contact but silent", Rolling, Pending, p.StartDeadline + time.Second, inContact, Step{Op: OpGrant, Node: "a", Phase: Granted}},
+		{"building, down (the leader killed after the commit)", Rolling, Building, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"building past the build deadline", Rolling, Building, p.BuildDeadline + time.Second, inContact, Step{Op: OpReport, Node: "a", Phase: Failed}},
+		{"built, down at its turn", Rolling, Built, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"granted, down", Rolling, Granted, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"granted, silent", Rolling, Granted, p.StartDeadline + time.Second, inContact, Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"swapping, down", Rolling, Swapping, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"swapping (or in its healthy wait) past the progress deadline", Rolling, Swapping, p.ProgressDeadline + time.Second, inContact, Step{Op: OpReport, Node: "a", Phase: Failed}},
+		{"swapping while paused, down", Paused, Swapping, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"swapping while going back, stuck", GoingBack, Swapping, p.ProgressDeadline + time.Second, inContact, Step{Op: OpReport, Node: "a", Phase: Failed}},
+		{"granted when the rollout went back", GoingBack, Granted, 0, inContact, Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"going back, down", GoingBack, Reverting, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+		{"going back past the progress deadline", GoingBack, Reverting, p.ProgressDeadline + time.Second, inContact, Step{Op: OpReport, Node: "a", Phase: Failed}},
+		{"running, down when its turn to go back comes", GoingBack, Running, time.Second, silentFor("a", p.DownAfter+time.Second), Step{Op: OpReport, Node: "a", Phase: Skipped}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := three()
+			now := t0.Add(time.Hour)
+			r.State = c.state
+			r.Started = now.Add(-c.since)
+			r.Nodes["a"].Phase, r.Nodes["a"].Since = c.phase, now.Add(-c.since)
+			got := r.Next(now, c.quiet)
+			if got.Op != c.want.Op || got.Node != c.want.Node || got.Phase != c.want.Phase {
+				t.Fatalf("Next = %+v, want %s %s %s", got, c.want.Op, c.want.Node, c.want.Phase)
+			}
+			// Whatever the step is, the log takes it.
+			var err error
+			switch got.Op {
+			case OpGrant:
+				err = r.Grant(got.Node, got.Phase, now)
+			case OpReport:
+				err = r.Report(got.Node, got.Phase, got.Message, now)
+			}
+			if err != nil {
+				t.Fatalf("the log refused the leader's own step %+v: %v", got, err)
+			}
+			// And within the bound, nobody waits: the same node in contact and fresh waits.
+			r2 := three()
+			r2.State, r2.Started = c.state, now
+			r2.Nodes["a"].Phase, r2.Nodes["a"].Since = c.phase, now
+			if c.phase != Granted || c.state != GoingBack {
+				if st := r2.Next(now, inContact); st.Op == OpReport {
+					t.Fatalf("a node fresh in %s and in contact was already reported %s", c.phase, st.Phase)
+				}
+			}
+		})
+	}
+}
+
+func TestLeaderKilledAfterCommitIsSkippedAndTheRestUpgrade(t *testing.T) {
+	// The case from the field: a recorded itself building and died with its leadership; b and c
+	// built. The new leader must move on, not wait for ever.
+	r := three()
+	r.Report("a", Building, "", t0.Add(time.Second))
+	r.Report("b", Built, "", t0.Add(2*time.Second))
+	r.Report("c", Built, "", t0.Add(2*time.Second))
+	aDown := silentFor("a", 0)
+	now := t0.Add(3 * time.Second)
+	if st := r.Next(now, aDown); st.Op != "" {
+		t.Fatalf("a, still in contact and building, got %+v", st)
+	}
+	aDown = silentFor("a", Policy{}.WithDefaults().DownAfter+time.Millisecond)
+	for range 20 {
+		now = now.Add(100 * time.Millisecond)
+		st := r.Next(now, aDown)
+		var err error
+		switch st.Op {
+		case OpGrant:
+			err = r.Grant(st.Node, st.Phase, now)
+			if err == nil {
+				r.Report(st.Node, Swapping, "", now)
+				err = r.Report(st.Node, Running, "", now)
+			}
+		case OpReport:
+			err = r.Report(st.Node, st.Phase, st.Message, now)
+		case OpState:
+			err = r.SetState(st.State, st.Message, now)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.State != Done || r.Nodes["a"].Phase != Skipped || r.Nodes["b"].Phase != Running || r.Nodes["c"].Phase != Running {
+		t.Fatalf("rollout %s: a %s, b %s, c %s", r.State, r.Nodes["a"].Phase, r.Nodes["b"].Phase, r.Nodes["c"].Phase)
+	}
+	if r.Desired("a") != "v2" {
+		t.Fatal("a skipped node must catch up with the target once the rollout is done")
+	}
+}
+
+func TestRolloutWhereEveryNodeWasSkippedIsNotDone(t *testing.T) {
+	r := three()
+	for _, n := range r.Order {
+		r.Report(n, Skipped, "down", t0)
+	}
+	st := r.Next(t0, inContact)
+	if st.Op != OpState || st.State != Halted {
+		t.Fatalf("Next = %+v, want halted: nothing ran the version", st)
+	}
+	r.SetState(st.State, st.Message, t0)
+	if r.Desired("a") != "v1" {
+		t.Fatalf("nodes should stay on v1, not catch up with a version nobody ran")
+	}
+}
+
+func TestSkippedNodeWaitsForTheEndBeforeCatchingUp(t *testing.T) {
+	r := three()
+	r.Report("a", Skipped, "down", t0)
+	if d := r.Follow("a", Local{Have: "v1"}); d.Kind != Idle || r.Desired("a") != "v1" {
+		t.Fatalf("a skipped node while the rollout rolls: duty %+v, desired %s", d, r.Desired("a"))
+	}
+	r.State = Done
+	d := r.Follow("a", Local{Have: "v1"})
+	if d.Kind != CatchUp || d.Version != "v2" {
+		t.Fatalf("after the rollout: duty %+v, want catch up with v2", d)
+	}
+	if d2 := r.Follow("a", Local{Have: "v1", Synced: d.Key}); d2.Kind != Idle {
+		t.Fatalf("once caught up it must not switch again: %+v", d2)
+	}
+}
+
+func TestTurnTakenOncePerGrantAcrossRestarts(t *testing.T) {
+	r := three()
+	r.Report("a", Built, "", t0)
+	r.Grant("a", Granted, t0)
+	d := r.Follow("a", Local{Have: "v1"})
+	if d.Kind != Turn || d.Version != "v2" || d.Success != Running {
+		t.Fatalf("granted: %+v", d)
+	}
+	r.Report("a", Swapping, "", t0)
+	if again := r.Follow("a", Local{Have: "v1"}); again != d {
+		t.Fatalf("restarted mid-swap, the same turn goes on: %+v, want %+v", again, d)
+	}
+	if done := r.Follow("a", Local{Have: "v2", Acted: d.Key}); done.Kind != Idle {
+		t.Fatalf("a finished turn was taken again: %+v", done)
+	}
+}
+
+func TestBuildsStartAtCommitAndAgainAfterARestart(t *testing.T) {
+	r := three()
+	if !r.NeedsBuild("a", false) || r.NeedsBuild("a", true) {
+		t.Fatal("a pending node builds once per process")
+	}
+	r.Report("a", Building, "", t0)
+	if !r.NeedsBuild("a", false) {
+		t.Fatal("a node restarted while building must build again: nothing else will")
+	}
+	r.Report("a", Built, "", t0)
+	if r.NeedsBuild("a", false) {
+		t.Fatal("a built node built again")
+	}
+}
+
+func TestStaleChangesAreRefused(t *testing.T) {
+	r := three()
+	if err := r.Report("a", Running, "", t0); err == nil {
+		t.Fatal("running without a turn was taken")
+	}
+	if err := r.Grant("a", Reverting, t0); err == nil {
+		t.Fatal("a revert grant while rolling forward was taken")
+	}
+	r.Report("a", Skipped, "down", t0)
+	if err := r.Report("a", Failed, "late build failure", t0); err == nil {
+		t.Fatal("a late failure of a node already skipped changed it")
+	}
+	if err := r.Grant("a", Granted, t0); err == nil {
+		t.Fatal("a skipped node was granted again")
+	}
+}
+
+func TestPolicyRefusesWhatNoRolloutCanKeep(t *testing.T) {
+	if err := (Policy{BuildDeadline: -time.Second}).Validate(); err == nil || !strings.Contains(err.Error(), "build deadline") {
+		t.Fatalf("negative build deadline: %v", err)
+	}
+	if err := (Policy{Healthy: time.Minute, ProgressDeadline: 30 * time.Second}).Validate(); err == nil || !strings.Contains(err.Error(), "--progress-deadline") {
+		t.Fatalf("healthy wait longer than the turn: %v", err)
+	}
+	if err := (Policy{}).Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOrderIsNatural(t *testing.T) {
+	got := Order([]string{"n10", "n2", "n1", "b", "a", "n11", "n02", "z9", "z10a", "z10"})
+	want := []string{"a", "b", "n1", "n02", "n2", "n10", "n11", "z9", "z10", "z10a"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("Order = %v, want %v", got, want)
+	}
+}

@@ -1,0 +1,711 @@
+package rollout
+
+import (
+	"container/heap"
+	"errors"
+	"flag"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The rollout protocol under a simulated clock and network, in the manner of FoundationDB's
+// simulation: the leader's Next and every node's Follow, with builds, swaps, reports and the
+// log, run in one goroutine under a seeded schedule of crashes, restarts, partitions, leader
+// changes, lost and delayed messages, builds that fail or hang and ducks that die in their
+// healthy wait. The same seed replays the same run exactly.
+//
+// The model keeps what the real agent does (agent/rollout.go) and nothing it does not: a node's
+// data folder (Local: what its ducks run, the last turn and catch-up it finished) survives a
+// crash, its process memory (builds started, a turn under way) does not; the log is one
+// sequence every node reads once it reaches the leader; the leader sees a node as silent from
+// the moment it stopped answering, or from its own election if that came later.
+
+var (
+	simSchedules = flag.Int("sim.schedules", 2000, "rollout simulation: how many seeded schedules to run")
+	simSeed      = flag.Uint64("sim.seed", 0, "rollout simulation: run only this seed (a failing run prints its seed)")
+	simTrace     = flag.Bool("sim.trace", false, "rollout simulation: print every event of the runs")
+)
+
+// regressions are seeds that once failed; each stays a fixed case.
+var regressions = []uint64{}
+
+func TestSimulatedRolloutsAlwaysEnd(t *testing.T) {
+	if *simSeed != 0 {
+		if err := simulate(*simSeed, *simTrace, t.Logf); err != nil {
+			t.Fatalf("seed %d: %v", *simSeed, err)
+		}
+		return
+	}
+	seeds := slices.Clone(regressions)
+	for i := range *simSchedules {
+		seeds = append(seeds, uint64(i)+1)
+	}
+	failed := 0
+	for _, seed := range seeds {
+		if err := simulate(seed, false, nil); err != nil {
+			failed++
+			t.Errorf("seed %d: %v\n  replay: go test ./rollout/ -run TestSimulatedRolloutsAlwaysEnd -sim.seed %d -sim.trace -v", seed, err, seed)
+			if failed >= 5 {
+				t.FailNow()
+			}
+		}
+	}
+	t.Logf("%d schedules", len(seeds))
+}
+
+// Kinds of versions the simulation deploys.
+type simKind int
+
+const (
+	kindGood      simKind = iota
+	kindNoCompile         // the build fails on every node
+	kindHangs             // the build never ends
+	kindCrashes           // a new duck dies within its healthy wait
+)
+
+var simPolicy = Policy{
+	StartDeadline: 5 * time.Second, BuildDeadline: 40 * time.Second,
+	ProgressDeadline: 20 * time.Second, Healthy: 500 * time.Millisecond, DownAfter: 3 * time.Second,
+}
+
+type simEvent struct {
+	at  time.Time
+	seq int
+	fn  func()
+}
+
+type simQueue []*simEvent
+
+func (q simQueue) Len() int { return len(q) }
+func (q simQueue) Less(i, j int) bool {
+	if !q[i].at.Equal(q[j].at) {
+		return q[i].at.Before(q[j].at)
+	}
+	return q[i].seq < q[j].seq
+}
+func (q simQueue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
+func (q *simQueue) Push(x any)   { *q = append(*q, x.(*simEvent)) }
+func (q *simQueue) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
+}
+
+type simNode struct {
+	name string
+	up   bool
+	cut  bool // partitioned from the others
+	inc  int  // incarnation: what a crash ends carries the old one
+	// lost is when the leader's heartbeats stopped reaching it (crash or cut).
+	lost time.Time
+
+	// The data folder.
+	local Local
+	// The process.
+	building map[int]bool
+	busy     bool
+	retryAt  time.Time
+	view     *Rollout // the log as far as this node has it
+}
+
+type sim struct {
+	rng    *rand.Rand
+	now    time.Time
+	seq    int
+	q      simQueue
+	trace  func(string, ...any)
+	nodes  []*simNode
+	byName map[string]*simNode
+
+	// The log.
+	log         *Rollout
+	kinds       map[string]simKind // bundle ID -> what it does
+	numbers     map[string]int     // bundle ID -> version number
+	versions    int
+	current     string // bundle ID the cluster runs (consensus.State.current)
+	leader      string
+	leaderSince time.Time
+	electing    bool
+
+	faultsUntil time.Time
+	// swaps counts the switches each node made per incarnation, rollout and version.
+	swaps map[string]int
+	err   error
+}
+
+func (s *sim) at(d time.Duration, fn func()) {
+	s.seq++
+	heap.Push(&s.q, &simEvent{at: s.now.Add(d), seq: s.seq, fn: fn})
+}
+
+func (s *sim) logf(format string, args ...any) {
+	if s.trace != nil {
+		s.trace("%8.3fs "+format, append([]any{s.now.Sub(simStart).Seconds()}, args...)...)
+	}
+}
+
+func (s *sim) fail(format string, args ...any) {
+	if s.err == nil {
+		s.err = fmt.Errorf("at %.3fs: %s", s.now.Sub(simStart).Seconds(), fmt.Sprintf(format, args...))
+	}
+}
+
+func (s *sim) jitter(lo, hi time.Duration) time.Duration {
+	return lo + time.Duration(s.rng.Int64N(int64(hi-lo)+1))
+}
+
+var simStart = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+
+// reachable: n can talk to the leader (and so read the log and be heard).
+func (s *sim) reachable(n *simNode) bool {
+	l := s.byName[s.leader]
+	return n.up && !n.cut && l != nil && l.up && !l.cut
+}
+
+func (s *sim) quorum() bool {
+	ok := 0
+	for _, n := range s.nodes {
+		if n.up && !n.cut {
+			ok++
+		}
+	}
+	return ok*2 > len(s.nodes)
+}
+
+// silence is the leader's Raft view of each member.
+func (s *sim) silence(name string) time.Duration {
+	n := s.byName[name]
+	if name == s.leader || n.up && !n.cut {
+		return 0
+	}
+	since := n.lost
+	if s.leaderSince.After(since) {
+		since = s.leaderSince
+	}
+	return s.now.Sub(since)
+}
+
+// change applies one entry to the log, as the leader's FSM would, and checks what must hold
+// at every entry.
+func (s *sim) change(what string, fn func(r *Rollout) error) error {
+	before := s.log.Clone()
+	if err := fn(s.log); err != nil {
+		s.logf("refused %s: %v", what, err)
+		return err
+	}
+	s.logf("log: %s -> %s", what, s.log.State)
+	s.checkEntry(before, s.log)
+	if !s.log.Active() && before.Active() {
+		s.current = s.log.Target
+		if s.log.State == WentBack || s.log.State == Halted {
+			s.current = s.log.FromID
+		}
+	}
+	return nil
+}
+
+func (s *sim) checkEntry(before, after *Rollout) {
+	for i, name := range after.Order {
+		b, a := before.Nodes[name], after.Nodes[name]
+		if b.Phase == a.Phase {
+			continue
+		}
+		switch a.Phase {
+		case Granted:
+			for _, prev := range after.Order[:i] {
+				if !after.Nodes[prev].Phase.Ended() && after.Nodes[prev].Phase != Pending && after.Nodes[prev].Phase != Building && after.Nodes[prev].Phase != Built {
+					s.fail("%s granted while %s is %s: out of order", name, prev, after.Nodes[prev].Phase)
+				}
+				if p := after.Nodes[prev].Phase; p == Pending || p == Building || p == Built {
+					s.fail("%s granted before %s (%s): out of order", name, prev, p)
+				}
+			}
+		case Reverting:
+			for _, later := range after.Order[i+1:] {
+				if p := after.Nodes[later].Phase; p == Running || p == Reverting {
+					s.fail("%s goes back before %s (%s): out of order", name, later, p)
+				}
+			}
+		case Running:
+			// The report is sent after the switch, by the process that made it: a crash since
+			// would have ended it.
+			if have := s.byName[name].local.Have; have != after.Target {
+				s.fail("%s recorded running %s but its ducks run %s", name, lbl(after.Target), lbl(have))
+			}
+		}
+	}
+}
+
+func lbl(id string) string {
+	if id == "" {
+		return "(none)"
+	}
+	return id
+}
+
+// send delivers a node's report to the leader, retrying every 500 ms through lost messages,
+// partitions and elections, as agent.report does; done gets whether the log took it.
+func (s *sim) send(n *simNode, version int, phase Phase, msg string, done func(bool)) {
+	inc := n.inc
+	var try func()
+	try = func() {
+		if !n.up || n.inc != inc {
+			return // the process that sent it is gone
+		}
+		if !s.reachable(n) || s.inFaults() && s.rng.IntN(10) == 0 {
+			s.at(500*time.Millisecond, try)
+			return
+		}
+		s.at(s.jitter(time.Millisecond, 30*time.Millisecond), func() {
+			if !n.up || n.inc != inc || !s.reachable(n) {
+				s.at(500*time.Millisecond, try)
+				return
+			}
+			if s.log.Version != version {
+				if done != nil {
+					done(false)
+				}
+				return
+			}
+			err := s.change(fmt.Sprintf("%s reports %s", n.name, phase), func(r *Rollout) error { return r.Report(n.name, phase, msg, s.now) })
+			if done != nil {
+				done(err == nil)
+			}
+		})
+	}
+	try()
+}
+
+func (s *sim) inFaults() bool { return s.now.Before(s.faultsUntil) }
+
+// leaderTick is driveRollouts.
+func (s *sim) leaderTick() {
+	defer s.at(100*time.Millisecond, s.leaderTick)
+	l := s.byName[s.leader]
+	if l == nil || !l.up || l.cut || !s.quorum() {
+		s.elect()
+		return
+	}
+	if !s.log.Active() {
+		return
+	}
+	st := s.log.Next(s.now, s.silence)
+	if st.Op == "" {
+		return
+	}
+	what := fmt.Sprintf("leader %s: %s %s %s %s", s.leader, st.Op, st.Node, st.Phase, st.State)
+	switch st.Op {
+	case OpGrant:
+		s.change(what, func(r *Rollout) error { return r.Grant(st.Node, st.Phase, s.now) })
+	case OpReport:
+		s.change(what, func(r *Rollout) error { return r.Report(st.Node, st.Phase, st.Message, s.now) })
+	case OpState:
+		s.change(what, func(r *Rollout) error { return r.SetState(st.State, st.Message, s.now) })
+	}
+}
+
+// elect makes a new leader among the nodes that can form a majority, after an election delay.
+func (s *sim) elect() {
+	if s.electing {
+		return
+	}
+	s.leader = ""
+	s.electing = true
+	s.at(s.jitter(400*time.Millisecond, 1200*time.Millisecond), func() {
+		s.electing = false
+		if !s.quorum() {
+			return
+		}
+		var cands []*simNode
+		for _, n := range s.nodes {
+			if n.up && !n.cut {
+				cands = append(cands, n)
+			}
+		}
+		l := cands[s.rng.IntN(len(cands))]
+		s.leader, s.leaderSince = l.name, s.now
+		s.logf("%s leads", l.name)
+	})
+}
+
+// nodeTick is followRollouts.
+func (s *sim) nodeTick(n *simNode, inc int) {
+	if !n.up || n.inc != inc {
+		return
+	}
+	defer s.at(100*time.Millisecond, func() { s.nodeTick(n, inc) })
+	if s.reachable(n) {
+		n.view = s.log.Clone()
+	}
+	r := n.view
+	if r == nil {
+		return
+	}
+	if r.NeedsBuild(n.name, n.building[r.Version]) {
+		s.build(n, r)
+	}
+	if n.busy {
+		return // one duty at a time: what it does changes what it has
+	}
+	d := r.Follow(n.name, n.local)
+	switch d.Kind {
+	case Turn:
+		s.turn(n, r, d)
+	case CatchUp:
+		if !s.now.Before(n.retryAt) {
+			s.catchUp(n, r, d)
+		}
+	case MarkSynced:
+		n.local.Synced = d.Key
+	}
+}
+
+func (s *sim) build(n *simNode, r *Rollout) {
+	n.building[r.Version] = true
+	inc := n.inc
+	s.send(n, r.Version, Building, "", nil)
+	kind := s.kinds[r.Target]
+	took := s.jitter(300*time.Millisecond, 4*time.Second)
+	deadline := r.Started.Add(r.Policy.WithDefaults().BuildDeadline)
+	if kind == kindHangs || s.now.Add(took).After(deadline) {
+		// The agent's build context ends at the build deadline.
+		s.at(max(deadline.Sub(s.now), 0), func() {
+			if n.up && n.inc == inc {
+				s.send(n, r.Version, Failed, "build: context deadline exceeded", nil)
+			}
+		})
+		return
+	}
+	s.at(took, func() {
+		if !n.up || n.inc != inc {
+			return
+		}
+		if kind == kindNoCompile {
+			s.send(n, r.Version, Failed, "does not compile", nil)
+			return
+		}
+		s.send(n, r.Version, Built, "", nil)
+	})
+}
+
+// switchTo is agent.switchTo: every duck to version id, or back to what it had.
+func (s *sim) switchTo(n *simNode, r *Rollout, id string, done func(error)) {
+	inc := n.inc
+	took := s.jitter(50*time.Millisecond, 2*time.Second)
+	if s.rng.IntN(40) == 0 {
+		took += s.jitter(0, 30*time.Second) // a slow machine
+	}
+	took += r.Policy.WithDefaults().Healthy
+	s.at(took, func() {
+		if !n.up || n.inc != inc {
+			return // died mid-swap: its ducks restart on what local.Have says
+		}
+		if s.kinds[id] == kindCrashes {
+			done(errors.New("duck died in its healthy wait"))
+			return
+		}
+		key := fmt.Sprintf("%s#%d/v%d/%s", n.name, n.inc, r.Version, id)
+		s.swaps[key]++
+		if s.swaps[key] > 1 {
+			s.fail("%s swapped to %s twice in rollout %d without a restart", n.name, lbl(id), r.Version)
+		}
+		n.local.Have = id
+		done(nil)
+	})
+}
+
+func (s *sim) turn(n *simNode, r *Rollout, d Duty) {
+	n.busy = true
+	inc := n.inc
+	end := func() {
+		if n.inc == inc {
+			n.busy = false
+		}
+	}
+	swap := func() {
+		s.switchTo(n, r, d.Version, func(err error) {
+			n.local.Acted = d.Key
+			end()
+			if err != nil {
+				if d.Success == Running {
+					s.send(n, r.Version, Failed, err.Error(), nil)
+				} else {
+					s.send(n, r.Version, d.Success, "could not go back: "+err.Error(), nil)
+				}
+				return
+			}
+			s.send(n, r.Version, d.Success, "", nil)
+		})
+	}
+	if d.Success == Running && r.Nodes[n.name].Phase == Granted {
+		s.send(n, r.Version, Swapping, "", func(ok bool) {
+			if !ok {
+				n.local.Acted = d.Key
+				end()
+				return
+			}
+			swap()
+		})
+		return
+	}
+	swap()
+}
+
+func (s *sim) catchUp(n *simNode, r *Rollout, d Duty) {
+	n.busy = true
+	inc := n.inc
+	s.switchTo(n, r, d.Version, func(err error) {
+		if n.inc != inc {
+			return
+		}
+		n.busy = false
+		if err != nil {
+			n.retryAt = s.now.Add(5 * time.Second)
+			return
+		}
+		n.local.Synced = d.Key
+	})
+}
+
+func (s *sim) start(n *simNode) {
+	n.up = true
+	n.inc++
+	n.building = map[int]bool{}
+	n.busy = false
+	n.view = nil
+	inc := n.inc
+	s.at(s.jitter(0, 100*time.Millisecond), func() { s.nodeTick(n, inc) })
+}
+
+func (s *sim) crash(n *simNode) {
+	if !n.up {
+		return
+	}
+	s.logf("crash %s", n.name)
+	n.up = false
+	if !n.cut {
+		n.lost = s.now
+	}
+	if n.name == s.leader {
+		s.leader = ""
+	}
+}
+
+// commit is `deploy` of a new version of the given kind, refused while a rollout is active, as
+// consensus refuses it.
+func (s *sim) commit(kind simKind) {
+	if s.log != nil && s.log.Active() {
+		return
+	}
+	if s.leader == "" {
+		return
+	}
+	s.versions++
+	id := fmt.Sprintf("v%d", s.versions)
+	if kind != kindGood {
+		id += []string{"", "-nocompile", "-hangs", "-crashes"}[kind]
+	}
+	s.kinds[id] = kind
+	s.numbers[id] = s.versions
+	var order []string
+	for _, n := range s.nodes {
+		order = append(order, n.name)
+	}
+	from := s.numbers[s.current]
+	s.log = New(s.versions, id, from, s.current, Order(order), false, true, simPolicy, s.now)
+	s.logf("commit %s (from %s)", id, lbl(s.current))
+}
+
+func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
+	s := &sim{
+		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), now: simStart,
+		byName: map[string]*simNode{}, kinds: map[string]simKind{}, numbers: map[string]int{"v1": 1}, swaps: map[string]int{},
+	}
+	if trace {
+		s.trace = logf
+	}
+	size := 3
+	if s.rng.IntN(4) == 0 {
+		size = 5
+	}
+	for i := range size {
+		n := &simNode{name: fmt.Sprintf("n%d", i+1)}
+		s.nodes = append(s.nodes, n)
+		s.byName[n.name] = n
+	}
+	// Version 1 runs everywhere, as after a first rollout.
+	s.versions, s.current = 1, "v1"
+	s.kinds["v1"] = kindGood
+	s.log = New(1, "v1", 0, "", Order(slices.Collect(func(yield func(string) bool) {
+		for _, n := range s.nodes {
+			yield(n.name)
+		}
+	})), false, true, simPolicy, s.now)
+	for _, name := range s.log.Order {
+		s.log.Nodes[name].Phase = Running
+	}
+	s.log.State = Done
+	for _, n := range s.nodes {
+		n.local = Local{Have: "v1", Synced: SyncKey(s.log)}
+		s.start(n)
+	}
+	s.leader, s.leaderSince = s.nodes[0].name, s.now
+	s.at(0, s.leaderTick)
+
+	// The schedule: a few deploys while faults strike, then quiet.
+	faults := time.Duration(20+s.rng.IntN(60)) * time.Second
+	s.faultsUntil = simStart.Add(faults)
+	deploys := 1 + s.rng.IntN(4)
+	for i := range deploys {
+		kind := kindGood
+		switch x := s.rng.IntN(20); {
+		case x == 0:
+			kind = kindNoCompile
+		case x == 1:
+			kind = kindHangs
+		case x < 4:
+			kind = kindCrashes
+		}
+		at := time.Duration(i)*faults/time.Duration(deploys) + s.jitter(0, 3*time.Second)
+		var try func()
+		try = func() {
+			if s.log.Active() || s.leader == "" {
+				if s.inFaults() || s.now.Sub(simStart) < faults+5*time.Minute {
+					s.at(time.Second, try)
+				}
+				return
+			}
+			s.commit(kind)
+		}
+		s.at(at, try)
+	}
+	for t := s.jitter(0, 2*time.Second); t < faults; t += s.jitter(500*time.Millisecond, 6*time.Second) {
+		s.at(t, func() { s.fault() })
+	}
+	// Faults stop: every node comes back and every cut heals.
+	s.at(faults, func() {
+		s.logf("faults stop")
+		for _, n := range s.nodes {
+			if n.cut {
+				n.cut = false
+			}
+			if !n.up {
+				s.start(n)
+			}
+		}
+	})
+
+	// Run until the cluster is quiet after the faults, within a bound no correct run needs:
+	// every deadline in a row, for every node.
+	p := simPolicy
+	bound := faults + 5*time.Minute + time.Duration(deploys*(size+1))*(p.BuildDeadline+p.ProgressDeadline+p.StartDeadline+p.DownAfter)
+	for s.q.Len() > 0 && s.err == nil {
+		e := heap.Pop(&s.q).(*simEvent)
+		s.now = e.at
+		if s.now.Sub(simStart) > bound {
+			break
+		}
+		e.fn()
+		if !s.inFaults() && s.now.Sub(simStart) > faults+time.Second && s.settled() {
+			return s.check()
+		}
+	}
+	if s.err != nil {
+		return s.err
+	}
+	return fmt.Errorf("not settled %s after the faults stopped: %s", bound-faults, s.describe())
+}
+
+// fault strikes one node: a crash (restarted after a while), a cut (healed after a while), or
+// the leader's loss of leadership.
+func (s *sim) fault() {
+	n := s.nodes[s.rng.IntN(len(s.nodes))]
+	if s.rng.IntN(3) == 0 && s.leader != "" {
+		n = s.byName[s.leader] // the leader is the interesting one
+	}
+	back := s.jitter(200*time.Millisecond, 12*time.Second)
+	switch s.rng.IntN(4) {
+	case 0, 1:
+		s.crash(n)
+		s.at(back, func() {
+			if !n.up {
+				s.logf("restart %s", n.name)
+				s.start(n)
+			}
+		})
+	case 2:
+		if n.cut || !n.up {
+			return
+		}
+		s.logf("cut %s", n.name)
+		n.cut, n.lost = true, s.now
+		if n.name == s.leader {
+			s.leader = ""
+		}
+		s.at(back, func() {
+			s.logf("heal %s", n.name)
+			n.cut = false
+		})
+	case 3:
+		if s.leader != "" {
+			s.logf("%s loses leadership", s.leader)
+			s.leader = ""
+		}
+	}
+}
+
+// settled: the rollout has ended and no node has anything left to do.
+func (s *sim) settled() bool {
+	if s.log.Active() || s.leader == "" {
+		return false
+	}
+	for _, n := range s.nodes {
+		if !n.up || n.busy || n.view == nil || n.view.Version != s.log.Version || n.view.State != s.log.State {
+			return false
+		}
+		if n.view.Follow(n.name, n.local).Kind != Idle {
+			return false
+		}
+	}
+	return true
+}
+
+// check is what must hold once the faults stopped and the cluster is quiet.
+func (s *sim) check() error {
+	r := s.log
+	var got []string
+	for _, n := range s.nodes {
+		want := r.Desired(n.name)
+		if n.local.Have != want {
+			return fmt.Errorf("rollout of %s ended %s, but %s runs %s where it should run %s: %s", r.Target, r.State, n.name, lbl(n.local.Have), lbl(want), s.describe())
+		}
+		got = append(got, n.local.Have)
+	}
+	if r.State == Done || r.State == WentBack {
+		if len(slices.Compact(slices.Sorted(slices.Values(got)))) != 1 {
+			return fmt.Errorf("rollout ended %s with nodes on different versions %v: %s", r.State, got, s.describe())
+		}
+	}
+	if r.State == WentBack && got[0] != r.FromID {
+		return fmt.Errorf("rollout went back but nodes run %s, not %s", got[0], r.FromID)
+	}
+	return nil
+}
+
+func (s *sim) describe() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "version %d (%s) %s, reason %q;", s.log.Version, s.log.Target, s.log.State, s.log.Reason)
+	for _, name := range s.log.Order {
+		n := s.byName[name]
+		fmt.Fprintf(&b, " %s=%s/has %s", name, s.log.Nodes[name].Phase, lbl(n.local.Have))
+		if !n.up {
+			b.WriteString("/down")
+		}
+	}
+	return b.String()
+}
