@@ -29,12 +29,12 @@ import (
 
 // localState is what this node runs, saved in local.json.
 type localState struct {
-	Version string       `json:"version,omitempty"` // bundle ID loaded here
+	Version string `json:"version,omitempty"` // bundle ID loaded here
 	// Label is how Version was shown when it was loaded ("v3"), so that ducks restarted before
 	// the node has replayed its log still say v3, not a bare bundle ID.
-	Label string `json:"label,omitempty"`
-	Ducks   []duckRecord `json:"ducks"`
-	NextID  int          `json:"next_id"`
+	Label  string       `json:"label,omitempty"`
+	Ducks  []duckRecord `json:"ducks"`
+	NextID int          `json:"next_id"`
 	// Synced is the rollout step (version/state) this node last caught up with; Acted the last
 	// grant it took its turn for. Both survive a restart so no step is taken twice.
 	Synced string `json:"synced,omitempty"`
