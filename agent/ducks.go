@@ -436,7 +436,7 @@ func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
 	if !a.has(version) {
 		// The seed's UndefinedFunctionError: the code was compiled on another node only.
 		from := cmp.Or(req.From, "another node")
-		return DuckInfo{}, &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s does not have version %s, which %s runs (the analogue of UndefinedFunctionError): run `spread` against %s to give it to every node (the seed's nl), or `load DIR` against %s", a.self.Name, a.duckVersion(version), from, from, a.self.Name)}
+		return DuckInfo{}, &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s does not have version %s, which %s runs (the analogue of UndefinedFunctionError): run `spread` against %s to give it to every node (Erlang's nl), or `load DIR` against %s", a.self.Name, a.duckVersion(version), from, from, a.self.Name)}
 	}
 	addr := req.Addr
 	if addr == "" {
@@ -486,6 +486,9 @@ func freeLoopbackAddr() (string, error) {
 type StopRequest struct {
 	Name string `json:"name"`
 	On   string `json:"on,omitempty"`
+	// Restart starts the duck again at once from the state it saved on stopping, the way a
+	// user restarts a plain process: the baseline a hot swap is measured against.
+	Restart bool `json:"restart,omitempty"`
 }
 
 func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
@@ -496,13 +499,21 @@ func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
 	if req.On != "" && req.On != a.self.Name {
 		m, err := a.member(req.On)
 		if err == nil {
-			err = a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/stop", StopRequest{Name: req.Name}, nil)
+			err = a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/stop", StopRequest{Name: req.Name, Restart: req.Restart}, nil)
 		}
 		if err != nil {
 			writeError(w, statusOf(err), err)
 			return
 		}
 		writeJSON(w, map[string]bool{"stopped": true})
+		return
+	}
+	if req.Restart {
+		if err := a.restartDuck(context.WithoutCancel(r.Context()), req.Name); err != nil {
+			writeError(w, statusOf(err), err)
+			return
+		}
+		writeJSON(w, map[string]bool{"restarted": true})
 		return
 	}
 	// The stop goes on if the caller hangs up: half-stopped, the duck would stay in local.json.
@@ -527,6 +538,28 @@ func (a *Agent) stopDuck(ctx context.Context, id string) error {
 	return a.changeLocal(func(l *localState) {
 		l.Ducks = slices.DeleteFunc(l.Ducks, func(d duckRecord) bool { return d.ID == id })
 	})
+}
+
+// restartDuck stops a duck gracefully (it saves its state) and starts it again at once on the
+// same binary, address and environment; it returns once the new process is Ready.
+func (a *Agent) restartDuck(ctx context.Context, id string) error {
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	l := a.snapshotLocal()
+	i := slices.IndexFunc(l.Ducks, func(d duckRecord) bool { return d.ID == id })
+	if i < 0 {
+		return &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("node %s runs no duck %q: `ducks` lists them", a.self.Name, id)}
+	}
+	d := l.Ducks[i]
+	version := cmp.Or(d.Version, l.Version)
+	bin, err := a.binary(ctx, version)
+	if err != nil {
+		return err
+	}
+	if err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervise.ErrUnknownDuck) {
+		return err
+	}
+	return a.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: a.duckVersion(version), Binary: bin, Addr: d.Addr, Env: d.Env})
 }
 
 func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {

@@ -135,6 +135,8 @@ func (a *Agent) handleCommit(w http.ResponseWriter, r *http.Request) {
 
 func (a *Agent) commit(n *consensus.Node, req CommitRequest) (CommitResult, error) {
 	id := bundle.Sum(req.Bundle)
+	// The fault suite kills a leader on this line, so that it dies with the commit in flight.
+	a.log.Info("committing version", "id", Label(id))
 	err := n.Apply(consensus.Command{
 		Op: consensus.OpCommit, Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert, Policy: &req.Policy,
 		Version: &consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
@@ -341,6 +343,9 @@ type follower struct {
 	building map[int]bool // rollouts whose target this process has started building
 	busy     bool         // a turn or catch-up is running
 	retryAt  time.Time    // a failed catch-up is not tried again before this
+	// upTo is the leader's commit index when asked at askedAt (0: no leader answered).
+	upTo    uint64
+	askedAt time.Time
 }
 
 // followRollouts is every node's loop: build what was committed, take its turn when granted,
@@ -374,12 +379,50 @@ func (a *Agent) followRollouts() {
 		switch duty.Kind {
 		case rollout.Turn:
 			a.turn(r, duty)
-		case rollout.CatchUp:
-			a.catchUp(r, duty)
-		case rollout.MarkSynced:
-			a.setSynced(duty.Key)
+		case rollout.CatchUp, rollout.MarkSynced:
+			// What the cluster settled on is known only once this node has the whole log.
+			if !a.caughtUp() {
+				continue
+			}
+			if duty.Kind == rollout.CatchUp {
+				a.catchUp(r, duty)
+			} else {
+				a.setSynced(duty.Key)
+			}
 		}
 	}
+}
+
+// caughtUp reports whether this node's FSM has applied everything the leader had committed when
+// last asked (at most a second ago). A restarted node replays the log in batches, and Raft's own
+// applied index runs ahead of the FSM: catching up with the rollout it found halfway swapped
+// ducks to a version the log had already moved past (found by TestLeaderKilledWhileCommitting).
+// The leader is asked once a second, not at every look: a node that must match the commit
+// index of the very moment never catches up while the leader keeps committing.
+func (a *Agent) caughtUp() bool {
+	n := a.Node()
+	if n.IsLeader() {
+		return true
+	}
+	a.fol.mu.Lock()
+	target, asked := a.fol.upTo, a.fol.askedAt
+	a.fol.mu.Unlock()
+	if time.Since(asked) > time.Second {
+		target = 0
+		name, _ := n.Leader()
+		if m, ok := n.FSM.State().Members[name]; ok && name != "" {
+			ctx, cancel := context.WithTimeout(a.ctx, probeTimeout)
+			var p Ping
+			if err := a.client.Do(ctx, m.APIAddr, http.MethodGet, "/v1/ping", nil, &p); err == nil && p.Name == name {
+				target = p.CommitIndex
+			}
+			cancel()
+		}
+		a.fol.mu.Lock()
+		a.fol.upTo, a.fol.askedAt = target, time.Now()
+		a.fol.mu.Unlock()
+	}
+	return target > 0 && n.FSM.Index() >= target
 }
 
 // prebuild starts building the rollout's target at once, so that the rollout waits on swaps, not

@@ -40,7 +40,10 @@ func (a *Agent) versionLabel(id string) string {
 
 // duckVersion is the version string a duck reports: vN once committed, else the short ID.
 func (a *Agent) duckVersion(id string) string {
-	for _, v := range a.Node().FSM.State().Versions {
+	// The newest version of this bundle: `rollout undo --to 1` commits v1's bundle again as v3,
+	// and a duck that runs it runs v3.
+	vs := a.Node().FSM.State().Versions
+	for _, v := range slices.Backward(vs) {
 		if v.ID == id {
 			return "v" + strconv.Itoa(v.N)
 		}

@@ -32,6 +32,9 @@ type State struct {
 	// Ducks says which duck runs on which node, keyed NODE/ID. Each node mirrors its own ducks
 	// here, so every node can list the cluster's ducks, those of a node that is down included.
 	Ducks map[string]Placement `json:"ducks,omitempty"`
+	// Index is the log index of the last entry applied (a refused one included), so that a
+	// node can tell whether it has caught up with what the leader has committed.
+	Index uint64 `json:"index,omitempty"`
 }
 
 // Placement is one duck on one node.
@@ -119,14 +122,22 @@ func (f *FSM) notify() {
 // Apply applies one committed entry. A command that cannot apply returns an error value (Raft
 // hands it to the caller of Apply on the leader) and leaves State as it was.
 func (f *FSM) Apply(l *raft.Log) any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer f.notify()
+	f.state.Index = max(f.state.Index, l.Index)
 	var c Command
 	if err := json.Unmarshal(l.Data, &c); err != nil {
 		return fmt.Errorf("undecodable log entry %d: %w", l.Index, err)
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	defer f.notify()
 	return f.state.apply(c)
+}
+
+// Index is the log index of the last entry this FSM applied.
+func (f *FSM) Index() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Index
 }
 
 func (s *State) apply(c Command) error {
@@ -190,6 +201,7 @@ func (f *FSM) State() State {
 		Versions: slices.Clone(f.state.Versions),
 		Rollout:  f.state.Rollout.Clone(),
 		Ducks:    maps.Clone(f.state.Ducks),
+		Index:    f.state.Index,
 	}
 	for _, r := range f.state.Past {
 		s.Past = append(s.Past, r.Clone())

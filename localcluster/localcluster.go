@@ -37,6 +37,18 @@ type Cluster struct {
 	api   *agent.Client
 }
 
+// Nodes lists every node started, in name order.
+func (c *Cluster) Nodes() []*Node {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]*Node, 0, len(c.nodes))
+	for _, n := range c.nodes {
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b *Node) int { return strings.Compare(a.Name, b.Name) })
+	return out
+}
+
 // Node is one node process.
 type Node struct {
 	Name string

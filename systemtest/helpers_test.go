@@ -35,8 +35,11 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	// Nodes and clients must not read or make the developer's own ~/.duckraft.cookie. The Go
 	// build cache stays where it is: with an empty one every duck build takes seconds.
-	if out, err := exec.Command("go", "env", "GOCACHE").Output(); err == nil {
-		os.Setenv("GOCACHE", strings.TrimSpace(string(out)))
+	// The module cache too, or the node binary's build downloads every module again.
+	for _, v := range []string{"GOCACHE", "GOMODCACHE"} {
+		if out, err := exec.Command("go", "env", v).Output(); err == nil {
+			os.Setenv(v, strings.TrimSpace(string(out)))
+		}
 	}
 	os.Setenv("HOME", dir)
 	os.Unsetenv("DUCKRAFT_COOKIE")
@@ -68,7 +71,7 @@ func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localc
 			t.Errorf("stopping the cluster: %v", err)
 		}
 		if t.Failed() {
-			for _, n := range nodes {
+			for _, n := range c.Nodes() { // those the test started later too
 				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
 			}
 		}

@@ -3,6 +3,7 @@ package systemtest
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -36,11 +37,18 @@ func newTestHost(t *testing.T) *testHost {
 		hostIP: fmt.Sprintf("10.77.%d.1", n),
 		nsIP:   fmt.Sprintf("10.77.%d.2", n),
 	}
+	// A test that cannot run here fails and says why, unless the one who runs it says to skip.
+	cannot := func(why string) {
+		if os.Getenv("DUCKRAFT_SKIP_NETNS") != "" {
+			t.Skipf("DUCKRAFT_SKIP_NETNS is set: %s", why)
+		}
+		t.Fatalf("%s; the partition test needs root and iproute2 (apt-get install iproute2), or set DUCKRAFT_SKIP_NETNS=1 to skip it", why)
+	}
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("no ip command (iproute2) to make a network namespace with")
+		cannot("no ip command (iproute2) to make a network namespace with")
 	}
 	if err := ipCmd("netns", "add", h.ns); err != nil {
-		t.Skipf("cannot make a network namespace here (%v): the partition test needs root", err)
+		cannot(fmt.Sprintf("cannot make a network namespace here (%v)", err))
 	}
 	t.Cleanup(func() { ipCmd("netns", "del", h.ns) })
 	for _, args := range [][]string{

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -86,9 +85,10 @@ func runBench(args []string) error {
 	fmt.Fprintf(os.Stderr, "%d rollouts under load ...\n", *rounds)
 	swapLoad := startPosting(ducks, *clients, *every)
 	var rolloutTimes, swapTimes, buildTimes []time.Duration
+	nonce := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for i := range *rounds {
 		dir := filepath.Join(root, "src", "round"+strconv.Itoa(i))
-		if err := oneLineChange(filepath.Join(v1, "main.go"), dir, i); err != nil {
+		if err := oneLineChange(filepath.Join(v1, "main.go"), dir, nonce, i); err != nil {
 			return err
 		}
 		if _, err := run(nodes[i%3].API, "deploy", dir); err != nil {
@@ -110,8 +110,8 @@ func runBench(args []string) error {
 	swapOK, swapFailed := swapLoad.totals()
 	swapExact := countsMatch(ducks, swapLoad, nil)
 
-	// The baseline: the same ducks stopped and started (SIGTERM; the supervisor starts the duck
-	// again from the state it saved), under the same load.
+	// The baseline: the same ducks stopped and started again at once, as a user restarts a
+	// plain process (each from the state it saved), under the same load.
 	fmt.Fprintf(os.Stderr, "%d stop-and-start restarts under load ...\n", *rounds)
 	before := map[string]int{}
 	for name, addr := range ducks {
@@ -149,13 +149,15 @@ func runBench(args []string) error {
 	return tw.Flush()
 }
 
-// oneLineChange writes the duck with its quack line changed, so each round is a new version.
-func oneLineChange(src, dir string, round int) error {
+// oneLineChange writes the duck with its quack line changed, so each round is a new version:
+// the run's nonce makes it one that no earlier run built either, so that "build" is a build and
+// not a hit in the shared build folder.
+func oneLineChange(src, dir, nonce string, round int) error {
 	b, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
-	changed := strings.Replace(string(b), `"Quack! #`, fmt.Sprintf(`"Quack %d! #`, round), 1)
+	changed := strings.Replace(string(b), `"Quack! #`, fmt.Sprintf(`"Quack %s-%d! #`, nonce, round), 1)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -185,27 +187,24 @@ func countsMatch(ducks map[string]string, p *poster, before map[string]int) bool
 	return true
 }
 
-// restartDuck stops a node's duck with SIGTERM and times until the supervisor has it serving
-// again.
+// restartDuck restarts a node's duck the way a user restarts a plain process: a graceful stop
+// (it saves its state), then a start at once, no crash backoff; timed until it serves again.
 func restartDuck(c *localcluster.Cluster, n *localcluster.Node, addr string) (time.Duration, error) {
 	var ds []agent.DuckInfo
 	if err := c.Do(context.Background(), n.API, http.MethodGet, "/v1/ducks", nil, &ds); err != nil || len(ds) == 0 {
 		return 0, fmt.Errorf("ducks on %s: %v", n.Name, err)
 	}
-	old := ds[0].PID
 	t0 := time.Now()
-	if err := syscall.Kill(old, syscall.SIGTERM); err != nil {
+	if err := c.Do(context.Background(), n.API, http.MethodPost, "/v1/stop", agent.StopRequest{Name: ds[0].ID, Restart: true}, nil); err != nil {
 		return 0, err
 	}
-	deadline := t0.Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		err := c.Do(context.Background(), n.API, http.MethodGet, "/v1/ducks", nil, &ds)
-		if err == nil && len(ds) > 0 && ds[0].PID != old && ds[0].State == "running" && duckCount(addr) >= 0 {
+	for time.Since(t0) < 30*time.Second {
+		if duckCount(addr) >= 0 {
 			return time.Since(t0), nil
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
-	return 0, fmt.Errorf("duck on %s did not come back within 30s", n.Name)
+	return 0, fmt.Errorf("duck on %s did not serve again within 30s", n.Name)
 }
 
 func pct(ds []time.Duration, p int) string {
