@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -44,6 +45,8 @@ type Config struct {
 	// ReadyTimeout bounds how long a new duck generation may take to become Ready, and Healthy
 	// how long it must then stay up for a swap to count; zero means the supervisor's defaults.
 	ReadyTimeout, Healthy time.Duration
+	// Labels describe the node (zone=eu-1): a rollout can go in waves by one of them.
+	Labels map[string]string
 }
 
 // Default addresses of a node started without flags: loopback only, so nothing off the machine
@@ -163,7 +166,7 @@ func Start(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.node = node
-	a.self = consensus.Member{Name: cfg.Name, RaftAddr: node.Addr(), APIAddr: apiAddr}
+	a.self = consensus.Member{Name: cfg.Name, RaftAddr: node.Addr(), APIAddr: apiAddr, Labels: cfg.Labels}
 	// Reopening Raft (connect, leave) must bind the port it got now, not "any port" again.
 	a.cfg.RaftAddr = rebind(cfg.RaftAddr, node.Addr())
 	if stored != nil && stored.RaftAddr != a.self.RaftAddr {
@@ -300,7 +303,7 @@ func (a *Agent) Self() consensus.Member { return a.self }
 
 func (a *Agent) registered() bool {
 	m, ok := a.Node().FSM.State().Members[a.self.Name]
-	return ok && m == a.self
+	return ok && m.RaftAddr == a.self.RaftAddr && m.APIAddr == a.self.APIAddr && maps.Equal(m.Labels, a.self.Labels)
 }
 
 // keepRegistered makes sure the registry holds this node's current addresses: after bootstrap,

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -63,6 +64,26 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	for name, n := range map[string]*int{
+		"max_parallel": &req.Policy.MaxParallel, "max_parallel_percent": &req.Policy.MaxParallelPercent,
+		"canaries": &req.Policy.Canaries, "failure_budget": &req.Policy.FailureBudget,
+	} {
+		if v := q.Get(name); v != "" {
+			var err error
+			if *n, err = strconv.Atoi(v); err != nil {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a whole number", name, v))
+				return
+			}
+		}
+	}
+	if v := q.Get("auto_promote_after"); v != "" {
+		var err error
+		if req.Policy.AutoPromoteAfter, err = time.ParseDuration(v); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("auto_promote_after=%q is not a duration: use one such as 5m", v))
+			return
+		}
+	}
+	req.Policy.WaveBy = q.Get("wave_by")
 	if err := req.Policy.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return

@@ -20,6 +20,9 @@ type Member struct {
 	Name     string `json:"name"`
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"`
+	// Labels are what the node was started with (start --label zone=eu-1): rollouts can go in
+	// waves by one of them.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // State is everything the cluster agrees on. It is a plain value so that a snapshot is its JSON

@@ -73,7 +73,11 @@ func (s *State) commit(c Command) error {
 	if cur != nil {
 		fromN, fromID = cur.N, cur.ID
 	}
-	r := rollout.New(v.N, v.ID, fromN, fromID, rollout.Order(slices.Collect(maps.Keys(s.Members))), c.Canary, !c.NoRevert, policy, c.Time)
+	var members []rollout.Member
+	for _, name := range slices.Sorted(maps.Keys(s.Members)) {
+		members = append(members, rollout.Member{Name: name, Labels: s.Members[name].Labels})
+	}
+	r := rollout.New(v.N, v.ID, fromN, fromID, members, c.Canary, !c.NoRevert, policy, c.Time)
 	s.Rollout = r
 	return nil
 }

@@ -75,10 +75,13 @@ func (r *Rollout) Report(node string, phase Phase, msg string, now time.Time) er
 	if phase.Ended() {
 		nr.Done = now
 	}
-	if phase == Failed && r.forward() {
+	if phase == Failed && r.forward() && r.failed() > r.Policy.FailureBudget {
 		// The first failure stops the rollout where it is; the cluster keeps serving the old
 		// version on every node not yet upgraded.
 		r.Reason = fmt.Sprintf("%s failed: %s", node, msg)
+		if r.Policy.FailureBudget > 0 {
+			r.Reason = fmt.Sprintf("%d nodes failed, over the failure budget of %d; the last, %s: %s", r.failed(), r.Policy.FailureBudget, node, msg)
+		}
 		r.State = Halted
 		if r.AutoRevert && r.FromID != "" {
 			r.State = GoingBack
@@ -96,6 +99,7 @@ func (r *Rollout) SetState(state State, reason string, now time.Time) error {
 		if r.State != Rolling {
 			return fmt.Errorf("version %d is %s, not rolling: nothing to pause", r.Version, r.State)
 		}
+		r.PausedAt = now
 	case Rolling:
 		if r.State != Paused {
 			return fmt.Errorf("version %d is %s, not paused: nothing to resume", r.Version, r.State)
@@ -127,4 +131,14 @@ func (r *Rollout) node(name string) (*Node, error) {
 		return nil, fmt.Errorf("%s is not in version %d's rollout", name, r.Version)
 	}
 	return nr, nil
+}
+
+func (r *Rollout) failed() int {
+	n := 0
+	for _, nr := range r.Nodes {
+		if nr.Phase == Failed {
+			n++
+		}
+	}
+	return n
 }

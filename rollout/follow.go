@@ -49,7 +49,7 @@ func (r *Rollout) NeedsBuild(node string, building bool) bool {
 
 // Follow is node's next duty. A turn the leader granted comes first (one under way when the node
 // restarted is taken again, even while the rollout goes back, which waits for it); once the
-// rollout has ended, a node not on the version the cluster settled on catches up with it.
+// rollout has ended or paused, a node not on the version the cluster settled on catches up.
 func (r *Rollout) Follow(node string, l Local) Duty {
 	if r == nil {
 		return Duty{}
@@ -68,8 +68,15 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 			return d
 		}
 	}
+	// Catching up waits until the rollout has ended, so that no node swaps out of turn while it
+	// runs; or until it paused for the operator, who may take long, for a node that missed an
+	// earlier version. A node skipped or failed in this rollout that runs either of its versions
+	// waits for the end, or it would swap back now and forward again then.
 	if r.Active() {
-		return Duty{}
+		me := r.Nodes[node]
+		if r.State != Paused || me != nil && (me.Phase == Skipped || me.Phase == Failed) && (l.Have == r.Target || l.Have == r.FromID) {
+			return Duty{}
+		}
 	}
 	key := SyncKey(r)
 	if l.Synced == key {

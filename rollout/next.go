@@ -36,9 +36,13 @@ type Silence func(node string) time.Duration
 // leader's view of its members, so that any leader, old or new, makes the same move.
 //
 // Every phase has a way out: a node the leader has lost for Policy.DownAfter is skipped in
-// whatever phase it is (it catches up when it returns); a node that stays silent or stuck while
-// in contact meets the deadline of its phase (StartDeadline, BuildDeadline, ProgressDeadline).
-// So a rollout always ends, done, halted or gone back, unless it is paused for the operator.
+// whatever phase it is (it catches up when the rollout ends); a node that stays silent or stuck
+// while in contact meets the deadline of its phase (StartDeadline, BuildDeadline,
+// ProgressDeadline). So a rollout always ends, done, halted or gone back, unless it is paused
+// for the operator.
+//
+// Waves go one after the other; inside a wave up to Policy.MaxParallel nodes take their turn at
+// once, in order. Going back takes the waves in reverse, the same number at once.
 func (r *Rollout) Next(now time.Time, silent Silence) Step {
 	if !r.Active() {
 		return Step{}
@@ -48,9 +52,11 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 	lost := func(name string, what string) Step {
 		return r.report(name, Skipped, fmt.Sprintf("lost contact for over %s %s: it catches up when the rollout ends", p.DownAfter, what))
 	}
+	par := p.parallel(len(r.Order))
 
-	// At most one node is in a turn at a time; it finishes first, whichever way the rollout
-	// goes, so that going back never misses a node that was mid-swap.
+	// The nodes in a turn first, whichever way the rollout goes, so that going back never
+	// misses a node that was mid-swap.
+	forwardTurns, backTurns := 0, 0
 	for _, name := range r.Order {
 		nr := r.Nodes[name]
 		in := now.Sub(nr.Since)
@@ -64,7 +70,7 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			case in > p.StartDeadline:
 				return r.report(name, Skipped, fmt.Sprintf("no answer within %s of its turn: it catches up when the rollout ends", p.StartDeadline))
 			}
-			return Step{Why: "waiting for " + name + " to start"}
+			forwardTurns++
 		case Swapping:
 			switch {
 			case down(name):
@@ -72,7 +78,7 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			case in > p.ProgressDeadline:
 				return r.report(name, Failed, fmt.Sprintf("swap and healthy wait took over the progress deadline (%s)", p.ProgressDeadline))
 			}
-			return Step{Why: "waiting for " + name + " to swap"}
+			forwardTurns++
 		case Reverting:
 			switch {
 			case down(name):
@@ -80,68 +86,130 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			case in > p.ProgressDeadline:
 				return r.report(name, Failed, fmt.Sprintf("going back took over the progress deadline (%s)", p.ProgressDeadline))
 			}
-			return Step{Why: "waiting for " + name + " to go back"}
+			backTurns++
 		}
 	}
 
 	switch r.State {
+	case Paused:
+		if r.Canary && p.AutoPromoteAfter > 0 && forwardTurns == 0 && now.Sub(r.PausedAt) >= p.AutoPromoteAfter && r.canariesHealthy() {
+			return Step{Op: OpState, State: Rolling, Message: fmt.Sprintf("the canaries stayed healthy for %s: promoted", p.AutoPromoteAfter)}
+		}
+		return Step{Why: "paused: waiting for the operator"}
 	case Rolling:
-		upgraded := 0
+		wave := -1
 		for _, name := range r.Order {
-			nr := r.Nodes[name]
-			switch nr.Phase {
-			case Running:
-				upgraded++
-			case Pending, Building, Built:
-				if r.Canary && upgraded > 0 {
-					return Step{Op: OpState, State: Paused, Message: "canary " + r.firstRunning() + " runs the version: resume to carry on, undo to go back"}
-				}
-				switch {
-				case down(name):
-					return lost(name, "before its turn")
-				case nr.Phase == Built:
-					// A node's turn comes once it has built, so the turn is the swap alone.
-					return Step{Op: OpGrant, Node: name, Phase: Granted, Why: "grant " + name}
-				case now.Sub(r.Started) > p.BuildDeadline:
-					return r.report(name, Failed, fmt.Sprintf("not built within the build deadline (%s) of the commit", p.BuildDeadline))
-				case nr.Phase == Pending && now.Sub(nr.Since) > p.StartDeadline:
-					// In contact but never said it builds: granted anyway, it builds in its
-					// turn, or is skipped when it does not answer.
-					return Step{Op: OpGrant, Node: name, Phase: Granted, Why: "grant " + name + ", silent since the commit"}
-				}
-				return Step{Why: "waiting for " + name + " to build"}
+			if !r.Nodes[name].Phase.Ended() {
+				wave = r.Nodes[name].Wave
+				break
 			}
 		}
-		if upgraded == 0 {
-			// Every node was skipped: nothing has shown the version works, so nobody should
-			// catch up with it.
-			return Step{Op: OpState, State: Halted, Message: "every node was skipped, so no node ran the version: deploy it again once the nodes are back"}
+		if wave < 0 {
+			for _, name := range r.Order {
+				if r.Nodes[name].Phase == Running {
+					return Step{Op: OpState, State: Done}
+				}
+			}
+			// Every node was skipped or failed: nothing has shown the version works, so
+			// nobody should catch up with it.
+			return Step{Op: OpState, State: Halted, Message: "no node ran the version (every node was skipped or failed): deploy it again once the nodes are back"}
 		}
-		return Step{Op: OpState, State: Done}
+		if r.Canary && wave > 0 && !r.anyRunning(0) {
+			return Step{Op: OpState, State: Halted, Message: "no canary ran the version (each was skipped or failed): deploy it again once they are back"}
+		}
+		if r.Canary && wave > 0 {
+			msg := "the canaries run the version: resume to carry on, undo to go back"
+			if p.AutoPromoteAfter > 0 {
+				msg = fmt.Sprintf("the canaries run the version: promoted by itself once they stay healthy for %s; resume to carry on now, undo to go back", p.AutoPromoteAfter)
+			}
+			return Step{Op: OpState, State: Paused, Message: msg}
+		}
+		for _, name := range r.Order {
+			nr := r.Nodes[name]
+			if nr.Wave != wave || nr.Phase != Pending && nr.Phase != Building && nr.Phase != Built {
+				continue
+			}
+			switch {
+			case down(name):
+				return lost(name, "before its turn")
+			case forwardTurns >= par:
+				// The wave's slots are taken; the rest wait their turn (a later node may still
+				// be skipped above, once it is down).
+				continue
+			case nr.Phase == Built:
+				return Step{Op: OpGrant, Node: name, Phase: Granted, Why: "grant " + name}
+			case now.Sub(r.Started) > p.BuildDeadline:
+				return r.report(name, Failed, fmt.Sprintf("not built within the build deadline (%s) of the commit", p.BuildDeadline))
+			case nr.Phase == Pending && now.Sub(nr.Since) > p.StartDeadline:
+				// In contact but never said it builds: granted anyway, it builds in its
+				// turn, or is skipped when it does not answer.
+				return Step{Op: OpGrant, Node: name, Phase: Granted, Why: "grant " + name + ", silent since the commit"}
+			}
+			// Turns go in order: nobody overtakes a node still building.
+			return Step{Why: "waiting for " + name + " to build"}
+		}
+		return Step{Why: "waiting for the turns under way"}
 	case GoingBack:
+		if forwardTurns > 0 {
+			return Step{Why: "waiting for the turns under way to end before going back"}
+		}
+		// The highest wave that still runs the target, or is on its way back, goes back first.
+		wave := -1
+		for _, name := range r.Order {
+			if ph := r.Nodes[name].Phase; ph == Running || ph == Reverting {
+				wave = max(wave, r.Nodes[name].Wave)
+			}
+		}
+		if wave < 0 {
+			return Step{Op: OpState, State: WentBack}
+		}
 		for _, name := range slices.Backward(r.Order) {
-			if r.Nodes[name].Phase != Running {
+			nr := r.Nodes[name]
+			if nr.Wave != wave || nr.Phase != Running {
 				continue
 			}
 			if down(name) {
 				return lost(name, "before going back")
 			}
-			return Step{Op: OpGrant, Node: name, Phase: Reverting, Why: "revert " + name}
+			if backTurns < par {
+				return Step{Op: OpGrant, Node: name, Phase: Reverting, Why: "revert " + name}
+			}
 		}
-		return Step{Op: OpState, State: WentBack}
+		return Step{Why: "waiting for nodes to go back"}
 	}
-	return Step{Why: "paused: waiting for the operator"}
+	return Step{}
+}
+
+// anyRunning reports whether a node of the wave runs the version.
+func (r *Rollout) anyRunning(wave int) bool {
+	for _, name := range r.Order {
+		if nr := r.Nodes[name]; nr.Wave == wave && nr.Phase == Running {
+			return true
+		}
+	}
+	return false
+}
+
+// canariesHealthy reports whether every canary that took its turn still runs the version.
+func (r *Rollout) canariesHealthy() bool {
+	ran := false
+	for _, name := range r.Order {
+		nr := r.Nodes[name]
+		if nr.Wave != 0 {
+			continue
+		}
+		switch nr.Phase {
+		case Running:
+			ran = true
+		case Skipped:
+		default:
+			return false
+		}
+	}
+	return ran
 }
 
 func (r *Rollout) report(name string, phase Phase, msg string) Step {
 	return Step{Op: OpReport, Node: name, Phase: phase, Message: msg, Why: name + " " + string(phase)}
 }
 
-func (r *Rollout) firstRunning() string {
-	for _, name := range r.Order {
-		if r.Nodes[name].Phase == Running {
-			return name
-		}
-	}
-	return ""
-}

@@ -25,6 +25,28 @@ type Policy struct {
 	// the node counts as down: a down node is skipped in whatever phase it is and catches up
 	// when it returns.
 	DownAfter time.Duration `json:"down_after,omitempty"`
+
+	// MaxParallel is how many nodes of a wave may be in their turn at once (0: one), or, with
+	// MaxParallelPercent, that share of the members (at least one).
+	MaxParallel        int `json:"max_parallel,omitempty"`
+	MaxParallelPercent int `json:"max_parallel_percent,omitempty"`
+	// Canaries is how many nodes go first, as a wave of their own; the rollout then pauses for
+	// the operator, or carries on by itself once they stayed healthy for AutoPromoteAfter.
+	Canaries         int           `json:"canaries,omitempty"`
+	AutoPromoteAfter time.Duration `json:"auto_promote_after,omitempty"`
+	// WaveBy is a label key: the nodes that share its value form a wave, waves go one after the
+	// other in the natural order of the values (nodes without the label last).
+	WaveBy string `json:"wave_by,omitempty"`
+	// FailureBudget is how many nodes may fail before the rollout halts (0: the first halts it).
+	FailureBudget int `json:"failure_budget,omitempty"`
+}
+
+// parallel is how many nodes of size may be in their turn at once.
+func (p Policy) parallel(size int) int {
+	if p.MaxParallelPercent > 0 {
+		return max(1, (size*p.MaxParallelPercent+99)/100)
+	}
+	return max(1, p.MaxParallel)
 }
 
 // Defaults for a Policy's zero fields.
@@ -64,6 +86,25 @@ func (p Policy) Validate() error {
 		if f.d < 0 {
 			return fmt.Errorf("rollout policy: the %s is %s; give a positive duration such as 30s", f.name, f.d)
 		}
+	}
+	for _, f := range []struct {
+		name string
+		n    int
+	}{
+		{"max-parallel", p.MaxParallel}, {"canary count", p.Canaries}, {"failure budget", p.FailureBudget},
+	} {
+		if f.n < 0 {
+			return fmt.Errorf("rollout policy: the %s is %d; give 0 or more", f.name, f.n)
+		}
+	}
+	if p.MaxParallelPercent < 0 || p.MaxParallelPercent > 100 {
+		return fmt.Errorf("rollout policy: max-parallel %d%% is not a share of the nodes; give 1%% to 100%%", p.MaxParallelPercent)
+	}
+	if p.AutoPromoteAfter < 0 {
+		return fmt.Errorf("rollout policy: auto-promote-after is %s; give a positive duration such as 1m", p.AutoPromoteAfter)
+	}
+	if p.AutoPromoteAfter > 0 && p.Canaries == 0 {
+		return fmt.Errorf("rollout policy: auto-promote-after without canaries promotes nothing; add --canary N")
 	}
 	q := p.WithDefaults()
 	if q.Healthy >= q.ProgressDeadline {

@@ -67,6 +67,8 @@ type Node struct {
 	Granted      time.Time `json:"granted,omitzero"`
 	Done         time.Time `json:"done,omitzero"`
 	Error        string    `json:"error,omitempty"`
+	// Wave is the node's wave: waves go one after the other, in order.
+	Wave int `json:"wave,omitempty"`
 }
 
 // Rollout is the rollout of one version across the cluster. The order is fixed when the version
@@ -87,20 +89,99 @@ type Rollout struct {
 	Reason  string    `json:"reason,omitempty"`
 	Started time.Time `json:"started"`
 	Ended   time.Time `json:"ended,omitzero"`
+	// PausedAt is when the rollout last paused (auto-promotion counts from it).
+	PausedAt time.Time `json:"paused_at,omitzero"`
+}
+
+// Member is what a rollout's plan needs of a node.
+type Member struct {
+	Name   string
+	Labels map[string]string
+}
+
+// Plan is the order of nodes and the wave of each: canaries first (a wave of their own), then
+// one wave per value of the WaveBy label in natural order (nodes without it last), or one wave
+// of all; inside a wave, names in natural order (n2 before n10). Every node computes the same
+// plan from the same members.
+func Plan(members []Member, p Policy) (order []string, wave map[string]int) {
+	byName := map[string]Member{}
+	var names []string
+	for _, m := range members {
+		byName[m.Name] = m
+		names = append(names, m.Name)
+	}
+	names = Order(names)
+	wave = map[string]int{}
+	first := 0
+	if p.Canaries > 0 {
+		for _, name := range names[:min(p.Canaries, len(names))] {
+			wave[name] = 0
+			order = append(order, name)
+		}
+		names = names[min(p.Canaries, len(names)):]
+		first = 1
+	}
+	values := []string{}
+	if p.WaveBy != "" {
+		seen := map[string]bool{}
+		var unlabelled bool
+		for _, name := range names {
+			v, ok := byName[name].Labels[p.WaveBy]
+			if !ok {
+				unlabelled = true
+				continue
+			}
+			if !seen[v] {
+				seen[v] = true
+				values = append(values, v)
+			}
+		}
+		values = Order(values)
+		if unlabelled {
+			values = append(values, "\x00none") // last
+		}
+	} else {
+		values = []string{""}
+	}
+	for i, v := range values {
+		for _, name := range names {
+			lv, ok := byName[name].Labels[p.WaveBy]
+			if p.WaveBy != "" && (ok && lv != v || !ok && v != "\x00none") {
+				continue
+			}
+			wave[name] = first + i
+			order = append(order, name)
+		}
+	}
+	return order, wave
 }
 
 // New starts the rollout of version n (bundle target) from version from (bundle fromID; 0 and ""
-// for the first version) over the nodes in order.
-func New(n int, target string, from int, fromID string, order []string, canary, autoRevert bool, p Policy, now time.Time) *Rollout {
+// for the first version) over members, in the order and waves Plan gives them. canary is the
+// older way of asking for one canary.
+func New(n int, target string, from int, fromID string, members []Member, canary, autoRevert bool, p Policy, now time.Time) *Rollout {
+	if canary && p.Canaries == 0 {
+		p.Canaries = 1
+	}
+	order, wave := Plan(members, p)
 	r := &Rollout{
-		Version: n, Target: target, From: from, FromID: fromID, Order: slices.Clone(order),
-		Nodes: make(map[string]*Node, len(order)), State: Rolling, Canary: canary,
+		Version: n, Target: target, From: from, FromID: fromID, Order: order,
+		Nodes: make(map[string]*Node, len(order)), State: Rolling, Canary: p.Canaries > 0,
 		AutoRevert: autoRevert, Policy: p, Started: now,
 	}
 	for _, name := range order {
-		r.Nodes[name] = &Node{Phase: Pending, Since: now}
+		r.Nodes[name] = &Node{Phase: Pending, Since: now, Wave: wave[name]}
 	}
 	return r
+}
+
+// Members is a list of plain names, for a plan without labels.
+func Members(names ...string) []Member {
+	out := make([]Member, len(names))
+	for i, n := range names {
+		out[i] = Member{Name: n}
+	}
+	return out
 }
 
 // Check refuses a rollout that no sequence of changes could have made (a corrupt or hand-made
@@ -163,6 +244,9 @@ func (r *Rollout) Desired(node string) string {
 	}
 	switch r.State {
 	case Done:
+		if phase == Failed {
+			return from // within the failure budget: it stays on what it could run
+		}
 		return r.Target
 	case WentBack:
 		return from

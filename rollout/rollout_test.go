@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -11,7 +12,7 @@ var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
 
 // three is version 2 rolling out over a, b, c from version 1.
 func three() *Rollout {
-	return New(2, "v2", 1, "v1", []string{"a", "b", "c"}, false, true, Policy{}, t0)
+	return New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{}, t0)
 }
 
 func inContact(string) time.Duration { return 0 }
@@ -227,5 +228,160 @@ func TestOrderIsNatural(t *testing.T) {
 	want := []string{"a", "b", "n1", "n02", "n2", "n10", "n11", "z9", "z10", "z10a"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("Order = %v, want %v", got, want)
+	}
+}
+
+func TestPlanPutsCanariesFirstThenWavesByLabelInNaturalOrder(t *testing.T) {
+	zone := func(name, z string) Member {
+		if z == "" {
+			return Member{Name: name}
+		}
+		return Member{Name: name, Labels: map[string]string{"zone": z}}
+	}
+	members := []Member{zone("n10", "eu-2"), zone("n2", "eu-10"), zone("n1", "eu-2"), zone("n3", ""), zone("n4", "eu-2"), zone("n11", "eu-10")}
+	order, wave := Plan(members, Policy{Canaries: 1, WaveBy: "zone"})
+	if want := []string{"n1", "n4", "n10", "n2", "n11", "n3"}; !slices.Equal(order, want) {
+		t.Fatalf("order %v, want %v", order, want)
+	}
+	want := map[string]int{"n1": 0, "n4": 1, "n10": 1, "n2": 2, "n11": 2, "n3": 3}
+	for name, w := range want {
+		if wave[name] != w {
+			t.Errorf("%s in wave %d, want %d", name, wave[name], w)
+		}
+	}
+}
+
+// drive plays the leader and well-behaved nodes: every node builds at once; a granted node
+// reports swapping and then outcome(name). It returns the grants in the order made and the
+// largest number of nodes in their turn at once.
+func drive(t *testing.T, r *Rollout, outcome func(string) Phase) (grants []string, most int) {
+	t.Helper()
+	now := t0
+	for _, n := range r.Order {
+		r.Report(n, Built, "", now)
+	}
+	inTurn := map[string]bool{}
+	for range 1000 {
+		now = now.Add(100 * time.Millisecond)
+		st := r.Next(now, inContact)
+		switch st.Op {
+		case "":
+			if len(inTurn) == 0 {
+				return grants, most
+			}
+			for n := range inTurn { // the turns under way end, one a round
+				delete(inTurn, n)
+				if err := r.Report(n, outcome(n), "", now); err != nil {
+					t.Fatal(err)
+				}
+				break
+			}
+		case OpGrant:
+			if err := r.Grant(st.Node, st.Phase, now); err != nil {
+				t.Fatal(err)
+			}
+			grants = append(grants, string(st.Phase)+":"+st.Node)
+			if st.Phase == Granted {
+				r.Report(st.Node, Swapping, "", now)
+				inTurn[st.Node] = true
+			} else {
+				r.Report(st.Node, Reverted, "", now)
+			}
+			most = max(most, len(inTurn))
+		case OpReport:
+			if err := r.Report(st.Node, st.Phase, st.Message, now); err != nil {
+				t.Fatal(err)
+			}
+		case OpState:
+			if err := r.SetState(st.State, st.Message, now); err != nil {
+				t.Fatal(err)
+			}
+			if st.State == Paused {
+				return grants, most
+			}
+		}
+	}
+	t.Fatal("the rollout did not settle")
+	return nil, 0
+}
+
+func TestWavesGoInOrderWithMaxParallelInside(t *testing.T) {
+	var names []string
+	for i := 1; i <= 10; i++ {
+		names = append(names, fmt.Sprintf("n%d", i))
+	}
+	r := New(2, "v2", 1, "v1", Members(names...), false, true, Policy{MaxParallelPercent: 20}, t0)
+	grants, most := drive(t, r, func(string) Phase { return Running })
+	if r.State != Done || most != 2 || len(grants) != 10 {
+		t.Fatalf("rollout %s, %d grants, at most %d at once; want done, 10 grants, 2 at once (20%% of 10)", r.State, len(grants), most)
+	}
+	if grants[0] != "granted:n1" || grants[1] != "granted:n2" || grants[9] != "granted:n10" {
+		t.Fatalf("grants %v: want natural order", grants)
+	}
+}
+
+func TestFailureBudgetHaltsOnlyPastIt(t *testing.T) {
+	r := New(2, "v2", 1, "v1", Members("a", "b", "c", "d"), false, true, Policy{FailureBudget: 1}, t0)
+	drive(t, r, func(n string) Phase {
+		if n == "b" {
+			return Failed
+		}
+		return Running
+	})
+	if r.State != Done || r.Desired("b") != "v1" || r.Desired("c") != "v2" {
+		t.Fatalf("one failure within a budget of one: rollout %s, b should stay on v1 (%s), c run v2 (%s)", r.State, r.Desired("b"), r.Desired("c"))
+	}
+	r = New(3, "v3", 2, "v2", Members("a", "b", "c", "d"), false, true, Policy{FailureBudget: 1}, t0)
+	drive(t, r, func(n string) Phase {
+		if n == "b" || n == "c" {
+			return Failed
+		}
+		return Running
+	})
+	if r.State != WentBack || !strings.Contains(r.Reason, "over the failure budget") || r.Nodes["d"].Phase != Built {
+		t.Fatalf("two failures over a budget of one: rollout %s (%s), d %s; want gone back before d", r.State, r.Reason, r.Nodes["d"].Phase)
+	}
+}
+
+func TestCanariesPauseThenPromoteThemselves(t *testing.T) {
+	p := Policy{Canaries: 2, AutoPromoteAfter: time.Minute}
+	r := New(2, "v2", 1, "v1", Members("a", "b", "c", "d"), false, true, p, t0)
+	grants, _ := drive(t, r, func(string) Phase { return Running })
+	if r.State != Paused || len(grants) != 2 {
+		t.Fatalf("after the canaries: %s with grants %v", r.State, grants)
+	}
+	if st := r.Next(r.PausedAt.Add(30*time.Second), inContact); st.Op != "" {
+		t.Fatalf("promoted before the canaries were healthy for a minute: %+v", st)
+	}
+	st := r.Next(r.PausedAt.Add(time.Minute), inContact)
+	if st.Op != OpState || st.State != Rolling {
+		t.Fatalf("a minute on, Next = %+v, want the rollout promoted", st)
+	}
+	r.SetState(st.State, st.Message, r.PausedAt.Add(time.Minute))
+	drive(t, r, func(string) Phase { return Running })
+	if r.State != Done {
+		t.Fatalf("after promotion: %s", r.State)
+	}
+}
+
+func TestGoingBackTakesTheWavesInReverse(t *testing.T) {
+	members := []Member{{Name: "a", Labels: map[string]string{"zone": "1"}}, {Name: "b", Labels: map[string]string{"zone": "1"}}, {Name: "c", Labels: map[string]string{"zone": "2"}}, {Name: "d", Labels: map[string]string{"zone": "2"}}}
+	r := New(2, "v2", 1, "v1", members, false, true, Policy{WaveBy: "zone", MaxParallel: 2}, t0)
+	drive(t, r, func(string) Phase { return Running })
+	if err := r.SetState(GoingBack, "undo by hand", t0); err != nil {
+		t.Fatal(err)
+	}
+	grants, _ := drive(t, r, func(string) Phase { return Running })
+	if want := []string{"reverting:d", "reverting:c", "reverting:b", "reverting:a"}; !slices.Equal(grants, want) || r.State != WentBack {
+		t.Fatalf("going back: %v, %s; want %v", grants, r.State, want)
+	}
+}
+
+func TestNoCanaryRanHaltsInsteadOfPausing(t *testing.T) {
+	r := New(2, "v2", 1, "v1", Members("a", "b", "c"), true, true, Policy{}, t0)
+	r.Report("a", Skipped, "down", t0)
+	st := r.Next(t0, inContact)
+	if st.Op != OpState || st.State != Halted {
+		t.Fatalf("Next = %+v, want halted: no canary ran", st)
 	}
 }

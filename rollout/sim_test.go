@@ -30,8 +30,13 @@ var (
 	simTrace     = flag.Bool("sim.trace", false, "rollout simulation: print every event of the runs")
 )
 
-// regressions are seeds that once failed; each stays a fixed case.
-var regressions = []uint64{}
+// regressions are seeds that once failed; each stays a fixed case. (A change to the model
+// changes the schedule a seed makes; they stay, as more schedules to run.)
+var regressions = []uint64{
+	57, 225, 246, 312, 324, // a node marked itself synced on the version its turn was leaving
+	428, 498, 700, 754, 1122, 1846, // a paused rollout left skipped nodes behind
+	265, 409, 3201, 5299, 7022, 15349, 16049, // a swap counted twice across catch-up and revert
+}
 
 func TestSimulatedRolloutsAlwaysEnd(t *testing.T) {
 	if *simSeed != 0 {
@@ -97,7 +102,8 @@ func (q *simQueue) Pop() any {
 }
 
 type simNode struct {
-	name string
+	name   string
+	labels map[string]string
 	up   bool
 	cut  bool // partitioned from the others
 	inc  int  // incarnation: what a crash ends carries the old one
@@ -133,6 +139,8 @@ type sim struct {
 	electing    bool
 
 	faultsUntil time.Time
+	policy      Policy
+	operator    bool // resumes a paused rollout after a while
 	// swaps counts the switches each node made per incarnation, rollout and version.
 	swaps map[string]int
 	err   error
@@ -217,18 +225,29 @@ func (s *sim) checkEntry(before, after *Rollout) {
 		}
 		switch a.Phase {
 		case Granted:
+			turns := 0
+			for _, other := range after.Order {
+				o := after.Nodes[other]
+				if o.Wave < a.Wave && !o.Phase.Ended() {
+					s.fail("%s (wave %d) granted while %s of wave %d is %s: out of order", name, a.Wave, other, o.Wave, o.Phase)
+				}
+				if o.Phase == Granted || o.Phase == Swapping {
+					turns++
+				}
+			}
 			for _, prev := range after.Order[:i] {
-				if !after.Nodes[prev].Phase.Ended() && after.Nodes[prev].Phase != Pending && after.Nodes[prev].Phase != Building && after.Nodes[prev].Phase != Built {
-					s.fail("%s granted while %s is %s: out of order", name, prev, after.Nodes[prev].Phase)
+				if p := after.Nodes[prev].Phase; after.Nodes[prev].Wave == a.Wave && (p == Pending || p == Building || p == Built) && !(s.silence(prev) > after.Policy.WithDefaults().DownAfter) {
+					s.fail("%s granted before %s (%s) of its wave: out of order", name, prev, p)
 				}
-				if p := after.Nodes[prev].Phase; p == Pending || p == Building || p == Built {
-					s.fail("%s granted before %s (%s): out of order", name, prev, p)
-				}
+			}
+			if par := after.Policy.parallel(len(after.Order)); turns > par {
+				s.fail("%d nodes in their turn at once, over max-parallel %d", turns, par)
 			}
 		case Reverting:
 			for _, later := range after.Order[i+1:] {
-				if p := after.Nodes[later].Phase; p == Running || p == Reverting {
-					s.fail("%s goes back before %s (%s): out of order", name, later, p)
+				o := after.Nodes[later]
+				if o.Wave > a.Wave && (o.Phase == Running || o.Phase == Reverting) {
+					s.fail("%s (wave %d) goes back before %s of wave %d (%s): out of order", name, a.Wave, later, o.Wave, o.Phase)
 				}
 			}
 		case Running:
@@ -333,6 +352,15 @@ func (s *sim) elect() {
 	})
 }
 
+// operatorTick is someone who resumes a paused rollout a while after it paused.
+func (s *sim) operatorTick() {
+	defer s.at(time.Second, s.operatorTick)
+	if !s.operator || s.log.State != Paused || s.leader == "" || s.now.Sub(s.log.PausedAt) < 5*time.Second {
+		return
+	}
+	s.change("operator resumes", func(r *Rollout) error { return r.SetState(Rolling, "resume by hand", s.now) })
+}
+
 // nodeTick is followRollouts.
 func (s *sim) nodeTick(n *simNode, inc int) {
 	if !n.up || n.inc != inc {
@@ -394,7 +422,9 @@ func (s *sim) build(n *simNode, r *Rollout) {
 }
 
 // switchTo is agent.switchTo: every duck to version id, or back to what it had.
-func (s *sim) switchTo(n *simNode, r *Rollout, id string, done func(error)) {
+// why tells a turn forward, a turn back and a catch-up apart: a node may switch to the same
+// version once for each (caught up with it during a pause, then back to it in a revert).
+func (s *sim) switchTo(n *simNode, r *Rollout, id, why string, done func(error)) {
 	inc := n.inc
 	took := s.jitter(50*time.Millisecond, 2*time.Second)
 	if s.rng.IntN(40) == 0 {
@@ -409,10 +439,10 @@ func (s *sim) switchTo(n *simNode, r *Rollout, id string, done func(error)) {
 			done(errors.New("duck died in its healthy wait"))
 			return
 		}
-		key := fmt.Sprintf("%s#%d/v%d/%s", n.name, n.inc, r.Version, id)
+		key := fmt.Sprintf("%s#%d/v%d/%s/%s", n.name, n.inc, r.Version, id, why)
 		s.swaps[key]++
 		if s.swaps[key] > 1 {
-			s.fail("%s swapped to %s twice in rollout %d without a restart", n.name, lbl(id), r.Version)
+			s.fail("%s swapped to %s twice (%s) in rollout %d without a restart", n.name, lbl(id), why, r.Version)
 		}
 		n.local.Have = id
 		done(nil)
@@ -428,7 +458,7 @@ func (s *sim) turn(n *simNode, r *Rollout, d Duty) {
 		}
 	}
 	swap := func() {
-		s.switchTo(n, r, d.Version, func(err error) {
+		s.switchTo(n, r, d.Version, "turn "+string(d.Success), func(err error) {
 			n.local.Acted = d.Key
 			end()
 			if err != nil {
@@ -459,7 +489,7 @@ func (s *sim) turn(n *simNode, r *Rollout, d Duty) {
 func (s *sim) catchUp(n *simNode, r *Rollout, d Duty) {
 	n.busy = true
 	inc := n.inc
-	s.switchTo(n, r, d.Version, func(err error) {
+	s.switchTo(n, r, d.Version, "catch-up "+d.Key, func(err error) {
 		if n.inc != inc {
 			return
 		}
@@ -512,12 +542,12 @@ func (s *sim) commit(kind simKind) {
 	}
 	s.kinds[id] = kind
 	s.numbers[id] = s.versions
-	var order []string
+	var members []Member
 	for _, n := range s.nodes {
-		order = append(order, n.name)
+		members = append(members, Member{Name: n.name, Labels: n.labels})
 	}
 	from := s.numbers[s.current]
-	s.log = New(s.versions, id, from, s.current, Order(order), false, true, simPolicy, s.now)
+	s.log = New(s.versions, id, from, s.current, members, false, true, s.policy, s.now)
 	s.logf("commit %s (from %s)", id, lbl(s.current))
 }
 
@@ -529,23 +559,45 @@ func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
 	if trace {
 		s.trace = logf
 	}
-	size := 3
-	if s.rng.IntN(4) == 0 {
-		size = 5
-	}
+	size := 3 + s.rng.IntN(5)
+	zones := 1 + s.rng.IntN(3)
 	for i := range size {
-		n := &simNode{name: fmt.Sprintf("n%d", i+1)}
+		n := &simNode{name: fmt.Sprintf("n%d", i+1), labels: map[string]string{"zone": fmt.Sprintf("z%d", s.rng.IntN(zones))}}
+		if s.rng.IntN(8) == 0 {
+			n.labels = nil // a node started without the label
+		}
 		s.nodes = append(s.nodes, n)
 		s.byName[n.name] = n
 	}
+	s.policy = simPolicy
+	switch s.rng.IntN(3) {
+	case 1:
+		s.policy.MaxParallel = 1 + s.rng.IntN(3)
+	case 2:
+		s.policy.MaxParallelPercent = 20 + s.rng.IntN(60)
+	}
+	if s.rng.IntN(3) == 0 {
+		s.policy.WaveBy = "zone"
+	}
+	if s.rng.IntN(4) == 0 {
+		s.policy.Canaries = 1 + s.rng.IntN(2)
+		if s.rng.IntN(2) == 0 {
+			s.policy.AutoPromoteAfter = s.jitter(time.Second, 10*time.Second)
+		}
+	}
+	if s.rng.IntN(4) == 0 {
+		s.policy.FailureBudget = 1
+	}
+	s.operator = s.rng.IntN(2) == 0
+	s.logf("%d nodes, policy %+v, operator %v", size, s.policy, s.operator)
 	// Version 1 runs everywhere, as after a first rollout.
 	s.versions, s.current = 1, "v1"
 	s.kinds["v1"] = kindGood
-	s.log = New(1, "v1", 0, "", Order(slices.Collect(func(yield func(string) bool) {
-		for _, n := range s.nodes {
-			yield(n.name)
-		}
-	})), false, true, simPolicy, s.now)
+	var members []Member
+	for _, n := range s.nodes {
+		members = append(members, Member{Name: n.name})
+	}
+	s.log = New(1, "v1", 0, "", members, false, true, Policy{}, s.now)
 	for _, name := range s.log.Order {
 		s.log.Nodes[name].Phase = Running
 	}
@@ -556,6 +608,7 @@ func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
 	}
 	s.leader, s.leaderSince = s.nodes[0].name, s.now
 	s.at(0, s.leaderTick)
+	s.at(time.Second, s.operatorTick)
 
 	// The schedule: a few deploys while faults strike, then quiet.
 	faults := time.Duration(20+s.rng.IntN(60)) * time.Second
@@ -661,8 +714,11 @@ func (s *sim) fault() {
 
 // settled: the rollout has ended and no node has anything left to do.
 func (s *sim) settled() bool {
-	if s.log.Active() || s.leader == "" {
+	if s.log.Active() && s.log.State != Paused || s.leader == "" {
 		return false
+	}
+	if s.log.State == Paused && (s.operator || s.log.Policy.AutoPromoteAfter > 0 && s.log.canariesHealthy()) {
+		return false // someone will resume it
 	}
 	for _, n := range s.nodes {
 		if !n.up || n.busy || n.view == nil || n.view.Version != s.log.Version || n.view.State != s.log.State {
@@ -681,12 +737,20 @@ func (s *sim) check() error {
 	var got []string
 	for _, n := range s.nodes {
 		want := r.Desired(n.name)
+		if nr := r.Nodes[n.name]; r.State == Paused && nr != nil && (nr.Phase == Skipped || nr.Phase == Failed) && (n.local.Have == r.Target || n.local.Have == r.FromID) {
+			got = append(got, n.local.Have)
+			continue // it waits for the end (Follow)
+		}
 		if n.local.Have != want {
 			return fmt.Errorf("rollout of %s ended %s, but %s runs %s where it should run %s: %s", r.Target, r.State, n.name, lbl(n.local.Have), lbl(want), s.describe())
 		}
 		got = append(got, n.local.Have)
 	}
-	if r.State == Done || r.State == WentBack {
+	failed := false
+	for _, name := range r.Order {
+		failed = failed || r.Nodes[name].Phase == Failed
+	}
+	if r.State == Done && !failed || r.State == WentBack {
 		if len(slices.Compact(slices.Sorted(slices.Values(got)))) != 1 {
 			return fmt.Errorf("rollout ended %s with nodes on different versions %v: %s", r.State, got, s.describe())
 		}

@@ -327,3 +327,52 @@ func TestNodeThatJoinsLaterGetsTheVersionAndSameBundleIsNotNew(t *testing.T) {
 		t.Fatalf("spawn on d printed %q", out)
 	}
 }
+
+// Waves by a label the nodes were started with, two nodes of a wave at a time, the order
+// natural inside each wave and shown to every node at the commit.
+func TestWavesByLabelGoOneAfterTheOther(t *testing.T) {
+	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	t.Cleanup(func() {
+		c.StopAll(10 * time.Second)
+		if t.Failed() {
+			for _, n := range c.Nodes() {
+				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
+			}
+		}
+	})
+	zones := map[string]string{"n1": "eu-2", "n2": "eu-10", "n3": "eu-2", "n10": "eu-10"}
+	var nodes []*localcluster.Node
+	for _, name := range []string{"n1", "n2", "n3", "n10"} {
+		n, err := c.Start(name, "--label", "zone="+zones[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	connectAll(t, c, nodes)
+	out := cli(t, c, nodes[1].API, "deploy", "--wave-by", "zone", "--max-parallel", "2", "../duck")
+	if !strings.Contains(out, "runs on every node") {
+		t.Fatalf("deploy printed:\n%s", out)
+	}
+	for _, n := range nodes {
+		r := rolloutOf(t, c, n.API).Rollout
+		if got := strings.Join(r.Order, ","); got != "n1,n3,n2,n10" {
+			t.Fatalf("%s sees the order %s, want n1,n3,n2,n10 (waves eu-2 then eu-10, natural order inside)", n.Name, got)
+		}
+		if r.Nodes["n3"].Wave != 0 || r.Nodes["n2"].Wave != 1 {
+			t.Fatalf("%s sees waves %+v", n.Name, r.Nodes)
+		}
+	}
+	r := rolloutOf(t, c, nodes[0].API).Rollout
+	for _, late := range []string{"n2", "n10"} {
+		for _, early := range []string{"n1", "n3"} {
+			if r.Nodes[late].Granted.Before(r.Nodes[early].Done) {
+				t.Errorf("%s (second wave) granted at %s, before %s (first wave) was done at %s", late, r.Nodes[late].Granted, early, r.Nodes[early].Done)
+			}
+		}
+	}
+	status := cli(t, c, nodes[0].API, "rollout", "status")
+	if !strings.Contains(status, "waves by zone") || !strings.Contains(status, "2 at once") {
+		t.Errorf("rollout status does not show the policy:\n%s", status)
+	}
+}

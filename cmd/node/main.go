@@ -34,7 +34,7 @@ func commands() []command {
 		{"stop", "[NODE/]DUCK", "stop a duck", runStop},
 		{"ducks", "[--local] [--json]", "list the ducks of every node", runDucks},
 		{"logs", "[-f] [-n N] [--on NODE] [[NODE/]DUCK]", "print a duck's recent output (every duck's without DUCK); -f follows it", runLogs},
-		{"deploy", "DIR [-m MSG] [--canary] [--detach]", "commit DIR as a new version and follow its rollout node by node (Erlang's nl)", runDeploy},
+		{"deploy", "DIR [-m MSG] [--canary[=N]] [--max-parallel N|P%] [--wave-by KEY] [--detach]", "commit DIR as a new version and follow its rollout node by node (Erlang's nl)", runDeploy},
 		{"rollout", "status|history|pause|resume|undo [--to N] [--json]", "inspect or steer the rollout", runRollout},
 		{"status", "[--json]", "every node: role, version, rollout phase, ducks", runStatus},
 		{"watch", "", "follow the current rollout live", runWatch},

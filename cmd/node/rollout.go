@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -27,12 +28,17 @@ import (
 // and follow the rollout node by node, like `kubectl rollout status`.
 func runDeploy(args []string) error {
 	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
+	var p rollout.Policy
 	c := clientFlags(fs)
 	msg := fs.String("m", "", "a message for the version, as a commit message")
-	canary := fs.Bool("canary", false, "upgrade the first node only, then wait for `rollout resume` or `rollout undo`")
+	var canary canaryFlag
+	fs.Var(&canary, "canary", "upgrade the first node (--canary=N: the first N) as a wave of its own, then wait for `rollout resume` or `rollout undo`")
+	maxPar := fs.String("max-parallel", "1", "nodes of a wave in their turn at once: a number, or a share of the nodes such as 20%")
+	fs.DurationVar(&p.AutoPromoteAfter, "auto-promote-after", 0, "with --canary: carry on by itself once the canaries stayed healthy this long")
+	fs.StringVar(&p.WaveBy, "wave-by", "", "a label the nodes were started with (start --label zone=eu-1): one wave per value, in natural order")
+	fs.IntVar(&p.FailureBudget, "failure-budget", 0, "how many nodes may fail before the rollout halts (0: the first halts it)")
 	detach := fs.Bool("detach", false, "return once the version is committed")
 	noRevert := fs.Bool("no-revert", false, "on failure, leave upgraded nodes as they are instead of going back")
-	var p rollout.Policy
 	fs.DurationVar(&p.BuildDeadline, "build-deadline", rollout.DefaultBuildDeadline, "a node still building this long after the commit fails the rollout")
 	fs.DurationVar(&p.ProgressDeadline, "progress-deadline", rollout.DefaultProgressDeadline, "one node's turn (its swaps and healthy wait) may take this long, or it fails the rollout")
 	fs.DurationVar(&p.Healthy, "healthy", rollout.DefaultHealthy, "each new duck must stay up this long after Ready for its swap to count")
@@ -51,8 +57,28 @@ func runDeploy(args []string) error {
 		return err
 	}
 	q := url.Values{"m": {*msg}, "author": {author()}}
-	if *canary {
-		q.Set("canary", "1")
+	p.Canaries = int(canary)
+	if pct, ok := strings.CutSuffix(*maxPar, "%"); ok {
+		n, err := strconv.Atoi(pct)
+		if err != nil {
+			return usageError{fmt.Sprintf("--max-parallel %q: give a number or a share such as 20%%", *maxPar)}
+		}
+		p.MaxParallelPercent = n
+	} else if n, err := strconv.Atoi(*maxPar); err != nil {
+		return usageError{fmt.Sprintf("--max-parallel %q: give a number or a share such as 20%%", *maxPar)}
+	} else {
+		p.MaxParallel = n
+	}
+	for name, n := range map[string]int{"canaries": p.Canaries, "max_parallel": p.MaxParallel, "max_parallel_percent": p.MaxParallelPercent, "failure_budget": p.FailureBudget} {
+		if n != 0 {
+			q.Set(name, strconv.Itoa(n))
+		}
+	}
+	if p.AutoPromoteAfter != 0 {
+		q.Set("auto_promote_after", p.AutoPromoteAfter.String())
+	}
+	if p.WaveBy != "" {
+		q.Set("wave_by", p.WaveBy)
 	}
 	if *noRevert {
 		q.Set("no_revert", "1")
@@ -83,7 +109,29 @@ func runDeploy(args []string) error {
 	return watch(c, res.N, "", false, os.Stdout)
 }
 
-// runSpread is the seed's nl: the version loaded on the node at --addr becomes the cluster's.
+// canaryFlag is --canary (one canary) or --canary=N.
+type canaryFlag int
+
+func (c *canaryFlag) String() string   { return strconv.Itoa(int(*c)) }
+func (c *canaryFlag) IsBoolFlag() bool { return true }
+func (c *canaryFlag) Set(s string) error {
+	switch s {
+	case "true":
+		*c = 1
+		return nil
+	case "false":
+		*c = 0
+		return nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return fmt.Errorf("--canary=%q: give a number of nodes, such as --canary=3", s)
+	}
+	*c = canaryFlag(n)
+	return nil
+}
+
+// runSpread is Erlang's nl: the version loaded on the node at --addr becomes the cluster's.
 func runSpread(args []string) error {
 	fs := flag.NewFlagSet("spread", flag.ContinueOnError)
 	c := clientFlags(fs)
@@ -184,10 +232,10 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 		fmt.Fprintf(&buf, "  %s\n", firstLine(r.Reason))
 	}
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "  #\tNODE\tPHASE\tFOR\tNOTE")
+	fmt.Fprintln(tw, "  #\tWAVE\tNODE\tPHASE\tFOR\tNOTE")
 	for i, name := range r.Order {
 		nr := r.Nodes[name]
-		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\t%s\n", i+1, name, nr.Phase, phaseTime(nr), firstLine(nr.Error))
+		fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\n", i+1, nr.Wave+1, name, nr.Phase, phaseTime(nr), firstLine(nr.Error))
 	}
 	tw.Flush()
 	w.Write(buf.Bytes())
@@ -197,8 +245,27 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 // policyLine is the rules a rollout runs under, each bound a phase has.
 func policyLine(p rollout.Policy) string {
 	p = p.WithDefaults()
-	return fmt.Sprintf("build deadline %s, progress deadline %s, healthy %s, start deadline %s, down after %s",
+	line := fmt.Sprintf("build deadline %s, progress deadline %s, healthy %s, start deadline %s, down after %s",
 		p.BuildDeadline, p.ProgressDeadline, p.Healthy, p.StartDeadline, p.DownAfter)
+	switch {
+	case p.MaxParallelPercent > 0:
+		line += fmt.Sprintf(", %d%% at once", p.MaxParallelPercent)
+	case p.MaxParallel > 1:
+		line += fmt.Sprintf(", %d at once", p.MaxParallel)
+	}
+	if p.Canaries > 0 {
+		line += fmt.Sprintf(", %d canaries", p.Canaries)
+		if p.AutoPromoteAfter > 0 {
+			line += fmt.Sprintf(" promoted after %s", p.AutoPromoteAfter)
+		}
+	}
+	if p.WaveBy != "" {
+		line += ", waves by " + p.WaveBy
+	}
+	if p.FailureBudget > 0 {
+		line += fmt.Sprintf(", failure budget %d", p.FailureBudget)
+	}
+	return line
 }
 
 func phaseTime(nr *rollout.Node) string {

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/duckraft/duckraft/agent"
@@ -31,6 +33,8 @@ func runStart(args []string) error {
 	readyTimeout := fs.Duration("ready-timeout", 0, "how long a new duck generation may take to become Ready (default 10s)")
 	healthy := fs.Duration("healthy", 0, "how long a swapped duck must stay up before the swap counts (default 500ms)")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address, in plain HTTP and without the cookie (off unless set)")
+	labels := labelFlag{}
+	fs.Var(labels, "label", "a label KEY=VALUE describing the node, such as zone=eu-1 (repeatable): `deploy --wave-by KEY` rolls out in waves by it")
 	cookie := cookieFlags(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -63,7 +67,7 @@ func runStart(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name)
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
-		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr,
+		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr, Labels: labels,
 	})
 	if err != nil {
 		return err
@@ -82,5 +86,26 @@ func runStart(args []string) error {
 		return fmt.Errorf("stop: %w", err)
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// labelFlag is a repeatable --label KEY=VALUE.
+type labelFlag map[string]string
+
+func (l labelFlag) String() string {
+	var out []string
+	for k, v := range l {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return strings.Join(out, ",")
+}
+
+func (l labelFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" || strings.ContainsAny(k, " ,") {
+		return fmt.Errorf("--label %q: give KEY=VALUE, such as zone=eu-1", s)
+	}
+	l[k] = v
 	return nil
 }
