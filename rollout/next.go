@@ -212,4 +212,3 @@ func (r *Rollout) canariesHealthy() bool {
 func (r *Rollout) report(name string, phase Phase, msg string) Step {
 	return Step{Op: OpReport, Node: name, Phase: phase, Message: msg, Why: name + " " + string(phase)}
 }
-

@@ -104,9 +104,9 @@ func (q *simQueue) Pop() any {
 type simNode struct {
 	name   string
 	labels map[string]string
-	up   bool
-	cut  bool // partitioned from the others
-	inc  int  // incarnation: what a crash ends carries the old one
+	up     bool
+	cut    bool // partitioned from the others
+	inc    int  // incarnation: what a crash ends carries the old one
 	// lost is when the leader's heartbeats stopped reaching it (crash or cut).
 	lost time.Time
 
