@@ -148,7 +148,7 @@ func Start(cfg Config) (*Agent, error) {
 	if err := a.startRuntime(); err != nil {
 		return nil, err
 	}
-	a.api, err = cfg.Identity.Listen("tcp", cfg.APIAddr, false, cfg.Log.With("listener", "api"))
+	a.api, err = cfg.Identity.Listen("tcp", cfg.APIAddr, true, cfg.Log.With("listener", "api"))
 	if err != nil {
 		return nil, fmt.Errorf("api address %s: %w", cfg.APIAddr, err)
 	}

@@ -74,12 +74,16 @@ func newMetrics(a *Agent) *metrics {
 		}
 		return float64(n)
 	}))
-	for _, k := range []wire.RefusalKind{wire.RefusedWrongCookie, wire.RefusedNoCookie, wire.RefusedOther} {
+	for _, k := range wire.RefusalKinds() {
 		f(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "duckraft_connections_refused_total", Help: "Connections refused in the handshake, by reason.",
 			ConstLabels: prometheus.Labels{"reason": k.String()},
 		}, func() float64 { return float64(wire.Refused(k)) }))
 	}
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "duckraft_accept_errors_total", Help: "Failed accepts (EMFILE and the like) on the API and Raft ports; each is retried after a pause."},
+		func() float64 { return float64(wire.AcceptErrors()) }))
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "duckraft_log_lines_suppressed_total", Help: "Refusal and accept-error log lines left out by the rate limit; the refusals are still counted."},
+		func() float64 { return float64(wire.SuppressedLogLines()) }))
 	return m
 }
 
