@@ -136,6 +136,9 @@ func Start(cfg Config) (*Agent, error) {
 	}
 	cfg.RaftAddr = cmp.Or(cfg.RaftAddr, DefaultRaftAddr)
 	cfg.APIAddr = cmp.Or(cfg.APIAddr, DefaultAPIAddr)
+	if err := cfg.Identity.CheckReach(cfg.APIAddr, cfg.RaftAddr, cfg.Advertise); err != nil {
+		return nil, err
+	}
 
 	a := &Agent{
 		cfg:      cfg,

@@ -78,12 +78,20 @@ func ReadCookieFile(path string) (string, error) {
 	return c, nil
 }
 
-func createCookieFile(path string) (string, error) {
+// NewCookie makes a random cookie: 160 bits, in base32 so that it can be typed and pasted.
+func NewCookie() (string, error) {
 	raw := make([]byte, 20)
 	if _, err := rand.Read(raw); err != nil {
 		return "", err
 	}
-	c := base32.StdEncoding.EncodeToString(raw)
+	return base32.StdEncoding.EncodeToString(raw), nil
+}
+
+func createCookieFile(path string) (string, error) {
+	c, err := NewCookie()
+	if err != nil {
+		return "", err
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		// Another node made it first; use theirs so both agree.

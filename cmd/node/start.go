@@ -21,6 +21,21 @@ func cookieFlags(fs *flag.FlagSet) *wire.CookieSource {
 	return &s
 }
 
+// runCookie prints a new cookie for the user to put in a file every node and client reads: the
+// way to a cookie strong enough for nodes on several machines.
+func runCookie(args []string) error {
+	fs := flag.NewFlagSet("cookie", flag.ContinueOnError)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := wire.NewCookie()
+	if err != nil {
+		return err
+	}
+	fmt.Println(c)
+	return nil
+}
+
 func runStart(args []string) error {
 	fs := flag.NewFlagSet("start", flag.ContinueOnError)
 	name := fs.String("name", "", "the node's name, unique in its cluster (required)")
