@@ -188,7 +188,10 @@ func Start(cfg Config) (*Agent, error) {
 	a.server = &http.Server{
 		Handler:           a.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+		// Only cookie holders get this far (see wire.Listener), but a keep-alive connection a
+		// client forgot still holds a place under wire.MaxConns until it is closed.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
 	a.fol.building = map[int]bool{}
 	a.wg.Add(5)

@@ -124,7 +124,16 @@ func (a *Agent) serveMetrics(addr string) (string, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
-	a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Anyone who reaches this port is served without the cookie, so no client may hold a
+	// connection or a goroutine for long: a scrape is one small request and one answer.
+	a.metricsSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+	}
 	go a.metricsSrv.Serve(l)
 	return l.Addr().String(), nil
 }

@@ -66,7 +66,14 @@ func cleanEnv(home string, extra ...string) []string {
 // when the test ends.
 func startRaw(t *testing.T, env []string, args ...string) *rawNode {
 	t.Helper()
-	n := &rawNode{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	return startCommand(t, env, bin, args...)
+}
+
+// startCommand is startRaw for a command that ends by exec'ing the node binary (a shell that
+// sets a limit first, say).
+func startCommand(t *testing.T, env []string, name string, args ...string) *rawNode {
+	t.Helper()
+	n := &rawNode{cmd: exec.Command(name, args...), done: make(chan struct{})}
 	n.cmd.Env = env
 	n.cmd.Stdout, n.cmd.Stderr = &n.out, &n.out
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
