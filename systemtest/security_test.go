@@ -73,10 +73,16 @@ func startRaw(t *testing.T, env []string, args ...string) *rawNode {
 // sets a limit first, say).
 func startCommand(t *testing.T, env []string, name string, args ...string) *rawNode {
 	t.Helper()
+	return startCommandAs(t, nil, env, name, args...)
+}
+
+// startCommandAs is startCommand as another user (nil: this process's).
+func startCommandAs(t *testing.T, cred *syscall.Credential, env []string, name string, args ...string) *rawNode {
+	t.Helper()
 	n := &rawNode{cmd: exec.Command(name, args...), done: make(chan struct{})}
 	n.cmd.Env = env
 	n.cmd.Stdout, n.cmd.Stderr = &n.out, &n.out
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -64,6 +66,13 @@ func runStart(args []string) error {
 	// the moment the ready line appears, and the default action would skip the graceful stop.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	// Before the cookie is in memory: ducks run as this user, and a process of the same user can
+	// read another's /proc/PID/environ and mem (where DUCKRAFT_COOKIE stays after Unsetenv, and
+	// the cookie after that) unless it is not dumpable. Its children are dumpable again after
+	// exec, so this costs the ducks nothing.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("make the node unreadable to its ducks (prctl PR_SET_DUMPABLE): %w", err)
+	}
 	cookie.Create = true
 	c, err := cookie.Load()
 	if err != nil {
