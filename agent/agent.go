@@ -22,6 +22,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/owned"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/supervise"
 	"github.com/duckraft/duckraft/wire"
@@ -115,12 +116,9 @@ func Start(cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("a node needs a name: pass --name")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data folder: %w", err)
-	}
-	// The folder holds the Raft log (every committed bundle) and built binaries: nobody else on
-	// the machine should read or plant anything there.
-	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+	// The folder holds the Raft log (every committed bundle) and built binaries the node runs:
+	// nobody else on the machine should read or plant anything there, nor have made it first.
+	if err := owned.Dir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data folder: %w", err)
 	}
 	stored, err := loadIdentity(cfg.DataDir)

@@ -92,3 +92,39 @@ func TestNodeMemoryAndEnvironmentAreClosedToItsUser(t *testing.T) {
 		}
 	}
 }
+
+// A data folder someone else made first (the README once put it in /tmp, where any user can)
+// is refused, as are one reached through a symbolic link and one others may write: the node
+// runs the binaries it keeps there.
+func TestPlantedDataFolderIsRefused(t *testing.T) {
+	home := t.TempDir()
+	env := cleanEnv(home, "DUCKRAFT_COOKIE="+randomCookie())
+	start := func(dir string) string {
+		t.Helper()
+		n := startRaw(t, env, "start", "--name", "a", "--data-dir", dir, "--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0")
+		if _, _, exited := n.ready(t); !exited {
+			t.Fatalf("a node started on the data folder %s:\n%s", dir, n.out.String())
+		}
+		return n.out.String()
+	}
+
+	real := filepath.Join(home, "real")
+	os.Mkdir(real, 0o700)
+	link := filepath.Join(home, "link")
+	os.Symlink(real, link)
+	if out := start(link); !strings.Contains(out, "symbolic link") {
+		t.Errorf("data folder through a link:\n%s", out)
+	}
+	open := filepath.Join(home, "open")
+	os.Mkdir(open, 0o700)
+	os.Chmod(open, 0o777)
+	if out := start(open); !strings.Contains(out, "writable by its group or others") {
+		t.Errorf("data folder others may write:\n%s", out)
+	}
+
+	needRoot(t, "planting a folder as another user needs root")
+	planted := privateTo(t, nobody, filepath.Join(home, "planted"))
+	if out := start(planted); !strings.Contains(out, "belongs to uid 65534") {
+		t.Errorf("data folder another user made:\n%s", out)
+	}
+}

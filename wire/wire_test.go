@@ -341,3 +341,18 @@ func TestDefaultCookieIsMadeOnceWithMode0600(t *testing.T) {
 		t.Fatalf("second load = %q, %v; want the same cookie", again, err)
 	}
 }
+
+// A cookie file reached through a symbolic link is refused: whoever made the link chooses which
+// cookie this node proves.
+func TestCookieFileThroughSymlinkIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	os.WriteFile(real, []byte("duck\n"), 0o600)
+	link := filepath.Join(dir, "cookie")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (CookieSource{File: link}).Load(); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("cookie file through a link: %v", err)
+	}
+}

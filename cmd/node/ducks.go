@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/agent"
-	"github.com/duckraft/duckraft/term"
 	"github.com/duckraft/duckraft/runtime/bundle"
+	"github.com/duckraft/duckraft/term"
 )
 
 // runLoad is the seed's c("quacking_duck.ex"): build DIR on the node and swap its ducks to it.
