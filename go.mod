@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/cloudflare/tableflip v1.2.3
+	github.com/gtank/ristretto255 v0.1.2
 	github.com/hashicorp/go-hclog v1.6.3
 	github.com/hashicorp/raft v1.7.3
 	github.com/hashicorp/raft-boltdb/v2 v2.3.1

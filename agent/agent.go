@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/owned"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/supervise"
 	"github.com/duckraft/duckraft/wire"
@@ -118,12 +119,9 @@ func Start(cfg Config) (*Agent, error) {
 	if cfg.Name == "" {
 		return nil, errors.New("a node needs a name: pass --name")
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data folder: %w", err)
-	}
-	// The folder holds the Raft log (every committed bundle) and built binaries: nobody else on
-	// the machine should read or plant anything there.
-	if err := os.Chmod(cfg.DataDir, 0o700); err != nil {
+	// The folder holds the Raft log (every committed bundle) and built binaries the node runs:
+	// nobody else on the machine should read or plant anything there, nor have made it first.
+	if err := owned.Dir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data folder: %w", err)
 	}
 	stored, err := loadIdentity(cfg.DataDir)
@@ -139,6 +137,9 @@ func Start(cfg Config) (*Agent, error) {
 	}
 	cfg.RaftAddr = cmp.Or(cfg.RaftAddr, DefaultRaftAddr)
 	cfg.APIAddr = cmp.Or(cfg.APIAddr, DefaultAPIAddr)
+	if err := cfg.Identity.CheckReach(cfg.APIAddr, cfg.RaftAddr, cfg.Advertise); err != nil {
+		return nil, err
+	}
 
 	a := &Agent{
 		cfg:      cfg,
@@ -151,7 +152,7 @@ func Start(cfg Config) (*Agent, error) {
 	if err := a.startRuntime(); err != nil {
 		return nil, err
 	}
-	a.api, err = cfg.Identity.Listen("tcp", cfg.APIAddr, false, cfg.Log.With("listener", "api"))
+	a.api, err = cfg.Identity.Listen("tcp", cfg.APIAddr, true, cfg.Log.With("listener", "api"))
 	if err != nil {
 		return nil, fmt.Errorf("api address %s: %w", cfg.APIAddr, err)
 	}
@@ -188,7 +189,10 @@ func Start(cfg Config) (*Agent, error) {
 	a.server = &http.Server{
 		Handler:           a.routes(),
 		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
+		// Only cookie holders get this far (see wire.Listener), but a keep-alive connection a
+		// client forgot still holds a place under wire.MaxConns until it is closed.
+		IdleTimeout: 2 * time.Minute,
+		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
 	a.fol.building = map[int]bool{}
 	a.wg.Add(5)

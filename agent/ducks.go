@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/duckraft/duckraft/owned"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
@@ -123,7 +124,15 @@ func (a *Agent) changeLocal(change func(*localState)) error {
 func (a *Agent) startRuntime() error {
 	a.builder = &build.Builder{Dir: filepath.Join(a.cfg.DataDir, "builds")}
 	if cache, err := os.UserCacheDir(); err == nil {
-		a.builder.Shared = filepath.Join(cache, "duckraft", "builds")
+		// Other nodes of this user take binaries from the shared folder and run them: one that
+		// someone else made or can write is refused, not used.
+		shared := filepath.Join(cache, "duckraft", "builds")
+		for _, dir := range []string{filepath.Dir(shared), shared} {
+			if err := owned.Dir(dir); err != nil {
+				return fmt.Errorf("shared build folder: %w", err)
+			}
+		}
+		a.builder.Shared = shared
 	}
 	sup, err := supervise.New(supervise.Config{
 		Dir:          filepath.Join(a.cfg.DataDir, "ducks"),

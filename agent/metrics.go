@@ -74,12 +74,16 @@ func newMetrics(a *Agent) *metrics {
 		}
 		return float64(n)
 	}))
-	for _, k := range []wire.RefusalKind{wire.RefusedWrongCookie, wire.RefusedNoCookie, wire.RefusedOther} {
+	for _, k := range wire.RefusalKinds() {
 		f(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "duckraft_connections_refused_total", Help: "Connections refused in the handshake, by reason.",
 			ConstLabels: prometheus.Labels{"reason": k.String()},
 		}, func() float64 { return float64(wire.Refused(k)) }))
 	}
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "duckraft_accept_errors_total", Help: "Failed accepts (EMFILE and the like) on the API and Raft ports; each is retried after a pause."},
+		func() float64 { return float64(wire.AcceptErrors()) }))
+	f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "duckraft_log_lines_suppressed_total", Help: "Refusal and accept-error log lines left out by the rate limit; the refusals are still counted."},
+		func() float64 { return float64(wire.SuppressedLogLines()) }))
 	return m
 }
 
@@ -120,7 +124,16 @@ func (a *Agent) serveMetrics(addr string) (string, error) {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
-	a.metricsSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Anyone who reaches this port is served without the cookie, so no client may hold a
+	// connection or a goroutine for long: a scrape is one small request and one answer.
+	a.metricsSrv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+	}
 	go a.metricsSrv.Serve(l)
 	return l.Addr().String(), nil
 }

@@ -145,7 +145,7 @@ func Open(cfg Config) (*Node, error) {
 }
 
 func newTCPTransport(cfg Config, rlog hclog.Logger) (*raft.NetworkTransport, error) {
-	ln, err := cfg.Identity.Listen("tcp", cfg.Bind, true, cfg.Log.With("listener", "raft"))
+	ln, err := cfg.Identity.Listen("tcp", cfg.Bind, false, cfg.Log.With("listener", "raft"))
 	if err != nil {
 		return nil, fmt.Errorf("raft address %s: %w", cfg.Bind, err)
 	}

@@ -1,6 +1,7 @@
 package systemtest
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
 	"net"
@@ -234,7 +235,9 @@ func TestMalformedBodyGets400(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: id.ClientConfig()}}
+	hc := &http.Client{Transport: &http.Transport{DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return id.Dial(ctx, network, addr)
+	}}}
 	for _, body := range []string{`{"addr":`, `{"addr": 7}`, `{"nonsense": true}`, "\x00\x01"} {
 		resp, err := hc.Post("https://"+nodes[0].API+"/v1/connect", "application/json", strings.NewReader(body))
 		if err != nil {

@@ -66,10 +66,23 @@ func cleanEnv(home string, extra ...string) []string {
 // when the test ends.
 func startRaw(t *testing.T, env []string, args ...string) *rawNode {
 	t.Helper()
-	n := &rawNode{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	return startCommand(t, env, bin, args...)
+}
+
+// startCommand is startRaw for a command that ends by exec'ing the node binary (a shell that
+// sets a limit first, say).
+func startCommand(t *testing.T, env []string, name string, args ...string) *rawNode {
+	t.Helper()
+	return startCommandAs(t, nil, env, name, args...)
+}
+
+// startCommandAs is startCommand as another user (nil: this process's).
+func startCommandAs(t *testing.T, cred *syscall.Credential, env []string, name string, args ...string) *rawNode {
+	t.Helper()
+	n := &rawNode{cmd: exec.Command(name, args...), done: make(chan struct{})}
 	n.cmd.Env = env
 	n.cmd.Stdout, n.cmd.Stderr = &n.out, &n.out
-	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	if err := n.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -435,5 +448,43 @@ func TestDuckEnvironmentHoldsNoCookie(t *testing.T) {
 				t.Errorf("duck %s on %s (pid %d) has the cookie in its environment: %s=...", d.ID, d.Node, d.PID, bytes.SplitN(kv, []byte("="), 2)[0])
 			}
 		}
+	}
+}
+
+// A guessable cookie is for one machine: `--cookie duck` starts a node on loopback, and is
+// refused, with the way to a strong one, for a node that listens where other machines reach it.
+// A cookie from `duckraft cookie` starts there.
+func TestWeakCookieOnlyOnLoopback(t *testing.T) {
+	home := t.TempDir()
+	loop := startRaw(t, cleanEnv(home), "start", "--name", "a", "--cookie", "duck", "--data-dir", filepath.Join(home, "a"),
+		"--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0")
+	if _, _, exited := loop.ready(t); exited {
+		t.Fatalf("--cookie duck on loopback was refused:\n%s", loop.out.String())
+	}
+	wide := startRaw(t, cleanEnv(home, "DUCKRAFT_COOKIE=duck"), "start", "--name", "b", "--data-dir", filepath.Join(home, "b"),
+		"--api-addr", "0.0.0.0:0", "--raft-addr", "127.0.0.1:0", "--advertise", "127.0.0.1")
+	if _, _, exited := wide.ready(t); !exited {
+		t.Fatalf("a node reachable from other machines started with the cookie duck:\n%s", wide.out.String())
+	}
+	if out := wide.out.String(); !strings.Contains(out, "too weak") || !strings.Contains(out, "duckraft cookie") {
+		t.Fatalf("the refusal does not say the cookie is weak and how to make one:\n%s", out)
+	}
+
+	out, err := exec.Command(bin, "cookie").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	strong := strings.TrimSpace(string(out))
+	cookieFile := filepath.Join(home, "strong.cookie")
+	if err := os.WriteFile(cookieFile, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n := startRaw(t, cleanEnv(home), "start", "--name", "c", "--cookie-file", cookieFile, "--data-dir", filepath.Join(home, "c"),
+		"--api-addr", "0.0.0.0:0", "--raft-addr", "127.0.0.1:0", "--advertise", "127.0.0.1")
+	if _, _, exited := n.ready(t); exited {
+		t.Fatalf("a node with the cookie %s printed was refused:\n%s", bin+" cookie", n.out.String())
+	}
+	if again, _ := exec.Command(bin, "cookie").Output(); strings.TrimSpace(string(again)) == strong {
+		t.Fatal("duckraft cookie printed the same cookie twice")
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/duckraft/duckraft/owned"
 )
 
 // CookieEnv names the environment variable a cookie may come from; unlike --cookie it does not
@@ -60,12 +62,17 @@ func (s CookieSource) Load() (string, error) {
 // ReadCookieFile reads a cookie file, refusing one that others may read, as Erlang does: a
 // cookie anyone on the machine can read lets anyone on the machine run code on the cluster.
 func ReadCookieFile(path string) (string, error) {
-	fi, err := os.Stat(path)
+	fi, err := os.Lstat(path)
 	if err != nil {
 		return "", fmt.Errorf("cookie file: %w", err)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
+	if fi.Mode().Perm()&0o077 != 0 && fi.Mode()&fs.ModeSymlink == 0 {
 		return "", fmt.Errorf("cookie file %s is readable by others (mode %04o): run chmod 600 %s", path, fi.Mode().Perm(), path)
+	}
+	// A cookie file someone else made, or a link whose maker chooses what it reads, would make
+	// this node prove their cookie: join their cluster, run their code.
+	if err := owned.Check(path); err != nil {
+		return "", fmt.Errorf("cookie file: %w", err)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -78,12 +85,20 @@ func ReadCookieFile(path string) (string, error) {
 	return c, nil
 }
 
-func createCookieFile(path string) (string, error) {
+// NewCookie makes a random cookie: 160 bits, in base32 so that it can be typed and pasted.
+func NewCookie() (string, error) {
 	raw := make([]byte, 20)
 	if _, err := rand.Read(raw); err != nil {
 		return "", err
 	}
-	c := base32.StdEncoding.EncodeToString(raw)
+	return base32.StdEncoding.EncodeToString(raw), nil
+}
+
+func createCookieFile(path string) (string, error) {
+	c, err := NewCookie()
+	if err != nil {
+		return "", err
+	}
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if errors.Is(err, fs.ErrExist) {
 		// Another node made it first; use theirs so both agree.

@@ -21,7 +21,7 @@ var (
 	duckID, goosID *Identity
 )
 
-// identities derives the two test identities once: each derivation is deliberately slow.
+// identities makes the two test identities once.
 func identities(t *testing.T) (*Identity, *Identity) {
 	t.Helper()
 	idsOnce.Do(func() {
@@ -55,10 +55,10 @@ func (s *syncBuffer) String() string {
 }
 
 // echoServer accepts authenticated connections and echoes what they send.
-func echoServer(t *testing.T, id *Identity, requireCookie bool) (*Listener, *syncBuffer) {
+func echoServer(t *testing.T, id *Identity, explainHTTP bool) (*Listener, *syncBuffer) {
 	t.Helper()
 	logs := &syncBuffer{}
-	l, err := id.Listen("tcp", "127.0.0.1:0", requireCookie, slog.New(slog.NewTextHandler(logs, nil)))
+	l, err := id.Listen("tcp", "127.0.0.1:0", explainHTTP, slog.New(slog.NewTextHandler(logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,26 +121,26 @@ func TestWrongCookieIsRefusedOnBothSides(t *testing.T) {
 	waitFor(t, "the server to log the refusal", func() bool { return strings.Contains(logs.String(), "cookies differ") })
 }
 
-func TestPeerWithoutKeyIsRefused(t *testing.T) {
+func TestPeerWithoutCookieIsRefused(t *testing.T) {
 	duck, _ := identities(t)
-	l, logs := echoServer(t, duck, true)
-	// A TLS client with no certificate at all, as curl -k would be.
+	l, logs := echoServer(t, duck, false)
+	// A TLS client that does not know the exchange, as curl -k speaking something else would be.
 	c, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13})
-	if err == nil {
-		// In TLS 1.3 the server's verdict on the client arrives after the client's Finished.
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		_, err = c.Read(make([]byte, 1))
-		c.Close()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err == nil {
-		t.Fatal("a client without the cookie's key was served")
+	defer c.Close()
+	io.WriteString(c, "hello, anyone?\n")
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("a client without the cookie was answered (%d bytes)", n)
 	}
 	waitFor(t, "the server to log the refusal", func() bool { return strings.Contains(logs.String(), "no cookie") })
 }
 
 func TestPlainHTTPClientGets401NamingTheCookie(t *testing.T) {
 	duck, _ := identities(t)
-	l, _ := echoServer(t, duck, false)
+	l, _ := echoServer(t, duck, true)
 	c, err := net.Dial("tcp", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +204,7 @@ func tamperProxy(t *testing.T, addr string, fault func(n int, b []byte) []byte) 
 // receivedBy runs a server that reads one whole message and reports what it read.
 func receivedBy(t *testing.T, id *Identity) (string, chan []byte, chan error) {
 	t.Helper()
-	l, err := id.Listen("tcp", "127.0.0.1:0", true, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	l, err := id.Listen("tcp", "127.0.0.1:0", false, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,5 +339,20 @@ func TestDefaultCookieIsMadeOnceWithMode0600(t *testing.T) {
 	again, err := CookieSource{}.Load()
 	if err != nil || again != first {
 		t.Fatalf("second load = %q, %v; want the same cookie", again, err)
+	}
+}
+
+// A cookie file reached through a symbolic link is refused: whoever made the link chooses which
+// cookie this node proves.
+func TestCookieFileThroughSymlinkIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real")
+	os.WriteFile(real, []byte("duck\n"), 0o600)
+	link := filepath.Join(dir, "cookie")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (CookieSource{File: link}).Load(); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("cookie file through a link: %v", err)
 	}
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/runtime/bundle"
+	"github.com/duckraft/duckraft/term"
 )
 
 // runLoad is the seed's c("quacking_duck.ex"): build DIR on the node and swap its ducks to it.
@@ -81,7 +82,7 @@ func runLoad(args []string) error {
 	if failed != nil {
 		if failed.Output != "" {
 			// The compiler's own words, as it printed them.
-			fmt.Fprint(os.Stderr, failed.Output)
+			fmt.Fprint(os.Stderr, term.Safe(failed.Output))
 		}
 		return errors.New(failed.Error)
 	}
@@ -164,7 +165,8 @@ func follow(c *client, on, duck string, n int, live bool) error {
 		if l.Stream == "stderr" {
 			out = os.Stderr
 		}
-		fmt.Fprintf(out, "[%s/%s] %s\n", l.Node, l.Duck, l.Text)
+		// A duck's output is its author's: escape what could drive the terminal.
+		fmt.Fprintf(out, "[%s/%s] %s\n", l.Node, l.Duck, term.Safe(l.Text))
 		return nil
 	})
 	if ctx.Err() != nil {

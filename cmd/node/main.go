@@ -24,6 +24,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"start", "--name NAME [--data-dir DIR] [--api-addr H:P] [--raft-addr H:P] [--advertise HOST]", "run a node (a cluster of one until connected)", runStart},
+		{"cookie", "", "print a fresh random cookie (160 bits); nodes reachable from other machines need one this strong", runCookie},
 		{"connect", "OTHER_API_ADDR", "join the node at --addr to OTHER's cluster; prints true", runConnect},
 		{"members", "[--json]", "list the cluster's members, their roles and whether they answer", runMembers},
 		{"forget", "NAME", "remove a dead member from the cluster", runForget},

@@ -460,5 +460,21 @@ func runStatus(args []string) error {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Member.Name, n.Member.Role, yesNo(n.Reachable), version, phase, since, ducks)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	printDuckUsers(st)
+	return nil
+}
+
+// printDuckUsers says, once, that ducks run as their node's user and what follows: a duck is
+// code its deployer wrote, and the node's user is what it can act as.
+func printDuckUsers(st agent.Status) {
+	for _, n := range st.Nodes {
+		if n.Local != nil && strings.HasPrefix(n.Local.DuckUser, "shared") {
+			fmt.Println("\nducks run as their node's user: a duck can read and write what that user can (the cookie file,")
+			fmt.Println("the data and build folders) but not the node's memory or environment; see docs/SECURITY.md")
+			return
+		}
+	}
 }

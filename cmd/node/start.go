@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -21,6 +23,21 @@ func cookieFlags(fs *flag.FlagSet) *wire.CookieSource {
 	fs.StringVar(&s.Flag, "cookie", "", "the cluster cookie (visible in ps: prefer --cookie-file or $DUCKRAFT_COOKIE)")
 	fs.StringVar(&s.File, "cookie-file", "", "file holding the cluster cookie (mode 0600); default $DUCKRAFT_COOKIE, then ~/.duckraft.cookie")
 	return &s
+}
+
+// runCookie prints a new cookie for the user to put in a file every node and client reads: the
+// way to a cookie strong enough for nodes on several machines.
+func runCookie(args []string) error {
+	fs := flag.NewFlagSet("cookie", flag.ContinueOnError)
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	c, err := wire.NewCookie()
+	if err != nil {
+		return err
+	}
+	fmt.Println(c)
+	return nil
 }
 
 func runStart(args []string) error {
@@ -53,6 +70,13 @@ func runStart(args []string) error {
 	// the moment the ready line appears, and the default action would skip the graceful stop.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	// Before the cookie is in memory: ducks run as this user, and a process of the same user can
+	// read another's /proc/PID/environ and mem (where DUCKRAFT_COOKIE stays after Unsetenv, and
+	// the cookie after that) unless it is not dumpable. Its children are dumpable again after
+	// exec, so this costs the ducks nothing.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fmt.Errorf("make the node unreadable to its ducks (prctl PR_SET_DUMPABLE): %w", err)
+	}
 	cookie.Create = true
 	c, err := cookie.Load()
 	if err != nil {
