@@ -48,6 +48,8 @@ type Config struct {
 	ReadyTimeout, Healthy time.Duration
 	// Labels describe the node (zone=eu-1): a rollout can go in waves by one of them.
 	Labels map[string]string
+	// GoBin is the go command the node builds ducks with; empty: go on PATH.
+	GoBin string
 }
 
 // Default addresses of a node started without flags: loopback only, so nothing off the machine

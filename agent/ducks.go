@@ -122,7 +122,7 @@ func (a *Agent) changeLocal(change func(*localState)) error {
 // startRuntime opens the builder and the supervisor. The supervisor makes this process a child
 // subreaper, so it must exist before any duck does.
 func (a *Agent) startRuntime() error {
-	a.builder = &build.Builder{Dir: filepath.Join(a.cfg.DataDir, "builds")}
+	a.builder = &build.Builder{Dir: filepath.Join(a.cfg.DataDir, "builds"), GoBin: a.cfg.GoBin}
 	if cache, err := os.UserCacheDir(); err == nil {
 		// Other nodes of this user take binaries from the shared folder and run them: one that
 		// someone else made or can write is refused, not used.

@@ -84,6 +84,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	req.Policy.WaveBy = q.Get("wave_by")
+	req.Policy.SameBinary = q.Get("same_binary") == "1"
 	if err := req.Policy.Validate(); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -292,7 +293,16 @@ func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {
 // would stall the rollout until the swap timeout. It says whether the log took it: false when the
 // leader refused it (the rollout moved on) or the agent is stopping.
 func (a *Agent) report(n int, phase rollout.Phase, msg string) bool {
-	c := consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: phase, Error: msg}
+	return a.sendReport(consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: phase, Error: msg})
+}
+
+// reportBuilt says this node built rollout n's target, with what its build made.
+func (a *Agent) reportBuilt(n int, b rollout.BuildInfo) bool {
+	return a.sendReport(consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: rollout.Built, Build: &b})
+}
+
+func (a *Agent) sendReport(c consensus.Command) bool {
+	phase := c.Phase
 	for attempt := 0; ; attempt++ {
 		if a.ctx.Err() != nil {
 			return false // stopping: a stop is not a failure to report
@@ -483,8 +493,24 @@ func (a *Agent) prebuild(r *rollout.Rollout) {
 			a.report(r.Version, rollout.Failed, buildFailure(err))
 			return
 		}
-		a.report(r.Version, rollout.Built, "")
+		info, err := a.buildInfo(ctx, r.Target)
+		if err != nil {
+			a.log.Warn("what the build made", "version", r.Version, "err", err)
+			a.report(r.Version, rollout.Built, "")
+			return
+		}
+		a.reportBuilt(r.Version, info)
 	}()
+}
+
+// buildInfo is the sum of the binary built for id and the toolchain that built it.
+func (a *Agent) buildInfo(ctx context.Context, id string) (rollout.BuildInfo, error) {
+	tc, err := a.builder.Toolchain(ctx)
+	if err != nil {
+		return rollout.BuildInfo{}, err
+	}
+	sum, err := a.builder.Sum(id)
+	return rollout.BuildInfo{Sum: sum, Toolchain: tc}, err
 }
 
 // buildFailure is a build error as the rollout records it: the compiler's words verbatim.

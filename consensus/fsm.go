@@ -68,17 +68,18 @@ type Command struct {
 
 	// Time is stamped by the leader when it proposes the command, so every node applies the
 	// same time: Apply must not read the clock.
-	Time      time.Time       `json:"time,omitzero"`
-	Placement *Placement      `json:"placement,omitempty"`
-	Version   *Version        `json:"version,omitempty"`
-	Canary    bool            `json:"canary,omitempty"`
-	NoRevert  bool            `json:"no_revert,omitempty"`
-	N         int             `json:"n,omitempty"`
-	Phase     rollout.Phase   `json:"phase,omitempty"`
-	State     rollout.State   `json:"state,omitempty"`
-	Policy    *rollout.Policy `json:"policy,omitempty"` // with a commit
-	Error     string          `json:"error,omitempty"`
-	Reason    string          `json:"reason,omitempty"`
+	Time      time.Time          `json:"time,omitzero"`
+	Placement *Placement         `json:"placement,omitempty"`
+	Version   *Version           `json:"version,omitempty"`
+	Canary    bool               `json:"canary,omitempty"`
+	NoRevert  bool               `json:"no_revert,omitempty"`
+	N         int                `json:"n,omitempty"`
+	Phase     rollout.Phase      `json:"phase,omitempty"`
+	State     rollout.State      `json:"state,omitempty"`
+	Policy    *rollout.Policy    `json:"policy,omitempty"` // with a commit
+	Build     *rollout.BuildInfo `json:"build,omitempty"`  // with a report of built
+	Error     string             `json:"error,omitempty"`
+	Reason    string             `json:"reason,omitempty"`
 }
 
 // The operations a Command may carry.

@@ -125,6 +125,9 @@ func (s *State) report(c Command) error {
 	if err != nil {
 		return err
 	}
+	if c.Phase == rollout.Built && c.Build != nil {
+		return r.ReportBuilt(c.Name, *c.Build, c.Time)
+	}
 	return r.Report(c.Name, c.Phase, c.Error, c.Time)
 }
 

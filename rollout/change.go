@@ -25,6 +25,18 @@ func (r *Rollout) Grant(node string, phase Phase, now time.Time) error {
 	return nil
 }
 
+// ReportBuilt records that node built the target, and what its build made.
+func (r *Rollout) ReportBuilt(node string, b BuildInfo, now time.Time) error {
+	nr, err := r.node(node)
+	if err != nil {
+		return err
+	}
+	if nr.Binary == nil {
+		nr.Binary = &b
+	}
+	return r.Report(node, Built, "", now)
+}
+
 // Report records a node's progress, or what the leader found about it (skipped, failed).
 func (r *Rollout) Report(node string, phase Phase, msg string, now time.Time) error {
 	nr, err := r.node(node)

@@ -3,6 +3,7 @@ package rollout
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -87,6 +88,21 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 				return r.report(name, Failed, fmt.Sprintf("going back took over the progress deadline (%s)", p.ProgressDeadline))
 			}
 			backTurns++
+		}
+	}
+
+	if p.SameBinary && r.forward() {
+		if groups := r.Binaries(); len(groups) > 1 {
+			// The first node whose binary differs from the most common one fails, saying which
+			// nodes built what with which toolchain.
+			var parts []string
+			for _, g := range groups {
+				parts = append(parts, fmt.Sprintf("%s built %.12s with %s", strings.Join(g.Nodes, ", "), g.Sum, g.Toolchain))
+			}
+			odd := groups[1].Nodes[0]
+			if !r.Nodes[odd].Phase.Ended() {
+				return r.report(odd, Failed, "its binary differs from the other nodes' (toolchain drift?): "+strings.Join(parts, "; "))
+			}
 		}
 	}
 

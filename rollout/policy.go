@@ -39,6 +39,9 @@ type Policy struct {
 	WaveBy string `json:"wave_by,omitempty"`
 	// FailureBudget is how many nodes may fail before the rollout halts (0: the first halts it).
 	FailureBudget int `json:"failure_budget,omitempty"`
+	// SameBinary halts the rollout when a node's build differs from the others' (toolchain
+	// drift): the error names the nodes and their toolchains.
+	SameBinary bool `json:"same_binary,omitempty"`
 }
 
 // parallel is how many nodes of size may be in their turn at once.

@@ -69,6 +69,41 @@ type Node struct {
 	Error        string    `json:"error,omitempty"`
 	// Wave is the node's wave: waves go one after the other, in order.
 	Wave int `json:"wave,omitempty"`
+	// Binary is what the node's build made, once built.
+	Binary *BuildInfo `json:"binary,omitempty"`
+}
+
+// BuildInfo is what a node's build of the target made: every node builds from source with its
+// own toolchain, and the builds are reproducible, so one sum across the cluster shows that every
+// node runs the same program.
+type BuildInfo struct {
+	Sum       string `json:"sum"`       // sha256 of the binary, hex
+	Toolchain string `json:"toolchain"` // the go command's GOVERSION
+}
+
+// Binaries groups the nodes that reported a build by the binary they made, largest group first.
+func (r *Rollout) Binaries() []BinaryGroup {
+	var out []BinaryGroup
+	for _, name := range r.Order {
+		b := r.Nodes[name].Binary
+		if b == nil {
+			continue
+		}
+		i := slices.IndexFunc(out, func(g BinaryGroup) bool { return g.BuildInfo == *b })
+		if i < 0 {
+			out = append(out, BinaryGroup{BuildInfo: *b})
+			i = len(out) - 1
+		}
+		out[i].Nodes = append(out[i].Nodes, name)
+	}
+	slices.SortStableFunc(out, func(a, b BinaryGroup) int { return len(b.Nodes) - len(a.Nodes) })
+	return out
+}
+
+// BinaryGroup is the nodes that built one binary with one toolchain.
+type BinaryGroup struct {
+	BuildInfo
+	Nodes []string `json:"nodes"`
 }
 
 // Rollout is the rollout of one version across the cluster. The order is fixed when the version

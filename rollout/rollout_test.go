@@ -385,3 +385,22 @@ func TestNoCanaryRanHaltsInsteadOfPausing(t *testing.T) {
 		t.Fatalf("Next = %+v, want halted: no canary ran", st)
 	}
 }
+
+func TestDriftedBinaryHaltsWithSameBinary(t *testing.T) {
+	r := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{SameBinary: true}, t0)
+	r.ReportBuilt("a", BuildInfo{Sum: "aaaa", Toolchain: "go1.26.8"}, t0)
+	r.ReportBuilt("b", BuildInfo{Sum: "aaaa", Toolchain: "go1.26.8"}, t0)
+	r.ReportBuilt("c", BuildInfo{Sum: "cccc", Toolchain: "go1.26.7"}, t0)
+	st := r.Next(t0, inContact)
+	if st.Op != OpReport || st.Node != "c" || st.Phase != Failed || !strings.Contains(st.Message, "c built cccc with go1.26.7") || !strings.Contains(st.Message, "a, b built aaaa with go1.26.8") {
+		t.Fatalf("Next = %+v; want c failed, naming the nodes and toolchains", st)
+	}
+	if g := r.Binaries(); len(g) != 2 || len(g[0].Nodes) != 2 {
+		t.Fatalf("binaries %+v", g)
+	}
+	// Without the policy, drift is shown, not acted on.
+	r.Policy.SameBinary = false
+	if st := r.Next(t0, inContact); st.Op != OpGrant || st.Node != "a" {
+		t.Fatalf("without --same-binary: %+v", st)
+	}
+}

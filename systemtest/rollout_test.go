@@ -3,6 +3,9 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -374,5 +377,52 @@ func TestWavesByLabelGoOneAfterTheOther(t *testing.T) {
 	status := cli(t, c, nodes[0].API, "rollout", "status")
 	if !strings.Contains(status, "waves by zone") || !strings.Contains(status, "2 at once") {
 		t.Errorf("rollout status does not show the policy:\n%s", status)
+	}
+}
+
+// Every node builds from source with its own toolchain: with --same-binary a node whose
+// toolchain made another binary (here a go that says it is another version and strips its
+// binaries) halts the rollout, naming the nodes and their toolchains; without it, rollout status
+// shows how many binaries the version has.
+func TestToolchainDriftIsShownAndHaltsWithSameBinary(t *testing.T) {
+	real, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	drift := filepath.Join(t.TempDir(), "go")
+	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = env ] && [ \"$2\" = GOVERSION ]; then echo go1.99-drift; exit 0; fi\nif [ \"$1\" = build ]; then shift; exec %q build -ldflags=-s \"$@\"; fi\nexec %q \"$@\"\n", real, real)
+	if err := os.WriteFile(drift, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	t.Cleanup(func() {
+		c.StopAll(10 * time.Second)
+		if t.Failed() {
+			for _, n := range c.Nodes() {
+				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
+			}
+		}
+	})
+	var nodes []*localcluster.Node
+	for _, name := range []string{"a", "b", "c"} {
+		var extra []string
+		if name == "c" {
+			extra = []string{"--go", drift}
+		}
+		n, err := c.Start(name, extra...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	connectAll(t, c, nodes)
+	cli(t, c, nodes[0].API, "deploy", "../duck")
+	status := cli(t, c, nodes[0].API, "rollout", "status")
+	if !strings.Contains(status, "2 distinct binaries") || !strings.Contains(status, "go1.99-drift (1 node(s))") {
+		t.Fatalf("rollout status does not show the drift:\n%s", status)
+	}
+	_, errOut, err := tryCLI(c, nodes[0].API, "deploy", "--same-binary", "../testdata/duck-v2")
+	if err == nil || !strings.Contains(errOut, "c failed") || !strings.Contains(errOut, "go1.99-drift") || !strings.Contains(errOut, "a, b built") {
+		t.Fatalf("deploy --same-binary with c's toolchain drifting: err=%v\n%s", err, errOut)
 	}
 }

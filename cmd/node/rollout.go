@@ -37,6 +37,7 @@ func runDeploy(args []string) error {
 	fs.DurationVar(&p.AutoPromoteAfter, "auto-promote-after", 0, "with --canary: carry on by itself once the canaries stayed healthy this long")
 	fs.StringVar(&p.WaveBy, "wave-by", "", "a label the nodes were started with (start --label zone=eu-1): one wave per value, in natural order")
 	fs.IntVar(&p.FailureBudget, "failure-budget", 0, "how many nodes may fail before the rollout halts (0: the first halts it)")
+	fs.BoolVar(&p.SameBinary, "same-binary", false, "halt when a node's build differs from the others' (toolchain drift), naming the nodes and their Go versions")
 	detach := fs.Bool("detach", false, "return once the version is committed")
 	noRevert := fs.Bool("no-revert", false, "on failure, leave upgraded nodes as they are instead of going back")
 	fs.DurationVar(&p.BuildDeadline, "build-deadline", rollout.DefaultBuildDeadline, "a node still building this long after the commit fails the rollout")
@@ -79,6 +80,9 @@ func runDeploy(args []string) error {
 	}
 	if p.WaveBy != "" {
 		q.Set("wave_by", p.WaveBy)
+	}
+	if p.SameBinary {
+		q.Set("same_binary", "1")
 	}
 	if *noRevert {
 		q.Set("no_revert", "1")
@@ -231,6 +235,9 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	if r.Reason != "" {
 		fmt.Fprintf(&buf, "  %s\n", firstLine(r.Reason))
 	}
+	if line := binariesLine(r); line != "" {
+		fmt.Fprintf(&buf, "  %s\n", line)
+	}
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  #\tWAVE\tNODE\tPHASE\tFOR\tNOTE")
 	for i, name := range r.Order {
@@ -240,6 +247,23 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	tw.Flush()
 	w.Write(buf.Bytes())
 	return bytes.Count(buf.Bytes(), []byte("\n"))
+}
+
+// binariesLine says how many distinct binaries the nodes built from the version, and which.
+func binariesLine(r *rollout.Rollout) string {
+	groups := r.Binaries()
+	if len(groups) == 0 {
+		return ""
+	}
+	var parts []string
+	for _, g := range groups {
+		parts = append(parts, fmt.Sprintf("%.12s by %s (%d node(s))", g.Sum, g.Toolchain, len(g.Nodes)))
+	}
+	word := "binaries"
+	if len(groups) == 1 {
+		word = "binary"
+	}
+	return fmt.Sprintf("%d distinct %s: %s", len(groups), word, strings.Join(parts, "; "))
 }
 
 // policyLine is the rules a rollout runs under, each bound a phase has.
@@ -264,6 +288,9 @@ func policyLine(p rollout.Policy) string {
 	}
 	if p.FailureBudget > 0 {
 		line += fmt.Sprintf(", failure budget %d", p.FailureBudget)
+	}
+	if p.SameBinary {
+		line += ", one binary"
 	}
 	return line
 }

@@ -50,6 +50,7 @@ func runStart(args []string) error {
 	readyTimeout := fs.Duration("ready-timeout", 0, "how long a new duck generation may take to become Ready (default 10s)")
 	healthy := fs.Duration("healthy", 0, "how long a swapped duck must stay up before the swap counts (default 500ms)")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address, in plain HTTP and without the cookie (off unless set)")
+	goBin := fs.String("go", "", "the go command to build ducks with (default: go on PATH)")
 	labels := labelFlag{}
 	fs.Var(labels, "label", "a label KEY=VALUE describing the node, such as zone=eu-1 (repeatable): `deploy --wave-by KEY` rolls out in waves by it")
 	cookie := cookieFlags(fs)
@@ -91,7 +92,7 @@ func runStart(args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name)
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
-		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr, Labels: labels,
+		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr, Labels: labels, GoBin: *goBin,
 	})
 	if err != nil {
 		return err

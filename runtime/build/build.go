@@ -8,6 +8,8 @@ package build
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -57,8 +59,54 @@ type Builder struct {
 	// them built is taken by the others instead of building the same bundle again.
 	Shared string
 
-	mu    sync.Mutex
-	locks map[string]chan struct{} // one per ID, held while that ID builds
+	mu        sync.Mutex
+	locks     map[string]chan struct{} // one per ID, held while that ID builds
+	toolchain string                   // the go command's GOVERSION, once asked
+}
+
+// Toolchain is the version of the go command builds run with (its GOVERSION, such as
+// go1.26.8): nodes that report different ones may build different binaries from one bundle.
+func (b *Builder) Toolchain(ctx context.Context) (string, error) {
+	b.mu.Lock()
+	v := b.toolchain
+	b.mu.Unlock()
+	if v != "" {
+		return v, nil
+	}
+	goBin, err := b.goCommand()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, goBin, "env", "GOVERSION")
+	cmd.Env = b.env()
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("asking %s for its version: %w", goBin, err)
+	}
+	v = strings.TrimSpace(string(out))
+	b.mu.Lock()
+	b.toolchain = v
+	b.mu.Unlock()
+	return v, nil
+}
+
+// Sum is the sha256 of the binary built for id, in hex: every node reports it, so that a
+// cluster can see whether its nodes' toolchains made the same binary from one bundle.
+func (b *Builder) Sum(id string) (string, error) {
+	p, ok := b.Binary(id)
+	if !ok {
+		return "", fmt.Errorf("build %s: no binary built yet", short(id))
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Binary returns the path of the cached binary for id and whether it exists.
@@ -216,7 +264,13 @@ func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error
 	defer unlock()
 	shared := ""
 	if b.Shared != "" {
-		shared = filepath.Join(b.Shared, id, "duck")
+		// Keyed by the toolchain too: a node whose go differs builds for itself, so that its
+		// binary, and the sum it reports, are its own toolchain's.
+		tc, err := b.Toolchain(ctx)
+		if err != nil {
+			return err
+		}
+		shared = filepath.Join(b.Shared, tc, id, "duck")
 		if err := copyFile(shared, out); err == nil {
 			return nil
 		}

@@ -74,7 +74,8 @@ func countingGo(t *testing.T) (bin string, runs func() int) {
 	dir := t.TempDir()
 	count := filepath.Join(dir, "runs")
 	bin = filepath.Join(dir, "go")
-	script := fmt.Sprintf("#!/bin/sh\necho run >> %q\nexec %q \"$@\"\n", count, real)
+	// Only builds count: asking the toolchain its version is not a build.
+	script := fmt.Sprintf("#!/bin/sh\n[ \"$1\" = build ] && echo run >> %q\nexec %q \"$@\"\n", count, real)
 	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -500,5 +501,38 @@ func TestNodesOnOneHostShareABuild(t *testing.T) {
 	}
 	if n := runs(); n != 2 {
 		t.Errorf("go ran %d times, want 2 once a node without the shared folder built too", n)
+	}
+}
+
+// A node whose toolchain differs does not take another's build from the shared folder: it builds
+// for itself, and its binary's sum says what its toolchain made.
+func TestAnotherToolchainBuildsForItself(t *testing.T) {
+	goBin, runs := countingGo(t)
+	real := realGo(t)
+	dir := t.TempDir()
+	other := filepath.Join(dir, "go")
+	// The same go, but it says it is another version and strips its binaries: drift.
+	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = env ] && [ \"$2\" = GOVERSION ]; then echo go1.99-drift; exit 0; fi\nif [ \"$1\" = build ]; then shift; exec %q build -ldflags=-s \"$@\"; fi\nexec %q \"$@\"\n", real, real)
+	if err := os.WriteFile(other, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	shared := t.TempDir()
+	b := pack(t, map[string]string{"main.go": tableflipDuck})
+	one := &Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}
+	two := &Builder{Dir: t.TempDir(), GoBin: other, Shared: shared}
+	for _, x := range []*Builder{one, two} {
+		if _, err := x.Build(context.Background(), b.ID, b.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := runs(); n != 1 {
+		t.Errorf("the first toolchain built %d times, want 1", n)
+	}
+	v1, _ := one.Toolchain(context.Background())
+	v2, _ := two.Toolchain(context.Background())
+	s1, err1 := one.Sum(b.ID)
+	s2, err2 := two.Sum(b.ID)
+	if err1 != nil || err2 != nil || v2 != "go1.99-drift" || v1 == v2 || s1 == s2 || len(s1) != 64 {
+		t.Fatalf("toolchains %q and %q made %q and %q (%v, %v): want two versions and two sums", v1, v2, s1, s2, err1, err2)
 	}
 }
