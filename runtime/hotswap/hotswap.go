@@ -34,9 +34,10 @@ const (
 	DefaultAddr         = "127.0.0.1:8080"
 	DefaultReadyTimeout = 10 * time.Second
 	// DrainBound is how long a generation that has handed over waits for
-	// its keep-alive connections to end before closing the idle ones. It is
-	// short because tableflip refuses the next swap until this process has
-	// exited.
+	// the connections that could not move to the next generation to end
+	// before closing the idle ones (connections that move do so at once,
+	// and nothing waits for them). It is short because tableflip refuses
+	// the next swap until this process has exited.
 	DrainBound = 1500 * time.Millisecond
 	// stopTimeout bounds a graceful stop's wait for running requests.
 	stopTimeout = 5 * time.Second
@@ -46,6 +47,7 @@ const (
 const (
 	stateFD    = "duckraft-state"
 	lifelineFD = "duckraft-lifeline"
+	connsFD    = "duckraft-conns" // the channel HTTP connections move through
 )
 
 // Config describes a duck's state type S.
@@ -85,6 +87,19 @@ func (d *Duck[S]) Serve(h http.Handler) error {
 		return err
 	}
 	d.r.http = newServer(ln, h, d.r.log)
+	if d.r.upg.HasParent() {
+		f, err := d.r.upg.File(connsFD)
+		if err != nil {
+			return fmt.Errorf("hotswap: inheriting the connection channel: %w", err)
+		}
+		// None from a previous generation that serves no HTTP, or that
+		// predates moving connections: its clients reconnect, as before.
+		if f != nil {
+			if err := d.r.http.receiveFrom(f); err != nil {
+				return fmt.Errorf("hotswap: %w", err)
+			}
+		}
+	}
 	go d.r.http.serve()
 	return nil
 }
@@ -92,8 +107,10 @@ func (d *Duck[S]) Serve(h http.Handler) error {
 // Listen returns a listener inherited from the previous generation, or a new
 // one. Accept waits while a swap decides, and fails with net.ErrClosed once
 // this generation has handed over. Unlike Serve's, connections accepted here
-// stay with this generation until it exits, at most DrainBound after
-// handing over: close them when Accept fails.
+// do not move to the next generation (the SDK cannot tell when their
+// protocol is between two messages): they stay with this generation until
+// it exits, which is as soon as Serve's connections have moved, at most
+// DrainBound and its grace after handing over. Close them when Accept fails.
 func (d *Duck[S]) Listen(network, addr string) (net.Listener, error) {
 	return d.r.listen(network, addr)
 }
@@ -179,6 +196,7 @@ type runner struct {
 	listeners  []*listener
 	http       *server
 	stateFile  *os.File // passed to the next generation; nil until a swap
+	out        *handoff // the channel connections move through; nil but during a swap
 	lifeline   chan struct{}
 	sigs       chan os.Signal
 	ready      bool
@@ -343,8 +361,20 @@ func (r *runner) swap() error {
 	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw}); err != nil {
 		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
 	}
+	if r.http != nil {
+		out, err := newHandoff(r.upg.AddFile)
+		if err != nil {
+			// Connections cannot move; they fall back to forwarding.
+			r.log.Warn("swap: connections will not move to the new generation", "err", err)
+		}
+		r.out = out
+	}
 	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start))
 	if err := r.upgrade(); err != nil {
+		if r.out != nil {
+			r.out.close()
+			r.out = nil
+		}
 		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
 	}
 	r.log.Info("swap: new generation ready", "new_pid", r.readPIDFile(), "took", time.Since(start))
@@ -430,8 +460,9 @@ func (r *runner) thaw() error {
 	return nil
 }
 
-// handOver forwards this generation's remaining requests to the next one,
-// then returns so the process exits.
+// handOver moves this generation's connections to the next one, forwarding
+// requests that come before they can move, then returns so the process
+// exits.
 func (r *runner) handOver(sigs <-chan os.Signal) error {
 	for _, l := range r.listeners {
 		l.Close()
@@ -457,10 +488,13 @@ func (r *runner) handOver(sigs <-chan os.Signal) error {
 			}
 		}
 	}()
-	if r.http != nil {
-		r.http.handOver(DrainBound, stop)
+	if r.http == nil {
+		r.log.Info("exiting: handed over", "generation", r.generation)
+		return nil
 	}
-	r.log.Info("exiting: handed over", "generation", r.generation)
+	moved, stayed, hijacked := r.http.handOver(r.out, DrainBound, stop)
+	r.log.Info("exiting: handed over", "generation", r.generation,
+		"connections_moved", moved, "connections_fell_back", stayed, "connections_hijacked", hijacked)
 	return nil
 }
 
