@@ -171,6 +171,15 @@ func (c *conn) SetDeadline(t time.Time) error {
 	return c.Conn.SetWriteDeadline(t)
 }
 
+// ReadFrom keeps net/http's sendfile path: writing is never in the way of
+// a move.
+func (c *conn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(c.Conn, r)
+}
+
 // CloseWrite is net/http's half-close before it closes a connection; a
 // socket that has moved is not this generation's to shut.
 func (c *conn) CloseWrite() error {
@@ -325,6 +334,20 @@ func (l *handedListener) Accept() (net.Conn, error) {
 		return c, nil
 	case <-l.done:
 		return nil, net.ErrClosed
+	}
+}
+
+// deliver returns the function that gives a received connection, made
+// ours by adopt, to the server; once the server has stopped taking them,
+// it closes it.
+func (l *handedListener) deliver(adopt func(net.Conn) *conn) func(net.Conn) {
+	return func(nc net.Conn) {
+		c := adopt(nc)
+		select {
+		case l.conns <- c:
+		case <-l.done:
+			c.Close()
+		}
 	}
 }
 

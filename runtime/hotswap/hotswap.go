@@ -93,10 +93,13 @@ func (d *Duck[S]) Serve(h http.Handler) error {
 			return fmt.Errorf("hotswap: inheriting the connection channel: %w", err)
 		}
 		// None from a previous generation that serves no HTTP, or that
-		// predates moving connections: its clients reconnect, as before.
+		// predates moving connections. Either way, and if the channel
+		// will not open, the previous generation hears nothing from us and
+		// its connections fall back to forward-then-close: serving
+		// matters more than moving them.
 		if f != nil {
 			if err := d.r.http.receiveFrom(f); err != nil {
-				return fmt.Errorf("hotswap: %w", err)
+				d.r.log.Warn("connections will not move from the previous generation", "err", err)
 			}
 		}
 	}

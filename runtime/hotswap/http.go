@@ -114,13 +114,16 @@ func (s *server) receiveFrom(f *os.File) error {
 	if err != nil {
 		return err
 	}
+	// tableflip keeps its own copy of the channel's inherited end under its
+	// name and would pass it on; the next swap registers a new channel
+	// under the same name, which replaces it.
 	s.handed = newHandedListener(s.ln.Addr())
 	s.mu.Lock()
 	s.receiving = true
 	s.mu.Unlock()
 	go s.srv.Serve(s.handed)
 	go func() {
-		err := receive(uc, func(nc net.Conn) { s.handed.conns <- s.adopt(nc) })
+		err := receive(uc, s.handed.deliver(s.adopt))
 		if err != nil {
 			s.log.Error("receiving connections from the previous generation stopped; its remaining clients reconnect", "err", err)
 		}
