@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -23,25 +24,34 @@ import (
 // kernel buffer and move with it.
 type conn struct {
 	net.Conn
-	s *server
+	s   *server
+	raw syscall.RawConn // nil if it is not a socket
 
-	mu       sync.Mutex
-	framer   framer
-	idles    int // times net/http went idle on it: requests it finished
-	state    http.ConnState
-	reading  bool
-	woken    bool      // we set a past read deadline to end an idle read
-	deadline time.Time // the read deadline net/http asked for
-	left     bool      // its socket belongs to the next generation
-	stays    string    // why it cannot move; "" while it can
+	mu     sync.Mutex
+	framer framer
+	idles  int // times net/http went idle on it: requests it finished
+
+	// Mirrors of framer.complete and idles, and the requests that reached
+	// the handler, read by a hold under the server's lock without ours.
+	framed, finished, entered atomic.Int64
+	state                     http.ConnState
+	reading                   bool
+	woken                     bool          // we set a past read deadline to end an idle read
+	deadline                  time.Time     // the read deadline net/http asked for
+	left                      bool          // its socket belongs to the next generation
+	stays                     string        // why it cannot move; "" while it can
+	aborted                   chan struct{} // net/http ended its background read
 }
 
 // aLongTimeAgo is a read deadline that ends a blocked read at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
 func newConn(c net.Conn, s *server) *conn {
-	cn := &conn{Conn: c, s: s}
-	if _, ok := c.(syscall.Conn); !ok {
+	cn := &conn{Conn: c, s: s, aborted: make(chan struct{}, 1)}
+	if sc, ok := c.(syscall.Conn); ok {
+		cn.raw, _ = sc.SyscallConn()
+	}
+	if cn.raw == nil {
 		cn.stays = fmt.Sprintf("%T is not a socket", c)
 	}
 	return cn
@@ -62,7 +72,8 @@ func (c *conn) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, io.EOF
 		}
-		if c.stays == "" && c.between() {
+		between := c.stays == "" && c.between()
+		if between {
 			if out := c.s.leavingTo(); out != nil {
 				c.mu.Unlock()
 				if c.leave(out) {
@@ -70,16 +81,38 @@ func (c *conn) Read(p []byte) (int, error) {
 				}
 				continue
 			}
+			if c.s.holdsReads() {
+				c.mu.Unlock()
+				c.s.waitWhileHolding()
+				continue
+			}
+		}
+		if len(p) == 1 && c.state == http.StateActive && c.framer.idle() && c.framer.complete == c.idles+1 && c.stays == "" {
+			c.mu.Unlock()
+			return c.watch()
 		}
 		c.reading = true
 		c.mu.Unlock()
 
-		n, err := c.Conn.Read(p)
+		var n int
+		var err error
+		if between {
+			n, err = c.readNext(p)
+			if err == errHolding {
+				c.mu.Lock()
+				c.reading = false
+				c.mu.Unlock()
+				continue
+			}
+		} else {
+			n, err = c.Conn.Read(p)
+		}
 
 		c.mu.Lock()
 		c.reading = false
 		if n > 0 {
 			c.framer.feed(p[:n])
+			c.framed.Store(int64(c.framer.complete))
 			if c.framer.unsure != "" && c.stays == "" {
 				c.stays = "cannot frame its requests: " + c.framer.unsure
 				if c.s.leavingTo() != nil {
@@ -101,6 +134,78 @@ func (c *conn) Read(p []byte) (int, error) {
 		}
 		return n, err
 	}
+}
+
+// errHolding says readNext did not read because a swap stops reads.
+var errHolding = errors.New("reads stopped by a swap")
+
+// readNext reads the start of the next request unless a swap has stopped
+// such reads, deciding in the same step as the read: a plain read that was
+// already woken by the request's arrival would take it even after the swap
+// began, and the request would have to be forwarded instead of moving with
+// its connection. hold waits for any readNext that saw reads allowed.
+func (c *conn) readNext(p []byte) (int, error) {
+	var n int
+	var rerr error
+	held := false
+	err := c.raw.Read(func(fd uintptr) bool {
+		c.s.gate.RLock()
+		defer c.s.gate.RUnlock()
+		if c.s.holdsReads() {
+			held = true
+			return true
+		}
+		n, rerr = syscall.Read(int(fd), p)
+		return rerr != syscall.EAGAIN && rerr != syscall.EINTR
+	})
+	switch {
+	case held:
+		return 0, errHolding
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// watch is net/http's background read, the one-byte read it makes while a
+// handler runs, with the request read whole, to learn if the client goes
+// away. Done as a plain read, it would take the first byte of the
+// client's next request into net/http's memory, and the connection could
+// not move until that request was answered, here, during a swap by
+// forwarding it. So watch only peeks: it reports the client gone (EOF or
+// an error) as the read would, and leaves a next request's bytes in the
+// socket, waiting until net/http ends the read (abortPendingRead sets a
+// past deadline).
+func (c *conn) watch() (int, error) {
+	select {
+	case <-c.aborted: // a stale signal from an earlier request
+	default:
+	}
+	raw, err := c.Conn.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var perr error
+	err = raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return perr != syscall.EAGAIN
+	})
+	switch {
+	case err != nil: // the deadline net/http set to end the read
+		return 0, err
+	case perr != nil:
+		return 0, perr
+	case n == 0:
+		return 0, io.EOF
+	}
+	<-c.aborted
+	return 0, os.ErrDeadlineExceeded
 }
 
 // wake ends a read that waits for a next request, so that the connection
@@ -142,7 +247,14 @@ func (c *conn) setState(st http.ConnState) {
 	c.state = st
 	if st == http.StateIdle {
 		c.idles++
+		c.finished.Store(int64(c.idles))
 	}
+}
+
+// unentered says whether a request has been read whole but has not yet
+// reached the handler (nor been answered by net/http itself).
+func (c *conn) unentered() bool {
+	return c.framed.Load() > max(c.entered.Load(), c.finished.Load())
 }
 
 // canClose says whether closing the connection loses nothing: no request
@@ -157,6 +269,12 @@ func (c *conn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.deadline = t
+	if !t.IsZero() && t.Before(time.Now()) {
+		select {
+		case c.aborted <- struct{}{}:
+		default:
+		}
+	}
 	if c.woken {
 		// The read we woke restores it when it returns.
 		return nil

@@ -495,9 +495,11 @@ func (r *runner) handOver(sigs <-chan os.Signal) error {
 		r.log.Info("exiting: handed over", "generation", r.generation)
 		return nil
 	}
-	moved, stayed, hijacked := r.http.handOver(r.out, DrainBound, stop)
-	r.log.Info("exiting: handed over", "generation", r.generation,
-		"connections_moved", moved, "connections_fell_back", stayed, "connections_hijacked", hijacked)
+	start := time.Now()
+	m := r.http.handOver(r.out, DrainBound, stop)
+	r.log.Info("exiting: handed over", "generation", r.generation, "took", time.Since(start),
+		"connections_moved", m.Moved, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
+		"requests_forwarded", m.Forwarded)
 	return nil
 }
 

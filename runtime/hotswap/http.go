@@ -39,15 +39,28 @@ type server struct {
 	// and the next one takes connections; nil before and otherwise.
 	out atomic.Pointer[handoff]
 
+	// stopReads is set from the start of a swap until its outcome; gate
+	// lets hold wait for reads that began before it was set.
+	stopReads atomic.Bool
+	gate      sync.RWMutex
+
 	mu        sync.Mutex
 	changed   *sync.Cond
 	mode      mode
+	frozen    bool // holding, and no more requests may start here
 	inflight  int
 	conns     map[*conn]http.ConnState
 	receiving bool // connections may still come from the previous generation
-	moved     int  // connections handed to the next generation
-	stayed    int  // connections that could not move (fell back)
-	hijacked  int
+	moves     moves
+}
+
+// moves counts what became of a generation's connections when it handed
+// over, for its exit line.
+type moves struct {
+	Moved     int // connections handed to the next generation
+	FellBack  int // connections that could not move
+	Hijacked  int // connections their handler took (over the generation's life)
+	Forwarded int // requests forwarded to the next generation
 }
 
 type connKey struct{}
@@ -153,11 +166,35 @@ func (s *server) track(nc net.Conn, st http.ConnState) {
 	case http.StateHijacked:
 		// The handler owns it now; its bytes are no longer ours to frame.
 		delete(s.conns, c)
-		s.hijacked++
+		s.moves.Hijacked++
 	default:
 		s.conns[c] = st
 	}
 	s.changed.Broadcast()
+}
+
+// snapshotConns lists the connections, for acting on each without s.mu
+// (a conn's lock comes before the server's).
+func (s *server) snapshotConns() []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+// holdsReads says whether a connection between requests should wait
+// before reading, and waitWhileHolding waits until the swap is decided.
+func (s *server) holdsReads() bool { return s.stopReads.Load() }
+
+func (s *server) waitWhileHolding() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.mode == holding {
+		s.changed.Wait()
+	}
 }
 
 // leavingTo is the channel to the next generation once connections move.
@@ -165,7 +202,7 @@ func (s *server) leavingTo() *handoff { return s.out.Load() }
 
 func (s *server) noteMoved(c *conn) {
 	s.mu.Lock()
-	s.moved++
+	s.moves.Moved++
 	s.mu.Unlock()
 	s.log.Debug("connection handed to the new generation", "remote", c.RemoteAddr())
 }
@@ -174,23 +211,30 @@ func (s *server) noteMoved(c *conn) {
 // with "Connection: close", as before connections could move.
 func (s *server) fellBack(c *conn, why string) {
 	s.mu.Lock()
-	s.stayed++
+	s.moves.FellBack++
 	s.mu.Unlock()
 	s.log.Warn("connection stays with this generation; its next request is forwarded, then it closes", "remote", c.RemoteAddr(), "why", why)
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, _ := r.Context().Value(connKey{}).(*conn)
 	s.mu.Lock()
-	for s.mode == holding {
+	if c != nil {
+		c.entered.Add(1)
+	}
+	// A request read before the hold began runs here while the hold waits
+	// for running requests; after that it waits for the swap's outcome.
+	for s.mode == holding && s.frozen {
 		s.changed.Wait()
 	}
 	if s.mode == forwarding {
+		s.moves.Forwarded++
 		s.mu.Unlock()
 		// A request that came before its connection could move runs in the
 		// new generation; the connection then moves too. One that cannot
 		// move ends after this response, and the client opens its next
 		// connection to the new generation.
-		if c, ok := r.Context().Value(connKey{}).(*conn); !ok || s.leavingTo() == nil || c.staysWhy() != "" {
+		if c == nil || s.leavingTo() == nil || c.staysWhy() != "" {
 			w.Header().Set("Connection", "close")
 		}
 		s.proxy.ServeHTTP(w, r)
@@ -209,10 +253,43 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // hold stops accepting, holds new requests and waits until the requests
 // already running have finished, or until timeout.
+//
+// Connections between requests stop reading meanwhile: a request that
+// comes now stays in the socket's kernel buffer and moves with the socket,
+// to be answered by the new generation as if sent a moment later, instead
+// of being read here, held and forwarded.
+//
+// A request already read when the hold begins runs here rather than being
+// forwarded later: the hold first waits, briefly, for every request read
+// whole to reach the handler, then for the running ones to finish.
 func (s *server) hold(timeout time.Duration) error {
-	s.setMode(holding)
+	s.mu.Lock()
+	s.mode, s.frozen = holding, false
+	s.changed.Broadcast()
+	s.mu.Unlock()
+	s.stopReads.Store(true)
+	// Wait out any readNext that saw reads allowed: its request, if any,
+	// is then one the hold waits for below.
+	s.gate.Lock()
+	s.gate.Unlock()
 	s.ln.pause()
-	if !s.waitUntil(time.Now().Add(timeout), nil, func() bool { return s.inflight == 0 }) {
+	for _, c := range s.snapshotConns() {
+		c.wake()
+	}
+	s.waitUntil(time.Now().Add(unenteredWait), nil, func() bool {
+		for c := range s.conns {
+			if c.unentered() {
+				return false
+			}
+		}
+		return true
+	})
+	if !s.waitUntil(time.Now().Add(timeout), nil, func() bool {
+		if s.inflight == 0 {
+			s.frozen = true
+		}
+		return s.frozen
+	}) {
 		s.mu.Lock()
 		n := s.inflight
 		s.mu.Unlock()
@@ -221,8 +298,14 @@ func (s *server) hold(timeout time.Duration) error {
 	return nil
 }
 
+// unenteredWait bounds the hold's wait for requests read whole to reach the
+// handler: net/http answers a few itself (OPTIONS *), and a wait that
+// cannot end must not make the swap fail; a request it misses is forwarded.
+const unenteredWait = 50 * time.Millisecond
+
 // carryOn undoes hold after a failed swap: held requests run here.
 func (s *server) carryOn() error {
+	s.stopReads.Store(false)
 	s.setMode(serving)
 	return s.ln.resume()
 }
@@ -232,22 +315,18 @@ func (s *server) carryOn() error {
 // returns when no connection is left. Nothing waits for an idle client: an
 // idle connection moves at once. Only connections that cannot move wait, for
 // bound, to be closed while idle (see the package doc).
-func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{}) (moved, stayed, hijacked int) {
+func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{}) (m moves) {
 	// Whether connections move is known before the held requests are let
 	// go, so that none is told to close for want of it.
 	taker := out != nil && out.heard()
 	if taker {
 		s.out.Store(out)
+	} else {
+		s.stopReads.Store(false)
 	}
 	s.setMode(forwarding)
 	s.ln.Close()
-	s.mu.Lock()
-	conns := make([]*conn, 0, len(s.conns))
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	s.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range s.snapshotConns() {
 		if !taker {
 			s.fellBack(c, "the new generation does not take connections (no Duck.Serve, or an older SDK)")
 		} else if why := c.staysWhy(); why != "" {
@@ -262,19 +341,13 @@ func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{
 			out.close()
 		}
 		s.mu.Lock()
-		moved, stayed, hijacked = s.moved, s.stayed, s.hijacked
+		m = s.moves
 		s.mu.Unlock()
 	}()
 	if s.waitUntil(time.Now().Add(bound), stop, done) {
 		return
 	}
-	s.mu.Lock()
-	conns = conns[:0]
-	for c := range s.conns {
-		conns = append(conns, c)
-	}
-	n := len(s.conns)
-	s.mu.Unlock()
+	conns := s.snapshotConns()
 	idle := 0
 	for _, c := range conns {
 		if c.canClose() {
@@ -282,7 +355,7 @@ func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{
 			idle++
 		}
 	}
-	s.log.Info("drain bound passed; closed idle connections that could not move", "bound", bound, "idle", idle, "open", n)
+	s.log.Info("drain bound passed; closed idle connections that could not move", "bound", bound, "idle", idle, "open", len(conns))
 	// Requests being forwarded finish quickly; don't cut them short.
 	if !s.waitUntil(time.Now().Add(5*time.Second), stop, done) {
 		s.srv.Close()
