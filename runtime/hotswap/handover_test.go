@@ -423,3 +423,46 @@ func TestOldGenerationExitsWithIdleClientsConnected(t *testing.T) {
 		t.Errorf("GET / = %+v, want count %d from duck-v2", r, 2*clients)
 	}
 }
+
+// A connection whose requests the SDK cannot frame stays with the old
+// generation and falls back to the way before connections moved: its next
+// request is forwarded and answered with "Connection: close". The log says
+// which connection fell back and why, and the exit line counts it.
+func TestUnframeableConnectionFallsBackToForwarding(t *testing.T) {
+	d := startDuck(t, "duck", nil)
+	nc, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(nc)
+	// net/http ignores Transfer-Encoding on HTTP/1.0 and reads 5 bytes by
+	// Content-Length; the framer will not guess which it is.
+	post := "POST /quack HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nquack"
+	io.WriteString(nc, post)
+	if _, err := readReply(br); err != nil {
+		t.Fatalf("first POST: %v", err)
+	}
+	mark := d.stderr.len()
+	old, _ := d.swapStarted("duck-v2")
+
+	io.WriteString(nc, post)
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("POST after the swap on the connection that stayed: %v", err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !res.Close {
+		t.Errorf("POST after the swap: %s, Connection: close=%v; want 200 and close", res.Status, res.Close)
+	}
+	if !waitExit(old, 20*time.Second) {
+		t.Fatalf("old generation pid %d still running", old)
+	}
+	d.stderr.waitFor(t, mark, 5*time.Second, "connection stays with this generation", "cannot frame its requests")
+	d.stderr.waitFor(t, mark, 5*time.Second, "exiting: handed over", fmt.Sprintf("pid=%d", old), "connections_moved=0", "connections_fell_back=1", "requests_forwarded=1")
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != 2 || r.Version != "duck-v2" {
+		t.Errorf("GET / = %+v, want count 2 from duck-v2", r)
+	}
+}

@@ -325,6 +325,20 @@ func (d *duck) trySwap(name string) (oldPID, newPID int, err error) {
 	return oldPID, d.pid(), nil
 }
 
+// swapStarted installs the named program and signals the running
+// generation, returning once the new one is Ready, the old one perhaps
+// still handing over.
+func (d *duck) swapStarted(name string) (oldPID, newPID int) {
+	d.t.Helper()
+	oldPID = d.pid()
+	d.install(name)
+	d.signal(oldPID, syscall.SIGHUP)
+	poll(d.t, 20*time.Second, fmt.Sprintf("a new generation replacing pid %d", oldPID), func() bool {
+		return d.pid() != oldPID
+	})
+	return oldPID, d.pid()
+}
+
 // alive says whether pid is running (not gone, not a zombie nobody reaped).
 func alive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
