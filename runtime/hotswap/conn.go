@@ -155,8 +155,15 @@ func (c *conn) readNext(p []byte) (int, error) {
 			held = true
 			return true
 		}
-		n, rerr = syscall.Read(int(fd), p)
-		return rerr != syscall.EAGAIN && rerr != syscall.EINTR
+		for {
+			n, rerr = syscall.Read(int(fd), p)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		// Only EAGAIN may wait for the poller: it reports new data, not
+		// data left unread.
+		return rerr != syscall.EAGAIN
 	})
 	switch {
 	case held:
@@ -193,7 +200,12 @@ func (c *conn) watch() (int, error) {
 	var perr error
 	err = raw.Read(func(fd uintptr) bool {
 		var b [1]byte
-		n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		for {
+			n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if perr != syscall.EINTR {
+				break
+			}
+		}
 		return perr != syscall.EAGAIN
 	})
 	switch {
