@@ -60,7 +60,12 @@
 // other way round: the new process keeps its state frozen until it is Ready,
 // so a generation that fails to start has changed nothing (nothing lost,
 // nothing counted twice). A new version whose state layout differs bumps
-// Config.Schema and supplies Config.Migrate, Erlang's code_change.
+// Config.Schema and supplies Config.Migrate, Erlang's code_change, and
+// Config.Downgrade, code_change({down, Vsn}): at every hand-over and stop it
+// renders the state in the older schemas it knows, the snapshot carries
+// those too, and a swap or restart back to an older version starts from its
+// own schema's rendering. Without one, going back is refused and the newer
+// generation carries on.
 //
 // # Environment contract
 //

@@ -56,9 +56,21 @@ type Config[S any] struct {
 	// type or meaning, and supply Migrate.
 	Schema int
 	// Migrate converts state handed over by a version of another schema
-	// (older, or newer on a rollback) into S. Without it such a swap fails
-	// and the old generation carries on.
+	// (older, or newer on a rollback whose writer had no Downgrade to this
+	// schema) into S. Without it such a swap fails and the old generation
+	// carries on.
 	Migrate func(fromSchema int, old json.RawMessage) (S, error)
+	// Downgrade renders S in the layout of an older schema toSchema, for a
+	// swap back to a version of that schema (a rollback, an auto-revert),
+	// which could not know this version's layout: Erlang's
+	// code_change({down, Vsn}). Return a value that encodes as JSON the
+	// way that version's state decodes, or ErrNoDowngrade for a schema it
+	// cannot produce. This generation runs it at every hand-over and at a
+	// stop with DUCK_STATE_FILE, asking for Schema-1 first and then each
+	// lower schema until ErrNoDowngrade, and the results travel with the
+	// state; an older version takes its own. Like Migrate it gets and
+	// gives values, so it must not keep or change anything s points to.
+	Downgrade func(toSchema int, s S) (any, error)
 }
 
 // Duck is the running duck as seen by its setup function.
@@ -155,16 +167,17 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	}
 	var v S
 	if snap.State != nil {
-		if v, err = decode(cfg, snap); err != nil {
+		var how string
+		if v, how, err = decode(cfg, snap); err != nil {
 			upg.Stop()
 			return fmt.Errorf("hotswap: %w", err)
 		}
-		if snap.Schema != cfg.Schema {
-			log.Info("state migrated", "from_schema", snap.Schema, "to_schema", cfg.Schema)
+		if how != "" {
+			log.Info("state "+how, "from_schema", snap.Schema, "to_schema", cfg.Schema)
 		}
 	}
 	r.generation = snap.Generation + 1
-	d := &Duck[S]{State: newState(v), Version: env.version, Generation: r.generation, r: r}
+	d := &Duck[S]{State: newState(v, downgrades(cfg, log)), Version: env.version, Generation: r.generation, r: r}
 	r.state = d.State
 	if err := setup(d); err != nil {
 		upg.Stop()
@@ -184,7 +197,7 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 
 // freezer is the part of State[S] the runner needs, free of S.
 type freezer interface {
-	freeze() (json.RawMessage, error)
+	freeze() (json.RawMessage, map[int]json.RawMessage, error)
 	thaw()
 }
 
@@ -357,11 +370,11 @@ func (r *runner) swap() error {
 	for _, l := range r.listeners {
 		l.pause()
 	}
-	raw, err := r.state.freeze()
+	raw, older, err := r.state.freeze()
 	if err != nil {
 		return errors.Join(err, r.thaw())
 	}
-	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw}); err != nil {
+	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older}); err != nil {
 		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
 	}
 	if r.http != nil {
@@ -511,9 +524,9 @@ func (r *runner) stop() error {
 	if r.http != nil {
 		r.http.shutdown(stopTimeout)
 	}
-	raw, err := r.state.freeze()
+	raw, older, err := r.state.freeze()
 	if err == nil && r.env.stateFile != "" {
-		err = saveSnapshot(r.env.stateFile, snapshot{Schema: r.schema, Generation: r.generation, State: raw})
+		err = saveSnapshot(r.env.stateFile, snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older})
 	}
 	r.upg.Stop()
 	if err != nil {

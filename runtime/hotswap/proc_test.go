@@ -35,6 +35,7 @@ var sources = map[string]string{
 	"duck-broken":  "./testdata/duck-broken",
 	"bare":         "./runtime/hotswap/testdata/bare",
 	"stream":       "./runtime/hotswap/testdata/stream",
+	"oneway":       "./runtime/hotswap/testdata/oneway",
 }
 
 func TestMain(m *testing.M) {
