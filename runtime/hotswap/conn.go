@@ -27,20 +27,21 @@ type conn struct {
 	s   *server
 	raw syscall.RawConn // nil if it is not a socket
 
-	mu     sync.Mutex
-	framer framer
-	idles  int // times net/http went idle on it: requests it finished
+	aborted chan struct{} // net/http ended its background read
 
 	// Mirrors of framer.complete and idles, and the requests that reached
 	// the handler, read by a hold under the server's lock without ours.
 	framed, finished, entered atomic.Int64
-	state                     http.ConnState
-	reading                   bool
-	woken                     bool          // we set a past read deadline to end an idle read
-	deadline                  time.Time     // the read deadline net/http asked for
-	left                      bool          // its socket belongs to the next generation
-	stays                     string        // why it cannot move; "" while it can
-	aborted                   chan struct{} // net/http ended its background read
+
+	mu       sync.Mutex
+	framer   framer
+	idles    int // times net/http went idle on it: requests it finished
+	state    http.ConnState
+	reading  bool
+	woken    bool      // we set a past read deadline to end an idle read
+	deadline time.Time // the read deadline net/http asked for
+	left     bool      // its socket belongs to the next generation
+	stays    string    // why it cannot move; "" while it can
 }
 
 // aLongTimeAgo is a read deadline that ends a blocked read at once.
@@ -98,12 +99,6 @@ func (c *conn) Read(p []byte) (int, error) {
 		var err error
 		if between {
 			n, err = c.readNext(p)
-			if err == errHolding {
-				c.mu.Lock()
-				c.reading = false
-				c.mu.Unlock()
-				continue
-			}
 		} else {
 			n, err = c.Conn.Read(p)
 		}
@@ -125,11 +120,12 @@ func (c *conn) Read(p []byte) (int, error) {
 			c.woken = false
 			c.Conn.SetReadDeadline(c.deadline)
 		}
-		ours := woken && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) &&
+		ours := err == errHolding || woken && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) &&
 			(c.deadline.IsZero() || time.Now().Before(c.deadline))
 		c.mu.Unlock()
 		if ours {
-			// Our wake-up, not the server's deadline: go round and leave.
+			// A swap stopped the read, not the server's deadline: go round
+			// and wait for its outcome, or leave.
 			continue
 		}
 		return n, err
@@ -192,13 +188,9 @@ func (c *conn) watch() (int, error) {
 	case <-c.aborted: // a stale signal from an earlier request
 	default:
 	}
-	raw, err := c.Conn.(syscall.Conn).SyscallConn()
-	if err != nil {
-		return 0, err
-	}
 	var n int
 	var perr error
-	err = raw.Read(func(fd uintptr) bool {
+	err := c.raw.Read(func(fd uintptr) bool {
 		var b [1]byte
 		for {
 			n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
@@ -212,7 +204,7 @@ func (c *conn) watch() (int, error) {
 	case err != nil: // the deadline net/http set to end the read
 		return 0, err
 	case perr != nil:
-		return 0, perr
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("recvfrom", perr)}
 	case n == 0:
 		return 0, io.EOF
 	}
