@@ -326,10 +326,19 @@ func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{
 	}
 	s.setMode(forwarding)
 	s.ln.Close()
-	for _, c := range s.snapshotConns() {
+	conns := s.snapshotConns()
+	if !taker && len(conns) > 0 {
+		s.mu.Lock()
+		s.moves.FellBack += len(conns)
+		s.mu.Unlock()
+		s.log.Warn("connections stay with this generation; their next requests are forwarded, then they close",
+			"connections", len(conns), "why", "the new generation does not take connections (no Duck.Serve, or an older SDK)")
+	}
+	for _, c := range conns {
 		if !taker {
-			s.fellBack(c, "the new generation does not take connections (no Duck.Serve, or an older SDK)")
-		} else if why := c.staysWhy(); why != "" {
+			continue
+		}
+		if why := c.staysWhy(); why != "" {
 			s.fellBack(c, why)
 		} else {
 			c.wake()
@@ -347,7 +356,7 @@ func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{
 	if s.waitUntil(time.Now().Add(bound), stop, done) {
 		return
 	}
-	conns := s.snapshotConns()
+	conns = s.snapshotConns()
 	idle := 0
 	for _, c := range conns {
 		if c.canClose() {
