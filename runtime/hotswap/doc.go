@@ -11,16 +11,19 @@
 //
 // On SIGHUP the running generation stops accepting (it closes its listener;
 // tableflip keeps a copy of the socket, so the kernel queues new connections
-// for the next process), holds new requests on open connections, lets
-// in-flight requests finish, freezes the state (Update blocks), snapshots it
-// as JSON with its schema number and passes it to the new process as a file
-// registered with tableflip's Fds. tableflip then re-executes os.Args[0].
+// for the next process), stops reading new requests on open connections
+// (a request that comes now waits in its socket's kernel buffer), lets the
+// requests already read finish, freezes the state (Update blocks),
+// snapshots it as JSON with its schema number and passes it to the new
+// process as a file registered with tableflip's Fds. tableflip then
+// re-executes os.Args[0].
 //
 // If the new process becomes Ready, each of the old process's HTTP
 // connections moves to it as soon as it is between two requests: an idle
-// one at once, one whose request is running or partly received once that
-// request is answered (a request that comes in the meantime is forwarded
-// to the new process; the connection moves after its answer). The socket
+// one at once, with any request waiting in its buffer; one whose request
+// was only partly received when the swap began once that request is
+// complete, which the old process forwards to the new one before the
+// connection moves (the log's exit line counts such requests). The socket
 // itself moves: its descriptor travels over a Unix socket pair whose other
 // end the new process inherits through tableflip (SCM_RIGHTS), and the old
 // process closes only its own descriptor, which sends the client nothing.
