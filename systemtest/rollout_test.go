@@ -217,6 +217,41 @@ func TestUndoGoesBackInReverseOrderAndHistoryShowsIt(t *testing.T) {
 	}
 }
 
+// State goes back too: undoing a version that changed the state's layout
+// (duck-migrate, schema 2, with a Downgrade to duck's schema 1) brings
+// every node back to version 1 with its count.
+func TestUndoAcrossSchemaChangeKeepsEveryCount(t *testing.T) {
+	dc := newDuckCluster(t)
+	post := func(name, addr string, want int, when string) {
+		t.Helper()
+		got, err := askDuck("POST", addr)
+		if err != nil || got.Count != want {
+			t.Fatalf("POST to the duck on %s %s: %+v, %v; want count %d", name, when, got, err, want)
+		}
+	}
+	for name, addr := range dc.ducks {
+		post(name, addr, 1, "on version 1")
+		post(name, addr, 2, "on version 1")
+	}
+	out := cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "schema 2", "../testdata/duck-migrate")
+	if !strings.Contains(out, "version 2 runs on every node") {
+		t.Fatalf("deploy of schema 2 printed:\n%s", out)
+	}
+	for name, addr := range dc.ducks {
+		post(name, addr, 3, "after migrating up")
+	}
+	out = cli(t, dc.c, dc.nodes[1].API, "rollout", "undo")
+	if !strings.Contains(out, "version 2 reverted: every node is back on version 1") {
+		t.Fatalf("undo across the schema change printed:\n%s", out)
+	}
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v1" || got.Count != 3 {
+			t.Fatalf("duck on %s after undo: %+v, %v; want count 3 on v1", name, got, err)
+		}
+		post(name, addr, 4, "back on version 1")
+	}
+}
+
 func TestCanaryWaitsForResume(t *testing.T) {
 	dc := newDuckCluster(t)
 	out := cli(t, dc.c, dc.nodes[0].API, "deploy", "--canary", "../testdata/duck-v2")

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -53,6 +54,10 @@ import (
 //	req/s                           requests per second while the load ran
 //	countoff                        final count minus POSTs answered 200
 //	                                (duck and restart; 0 means exact)
+//	conns                           connections the clients dialled, all
+//	                                rounds (8 a round at least: each
+//	                                round's clients start afresh); more
+//	                                means connections were closed under them
 //
 // and duck/bare-gone-p50-ratio. It also logs the same as a table.
 func BenchmarkSwap(b *testing.B) {
@@ -111,9 +116,9 @@ func benchSwapUnderLoad(b *testing.B) {
 	var table strings.Builder
 	fmt.Fprintf(&table, "%d rounds each, %d keep-alive clients on a %s tick; during swap = overlaps [signal, max(gone, ready)+%s]\n",
 		b.N, loadClients, loadTick, swapTail)
-	fmt.Fprintf(&table, "%-8s %9s %9s %9s %9s %11s %11s %11s %11s %7s %7s %8s %6s %8s\n",
+	fmt.Fprintf(&table, "%-8s %9s %9s %9s %9s %11s %11s %11s %11s %7s %7s %8s %6s %8s %6s\n",
 		"", "gone p50", "gone p99", "ready p50", "ready p99", "swapreq p50", "swapreq p99",
-		"steady p50", "steady p99", "failed", "refused", "requests", "req/s", "countoff")
+		"steady p50", "steady p99", "failed", "refused", "requests", "req/s", "countoff", "conns")
 	gone := map[string]float64{}
 	for _, c := range contenders {
 		s := c.summary(b)
@@ -131,14 +136,15 @@ func benchSwapUnderLoad(b *testing.B) {
 		m(float64(s.refused), "refused")
 		m(float64(s.requests), "requests")
 		m(s.rate, "req/s")
+		m(float64(c.dials), "conns")
 		countoff := "-"
 		if c.counts {
 			m(float64(s.countOff), "countoff")
 			countoff = strconv.Itoa(s.countOff)
 		}
-		fmt.Fprintf(&table, "%-8s %9.2f %9.2f %9.2f %9.2f %11.2f %11.2f %11.2f %11.2f %7d %7d %8d %6.0f %8s\n",
+		fmt.Fprintf(&table, "%-8s %9.2f %9.2f %9.2f %9.2f %11.2f %11.2f %11.2f %11.2f %7d %7d %8d %6.0f %8s %6d\n",
 			c.name, s.goneP50, s.goneP99, s.readyP50, s.readyP99, s.swapP50, s.swapP99,
-			s.steadyP50, s.steadyP99, s.failed, s.refused, s.requests, s.rate, countoff)
+			s.steadyP50, s.steadyP99, s.failed, s.refused, s.requests, s.rate, countoff, c.dials)
 		if len(s.errs) > 0 {
 			fmt.Fprintf(&table, "  %s, first error: %s\n", c.name, s.errs[0])
 		}
@@ -304,6 +310,7 @@ type contender struct {
 	windows  [][2]time.Duration // since base: the "during swap" windows
 	samples  []sample
 	posts    int
+	dials    int64
 	errs     []string
 	loadTime time.Duration // how long the load ran, all rounds
 }
@@ -333,6 +340,7 @@ func (c *contender) round(b *testing.B, base time.Time) {
 	c.loadTime += time.Since(l.started)
 	c.samples = append(c.samples, samples...)
 	c.posts += posts
+	c.dials += l.dials.Load()
 	for _, e := range errs {
 		if len(c.errs) < 5 {
 			c.errs = append(c.errs, e)
@@ -409,6 +417,7 @@ func mustRequest(b *testing.B, method, url string) *http.Request {
 // latest after a minute.
 type roundLoad struct {
 	requests atomic.Int64
+	dials    atomic.Int64
 	started  time.Time
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -427,7 +436,13 @@ func startRoundLoad(addr string, base time.Time) *roundLoad {
 		errs:    make([][]string, loadClients),
 	}
 	for i := range loadClients {
-		tr := &http.Transport{MaxIdleConnsPerHost: 1}
+		tr := &http.Transport{
+			MaxIdleConnsPerHost: 1,
+			DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
+				l.dials.Add(1)
+				return (&net.Dialer{}).DialContext(ctx, network, a)
+			},
+		}
 		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
 		l.wg.Add(1)
 		go func() {

@@ -11,31 +11,64 @@
 //
 // On SIGHUP the running generation stops accepting (it closes its listener;
 // tableflip keeps a copy of the socket, so the kernel queues new connections
-// for the next process), holds new requests on open connections, lets
-// in-flight requests finish, freezes the state (Update blocks), snapshots it
-// as JSON with its schema number and passes it to the new process as a file
-// registered with tableflip's Fds. tableflip then re-executes os.Args[0].
+// for the next process), stops reading new requests on open connections
+// (a request that comes now waits in its socket's kernel buffer), lets the
+// requests already read finish, freezes the state (Update blocks),
+// snapshots it as JSON with its schema number and passes it to the new
+// process as a file registered with tableflip's Fds. tableflip then
+// re-executes os.Args[0].
 //
-// If the new process becomes Ready, every later request on an old keep-alive
-// connection is forwarded to it and answered with "Connection: close", and the
-// old process exits when its connections end or after DrainBound. If the new
-// process exits or is not Ready within the ready timeout, the old one thaws,
-// keeps serving with its state and logs why on stderr.
+// If the new process becomes Ready, each of the old process's HTTP
+// connections moves to it as soon as it is between two requests: an idle
+// one at once, with any request waiting in its buffer; one whose request
+// was only partly received when the swap began once that request is
+// complete, which the old process forwards to the new one before the
+// connection moves (the log's exit line counts such requests). The socket
+// itself moves: its descriptor travels over a Unix socket pair whose other
+// end the new process inherits through tableflip (SCM_RIGHTS), and the old
+// process closes only its own descriptor, which sends the client nothing.
+// No connection is closed under a client and no request is split between
+// two processes, whatever the client's idle time. The old process exits as
+// soon as its connections have moved, so nothing waits for idle clients.
+// If the new process exits or is not Ready within the ready timeout, the
+// old one thaws, keeps serving with its state and logs why on stderr.
 //
-// Idle keep-alive connections are deliberately not closed on SIGHUP (no
-// http.Server.Shutdown, no SetKeepAlivesEnabled(false)), although the
-// original issue asked for it: closing a connection that looks idle races
-// with the client's next request, and a lost POST cannot be retried. Measured
-// on this kind of machine (duckraft DESIGN, "The keep-alive trap"), draining
-// with Shutdown failed 13 of 9,000 keep-alive requests across 20 swaps and
-// forwarding failed 0 of 27,000; BenchmarkSwap here shows the same (bare
-// tableflip fails tens of requests per 20 swaps, this SDK none).
+// A connection moves only when the SDK knows net/http holds none of its
+// bytes: it follows where each HTTP/1.x request ends (Content-Length and
+// chunked framing) in the bytes read. Connections it cannot move fall back
+// to what was done before: their next request is forwarded to the new
+// process and answered with "Connection: close", and idle ones are closed
+// after DrainBound. They are: connections whose requests it cannot frame
+// (HTTP/2's preface, a transfer coding other than chunked), every
+// connection when the new process does not serve with Duck.Serve or was
+// built on an SDK from before connections moved (it never answers on the
+// channel), and a send that fails. Hijacked connections (WebSockets and
+// the like) belong to their handler and end with the old process, as do
+// connections accepted from Duck.Listen. Duck.Serve serves plain HTTP/1.1;
+// TLS, if any, ends in front of it. The exit line of each old process
+// counts the connections that moved, fell back and were hijacked, and each
+// fallback is logged with its reason.
+//
+// Idle keep-alive connections are never closed on SIGHUP (no
+// http.Server.Shutdown, no SetKeepAlivesEnabled(false)): closing a
+// connection that looks idle races with the client's next request, and a
+// lost POST cannot be retried. Measured on this kind of machine (duckraft
+// DESIGN, "The keep-alive trap"), draining with Shutdown failed 13 of 9,000
+// keep-alive requests across 20 swaps; BenchmarkSwap here shows the same
+// (bare tableflip fails tens of requests per 20 swaps, this SDK none).
+// Forwarding with "Connection: close", the way before connections moved,
+// still lost the POSTs of clients idle longer than DrainBound.
 //
 // State written by the new process is never visible to the old one and the
 // other way round: the new process keeps its state frozen until it is Ready,
 // so a generation that fails to start has changed nothing (nothing lost,
 // nothing counted twice). A new version whose state layout differs bumps
-// Config.Schema and supplies Config.Migrate, Erlang's code_change.
+// Config.Schema and supplies Config.Migrate, Erlang's code_change, and
+// Config.Downgrade, code_change({down, Vsn}): at every hand-over and stop it
+// renders the state in the older schemas it knows, the snapshot carries
+// those too, and a swap or restart back to an older version starts from its
+// own schema's rendering. Without one, going back is refused and the newer
+// generation carries on.
 //
 // # Environment contract
 //
@@ -63,9 +96,14 @@
 //	                    the duck stops, and a first generation with no parent
 //	                    starts from it when it exists.
 //
+// Besides the files above, tableflip passes each new generation the state
+// (as "duckraft-state") and, from a generation that serves HTTP, the channel
+// its connections move through ("duckraft-conns"); neither needs anything
+// from the supervisor.
+//
 // Signals: SIGHUP swaps (a second SIGHUP during a swap is ignored and
-// logged; one that comes while the previous generation still drains waits
-// for it to exit, as tableflip requires), SIGTERM and SIGINT stop
+// logged; one that comes while the previous generation still hands over
+// waits for it to exit, as tableflip requires), SIGTERM and SIGINT stop
 // gracefully. Signals are caught from the start, before the PID file names
 // the process. Log lines go to stderr as
 // log/slog text, one line per event.

@@ -34,9 +34,10 @@ const (
 	DefaultAddr         = "127.0.0.1:8080"
 	DefaultReadyTimeout = 10 * time.Second
 	// DrainBound is how long a generation that has handed over waits for
-	// its keep-alive connections to end before closing the idle ones. It is
-	// short because tableflip refuses the next swap until this process has
-	// exited.
+	// the connections that could not move to the next generation to end
+	// before closing the idle ones (connections that move do so at once,
+	// and nothing waits for them). It is short because tableflip refuses
+	// the next swap until this process has exited.
 	DrainBound = 1500 * time.Millisecond
 	// stopTimeout bounds a graceful stop's wait for running requests.
 	stopTimeout = 5 * time.Second
@@ -46,6 +47,7 @@ const (
 const (
 	stateFD    = "duckraft-state"
 	lifelineFD = "duckraft-lifeline"
+	connsFD    = "duckraft-conns" // the channel HTTP connections move through
 )
 
 // Config describes a duck's state type S.
@@ -54,9 +56,21 @@ type Config[S any] struct {
 	// type or meaning, and supply Migrate.
 	Schema int
 	// Migrate converts state handed over by a version of another schema
-	// (older, or newer on a rollback) into S. Without it such a swap fails
-	// and the old generation carries on.
+	// (older, or newer on a rollback whose writer had no Downgrade to this
+	// schema) into S. Without it such a swap fails and the old generation
+	// carries on.
 	Migrate func(fromSchema int, old json.RawMessage) (S, error)
+	// Downgrade renders S in the layout of an older schema toSchema, for a
+	// swap back to a version of that schema (a rollback, an auto-revert),
+	// which could not know this version's layout: Erlang's
+	// code_change({down, Vsn}). Return a value that encodes as JSON the
+	// way that version's state decodes, or ErrNoDowngrade for a schema it
+	// cannot produce. This generation runs it at every hand-over and at a
+	// stop with DUCK_STATE_FILE, asking for Schema-1 first and then each
+	// lower schema until ErrNoDowngrade, and the results travel with the
+	// state; an older version takes its own. Like Migrate it gets and
+	// gives values, so it must not keep or change anything s points to.
+	Downgrade func(toSchema int, s S) (any, error)
 }
 
 // Duck is the running duck as seen by its setup function.
@@ -85,6 +99,22 @@ func (d *Duck[S]) Serve(h http.Handler) error {
 		return err
 	}
 	d.r.http = newServer(ln, h, d.r.log)
+	if d.r.upg.HasParent() {
+		f, err := d.r.upg.File(connsFD)
+		if err != nil {
+			return fmt.Errorf("hotswap: inheriting the connection channel: %w", err)
+		}
+		// None from a previous generation that serves no HTTP, or that
+		// predates moving connections. Either way, and if the channel
+		// will not open, the previous generation hears nothing from us and
+		// its connections fall back to forward-then-close: serving
+		// matters more than moving them.
+		if f != nil {
+			if err := d.r.http.receiveFrom(f); err != nil {
+				d.r.log.Warn("connections will not move from the previous generation", "err", err)
+			}
+		}
+	}
 	go d.r.http.serve()
 	return nil
 }
@@ -92,8 +122,10 @@ func (d *Duck[S]) Serve(h http.Handler) error {
 // Listen returns a listener inherited from the previous generation, or a new
 // one. Accept waits while a swap decides, and fails with net.ErrClosed once
 // this generation has handed over. Unlike Serve's, connections accepted here
-// stay with this generation until it exits, at most DrainBound after
-// handing over: close them when Accept fails.
+// do not move to the next generation (the SDK cannot tell when their
+// protocol is between two messages): they stay with this generation until
+// it exits, which is as soon as Serve's connections have moved, at most
+// DrainBound and its grace after handing over. Close them when Accept fails.
 func (d *Duck[S]) Listen(network, addr string) (net.Listener, error) {
 	return d.r.listen(network, addr)
 }
@@ -135,16 +167,17 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	}
 	var v S
 	if snap.State != nil {
-		if v, err = decode(cfg, snap); err != nil {
+		var how string
+		if v, how, err = decode(cfg, snap); err != nil {
 			upg.Stop()
 			return fmt.Errorf("hotswap: %w", err)
 		}
-		if snap.Schema != cfg.Schema {
-			log.Info("state migrated", "from_schema", snap.Schema, "to_schema", cfg.Schema)
+		if how != "" {
+			log.Info("state "+how, "from_schema", snap.Schema, "to_schema", cfg.Schema)
 		}
 	}
 	r.generation = snap.Generation + 1
-	d := &Duck[S]{State: newState(v), Version: env.version, Generation: r.generation, r: r}
+	d := &Duck[S]{State: newState(v, downgrades(cfg, log)), Version: env.version, Generation: r.generation, r: r}
 	r.state = d.State
 	if err := setup(d); err != nil {
 		upg.Stop()
@@ -164,7 +197,7 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 
 // freezer is the part of State[S] the runner needs, free of S.
 type freezer interface {
-	freeze() (json.RawMessage, error)
+	freeze() (json.RawMessage, map[int]json.RawMessage, error)
 	thaw()
 }
 
@@ -179,6 +212,7 @@ type runner struct {
 	listeners  []*listener
 	http       *server
 	stateFile  *os.File // passed to the next generation; nil until a swap
+	out        *handoff // the channel connections move through; nil but during a swap
 	lifeline   chan struct{}
 	sigs       chan os.Signal
 	ready      bool
@@ -336,15 +370,27 @@ func (r *runner) swap() error {
 	for _, l := range r.listeners {
 		l.pause()
 	}
-	raw, err := r.state.freeze()
+	raw, older, err := r.state.freeze()
 	if err != nil {
 		return errors.Join(err, r.thaw())
 	}
-	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw}); err != nil {
+	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older}); err != nil {
 		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
+	}
+	if r.http != nil {
+		out, err := newHandoff(r.upg.AddFile)
+		if err != nil {
+			// Connections cannot move; they fall back to forwarding.
+			r.log.Warn("swap: connections will not move to the new generation", "err", err)
+		}
+		r.out = out
 	}
 	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start))
 	if err := r.upgrade(); err != nil {
+		if r.out != nil {
+			r.out.close()
+			r.out = nil
+		}
 		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
 	}
 	r.log.Info("swap: new generation ready", "new_pid", r.readPIDFile(), "took", time.Since(start))
@@ -430,8 +476,9 @@ func (r *runner) thaw() error {
 	return nil
 }
 
-// handOver forwards this generation's remaining requests to the next one,
-// then returns so the process exits.
+// handOver moves this generation's connections to the next one, forwarding
+// requests that come before they can move, then returns so the process
+// exits.
 func (r *runner) handOver(sigs <-chan os.Signal) error {
 	for _, l := range r.listeners {
 		l.Close()
@@ -457,10 +504,15 @@ func (r *runner) handOver(sigs <-chan os.Signal) error {
 			}
 		}
 	}()
-	if r.http != nil {
-		r.http.handOver(DrainBound, stop)
+	if r.http == nil {
+		r.log.Info("exiting: handed over", "generation", r.generation)
+		return nil
 	}
-	r.log.Info("exiting: handed over", "generation", r.generation)
+	start := time.Now()
+	m := r.http.handOver(r.out, DrainBound, stop)
+	r.log.Info("exiting: handed over", "generation", r.generation, "took", time.Since(start),
+		"connections_moved", m.Moved, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
+		"requests_forwarded", m.Forwarded)
 	return nil
 }
 
@@ -472,9 +524,9 @@ func (r *runner) stop() error {
 	if r.http != nil {
 		r.http.shutdown(stopTimeout)
 	}
-	raw, err := r.state.freeze()
+	raw, older, err := r.state.freeze()
 	if err == nil && r.env.stateFile != "" {
-		err = saveSnapshot(r.env.stateFile, snapshot{Schema: r.schema, Generation: r.generation, State: raw})
+		err = saveSnapshot(r.env.stateFile, snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older})
 	}
 	r.upg.Stop()
 	if err != nil {

@@ -9,7 +9,9 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,24 +25,48 @@ const (
 )
 
 // server serves a duck's handler and carries out the HTTP half of a swap.
-// Why it forwards instead of closing keep-alive connections: see the package
-// doc.
+// Why connections move to the next generation instead of being closed: see
+// the package doc.
 type server struct {
-	srv   *http.Server
-	ln    *listener
-	h     http.Handler
-	proxy *httputil.ReverseProxy
-	log   *slog.Logger
+	srv    *http.Server
+	ln     *listener
+	h      http.Handler
+	proxy  *httputil.ReverseProxy
+	log    *slog.Logger
+	handed *handedListener // connections from the previous generation
 
-	mu       sync.Mutex
-	changed  *sync.Cond
-	mode     mode
-	inflight int
-	conns    map[net.Conn]http.ConnState
+	// out is the channel to the next generation once this one hands over
+	// and the next one takes connections; nil before and otherwise.
+	out atomic.Pointer[handoff]
+
+	// stopReads is set from the start of a swap until its outcome; gate
+	// lets hold wait for reads that began before it was set.
+	stopReads atomic.Bool
+	gate      sync.RWMutex
+
+	mu        sync.Mutex
+	changed   *sync.Cond
+	mode      mode
+	frozen    bool // holding, and no more requests may start here
+	inflight  int
+	conns     map[*conn]http.ConnState
+	receiving bool // connections may still come from the previous generation
+	moves     moves
 }
 
+// moves counts what became of a generation's connections when it handed
+// over, for its exit line.
+type moves struct {
+	Moved     int // connections handed to the next generation
+	FellBack  int // connections that could not move
+	Hijacked  int // connections their handler took (over the generation's life)
+	Forwarded int // requests forwarded to the next generation
+}
+
+type connKey struct{}
+
 func newServer(ln *listener, h http.Handler, log *slog.Logger) *server {
-	s := &server{ln: ln, h: h, log: log, conns: make(map[net.Conn]http.ConnState)}
+	s := &server{ln: ln, h: h, log: log, conns: make(map[*conn]http.ConnState)}
 	s.changed = sync.NewCond(&s.mu)
 	// The new generation accepts on the very socket this one listened on,
 	// so dialling our own address reaches it.
@@ -62,38 +88,155 @@ func newServer(ln *listener, h http.Handler, log *slog.Logger) *server {
 		Handler:           s,
 		ReadHeaderTimeout: 30 * time.Second,
 		ConnState:         s.track,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, c)
+		},
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	return s
 }
 
+// watched wraps the listener's connections so that they can move.
+type watched struct {
+	*listener
+	s *server
+}
+
+func (w watched) Accept() (net.Conn, error) {
+	c, err := w.listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return w.s.adopt(c), nil
+}
+
+// adopt wraps a connection and counts it before net/http does, so that a
+// hand-over never misses one accepted or received a moment before.
+func (s *server) adopt(nc net.Conn) *conn {
+	c := newConn(nc, s)
+	s.mu.Lock()
+	s.conns[c] = http.StateNew
+	s.mu.Unlock()
+	return c
+}
+
+// receiveFrom serves the connections the previous generation hands over
+// through the channel f, until it closes the channel.
+func (s *server) receiveFrom(f *os.File) error {
+	uc, err := openReceiver(f)
+	if err != nil {
+		return err
+	}
+	// tableflip keeps its own copy of the channel's inherited end under its
+	// name and would pass it on; the next swap registers a new channel
+	// under the same name, which replaces it.
+	s.handed = newHandedListener(s.ln.Addr())
+	s.mu.Lock()
+	s.receiving = true
+	s.mu.Unlock()
+	go s.srv.Serve(s.handed)
+	go func() {
+		err := receive(uc, s.handed.deliver(s.adopt))
+		if err != nil {
+			s.log.Error("receiving connections from the previous generation stopped; its remaining clients reconnect", "err", err)
+		}
+		s.handed.Close()
+		s.mu.Lock()
+		s.receiving = false
+		s.changed.Broadcast()
+		s.mu.Unlock()
+	}()
+	return nil
+}
+
 func (s *server) serve() {
-	if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+	if err := s.srv.Serve(watched{s.ln, s}); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
 		s.log.Error("HTTP server stopped", "addr", s.ln.Addr(), "err", err)
 	}
 }
 
-func (s *server) track(c net.Conn, st http.ConnState) {
+func (s *server) track(nc net.Conn, st http.ConnState) {
+	c := nc.(*conn)
+	c.setState(st)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if st == http.StateClosed || st == http.StateHijacked {
+	switch st {
+	case http.StateClosed:
 		delete(s.conns, c)
-	} else {
+	case http.StateHijacked:
+		// The handler owns it now; its bytes are no longer ours to frame.
+		delete(s.conns, c)
+		s.moves.Hijacked++
+	default:
 		s.conns[c] = st
 	}
 	s.changed.Broadcast()
 }
 
-func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// snapshotConns lists the connections, for acting on each without s.mu
+// (a conn's lock comes before the server's).
+func (s *server) snapshotConns() []*conn {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
+// holdsReads says whether a connection between requests should wait
+// before reading, and waitWhileHolding waits until the swap is decided.
+func (s *server) holdsReads() bool { return s.stopReads.Load() }
+
+func (s *server) waitWhileHolding() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for s.mode == holding {
 		s.changed.Wait()
 	}
+}
+
+// leavingTo is the channel to the next generation once connections move.
+func (s *server) leavingTo() *handoff { return s.out.Load() }
+
+func (s *server) noteMoved(c *conn) {
+	s.mu.Lock()
+	s.moves.Moved++
+	s.mu.Unlock()
+	s.log.Debug("connection handed to the new generation", "remote", c.RemoteAddr())
+}
+
+// fellBack notes a connection that stays: its next request is forwarded
+// with "Connection: close", as before connections could move.
+func (s *server) fellBack(c *conn, why string) {
+	s.mu.Lock()
+	s.moves.FellBack++
+	s.mu.Unlock()
+	s.log.Warn("connection stays with this generation; its next request is forwarded, then it closes", "remote", c.RemoteAddr(), "why", why)
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c, _ := r.Context().Value(connKey{}).(*conn)
+	s.mu.Lock()
+	if c != nil {
+		c.entered.Add(1)
+	}
+	// A request read before the hold began runs here while the hold waits
+	// for running requests; after that it waits for the swap's outcome.
+	for s.mode == holding && s.frozen {
+		s.changed.Wait()
+	}
 	if s.mode == forwarding {
+		s.moves.Forwarded++
 		s.mu.Unlock()
-		// The client learns to open its next connection to the new
-		// generation, and this connection ends after this response.
-		w.Header().Set("Connection", "close")
+		// A request that came before its connection could move runs in the
+		// new generation; the connection then moves too. One that cannot
+		// move ends after this response, and the client opens its next
+		// connection to the new generation.
+		if c == nil || s.leavingTo() == nil || c.staysWhy() != "" {
+			w.Header().Set("Connection", "close")
+		}
 		s.proxy.ServeHTTP(w, r)
 		return
 	}
@@ -110,10 +253,43 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // hold stops accepting, holds new requests and waits until the requests
 // already running have finished, or until timeout.
+//
+// Connections between requests stop reading meanwhile: a request that
+// comes now stays in the socket's kernel buffer and moves with the socket,
+// to be answered by the new generation as if sent a moment later, instead
+// of being read here, held and forwarded.
+//
+// A request already read when the hold begins runs here rather than being
+// forwarded later: the hold first waits, briefly, for every request read
+// whole to reach the handler, then for the running ones to finish.
 func (s *server) hold(timeout time.Duration) error {
-	s.setMode(holding)
+	s.mu.Lock()
+	s.mode, s.frozen = holding, false
+	s.changed.Broadcast()
+	s.mu.Unlock()
+	s.stopReads.Store(true)
+	// Wait out any readNext that saw reads allowed: its request, if any,
+	// is then one the hold waits for below.
+	s.gate.Lock()
+	s.gate.Unlock()
 	s.ln.pause()
-	if !s.waitUntil(time.Now().Add(timeout), nil, func() bool { return s.inflight == 0 }) {
+	for _, c := range s.snapshotConns() {
+		c.wake()
+	}
+	s.waitUntil(time.Now().Add(unenteredWait), nil, func() bool {
+		for c := range s.conns {
+			if c.unentered() {
+				return false
+			}
+		}
+		return true
+	})
+	if !s.waitUntil(time.Now().Add(timeout), nil, func() bool {
+		if s.inflight == 0 {
+			s.frozen = true
+		}
+		return s.frozen
+	}) {
 		s.mu.Lock()
 		n := s.inflight
 		s.mu.Unlock()
@@ -122,38 +298,78 @@ func (s *server) hold(timeout time.Duration) error {
 	return nil
 }
 
+// unenteredWait bounds the hold's wait for requests read whole to reach the
+// handler: net/http answers a few itself (OPTIONS *), and a wait that
+// cannot end must not make the swap fail; a request it misses is forwarded.
+const unenteredWait = 50 * time.Millisecond
+
 // carryOn undoes hold after a failed swap: held requests run here.
 func (s *server) carryOn() error {
+	s.stopReads.Store(false)
 	s.setMode(serving)
 	return s.ln.resume()
 }
 
-// handOver forwards every request from now on and returns once this
-// generation's connections have ended, closing idle ones after bound.
-// Only then is closing safe enough: a client had bound to send another
-// request on the connection and be told to move on.
-func (s *server) handOver(bound time.Duration, stop <-chan struct{}) {
+// handOver moves every connection to the next generation as soon as it is
+// between requests, forwards the requests that come before that, and
+// returns when no connection is left. Nothing waits for an idle client: an
+// idle connection moves at once. Only connections that cannot move wait, for
+// bound, to be closed while idle (see the package doc).
+func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{}) (m moves) {
+	// Whether connections move is known before the held requests are let
+	// go, so that none is told to close for want of it.
+	taker := out != nil && out.heard()
+	if taker {
+		s.out.Store(out)
+	} else {
+		s.stopReads.Store(false)
+	}
 	s.setMode(forwarding)
 	s.ln.Close()
-	noConns := func() bool { return len(s.conns) == 0 }
-	if s.waitUntil(time.Now().Add(bound), stop, noConns) {
+	conns := s.snapshotConns()
+	if !taker && len(conns) > 0 {
+		s.mu.Lock()
+		s.moves.FellBack += len(conns)
+		s.mu.Unlock()
+		s.log.Warn("connections stay with this generation; their next requests are forwarded, then they close",
+			"connections", len(conns), "why", "the new generation does not take connections (no Duck.Serve, or an older SDK)")
+	}
+	for _, c := range conns {
+		if !taker {
+			continue
+		}
+		if why := c.staysWhy(); why != "" {
+			s.fellBack(c, why)
+		} else {
+			c.wake()
+		}
+	}
+	done := func() bool { return len(s.conns) == 0 && !s.receiving }
+	defer func() {
+		if out != nil {
+			out.close()
+		}
+		s.mu.Lock()
+		m = s.moves
+		s.mu.Unlock()
+	}()
+	if s.waitUntil(time.Now().Add(bound), stop, done) {
 		return
 	}
-	s.mu.Lock()
+	conns = s.snapshotConns()
 	idle := 0
-	for c, st := range s.conns {
-		if st == http.StateIdle || st == http.StateNew {
+	for _, c := range conns {
+		if c.canClose() {
 			c.Close()
 			idle++
 		}
 	}
-	n := len(s.conns)
-	s.mu.Unlock()
-	s.log.Info("drain bound passed; closed idle connections", "bound", bound, "idle", idle, "open", n)
+	s.log.Info("drain bound passed; closed idle connections that could not move", "bound", bound, "idle", idle, "open", len(conns))
 	// Requests being forwarded finish quickly; don't cut them short.
-	if !s.waitUntil(time.Now().Add(5*time.Second), stop, noConns) {
+	if !s.waitUntil(time.Now().Add(5*time.Second), stop, done) {
 		s.srv.Close()
 	}
+	return
 }
 
 // shutdown is the graceful stop when no generation follows: nothing can be

@@ -34,6 +34,8 @@ var sources = map[string]string{
 	"duck-migrate": "./testdata/duck-migrate",
 	"duck-broken":  "./testdata/duck-broken",
 	"bare":         "./runtime/hotswap/testdata/bare",
+	"stream":       "./runtime/hotswap/testdata/stream",
+	"oneway":       "./runtime/hotswap/testdata/oneway",
 }
 
 func TestMain(m *testing.M) {
@@ -163,6 +165,7 @@ type duck struct {
 	stdout      *lines
 	stderr      *lines
 	first       *exec.Cmd
+	mu          sync.Mutex // one swap at a time
 }
 
 // startDuck starts the named program by a stable absolute path in its own
@@ -243,23 +246,31 @@ func freeAddr(t testing.TB) string {
 // supervisor does before SIGHUP, with its name as the version.
 func (d *duck) install(name string) {
 	d.t.Helper()
-	src, err := os.ReadFile(binary(d.t, name))
-	if err != nil {
+	if err := d.installing(name); err != nil {
 		d.t.Fatal(err)
+	}
+}
+
+func (d *duck) installing(name string) error {
+	bin, err := build(d.t, name)
+	if err != nil {
+		return err
+	}
+	src, err := os.ReadFile(bin)
+	if err != nil {
+		return err
 	}
 	tmp := d.bin + ".new"
 	if err := os.WriteFile(tmp, src, 0o755); err != nil {
-		d.t.Fatal(err)
+		return err
 	}
 	if err := os.WriteFile(d.versionFile+".new", []byte(name+"\n"), 0o644); err != nil {
-		d.t.Fatal(err)
+		return err
 	}
 	if err := os.Rename(d.versionFile+".new", d.versionFile); err != nil {
-		d.t.Fatal(err)
+		return err
 	}
-	if err := os.Rename(tmp, d.bin); err != nil {
-		d.t.Fatal(err)
-	}
+	return os.Rename(tmp, d.bin)
 }
 
 // pid is the PID of the generation that became Ready last, or 0.
@@ -283,15 +294,49 @@ func (d *duck) signal(pid int, sig syscall.Signal) {
 // generation is Ready and the old one has exited.
 func (d *duck) swap(name string) (oldPID, newPID int) {
 	d.t.Helper()
+	oldPID, newPID, err := d.trySwap(name)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return oldPID, newPID
+}
+
+// trySwap is swap for goroutines other than the test's: it returns what
+// went wrong instead of failing the test.
+func (d *duck) trySwap(name string) (oldPID, newPID int, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	oldPID = d.pid()
+	if err := d.installing(name); err != nil {
+		return oldPID, 0, err
+	}
+	if err := syscall.Kill(oldPID, syscall.SIGHUP); err != nil {
+		return oldPID, 0, fmt.Errorf("signalling pid %d: %w", oldPID, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for d.pid() == oldPID {
+		if time.Now().After(deadline) {
+			return oldPID, 0, fmt.Errorf("no new generation replacing pid %d after 20s", oldPID)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !waitExit(oldPID, 20*time.Second) {
+		return oldPID, 0, fmt.Errorf("old generation pid %d still running 20s after the new one became Ready", oldPID)
+	}
+	return oldPID, d.pid(), nil
+}
+
+// swapStarted installs the named program and signals the running
+// generation, returning once the new one is Ready, the old one perhaps
+// still handing over.
+func (d *duck) swapStarted(name string) (oldPID, newPID int) {
+	d.t.Helper()
 	oldPID = d.pid()
 	d.install(name)
 	d.signal(oldPID, syscall.SIGHUP)
 	poll(d.t, 20*time.Second, fmt.Sprintf("a new generation replacing pid %d", oldPID), func() bool {
 		return d.pid() != oldPID
 	})
-	if !waitExit(oldPID, 20*time.Second) {
-		d.t.Fatalf("old generation pid %d still running 20s after the new one became Ready", oldPID)
-	}
 	return oldPID, d.pid()
 }
 

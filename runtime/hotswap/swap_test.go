@@ -260,16 +260,78 @@ func TestMigrationConvertsStateByValue(t *testing.T) {
 	}
 	d.stderr.waitFor(t, 0, 5*time.Second, "state migrated", "from_schema=1", "to_schema=2")
 
-	// Going back to schema 1 without a Migrate is refused, and schema 2
-	// carries on.
+}
+
+// State goes back too: a swap from schema 2 back to schema 1 keeps the
+// count through schema 2's Downgrade, and up again through its Migrate;
+// the quack number carries across all three.
+func TestStateGoesDownAndUpAgain(t *testing.T) {
+	d := startDuck(t, "duck", []string{"DUCK_INTERVAL=20ms"})
+	post := func(want int, after string) {
+		t.Helper()
+		if r := d.mustCall(http.MethodPost, "/quack"); r.Count != want {
+			t.Errorf("POST after %s counted %d, want %d", after, r.Count, want)
+		}
+	}
+	for i := range 3 {
+		post(i+1, "the start")
+	}
+	// Each version quacks before the next swap, so the line count goes
+	// through every schema too.
+	quacked := func(voice string) {
+		t.Helper()
+		d.stdout.waitFor(t, d.stdout.len(), 20*time.Second, voice)
+	}
+	quacked("Quack! #")
+	d.swap("duck-migrate")
+	post(4, "going up to schema 2")
+	quacked("Quack, migrated! #")
+	mark := d.stderr.len()
+	d.swap("duck")
+	d.stderr.waitFor(t, mark, 5*time.Second, "state downgraded", "from_schema=2", "to_schema=1")
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != 4 || r.Version != "duck" {
+		t.Errorf("after going back to schema 1 GET / = %+v, want count 4 from duck", r)
+	}
+	post(5, "going back down to schema 1")
+	quacked("Quack! #")
+	d.swap("duck-migrate")
+	post(6, "going up again")
+	quacked("Quack, migrated! #")
+	if r := d.mustCall(http.MethodGet, "/"); r.State.MigratedFrom != 1 {
+		t.Errorf("after going up again migrated_from = %d, want 1", r.State.MigratedFrom)
+	}
+	// The quack numbers never restarted or repeated: lines went down and
+	// up with the count.
+	last := 0
+	for _, line := range d.stdout.snapshot() {
+		i := strings.Index(line, "#")
+		j := strings.Index(line, " (")
+		if i < 0 || j < i {
+			t.Fatalf("unexpected stdout line %q", line)
+		}
+		n, err := strconv.Atoi(line[i+1 : j])
+		if err != nil || n != last+1 {
+			t.Fatalf("quack line %q after #%d: the number should go on by one", line, last)
+		}
+		last = n
+	}
+}
+
+// Going back to a schema the newer version cannot produce (no Downgrade)
+// is refused with what to do, and the newer version carries on.
+func TestGoingBackWithoutDowngradeIsRefused(t *testing.T) {
+	d := startDuck(t, "duck-migrate", nil)
+	d.mustCall(http.MethodPost, "/quack")
+	d.swap("oneway")
+	d.mustCall(http.MethodPost, "/quack")
 	old := d.pid()
 	mark := d.stderr.len()
-	d.install("duck")
+	d.install("duck-migrate")
 	d.signal(old, syscall.SIGHUP)
 	d.stderr.waitFor(t, mark, 20*time.Second, "swap failed")
-	d.stderr.waitFor(t, mark, 5*time.Second, "schema 2 but this version has schema 1 and no Config.Migrate")
-	if r := d.mustCall(http.MethodGet, "/"); r.State.Posts.Total != 6 || r.Version != "duck-migrate" {
-		t.Errorf("after the refused downgrade GET / = %+v, want posts.total 6 from duck-migrate", r)
+	d.stderr.waitFor(t, mark, 5*time.Second, "migrating state from schema 3 to 2", "the version that wrote it has no Config.Downgrade to schema 2")
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != 2 || r.Version != "oneway" {
+		t.Errorf("after the refused swap back GET / = %+v, want count 2 from oneway", r)
 	}
 }
 
@@ -308,4 +370,23 @@ func TestLifelineEndsEveryGeneration(t *testing.T) {
 			}
 		})
 	}
+}
+
+// The state saved at a stop carries the older schemas' renderings too, so
+// a node that comes back on the older version starts from it.
+func TestOlderVersionRestartsFromNewerSavedState(t *testing.T) {
+	stateFile := filepath.Join(t.TempDir(), "state.json")
+	d := startDuck(t, "duck-migrate", []string{"DUCK_STATE_FILE=" + stateFile})
+	d.mustCall(http.MethodPost, "/quack")
+	d.mustCall(http.MethodPost, "/quack")
+	last := d.pid()
+	d.signal(last, syscall.SIGTERM)
+	if !waitExit(last, 20*time.Second) {
+		t.Fatalf("pid %d still running 20s after SIGTERM", last)
+	}
+	again := startDuck(t, "duck", []string{"DUCK_STATE_FILE=" + stateFile})
+	if r := again.mustCall(http.MethodGet, "/"); r.Count != 2 || r.Version != "duck" {
+		t.Errorf("duck started from duck-migrate's saved state: GET / = %+v, want count 2", r)
+	}
+	again.stderr.waitFor(t, 0, 5*time.Second, "state downgraded", "from_schema=2", "to_schema=1")
 }

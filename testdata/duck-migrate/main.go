@@ -1,7 +1,8 @@
 // Command duck-migrate is duck at state schema 2, for the migration test:
 // the POST count moved from an int "count" to a nested "posts.total" of type
 // uint64, and a new field records which schema the state was migrated from.
-// Its Migrate converts a schema 1 state handed over by duck.
+// Its Migrate converts a schema 1 state handed over by duck, and its
+// Downgrade renders its state as schema 1 for a swap back to duck.
 package main
 
 import (
@@ -42,13 +43,25 @@ func migrate(from int, old json.RawMessage) (state, error) {
 	return state{Lines: v1.Lines, Posts: posts{Total: uint64(v1.Count)}, MigratedFrom: 1, Note: "migrated from schema 1"}, nil
 }
 
+// downgrade is the code_change({down, 1}) back to duck's schema 1: the
+// fields new in schema 2 have no place there and are dropped.
+func downgrade(to int, s state) (any, error) {
+	if to != 1 {
+		return nil, hotswap.ErrNoDowngrade
+	}
+	return struct {
+		Lines int `json:"lines"`
+		Count int `json:"count"`
+	}{Lines: s.Lines, Count: int(s.Posts.Total)}, nil
+}
+
 func main() {
 	interval, err := time.ParseDuration(envOr("DUCK_INTERVAL", "1s"))
 	if err != nil || interval <= 0 {
 		fmt.Fprintf(os.Stderr, "duck-migrate: DUCK_INTERVAL=%q is not a positive duration\n", os.Getenv("DUCK_INTERVAL"))
 		os.Exit(2)
 	}
-	err = hotswap.Run(hotswap.Config[state]{Schema: 2, Migrate: migrate}, func(d *hotswap.Duck[state]) error {
+	err = hotswap.Run(hotswap.Config[state]{Schema: 2, Migrate: migrate, Downgrade: downgrade}, func(d *hotswap.Duck[state]) error {
 		go func() {
 			for range time.Tick(interval) {
 				d.State.Update(func(s *state) {

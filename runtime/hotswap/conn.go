@@ -1,0 +1,481 @@
+package hotswap
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// conn is a connection served by Duck.Serve, watched so that it can move to
+// the next generation between two requests. It moves from inside the read
+// net/http makes while it waits for the next request: at that moment the
+// server holds none of the connection's bytes (the framer says so), has
+// flushed every response, and does nothing else with it; the read then
+// returns io.EOF and the server closes its descriptor. Closing a descriptor
+// while another process holds the same socket sends nothing to the client:
+// no FIN, no reset. Bytes the client sent meanwhile wait in the socket's
+// kernel buffer and move with it.
+type conn struct {
+	net.Conn
+	s   *server
+	raw syscall.RawConn // nil if it is not a socket
+
+	aborted chan struct{} // net/http ended its background read
+
+	// Mirrors of framer.complete and idles, and the requests that reached
+	// the handler, read by a hold under the server's lock without ours.
+	framed, finished, entered atomic.Int64
+
+	mu       sync.Mutex
+	framer   framer
+	idles    int // times net/http went idle on it: requests it finished
+	state    http.ConnState
+	reading  bool
+	woken    bool      // we set a past read deadline to end an idle read
+	deadline time.Time // the read deadline net/http asked for
+	left     bool      // its socket belongs to the next generation
+	stays    string    // why it cannot move; "" while it can
+}
+
+// aLongTimeAgo is a read deadline that ends a blocked read at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+func newConn(c net.Conn, s *server) *conn {
+	cn := &conn{Conn: c, s: s, aborted: make(chan struct{}, 1)}
+	if sc, ok := c.(syscall.Conn); ok {
+		cn.raw, _ = sc.SyscallConn()
+	}
+	if cn.raw == nil {
+		cn.stays = fmt.Sprintf("%T is not a socket", c)
+	}
+	return cn
+}
+
+// between says whether the server is waiting for the next request with
+// none of it read: every byte read belongs to a request it has finished.
+// Call with c.mu held.
+func (c *conn) between() bool {
+	return c.framer.idle() && c.framer.complete == c.idles &&
+		(c.state == http.StateNew || c.state == http.StateIdle)
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	for {
+		c.mu.Lock()
+		if c.left {
+			c.mu.Unlock()
+			return 0, io.EOF
+		}
+		between := c.stays == "" && c.between()
+		if between {
+			if out := c.s.leavingTo(); out != nil {
+				c.mu.Unlock()
+				if c.leave(out) {
+					return 0, io.EOF
+				}
+				continue
+			}
+			if c.s.holdsReads() {
+				c.mu.Unlock()
+				c.s.waitWhileHolding()
+				continue
+			}
+		}
+		if len(p) == 1 && c.state == http.StateActive && c.framer.idle() && c.framer.complete == c.idles+1 && c.stays == "" {
+			c.mu.Unlock()
+			return c.watch()
+		}
+		c.reading = true
+		c.mu.Unlock()
+
+		var n int
+		var err error
+		if between {
+			n, err = c.readNext(p)
+		} else {
+			n, err = c.Conn.Read(p)
+		}
+
+		c.mu.Lock()
+		c.reading = false
+		if n > 0 {
+			c.framer.feed(p[:n])
+			c.framed.Store(int64(c.framer.complete))
+			if c.framer.unsure != "" && c.stays == "" {
+				c.stays = "cannot frame its requests: " + c.framer.unsure
+				if c.s.leavingTo() != nil {
+					c.s.fellBack(c, c.stays)
+				}
+			}
+		}
+		woken := c.woken
+		if woken {
+			c.woken = false
+			c.Conn.SetReadDeadline(c.deadline)
+		}
+		ours := err == errHolding || woken && n == 0 && errors.Is(err, os.ErrDeadlineExceeded) &&
+			(c.deadline.IsZero() || time.Now().Before(c.deadline))
+		c.mu.Unlock()
+		if ours {
+			// A swap stopped the read, not the server's deadline: go round
+			// and wait for its outcome, or leave.
+			continue
+		}
+		return n, err
+	}
+}
+
+// errHolding says readNext did not read because a swap stops reads.
+var errHolding = errors.New("reads stopped by a swap")
+
+// readNext reads the start of the next request unless a swap has stopped
+// such reads, deciding in the same step as the read: a plain read that was
+// already woken by the request's arrival would take it even after the swap
+// began, and the request would have to be forwarded instead of moving with
+// its connection. hold waits for any readNext that saw reads allowed.
+func (c *conn) readNext(p []byte) (int, error) {
+	var n int
+	var rerr error
+	held := false
+	err := c.raw.Read(func(fd uintptr) bool {
+		c.s.gate.RLock()
+		defer c.s.gate.RUnlock()
+		if c.s.holdsReads() {
+			held = true
+			return true
+		}
+		for {
+			n, rerr = syscall.Read(int(fd), p)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		// Only EAGAIN may wait for the poller: it reports new data, not
+		// data left unread.
+		return rerr != syscall.EAGAIN
+	})
+	switch {
+	case held:
+		return 0, errHolding
+	case err != nil:
+		return 0, err
+	case rerr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// watch is net/http's background read, the one-byte read it makes while a
+// handler runs, with the request read whole, to learn if the client goes
+// away. Done as a plain read, it would take the first byte of the
+// client's next request into net/http's memory, and the connection could
+// not move until that request was answered, here, during a swap by
+// forwarding it. So watch only peeks: it reports the client gone (EOF or
+// an error) as the read would, and leaves a next request's bytes in the
+// socket, waiting until net/http ends the read (abortPendingRead sets a
+// past deadline).
+func (c *conn) watch() (int, error) {
+	select {
+	case <-c.aborted: // a stale signal from an earlier request
+	default:
+	}
+	var n int
+	var perr error
+	err := c.raw.Read(func(fd uintptr) bool {
+		var b [1]byte
+		for {
+			n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if perr != syscall.EINTR {
+				break
+			}
+		}
+		return perr != syscall.EAGAIN
+	})
+	switch {
+	case err != nil: // the deadline net/http set to end the read
+		return 0, err
+	case perr != nil:
+		return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("recvfrom", perr)}
+	case n == 0:
+		return 0, io.EOF
+	}
+	<-c.aborted
+	return 0, os.ErrDeadlineExceeded
+}
+
+// wake ends a read that waits for a next request, so that the connection
+// leaves now rather than when the client next speaks.
+func (c *conn) wake() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.reading && !c.left && c.stays == "" && c.between() {
+		c.woken = true
+		c.Conn.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// leave sends the socket to the next generation and reports whether it went.
+func (c *conn) leave(out *handoff) bool {
+	err := out.send(c.Conn)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.stays = "sending it to the new generation failed: " + err.Error()
+		c.s.fellBack(c, c.stays)
+		return false
+	}
+	c.left = true
+	c.s.noteMoved(c)
+	return true
+}
+
+// staysWhy returns why the connection cannot move, or "".
+func (c *conn) staysWhy() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stays
+}
+
+func (c *conn) setState(st http.ConnState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.state = st
+	if st == http.StateIdle {
+		c.idles++
+		c.finished.Store(int64(c.idles))
+	}
+}
+
+// unentered says whether a request has been read whole but has not yet
+// reached the handler (nor been answered by net/http itself).
+func (c *conn) unentered() bool {
+	return c.framed.Load() > max(c.entered.Load(), c.finished.Load())
+}
+
+// canClose says whether closing the connection loses nothing: no request
+// is partly read or running on it.
+func (c *conn) canClose() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.framer.idle() && c.framer.complete == c.idles && c.state != http.StateActive
+}
+
+func (c *conn) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.deadline = t
+	if !t.IsZero() && t.Before(time.Now()) {
+		select {
+		case c.aborted <- struct{}{}:
+		default:
+		}
+	}
+	if c.woken {
+		// The read we woke restores it when it returns.
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *conn) SetDeadline(t time.Time) error {
+	if err := c.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetWriteDeadline(t)
+}
+
+// ReadFrom keeps net/http's sendfile path: writing is never in the way of
+// a move.
+func (c *conn) ReadFrom(r io.Reader) (int64, error) {
+	if rf, ok := c.Conn.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r)
+	}
+	return io.Copy(c.Conn, r)
+}
+
+// CloseWrite is net/http's half-close before it closes a connection; a
+// socket that has moved is not this generation's to shut.
+func (c *conn) CloseWrite() error {
+	c.mu.Lock()
+	left := c.left
+	c.mu.Unlock()
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok && !left {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// handoff is this generation's end of the channel to the next one: a Unix
+// socket pair whose other end the next generation inherits through
+// tableflip. Each message carries one connection's descriptor
+// (SCM_RIGHTS); the kernel holds the socket open while it travels.
+type handoff struct {
+	mu sync.Mutex
+	uc *net.UnixConn
+}
+
+// Names of the bytes on the channel.
+const (
+	helloByte = 'h' // the new generation receives connections
+	connByte  = 'c' // one descriptor rides with it
+)
+
+// sendTimeout bounds a send to a new generation that has stopped receiving;
+// the connection then stays here.
+const sendTimeout = 2 * time.Second
+
+// newHandoff makes the channel and registers its far end with tableflip,
+// so the next generation inherits it.
+func newHandoff(add func(name string, f *os.File) error) (*handoff, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("making the connection channel: %w", err)
+	}
+	near, far := os.NewFile(uintptr(fds[0]), "hand-over"), os.NewFile(uintptr(fds[1]), "hand-over")
+	defer far.Close() // tableflip passes on a copy of its own
+	defer near.Close()
+	if err := add(connsFD, far); err != nil {
+		return nil, fmt.Errorf("passing the connection channel on: %w", err)
+	}
+	c, err := net.FileConn(near)
+	if err != nil {
+		return nil, fmt.Errorf("opening the connection channel: %w", err)
+	}
+	return &handoff{uc: c.(*net.UnixConn)}, nil
+}
+
+// heard says whether the new generation announced that it receives
+// connections. It does so before Ready, so the byte is here by the time
+// the swap has succeeded; a version that does not serve HTTP with Duck.Serve,
+// or an SDK from before connections moved, never sends it.
+func (h *handoff) heard() bool {
+	h.uc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var b [1]byte
+	n, err := h.uc.Read(b[:])
+	return err == nil && n == 1 && b[0] == helloByte
+}
+
+func (h *handoff) send(c net.Conn) error {
+	raw, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = raw.Control(func(fd uintptr) {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		h.uc.SetWriteDeadline(time.Now().Add(sendTimeout))
+		_, _, serr = h.uc.WriteMsgUnix([]byte{connByte}, syscall.UnixRights(int(fd)), nil)
+	})
+	return errors.Join(err, serr)
+}
+
+func (h *handoff) close() { h.uc.Close() }
+
+// openReceiver opens this generation's end of the channel from the
+// previous one and announces that it takes connections.
+func openReceiver(f *os.File) (*net.UnixConn, error) {
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, fmt.Errorf("opening the connection channel from the previous generation: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("the connection channel from the previous generation is a %T, not a Unix socket", c)
+	}
+	if _, err := uc.Write([]byte{helloByte}); err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("answering the previous generation: %w", err)
+	}
+	return uc, nil
+}
+
+// receive gives each connection the previous generation sends to deliver,
+// until it closes its end.
+func receive(uc *net.UnixConn, deliver func(net.Conn)) error {
+	defer uc.Close()
+	buf := make([]byte, 1)
+	oob := make([]byte, syscall.CmsgSpace(4))
+	for {
+		_, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("receiving connections from the previous generation: %w", err)
+		}
+		msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+		if err != nil {
+			return fmt.Errorf("reading a handed-over connection: %w", err)
+		}
+		for _, m := range msgs {
+			fds, err := syscall.ParseUnixRights(&m)
+			if err != nil {
+				continue
+			}
+			for _, fd := range fds {
+				cf := os.NewFile(uintptr(fd), "handed-over connection")
+				nc, err := net.FileConn(cf)
+				cf.Close()
+				if err != nil {
+					return fmt.Errorf("taking a handed-over connection: %w", err)
+				}
+				deliver(nc)
+			}
+		}
+	}
+}
+
+// handedListener gives the HTTP server the connections received from the
+// previous generation, as if it had accepted them.
+type handedListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+	addr  net.Addr
+}
+
+func newHandedListener(addr net.Addr) *handedListener {
+	return &handedListener{conns: make(chan net.Conn), done: make(chan struct{}), addr: addr}
+}
+
+func (l *handedListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// deliver returns the function that gives a received connection, made
+// ours by adopt, to the server; once the server has stopped taking them,
+// it closes it.
+func (l *handedListener) deliver(adopt func(net.Conn) *conn) func(net.Conn) {
+	return func(nc net.Conn) {
+		c := adopt(nc)
+		select {
+		case l.conns <- c:
+		case <-l.done:
+			c.Close()
+		}
+	}
+}
+
+func (l *handedListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *handedListener) Addr() net.Addr { return l.addr }
