@@ -50,6 +50,11 @@ type Config struct {
 	Labels map[string]string
 	// GoBin is the go command the node builds ducks with; empty: go on PATH.
 	GoBin string
+	// Voters is how many members vote (0: consensus.DefaultVoters); the leader's setting
+	// applies. ReplaceVoterAfter is how long a voter may be unreachable before a reachable
+	// non-voter takes its place (0: 10s).
+	Voters            int
+	ReplaceVoterAfter time.Duration
 }
 
 // Default addresses of a node started without flags: loopback only, so nothing off the machine
@@ -197,7 +202,7 @@ func Start(cfg Config) (*Agent, error) {
 		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
 	a.fol.building = map[int]bool{}
-	a.wg.Add(5)
+	a.wg.Add(6)
 	go func() {
 		defer a.wg.Done()
 		a.driveRollouts()
@@ -217,6 +222,10 @@ func Start(cfg Config) (*Agent, error) {
 	go func() {
 		defer a.wg.Done()
 		a.keepRegistered()
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.keepVoters()
 	}()
 
 	if node.FSM.Fresh(cfg.Name) {

@@ -105,6 +105,9 @@ type Ping struct {
 	Term         uint64 `json:"term"`
 	CommitIndex  uint64 `json:"commit_index"`
 	AppliedIndex uint64 `json:"applied_index"`
+	// StateIndex is the log index of the last command the node's state machine applied. Raft's
+	// own indexes count configuration entries too, which never reach the state machine.
+	StateIndex uint64 `json:"state_index"`
 }
 
 func (a *Agent) ping() Ping {
@@ -117,6 +120,7 @@ func (a *Agent) ping() Ping {
 		Term:         n.Raft.CurrentTerm(),
 		CommitIndex:  n.Raft.CommitIndex(),
 		AppliedIndex: n.Raft.AppliedIndex(),
+		StateIndex:   n.FSM.Index(),
 	}
 }
 
@@ -267,10 +271,10 @@ func (a *Agent) connect(ctx context.Context, addr string) error {
 	// Caught up (the log has reached our own registration): now we may vote.
 	self := a.self.Name
 	err := a.onLeader(ctx, "/v1/promote", NameRequest{Name: self}, nil, func(n *consensus.Node) error {
-		return n.Promote(self, applyTimeout)
+		return n.Promote(self, a.cfg.Voters, applyTimeout)
 	})
 	if err != nil {
-		return fmt.Errorf("joined through %s as a non-voter, but could not become a voter: %w; run connect again", addr, err)
+		return fmt.Errorf("joined through %s as a non-voter, but could not ask to vote: %w; run connect again", addr, err)
 	}
 	a.log.Info("joined", "via", addr, "leader", first(a.Node().Leader()))
 	return nil
@@ -358,7 +362,7 @@ func (a *Agent) handlePromote(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	err := a.onLeader(r.Context(), "/v1/promote", req, nil, func(n *consensus.Node) error {
-		return n.Promote(req.Name, applyTimeout)
+		return n.Promote(req.Name, a.cfg.Voters, applyTimeout)
 	})
 	if err != nil {
 		writeError(w, statusOf(err), err)

@@ -374,7 +374,7 @@ type follower struct {
 	building map[int]bool // rollouts whose target this process has started building
 	busy     bool         // a turn or catch-up is running
 	retryAt  time.Time    // a failed catch-up is not tried again before this
-	// upTo is the leader's commit index when asked at askedAt (0: no leader answered).
+	// upTo is the leader's state index when asked at askedAt (0: no leader answered).
 	upTo    uint64
 	askedAt time.Time
 }
@@ -424,12 +424,14 @@ func (a *Agent) followRollouts() {
 	}
 }
 
-// caughtUp reports whether this node's FSM has applied everything the leader had committed when
-// last asked (at most a second ago). A restarted node replays the log in batches, and Raft's own
+// caughtUp reports whether this node's FSM has applied every command the leader's had when last
+// asked (at most a second ago). A restarted node replays the log in batches, and Raft's own
 // applied index runs ahead of the FSM: catching up with the rollout it found halfway swapped
 // ducks to a version the log had already moved past (found by TestLeaderKilledWhileCommitting).
-// The leader is asked once a second, not at every look: a node that must match the commit
-// index of the very moment never catches up while the leader keeps committing.
+// The mark is the leader's FSM index, not Raft's commit index, which counts configuration
+// entries that never reach an FSM: a node that joined last would wait for ever. The leader is
+// asked once a second, not at every look, so a node is not left behind by a leader that keeps
+// committing.
 func (a *Agent) caughtUp() bool {
 	n := a.Node()
 	if n.IsLeader() {
@@ -445,7 +447,7 @@ func (a *Agent) caughtUp() bool {
 			ctx, cancel := context.WithTimeout(a.ctx, probeTimeout)
 			var p Ping
 			if err := a.client.Do(ctx, m.APIAddr, http.MethodGet, "/v1/ping", nil, &p); err == nil && p.Name == name {
-				target = p.CommitIndex
+				target = max(p.StateIndex, 1)
 			}
 			cancel()
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/rollout"
 )
 
@@ -79,6 +80,10 @@ type NodeStatus struct {
 type Status struct {
 	Nodes   []NodeStatus `json:"nodes"`
 	Rollout RolloutView  `json:"rollout"`
+	// Voters is how many members vote; Tolerates how many of them the cluster can lose and
+	// still commit.
+	Voters    int `json:"voters"`
+	Tolerates int `json:"tolerates"`
 }
 
 func (a *Agent) status(ctx context.Context) (Status, error) {
@@ -88,6 +93,12 @@ func (a *Agent) status(ctx context.Context) (Status, error) {
 	}
 	view := a.rolloutView()
 	out := Status{Rollout: view, Nodes: make([]NodeStatus, len(ms))}
+	for _, m := range ms {
+		if m.Suffrage == "voter" {
+			out.Voters++
+		}
+	}
+	out.Tolerates = consensus.FailureTolerance(out.Voters)
 	var wg sync.WaitGroup
 	for i, m := range ms {
 		out.Nodes[i] = NodeStatus{Member: m, Reachable: m.Reachable}

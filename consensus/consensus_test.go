@@ -167,7 +167,7 @@ func TestJoinAndRemove(t *testing.T) {
 		}
 	}
 	for _, n := range nodes[1:] {
-		if err := leader.Promote(n.Name(), 5*time.Second); err != nil {
+		if err := leader.Promote(n.Name(), 0, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -262,15 +262,25 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 	return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
 }
 
-// Promote makes a member that has caught up with the log a voter.
-func (n *Node) Promote(name string, timeout time.Duration) error {
+// Promote makes a member that has caught up with the log a voter, unless the cluster already
+// has max voters (0: DefaultVoters): then it stays a non-voter that follows the log.
+func (n *Node) Promote(name string, max int, timeout time.Duration) error {
 	servers, err := n.leaderServers()
 	if err != nil {
 		return err
 	}
+	if max <= 0 {
+		max = DefaultVoters
+	}
+	voters := 0
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters++
+		}
+	}
 	for _, s := range servers {
 		if string(s.ID) == name {
-			if s.Suffrage == raft.Voter {
+			if s.Suffrage == raft.Voter || voters >= max {
 				return nil
 			}
 			if err := n.Raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {

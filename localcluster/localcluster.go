@@ -300,3 +300,49 @@ func (c *Cluster) Run(ctx context.Context, addr string, args ...string) (stdout,
 	err = cmd.Run()
 	return o.String(), e.String(), err
 }
+
+// StartMany starts the named nodes, parallel at a time, each with extra flags, and returns them
+// in the order of names. On an error the nodes already started keep running: StopAll stops them.
+func (c *Cluster) StartMany(names []string, parallel int, extra ...string) ([]*Node, error) {
+	out := make([]*Node, len(names))
+	errs := make([]error, len(names))
+	sem := make(chan struct{}, max(1, parallel))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out[i], errs[i] = c.Start(name, extra...)
+		}()
+	}
+	wg.Wait()
+	return out, errors.Join(errs...)
+}
+
+// ConnectAll joins every other node to the cluster of nodes[0], parallel at a time, retrying a
+// join the leader was too busy to take.
+func (c *Cluster) ConnectAll(ctx context.Context, nodes []*Node, parallel int) error {
+	sem := make(chan struct{}, max(1, parallel))
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes[1:] {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			var err error
+			for attempt := 0; attempt < 5; attempt++ {
+				if err = c.Do(ctx, n.API, "POST", "/v1/connect", agent.ConnectRequest{Addr: nodes[0].API}, nil); err == nil {
+					return
+				}
+				time.Sleep(time.Duration(attempt+1) * 500 * time.Millisecond)
+			}
+			errs[i+1] = fmt.Errorf("connect %s: %w", n.Name, err)
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}

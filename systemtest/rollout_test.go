@@ -64,7 +64,10 @@ type load struct {
 	wg     sync.WaitGroup
 }
 
-func startLoad(ducks map[string]string) *load {
+func startLoad(ducks map[string]string) *load { return startLoadEvery(ducks, 5*time.Millisecond) }
+
+// startLoadEvery is startLoad with one POST every `every` per duck.
+func startLoadEvery(ducks map[string]string, every time.Duration) *load {
 	l := &load{ok: map[string]*atomic.Int64{}, stop: make(chan struct{})}
 	for name, addr := range ducks {
 		l.ok[name] = &atomic.Int64{}
@@ -83,7 +86,7 @@ func startLoad(ducks map[string]string) *load {
 				} else {
 					l.ok[name].Add(1)
 				}
-				time.Sleep(5 * time.Millisecond)
+				time.Sleep(every)
 			}
 		}()
 	}

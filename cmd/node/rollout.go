@@ -466,8 +466,12 @@ func runStatus(args []string) error {
 	if *asJSON {
 		return printJSON(st)
 	}
+	fmt.Printf("%d voters of %d members: the cluster can lose %d of them and still commit\n", st.Voters, len(st.Nodes), st.Tolerates)
 	if r := st.Rollout.Rollout; r != nil {
 		fmt.Printf("version %d %s, order %s\n", r.Version, r.State, strings.Join(r.Order, " -> "))
+		if r.Reason != "" {
+			fmt.Printf("  %s\n", firstLine(r.Reason))
+		}
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tROLE\tREACHABLE\tVERSION\tPHASE\tFOR\tDUCKS")

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"github.com/duckraft/duckraft/consensus"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -10,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -51,6 +53,8 @@ func runStart(args []string) error {
 	healthy := fs.Duration("healthy", 0, "how long a swapped duck must stay up before the swap counts (default 500ms)")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address, in plain HTTP and without the cookie (off unless set)")
 	goBin := fs.String("go", "", "the go command to build ducks with (default: go on PATH)")
+	voters := fs.Int("voters", consensus.DefaultVoters, "how many members vote while this node leads; every other member follows the log as a non-voter")
+	replaceAfter := fs.Duration("replace-voter-after", 10*time.Second, "a voter unreachable this long is replaced by a reachable non-voter while this node leads")
 	labels := labelFlag{}
 	fs.Var(labels, "label", "a label KEY=VALUE describing the node, such as zone=eu-1 (repeatable): `deploy --wave-by KEY` rolls out in waves by it")
 	cookie := cookieFlags(fs)
@@ -93,6 +97,7 @@ func runStart(args []string) error {
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
 		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr, Labels: labels, GoBin: *goBin,
+		Voters: *voters, ReplaceVoterAfter: *replaceAfter,
 	})
 	if err != nil {
 		return err

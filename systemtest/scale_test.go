@@ -1,0 +1,148 @@
+package systemtest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/localcluster"
+	"github.com/duckraft/duckraft/rollout"
+)
+
+// scaleNodes is how many nodes TestHundredNodes starts: 100, or DUCKRAFT_SCALE_NODES.
+func scaleNodes(t *testing.T) int {
+	s := os.Getenv("DUCKRAFT_SCALE_NODES")
+	if s == "" {
+		return 100
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 3 {
+		t.Fatalf("DUCKRAFT_SCALE_NODES=%q: give a number of nodes, 3 or more", s)
+	}
+	return n
+}
+
+// A hundred real node processes on this machine, five of them voters, a duck on each under
+// keep-alive load; a one-line change rolls out in waves of 20%: every node upgraded, no request
+// failed, every count exact.
+func TestHundredNodes(t *testing.T) {
+	size := scaleNodes(t)
+	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	t.Cleanup(func() {
+		c.StopAll(30 * time.Second)
+		if t.Failed() {
+			for _, n := range c.Nodes()[:min(3, len(c.Nodes()))] {
+				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
+			}
+		}
+	})
+	ctx := context.Background()
+	var names []string
+	for i := 1; i <= size; i++ {
+		names = append(names, fmt.Sprintf("n%d", i))
+	}
+	t0 := time.Now()
+	nodes, err := c.StartMany(names, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.ConnectAll(ctx, nodes, 4); err != nil {
+		t.Fatal(err)
+	}
+	first := nodes[0]
+	waitFor(t, fmt.Sprintf("%d members, 5 voters", size), 120*time.Second, func() bool {
+		ms := members(c, first.API)
+		v, _ := suffrages(ms)
+		return len(ms) == size && len(v) == min(5, size)
+	})
+	t.Logf("%d nodes started and connected in %s", size, time.Since(t0).Round(time.Millisecond))
+
+	if out, errOut, err := c.Run(ctx, first.API, "deploy", "--max-parallel", "20%", "../duck"); err != nil {
+		t.Fatalf("first deploy: %v\n%s%s", err, out, errOut)
+	}
+	ducks := map[string]string{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, n := range nodes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out, errOut, err := c.Run(ctx, n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=10s")
+			var id, addr string
+			if _, serr := fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr); err != nil || serr != nil {
+				t.Errorf("spawn on %s: %v %q %s", n.Name, err, out, errOut)
+				return
+			}
+			mu.Lock()
+			ducks[n.Name] = addr
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	for name, addr := range ducks {
+		if _, err := askDuck("POST", addr); err != nil {
+			t.Fatalf("duck on %s: %v", name, err)
+		}
+	}
+	l := startLoadEvery(ducks, 200*time.Millisecond)
+	defer l.stopOnce()
+
+	dir := filepath.Join(t.TempDir(), "duck")
+	src, err := os.ReadFile("../duck/main.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(dir, 0o700)
+	changed := strings.Replace(string(src), `"Quack! #`, `"Quack at scale! #`, 1)
+	if err := os.WriteFile(filepath.Join(dir, "main.go"), []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t1 := time.Now()
+	out, errOut, err := c.Run(ctx, nodes[size/2].API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir)
+	took := time.Since(t1)
+	if err != nil || !strings.Contains(out, "runs on every node") {
+		t.Fatalf("deploy of the one-line change: %v\n%s%s", err, out, errOut)
+	}
+	var v agent.RolloutView
+	if err := c.Do(ctx, first.API, "GET", "/v1/rollout", nil, &v); err != nil {
+		t.Fatal(err)
+	}
+	r := v.Rollout
+	if r.State != rollout.Done || r.Order[1] != "n2" || r.Order[9] != "n10" {
+		t.Fatalf("rollout %s, order starts %v", r.State, r.Order[:min(10, len(r.Order))])
+	}
+	for name, addr := range ducks {
+		got, err := askDuck("GET", addr)
+		if err != nil || got.Version != "v2" {
+			t.Fatalf("duck on %s: %+v %v; want v2", name, got, err)
+		}
+	}
+	t2 := time.Now()
+	if _, errOut, err := c.Run(ctx, first.API, "status"); err != nil {
+		t.Fatalf("status: %v %s", err, errOut)
+	}
+	statusTook := time.Since(t2)
+	l.finish()
+	t.Logf("%d nodes: deploy in waves of 20%% took %s (commit to all running %s); status took %s; %d requests failed, %d served",
+		size, took.Round(time.Millisecond), r.Ended.Sub(r.Started).Round(time.Millisecond), statusTook.Round(time.Millisecond), l.failed.Load(), l.total())
+	if n := l.failed.Load(); n != 0 {
+		var errs []string
+		l.errs.Range(func(k, v any) bool { errs = append(errs, fmt.Sprint(v, ": ", k)); return len(errs) < 5 })
+		t.Errorf("%d requests failed across the rollout, e.g. %v", n, errs)
+	}
+	dc := &duckCluster{c: c, nodes: nodes, ducks: ducks}
+	checkNothingLost(t, dc, l)
+}

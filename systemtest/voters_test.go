@@ -1,0 +1,93 @@
+package systemtest
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/localcluster"
+)
+
+func suffrages(ms []agent.MemberStatus) (voters, nonvoters []string) {
+	for _, m := range ms {
+		if m.Suffrage == "voter" {
+			voters = append(voters, m.Name)
+		} else {
+			nonvoters = append(nonvoters, m.Name)
+		}
+	}
+	return voters, nonvoters
+}
+
+// Seven nodes: five vote, two follow the log. A voter that dies is replaced by a non-voter
+// (promoted first, then the dead one demoted), so the cluster keeps tolerating two failures;
+// back, the old voter stays a non-voter.
+func TestFiveVotersAndALostOneIsReplaced(t *testing.T) {
+	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	t.Cleanup(func() {
+		c.StopAll(10 * time.Second)
+		if t.Failed() {
+			for _, n := range c.Nodes() {
+				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
+			}
+		}
+	})
+	var nodes []*localcluster.Node
+	for i := 1; i <= 7; i++ {
+		n, err := c.Start(fmt.Sprintf("n%d", i), "--replace-voter-after", "2s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	connectAll(t, c, nodes)
+	first := nodes[0]
+	var voters, nonvoters []string
+	waitFor(t, "five voters and two non-voters", 30*time.Second, func() bool {
+		voters, nonvoters = suffrages(members(c, first.API))
+		return len(voters) == 5 && len(nonvoters) == 2
+	})
+	status := cli(t, c, first.API, "status")
+	if !strings.Contains(status, "5 voters of 7 members: the cluster can lose 2 of them") {
+		t.Fatalf("status does not say how many failures the cluster takes:\n%s", status)
+	}
+	leader := leaderOf(members(c, first.API))
+	var victim *localcluster.Node
+	for _, n := range nodes {
+		if n.Name != leader && n != first && strings.Contains(","+strings.Join(voters, ",")+",", ","+n.Name+",") {
+			victim = n
+			break
+		}
+	}
+	victim.Kill()
+	t0 := time.Now()
+	waitFor(t, "the dead voter replaced", 60*time.Second, func() bool {
+		v, _ := suffrages(members(c, first.API))
+		if len(v) != 5 {
+			return false
+		}
+		for _, name := range v {
+			if name == victim.Name {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("voter %s killed: replaced by a non-voter %s later", victim.Name, time.Since(t0).Round(time.Millisecond))
+	if err := victim.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the old voter back as a non-voter", 30*time.Second, func() bool {
+		for _, m := range members(c, first.API) {
+			if m.Name == victim.Name {
+				return m.Reachable && m.Suffrage == "nonvoter"
+			}
+		}
+		return false
+	})
+	if v, _ := suffrages(members(c, first.API)); len(v) != 5 {
+		t.Fatalf("after the old voter came back: voters %v, want five", v)
+	}
+}
