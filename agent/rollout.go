@@ -468,11 +468,9 @@ func (a *Agent) prebuild(r *rollout.Rollout) {
 	}
 	a.fol.building[r.Version] = true
 	a.fol.mu.Unlock()
-	// Build in turn order where nodes share a host (one go build at a time there, see
-	// runtime/build): the first node's build then comes first and the others take its result.
-	// On hosts of their own the stagger costs nothing, as a later node's turn comes after the
-	// earlier nodes' swaps anyway.
-	stagger := time.Duration(min(slices.Index(r.Order, a.self.Name), 20)) * 100 * time.Millisecond
+	// The first node in the order starts at once and every other one a moment later, so that the
+	// first takes the host's build slot and the others its result.
+	stagger := time.Duration(min(slices.Index(r.Order, a.self.Name), 1)) * 100 * time.Millisecond
 	deadline := r.Started.Add(r.Policy.WithDefaults().BuildDeadline)
 	a.wg.Add(1)
 	go func() {

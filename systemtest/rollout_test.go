@@ -69,8 +69,11 @@ func startLoad(ducks map[string]string) *load { return startLoadEvery(ducks, 5*t
 // startLoadEvery is startLoad with one POST every `every` per duck.
 func startLoadEvery(ducks map[string]string, every time.Duration) *load {
 	l := &load{ok: map[string]*atomic.Int64{}, stop: make(chan struct{})}
-	for name, addr := range ducks {
+	for name := range ducks {
 		l.ok[name] = &atomic.Int64{}
+	}
+	for name, addr := range ducks {
+		ok := l.ok[name]
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
@@ -84,7 +87,7 @@ func startLoadEvery(ducks map[string]string, every time.Duration) *load {
 					l.failed.Add(1)
 					l.errs.Store(err.Error(), name)
 				} else {
-					l.ok[name].Add(1)
+					ok.Add(1)
 				}
 				time.Sleep(every)
 			}

@@ -80,7 +80,8 @@ func TestHundredNodes(t *testing.T) {
 			out, errOut, err := c.Run(ctx, n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=10s")
 			var id, addr string
 			if _, serr := fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr); err != nil || serr != nil {
-				t.Errorf("spawn on %s: %v %q %s", n.Name, err, out, errOut)
+				log := n.Log()
+				t.Errorf("spawn on %s: %v %q %s\nits log ends:\n%s", n.Name, err, out, errOut, log[max(0, len(log)-3000):])
 				return
 			}
 			mu.Lock()
@@ -123,6 +124,27 @@ func TestHundredNodes(t *testing.T) {
 	r := v.Rollout
 	if r.State != rollout.Done || r.Order[1] != "n2" || r.Order[9] != "n10" {
 		t.Fatalf("rollout %s, order starts %v", r.State, r.Order[:min(10, len(r.Order))])
+	}
+	// Where the time went: the builds, then each wave's turns.
+	var lastBuilt time.Time
+	waves := map[int][2]time.Time{}
+	for _, name := range r.Order {
+		nr := r.Nodes[name]
+		if nr.Built.After(lastBuilt) {
+			lastBuilt = nr.Built
+		}
+		w := waves[nr.Wave]
+		if w[0].IsZero() || nr.Granted.Before(w[0]) {
+			w[0] = nr.Granted
+		}
+		if nr.Done.After(w[1]) {
+			w[1] = nr.Done
+		}
+		waves[nr.Wave] = w
+	}
+	t.Logf("last node built %s after the commit", lastBuilt.Sub(r.Started).Round(time.Millisecond))
+	for i := 0; i < len(waves); i++ {
+		t.Logf("wave %d: granted at %s, all done at %s", i+1, waves[i][0].Sub(r.Started).Round(time.Millisecond), waves[i][1].Sub(r.Started).Round(time.Millisecond))
 	}
 	for name, addr := range ducks {
 		got, err := askDuck("GET", addr)

@@ -29,8 +29,20 @@ func runBench(args []string) error {
 	every := fs.Duration("every", 5*time.Millisecond, "pause between one client's requests")
 	commits := fs.Int("commits", 300, "Raft commits to time")
 	healthy := fs.Duration("healthy", 200*time.Millisecond, "the nodes' --healthy")
+	sizes := fs.String("nodes", "", "instead: measure clusters of these sizes in turn, e.g. 3,30,100 (commit to all running in waves of 20%, leader CPU and memory, Raft commits, status)")
 	if _, err := parse(fs, args); err != nil {
 		return err
+	}
+	if *sizes != "" {
+		var ns []int
+		for _, s := range strings.Split(*sizes, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || n < 1 {
+				return usageError{fmt.Sprintf("--nodes %q: give cluster sizes such as 3,30,100", *sizes)}
+			}
+			ns = append(ns, n)
+		}
+		return runScaleBench(ns, *commits)
 	}
 	c, v1, _, err := tempCluster("duckraft-bench-")
 	if err != nil {

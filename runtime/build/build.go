@@ -257,20 +257,28 @@ func (b *Builder) goCommand() (string, error) {
 // build at a time per host, so the nodes of a local cluster wait for the first build and take
 // its result instead of each building the same source.
 func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error {
-	unlock, err := hostLock(ctx)
-	if err != nil {
-		return err
-	}
-	defer unlock()
 	shared := ""
 	if b.Shared != "" {
 		// Keyed by the toolchain too: a node whose go differs builds for itself, so that its
-		// binary, and the sum it reports, are its own toolchain's.
+		// binary, and the sum it reports, are its own toolchain's. Asked before the host lock:
+		// a hundred nodes asking one after the other took seconds.
 		tc, err := b.Toolchain(ctx)
 		if err != nil {
 			return err
 		}
 		shared = filepath.Join(b.Shared, tc, id, "duck")
+	}
+	// Another node on this host built it already: take it without waiting for the host's one
+	// go build at a time.
+	if shared != "" && copyFile(shared, out) == nil {
+		return nil
+	}
+	unlock, err := hostLock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if shared != "" {
 		if err := copyFile(shared, out); err == nil {
 			return nil
 		}

@@ -1,0 +1,191 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/localcluster"
+)
+
+// scaleFigures is what one cluster size costs.
+type scaleFigures struct {
+	nodes, voters        int
+	startConnect         time.Duration
+	rollout              time.Duration // commit to all running, waves of 20%
+	leaderIdleCPU        float64       // share of one core, idle cluster
+	leaderRolloutCPU     float64       // share of one core, during the rollout
+	leaderRSS            string
+	commitP50, commitP99 string
+	status               time.Duration // `status` as a user runs it, median of 3
+}
+
+// runScaleBench starts clusters of each size in turn on this machine and measures, in one run:
+// commit to all running for a one-line change rolled out in waves of 20% with a 200 ms healthy
+// wait, the leader's CPU (idle and during the rollout) and memory, Raft commit latency with that
+// many members, and the time of `status`. The nodes run no ducks: this is what the protocol and
+// the builds cost; TestHundredNodes measures the same with a duck on each node under load.
+func runScaleBench(sizes []int, commits int) error {
+	var all []scaleFigures
+	for _, size := range sizes {
+		fmt.Fprintf(os.Stderr, "%d nodes ...\n", size)
+		f, err := benchSize(size, commits)
+		if err != nil {
+			return fmt.Errorf("%d nodes: %w", size, err)
+		}
+		all = append(all, f)
+	}
+	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "machine\t%d cores, %s/%s, %s\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, time.Now().UTC().Format("2006-01-02"))
+	fmt.Fprint(tw, "nodes")
+	for _, f := range all {
+		fmt.Fprintf(tw, "\t%d", f.nodes)
+	}
+	fmt.Fprintln(tw)
+	row := func(name string, cell func(scaleFigures) string) {
+		fmt.Fprint(tw, name)
+		for _, f := range all {
+			fmt.Fprintf(tw, "\t%s", cell(f))
+		}
+		fmt.Fprintln(tw)
+	}
+	row("voters", func(f scaleFigures) string { return strconv.Itoa(f.voters) })
+	row("start and connect", func(f scaleFigures) string { return f.startConnect.Round(100 * time.Millisecond).String() })
+	row("commit to all running (waves of 20%, healthy 200ms)", func(f scaleFigures) string { return f.rollout.Round(10 * time.Millisecond).String() })
+	row("leader CPU idle (share of a core)", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderIdleCPU) })
+	row("leader CPU during the rollout", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderRolloutCPU) })
+	row("leader memory (RSS)", func(f scaleFigures) string { return f.leaderRSS })
+	row("raft commit p50 / p99", func(f scaleFigures) string { return f.commitP50 + " / " + f.commitP99 })
+	row("status, median of 3", func(f scaleFigures) string { return f.status.Round(time.Millisecond).String() })
+	return tw.Flush()
+}
+
+func benchSize(size, commits int) (scaleFigures, error) {
+	f := scaleFigures{nodes: size}
+	c, v1, _, err := tempCluster("duckraft-scale-")
+	if err != nil {
+		return f, err
+	}
+	defer os.RemoveAll(c.Root)
+	defer c.StopAll(30 * time.Second)
+	ctx := context.Background()
+	var names []string
+	for i := 1; i <= size; i++ {
+		names = append(names, "n"+strconv.Itoa(i))
+	}
+	t0 := time.Now()
+	nodes, err := c.StartMany(names, 8)
+	if err != nil {
+		return f, err
+	}
+	if err := c.ConnectAll(ctx, nodes, 4); err != nil {
+		return f, err
+	}
+	var ms []agent.MemberStatus
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		if err := c.Do(ctx, nodes[0].API, http.MethodGet, "/v1/members", nil, &ms); err == nil && len(ms) == size {
+			break
+		}
+		if time.Now().After(deadline) {
+			return f, fmt.Errorf("only %d of %d members after two minutes", len(ms), size)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	f.startConnect = time.Since(t0)
+	var leader *localcluster.Node
+	for _, m := range ms {
+		if m.Suffrage == "voter" {
+			f.voters++
+		}
+		if m.Role == "leader" {
+			for _, n := range nodes {
+				if n.Name == m.Name {
+					leader = n
+				}
+			}
+		}
+	}
+	if leader == nil {
+		return f, fmt.Errorf("no leader among the members")
+	}
+	deploy := func(dir string) (time.Duration, float64, error) {
+		cpu0, t0 := procCPU(leader.PID()), time.Now()
+		if out, errOut, err := c.Run(ctx, leader.API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir); err != nil {
+			return 0, 0, fmt.Errorf("deploy: %v\n%s%s", err, out, errOut)
+		}
+		cpu := (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t0).Seconds()
+		var v agent.RolloutView
+		if err := c.Do(ctx, leader.API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
+			return 0, 0, err
+		}
+		return v.Rollout.Ended.Sub(v.Rollout.Started), cpu, nil
+	}
+	if _, _, err := deploy(v1); err != nil {
+		return f, err
+	}
+	// Idle: what the members cost the leader with nothing to do.
+	cpu0, t1 := procCPU(leader.PID()), time.Now()
+	time.Sleep(5 * time.Second)
+	f.leaderIdleCPU = (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t1).Seconds()
+	dir := filepath.Join(c.Root, "src", "change")
+	if err := oneLineChange(filepath.Join(v1, "main.go"), dir, strconv.FormatInt(time.Now().UnixNano(), 36), size); err != nil {
+		return f, err
+	}
+	if f.rollout, f.leaderRolloutCPU, err = deploy(dir); err != nil {
+		return f, err
+	}
+	var lat agent.CommitLatency
+	if err := c.Do(ctx, leader.API, http.MethodPost, "/v1/bench/commit", agent.CommitBench{N: commits}, &lat); err != nil {
+		return f, err
+	}
+	f.commitP50, f.commitP99 = pct(lat.Samples, 50), pct(lat.Samples, 99)
+	var took []time.Duration
+	for range 3 {
+		t := time.Now()
+		if _, errOut, err := c.Run(ctx, nodes[len(nodes)-1].API, "status"); err != nil {
+			return f, fmt.Errorf("status: %v %s", err, errOut)
+		}
+		took = append(took, time.Since(t))
+	}
+	f.status = medianOf(took)
+	f.leaderRSS = rss(leader.PID())
+	return f, nil
+}
+
+func medianOf(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s[len(s)/2]
+}
+
+// procCPU is the CPU time a process has used, user and system.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command may hold spaces; the fields after its closing parenthesis do not.
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(fields) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	const ticks = 100 // USER_HZ on Linux
+	return time.Duration(utime+stime) * time.Second / ticks
+}
