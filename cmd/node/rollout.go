@@ -24,7 +24,7 @@ import (
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
-// runDeploy is the seed's nl for the whole cluster: commit DIR as a new version through the log
+// runDeploy is Erlang's nl with a rolling upgrade: commit DIR as a new version through the log
 // and follow the rollout node by node, like `kubectl rollout status`.
 func runDeploy(args []string) error {
 	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
@@ -49,14 +49,7 @@ func runDeploy(args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := bundle.Pack(pos[0])
-	if err != nil {
-		return err
-	}
-	api, err := c.open()
-	if err != nil {
-		return err
-	}
+	// Every mistake in the flags is reported before the folder is read or the node is asked.
 	q := url.Values{"m": {*msg}, "author": {author()}}
 	p.Canaries = int(canary)
 	if pct, ok := strings.CutSuffix(*maxPar, "%"); ok {
@@ -88,13 +81,21 @@ func runDeploy(args []string) error {
 		q.Set("no_revert", "1")
 	}
 	if err := p.Validate(); err != nil {
-		return err
+		return usageError{err.Error()}
 	}
 	for name, d := range map[string]time.Duration{
 		"build_deadline": p.BuildDeadline, "progress_deadline": p.ProgressDeadline, "healthy": p.Healthy,
 		"start_deadline": p.StartDeadline, "down_after": p.DownAfter,
 	} {
 		q.Set(name, d.String())
+	}
+	b, err := bundle.Pack(pos[0])
+	if err != nil {
+		return err
+	}
+	api, err := c.open()
+	if err != nil {
+		return err
 	}
 	// --timeout bounds the commit; the rollout is followed for as long as it takes.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
