@@ -32,7 +32,7 @@ func runDeploy(args []string) error {
 	c := clientFlags(fs)
 	msg := fs.String("m", "", "a message for the version, as a commit message")
 	var canary canaryFlag
-	fs.Var(&canary, "canary", "upgrade the first node (--canary=N: the first N) as a wave of its own, then wait for `rollout resume` or `rollout undo`")
+	fs.Var(&canary, "canary", "upgrade the first node (--canary=`N`: the first N) as a wave of its own, then wait for 'rollout resume' or 'rollout undo'")
 	maxPar := fs.String("max-parallel", "1", "nodes of a wave in their turn at once: a number, or a share of the nodes such as 20%")
 	fs.DurationVar(&p.AutoPromoteAfter, "auto-promote-after", 0, "with --canary: carry on by itself once the canaries stayed healthy this long")
 	fs.StringVar(&p.WaveBy, "wave-by", "", "a label the nodes were started with (start --label zone=eu-1): one wave per value, in natural order")

@@ -52,7 +52,7 @@ func runStart(args []string) error {
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address, in plain HTTP and without the cookie (off unless set)")
 	goBin := fs.String("go", "", "the go command to build ducks with (default: go on PATH)")
 	labels := labelFlag{}
-	fs.Var(labels, "label", "a label KEY=VALUE describing the node, such as zone=eu-1 (repeatable): `deploy --wave-by KEY` rolls out in waves by it")
+	fs.Var(labels, "label", "a label `KEY=VALUE` describing the node, such as zone=eu-1 (repeatable): 'deploy --wave-by KEY' rolls out in waves by it")
 	cookie := cookieFlags(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
