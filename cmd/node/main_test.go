@@ -27,9 +27,19 @@ func TestMain(m *testing.M) {
 // TestCLI runs the scripts in testdata/script: what a user types, what they see, and the exit
 // status a shell script would branch on.
 func TestCLI(t *testing.T) {
+	// A script's HOME is /no-home, so the nodes the demo starts would build ducks with a cold
+	// build cache (the standard library from scratch: most of a minute). Share the user's.
+	gocache, err := exec.Command("go", "env", "GOCACHE").Output()
+	if err != nil {
+		t.Fatalf("go env GOCACHE: %v", err)
+	}
 	testscript.Run(t, testscript.Params{
 		Dir:                 filepath.Join("testdata", "script"),
 		RequireExplicitExec: true,
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("GOCACHE", strings.TrimSpace(string(gocache)))
+			return nil
+		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"exits":       cmdExits,
 			"json":        cmdJSON,
