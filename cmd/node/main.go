@@ -13,6 +13,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/duckraft/duckraft/agent"
 )
 
 // prog is the name this binary was invoked by: `go install` calls it node, which clashes with
@@ -53,13 +55,13 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %s\n      %s\n", strings.TrimSpace(prog+" "+c.name+" "+c.args), c.help)
 	}
 	fmt.Fprintf(w, `
-Client commands reach a node at --addr H:P (or $DUCKRAFT_ADDR, default 127.0.0.1:4370) and prove
+Client commands reach a node at --addr H:P (or $DUCKRAFT_ADDR, default %s) and prove
 the cluster cookie: --cookie-file F, or $DUCKRAFT_COOKIE, or ~/.duckraft.cookie.
 (--cookie C works too, but shows in ps to everyone on the machine.)
 These flags, --timeout D and --json may come before the command or after it:
   %s --addr 127.0.0.1:7002 members --json
 Run '%s COMMAND -h' for a command's flags.
-`, prog, prog)
+`, agent.DefaultAPIAddr, prog, prog)
 }
 
 func main() {
@@ -142,7 +144,7 @@ func splitGlobal(args []string) (name string, rest []string, err error) {
 	return "", nil, nil
 }
 
-var globalExample = map[string]string{"addr": "--addr 127.0.0.1:4370", "cookie": "--cookie C (--cookie-file F keeps it out of ps)", "cookie-file": "--cookie-file ~/.duckraft.cookie", "timeout": "--timeout 30s"}
+var globalExample = map[string]string{"addr": "--addr " + agent.DefaultAPIAddr, "cookie": "--cookie C (--cookie-file F keeps it out of ps)", "cookie-file": "--cookie-file ~/.duckraft.cookie", "timeout": "--timeout 30s"}
 
 // globalList names the global flags for an error message, in a stable order.
 func globalList() string {
