@@ -106,15 +106,16 @@ func runDemo(args []string) error {
 	}
 
 	step("the ducks quack (their output comes home) while clients POST /quack to every duck")
+	// One follower is enough: `logs` without a duck is cluster-wide, so node a relays every
+	// node's ducks. A follower per node printed each quack once per node.
 	follow, stopFollow := context.WithCancel(ctx)
 	var followers sync.WaitGroup
-	for _, n := range nodes {
-		cmd := c.Command(follow, n.API, "logs", "-f", "-n", "0")
-		cmd.Stdout = os.Stdout
-		if err := cmd.Start(); err == nil {
-			followers.Add(1)
-			go func() { defer followers.Done(); cmd.Wait() }()
-		}
+	fmt.Printf("$ %s logs -f -n 0\n", prog)
+	cmd := c.Command(follow, a.API, "logs", "-f", "-n", "0")
+	cmd.Stdout = os.Stdout
+	if err := cmd.Start(); err == nil {
+		followers.Add(1)
+		go func() { defer followers.Done(); cmd.Wait() }()
 	}
 	posts := startPosting(ducks, 1, 20*time.Millisecond)
 	sleep(ctx, 2*time.Second)

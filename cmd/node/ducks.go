@@ -22,7 +22,7 @@ import (
 	"github.com/duckraft/duckraft/term"
 )
 
-// runLoad is the seed's c("quacking_duck.ex"): build DIR on the node and swap its ducks to it.
+// runLoad is Erlang's c("quacking_duck.ex"): build DIR on one node and swap its ducks to it.
 func runLoad(args []string) error {
 	fs := flag.NewFlagSet("load", flag.ContinueOnError)
 	c := clientFlags(fs)
@@ -98,7 +98,7 @@ type envFlags []string
 func (e *envFlags) String() string     { return strings.Join(*e, ",") }
 func (e *envFlags) Set(v string) error { *e = append(*e, v); return nil }
 
-// runSpawn is the seed's QuackingDuck.start: start a duck and follow its output until Ctrl-C,
+// runSpawn is the walkthrough's QuackingDuck.start: start a duck and follow its output until Ctrl-C,
 // which leaves it running.
 func runSpawn(args []string) error {
 	fs := flag.NewFlagSet("spawn", flag.ContinueOnError)
@@ -129,7 +129,7 @@ func runSpawn(args []string) error {
 
 // follow prints a duck's (or every duck's) output, live if live is set, until Ctrl-C or the
 // node goes away. on names the node the duck runs on ("*": every node), reached through the
-// node at --addr, so the output comes home to the caller as in the seed's Node.spawn.
+// node at --addr, so the output comes home to the caller as with Erlang's Node.spawn.
 func follow(c *client, on, duck string, n int, live bool) error {
 	api, err := c.open()
 	if err != nil {

@@ -24,7 +24,7 @@ import (
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
-// runDeploy is the seed's nl for the whole cluster: commit DIR as a new version through the log
+// runDeploy is Erlang's nl with a rolling upgrade: commit DIR as a new version through the log
 // and follow the rollout node by node, like `kubectl rollout status`.
 func runDeploy(args []string) error {
 	fs := flag.NewFlagSet("deploy", flag.ContinueOnError)
@@ -32,7 +32,7 @@ func runDeploy(args []string) error {
 	c := clientFlags(fs)
 	msg := fs.String("m", "", "a message for the version, as a commit message")
 	var canary canaryFlag
-	fs.Var(&canary, "canary", "upgrade the first node (--canary=N: the first N) as a wave of its own, then wait for `rollout resume` or `rollout undo`")
+	fs.Var(&canary, "canary", "upgrade the first node (--canary=`N`: the first N) as a wave of its own, then wait for 'rollout resume' or 'rollout undo'")
 	maxPar := fs.String("max-parallel", "1", "nodes of a wave in their turn at once: a number, or a share of the nodes such as 20%")
 	fs.DurationVar(&p.AutoPromoteAfter, "auto-promote-after", 0, "with --canary: carry on by itself once the canaries stayed healthy this long")
 	fs.StringVar(&p.WaveBy, "wave-by", "", "a label the nodes were started with (start --label zone=eu-1): one wave per value, in natural order")
@@ -49,14 +49,7 @@ func runDeploy(args []string) error {
 	if err != nil {
 		return err
 	}
-	b, err := bundle.Pack(pos[0])
-	if err != nil {
-		return err
-	}
-	api, err := c.open()
-	if err != nil {
-		return err
-	}
+	// Every mistake in the flags is reported before the folder is read or the node is asked.
 	q := url.Values{"m": {*msg}, "author": {author()}}
 	p.Canaries = int(canary)
 	if pct, ok := strings.CutSuffix(*maxPar, "%"); ok {
@@ -88,13 +81,21 @@ func runDeploy(args []string) error {
 		q.Set("no_revert", "1")
 	}
 	if err := p.Validate(); err != nil {
-		return err
+		return usageError{err.Error()}
 	}
 	for name, d := range map[string]time.Duration{
 		"build_deadline": p.BuildDeadline, "progress_deadline": p.ProgressDeadline, "healthy": p.Healthy,
 		"start_deadline": p.StartDeadline, "down_after": p.DownAfter,
 	} {
 		q.Set(name, d.String())
+	}
+	b, err := bundle.Pack(pos[0])
+	if err != nil {
+		return err
+	}
+	api, err := c.open()
+	if err != nil {
+		return err
 	}
 	// --timeout bounds the commit; the rollout is followed for as long as it takes.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)

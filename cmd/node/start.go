@@ -56,7 +56,7 @@ func runStart(args []string) error {
 	voters := fs.Int("voters", consensus.DefaultVoters, "how many members vote while this node leads; every other member follows the log as a non-voter")
 	replaceAfter := fs.Duration("replace-voter-after", 10*time.Second, "a voter unreachable this long is replaced by a reachable non-voter while this node leads")
 	labels := labelFlag{}
-	fs.Var(labels, "label", "a label KEY=VALUE describing the node, such as zone=eu-1 (repeatable): `deploy --wave-by KEY` rolls out in waves by it")
+	fs.Var(labels, "label", "a label `KEY=VALUE` describing the node, such as zone=eu-1 (repeatable): 'deploy --wave-by KEY' rolls out in waves by it")
 	cookie := cookieFlags(fs)
 	if _, err := parse(fs, args); err != nil {
 		return err
