@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/runtime/duckuser"
 	"github.com/duckraft/duckraft/wire"
 )
 
@@ -50,6 +51,7 @@ func runStart(args []string) error {
 	readyTimeout := fs.Duration("ready-timeout", 0, "how long a new duck generation may take to become Ready (default 10s)")
 	healthy := fs.Duration("healthy", 0, "how long a swapped duck must stay up before the swap counts (default 500ms)")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address, in plain HTTP and without the cookie (off unless set)")
+	duckUserName := fs.String("duck-user", "", "run ducks as this existing user; needs root (default as root: the user "+duckuser.DefaultName+", made if missing; without root: the node's own user)")
 	labels := labelFlag{}
 	fs.Var(labels, "label", "a label KEY=VALUE describing the node, such as zone=eu-1 (repeatable): `deploy --wave-by KEY` rolls out in waves by it")
 	cookie := cookieFlags(fs)
@@ -66,12 +68,17 @@ func runStart(args []string) error {
 		}
 		*dataDir = filepath.Join(home, ".duckraft", *name)
 	}
+	// Who the ducks run as, settled before anything else: a wrong --duck-user is the user's to fix.
+	duckUser, err := duckuser.Choose(*duckUserName, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name))
+	if err != nil {
+		return err
+	}
 	// Catch the stop signals before anything starts: a supervisor (or a test) may send SIGTERM
 	// the moment the ready line appears, and the default action would skip the graceful stop.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	// Before the cookie is in memory: ducks run as this user, and a process of the same user can
-	// read another's /proc/PID/environ and mem (where DUCKRAFT_COOKIE stays after Unsetenv, and
+	// Before the cookie is in memory: ducks may run as this user (without root), and a process of
+	// the same user can read another's /proc/PID/environ and mem (where DUCKRAFT_COOKIE stays after Unsetenv, and
 	// the cookie after that) unless it is not dumpable. Its children are dumpable again after
 	// exec, so this costs the ducks nothing.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
@@ -92,6 +99,7 @@ func runStart(args []string) error {
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
 		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr, Labels: labels,
+		DuckUser: duckUser,
 	})
 	if err != nil {
 		return err

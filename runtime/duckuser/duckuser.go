@@ -51,7 +51,7 @@ var ErrNotRoot = errors.New("--duck-user needs the node to run as root")
 // Lookup returns the existing user name, refusing root: ducks as root would hold every authority.
 func Lookup(name string) (*User, error) {
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("%w (it starts ducks with that user's credentials, which only root may do); leave it out, and ducks run as the node's own user (`status` says what that means)", ErrNotRoot)
+		return nil, ErrNotRoot
 	}
 	u, err := user.Lookup(name)
 	if err != nil {
@@ -156,4 +156,20 @@ func (u *User) CheckReach(path string) error {
 			return nil
 		}
 	}
+}
+
+// Choose returns who a node's ducks run as: the user name (which must exist) when given, else
+// the dedicated user, when the node runs as root; nil (the node's own user) when it does not,
+// where a name is an error: setuid needs root.
+func Choose(name string, log *slog.Logger) (*User, error) {
+	if os.Geteuid() != 0 {
+		if name != "" {
+			return nil, fmt.Errorf("--duck-user %s: %w (it starts ducks with that user's credentials, which only root may do); leave it out, and ducks run as the node's own user (`status` says what that means)", name, ErrNotRoot)
+		}
+		return nil, nil
+	}
+	if name != "" {
+		return Lookup(name)
+	}
+	return Dedicated(log)
 }

@@ -249,6 +249,15 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) error {
 	s.ducks[spec.ID] = d
 	s.mu.Unlock()
 
+	if u := s.cfg.User; u != nil {
+		// Else exec fails with a bare "permission denied".
+		if err := u.CheckReach(d.dir); err != nil { // its own folder is made 0710 below
+			s.forget(d)
+			close(d.finished)
+			return fmt.Errorf("supervise: starting duck %q: %w", spec.ID, err)
+		}
+	}
+
 	if err := d.start(ctx, spec.Binary); err != nil {
 		s.forget(d)
 		close(d.finished)
