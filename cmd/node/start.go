@@ -44,7 +44,7 @@ func runCookie(args []string) error {
 func runStart(args []string) error {
 	fs := flag.NewFlagSet("start", flag.ContinueOnError)
 	name := fs.String("name", "", "the node's name, unique in its cluster (required)")
-	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME)")
+	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME; as root, "+duckuser.DataRoot+"/NAME unless the former exists)")
 	apiAddr := fs.String("api-addr", "", "address the API listens on (default "+agent.DefaultAPIAddr+", or the one this data folder's node had)")
 	raftAddr := fs.String("raft-addr", "", "address Raft listens on (default "+agent.DefaultRaftAddr+", or the one this data folder's node had)")
 	adv := fs.String("advertise", "", "host peers and clients dial, needed when binding 0.0.0.0")
@@ -61,17 +61,25 @@ func runStart(args []string) error {
 	if *name == "" {
 		return usageError{"a node needs a name: --name NAME"}
 	}
+	// Who the ducks run as, settled before anything else: a wrong --duck-user is the user's to fix.
+	duckUser, err := duckuser.Choose(*duckUserName, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name))
+	if err != nil {
+		return err
+	}
 	if *dataDir == "" {
 		home, err := os.UserHomeDir()
 		if err != nil {
 			return fmt.Errorf("no home folder for the default data folder: %w; pass --data-dir", err)
 		}
 		*dataDir = filepath.Join(home, ".duckraft", *name)
-	}
-	// Who the ducks run as, settled before anything else: a wrong --duck-user is the user's to fix.
-	duckUser, err := duckuser.Choose(*duckUserName, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name))
-	if err != nil {
-		return err
+		if _, err := os.Stat(*dataDir); err != nil && duckUser != nil {
+			// Root's home is closed to the duck user, who must reach its binary in the data
+			// folder: a root node keeps its data where daemons do.
+			*dataDir = filepath.Join(duckuser.DataRoot, *name)
+			if err := os.Mkdir(duckuser.DataRoot, 0o711); err != nil && !os.IsExist(err) {
+				return fmt.Errorf("default data folder: %w; pass --data-dir", err)
+			}
+		}
 	}
 	// Catch the stop signals before anything starts: a supervisor (or a test) may send SIGTERM
 	// the moment the ready line appears, and the default action would skip the graceful stop.

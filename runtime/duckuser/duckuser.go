@@ -27,6 +27,10 @@ import (
 	"time"
 )
 
+// DataRoot holds a root node's default data folder: root's home is closed to the duck user, who
+// must traverse to its binary in the data folder. Made 0711: traversed, not listed.
+const DataRoot = "/var/lib/duckraft"
+
 // DefaultName is the user a root node makes for its ducks when --duck-user is not given.
 const DefaultName = "duckraft-duck"
 
