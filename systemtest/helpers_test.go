@@ -89,7 +89,7 @@ func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localc
 // reachableTempDir is t.TempDir with its parent (0700, root's when the tests run as root) made
 // traversable, not listable, by others: a root node's ducks run as another user, who must reach
 // the data folders inside to execute their binaries, as under /var/lib.
-func reachableTempDir(t *testing.T) string {
+func reachableTempDir(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {

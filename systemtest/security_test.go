@@ -262,7 +262,9 @@ func TestDataFolderIsPrivate(t *testing.T) {
 // A node started with no cookie makes ~/.duckraft.cookie at random with mode 0600, a client on
 // the same account then uses it, and a cookie file that others may read is refused.
 func TestDefaultCookieFileIsPrivate(t *testing.T) {
-	home := t.TempDir()
+	// A home the duck user can pass through (as most are), so that a root node keeps its
+	// default data folder there rather than in /var/lib/duckraft.
+	home := reachableTempDir(t)
 	env := cleanEnv(home)
 	n := startRaw(t, env, "start", "--name", "a", "--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0")
 	api, _, exited := n.ready(t)
@@ -281,8 +283,14 @@ func TestDefaultCookieFileIsPrivate(t *testing.T) {
 	if err != nil || len(bytes.TrimSpace(cookie)) < 16 {
 		t.Fatalf("cookie file holds %q (%v), want a long random secret", cookie, err)
 	}
-	if fi, err := os.Stat(filepath.Join(home, ".duckraft", "a")); err != nil || fi.Mode().Perm() != 0o700 {
-		t.Errorf("default data folder: %v, %v; want mode 0700", fi.Mode(), err)
+	want := fs.FileMode(0o700)
+	if os.Geteuid() == 0 {
+		want = 0o710 // traversed by the duck user's group
+	}
+	if fi, err := os.Stat(filepath.Join(home, ".duckraft", "a")); err != nil {
+		t.Fatalf("default data folder: %v", err)
+	} else if fi.Mode().Perm() != want {
+		t.Errorf("default data folder has mode %04o, want %04o", fi.Mode().Perm(), want)
 	}
 	if strings.Contains(n.out.String(), strings.TrimSpace(string(cookie))) {
 		t.Errorf("the node printed the cookie it made:\n%s", n.out.String())
@@ -330,7 +338,7 @@ func TestCookieNeverLeaks(t *testing.T) {
 	dc := newDuckCluster(t)
 	c, nodes := dc.c, dc.nodes
 
-	other := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	other := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	if _, errOut, err := tryCLI(other, nodes[0].API, "members"); err == nil || !strings.Contains(errOut, "cookies differ") {
 		t.Fatalf("members with another cookie: err=%v, stderr=%q", err, errOut)
 	}

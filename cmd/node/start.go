@@ -44,7 +44,7 @@ func runCookie(args []string) error {
 func runStart(args []string) error {
 	fs := flag.NewFlagSet("start", flag.ContinueOnError)
 	name := fs.String("name", "", "the node's name, unique in its cluster (required)")
-	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME; as root, "+duckuser.DataRoot+"/NAME unless the former exists)")
+	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME; as root, "+duckuser.DataRoot+"/NAME if the duck user cannot pass through ~)")
 	apiAddr := fs.String("api-addr", "", "address the API listens on (default "+agent.DefaultAPIAddr+", or the one this data folder's node had)")
 	raftAddr := fs.String("raft-addr", "", "address Raft listens on (default "+agent.DefaultRaftAddr+", or the one this data folder's node had)")
 	adv := fs.String("advertise", "", "host peers and clients dial, needed when binding 0.0.0.0")
@@ -72,11 +72,8 @@ func runStart(args []string) error {
 			return fmt.Errorf("no home folder for the default data folder: %w; pass --data-dir", err)
 		}
 		*dataDir = filepath.Join(home, ".duckraft", *name)
-		if _, err := os.Stat(*dataDir); err != nil && duckUser != nil {
-			// Root's home is closed to the duck user, who must reach its binary in the data
-			// folder: a root node keeps its data where daemons do.
-			*dataDir = filepath.Join(duckuser.DataRoot, *name)
-			if err := os.Mkdir(duckuser.DataRoot, 0o711); err != nil && !os.IsExist(err) {
+		if duckUser != nil {
+			if *dataDir, err = duckuser.DefaultDataDir(home, *name, duckUser); err != nil {
 				return fmt.Errorf("default data folder: %w; pass --data-dir", err)
 			}
 		}

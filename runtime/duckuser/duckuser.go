@@ -27,8 +27,8 @@ import (
 	"time"
 )
 
-// DataRoot holds a root node's default data folder: root's home is closed to the duck user, who
-// must traverse to its binary in the data folder. Made 0711: traversed, not listed.
+// DataRoot holds a root node's default data folder when root's home is closed to the duck user,
+// who must traverse to its binary in the data folder. Made 0711: traversed, not listed.
 const DataRoot = "/var/lib/duckraft"
 
 // DefaultName is the user a root node makes for its ducks when --duck-user is not given.
@@ -176,4 +176,21 @@ func Choose(name string, log *slog.Logger) (*User, error) {
 		return Lookup(name)
 	}
 	return Dedicated(log)
+}
+
+// DefaultDataDir is a root node's default data folder: ~/.duckraft/NAME, as for anyone, when u
+// can pass through home (~/.duckraft is then made 0711, traversed, not listed); else, as root's
+// home usually is closed (0700), DataRoot/NAME, where daemons keep theirs.
+func DefaultDataDir(home, name string, u *User) (string, error) {
+	base := filepath.Join(home, ".duckraft")
+	if _, err := os.Stat(filepath.Join(base, name)); err == nil {
+		return filepath.Join(base, name), nil // keep where its data is; Start says if u cannot reach it
+	}
+	if u.CheckReach(base) != nil {
+		base = DataRoot
+	}
+	if err := os.Mkdir(base, 0o711); err != nil && !os.IsExist(err) {
+		return "", err
+	}
+	return filepath.Join(base, name), nil
 }
