@@ -25,6 +25,7 @@ import (
 	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/owned"
 	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/duckuser"
 	"github.com/duckraft/duckraft/runtime/supervise"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -55,6 +56,8 @@ type Config struct {
 	// non-voter takes its place (0: 10s).
 	Voters            int
 	ReplaceVoterAfter time.Duration
+	// DuckUser, when set, is who ducks run as (a root node's); nil runs them as the node's user.
+	DuckUser *duckuser.User
 }
 
 // Default addresses of a node started without flags: loopback only, so nothing off the machine
@@ -130,6 +133,17 @@ func Start(cfg Config) (*Agent, error) {
 	// nobody else on the machine should read or plant anything there, nor have made it first.
 	if err := owned.Dir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data folder: %w", err)
+	}
+	if u := cfg.DuckUser; u != nil {
+		if err := openToDucks(cfg.DataDir, u); err != nil {
+			return nil, fmt.Errorf("data folder: %w", err)
+		}
+		if err := closeGoCache(); err != nil {
+			return nil, err
+		}
+		if err := u.CheckReach(filepath.Join(cfg.DataDir, "ducks")); err != nil {
+			cfg.Log.Warn("ducks will not start until this is fixed", "err", err)
+		}
 	}
 	stored, err := loadIdentity(cfg.DataDir)
 	if err != nil {

@@ -139,6 +139,7 @@ func (a *Agent) startRuntime() error {
 		Log:          a.log,
 		ReadyTimeout: a.cfg.ReadyTimeout,
 		Healthy:      a.cfg.Healthy,
+		User:         a.cfg.DuckUser,
 	})
 	if err != nil {
 		return err

@@ -2,9 +2,7 @@ package agent
 
 import (
 	"context"
-	"fmt"
 	"net/http"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,20 +19,14 @@ type Local struct {
 	Version string     `json:"version,omitempty"` // bundle ID
 	Label   string     `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
 	Ducks   []DuckInfo `json:"ducks"`
-	// DuckUser says whose authority ducks run with. Today always the node's own user: see
-	// docs/SECURITY.md for what a duck can and cannot reach.
+	// DuckUser says whose authority ducks run with: a user of their own on a root node, else
+	// "shared with the node (uid N)". See docs/SECURITY.md for what a duck can and cannot reach.
 	DuckUser string `json:"duck_user,omitempty"`
 }
 
 func (a *Agent) localView() Local {
 	id := a.snapshotLocal().Version
-	return Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: a.localDucks(), DuckUser: duckUser()}
-}
-
-// duckUser describes the user ducks run as: the node's, since ducks are not yet started as a
-// separate user.
-func duckUser() string {
-	return fmt.Sprintf("shared with the node (uid %d)", os.Getuid())
+	return Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: a.localDucks(), DuckUser: a.duckUser()}
 }
 
 // versionLabel names a version as users see it: vN once committed; a loaded but uncommitted one

@@ -79,7 +79,7 @@ func raiseFileLimit(t *testing.T, want uint64) {
 // members (Raft commits through it) and its clients, and counts what it refused.
 func TestStrangersConnectionsLeaveNodeServing(t *testing.T) {
 	raiseFileLimit(t, 8000)
-	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() { c.StopAll(20 * time.Second) })
 	a, err := c.Start("a", "--metrics-addr", "127.0.0.1:0")
 	if err != nil {

@@ -119,7 +119,7 @@ func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecon
 // --healthy 200ms, running duck/ as version 1 with one duck each.
 func newBenchDuckCluster(b *testing.B) (*localcluster.Cluster, []*localcluster.Node) {
 	b.Helper()
-	c := &localcluster.Cluster{Bin: bin, Root: b.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(b), Cookie: randomCookie()}
 	var nodes []*localcluster.Node
 	b.Cleanup(func() {
 		if err := c.StopAll(10 * time.Second); err != nil {

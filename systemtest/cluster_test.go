@@ -73,7 +73,7 @@ func TestWrongCookieCannotConnect(t *testing.T) {
 	before := view(members(c, nodes[0].API))
 
 	// x runs with another cookie: its own client reaches it, but it cannot reach the cluster.
-	other := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	other := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() { other.StopAll(10 * time.Second) })
 	x, err := other.Start("x")
 	if err != nil {
@@ -128,7 +128,7 @@ func TestSecondNodeWithSameNameIsRefused(t *testing.T) {
 	connectAll(t, c, nodes)
 	before := view(members(c, nodes[0].API))
 
-	twin := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: c.Cookie}
+	twin := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: c.Cookie}
 	t.Cleanup(func() { twin.StopAll(10 * time.Second) })
 	b2, err := twin.Start("b")
 	if err != nil {

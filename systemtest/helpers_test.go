@@ -64,7 +64,7 @@ func randomCookie() string {
 // ends and printing their logs if it failed.
 func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localcluster.Node) {
 	t.Helper()
-	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	var nodes []*localcluster.Node
 	t.Cleanup(func() {
 		if err := c.StopAll(10 * time.Second); err != nil {
@@ -84,6 +84,18 @@ func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localc
 		nodes = append(nodes, n)
 	}
 	return c, nodes
+}
+
+// reachableTempDir is t.TempDir with its parent (0700, root's when the tests run as root) made
+// traversable, not listable, by others: a root node's ducks run as another user, who must reach
+// the data folders inside to execute their binaries, as under /var/lib.
+func reachableTempDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.Chmod(filepath.Dir(dir), 0o711); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }
 
 // cli runs a client command against addr and fails the test if it fails.

@@ -39,7 +39,7 @@ func metric(page, series string) float64 {
 // /metrics answers without the cookie, reveals nothing secret, and counts what happened: Raft
 // role and commit index, versions, builds, swaps, refused connections.
 func TestMetricsWithoutCookie(t *testing.T) {
-	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() { c.StopAll(20 * time.Second) })
 	a, err := c.Start("a", "--metrics-addr", "127.0.0.1:0")
 	if err != nil {
@@ -56,7 +56,7 @@ func TestMetricsWithoutCookie(t *testing.T) {
 	cli(t, c, a.API, "deploy", "../duck")
 	cli(t, c, a.API, "spawn", "--detach")
 	cli(t, c, a.API, "load", "../testdata/duck-v2")
-	other := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	other := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	tryCLI(other, a.API, "members") // refused: another cookie
 
 	waitFor(t, "the counts to show on /metrics", 10*time.Second, func() bool {

@@ -375,7 +375,7 @@ func TestNodeThatJoinsLaterGetsTheVersionAndSameBundleIsNotNew(t *testing.T) {
 // Waves by a label the nodes were started with, two nodes of a wave at a time, the order
 // natural inside each wave and shown to every node at the commit.
 func TestWavesByLabelGoOneAfterTheOther(t *testing.T) {
-	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() {
 		c.StopAll(10 * time.Second)
 		if t.Failed() {
@@ -435,7 +435,7 @@ func TestToolchainDriftIsShownAndHaltsWithSameBinary(t *testing.T) {
 	if err := os.WriteFile(drift, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() {
 		c.StopAll(10 * time.Second)
 		if t.Failed() {

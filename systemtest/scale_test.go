@@ -34,7 +34,7 @@ func scaleNodes(t *testing.T) int {
 // failed, every count exact.
 func TestHundredNodes(t *testing.T) {
 	size := scaleNodes(t)
-	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() {
 		c.StopAll(30 * time.Second)
 		if t.Failed() {

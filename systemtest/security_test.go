@@ -211,8 +211,21 @@ func TestDataFolderIsPrivate(t *testing.T) {
 			}
 			return fi.Mode().Perm()
 		}
-		if m := mode(a.Dir); m != 0o700 {
-			t.Errorf("%s: data folder %s has mode %04o, want 0700", when, a.Dir, m)
+		// As root, ducks run as a user of their own, who may traverse the folder to ducks/
+		// (0710, the duck user's group) and nothing else.
+		want := fs.FileMode(0o700)
+		if os.Geteuid() == 0 {
+			want = 0o710
+		}
+		if m := mode(a.Dir); m != want {
+			t.Errorf("%s: data folder %s has mode %04o, want %04o", when, a.Dir, m, want)
+		}
+		if ents, err := os.ReadDir(a.Dir); err == nil {
+			for _, e := range ents {
+				if e.Name() != "ducks" && mode(filepath.Join(a.Dir, e.Name()))&0o077 != 0 {
+					t.Errorf("%s: %s in the data folder is open to its group or others", when, e.Name())
+				}
+			}
 		}
 		for _, name := range []string{"node.json", "local.json"} {
 			if m := mode(filepath.Join(a.Dir, name)); m != 0o600 {
@@ -249,7 +262,9 @@ func TestDataFolderIsPrivate(t *testing.T) {
 // A node started with no cookie makes ~/.duckraft.cookie at random with mode 0600, a client on
 // the same account then uses it, and a cookie file that others may read is refused.
 func TestDefaultCookieFileIsPrivate(t *testing.T) {
-	home := t.TempDir()
+	// A home the duck user can pass through (as most are), so that a root node keeps its
+	// default data folder there rather than in /var/lib/duckraft.
+	home := reachableTempDir(t)
 	env := cleanEnv(home)
 	n := startRaw(t, env, "start", "--name", "a", "--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0")
 	api, _, exited := n.ready(t)
@@ -268,8 +283,14 @@ func TestDefaultCookieFileIsPrivate(t *testing.T) {
 	if err != nil || len(bytes.TrimSpace(cookie)) < 16 {
 		t.Fatalf("cookie file holds %q (%v), want a long random secret", cookie, err)
 	}
-	if fi, err := os.Stat(filepath.Join(home, ".duckraft", "a")); err != nil || fi.Mode().Perm() != 0o700 {
-		t.Errorf("default data folder: %v, %v; want mode 0700", fi.Mode(), err)
+	want := fs.FileMode(0o700)
+	if os.Geteuid() == 0 {
+		want = 0o710 // traversed by the duck user's group
+	}
+	if fi, err := os.Stat(filepath.Join(home, ".duckraft", "a")); err != nil {
+		t.Fatalf("default data folder: %v", err)
+	} else if fi.Mode().Perm() != want {
+		t.Errorf("default data folder has mode %04o, want %04o", fi.Mode().Perm(), want)
 	}
 	if strings.Contains(n.out.String(), strings.TrimSpace(string(cookie))) {
 		t.Errorf("the node printed the cookie it made:\n%s", n.out.String())
@@ -317,7 +338,7 @@ func TestCookieNeverLeaks(t *testing.T) {
 	dc := newDuckCluster(t)
 	c, nodes := dc.c, dc.nodes
 
-	other := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	other := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	if _, errOut, err := tryCLI(other, nodes[0].API, "members"); err == nil || !strings.Contains(errOut, "cookies differ") {
 		t.Fatalf("members with another cookie: err=%v, stderr=%q", err, errOut)
 	}

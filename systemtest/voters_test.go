@@ -25,7 +25,7 @@ func suffrages(ms []agent.MemberStatus) (voters, nonvoters []string) {
 // (promoted first, then the dead one demoted), so the cluster keeps tolerating two failures;
 // back, the old voter stays a non-voter.
 func TestFiveVotersAndALostOneIsReplaced(t *testing.T) {
-	c := &localcluster.Cluster{Bin: bin, Root: t.TempDir(), Cookie: randomCookie()}
+	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() {
 		c.StopAll(10 * time.Second)
 		if t.Failed() {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/runtime/duckuser"
 	"github.com/duckraft/duckraft/wire"
 )
 
@@ -45,7 +46,7 @@ func runCookie(args []string) error {
 func runStart(args []string) error {
 	fs := flag.NewFlagSet("start", flag.ContinueOnError)
 	name := fs.String("name", "", "the node's name, unique in its cluster (required)")
-	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME)")
+	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME; as root, "+duckuser.DataRoot+"/NAME if the duck user cannot pass through ~)")
 	apiAddr := fs.String("api-addr", "", "address the API listens on (default "+agent.DefaultAPIAddr+", or the one this data folder's node had)")
 	raftAddr := fs.String("raft-addr", "", "address Raft listens on (default "+agent.DefaultRaftAddr+", or the one this data folder's node had)")
 	adv := fs.String("advertise", "", "host peers and clients dial, needed when binding 0.0.0.0")
@@ -55,6 +56,7 @@ func runStart(args []string) error {
 	goBin := fs.String("go", "", "the go command to build ducks with (default: go on PATH)")
 	voters := fs.Int("voters", consensus.DefaultVoters, "how many members vote while this node leads; every other member follows the log as a non-voter")
 	replaceAfter := fs.Duration("replace-voter-after", 10*time.Second, "a voter unreachable this long is replaced by a reachable non-voter while this node leads")
+	duckUserName := fs.String("duck-user", "", "run ducks as this existing user; needs root (default as root: the user "+duckuser.DefaultName+", made if missing; without root: the node's own user)")
 	labels := labelFlag{}
 	fs.Var(labels, "label", "a label `KEY=VALUE` describing the node, such as zone=eu-1 (repeatable): 'deploy --wave-by KEY' rolls out in waves by it")
 	cookie := cookieFlags(fs)
@@ -64,19 +66,29 @@ func runStart(args []string) error {
 	if *name == "" {
 		return usageError{"a node needs a name: --name NAME"}
 	}
+	// Who the ducks run as, settled before anything else: a wrong --duck-user is the user's to fix.
+	duckUser, err := duckuser.Choose(*duckUserName, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name))
+	if err != nil {
+		return err
+	}
 	if *dataDir == "" {
 		home, err := os.UserHomeDir()
 		if err != nil {
 			return fmt.Errorf("no home folder for the default data folder: %w; pass --data-dir", err)
 		}
 		*dataDir = filepath.Join(home, ".duckraft", *name)
+		if duckUser != nil {
+			if *dataDir, err = duckuser.DefaultDataDir(home, *name, duckUser); err != nil {
+				return fmt.Errorf("default data folder: %w; pass --data-dir", err)
+			}
+		}
 	}
 	// Catch the stop signals before anything starts: a supervisor (or a test) may send SIGTERM
 	// the moment the ready line appears, and the default action would skip the graceful stop.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	// Before the cookie is in memory: ducks run as this user, and a process of the same user can
-	// read another's /proc/PID/environ and mem (where DUCKRAFT_COOKIE stays after Unsetenv, and
+	// Before the cookie is in memory: ducks may run as this user (without root), and a process of
+	// the same user can read another's /proc/PID/environ and mem (where DUCKRAFT_COOKIE stays after Unsetenv, and
 	// the cookie after that) unless it is not dumpable. Its children are dumpable again after
 	// exec, so this costs the ducks nothing.
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
@@ -97,7 +109,7 @@ func runStart(args []string) error {
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
 		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr, Labels: labels, GoBin: *goBin,
-		Voters: *voters, ReplaceVoterAfter: *replaceAfter,
+		Voters: *voters, ReplaceVoterAfter: *replaceAfter, DuckUser: duckUser,
 	})
 	if err != nil {
 		return err

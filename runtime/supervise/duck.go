@@ -125,7 +125,8 @@ func (d *duck) running(p *proc) {
 // environ is the environment of a first generation: the agent's own,
 // without DUCK_ variables meant for the agent and without DUCKRAFT_ ones
 // (DUCKRAFT_COOKIE is the key to the whole cluster; a duck is a workload,
-// not a member), then the spec's, then the contract of runtime/hotswap,
+// not a member), with HOME and TMPDIR in its own folder when it runs as a
+// duck user, then the spec's, then the contract of runtime/hotswap,
 // which wins.
 func (d *duck) environ() []string {
 	var env []string
@@ -133,6 +134,11 @@ func (d *duck) environ() []string {
 		if !strings.HasPrefix(kv, "DUCK_") && !strings.HasPrefix(kv, "DUCKRAFT_") {
 			env = append(env, kv)
 		}
+	}
+	if d.cfg.User != nil {
+		// The node's HOME and TMPDIR are closed to the duck user; its own
+		// folder is not (hotswap hands the state over through a temp file).
+		env = append(env, "HOME="+d.path(runName), "TMPDIR="+d.path(runName))
 	}
 	env = append(env, d.extraEnv...)
 	d.mu.Lock()
@@ -151,6 +157,34 @@ func (d *duck) environ() []string {
 	)
 }
 
+// credential is who the duck's processes run as: nil, the node's user,
+// unless the supervisor has a duck user.
+func (d *duck) credential() *syscall.Credential {
+	if d.cfg.User == nil {
+		return nil
+	}
+	return d.cfg.User.Credential()
+}
+
+// moveOldState moves a state file saved before ducks had a folder of their
+// own into run/, where the duck (as its own user) can read and replace it.
+func (d *duck) moveOldState() error {
+	old, state := d.path(oldStateName), d.path(stateName)
+	if _, err := os.Lstat(old); err != nil {
+		return nil
+	}
+	if _, err := os.Lstat(state); err == nil {
+		return os.Remove(old) // the newer one wins
+	}
+	if err := os.Rename(old, state); err != nil {
+		return err
+	}
+	if u := d.cfg.User; u != nil {
+		return os.Lchown(state, int(u.UID), int(u.GID))
+	}
+	return nil
+}
+
 // start installs the binary and starts the first generation (Start).
 func (d *duck) start(ctx context.Context, binary string) error {
 	fail := func(format string, args ...any) error {
@@ -161,8 +195,14 @@ func (d *duck) start(ctx context.Context, binary string) error {
 		d.log.Error("duck did not start", "err", err)
 		return err
 	}
-	if err := os.MkdirAll(d.dir, 0o755); err != nil {
+	if err := nodeDir(d.dir, d.cfg.User); err != nil {
 		return fail("%w", err)
+	}
+	if err := duckDir(d.path(runName), d.cfg.User); err != nil {
+		return fail("making the duck's own folder: %w", err)
+	}
+	if err := d.moveOldState(); err != nil {
+		return fail("moving its state file into %s: %w", d.path(runName), err)
 	}
 	tmp, err := stage(d.dir, binary)
 	if err != nil {
@@ -217,7 +257,7 @@ func (d *duck) spawn() (*run, *proc, error) {
 		return &exec.Cmd{
 			Path:       stable,
 			Args:       []string{stable}, // tableflip re-executes os.Args[0]
-			Dir:        d.dir,
+			Dir:        d.path(runName),
 			Env:        env,
 			Stdout:     outW, // an *os.File is inherited as is, by every generation
 			Stderr:     errW,
@@ -225,7 +265,7 @@ func (d *duck) spawn() (*run, *proc, error) {
 			// Its own process group: a Ctrl-C at the agent's terminal is
 			// the agent's to handle, and it stops its ducks (or they see
 			// the lifeline close).
-			SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+			SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Credential: d.credential()},
 		}
 	})
 	// Only the ducks keep these ends: the pipes' EOF then means every
@@ -517,14 +557,16 @@ func (d *duck) swap(op swapOp) error {
 	pidFile := d.path(pidName)
 	var next *proc
 	for next == nil {
-		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid {
+		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && ownedBy(pid, d.cfg.User) {
 			next = r.adopt(pid)
 			break
 		}
 		// Watch the new process before it is Ready, so that it is reaped
 		// and killed with the run even if the old one dies first.
 		for _, pid := range childrenOf(old.pid) {
-			r.adopt(pid)
+			if ownedBy(pid, d.cfg.User) {
+				r.adopt(pid)
+			}
 		}
 		select {
 		case report := <-failures:
@@ -533,7 +575,7 @@ func (d *duck) swap(op swapOp) error {
 			return fail("the new version did not take over: %s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again%s",
 				reportedErr(report), oldVersion, old.pid, stable, op.version, tail(r.stderrSince(mark)))
 		case <-old.done:
-			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid {
+			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && ownedBy(pid, d.cfg.User) {
 				next = r.adopt(pid) // it handed over before we looked
 				continue
 			}

@@ -39,6 +39,25 @@
 // write end only the supervisor holds; every generation inherits it, and
 // sees EOF when the agent dies, so ducks die with their agent even across
 // swaps (Pdeathsig would not: it is cleared across fork).
+//
+// # Users
+//
+// With Config.User set (a root node), ducks run with that user's
+// credentials and no supplementary groups, and the folders are laid out so
+// that a duck can run, swap and keep its state but change nothing the node
+// executes:
+//
+//	Dir/            root, group User's, 0710: traversed, not listed
+//	Dir/<id>/       root, group User's, 0710
+//	Dir/<id>/duck   root 0755: exec'd by tableflip, replaced by the node (rename)
+//	Dir/<id>/version root 0644
+//	Dir/<id>/run/   User's, 0700: the PID file and state file (tableflip and
+//	                the SDK write both by rename in their folder), and the
+//	                duck's working directory
+//
+// A PID the duck writes in its PID file is believed only for a process of
+// User: otherwise a duck could name any process for the node to signal.
+// The lifeline and the listeners are descriptors, inherited whoever runs.
 package supervise
 
 import (
@@ -47,7 +66,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -55,15 +73,21 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/duckraft/duckraft/runtime/duckuser"
 )
 
 // Config configures a Supervisor; zero fields take the defaults below.
 type Config struct {
 	// Dir is the node's ducks folder: Dir/<id>/ holds the stable binary
-	// path (duck), the PID file (pid), the version file (version) and the
-	// state file (state.json).
+	// path (duck) and the version file (version), which only the node
+	// writes, and run/, the duck's own folder and its working directory,
+	// which holds the PID file (pid) and the state file (state.json).
 	Dir string
-	Log *slog.Logger
+	// User, when set, is who ducks run as (see the package doc, # Users);
+	// nil runs them as this process's user.
+	User *duckuser.User
+	Log  *slog.Logger
 	// OnLine is called for every line any duck prints, from the goroutine
 	// reading that duck's output: it must return quickly, or the duck
 	// blocks on a full pipe.
@@ -163,7 +187,7 @@ func New(cfg Config) (*Supervisor, error) {
 		return nil, fmt.Errorf("supervise: %w", err)
 	}
 	cfg.Dir = dir
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := nodeDir(dir, cfg.User); err != nil {
 		return nil, fmt.Errorf("supervise: creating the ducks folder: %w", err)
 	}
 	if cfg.Log == nil {
@@ -224,6 +248,15 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) error {
 	d := newDuck(s, spec)
 	s.ducks[spec.ID] = d
 	s.mu.Unlock()
+
+	if u := s.cfg.User; u != nil {
+		// Else exec fails with a bare "permission denied".
+		if err := u.CheckReach(d.dir); err != nil { // its own folder is made 0710 below
+			s.forget(d)
+			close(d.finished)
+			return fmt.Errorf("supervise: starting duck %q: %w", spec.ID, err)
+		}
+	}
 
 	if err := d.start(ctx, spec.Binary); err != nil {
 		s.forget(d)
