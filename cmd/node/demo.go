@@ -149,6 +149,12 @@ func tempCluster(prefix string) (c *localcluster.Cluster, v1, v2 string, err err
 	if err != nil {
 		return nil, "", "", err
 	}
+	// A root node runs its ducks as a user of their own, which must pass through this folder to
+	// reach its own (never list it: the nodes' data folders keep their own modes).
+	if err := os.Chmod(root, 0o711); err != nil {
+		os.RemoveAll(root)
+		return nil, "", "", err
+	}
 	if v1, v2, err = demoSources(root); err != nil {
 		os.RemoveAll(root)
 		return nil, "", "", err
