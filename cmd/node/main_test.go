@@ -38,6 +38,13 @@ func TestCLI(t *testing.T) {
 		RequireExplicitExec: true,
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("GOCACHE", strings.TrimSpace(string(gocache)))
+			// A root node runs its ducks as a user of their own, who must pass through the
+			// script's folders (never list them) to reach its own.
+			for _, dir := range []string{env.WorkDir, filepath.Dir(env.WorkDir)} {
+				if err := os.Chmod(dir, 0o711); err != nil {
+					return err
+				}
+			}
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -144,7 +151,7 @@ func cmdStartNode(ts *testscript.TestScript, neg bool, args []string) {
 	ts.Check(err)
 	cookie := strings.TrimSpace(ts.ReadFile("cookie"))
 	c := &localcluster.Cluster{Bin: bin, Root: ts.MkAbs("nodes"), Cookie: cookie}
-	ts.Check(os.MkdirAll(c.Root, 0o700))
+	ts.Check(os.MkdirAll(c.Root, 0o711))
 	n, err := c.Start(args[0], args[1:]...)
 	ts.Check(err)
 	ts.Defer(func() {
