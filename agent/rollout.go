@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/duckraft/duckraft/consensus"
@@ -296,9 +297,39 @@ func (a *Agent) report(n int, phase rollout.Phase, msg string) bool {
 	return a.sendReport(consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: phase, Error: msg})
 }
 
-// reportBuilt says this node built rollout n's target, with what its build made.
-func (a *Agent) reportBuilt(n int, b rollout.BuildInfo) bool {
-	return a.sendReport(consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: rollout.Built, Build: &b})
+// reportBuilt says this node built rollout n's target, with what its build made and what the
+// binaries say of the state (st may be nil).
+func (a *Agent) reportBuilt(n int, b rollout.BuildInfo, st *rollout.StateInfo) bool {
+	return a.sendReport(consensus.Command{Op: consensus.OpReport, N: n, Name: a.self.Name, Phase: rollout.Built, Build: &b, States: st})
+}
+
+// stateInfo asks the target's binary and the previous version's what they say of the ducks'
+// state, so the leader can refuse a version that could not go back before anything swaps. Nil
+// when either cannot say (no previous version here, a duck that does not use the SDK).
+func (a *Agent) stateInfo(ctx context.Context, r *rollout.Rollout) *rollout.StateInfo {
+	if r.FromID == "" {
+		return nil
+	}
+	to, ok := a.builder.Binary(r.Target)
+	from, ok2 := a.builder.Binary(r.FromID)
+	if !ok || !ok2 {
+		return nil
+	}
+	var cred *syscall.Credential
+	if a.cfg.DuckUser != nil {
+		cred = a.cfg.DuckUser.Credential()
+	}
+	dt, err := build.Describe(ctx, to, cred)
+	if err != nil {
+		a.log.Info("the new version says nothing of its state", "err", err)
+		return nil
+	}
+	df, err := build.Describe(ctx, from, cred)
+	if err != nil {
+		a.log.Info("the previous version says nothing of its state", "err", err)
+		return nil
+	}
+	return &rollout.StateInfo{Schema: dt.Schema, Downgrades: dt.Downgrades, FromSchema: df.Schema}
 }
 
 func (a *Agent) sendReport(c consensus.Command) bool {
@@ -499,7 +530,7 @@ func (a *Agent) prebuild(r *rollout.Rollout) {
 			a.report(r.Version, rollout.Built, "")
 			return
 		}
-		a.reportBuilt(r.Version, info)
+		a.reportBuilt(r.Version, info, a.stateInfo(ctx, r))
 	}()
 }
 

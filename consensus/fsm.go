@@ -78,6 +78,7 @@ type Command struct {
 	State     rollout.State      `json:"state,omitempty"`
 	Policy    *rollout.Policy    `json:"policy,omitempty"` // with a commit
 	Build     *rollout.BuildInfo `json:"build,omitempty"`  // with a report of built
+	States    *rollout.StateInfo `json:"states,omitempty"` // with a report of built
 	Error     string             `json:"error,omitempty"`
 	Reason    string             `json:"reason,omitempty"`
 }

@@ -126,7 +126,7 @@ func (s *State) report(c Command) error {
 		return err
 	}
 	if c.Phase == rollout.Built && c.Build != nil {
-		return r.ReportBuilt(c.Name, *c.Build, c.Time)
+		return r.ReportBuilt(c.Name, *c.Build, c.States, c.Time)
 	}
 	return r.Report(c.Name, c.Phase, c.Error, c.Time)
 }

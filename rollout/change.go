@@ -25,14 +25,18 @@ func (r *Rollout) Grant(node string, phase Phase, now time.Time) error {
 	return nil
 }
 
-// ReportBuilt records that node built the target, and what its build made.
-func (r *Rollout) ReportBuilt(node string, b BuildInfo, now time.Time) error {
+// ReportBuilt records that node built the target, what its build made and, when the node could
+// ask the binaries, what they say of the state (st may be nil).
+func (r *Rollout) ReportBuilt(node string, b BuildInfo, st *StateInfo, now time.Time) error {
 	nr, err := r.node(node)
 	if err != nil {
 		return err
 	}
 	if nr.Binary == nil {
 		nr.Binary = &b
+	}
+	if nr.State == nil && st != nil {
+		nr.State = st
 	}
 	return r.Report(node, Built, "", now)
 }

@@ -91,6 +91,17 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 		}
 	}
 
+	// Before anyone swaps: with auto-revert, a version whose state cannot go back to the
+	// previous one's is refused, as a revert would fail on every node it reached.
+	if r.State == Rolling && r.AutoRevert && r.FromID != "" && !r.anyTurnTaken() {
+		for _, name := range r.Order {
+			if st := r.Nodes[name].State; st != nil && !st.WayBack() {
+				return Step{Op: OpState, State: Halted, Message: fmt.Sprintf(
+					"version %d keeps its ducks' state in schema %d and cannot hand it back to version %d's schema %d (no Config.Downgrade to it): nothing was swapped; give it a Downgrade, or deploy with --no-revert if the older version's Migrate reads the newer state or you accept no way back",
+					r.Version, st.Schema, r.From, st.FromSchema)}
+			}
+		}
+	}
 	if p.SameBinary && r.forward() {
 		if groups := r.Binaries(); len(groups) > 1 {
 			// The first node whose binary differs from the most common one fails, saying which
@@ -227,4 +238,14 @@ func (r *Rollout) canariesHealthy() bool {
 
 func (r *Rollout) report(name string, phase Phase, msg string) Step {
 	return Step{Op: OpReport, Node: name, Phase: phase, Message: msg, Why: name + " " + string(phase)}
+}
+
+// anyTurnTaken reports whether any node was granted its turn in this rollout.
+func (r *Rollout) anyTurnTaken() bool {
+	for _, nr := range r.Nodes {
+		if !nr.Granted.IsZero() {
+			return true
+		}
+	}
+	return false
 }

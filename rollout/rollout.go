@@ -71,6 +71,21 @@ type Node struct {
 	Wave int `json:"wave,omitempty"`
 	// Binary is what the node's build made, once built.
 	Binary *BuildInfo `json:"binary,omitempty"`
+	// State is what the node's build of the target, and the binary it ran before, say of the
+	// ducks' state: whether the state can go back (nil when the ducks could not say).
+	State *StateInfo `json:"state,omitempty"`
+}
+
+// StateInfo is what a node learned of the state's layout from the binaries it holds.
+type StateInfo struct {
+	Schema     int   `json:"schema"`               // the target's
+	Downgrades []int `json:"downgrades,omitempty"` // older schemas the target renders its state in
+	FromSchema int   `json:"from_schema"`          // the version the node ran before
+}
+
+// WayBack reports whether state handed over by the target reaches the previous version.
+func (s StateInfo) WayBack() bool {
+	return s.Schema == s.FromSchema || slices.Contains(s.Downgrades, s.FromSchema)
 }
 
 // BuildInfo is what a node's build of the target made: every node builds from source with its

@@ -388,9 +388,9 @@ func TestNoCanaryRanHaltsInsteadOfPausing(t *testing.T) {
 
 func TestDriftedBinaryHaltsWithSameBinary(t *testing.T) {
 	r := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{SameBinary: true}, t0)
-	r.ReportBuilt("a", BuildInfo{Sum: "aaaa", Toolchain: "go1.26.8"}, t0)
-	r.ReportBuilt("b", BuildInfo{Sum: "aaaa", Toolchain: "go1.26.8"}, t0)
-	r.ReportBuilt("c", BuildInfo{Sum: "cccc", Toolchain: "go1.26.7"}, t0)
+	r.ReportBuilt("a", BuildInfo{Sum: "aaaa", Toolchain: "go1.26.8"}, nil, t0)
+	r.ReportBuilt("b", BuildInfo{Sum: "aaaa", Toolchain: "go1.26.8"}, nil, t0)
+	r.ReportBuilt("c", BuildInfo{Sum: "cccc", Toolchain: "go1.26.7"}, nil, t0)
 	st := r.Next(t0, inContact)
 	if st.Op != OpReport || st.Node != "c" || st.Phase != Failed || !strings.Contains(st.Message, "c built cccc with go1.26.7") || !strings.Contains(st.Message, "a, b built aaaa with go1.26.8") {
 		t.Fatalf("Next = %+v; want c failed, naming the nodes and toolchains", st)
@@ -402,5 +402,25 @@ func TestDriftedBinaryHaltsWithSameBinary(t *testing.T) {
 	r.Policy.SameBinary = false
 	if st := r.Next(t0, inContact); st.Op != OpGrant || st.Node != "a" {
 		t.Fatalf("without --same-binary: %+v", st)
+	}
+}
+
+func TestAVersionWhoseStateCannotGoBackIsRefusedBeforeAnySwap(t *testing.T) {
+	r := three()
+	r.ReportBuilt("a", BuildInfo{Sum: "s"}, &StateInfo{Schema: 3, FromSchema: 1}, t0)
+	st := r.Next(t0, inContact)
+	if st.Op != OpState || st.State != Halted || !strings.Contains(st.Message, "--no-revert") {
+		t.Fatalf("Next = %+v, want halted before any swap, pointing to --no-revert", st)
+	}
+	// With a way back, or without auto-revert, it goes ahead.
+	r = three()
+	r.ReportBuilt("a", BuildInfo{Sum: "s"}, &StateInfo{Schema: 2, Downgrades: []int{1}, FromSchema: 1}, t0)
+	if st := r.Next(t0, inContact); st.Op != OpGrant {
+		t.Fatalf("with a Downgrade to schema 1: %+v", st)
+	}
+	r = New(2, "v2", 1, "v1", Members("a", "b", "c"), false, false, Policy{}, t0)
+	r.ReportBuilt("a", BuildInfo{Sum: "s"}, &StateInfo{Schema: 3, FromSchema: 1}, t0)
+	if st := r.Next(t0, inContact); st.Op != OpGrant {
+		t.Fatalf("with --no-revert: %+v", st)
 	}
 }

@@ -258,6 +258,37 @@ func TestUndoAcrossSchemaChangeKeepsEveryCount(t *testing.T) {
 	}
 }
 
+// A version whose state cannot go back (oneway: schema 3, a Migrate up from 2, no Downgrade) is
+// refused before any node swaps while auto-revert is on, saying why and what to do; with
+// --no-revert it rolls out, and every count survives the migration.
+func TestAVersionThatCannotGoBackIsRefusedBeforeAnySwap(t *testing.T) {
+	dc := newDuckCluster(t)
+	cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "schema 2", "../testdata/duck-migrate")
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("POST", addr); err != nil || got.Count != 1 {
+			t.Fatalf("duck on %s on schema 2: %+v %v", name, got, err)
+		}
+	}
+	_, errOut, err := tryCLI(dc.c, dc.nodes[1].API, "deploy", "../runtime/hotswap/testdata/oneway")
+	if err == nil || !strings.Contains(errOut, "cannot hand it back") || !strings.Contains(errOut, "--no-revert") {
+		t.Fatalf("deploying a version with no way back: err=%v\n%s", err, errOut)
+	}
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v2" || got.Count != 1 {
+			t.Fatalf("duck on %s after the refusal: %+v %v; want v2, untouched", name, got, err)
+		}
+	}
+	out := cli(t, dc.c, dc.nodes[1].API, "deploy", "--no-revert", "../runtime/hotswap/testdata/oneway")
+	if !strings.Contains(out, "runs on every node") {
+		t.Fatalf("deploy --no-revert printed:\n%s", out)
+	}
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v4" || got.Count != 1 {
+			t.Fatalf("duck on %s on the one-way version: %+v %v; want v4 with its count", name, got, err)
+		}
+	}
+}
+
 func TestCanaryWaitsForResume(t *testing.T) {
 	dc := newDuckCluster(t)
 	out := cli(t, dc.c, dc.nodes[0].API, "deploy", "--canary", "../testdata/duck-v2")

@@ -95,6 +95,11 @@
 //	DUCK_STATE_FILE     if set, the state is written here (atomically) when
 //	                    the duck stops, and a first generation with no parent
 //	                    starts from it when it exists.
+//	DUCK_DESCRIBE       set to 1, Run prints the duck's Description (its state
+//	                    schema and the older schemas Config.Downgrade renders)
+//	                    as one line of JSON and returns, serving nothing: a
+//	                    node asks this of each version it builds, so that a
+//	                    rollout with no way back is refused before any swap.
 //
 // Besides the files above, tableflip passes each new generation the state
 // (as "duckraft-state") and, from a generation that serves HTTP, the channel

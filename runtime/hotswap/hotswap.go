@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,7 +29,40 @@ const (
 	EnvReadyTimeout = "DUCK_READY_TIMEOUT"
 	EnvLifelineFD   = "DUCK_LIFELINE_FD"
 	EnvStateFile    = "DUCK_STATE_FILE"
+	// EnvDescribe, set to 1, makes Run print the duck's Description as one line of JSON on
+	// stdout and return at once, serving nothing: a node asks a version it built whether the
+	// state can go back from it before a rollout swaps anything.
+	EnvDescribe = "DUCK_DESCRIBE"
 )
+
+// Description is what a duck's binary says of its state: the schema it keeps, and the older
+// schemas its Config.Downgrade renders the state in (a way back to the versions that keep them).
+type Description struct {
+	Schema     int   `json:"schema"`
+	Downgrades []int `json:"downgrades,omitempty"`
+}
+
+// CanGoBackTo reports whether state handed over by this version reaches a version that keeps
+// schema: the same schema, or one Downgrade renders. (The older version's own Migrate may read
+// a newer schema too; a binary cannot say that of another.)
+func (d Description) CanGoBackTo(schema int) bool {
+	return schema == d.Schema || slices.Contains(d.Downgrades, schema)
+}
+
+// describe is Run's answer when EnvDescribe is set.
+func describe[S any](cfg Config[S]) error {
+	d := Description{Schema: cfg.Schema}
+	if cfg.Downgrade != nil {
+		var zero S
+		for to := cfg.Schema - 1; to >= 0; to-- {
+			if _, err := cfg.Downgrade(to, zero); err != nil {
+				break
+			}
+			d.Downgrades = append(d.Downgrades, to)
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(d)
+}
 
 const (
 	DefaultAddr         = "127.0.0.1:8080"
@@ -137,6 +171,9 @@ func (d *Duck[S]) Listen(network, addr string) (net.Listener, error) {
 // lifeline) and an error that says what to fix otherwise; main should exit
 // non-zero on an error, which tells the previous generation the swap failed.
 func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
+	if os.Getenv(EnvDescribe) == "1" {
+		return describe(cfg)
+	}
 	env, err := readEnv()
 	if err != nil {
 		return err
