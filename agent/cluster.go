@@ -62,7 +62,15 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			err := a.client.Stream(r.Context(), m.APIAddr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
+			// Recent lines come with a deadline, so that one silent member (cut off, not yet
+			// known to be down) cannot hold up the listing of a hundred; following has none.
+			ctx := r.Context()
+			if q.Get("follow") != "1" {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, 2*probeTimeout)
+				defer cancel()
+			}
+			err := a.client.Stream(ctx, m.APIAddr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
 				select {
 				case lines <- raw:
 				case <-r.Context().Done():
@@ -70,7 +78,11 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 				return nil
 			})
 			if err != nil && r.Context().Err() == nil {
-				b, _ := json.Marshal(LogLine{Node: m.Name, Error: fmt.Sprintf("node %s is gone, and its ducks with it (%v)", m.Name, err)})
+				msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", m.Name, err)
+				if ctx.Err() != nil {
+					msg = fmt.Sprintf("node %s did not answer within %s: its lines are missing", m.Name, 2*probeTimeout)
+				}
+				b, _ := json.Marshal(LogLine{Node: m.Name, Error: msg})
 				lines <- b
 			}
 		}()

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -465,9 +466,20 @@ func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
 		return DuckInfo{}, err
 	}
 	spec := supervise.Spec{ID: id, Version: a.duckVersion(version), Binary: bin, Addr: addr, Env: req.Env}
-	if err := a.sup.Start(ctx, spec); err != nil {
+	err = a.sup.Start(ctx, spec)
+	// A port picked here may be taken by another process before the duck binds it (at a hundred
+	// nodes on one host, by their own connections): pick another, a few times.
+	for attempt := 0; err != nil && req.Addr == "" && strings.Contains(err.Error(), "address already in use") && attempt < 5; attempt++ {
+		if spec.Addr, err = freeLoopbackAddr(); err != nil {
+			break
+		}
+		a.log.Info("the duck's port was taken before it bound it; trying another", "duck", id, "addr", spec.Addr)
+		err = a.sup.Start(ctx, spec)
+	}
+	if err != nil {
 		return DuckInfo{}, &APIError{Status: http.StatusUnprocessableEntity, Message: fmt.Sprintf("duck %s did not start on %s: %v", id, a.self.Name, err)}
 	}
+	addr = spec.Addr
 	rec := duckRecord{ID: id, Addr: addr, Env: req.Env}
 	if version != nodeVersion {
 		rec.Version = version
@@ -481,9 +493,27 @@ func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
 	return DuckInfo{Node: a.self.Name, Status: st}, nil
 }
 
-// freeLoopbackAddr asks the kernel for a free port. Another process could take it before the
-// duck binds it; the duck then fails to start and says so.
+// freeLoopbackAddr picks a free loopback port for a duck: at random below the kernel's range of
+// ports for outgoing connections where it can, so that no connection of this host takes it
+// before the duck binds it. Another duck's pick still could; spawn then tries another.
 func freeLoopbackAddr() (string, error) {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil {
+				low = n
+			}
+		}
+	}
+	if low > 11000 {
+		for range 20 {
+			port := 10000 + rand.IntN(low-10000)
+			if l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port))); err == nil {
+				l.Close()
+				return l.Addr().String(), nil
+			}
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", fmt.Errorf("pick a port for the duck: %w; pass --port", err)

@@ -4,8 +4,6 @@ package systemtest
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
+	"github.com/duckraft/duckraft/wire"
 )
 
 // bin is the node binary under test, built once for the whole package.
@@ -54,10 +53,14 @@ func run(m *testing.M) int {
 	return m.Run()
 }
 
+// randomCookie is a cookie as `duckraft cookie` makes one: strong enough for nodes that listen
+// beyond loopback (the partition test's do).
 func randomCookie() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	return hex.EncodeToString(b)
+	c, err := wire.NewCookie()
+	if err != nil {
+		panic(err)
+	}
+	return c
 }
 
 // newCluster starts the named nodes, each a cluster of one, stopping them all when the test

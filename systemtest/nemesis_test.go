@@ -41,9 +41,56 @@ func TestNemesis(t *testing.T) {
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
 			t.Logf("nemesis seed %d; replay with DUCKRAFT_NEMESIS_SEED=%d go test ./systemtest/ -run TestNemesis -v", seed, seed)
-			runNemesis(t, seed)
+			runNemesis(t, seed, newDuckCluster(t), nil)
 		})
 	}
+}
+
+// TestNemesisCuts is the nemesis with one more fault: node c runs on a host of its own (a
+// network namespace) whose link the nemesis cuts and heals at the moments the seed picks, while
+// c keeps running. It needs root and iproute2 (see newTestHost).
+func TestNemesisCuts(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("DUCKRAFT_NEMESIS_SEED"); s != "" {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatalf("DUCKRAFT_NEMESIS_SEED=%q is not a number", s)
+		}
+	}
+	t.Logf("nemesis seed %d; replay with DUCKRAFT_NEMESIS_SEED=%d go test ./systemtest/ -run TestNemesisCuts -v", seed, seed)
+	h := newTestHost(t)
+	c, _ := newCluster(t)
+	bind := func(ip string) []string { return []string{"--api-addr", ip + ":0", "--raft-addr", ip + ":0"} }
+	var nodes []*localcluster.Node
+	for _, name := range []string{"a", "b", "c"} {
+		var n *localcluster.Node
+		var err error
+		if name == "c" {
+			n, err = c.StartWith([]string{"ip", "netns", "exec", h.ns}, name, bind(h.nsIP)...)
+		} else {
+			n, err = c.Start(name, bind(h.hostIP)...)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, n)
+	}
+	connectAll(t, c, nodes)
+	cli(t, c, nodes[0].API, "deploy", "../duck")
+	dc := &duckCluster{c: c, nodes: nodes, ducks: map[string]string{}}
+	for i, n := range nodes {
+		listen := h.hostIP
+		if n.Name == "c" {
+			listen = h.nsIP
+		}
+		out := cli(t, c, n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=200ms", "--listen", fmt.Sprintf("%s:%d", listen, 21000+i+int(seed%1000)*3))
+		var id, addr string
+		if _, err := fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr); err != nil {
+			t.Fatalf("spawn on %s printed %q", n.Name, out)
+		}
+		dc.ducks[n.Name] = addr
+	}
+	runNemesis(t, seed, dc, h)
 }
 
 type nemesis struct {
@@ -56,6 +103,8 @@ type nemesis struct {
 	crashed map[string]bool
 	// lastFault is when the last fault struck or the last node came back.
 	lastFault time.Time
+	// host, when set, is node c's own host, whose link can be cut.
+	host *testHost
 }
 
 func (n *nemesis) say(format string, args ...any) {
@@ -97,7 +146,27 @@ func (n *nemesis) strike(wg *sync.WaitGroup) {
 	}
 	back := time.Duration(300+n.rng.IntN(3000)) * time.Millisecond
 	n.lastFault = time.Now()
-	switch n.rng.IntN(5) {
+	kinds := 5
+	if n.host != nil {
+		kinds = 7 // cuts come two times in seven
+	}
+	switch n.rng.IntN(kinds) {
+	case 5, 6:
+		back = time.Duration(1000+n.rng.IntN(6000)) * time.Millisecond
+		n.say("cut node c off, healed in %s", back)
+		ipCmd("link", "set", n.host.link, "down")
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			time.Sleep(back)
+			if err := ipCmd("link", "set", n.host.link, "up"); err != nil {
+				n.t.Errorf("heal: %v", err)
+			}
+			n.mu.Lock()
+			n.lastFault = time.Now()
+			n.mu.Unlock()
+		}()
+		return
 	case 0, 1, 2:
 		n.say("kill -9 node %s, back in %s", node.Name, back)
 		node.Kill()
@@ -145,9 +214,9 @@ func (n *nemesis) byName(name string) *localcluster.Node {
 	return nil
 }
 
-func runNemesis(t *testing.T, seed uint64) {
-	dc := newDuckCluster(t)
-	n := &nemesis{t: t, dc: dc, rng: rand.New(rand.NewPCG(seed, seed>>1|1)), crashed: map[string]bool{}}
+// runNemesis runs the seed's schedule on dc; with host, node c's link is one more thing to cut.
+func runNemesis(t *testing.T, seed uint64, dc *duckCluster, host *testHost) {
+	n := &nemesis{t: t, dc: dc, rng: rand.New(rand.NewPCG(seed, seed>>1|1)), crashed: map[string]bool{}, host: host}
 	postInitial(t, dc)
 	l := startLoad(dc.ducks)
 	defer l.stopOnce()

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -22,6 +20,7 @@ import (
 	"github.com/duckraft/duckraft"
 	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
+	"github.com/duckraft/duckraft/wire"
 )
 
 // runDemo is the user's story with real node processes: three nodes connect, a duck runs on
@@ -159,9 +158,12 @@ func tempCluster(prefix string) (c *localcluster.Cluster, v1, v2 string, err err
 		os.RemoveAll(root)
 		return nil, "", "", err
 	}
-	secret := make([]byte, 16)
-	rand.Read(secret)
-	return &localcluster.Cluster{Bin: bin, Root: root, Cookie: hex.EncodeToString(secret)}, v1, v2, nil
+	cookie, err := wire.NewCookie()
+	if err != nil {
+		os.RemoveAll(root)
+		return nil, "", "", err
+	}
+	return &localcluster.Cluster{Bin: bin, Root: root, Cookie: cookie}, v1, v2, nil
 }
 
 // spawnedAddr is the duck's address in what `spawn` printed for node.
