@@ -226,6 +226,10 @@ func runNemesis(t *testing.T, seed uint64, dc *duckCluster, host *testHost) {
 	var converged time.Duration    // the longest a deploy took to converge after its last fault
 	var restarts sync.WaitGroup
 	deploys := 3
+	// The rollout's bounds, tighter than the defaults so that the stated bound on convergence
+	// is short: every phase ends within its deadline, a down node is skipped after 3s.
+	policy := []string{"deploy", "--detach", "--progress-deadline", "30s", "--start-deadline", "10s"}
+	const settleBound = 75 * time.Second
 	for i := range deploys {
 		src := bundles[i%len(bundles)]
 		if n.rng.IntN(5) == 0 {
@@ -239,13 +243,13 @@ func runNemesis(t *testing.T, seed uint64, dc *duckCluster, host *testHost) {
 		n.say("deploy %d: %s through %s", i+1, src, via.Name)
 		done := make(chan error, 1)
 		go func() {
-			out, errOut, err := tryCLI(dc.c, via.API, "deploy", "--detach", "-m", msg, src)
+			out, errOut, err := tryCLI(dc.c, via.API, append(policy, "-m", msg, src)...)
 			for _, other := range bundles[:3] {
 				if err == nil || !strings.Contains(errOut, "already runs") {
 					break
 				}
 				// The cluster went back to this very bundle: deploy another one.
-				out, errOut, err = tryCLI(dc.c, via.API, "deploy", "--detach", "-m", msg, other)
+				out, errOut, err = tryCLI(dc.c, via.API, append(policy, "-m", msg, other)...)
 			}
 			if err == nil && strings.Contains(out, "committed version") {
 				committed[msg] = true
@@ -266,7 +270,7 @@ func runNemesis(t *testing.T, seed uint64, dc *duckCluster, host *testHost) {
 			n.say("deploy %d did not commit: %v", i+1, err)
 		}
 		restarts.Wait()
-		settle(t, n, 120*time.Second)
+		settle(t, n, settleBound)
 		n.say("deploy %d: converged %s after the last fault", i+1, time.Since(n.lastFault).Round(time.Millisecond))
 		converged = max(converged, time.Since(n.lastFault))
 	}
