@@ -28,7 +28,7 @@ func runBench(args []string) error {
 	clients := fs.Int("clients", 3, "keep-alive clients per duck")
 	every := fs.Duration("every", 5*time.Millisecond, "pause between one client's requests")
 	commits := fs.Int("commits", 300, "Raft commits to time")
-	healthy := fs.Duration("healthy", 200*time.Millisecond, "the nodes' --healthy")
+	healthy := fs.Duration("healthy", 200*time.Millisecond, "the healthy wait of each swap (the nodes' --healthy and the rollouts' policy)")
 	sizes := fs.String("nodes", "", "instead: measure clusters of these sizes in turn, e.g. 3,30,100 (commit to all running in waves of 20%, leader CPU and memory, Raft commits, status)")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -103,7 +103,7 @@ func runBench(args []string) error {
 		if err := oneLineChange(filepath.Join(v1, "main.go"), dir, nonce, i); err != nil {
 			return err
 		}
-		if _, err := run(nodes[i%3].API, "deploy", dir); err != nil {
+		if _, err := run(nodes[i%3].API, "deploy", "--healthy", healthy.String(), dir); err != nil {
 			swapLoad.stop()
 			return err
 		}

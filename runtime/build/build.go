@@ -259,14 +259,14 @@ func (b *Builder) goCommand() (string, error) {
 func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error {
 	shared := ""
 	if b.Shared != "" {
-		// Keyed by the toolchain too: a node whose go differs builds for itself, so that its
-		// binary, and the sum it reports, are its own toolchain's. Asked before the host lock:
+		// Keyed by the toolchain and the SDK too: a node whose go or duckraft differs builds for
+		// itself, so that its binary, and the sum it reports, are its own. Asked before the host lock:
 		// a hundred nodes asking one after the other took seconds.
 		tc, err := b.Toolchain(ctx)
 		if err != nil {
 			return err
 		}
-		shared = filepath.Join(b.Shared, tc, id, "duck")
+		shared = filepath.Join(b.Shared, tc+"-sdk"+sdkPrint(), id, "duck")
 	}
 	// Another node on this host built it already: take it without waiting for the host's one
 	// go build at a time.

@@ -19,7 +19,7 @@ import (
 // code someone sent: with cred (a root node's duck user) it runs as that user, from a copy in a
 // folder of its own, as a duck would, never as the node.
 func Describe(ctx context.Context, bin string, cred *syscall.Credential) (hotswap.Description, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	var d hotswap.Description
 	dir, err := os.MkdirTemp("", "duckraft-describe-")
@@ -39,7 +39,9 @@ func Describe(ctx context.Context, bin string, cred *syscall.Credential) (hotswa
 	}
 	cmd := exec.CommandContext(ctx, run)
 	cmd.Dir = dir
-	cmd.Env = []string{hotswap.EnvDescribe + "=1", "PATH=" + os.Getenv("PATH"), "HOME=" + dir}
+	// A duck built with an SDK older than EnvDescribe would start serving instead: on a port
+	// of the kernel's choice, so it takes nobody's, until the timeout ends it.
+	cmd.Env = []string{hotswap.EnvDescribe + "=1", hotswap.EnvAddr + "=127.0.0.1:0", "PATH=" + os.Getenv("PATH"), "HOME=" + dir}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: cred}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out, errOut bytes.Buffer

@@ -1,6 +1,8 @@
 package build
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"os"
@@ -8,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/duckraft/duckraft"
 )
@@ -104,3 +107,28 @@ func copyModule(m module, dest string) ([]string, error) {
 	sort.Strings(list)
 	return list, nil
 }
+
+// sdkPrint is a short hash of every vendored file: a binary built by a node carrying another SDK
+// is another program, so the host's shared build folder keys its binaries by it too.
+var sdkPrint = sync.OnceValue(func() string {
+	h := sha256.New()
+	mods, err := vendored()
+	if err != nil {
+		return "unknown"
+	}
+	for _, m := range mods {
+		fs.WalkDir(m.files, ".", func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() {
+				return err
+			}
+			b, err := fs.ReadFile(m.files, p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(h, "%s/%s %d\n", m.path, p, len(b))
+			h.Write(b)
+			return nil
+		})
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+})
