@@ -24,6 +24,7 @@ type scaleFigures struct {
 	leaderIdleCPU        float64       // share of one core, idle cluster
 	leaderRolloutCPU     float64       // share of one core, during the rollout
 	leaderRSS            string
+	leaderName           string // the node measured as the leader
 	commitP50, commitP99 string
 	status               time.Duration // `status` as a user runs it, median of 3
 }
@@ -63,6 +64,7 @@ func runScaleBench(sizes []int, commits int) error {
 	row("leader CPU idle (share of a core)", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderIdleCPU) })
 	row("leader CPU during the rollout", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderRolloutCPU) })
 	row("leader memory (RSS)", func(f scaleFigures) string { return f.leaderRSS })
+	row("leader measured", func(f scaleFigures) string { return f.leaderName })
 	row("raft commit p50 / p99", func(f scaleFigures) string { return f.commitP50 + " / " + f.commitP99 })
 	row("status, median of 3", func(f scaleFigures) string { return f.status.Round(time.Millisecond).String() })
 	return tw.Flush()
@@ -118,18 +120,28 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	}
 	deploy := func(dir string) (time.Duration, float64, error) {
 		cpu0, t0 := procCPU(leader.PID()), time.Now()
-		if out, errOut, err := c.Run(ctx, leader.API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir); err != nil {
+		if out, errOut, err := c.Run(ctx, nodes[len(nodes)-1].API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir); err != nil {
 			return 0, 0, fmt.Errorf("deploy: %v\n%s%s", err, out, errOut)
 		}
 		cpu := (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t0).Seconds()
 		var v agent.RolloutView
-		if err := c.Do(ctx, leader.API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
+		if err := c.Do(ctx, nodes[len(nodes)-1].API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
 			return 0, 0, err
 		}
 		return v.Rollout.Ended.Sub(v.Rollout.Started), cpu, nil
 	}
 	if _, _, err := deploy(v1); err != nil {
 		return f, err
+	}
+	// Leadership may have moved while a hundred nodes joined: measure whoever leads now.
+	if err := c.Do(ctx, nodes[0].API, http.MethodGet, "/v1/members", nil, &ms); err == nil {
+		for _, m := range ms {
+			for _, n := range nodes {
+				if m.Role == "leader" && n.Name == m.Name {
+					leader = n
+				}
+			}
+		}
 	}
 	// Idle: what the members cost the leader with nothing to do.
 	cpu0, t1 := procCPU(leader.PID()), time.Now()
@@ -156,7 +168,7 @@ func benchSize(size, commits int) (scaleFigures, error) {
 		took = append(took, time.Since(t))
 	}
 	f.status = medianOf(took)
-	f.leaderRSS = rss(leader.PID())
+	f.leaderRSS, f.leaderName = rss(leader.PID()), leader.Name
 	return f, nil
 }
 
