@@ -60,6 +60,9 @@ type Config struct {
 	DuckUser *duckuser.User
 }
 
+// DefaultVoters is how many members vote unless a node is told otherwise (see Config.Voters).
+const DefaultVoters = consensus.DefaultVoters
+
 // Default addresses of a node started without flags: loopback only, so nothing off the machine
 // can reach a node unless it is told to listen there. 4369 is Erlang's epmd; these sit beside it.
 const (

@@ -144,18 +144,7 @@ func TestLeaderKilledWhileCommitting(t *testing.T) {
 	defer l.stopOnce()
 	srcs := []string{"../testdata/duck-v2", "../duck"}
 	for i, offset := range []time.Duration{0, time.Millisecond, 3 * time.Millisecond, 10 * time.Millisecond} {
-		leader := leaderOf(members(dc.c, dc.nodes[0].API))
-		var lead, via *localcluster.Node
-		for _, n := range dc.nodes {
-			if n.Name == leader {
-				lead = n
-			} else if via == nil {
-				via = n
-			}
-		}
-		if lead == nil || via == nil {
-			t.Fatalf("no leader and follower among %s", view(members(dc.c, dc.nodes[0].API)))
-		}
+		lead, via := leaderAndFollower(t, dc)
 		before := len(rolloutOf(t, dc.c, via.API).Versions)
 		msg := fmt.Sprintf("racing the leader's death, %s after the commit reached it", offset)
 		done := make(chan error, 1)

@@ -63,22 +63,34 @@ func randomCookie() string {
 	return c
 }
 
-// newCluster starts the named nodes, each a cluster of one, stopping them all when the test
-// ends and printing their logs if it failed.
-func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localcluster.Node) {
+// emptyCluster is a cluster with no node yet, every node it starts stopped when the test ends
+// and its log printed if the test failed.
+func emptyCluster(t *testing.T) *localcluster.Cluster {
 	t.Helper()
 	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
-	var nodes []*localcluster.Node
 	t.Cleanup(func() {
-		if err := c.StopAll(10 * time.Second); err != nil {
+		if err := c.StopAll(30 * time.Second); err != nil {
 			t.Errorf("stopping the cluster: %v", err)
 		}
 		if t.Failed() {
-			for _, n := range c.Nodes() { // those the test started later too
+			nodes := c.Nodes()
+			if len(nodes) > 10 {
+				nodes = nodes[:3] // a hundred logs bury the failure
+			}
+			for _, n := range nodes {
 				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
 			}
 		}
 	})
+	return c
+}
+
+// newCluster starts the named nodes, each a cluster of one, stopping them all when the test
+// ends and printing their logs if it failed.
+func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localcluster.Node) {
+	t.Helper()
+	c := emptyCluster(t)
+	var nodes []*localcluster.Node
 	for _, name := range names {
 		n, err := c.Start(name)
 		if err != nil {
@@ -87,6 +99,23 @@ func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localc
 		nodes = append(nodes, n)
 	}
 	return c, nodes
+}
+
+// leaderAndFollower finds the cluster's leader and one other node to send commands through.
+func leaderAndFollower(t *testing.T, dc *duckCluster) (lead, via *localcluster.Node) {
+	t.Helper()
+	leader := leaderOf(members(dc.c, dc.nodes[0].API))
+	for _, n := range dc.nodes {
+		if n.Name == leader {
+			lead = n
+		} else if via == nil {
+			via = n
+		}
+	}
+	if lead == nil || via == nil {
+		t.Fatalf("no leader and follower among %s", view(members(dc.c, dc.nodes[0].API)))
+	}
+	return lead, via
 }
 
 // reachableTempDir is t.TempDir with its parent (0700, root's when the tests run as root) made

@@ -357,18 +357,7 @@ func TestLeaderKilledRightAfterCommitConverges(t *testing.T) {
 	postInitial(t, dc)
 	l := startLoad(dc.ducks)
 	defer l.stopOnce()
-	leader := leaderOf(members(dc.c, dc.nodes[0].API))
-	var lead, via *localcluster.Node
-	for _, n := range dc.nodes {
-		if n.Name == leader {
-			lead = n
-		} else if via == nil {
-			via = n
-		}
-	}
-	if lead == nil {
-		t.Fatalf("no leader among %v", members(dc.c, dc.nodes[0].API))
-	}
+	lead, via := leaderAndFollower(t, dc)
 	out := cli(t, dc.c, via.API, "deploy", "--detach", "../testdata/duck-v2")
 	lead.Kill()
 	t0 := time.Now()

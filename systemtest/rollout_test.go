@@ -406,15 +406,7 @@ func TestNodeThatJoinsLaterGetsTheVersionAndSameBundleIsNotNew(t *testing.T) {
 // Waves by a label the nodes were started with, two nodes of a wave at a time, the order
 // natural inside each wave and shown to every node at the commit.
 func TestWavesByLabelGoOneAfterTheOther(t *testing.T) {
-	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
-	t.Cleanup(func() {
-		c.StopAll(10 * time.Second)
-		if t.Failed() {
-			for _, n := range c.Nodes() {
-				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
-			}
-		}
-	})
+	c := emptyCluster(t)
 	zones := map[string]string{"n1": "eu-2", "n2": "eu-10", "n3": "eu-2", "n10": "eu-10"}
 	var nodes []*localcluster.Node
 	for _, name := range []string{"n1", "n2", "n3", "n10"} {
@@ -466,15 +458,7 @@ func TestToolchainDriftIsShownAndHaltsWithSameBinary(t *testing.T) {
 	if err := os.WriteFile(drift, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
-	t.Cleanup(func() {
-		c.StopAll(10 * time.Second)
-		if t.Failed() {
-			for _, n := range c.Nodes() {
-				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
-			}
-		}
-	})
+	c := emptyCluster(t)
 	var nodes []*localcluster.Node
 	for _, name := range []string{"a", "b", "c"} {
 		var extra []string

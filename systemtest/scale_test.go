@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/agent"
-	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
 )
 
@@ -34,15 +33,7 @@ func scaleNodes(t *testing.T) int {
 // failed, every count exact.
 func TestHundredNodes(t *testing.T) {
 	size := scaleNodes(t)
-	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
-	t.Cleanup(func() {
-		c.StopAll(30 * time.Second)
-		if t.Failed() {
-			for _, n := range c.Nodes()[:min(3, len(c.Nodes()))] {
-				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
-			}
-		}
-	})
+	c := emptyCluster(t)
 	ctx := context.Background()
 	var names []string
 	for i := 1; i <= size; i++ {

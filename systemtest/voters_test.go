@@ -25,15 +25,7 @@ func suffrages(ms []agent.MemberStatus) (voters, nonvoters []string) {
 // (promoted first, then the dead one demoted), so the cluster keeps tolerating two failures;
 // back, the old voter stays a non-voter.
 func TestFiveVotersAndALostOneIsReplaced(t *testing.T) {
-	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
-	t.Cleanup(func() {
-		c.StopAll(10 * time.Second)
-		if t.Failed() {
-			for _, n := range c.Nodes() {
-				t.Logf("--- log of node %s:\n%s", n.Name, n.Log())
-			}
-		}
-	})
+	c := emptyCluster(t)
 	var nodes []*localcluster.Node
 	for i := 1; i <= 7; i++ {
 		n, err := c.Start(fmt.Sprintf("n%d", i), "--replace-voter-after", "2s")

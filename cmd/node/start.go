@@ -3,7 +3,6 @@ package main
 import (
 	"flag"
 	"fmt"
-	"github.com/duckraft/duckraft/consensus"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -54,7 +53,7 @@ func runStart(args []string) error {
 	healthy := fs.Duration("healthy", 0, "how long a swapped duck must stay up before the swap counts (default 500ms)")
 	metricsAddr := fs.String("metrics-addr", "", "serve Prometheus /metrics on this address, in plain HTTP and without the cookie (off unless set)")
 	goBin := fs.String("go", "", "the go command to build ducks with (default: go on PATH)")
-	voters := fs.Int("voters", consensus.DefaultVoters, "how many members vote while this node leads; every other member follows the log as a non-voter")
+	voters := fs.Int("voters", agent.DefaultVoters, "how many members vote while this node leads; every other member follows the log as a non-voter")
 	replaceAfter := fs.Duration("replace-voter-after", 10*time.Second, "a voter unreachable this long is replaced by a reachable non-voter while this node leads")
 	duckUserName := fs.String("duck-user", "", "run ducks as this existing user; needs root (default as root: the user "+duckuser.DefaultName+", made if missing; without root: the node's own user)")
 	labels := labelFlag{}
