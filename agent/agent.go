@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -77,7 +78,7 @@ const applyTimeout = 10 * time.Second
 type Agent struct {
 	cfg    Config
 	self   consensus.Member
-	client *Client
+	client *api.Client
 	log    *slog.Logger
 
 	api    *wire.Listener
@@ -167,7 +168,7 @@ func Start(cfg Config) (*Agent, error) {
 
 	a := &Agent{
 		cfg:      cfg,
-		client:   NewClient(cfg.Identity),
+		client:   api.NewClient(cfg.Identity),
 		log:      cfg.Log,
 		lastSeen: map[string]time.Time{},
 		stop:     make(chan struct{}),
@@ -404,7 +405,7 @@ func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local fu
 		name, _ := n.Leader()
 		if m, ok := n.FSM.State().Members[name]; ok && name != a.self.Name {
 			err := a.client.Do(ctx, m.APIAddr, http.MethodPost, path, in, out)
-			var ae *APIError
+			var ae *api.APIError
 			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
 				return err
 			}

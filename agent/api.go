@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
 	"strings"
@@ -58,12 +59,12 @@ func writeJSON(w http.ResponseWriter, v any) {
 func writeError(w http.ResponseWriter, status int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(errorBody{Error: err.Error()})
+	json.NewEncoder(w).Encode(api.ErrorBody{Error: err.Error()})
 }
 
 // statusOf picks the HTTP status for an error, keeping one a forwarded call came back with.
 func statusOf(err error) int {
-	var ae *APIError
+	var ae *api.APIError
 	switch {
 	case errors.As(err, &ae):
 		return ae.Status
@@ -97,23 +98,10 @@ func decodeMax(w http.ResponseWriter, r *http.Request, v any, limit int64) bool 
 	return true
 }
 
-// Ping is a node's account of itself.
-type Ping struct {
-	Name         string `json:"name"`
-	State        string `json:"state"`
-	Leader       string `json:"leader"`
-	Term         uint64 `json:"term"`
-	CommitIndex  uint64 `json:"commit_index"`
-	AppliedIndex uint64 `json:"applied_index"`
-	// StateIndex is the log index of the last command the node's state machine applied. Raft's
-	// own indexes count configuration entries too, which never reach the state machine.
-	StateIndex uint64 `json:"state_index"`
-}
-
-func (a *Agent) ping() Ping {
+func (a *Agent) ping() api.Ping {
 	n := a.Node()
 	leader, _ := n.Leader()
-	return Ping{
+	return api.Ping{
 		Name:         a.self.Name,
 		State:        strings.ToLower(n.Raft.State().String()),
 		Leader:       leader,
@@ -126,41 +114,30 @@ func (a *Agent) ping() Ping {
 
 func (a *Agent) handlePing(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.ping()) }
 
-// MemberStatus is one row of `members`.
-type MemberStatus struct {
-	Name        string    `json:"name"`
-	RaftAddr    string    `json:"raft_addr"`
-	APIAddr     string    `json:"api_addr"`
-	Role        string    `json:"role"`     // leader, follower, candidate; unknown when unreachable
-	Suffrage    string    `json:"suffrage"` // voter, nonvoter
-	Reachable   bool      `json:"reachable"`
-	LastContact time.Time `json:"last_contact,omitzero"`
-}
-
 // probeTimeout is how long a member may take to answer a ping before it counts as unreachable.
 const probeTimeout = time.Second
 
 // members lists Raft's configuration with each member's addresses, asking each one, in
 // parallel, how it is. Every node answers alike because every node asks the members themselves.
-func (a *Agent) members(ctx context.Context) ([]MemberStatus, error) {
+func (a *Agent) members(ctx context.Context) ([]api.MemberStatus, error) {
 	n := a.Node()
 	servers, err := n.Servers()
 	if err != nil {
 		return nil, err
 	}
 	registry := n.FSM.State().Members
-	out := make([]MemberStatus, len(servers))
+	out := make([]api.MemberStatus, len(servers))
 	var wg sync.WaitGroup
 	for i, s := range servers {
 		m := registry[string(s.ID)]
-		out[i] = MemberStatus{
+		out[i] = api.MemberStatus{
 			Name: string(s.ID), RaftAddr: string(s.Address), APIAddr: m.APIAddr,
 			Role: "unknown", Suffrage: strings.ToLower(s.Suffrage.String()),
 		}
 		wg.Add(1)
-		go func(st *MemberStatus) {
+		go func(st *api.MemberStatus) {
 			defer wg.Done()
-			var p Ping
+			var p api.Ping
 			if st.Name == a.self.Name {
 				p = a.ping()
 			} else if st.APIAddr == "" {
@@ -180,7 +157,7 @@ func (a *Agent) members(ctx context.Context) ([]MemberStatus, error) {
 		}(&out[i])
 	}
 	wg.Wait()
-	slices.SortFunc(out, func(x, y MemberStatus) int { return strings.Compare(x.Name, y.Name) })
+	slices.SortFunc(out, func(x, y api.MemberStatus) int { return strings.Compare(x.Name, y.Name) })
 	return out, nil
 }
 
@@ -203,13 +180,8 @@ func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, ms)
 }
 
-// ConnectRequest asks a node to join the cluster that Addr (any member's API) belongs to.
-type ConnectRequest struct {
-	Addr string `json:"addr"`
-}
-
 func (a *Agent) handleConnect(w http.ResponseWriter, r *http.Request) {
-	var req ConnectRequest
+	var req api.ConnectRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -232,7 +204,7 @@ var ErrHasHistory = errors.New("this node has history of its own")
 // connect joins this node to the cluster at addr. A node gives up its own (one-node) history
 // to join, so only a fresh node may: merging two histories is not something Raft can do.
 func (a *Agent) connect(ctx context.Context, addr string) error {
-	var theirs []MemberStatus
+	var theirs []api.MemberStatus
 	if err := a.client.Do(ctx, addr, http.MethodGet, "/v1/members", nil, &theirs); err != nil {
 		return fmt.Errorf("cannot reach %s: %w", addr, err)
 	}
@@ -243,11 +215,11 @@ func (a *Agent) connect(ctx context.Context, addr string) error {
 		if m.RaftAddr == a.self.RaftAddr {
 			return nil // already connected: Node.connect is idempotent too
 		}
-		return &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v: a node named %s is already a member of %s's cluster (raft %s); start this node with another --name", consensus.ErrNameTaken, m.Name, addr, m.RaftAddr)}
+		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v: a node named %s is already a member of %s's cluster (raft %s); start this node with another --name", consensus.ErrNameTaken, m.Name, addr, m.RaftAddr)}
 	}
 	n := a.Node()
 	if !n.FSM.Fresh(a.self.Name) {
-		return &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v (members %s): only a fresh node joins another cluster; connect the other node to this one instead, or start this one on an empty --data-dir", ErrHasHistory, strings.Join(n.FSM.MemberNames(), ", "))}
+		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v (members %s): only a fresh node joins another cluster; connect the other node to this one instead, or start this one on an empty --data-dir", ErrHasHistory, strings.Join(n.FSM.MemberNames(), ", "))}
 	}
 
 	a.log.Info("joining", "via", addr)
@@ -270,7 +242,7 @@ func (a *Agent) connect(ctx context.Context, addr string) error {
 	}
 	// Caught up (the log has reached our own registration): now we may vote.
 	self := a.self.Name
-	err := a.onLeader(ctx, "/v1/promote", NameRequest{Name: self}, nil, func(n *consensus.Node) error {
+	err := a.onLeader(ctx, "/v1/promote", api.NameRequest{Name: self}, nil, func(n *consensus.Node) error {
 		return n.Promote(self, a.cfg.Voters, applyTimeout)
 	})
 	if err != nil {
@@ -317,15 +289,10 @@ func (a *Agent) handleRegister(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, map[string]bool{"registered": true})
 }
 
-// NameRequest names a member.
-type NameRequest struct {
-	Name string `json:"name"`
-}
-
 // handleForget removes a member that is gone for good. A live one is refused: it would keep
 // campaigning with the configuration it has; it should leave itself.
 func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
-	var req NameRequest
+	var req api.NameRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -334,7 +301,7 @@ func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
 		writeError(w, statusOf(err), err)
 		return
 	}
-	i := slices.IndexFunc(ms, func(m MemberStatus) bool { return m.Name == req.Name })
+	i := slices.IndexFunc(ms, func(m api.MemberStatus) bool { return m.Name == req.Name })
 	switch {
 	case i < 0:
 		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.Name))
@@ -351,13 +318,13 @@ func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) remove(ctx context.Context, name string) error {
-	return a.onLeader(ctx, "/v1/remove", NameRequest{Name: name}, nil, func(n *consensus.Node) error {
+	return a.onLeader(ctx, "/v1/remove", api.NameRequest{Name: name}, nil, func(n *consensus.Node) error {
 		return n.Remove(name, applyTimeout)
 	})
 }
 
 func (a *Agent) handlePromote(w http.ResponseWriter, r *http.Request) {
-	var req NameRequest
+	var req api.NameRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -372,7 +339,7 @@ func (a *Agent) handlePromote(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
-	var req NameRequest
+	var req api.NameRequest
 	if !decode(w, r, &req) {
 		return
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
 	"time"
@@ -9,20 +10,8 @@ import (
 	"github.com/duckraft/duckraft/consensus"
 )
 
-// CommitBench asks the leader to commit N empty entries one after another and say how long
-// each took, from Apply to the FSM's answer: the Raft round trip `bench` reports.
-type CommitBench struct {
-	N int `json:"n"`
-}
-
-// CommitLatency is the answer: each commit's time, sorted.
-type CommitLatency struct {
-	Leader  string          `json:"leader"`
-	Samples []time.Duration `json:"samples"`
-}
-
 func (a *Agent) handleBenchCommit(w http.ResponseWriter, r *http.Request) {
-	var req CommitBench
+	var req api.CommitBench
 	if !decode(w, r, &req) {
 		return
 	}
@@ -30,9 +19,9 @@ func (a *Agent) handleBenchCommit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("n=%d: ask for 1 to 10000 commits", req.N))
 		return
 	}
-	var res CommitLatency
+	var res api.CommitLatency
 	err := a.onLeader(r.Context(), "/v1/bench/commit", req, &res, func(n *consensus.Node) error {
-		res = CommitLatency{Leader: a.self.Name}
+		res = api.CommitLatency{Leader: a.self.Name}
 		for range req.N {
 			t0 := time.Now()
 			if err := n.Apply(consensus.Command{Op: consensus.OpNoop}, applyTimeout); err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"os"
 	"sync"
@@ -21,7 +22,7 @@ import (
 func (a *Agent) member(name string) (consensus.Member, error) {
 	m, ok := a.Node().FSM.State().Members[name]
 	if !ok {
-		return m, &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("no member named %q: `members` lists them", name)}
+		return m, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("no member named %q: `members` lists them", name)}
 	}
 	return m, nil
 }
@@ -43,12 +44,12 @@ func (a *Agent) proxyLogs(w http.ResponseWriter, r *http.Request, on string) {
 		return nil
 	})
 	if err != nil && r.Context().Err() == nil {
-		var ae *APIError
+		var ae *api.APIError
 		msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", on, err)
 		if errors.As(err, &ae) {
 			msg = ae.Message
 		}
-		s.send(LogLine{Node: on, Error: msg})
+		s.send(api.LogLine{Node: on, Error: msg})
 	}
 }
 
@@ -82,7 +83,7 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 				if ctx.Err() != nil {
 					msg = fmt.Sprintf("node %s did not answer within %s: its lines are missing", m.Name, 2*probeTimeout)
 				}
-				b, _ := json.Marshal(LogLine{Node: m.Name, Error: msg})
+				b, _ := json.Marshal(api.LogLine{Node: m.Name, Error: msg})
 				lines <- b
 			}
 		}()
@@ -97,17 +98,17 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 
 // clusterDucks lists the ducks of every node: where they run comes from the log, how they are
 // from each node. A node that does not answer keeps its rows, marked so.
-func (a *Agent) clusterDucks(ctx context.Context) []DuckInfo {
+func (a *Agent) clusterDucks(ctx context.Context) []api.DuckInfo {
 	st := a.Node().FSM.State()
 	var mu sync.Mutex
-	live := map[string]DuckInfo{}
+	live := map[string]api.DuckInfo{}
 	down := map[string]bool{}
 	var wg sync.WaitGroup
 	for _, m := range st.Members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var ds []DuckInfo
+			var ds []api.DuckInfo
 			if m.Name == a.self.Name {
 				ds = a.localDucks()
 			} else {
@@ -128,7 +129,7 @@ func (a *Agent) clusterDucks(ctx context.Context) []DuckInfo {
 		}()
 	}
 	wg.Wait()
-	out := []DuckInfo{}
+	out := []api.DuckInfo{}
 	for _, d := range live {
 		out = append(out, d)
 	}
@@ -136,7 +137,7 @@ func (a *Agent) clusterDucks(ctx context.Context) []DuckInfo {
 		if _, ok := live[key]; ok {
 			continue
 		}
-		d := DuckInfo{Node: p.Node}
+		d := api.DuckInfo{Node: p.Node}
 		d.ID, d.Addr, d.State = p.ID, p.Addr, "node unreachable"
 		if !down[p.Node] {
 			d.State = "not running" // placed in the log, not (yet) on its node
@@ -206,8 +207,8 @@ func (a *Agent) handleSpread(w http.ResponseWriter, r *http.Request) {
 	}
 	data, err := os.ReadFile(a.bundlePath(id))
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", a.self.Name, Label(id), err))
+		writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", a.self.Name, api.Label(id), err))
 		return
 	}
-	a.answerCommit(w, r, CommitRequest{Bundle: data, Message: cmp.Or(q.Get("m"), "spread from "+a.self.Name), Author: q.Get("author")})
+	a.answerCommit(w, r, api.CommitRequest{Bundle: data, Message: cmp.Or(q.Get("m"), "spread from "+a.self.Name), Author: q.Get("author")})
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io/fs"
 	"math/rand/v2"
 	"net"
@@ -50,27 +51,6 @@ type duckRecord struct {
 	// Version is set for a duck spawned at another version than the node's; the next switch of
 	// the node's version takes it along too.
 	Version string `json:"version,omitempty"`
-}
-
-// Event is one step of a long operation, streamed to the CLI as a line of JSON so it can show
-// what it is waiting for.
-type Event struct {
-	Time    time.Time `json:"time"`
-	Phase   string    `json:"phase"` // building, built, swapping, swapped, reverting, done, failed
-	Duck    string    `json:"duck,omitempty"`
-	Version string    `json:"version,omitempty"`
-	Message string    `json:"message,omitempty"`
-	Error   string    `json:"error,omitempty"`
-	// Output is the compiler's own message, verbatim, when a build failed.
-	Output string `json:"output,omitempty"`
-}
-
-// Label is how a version is shown: the first 12 hex digits of its bundle's sha256.
-func Label(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
 }
 
 func (a *Agent) localPath() string { return filepath.Join(a.cfg.DataDir, "local.json") }
@@ -160,7 +140,7 @@ func (a *Agent) restartDucks(ctx context.Context) {
 		version := cmp.Or(d.Version, l.Version)
 		bin, err := a.binary(ctx, version)
 		if err != nil {
-			a.log.Error("cannot restart duck", "duck", d.ID, "version", Label(version), "err", err)
+			a.log.Error("cannot restart duck", "duck", d.ID, "version", api.Label(version), "err", err)
 			continue
 		}
 		err = a.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: a.duckVersion(version), Binary: bin, Addr: d.Addr, Env: d.Env})
@@ -168,7 +148,7 @@ func (a *Agent) restartDucks(ctx context.Context) {
 			a.log.Error("restart duck", "duck", d.ID, "err", err)
 			continue
 		}
-		a.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", Label(version))
+		a.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", api.Label(version))
 	}
 }
 
@@ -180,7 +160,7 @@ func (a *Agent) binary(ctx context.Context, id string) (string, error) {
 	}
 	data, err := os.ReadFile(a.bundlePath(id))
 	if err != nil {
-		return "", fmt.Errorf("node %s does not have version %s: load it here first (%w)", a.self.Name, Label(id), err)
+		return "", fmt.Errorf("node %s does not have version %s: load it here first (%w)", a.self.Name, api.Label(id), err)
 	}
 	t0 := time.Now()
 	bin, err := a.builder.Build(ctx, id, data)
@@ -214,7 +194,7 @@ func (s *streamer) flush() {
 	}
 }
 
-func (s *streamer) event(e Event) {
+func (s *streamer) event(e api.Event) {
 	e.Time = time.Now().UTC()
 	s.send(e)
 }
@@ -231,11 +211,11 @@ func (a *Agent) handleLoad(w http.ResponseWriter, r *http.Request) {
 	ctx := context.WithoutCancel(r.Context())
 	s := newStreamer(w)
 	if err := a.load(ctx, data, s); err != nil {
-		e := Event{Phase: "failed", Error: err.Error()}
+		e := api.Event{Phase: "failed", Error: err.Error()}
 		var ce *build.CompileError
 		if errors.As(err, &ce) {
 			e.Output = ce.Output
-			e.Error = fmt.Sprintf("version %s does not compile; every duck here keeps running the version it had", Label(ce.ID))
+			e.Error = fmt.Sprintf("version %s does not compile; every duck here keeps running the version it had", api.Label(ce.ID))
 		}
 		s.event(e)
 	}
@@ -270,14 +250,14 @@ func (a *Agent) keepBundle(id string, data []byte) error {
 // node stays on the version it ran.
 //
 // healthy is how long each new duck must stay up after Ready (0: the node's --healthy).
-func (a *Agent) switchTo(ctx context.Context, id string, healthy time.Duration, event func(Event)) error {
+func (a *Agent) switchTo(ctx context.Context, id string, healthy time.Duration, event func(api.Event)) error {
 	v := a.duckVersion(id)
-	event(Event{Phase: "building", Version: v})
+	event(api.Event{Phase: "building", Version: v})
 	bin, err := a.binary(ctx, id)
 	if err != nil {
 		return err
 	}
-	event(Event{Phase: "built", Version: v})
+	event(api.Event{Phase: "built", Version: v})
 
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
@@ -289,21 +269,21 @@ func (a *Agent) switchTo(ctx context.Context, id string, healthy time.Duration, 
 		st, _ := a.sup.Get(d.ID)
 		return d.Version != "" || st.Version != v
 	}) {
-		event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) already on %s", len(l.Ducks), v)})
+		event(api.Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) already on %s", len(l.Ducks), v)})
 		return nil
 	}
 	var swapped []string
 	for _, d := range l.Ducks {
-		event(Event{Phase: "swapping", Duck: d.ID, Version: v})
+		event(api.Event{Phase: "swapping", Duck: d.ID, Version: v})
 		t0 := time.Now()
 		err := a.swapOrStart(ctx, d, v, bin, healthy)
 		a.metrics.swapped(time.Since(t0), err)
 		if err != nil {
 			a.revert(ctx, old, swapped, event)
-			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, Label(old), err)
+			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, api.Label(old), err)
 		}
 		swapped = append(swapped, d.ID)
-		event(Event{Phase: "swapped", Duck: d.ID, Version: v})
+		event(api.Event{Phase: "swapped", Duck: d.ID, Version: v})
 	}
 	err = a.changeLocal(func(l *localState) {
 		l.Version, l.Label = id, v
@@ -314,7 +294,7 @@ func (a *Agent) switchTo(ctx context.Context, id string, healthy time.Duration, 
 	if err != nil {
 		return err
 	}
-	event(Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) on %s", len(swapped), v)})
+	event(api.Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) on %s", len(swapped), v)})
 	return nil
 }
 
@@ -330,39 +310,22 @@ func (a *Agent) swapOrStart(ctx context.Context, d duckRecord, v, bin string, he
 }
 
 // revert swaps the ducks that already took a failed version back to the one they had.
-func (a *Agent) revert(ctx context.Context, old string, ids []string, event func(Event)) {
+func (a *Agent) revert(ctx context.Context, old string, ids []string, event func(api.Event)) {
 	if old == "" || len(ids) == 0 {
 		return
 	}
 	bin, err := a.binary(ctx, old)
 	if err != nil {
-		a.log.Error("cannot revert", "version", Label(old), "err", err)
+		a.log.Error("cannot revert", "version", api.Label(old), "err", err)
 		return
 	}
 	v := a.duckVersion(old)
 	for _, id := range slices.Backward(ids) {
-		event(Event{Phase: "reverting", Duck: id, Version: v})
+		event(api.Event{Phase: "reverting", Duck: id, Version: v})
 		if err := a.sup.Swap(ctx, id, v, bin, 0); err != nil {
 			a.log.Error("revert duck", "duck", id, "err", err)
 		}
 	}
-}
-
-// SpawnRequest starts a duck; an empty Addr picks a free loopback port. On names the node to
-// start it on (Node.spawn); the node asked forwards it there with the version it runs itself, as
-// the seed's code is the code of the node the call comes from.
-type SpawnRequest struct {
-	Addr    string   `json:"addr,omitempty"`
-	Env     []string `json:"env,omitempty"`
-	On      string   `json:"on,omitempty"`
-	Version string   `json:"version,omitempty"` // bundle ID; empty: the node's own version
-	From    string   `json:"from,omitempty"`    // the node the call came through
-}
-
-// DuckInfo is one duck as `ducks` shows it.
-type DuckInfo struct {
-	Node string `json:"node"`
-	supervise.Status
 }
 
 var envVar = regexp.MustCompile(`^DUCK_[A-Z0-9_]+=`)
@@ -371,7 +334,7 @@ var envVar = regexp.MustCompile(`^DUCK_[A-Z0-9_]+=`)
 var reservedEnv = regexp.MustCompile(`^DUCK_(ADDR|VERSION|VERSION_FILE|PIDFILE|LIFELINE_FD|STATE_FILE|READY_TIMEOUT)=`)
 
 func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
-	var req SpawnRequest
+	var req api.SpawnRequest
 	if !decode(w, r, &req) {
 		return
 	}
@@ -395,7 +358,7 @@ func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
 }
 
 // spawnElsewhere is Node.spawn: the duck starts on another node, at the version this node runs.
-func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req SpawnRequest) {
+func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req api.SpawnRequest) {
 	m, ok := a.Node().FSM.State().Members[req.On]
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.On))
@@ -406,10 +369,10 @@ func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req Spawn
 		writeError(w, http.StatusConflict, a.noCode())
 		return
 	}
-	fwd := SpawnRequest{Addr: req.Addr, Env: req.Env, Version: version, From: a.self.Name}
-	var d DuckInfo
+	fwd := api.SpawnRequest{Addr: req.Addr, Env: req.Env, Version: version, From: a.self.Name}
+	var d api.DuckInfo
 	if err := a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/spawn", fwd, &d); err != nil {
-		var ae *APIError
+		var ae *api.APIError
 		if !errors.As(err, &ae) {
 			err = fmt.Errorf("node %s is unreachable: %w", req.On, err)
 		}
@@ -421,7 +384,7 @@ func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req Spawn
 
 // noCode is this node's UndefinedFunctionError.
 func (a *Agent) noCode() error {
-	return &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s has no duck code loaded (the analogue of UndefinedFunctionError): run `load DIR` against it, or `spread` from a node that has it", a.self.Name)}
+	return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s has no duck code loaded (the analogue of UndefinedFunctionError): run `load DIR` against it, or `spread` from a node that has it", a.self.Name)}
 }
 
 // has reports whether this node can run version id without asking anyone.
@@ -433,37 +396,37 @@ func (a *Agent) has(id string) bool {
 	return err == nil
 }
 
-func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
+func (a *Agent) spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo, error) {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	nodeVersion := a.snapshotLocal().Version
 	version := cmp.Or(req.Version, nodeVersion)
 	if version == "" {
-		return DuckInfo{}, a.noCode()
+		return api.DuckInfo{}, a.noCode()
 	}
 	if !bundle.ValidID(version) {
-		return DuckInfo{}, &APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("%q is not a version ID (64 hex digits)", version)}
+		return api.DuckInfo{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("%q is not a version ID (64 hex digits)", version)}
 	}
 	if !a.has(version) {
 		// The seed's UndefinedFunctionError: the code was compiled on another node only.
 		from := cmp.Or(req.From, "another node")
-		return DuckInfo{}, &APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s does not have version %s, which %s runs (the analogue of UndefinedFunctionError): run `spread` against %s to give it to every node (Erlang's nl), or `load DIR` against %s", a.self.Name, a.duckVersion(version), from, from, a.self.Name)}
+		return api.DuckInfo{}, &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s does not have version %s, which %s runs (the analogue of UndefinedFunctionError): run `spread` against %s to give it to every node (Erlang's nl), or `load DIR` against %s", a.self.Name, a.duckVersion(version), from, from, a.self.Name)}
 	}
 	addr := req.Addr
 	if addr == "" {
 		var err error
 		if addr, err = freeLoopbackAddr(); err != nil {
-			return DuckInfo{}, err
+			return api.DuckInfo{}, err
 		}
 	}
 	bin, err := a.binary(ctx, version)
 	if err != nil {
-		return DuckInfo{}, err
+		return api.DuckInfo{}, err
 	}
 	var id string
 	// The ID is taken, and saved, before the duck starts, so a failed one is never reused.
 	if err := a.changeLocal(func(l *localState) { l.NextID++; id = "duck-" + strconv.Itoa(l.NextID) }); err != nil {
-		return DuckInfo{}, err
+		return api.DuckInfo{}, err
 	}
 	spec := supervise.Spec{ID: id, Version: a.duckVersion(version), Binary: bin, Addr: addr, Env: req.Env}
 	err = a.sup.Start(ctx, spec)
@@ -477,7 +440,7 @@ func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
 		err = a.sup.Start(ctx, spec)
 	}
 	if err != nil {
-		return DuckInfo{}, &APIError{Status: http.StatusUnprocessableEntity, Message: fmt.Sprintf("duck %s did not start on %s: %v", id, a.self.Name, err)}
+		return api.DuckInfo{}, &api.APIError{Status: http.StatusUnprocessableEntity, Message: fmt.Sprintf("duck %s did not start on %s: %v", id, a.self.Name, err)}
 	}
 	addr = spec.Addr
 	rec := duckRecord{ID: id, Addr: addr, Env: req.Env}
@@ -487,10 +450,10 @@ func (a *Agent) spawn(ctx context.Context, req SpawnRequest) (DuckInfo, error) {
 	if err := a.changeLocal(func(l *localState) { l.Ducks = append(l.Ducks, rec) }); err != nil {
 		// Not remembered, so not left running: a restarted node would not know it.
 		a.sup.Stop(ctx, id)
-		return DuckInfo{}, err
+		return api.DuckInfo{}, err
 	}
 	st, _ := a.sup.Get(id)
-	return DuckInfo{Node: a.self.Name, Status: st}, nil
+	return api.DuckInfo{Node: a.self.Name, Status: st}, nil
 }
 
 // freeLoopbackAddr picks a free loopback port for a duck: at random below the kernel's range of
@@ -522,24 +485,15 @@ func freeLoopbackAddr() (string, error) {
 	return l.Addr().String(), nil
 }
 
-// StopRequest stops duck Name on node On (default: the node asked).
-type StopRequest struct {
-	Name string `json:"name"`
-	On   string `json:"on,omitempty"`
-	// Restart starts the duck again at once from the state it saved on stopping, the way a
-	// user restarts a plain process: the baseline a hot swap is measured against.
-	Restart bool `json:"restart,omitempty"`
-}
-
 func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
-	var req StopRequest
+	var req api.StopRequest
 	if !decode(w, r, &req) {
 		return
 	}
 	if req.On != "" && req.On != a.self.Name {
 		m, err := a.member(req.On)
 		if err == nil {
-			err = a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/stop", StopRequest{Name: req.Name, Restart: req.Restart}, nil)
+			err = a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/stop", api.StopRequest{Name: req.Name, Restart: req.Restart}, nil)
 		}
 		if err != nil {
 			writeError(w, statusOf(err), err)
@@ -569,7 +523,7 @@ func (a *Agent) stopDuck(ctx context.Context, id string) error {
 	a.opMu.Lock()
 	defer a.opMu.Unlock()
 	if !slices.ContainsFunc(a.snapshotLocal().Ducks, func(d duckRecord) bool { return d.ID == id }) {
-		return &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("node %s runs no duck %q: `ducks` lists them", a.self.Name, id)}
+		return &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("node %s runs no duck %q: `ducks` lists them", a.self.Name, id)}
 	}
 	// A duck the supervisor does not know (it could not be restarted) is stopped already.
 	if err := a.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervise.ErrUnknownDuck) {
@@ -588,7 +542,7 @@ func (a *Agent) restartDuck(ctx context.Context, id string) error {
 	l := a.snapshotLocal()
 	i := slices.IndexFunc(l.Ducks, func(d duckRecord) bool { return d.ID == id })
 	if i < 0 {
-		return &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("node %s runs no duck %q: `ducks` lists them", a.self.Name, id)}
+		return &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("node %s runs no duck %q: `ducks` lists them", a.self.Name, id)}
 	}
 	d := l.Ducks[i]
 	version := cmp.Or(d.Version, l.Version)
@@ -610,20 +564,12 @@ func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, a.localDucks())
 }
 
-func (a *Agent) localDucks() []DuckInfo {
-	out := []DuckInfo{}
+func (a *Agent) localDucks() []api.DuckInfo {
+	out := []api.DuckInfo{}
 	for _, st := range a.sup.List() {
-		out = append(out, DuckInfo{Node: a.self.Name, Status: st})
+		out = append(out, api.DuckInfo{Node: a.self.Name, Status: st})
 	}
 	return out
-}
-
-// LogLine is one line a duck printed, as `logs` streams it. A line with Error set says the
-// stream from Node broke: the node is gone, and its ducks with it.
-type LogLine struct {
-	Node  string `json:"node"`
-	Error string `json:"error,omitempty"`
-	supervise.Line
 }
 
 // handleLogs streams a duck's (or every duck's) recent output, then, with follow=1, its live
@@ -659,7 +605,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	s := newStreamer(w)
 	for _, l := range a.sup.Recent(duck, n) {
-		s.send(LogLine{Node: a.self.Name, Line: l})
+		s.send(api.LogLine{Node: a.self.Name, Line: l})
 	}
 	if !follow {
 		return
@@ -674,7 +620,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		case l := <-live:
 			if duck == "" || l.Duck == duck {
-				s.send(LogLine{Node: a.self.Name, Line: l})
+				s.send(api.LogLine{Node: a.self.Name, Line: l})
 			}
 		case <-tick.C:
 			if duck != "" {
@@ -686,8 +632,8 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func sortDucks(ds []DuckInfo) {
-	slices.SortFunc(ds, func(x, y DuckInfo) int {
+func sortDucks(ds []api.DuckInfo) {
+	slices.SortFunc(ds, func(x, y api.DuckInfo) int {
 		if x.Node != y.Node {
 			return strings.Compare(x.Node, y.Node)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -15,13 +16,13 @@ import (
 
 // requestTypes are the bodies the API decodes, each made fresh for one request.
 var requestTypes = []func() any{
-	func() any { return new(ConnectRequest) },
+	func() any { return new(api.ConnectRequest) },
 	func() any { return new(consensus.Member) },
-	func() any { return new(NameRequest) },
-	func() any { return new(SpawnRequest) },
-	func() any { return new(StopRequest) },
-	func() any { return new(RolloutAction) },
-	func() any { return new(CommitRequest) },
+	func() any { return new(api.NameRequest) },
+	func() any { return new(api.SpawnRequest) },
+	func() any { return new(api.StopRequest) },
+	func() any { return new(api.RolloutAction) },
+	func() any { return new(api.CommitRequest) },
 	func() any { return new(consensus.Command) },
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io"
 	"net/http"
 	"os"
@@ -25,23 +26,6 @@ import (
 // version as soon as it is committed, swaps its ducks when granted, and reports through the log.
 // The FSM only records; these two loops act on what it records.
 
-// CommitRequest is what a node sends the leader to commit a version.
-type CommitRequest struct {
-	Bundle   []byte `json:"bundle"`
-	Message  string `json:"message,omitempty"`
-	Author   string `json:"author,omitempty"`
-	Canary   bool   `json:"canary,omitempty"`
-	NoRevert bool   `json:"no_revert,omitempty"`
-	// Policy is the rollout's rules; zero fields take rollout's defaults.
-	Policy rollout.Policy `json:"policy,omitzero"`
-}
-
-// CommitResult names the version committed.
-type CommitResult struct {
-	N  int    `json:"n"`
-	ID string `json:"id"`
-}
-
 // maxCommitBody fits the largest bundle, base64 encoded in JSON.
 const maxCommitBody = bundle.MaxSize*4/3 + 64<<10
 
@@ -52,7 +36,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q := r.URL.Query()
-	req := CommitRequest{Bundle: data, Message: q.Get("m"), Author: q.Get("author"), Canary: q.Get("canary") == "1", NoRevert: q.Get("no_revert") == "1"}
+	req := api.CommitRequest{Bundle: data, Message: q.Get("m"), Author: q.Get("author"), Canary: q.Get("canary") == "1", NoRevert: q.Get("no_revert") == "1"}
 	for name, d := range map[string]*time.Duration{
 		"start_deadline": &req.Policy.StartDeadline, "build_deadline": &req.Policy.BuildDeadline,
 		"progress_deadline": &req.Policy.ProgressDeadline, "healthy": &req.Policy.Healthy, "down_after": &req.Policy.DownAfter,
@@ -94,8 +78,8 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 }
 
 // answerCommit has the leader commit req and answers with the version, or why not.
-func (a *Agent) answerCommit(w http.ResponseWriter, r *http.Request, req CommitRequest) {
-	var res CommitResult
+func (a *Agent) answerCommit(w http.ResponseWriter, r *http.Request, req api.CommitRequest) {
+	var res api.CommitResult
 	err := a.onLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
 		res, err = a.commit(n, req)
 		return err
@@ -145,7 +129,7 @@ func checkBundle(data []byte) error {
 }
 
 func (a *Agent) handleCommit(w http.ResponseWriter, r *http.Request) {
-	var req CommitRequest
+	var req api.CommitRequest
 	if !decodeMax(w, r, &req, maxCommitBody) {
 		return
 	}
@@ -156,10 +140,10 @@ func (a *Agent) handleCommit(w http.ResponseWriter, r *http.Request) {
 	a.answerCommit(w, r, req)
 }
 
-func (a *Agent) commit(n *consensus.Node, req CommitRequest) (CommitResult, error) {
+func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResult, error) {
 	id := bundle.Sum(req.Bundle)
 	// The fault suite kills a leader on this line, so that it dies with the commit in flight.
-	a.log.Info("committing version", "id", Label(id))
+	a.log.Info("committing version", "id", api.Label(id))
 	err := n.Apply(consensus.Command{
 		Op: consensus.OpCommit, Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert, Policy: &req.Policy,
 		Version: &consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
@@ -168,57 +152,34 @@ func (a *Agent) commit(n *consensus.Node, req CommitRequest) (CommitResult, erro
 		// A refusal (the same version, another still rolling out) is the caller's to fix; a
 		// lost leader or a timeout goes back to onLeader, which tries the next leader.
 		if errors.Is(err, consensus.ErrRefused) {
-			return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
+			return api.CommitResult{}, &api.APIError{Status: http.StatusConflict, Message: err.Error()}
 		}
-		return CommitResult{}, err
+		return api.CommitResult{}, err
 	}
 	r := n.FSM.Rollout()
-	a.log.Info("committed version", "n", r.Version, "id", Label(id), "order", r.Order)
-	return CommitResult{N: r.Version, ID: id}, nil
+	a.log.Info("committed version", "n", r.Version, "id", api.Label(id), "order", r.Order)
+	return api.CommitResult{N: r.Version, ID: id}, nil
 }
 
-// VersionInfo is a committed version without its bundle.
-type VersionInfo struct {
-	N         int       `json:"n"`
-	ID        string    `json:"id"`
-	Message   string    `json:"message,omitempty"`
-	Author    string    `json:"author,omitempty"`
-	Committed time.Time `json:"committed"`
-}
-
-// RolloutView is the cluster's rollout picture, the same from every node that has caught up.
-type RolloutView struct {
-	Leader   string             `json:"leader"`
-	Rollout  *rollout.Rollout   `json:"rollout,omitempty"`
-	Past     []*rollout.Rollout `json:"past,omitempty"`
-	Versions []VersionInfo      `json:"versions"`
-}
-
-func (a *Agent) rolloutView() RolloutView {
+func (a *Agent) rolloutView() api.RolloutView {
 	n := a.Node()
 	st := n.FSM.State()
 	leader, _ := n.Leader()
-	v := RolloutView{Leader: leader, Rollout: st.Rollout, Past: st.Past, Versions: []VersionInfo{}}
+	v := api.RolloutView{Leader: leader, Rollout: st.Rollout, Past: st.Past, Versions: []api.VersionInfo{}}
 	for _, ver := range st.Versions {
-		v.Versions = append(v.Versions, VersionInfo{N: ver.N, ID: ver.ID, Message: ver.Message, Author: ver.Author, Committed: ver.Committed})
+		v.Versions = append(v.Versions, api.VersionInfo{N: ver.N, ID: ver.ID, Message: ver.Message, Author: ver.Author, Committed: ver.Committed})
 	}
 	return v
 }
 
 func (a *Agent) handleRollout(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.rolloutView()) }
 
-// RolloutAction is pause, resume or undo (to the previous version, or to version To).
-type RolloutAction struct {
-	Action string `json:"action"`
-	To     int    `json:"to,omitempty"`
-}
-
 func (a *Agent) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
-	var req RolloutAction
+	var req api.RolloutAction
 	if !decode(w, r, &req) {
 		return
 	}
-	var res CommitResult
+	var res api.CommitResult
 	err := a.onLeader(r.Context(), "/v1/rollout", req, &res, func(n *consensus.Node) (err error) {
 		res, err = a.rolloutAction(n, req)
 		return err
@@ -230,10 +191,10 @@ func (a *Agent) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, res)
 }
 
-func (a *Agent) rolloutAction(n *consensus.Node, req RolloutAction) (CommitResult, error) {
+func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.CommitResult, error) {
 	r := n.FSM.Rollout()
 	if r == nil {
-		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: "nothing has been deployed yet"}
+		return api.CommitResult{}, &api.APIError{Status: http.StatusConflict, Message: "nothing has been deployed yet"}
 	}
 	var state rollout.State
 	switch req.Action {
@@ -246,22 +207,22 @@ func (a *Agent) rolloutAction(n *consensus.Node, req RolloutAction) (CommitResul
 			// Going back to any kept version is a new rollout of its bundle.
 			v, ok := n.FSM.Version(req.To)
 			if !ok || len(v.Bundle) == 0 {
-				return CommitResult{}, &APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("version %d is not kept any more (the log keeps the newest bundles): deploy its source again", req.To)}
+				return api.CommitResult{}, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("version %d is not kept any more (the log keeps the newest bundles): deploy its source again", req.To)}
 			}
-			return a.commit(n, CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo"})
+			return a.commit(n, api.CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo"})
 		}
 		state = rollout.GoingBack
 	default:
-		return CommitResult{}, &APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
+		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
 	}
 	err := n.Apply(consensus.Command{Op: consensus.OpRolloutState, N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}, applyTimeout)
 	if errors.Is(err, consensus.ErrRefused) {
-		return CommitResult{}, &APIError{Status: http.StatusConflict, Message: err.Error()}
+		return api.CommitResult{}, &api.APIError{Status: http.StatusConflict, Message: err.Error()}
 	}
 	if err != nil {
-		return CommitResult{}, err
+		return api.CommitResult{}, err
 	}
-	return CommitResult{N: r.Version, ID: r.Target}, nil
+	return api.CommitResult{N: r.Version, ID: r.Target}, nil
 }
 
 // handleReport applies a node's report about its part in a rollout; the leader stamps the time.
@@ -285,7 +246,7 @@ func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {
 	c.Time = time.Now().UTC()
 	err := n.Apply(c, applyTimeout)
 	if errors.Is(err, consensus.ErrRefused) {
-		return &APIError{Status: http.StatusConflict, Message: err.Error()}
+		return &api.APIError{Status: http.StatusConflict, Message: err.Error()}
 	}
 	return err
 }
@@ -341,7 +302,7 @@ func (a *Agent) sendReport(c consensus.Command) bool {
 		ctx, cancel := context.WithTimeout(a.ctx, 10*time.Second)
 		err := a.onLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return a.applyReport(n, c) })
 		cancel()
-		var ae *APIError
+		var ae *api.APIError
 		switch {
 		case err == nil:
 			return true
@@ -476,7 +437,7 @@ func (a *Agent) caughtUp() bool {
 		name, _ := n.Leader()
 		if m, ok := n.FSM.State().Members[name]; ok && name != "" {
 			ctx, cancel := context.WithTimeout(a.ctx, probeTimeout)
-			var p Ping
+			var p api.Ping
 			if err := a.client.Do(ctx, m.APIAddr, http.MethodGet, "/v1/ping", nil, &p); err == nil && p.Name == name {
 				target = max(p.StateIndex, 1)
 			}
@@ -572,7 +533,7 @@ func (a *Agent) keepCommitted(id string) error {
 			return a.keepBundle(id, v.Bundle)
 		}
 	}
-	return fmt.Errorf("node %s does not have version %s and the log no longer keeps its bundle: deploy it again", a.self.Name, Label(id))
+	return fmt.Errorf("node %s does not have version %s and the log no longer keeps its bundle: deploy it again", a.self.Name, api.Label(id))
 }
 
 // turn swaps every duck here to the duty's version because the leader granted it, and reports
@@ -639,7 +600,7 @@ func (a *Agent) catchUp(r *rollout.Rollout, duty rollout.Duty) {
 		p := r.Policy.WithDefaults()
 		ctx, cancel := context.WithTimeout(a.ctx, p.BuildDeadline+p.ProgressDeadline)
 		defer cancel()
-		a.log.Info("catching up with the cluster", "version", r.Version, "to", Label(duty.Version))
+		a.log.Info("catching up with the cluster", "version", r.Version, "to", api.Label(duty.Version))
 		err := a.keepCommitted(duty.Version)
 		if err == nil {
 			err = a.switchTo(ctx, duty.Version, p.Healthy, a.logEvent)
@@ -684,6 +645,6 @@ func (a *Agent) release() {
 	a.fol.mu.Unlock()
 }
 
-func (a *Agent) logEvent(e Event) {
+func (a *Agent) logEvent(e api.Event) {
 	a.log.Info("swap", "phase", e.Phase, "duck", e.Duck, "version", e.Version, "msg", e.Message)
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
 	"strconv"
@@ -9,24 +10,11 @@ import (
 	"sync"
 
 	"github.com/duckraft/duckraft/consensus"
-	"github.com/duckraft/duckraft/rollout"
 )
 
-// Local is what one node says of itself for `status`: the version its ducks run and the ducks.
-type Local struct {
-	Name    string     `json:"name"`
-	Role    string     `json:"role"`
-	Version string     `json:"version,omitempty"` // bundle ID
-	Label   string     `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
-	Ducks   []DuckInfo `json:"ducks"`
-	// DuckUser says whose authority ducks run with: a user of their own on a root node, else
-	// "shared with the node (uid N)". See docs/SECURITY.md for what a duck can and cannot reach.
-	DuckUser string `json:"duck_user,omitempty"`
-}
-
-func (a *Agent) localView() Local {
+func (a *Agent) localView() api.Local {
 	id := a.snapshotLocal().Version
-	return Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: a.localDucks(), DuckUser: a.duckUser()}
+	return api.Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: a.localDucks(), DuckUser: a.duckUser()}
 }
 
 // versionLabel names a version as users see it: vN once committed; a loaded but uncommitted one
@@ -36,7 +24,7 @@ func (a *Agent) versionLabel(id string) string {
 		return ""
 	}
 	l := a.duckVersion(id)
-	if l == Label(id) {
+	if l == api.Label(id) {
 		return l + " (local)"
 	}
 	return l
@@ -55,36 +43,18 @@ func (a *Agent) duckVersion(id string) string {
 	if l := a.snapshotLocal(); l.Version == id && l.Label != "" {
 		return l.Label // the log is not replayed yet
 	}
-	return Label(id)
+	return api.Label(id)
 }
 
 func (a *Agent) handleLocal(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.localView()) }
 
-// NodeStatus is one row of `status`.
-type NodeStatus struct {
-	Member    MemberStatus  `json:"member"`
-	Local     *Local        `json:"local,omitempty"` // nil when unreachable
-	Rollout   *rollout.Node `json:"rollout,omitempty"`
-	Reachable bool          `json:"reachable"`
-}
-
-// Status is the cluster as `status` shows it.
-type Status struct {
-	Nodes   []NodeStatus `json:"nodes"`
-	Rollout RolloutView  `json:"rollout"`
-	// Voters is how many members vote; Tolerates how many of them the cluster can lose and
-	// still commit.
-	Voters    int `json:"voters"`
-	Tolerates int `json:"tolerates"`
-}
-
-func (a *Agent) status(ctx context.Context) (Status, error) {
+func (a *Agent) status(ctx context.Context) (api.Status, error) {
 	ms, err := a.members(ctx)
 	if err != nil {
-		return Status{}, err
+		return api.Status{}, err
 	}
 	view := a.rolloutView()
-	out := Status{Rollout: view, Nodes: make([]NodeStatus, len(ms))}
+	out := api.Status{Rollout: view, Nodes: make([]api.NodeStatus, len(ms))}
 	for _, m := range ms {
 		if m.Suffrage == "voter" {
 			out.Voters++
@@ -93,7 +63,7 @@ func (a *Agent) status(ctx context.Context) (Status, error) {
 	out.Tolerates = consensus.FailureTolerance(out.Voters)
 	var wg sync.WaitGroup
 	for i, m := range ms {
-		out.Nodes[i] = NodeStatus{Member: m, Reachable: m.Reachable}
+		out.Nodes[i] = api.NodeStatus{Member: m, Reachable: m.Reachable}
 		if view.Rollout != nil {
 			out.Nodes[i].Rollout = view.Rollout.Nodes[m.Name]
 		}
@@ -101,9 +71,9 @@ func (a *Agent) status(ctx context.Context) (Status, error) {
 			continue
 		}
 		wg.Add(1)
-		go func(ns *NodeStatus) {
+		go func(ns *api.NodeStatus) {
 			defer wg.Done()
-			var l Local
+			var l api.Local
 			if ns.Member.Name == a.self.Name {
 				l = a.localView()
 			} else {
@@ -117,7 +87,7 @@ func (a *Agent) status(ctx context.Context) (Status, error) {
 		}(&out.Nodes[i])
 	}
 	wg.Wait()
-	slices.SortFunc(out.Nodes, func(x, y NodeStatus) int { return strings.Compare(x.Member.Name, y.Member.Name) })
+	slices.SortFunc(out.Nodes, func(x, y api.NodeStatus) int { return strings.Compare(x.Member.Name, y.Member.Name) })
 	return out, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io"
 	"os"
 	"os/exec"
@@ -20,7 +21,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/wire"
 )
 
@@ -34,7 +34,7 @@ type Cluster struct {
 
 	mu    sync.Mutex
 	nodes map[string]*Node
-	api   *agent.Client
+	api   *api.Client
 }
 
 // Nodes lists every node started, in name order.
@@ -281,7 +281,7 @@ func (c *Cluster) Do(ctx context.Context, addr, method, path string, in, out any
 			c.mu.Unlock()
 			return err
 		}
-		c.api = agent.NewClient(id)
+		c.api = api.NewClient(id)
 	}
 	api := c.api
 	c.mu.Unlock()
@@ -335,7 +335,7 @@ func (c *Cluster) ConnectAll(ctx context.Context, nodes []*Node, parallel int) e
 			defer func() { <-sem }()
 			var err error
 			for attempt := 0; attempt < 5; attempt++ {
-				if err = c.Do(ctx, n.API, "POST", "/v1/connect", agent.ConnectRequest{Addr: nodes[0].API}, nil); err == nil {
+				if err = c.Do(ctx, n.API, "POST", "/v1/connect", api.ConnectRequest{Addr: nodes[0].API}, nil); err == nil {
 					return
 				}
 				time.Sleep(time.Duration(attempt+1) * 500 * time.Millisecond)

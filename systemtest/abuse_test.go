@@ -3,6 +3,7 @@ package systemtest
 import (
 	"context"
 	"crypto/tls"
+	"github.com/duckraft/duckraft/api"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -13,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
@@ -144,8 +144,8 @@ func TestStrangersConnectionsLeaveNodeServing(t *testing.T) {
 		// A Raft round trip through the flooded node: b forwards to the leader, which replicates.
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		var res agent.CommitLatency
-		if err := c.Do(ctx, b.API, http.MethodPost, "/v1/bench/commit", agent.CommitBench{N: 5}, &res); err != nil {
+		var res api.CommitLatency
+		if err := c.Do(ctx, b.API, http.MethodPost, "/v1/bench/commit", api.CommitBench{N: 5}, &res); err != nil {
 			t.Fatalf("%s: commits through a flooded cluster: %v", when, err)
 		}
 		// Clients: a CLI command against the flooded API.

@@ -3,6 +3,7 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
 )
@@ -169,7 +169,7 @@ func benchRollout(b *testing.B, c *localcluster.Cluster, addr string) *rollout.R
 	if err != nil {
 		b.Fatalf("rollout status: %v\n%s%s", err, out, errOut)
 	}
-	var v agent.RolloutView
+	var v api.RolloutView
 	if err := json.Unmarshal([]byte(out), &v); err != nil {
 		b.Fatalf("rollout status --json: %v in %q", err, out)
 	}

@@ -3,12 +3,12 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
@@ -32,12 +32,12 @@ func askDuck(method, addr string) (duckReply, error) {
 	return r, json.NewDecoder(resp.Body).Decode(&r)
 }
 
-func ducksOn(c *localcluster.Cluster, addr string) []agent.DuckInfo {
+func ducksOn(c *localcluster.Cluster, addr string) []api.DuckInfo {
 	out, _, err := tryCLI(c, addr, "ducks", "--json")
 	if err != nil {
 		return nil
 	}
-	var ds []agent.DuckInfo
+	var ds []api.DuckInfo
 	json.Unmarshal([]byte(out), &ds)
 	return ds
 }

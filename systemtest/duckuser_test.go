@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io/fs"
 	"net/http"
 	"os"
@@ -13,7 +14,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
@@ -37,7 +37,7 @@ func TestDuckCannotReachItsNodesSecrets(t *testing.T) {
 	data := filepath.Join(root, "a")
 	// No cookie given: the node makes ~/.duckraft.cookie, as a user's first start does.
 	n := startRaw(t, cleanEnv(home), "start", "--name", "a", "--data-dir", data, "--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0")
-	api, _, exited := n.ready(t)
+	apiAddr, _, exited := n.ready(t)
 	if exited {
 		t.Fatalf("node exited before it was ready (%v):\n%s", n.err, n.out.String())
 	}
@@ -47,14 +47,14 @@ func TestDuckCannotReachItsNodesSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := &localcluster.Cluster{Bin: bin, Cookie: strings.TrimSpace(string(cookie))}
-	out := cli(t, c, api, "deploy", "-m", "snoop", "../testdata/duck-snoop")
+	out := cli(t, c, apiAddr, "deploy", "-m", "snoop", "../testdata/duck-snoop")
 	if !strings.Contains(out, "version 1 runs on every node") {
 		t.Fatalf("deploy printed:\n%s", out)
 	}
 	cacheHome := cmpOr(os.Getenv("XDG_CACHE_HOME"), filepath.Join(home, ".cache"))
 	shared := filepath.Join(cacheHome, "duckraft", "builds")
 	gocache := os.Getenv("GOCACHE") // TestMain set it; cleanEnv passes it on
-	out = cli(t, c, api, "spawn", "--detach",
+	out = cli(t, c, apiAddr, "spawn", "--detach",
 		"--env", "DUCK_SNOOP_COOKIE="+cookieFile, "--env", "DUCK_SNOOP_DATA="+data,
 		"--env", "DUCK_SNOOP_SHARED="+shared, "--env", "DUCK_SNOOP_GOCACHE="+gocache)
 	var id, addr string
@@ -97,8 +97,8 @@ func TestDuckCannotReachItsNodesSecrets(t *testing.T) {
 		}
 	}
 
-	var st agent.Status
-	if err := json.Unmarshal([]byte(cli(t, c, api, "status", "--json")), &st); err != nil {
+	var st api.Status
+	if err := json.Unmarshal([]byte(cli(t, c, apiAddr, "status", "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
 	for _, node := range st.Nodes {
@@ -106,11 +106,11 @@ func TestDuckCannotReachItsNodesSecrets(t *testing.T) {
 			t.Errorf("status of %s does not say ducks run as duckraft-duck: %+v", node.Member.Name, node.Local)
 		}
 	}
-	if out := cli(t, c, api, "status"); strings.Contains(out, "ducks run as their node's user") {
+	if out := cli(t, c, apiAddr, "status"); strings.Contains(out, "ducks run as their node's user") {
 		t.Errorf("status says ducks share the node's user on a root node:\n%s", out)
 	}
 	// The duck's processes are the duck user's, not root's.
-	for _, d := range ducksOn(c, api) {
+	for _, d := range ducksOn(c, apiAddr) {
 		fi, err := os.Stat(fmt.Sprintf("/proc/%d", d.PID))
 		if err != nil {
 			t.Fatal(err)

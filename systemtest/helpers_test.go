@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -147,12 +147,12 @@ func tryCLI(c *localcluster.Cluster, addr string, args ...string) (string, strin
 }
 
 // members asks the node at addr for the member list; nil if it cannot answer.
-func members(c *localcluster.Cluster, addr string) []agent.MemberStatus {
+func members(c *localcluster.Cluster, addr string) []api.MemberStatus {
 	out, _, err := tryCLI(c, addr, "members", "--json")
 	if err != nil {
 		return nil
 	}
-	var ms []agent.MemberStatus
+	var ms []api.MemberStatus
 	if json.Unmarshal([]byte(out), &ms) != nil {
 		return nil
 	}
@@ -182,7 +182,7 @@ func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool)
 }
 
 // view summarises a member list as "name:role:reachable" entries, for comparing nodes' answers.
-func view(ms []agent.MemberStatus) string {
+func view(ms []api.MemberStatus) string {
 	var parts []string
 	for _, m := range ms {
 		parts = append(parts, fmt.Sprintf("%s:%s:%v:%s", m.Name, m.Role, m.Reachable, m.Suffrage))
@@ -190,7 +190,7 @@ func view(ms []agent.MemberStatus) string {
 	return strings.Join(parts, " ")
 }
 
-func leaderOf(ms []agent.MemberStatus) string {
+func leaderOf(ms []api.MemberStatus) string {
 	leader := ""
 	for _, m := range ms {
 		if m.Role == "leader" {

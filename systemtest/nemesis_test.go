@@ -2,6 +2,7 @@ package systemtest
 
 import (
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -11,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
 )
@@ -319,7 +319,7 @@ func settle(t *testing.T, n *nemesis, bound time.Duration) {
 				ok = false
 				continue
 			}
-			var rv agent.RolloutView
+			var rv api.RolloutView
 			if err := n.dc.c.Do(t.Context(), node.API, "GET", "/v1/rollout", nil, &rv); err != nil || rv.Rollout == nil {
 				ok = false
 				continue

@@ -3,6 +3,7 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
 )
@@ -44,9 +44,9 @@ func newDuckCluster(t *testing.T) *duckCluster {
 	return dc
 }
 
-func rolloutOf(t *testing.T, c *localcluster.Cluster, addr string) agent.RolloutView {
+func rolloutOf(t *testing.T, c *localcluster.Cluster, addr string) api.RolloutView {
 	t.Helper()
-	var v agent.RolloutView
+	var v api.RolloutView
 	if err := json.Unmarshal([]byte(cli(t, c, addr, "rollout", "status", "--json")), &v); err != nil {
 		t.Fatal(err)
 	}
@@ -341,7 +341,7 @@ func TestLeaderKilledMidRolloutRolloutCompletesOnce(t *testing.T) {
 		return r.State == rollout.Done
 	})
 	for _, n := range survivors {
-		var ds []agent.DuckInfo
+		var ds []api.DuckInfo
 		json.Unmarshal([]byte(cli(t, dc.c, n.API, "ducks", "--local", "--json")), &ds)
 		if len(ds) != 1 || ds[0].Version != "v2" || ds[0].Gen != 2 {
 			t.Fatalf("ducks on %s: %+v; want one duck on v2 swapped exactly once (generation 2)", n.Name, ds)
@@ -384,7 +384,7 @@ func TestNodeThatJoinsLaterGetsTheVersionAndSameBundleIsNotNew(t *testing.T) {
 	}
 	cli(t, dc.c, d.API, "connect", dc.nodes[0].API)
 	waitFor(t, "d to build and run version 1", 60*time.Second, func() bool {
-		var st agent.Status
+		var st api.Status
 		out, _, err := tryCLI(dc.c, d.API, "status", "--json")
 		if err != nil || json.Unmarshal([]byte(out), &st) != nil {
 			return false

@@ -3,6 +3,7 @@ package systemtest
 import (
 	"context"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/rollout"
 )
 
@@ -108,7 +108,7 @@ func TestHundredNodes(t *testing.T) {
 	if err != nil || !strings.Contains(out, "runs on every node") {
 		t.Fatalf("deploy of the one-line change: %v\n%s%s", err, out, errOut)
 	}
-	var v agent.RolloutView
+	var v api.RolloutView
 	if err := c.Do(ctx, first.API, "GET", "/v1/rollout", nil, &v); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io"
 	"io/fs"
 	"net"
@@ -414,7 +415,7 @@ func TestRequestWithoutCookieNeverReachesBuilder(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(a.Dir, "bundles", b.ID)); err == nil {
 		t.Error("the refused bundle was kept")
 	}
-	var v agent.RolloutView
+	var v api.RolloutView
 	if err := json.Unmarshal([]byte(cli(t, c, a.API, "rollout", "status", "--json")), &v); err != nil {
 		t.Fatal(err)
 	}

@@ -2,15 +2,15 @@ package systemtest
 
 import (
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
-func suffrages(ms []agent.MemberStatus) (voters, nonvoters []string) {
+func suffrages(ms []api.MemberStatus) (voters, nonvoters []string) {
 	for _, m := range ms {
 		if m.Suffrage == "voter" {
 			voters = append(voters, m.Name)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -15,7 +16,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
@@ -88,8 +88,8 @@ func runBench(args []string) error {
 
 	// Raft: the leader commits empty entries one after another.
 	fmt.Fprintln(os.Stderr, "timing Raft commits ...")
-	var lat agent.CommitLatency
-	if err := c.Do(ctx, nodes[0].API, http.MethodPost, "/v1/bench/commit", agent.CommitBench{N: *commits}, &lat); err != nil {
+	var lat api.CommitLatency
+	if err := c.Do(ctx, nodes[0].API, http.MethodPost, "/v1/bench/commit", api.CommitBench{N: *commits}, &lat); err != nil {
 		return err
 	}
 
@@ -107,7 +107,7 @@ func runBench(args []string) error {
 			swapLoad.stop()
 			return err
 		}
-		var v agent.RolloutView
+		var v api.RolloutView
 		if err := c.Do(ctx, nodes[0].API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
 			return err
 		}
@@ -202,12 +202,12 @@ func countsMatch(ducks map[string]string, p *poster, before map[string]int) bool
 // restartDuck restarts a node's duck the way a user restarts a plain process: a graceful stop
 // (it saves its state), then a start at once, no crash backoff; timed until it serves again.
 func restartDuck(c *localcluster.Cluster, n *localcluster.Node, addr string) (time.Duration, error) {
-	var ds []agent.DuckInfo
+	var ds []api.DuckInfo
 	if err := c.Do(context.Background(), n.API, http.MethodGet, "/v1/ducks", nil, &ds); err != nil || len(ds) == 0 {
 		return 0, fmt.Errorf("ducks on %s: %v", n.Name, err)
 	}
 	t0 := time.Now()
-	if err := c.Do(context.Background(), n.API, http.MethodPost, "/v1/stop", agent.StopRequest{Name: ds[0].ID, Restart: true}, nil); err != nil {
+	if err := c.Do(context.Background(), n.API, http.MethodPost, "/v1/stop", api.StopRequest{Name: ds[0].ID, Restart: true}, nil); err != nil {
 		return 0, err
 	}
 	for time.Since(t0) < 30*time.Second {

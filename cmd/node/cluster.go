@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"os"
 	"text/tabwriter"
@@ -19,7 +20,7 @@ type client struct {
 	addr    string
 	timeout time.Duration
 	cookie  *wire.CookieSource
-	api     *agent.Client
+	api     *api.Client
 }
 
 func clientFlags(fs *flag.FlagSet) *client {
@@ -32,7 +33,7 @@ func clientFlags(fs *flag.FlagSet) *client {
 
 // open derives the identity from the cookie (slow on purpose, so once, and only now that the
 // flags are parsed) and returns the API client.
-func (c *client) open() (*agent.Client, error) {
+func (c *client) open() (*api.Client, error) {
 	if c.api != nil {
 		return c.api, nil
 	}
@@ -44,19 +45,19 @@ func (c *client) open() (*agent.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.api = agent.NewClient(id)
+	c.api = api.NewClient(id)
 	return c.api, nil
 }
 
 // call sends one request to the node and decodes its answer.
 func (c *client) call(method, path string, in, out any) error {
-	api, err := c.open()
+	cl, err := c.open()
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	return api.Do(ctx, c.addr, method, path, in, out)
+	return cl.Do(ctx, c.addr, method, path, in, out)
 }
 
 func runConnect(args []string) error {
@@ -66,7 +67,7 @@ func runConnect(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.call(http.MethodPost, "/v1/connect", agent.ConnectRequest{Addr: pos[0]}, nil); err != nil {
+	if err := c.call(http.MethodPost, "/v1/connect", api.ConnectRequest{Addr: pos[0]}, nil); err != nil {
 		return err
 	}
 	fmt.Println("true")
@@ -80,7 +81,7 @@ func runMembers(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var ms []agent.MemberStatus
+	var ms []api.MemberStatus
 	if err := c.call(http.MethodGet, "/v1/members", nil, &ms); err != nil {
 		return err
 	}
@@ -120,7 +121,7 @@ func runForget(args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := c.call(http.MethodPost, "/v1/forget", agent.NameRequest{Name: pos[0]}, nil); err != nil {
+	if err := c.call(http.MethodPost, "/v1/forget", api.NameRequest{Name: pos[0]}, nil); err != nil {
 		return err
 	}
 	fmt.Printf("forgot %s\n", pos[0])

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io"
 	"net/http"
 	"os"
@@ -18,7 +19,6 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft"
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -250,7 +250,7 @@ func (p *poster) stop() { close(p.done); p.wg.Wait() }
 func summary(c *localcluster.Cluster, nodes []*localcluster.Node, ducks map[string]string, p *poster) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	var view agent.RolloutView
+	var view api.RolloutView
 	if out, _, err := c.Run(ctx, nodes[0].API, "rollout", "status", "--json"); err == nil {
 		json.Unmarshal([]byte(out), &view)
 	}

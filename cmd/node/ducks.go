@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,7 +18,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/term"
 )
@@ -35,7 +35,7 @@ func runLoad(args []string) error {
 	if err != nil {
 		return err
 	}
-	api, err := c.open()
+	cl, err := c.open()
 	if err != nil {
 		return err
 	}
@@ -47,10 +47,10 @@ func runLoad(args []string) error {
 	p := newProgress(os.Stderr)
 	defer p.close()
 	p.step(fmt.Sprintf("sending %s (%d bytes) to %s", pos[0], len(b.Data), c.addr))
-	var failed *agent.Event
-	var done agent.Event
-	err = api.Stream(ctx, c.addr, http.MethodPost, "/v1/load", bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
-		var e agent.Event
+	var failed *api.Event
+	var done api.Event
+	err = cl.Stream(ctx, c.addr, http.MethodPost, "/v1/load", bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
+		var e api.Event
 		if err := json.Unmarshal(raw, &e); err != nil {
 			return err
 		}
@@ -112,11 +112,11 @@ func runSpawn(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	req := agent.SpawnRequest{Addr: *listen, Env: env, On: *on}
+	req := api.SpawnRequest{Addr: *listen, Env: env, On: *on}
 	if req.Addr == "" && *port != 0 {
 		req.Addr = "127.0.0.1:" + strconv.Itoa(*port)
 	}
-	var d agent.DuckInfo
+	var d api.DuckInfo
 	if err := c.call(http.MethodPost, "/v1/spawn", req, &d); err != nil {
 		return err
 	}
@@ -131,7 +131,7 @@ func runSpawn(args []string) error {
 // node goes away. on names the node the duck runs on ("*": every node), reached through the
 // node at --addr, so the output comes home to the caller as with Erlang's Node.spawn.
 func follow(c *client, on, duck string, n int, live bool) error {
-	api, err := c.open()
+	cl, err := c.open()
 	if err != nil {
 		return err
 	}
@@ -148,8 +148,8 @@ func follow(c *client, on, duck string, n int, live bool) error {
 		q.Set("follow", "1")
 	}
 	var gone error
-	err = api.Stream(ctx, c.addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
-		var l agent.LogLine
+	err = cl.Stream(ctx, c.addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
+		var l api.LogLine
 		if err := json.Unmarshal(raw, &l); err != nil {
 			return err
 		}
@@ -199,7 +199,7 @@ func runStop(args []string) error {
 	if node, id, ok := strings.Cut(duck, "/"); ok {
 		*on, duck = node, id
 	}
-	if err := c.call(http.MethodPost, "/v1/stop", agent.StopRequest{Name: duck, On: *on}, nil); err != nil {
+	if err := c.call(http.MethodPost, "/v1/stop", api.StopRequest{Name: duck, On: *on}, nil); err != nil {
 		return err
 	}
 	fmt.Printf("stopped %s\n", pos[0])
@@ -218,7 +218,7 @@ func runDucks(args []string) error {
 	if *local {
 		path = "/v1/ducks"
 	}
-	var ds []agent.DuckInfo
+	var ds []api.DuckInfo
 	if err := c.call(http.MethodGet, path, nil, &ds); err != nil {
 		return err
 	}

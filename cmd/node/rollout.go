@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"io"
 	"net/http"
 	"net/url"
@@ -19,7 +20,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
@@ -93,21 +93,21 @@ func runDeploy(args []string) error {
 	if err != nil {
 		return err
 	}
-	api, err := c.open()
+	cl, err := c.open()
 	if err != nil {
 		return err
 	}
 	// --timeout bounds the commit; the rollout is followed for as long as it takes.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	var res agent.CommitResult
-	err = api.Stream(ctx, c.addr, http.MethodPost, "/v1/deploy?"+q.Encode(), bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
+	var res api.CommitResult
+	err = cl.Stream(ctx, c.addr, http.MethodPost, "/v1/deploy?"+q.Encode(), bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
 		return json.Unmarshal(raw, &res)
 	})
 	if err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, agent.Label(res.ID))
+	fmt.Printf("committed version %d (%s)\n", res.N, api.Label(res.ID))
 	if *detach {
 		return nil
 	}
@@ -145,12 +145,12 @@ func runSpread(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var res agent.CommitResult
+	var res api.CommitResult
 	q := url.Values{"m": {*msg}, "author": {author()}}
 	if err := c.call(http.MethodPost, "/v1/spread?"+q.Encode(), nil, &res); err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, agent.Label(res.ID))
+	fmt.Printf("committed version %d (%s)\n", res.N, api.Label(res.ID))
 	if *detach {
 		return nil
 	}
@@ -172,7 +172,7 @@ func author() string {
 // it does not mean the rollout ended. With wantBack (undo), going back is the success. It returns an error saying why
 // when the rollout halted or went back.
 func watch(c *client, n int, leave rollout.State, wantBack bool, w *os.File) error {
-	api, err := c.open()
+	cl, err := c.open()
 	if err != nil {
 		return err
 	}
@@ -183,9 +183,9 @@ func watch(c *client, n int, leave rollout.State, wantBack bool, w *os.File) err
 
 	drawn := 0
 	for {
-		var v agent.RolloutView
+		var v api.RolloutView
 		rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
-		err := api.Do(rctx, c.addr, http.MethodGet, "/v1/rollout", nil, &v)
+		err := cl.Do(rctx, c.addr, http.MethodGet, "/v1/rollout", nil, &v)
 		rcancel()
 		if ctx.Err() != nil {
 			fmt.Fprintln(os.Stderr, "stopped watching; the rollout carries on (`rollout status` shows it)")
@@ -383,7 +383,7 @@ func runRollout(args []string) error {
 	}
 	switch pos[0] {
 	case "status", "history":
-		var v agent.RolloutView
+		var v api.RolloutView
 		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
 			return err
 		}
@@ -403,7 +403,7 @@ func runRollout(args []string) error {
 		}
 		return nil
 	case "pause", "resume", "undo":
-		var v agent.RolloutView
+		var v api.RolloutView
 		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
 			return err
 		}
@@ -411,15 +411,15 @@ func runRollout(args []string) error {
 		if v.Rollout != nil {
 			before = v.Rollout.State
 		}
-		var res agent.CommitResult
-		if err := c.call(http.MethodPost, "/v1/rollout", agent.RolloutAction{Action: pos[0], To: *to}, &res); err != nil {
+		var res api.CommitResult
+		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: *to}, &res); err != nil {
 			return err
 		}
 		if *asJSON {
 			return printJSON(res)
 		}
 		if pos[0] == "undo" && *to != 0 {
-			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, agent.Label(res.ID), *to)
+			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, api.Label(res.ID), *to)
 			return watch(c, res.N, "", false, os.Stdout)
 		}
 		fmt.Printf("version %d: %s\n", res.N, pos[0])
@@ -431,7 +431,7 @@ func runRollout(args []string) error {
 	return usageError{fmt.Sprintf("unknown rollout command %q: status, history, pause, resume or undo", pos[0])}
 }
 
-func printHistory(v agent.RolloutView) error {
+func printHistory(v api.RolloutView) error {
 	outcome := map[int]rollout.State{}
 	for _, r := range append(v.Past, v.Rollout) {
 		if r != nil {
@@ -441,7 +441,7 @@ func printHistory(v agent.RolloutView) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tID\tCOMMITTED\tBY\tROLLOUT\tMESSAGE")
 	for _, ver := range v.Versions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, agent.Label(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.Label(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
 	}
 	return tw.Flush()
 }
@@ -460,7 +460,7 @@ func runStatus(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var st agent.Status
+	var st api.Status
 	if err := c.call(http.MethodGet, "/v1/status", nil, &st); err != nil {
 		return err
 	}
@@ -501,7 +501,7 @@ func runStatus(args []string) error {
 
 // printDuckUsers says, once, that ducks run as their node's user and what follows: a duck is
 // code its deployer wrote, and the node's user is what it can act as.
-func printDuckUsers(st agent.Status) {
+func printDuckUsers(st api.Status) {
 	for _, n := range st.Nodes {
 		if n.Local != nil && strings.HasPrefix(n.Local.DuckUser, "shared") {
 			fmt.Println("\nducks run as their node's user: a duck can read and write what that user can (the cookie file,")

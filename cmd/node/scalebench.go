@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,7 +13,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/duckraft/duckraft/agent"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
@@ -91,7 +91,7 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	if err := c.ConnectAll(ctx, nodes, 4); err != nil {
 		return f, err
 	}
-	var ms []agent.MemberStatus
+	var ms []api.MemberStatus
 	for deadline := time.Now().Add(2 * time.Minute); ; {
 		if err := c.Do(ctx, nodes[0].API, http.MethodGet, "/v1/members", nil, &ms); err == nil && len(ms) == size {
 			break
@@ -124,7 +124,7 @@ func benchSize(size, commits int) (scaleFigures, error) {
 			return 0, 0, fmt.Errorf("deploy: %v\n%s%s", err, out, errOut)
 		}
 		cpu := (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t0).Seconds()
-		var v agent.RolloutView
+		var v api.RolloutView
 		if err := c.Do(ctx, nodes[len(nodes)-1].API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
 			return 0, 0, err
 		}
@@ -154,8 +154,8 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	if f.rollout, f.leaderRolloutCPU, err = deploy(dir); err != nil {
 		return f, err
 	}
-	var lat agent.CommitLatency
-	if err := c.Do(ctx, leader.API, http.MethodPost, "/v1/bench/commit", agent.CommitBench{N: commits}, &lat); err != nil {
+	var lat api.CommitLatency
+	if err := c.Do(ctx, leader.API, http.MethodPost, "/v1/bench/commit", api.CommitBench{N: commits}, &lat); err != nil {
 		return f, err
 	}
 	f.commitP50, f.commitP99 = pct(lat.Samples, 50), pct(lat.Samples, 99)

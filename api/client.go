@@ -1,4 +1,4 @@
-package agent
+package api
 
 import (
 	"bytes"
@@ -40,8 +40,8 @@ type APIError struct {
 
 func (e *APIError) Error() string { return e.Message }
 
-// errorBody is how every error leaves the API.
-type errorBody struct {
+// ErrorBody is how every error leaves the API.
+type ErrorBody struct {
 	Error string `json:"error"`
 }
 
@@ -115,7 +115,7 @@ func (c *Client) send(ctx context.Context, addr, method, path string, body io.Re
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
-		var eb errorBody
+		var eb ErrorBody
 		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		if json.Unmarshal(raw, &eb) != nil || eb.Error == "" {
 			eb.Error = fmt.Sprintf("%s answered %s: %s", addr, resp.Status, bytes.TrimSpace(raw))

@@ -1,0 +1,61 @@
+package api
+
+import (
+	"github.com/duckraft/duckraft/runtime/supervise"
+	"time"
+)
+
+// Event is one step of a long operation, streamed to the CLI as a line of JSON so it can show
+// what it is waiting for.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Phase   string    `json:"phase"` // building, built, swapping, swapped, reverting, done, failed
+	Duck    string    `json:"duck,omitempty"`
+	Version string    `json:"version,omitempty"`
+	Message string    `json:"message,omitempty"`
+	Error   string    `json:"error,omitempty"`
+	// Output is the compiler's own message, verbatim, when a build failed.
+	Output string `json:"output,omitempty"`
+}
+
+// SpawnRequest starts a duck; an empty Addr picks a free loopback port. On names the node to
+// start it on (Node.spawn); the node asked forwards it there with the version it runs itself, as
+// the seed's code is the code of the node the call comes from.
+type SpawnRequest struct {
+	Addr    string   `json:"addr,omitempty"`
+	Env     []string `json:"env,omitempty"`
+	On      string   `json:"on,omitempty"`
+	Version string   `json:"version,omitempty"` // bundle ID; empty: the node's own version
+	From    string   `json:"from,omitempty"`    // the node the call came through
+}
+
+// DuckInfo is one duck as `ducks` shows it.
+type DuckInfo struct {
+	Node string `json:"node"`
+	supervise.Status
+}
+
+// StopRequest stops duck Name on node On (default: the node asked).
+type StopRequest struct {
+	Name string `json:"name"`
+	On   string `json:"on,omitempty"`
+	// Restart starts the duck again at once from the state it saved on stopping, the way a
+	// user restarts a plain process: the baseline a hot swap is measured against.
+	Restart bool `json:"restart,omitempty"`
+}
+
+// LogLine is one line a duck printed, as `logs` streams it. A line with Error set says the
+// stream from Node broke: the node is gone, and its ducks with it.
+type LogLine struct {
+	Node  string `json:"node"`
+	Error string `json:"error,omitempty"`
+	supervise.Line
+}
+
+// Label is how a version is shown: the first 12 hex digits of its bundle's sha256.
+func Label(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

@@ -1,0 +1,46 @@
+package api
+
+import (
+	"github.com/duckraft/duckraft/rollout"
+	"time"
+)
+
+// CommitRequest is what a node sends the leader to commit a version.
+type CommitRequest struct {
+	Bundle   []byte `json:"bundle"`
+	Message  string `json:"message,omitempty"`
+	Author   string `json:"author,omitempty"`
+	Canary   bool   `json:"canary,omitempty"`
+	NoRevert bool   `json:"no_revert,omitempty"`
+	// Policy is the rollout's rules; zero fields take rollout's defaults.
+	Policy rollout.Policy `json:"policy,omitzero"`
+}
+
+// CommitResult names the version committed.
+type CommitResult struct {
+	N  int    `json:"n"`
+	ID string `json:"id"`
+}
+
+// VersionInfo is a committed version without its bundle.
+type VersionInfo struct {
+	N         int       `json:"n"`
+	ID        string    `json:"id"`
+	Message   string    `json:"message,omitempty"`
+	Author    string    `json:"author,omitempty"`
+	Committed time.Time `json:"committed"`
+}
+
+// RolloutView is the cluster's rollout picture, the same from every node that has caught up.
+type RolloutView struct {
+	Leader   string             `json:"leader"`
+	Rollout  *rollout.Rollout   `json:"rollout,omitempty"`
+	Past     []*rollout.Rollout `json:"past,omitempty"`
+	Versions []VersionInfo      `json:"versions"`
+}
+
+// RolloutAction is pause, resume or undo (to the previous version, or to version To).
+type RolloutAction struct {
+	Action string `json:"action"`
+	To     int    `json:"to,omitempty"`
+}

@@ -1,0 +1,35 @@
+package api
+
+import (
+	"github.com/duckraft/duckraft/rollout"
+)
+
+// Local is what one node says of itself for `status`: the version its ducks run and the ducks.
+type Local struct {
+	Name    string     `json:"name"`
+	Role    string     `json:"role"`
+	Version string     `json:"version,omitempty"` // bundle ID
+	Label   string     `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
+	Ducks   []DuckInfo `json:"ducks"`
+	// DuckUser says whose authority ducks run with: a user of their own on a root node, else
+	// "shared with the node (uid N)". See docs/SECURITY.md for what a duck can and cannot reach.
+	DuckUser string `json:"duck_user,omitempty"`
+}
+
+// NodeStatus is one row of `status`.
+type NodeStatus struct {
+	Member    MemberStatus  `json:"member"`
+	Local     *Local        `json:"local,omitempty"` // nil when unreachable
+	Rollout   *rollout.Node `json:"rollout,omitempty"`
+	Reachable bool          `json:"reachable"`
+}
+
+// Status is the cluster as `status` shows it.
+type Status struct {
+	Nodes   []NodeStatus `json:"nodes"`
+	Rollout RolloutView  `json:"rollout"`
+	// Voters is how many members vote; Tolerates how many of them the cluster can lose and
+	// still commit.
+	Voters    int `json:"voters"`
+	Tolerates int `json:"tolerates"`
+}
