@@ -246,7 +246,7 @@ func Start(cfg Config) (*Agent, error) {
 		a.keepVoters()
 	}()
 
-	if node.FSM.Fresh(cfg.Name) {
+	if node.Fresh(cfg.Name) {
 		// A fresh node is a cluster of one: wait until it leads and has recorded itself, so that
 		// "ready" means every command works.
 		deadline := time.Now().Add(10 * time.Second)
@@ -335,7 +335,7 @@ func (a *Agent) MetricsAddr() string { return a.metricsAddr }
 func (a *Agent) Self() consensus.Member { return a.self }
 
 func (a *Agent) registered() bool {
-	m, ok := a.Node().FSM.State().Members[a.self.Name]
+	m, ok := a.Node().State().Members[a.self.Name]
 	return ok && m.RaftAddr == a.self.RaftAddr && m.APIAddr == a.self.APIAddr && maps.Equal(m.Labels, a.self.Labels)
 }
 
@@ -403,7 +403,7 @@ func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local fu
 			}
 		}
 		name, _ := n.Leader()
-		if m, ok := n.FSM.State().Members[name]; ok && name != a.self.Name {
+		if m, ok := n.State().Members[name]; ok && name != a.self.Name {
 			err := a.client.Do(ctx, m.APIAddr, http.MethodPost, path, in, out)
 			var ae *api.APIError
 			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {

@@ -103,12 +103,12 @@ func (a *Agent) ping() api.Ping {
 	leader, _ := n.Leader()
 	return api.Ping{
 		Name:         a.self.Name,
-		State:        strings.ToLower(n.Raft.State().String()),
+		State:        strings.ToLower(n.RaftState().String()),
 		Leader:       leader,
-		Term:         n.Raft.CurrentTerm(),
-		CommitIndex:  n.Raft.CommitIndex(),
-		AppliedIndex: n.Raft.AppliedIndex(),
-		StateIndex:   n.FSM.Index(),
+		Term:         n.Term(),
+		CommitIndex:  n.CommitIndex(),
+		AppliedIndex: n.AppliedIndex(),
+		StateIndex:   n.Index(),
 	}
 }
 
@@ -125,7 +125,7 @@ func (a *Agent) members(ctx context.Context) ([]api.MemberStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	registry := n.FSM.State().Members
+	registry := n.State().Members
 	out := make([]api.MemberStatus, len(servers))
 	var wg sync.WaitGroup
 	for i, s := range servers {
@@ -218,8 +218,8 @@ func (a *Agent) connect(ctx context.Context, addr string) error {
 		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v: a node named %s is already a member of %s's cluster (raft %s); start this node with another --name", consensus.ErrNameTaken, m.Name, addr, m.RaftAddr)}
 	}
 	n := a.Node()
-	if !n.FSM.Fresh(a.self.Name) {
-		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v (members %s): only a fresh node joins another cluster; connect the other node to this one instead, or start this one on an empty --data-dir", ErrHasHistory, strings.Join(n.FSM.MemberNames(), ", "))}
+	if !n.Fresh(a.self.Name) {
+		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v (members %s): only a fresh node joins another cluster; connect the other node to this one instead, or start this one on an empty --data-dir", ErrHasHistory, strings.Join(n.MemberNames(), ", "))}
 	}
 
 	a.log.Info("joining", "via", addr)
@@ -353,7 +353,7 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 // handleLeave takes this node out of its cluster; it carries on as a fresh cluster of one, so
 // it can connect elsewhere, as a node does after Node.disconnect.
 func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
-	if len(a.Node().FSM.MemberNames()) <= 1 {
+	if len(a.Node().MemberNames()) <= 1 {
 		writeError(w, http.StatusConflict, errors.New("this node is a cluster of one: there is nothing to leave"))
 		return
 	}

@@ -20,7 +20,7 @@ import (
 
 // member finds a member's registry entry.
 func (a *Agent) member(name string) (consensus.Member, error) {
-	m, ok := a.Node().FSM.State().Members[name]
+	m, ok := a.Node().State().Members[name]
 	if !ok {
 		return m, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("no member named %q: `members` lists them", name)}
 	}
@@ -59,7 +59,7 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 	q.Del("on")
 	lines := make(chan json.RawMessage, 256)
 	var wg sync.WaitGroup
-	for _, m := range a.Node().FSM.State().Members {
+	for _, m := range a.Node().State().Members {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -99,7 +99,7 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 // clusterDucks lists the ducks of every node: where they run comes from the log, how they are
 // from each node. A node that does not answer keeps its rows, marked so.
 func (a *Agent) clusterDucks(ctx context.Context) []api.DuckInfo {
-	st := a.Node().FSM.State()
+	st := a.Node().State()
 	var mu sync.Mutex
 	live := map[string]api.DuckInfo{}
 	down := map[string]bool{}
@@ -158,7 +158,7 @@ func (a *Agent) mirrorDucks() {
 		want[p.Key()] = p
 	}
 	var cmds []consensus.Command
-	have := a.Node().FSM.State().Ducks
+	have := a.Node().State().Ducks
 	for k, p := range want {
 		if h, ok := have[k]; !ok || h.Addr != p.Addr {
 			cmds = append(cmds, consensus.Command{Op: consensus.OpPlace, Placement: &p})

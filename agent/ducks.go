@@ -359,7 +359,7 @@ func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
 
 // spawnElsewhere is Node.spawn: the duck starts on another node, at the version this node runs.
 func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req api.SpawnRequest) {
-	m, ok := a.Node().FSM.State().Members[req.On]
+	m, ok := a.Node().State().Members[req.On]
 	if !ok {
 		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.On))
 		return

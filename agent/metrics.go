@@ -42,16 +42,16 @@ func newMetrics(a *Agent) *metrics {
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "duckraft_raft_state", Help: "1 for the Raft state this node is in.",
 			ConstLabels: prometheus.Labels{"state": strings.ToLower(st.String())},
-		}, func() float64 { return boolFloat(a.Node().Raft.State() == st) }))
+		}, func() float64 { return boolFloat(a.Node().RaftState() == st) }))
 	}
 	gauge := func(name, help string, v func() float64) {
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, v))
 	}
-	gauge("duckraft_raft_term", "Current Raft term.", func() float64 { return float64(a.Node().Raft.CurrentTerm()) })
-	gauge("duckraft_raft_commit_index", "Raft commit index.", func() float64 { return float64(a.Node().Raft.CommitIndex()) })
-	gauge("duckraft_raft_applied_index", "Raft index applied to the FSM.", func() float64 { return float64(a.Node().Raft.AppliedIndex()) })
+	gauge("duckraft_raft_term", "Current Raft term.", func() float64 { return float64(a.Node().Term()) })
+	gauge("duckraft_raft_commit_index", "Raft commit index.", func() float64 { return float64(a.Node().CommitIndex()) })
+	gauge("duckraft_raft_applied_index", "Raft index applied to the FSM.", func() float64 { return float64(a.Node().AppliedIndex()) })
 	gauge("duckraft_version_committed", "Newest committed version number (0: none).", func() float64 {
-		vs := a.Node().FSM.State().Versions
+		vs := a.Node().State().Versions
 		if len(vs) == 0 {
 			return 0
 		}
@@ -65,7 +65,7 @@ func newMetrics(a *Agent) *metrics {
 		}
 		return float64(n)
 	})
-	gauge("duckraft_rollout_active", "1 while a rollout is under way.", func() float64 { return boolFloat(a.Node().FSM.Rollout().Active()) })
+	gauge("duckraft_rollout_active", "1 while a rollout is under way.", func() float64 { return boolFloat(a.Node().Rollout().Active()) })
 	gauge("duckraft_ducks", "Ducks supervised by this node.", func() float64 { return float64(len(a.sup.List())) })
 	f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "duckraft_duck_restarts_total", Help: "Restarts of crashed ducks, over the ducks this node supervises now."}, func() float64 {
 		n := 0

@@ -156,14 +156,14 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 		}
 		return api.CommitResult{}, err
 	}
-	r := n.FSM.Rollout()
+	r := n.Rollout()
 	a.log.Info("committed version", "n", r.Version, "id", api.Label(id), "order", r.Order)
 	return api.CommitResult{N: r.Version, ID: id}, nil
 }
 
 func (a *Agent) rolloutView() api.RolloutView {
 	n := a.Node()
-	st := n.FSM.State()
+	st := n.State()
 	leader, _ := n.Leader()
 	v := api.RolloutView{Leader: leader, Rollout: st.Rollout, Past: st.Past, Versions: []api.VersionInfo{}}
 	for _, ver := range st.Versions {
@@ -192,7 +192,7 @@ func (a *Agent) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.CommitResult, error) {
-	r := n.FSM.Rollout()
+	r := n.Rollout()
 	if r == nil {
 		return api.CommitResult{}, &api.APIError{Status: http.StatusConflict, Message: "nothing has been deployed yet"}
 	}
@@ -205,7 +205,7 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 	case "undo":
 		if req.To != 0 {
 			// Going back to any kept version is a new rollout of its bundle.
-			v, ok := n.FSM.Version(req.To)
+			v, ok := n.Version(req.To)
 			if !ok || len(v.Bundle) == 0 {
 				return api.CommitResult{}, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("version %d is not kept any more (the log keeps the newest bundles): deploy its source again", req.To)}
 			}
@@ -327,7 +327,7 @@ func (a *Agent) nextRound(t *time.Ticker) bool {
 	case <-a.stop:
 		return false
 	case <-t.C:
-	case <-a.Node().FSM.Changed():
+	case <-a.Node().Changed():
 	}
 	return true
 }
@@ -343,7 +343,7 @@ func (a *Agent) driveRollouts() {
 		if !n.IsLeader() {
 			continue
 		}
-		r := n.FSM.Rollout()
+		r := n.Rollout()
 		if !r.Active() {
 			continue
 		}
@@ -378,7 +378,7 @@ func (a *Agent) followRollouts() {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	for a.nextRound(t) {
-		r := a.Node().FSM.Rollout()
+		r := a.Node().Rollout()
 		if r == nil {
 			continue
 		}
@@ -435,7 +435,7 @@ func (a *Agent) caughtUp() bool {
 	if time.Since(asked) > time.Second {
 		target = 0
 		name, _ := n.Leader()
-		if m, ok := n.FSM.State().Members[name]; ok && name != "" {
+		if m, ok := n.State().Members[name]; ok && name != "" {
 			ctx, cancel := context.WithTimeout(a.ctx, probeTimeout)
 			var p api.Ping
 			if err := a.client.Do(ctx, m.APIAddr, http.MethodGet, "/v1/ping", nil, &p); err == nil && p.Name == name {
@@ -447,7 +447,7 @@ func (a *Agent) caughtUp() bool {
 		a.fol.upTo, a.fol.askedAt = target, time.Now()
 		a.fol.mu.Unlock()
 	}
-	return target > 0 && n.FSM.Index() >= target
+	return target > 0 && n.Index() >= target
 }
 
 // prebuild starts building the rollout's target at once, so that the rollout waits on swaps, not
@@ -528,7 +528,7 @@ func (a *Agent) keepCommitted(id string) error {
 	if _, err := os.Stat(a.bundlePath(id)); err == nil {
 		return nil
 	}
-	for _, v := range a.Node().FSM.State().Versions {
+	for _, v := range a.Node().State().Versions {
 		if v.ID == id && len(v.Bundle) > 0 {
 			return a.keepBundle(id, v.Bundle)
 		}

@@ -34,7 +34,7 @@ func (a *Agent) versionLabel(id string) string {
 func (a *Agent) duckVersion(id string) string {
 	// The newest version of this bundle: `rollout undo --to 1` commits v1's bundle again as v3,
 	// and a duck that runs it runs v3.
-	vs := a.Node().FSM.State().Versions
+	vs := a.Node().State().Versions
 	for _, v := range slices.Backward(vs) {
 		if v.ID == id {
 			return "v" + strconv.Itoa(v.N)

@@ -158,7 +158,7 @@ func TestJoinAndRemove(t *testing.T) {
 		}
 	}
 	for _, n := range nodes {
-		waitFor(t, n.Name()+" to see three members", func() bool { return len(n.FSM.MemberNames()) == 3 })
+		waitFor(t, n.Name()+" to see three members", func() bool { return len(n.fsm.MemberNames()) == 3 })
 	}
 	servers, _ := leader.Servers()
 	for _, s := range servers {
@@ -188,8 +188,8 @@ func TestJoinAndRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	servers, _ = leader.Servers()
-	if len(servers) != 2 || len(leader.FSM.MemberNames()) != 2 {
-		t.Fatalf("after removing c: servers %v, members %v", servers, leader.FSM.MemberNames())
+	if len(servers) != 2 || len(leader.fsm.MemberNames()) != 2 {
+		t.Fatalf("after removing c: servers %v, members %v", servers, leader.fsm.MemberNames())
 	}
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/wire"
 )
 
@@ -57,8 +58,8 @@ type Config struct {
 
 // Node is a running Raft member.
 type Node struct {
-	Raft *raft.Raft
-	FSM  *FSM
+	raft *raft.Raft
+	fsm  *FSM
 
 	name      string
 	store     *raftboltdb.BoltStore
@@ -123,7 +124,7 @@ func Open(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	n := &Node{Raft: r, FSM: fsm, name: cfg.Name, store: store, transport: trans, log: cfg.Log, contacts: watchContacts(r)}
+	n := &Node{raft: r, fsm: fsm, name: cfg.Name, store: store, transport: trans, log: cfg.Log, contacts: watchContacts(r)}
 
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, store, snaps)
@@ -196,17 +197,17 @@ func (n *Node) Name() string { return n.name }
 func (n *Node) Addr() string { return string(n.transport.LocalAddr()) }
 
 // IsLeader reports whether this node leads now.
-func (n *Node) IsLeader() bool { return n.Raft.State() == raft.Leader }
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
 // Leader names the current leader and its Raft address; both empty when none is known.
 func (n *Node) Leader() (name, addr string) {
-	a, id := n.Raft.LeaderWithID()
+	a, id := n.raft.LeaderWithID()
 	return string(id), string(a)
 }
 
 // Servers is Raft's current configuration: who is in the cluster and who votes.
 func (n *Node) Servers() ([]raft.Server, error) {
-	f := n.Raft.GetConfiguration()
+	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return nil, err
 	}
@@ -219,7 +220,7 @@ func (n *Node) Apply(c Command, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
-	f := n.Raft.Apply(b, timeout)
+	f := n.raft.Apply(b, timeout)
 	if err := f.Error(); err != nil {
 		return err
 	}
@@ -256,7 +257,7 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 			return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
 		}
 	}
-	if err := n.Raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
+	if err := n.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
 		return fmt.Errorf("add %s: %w", m.Name, err)
 	}
 	return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
@@ -283,7 +284,7 @@ func (n *Node) Promote(name string, max int, timeout time.Duration) error {
 			if s.Suffrage == raft.Voter || voters >= max {
 				return nil
 			}
-			if err := n.Raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
+			if err := n.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
 				return fmt.Errorf("make %s a voter: %w", name, err)
 			}
 			return nil
@@ -302,7 +303,7 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 	if err := n.Apply(Command{Op: OpUnregister, Name: name}, timeout); err != nil {
 		return err
 	}
-	if err := n.Raft.RemoveServer(raft.ServerID(name), 0, timeout).Error(); err != nil {
+	if err := n.raft.RemoveServer(raft.ServerID(name), 0, timeout).Error(); err != nil {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
 	return nil
@@ -310,8 +311,8 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 
 // Close shuts Raft down and closes its files and listener.
 func (n *Node) Close() error {
-	err := n.Raft.Shutdown().Error()
-	n.contacts.stop(n.Raft)
+	err := n.raft.Shutdown().Error()
+	n.contacts.stop(n.raft)
 	closeTransport(n.transport)
 	if cerr := n.store.Close(); err == nil {
 		err = cerr
@@ -333,3 +334,39 @@ func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.
 }
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+// What the rest of the node reads of the cluster's state and of Raft, without reaching into
+// either: the FSM and the *raft.Raft stay this package's.
+
+// State returns a copy of the cluster's state as this node has applied it.
+func (n *Node) State() State { return n.fsm.State() }
+
+// Rollout returns a copy of the latest rollout, nil if there was none.
+func (n *Node) Rollout() *rollout.Rollout { return n.fsm.Rollout() }
+
+// Changed returns a channel closed at the next change of the state.
+func (n *Node) Changed() <-chan struct{} { return n.fsm.Changed() }
+
+// Index is the log index of the last command this node's state applied.
+func (n *Node) Index() uint64 { return n.fsm.Index() }
+
+// Fresh reports whether the cluster's history is only self's own start (see FSM.Fresh).
+func (n *Node) Fresh(self string) bool { return n.fsm.Fresh(self) }
+
+// MemberNames lists the registered names in order.
+func (n *Node) MemberNames() []string { return n.fsm.MemberNames() }
+
+// Version returns committed version v.
+func (n *Node) Version(v int) (Version, bool) { return n.fsm.Version(v) }
+
+// RaftState is this node's Raft role: follower, candidate, leader or shutdown.
+func (n *Node) RaftState() raft.RaftState { return n.raft.State() }
+
+// Term is the current Raft term.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
+// CommitIndex is the index of the last entry this node knows to be committed.
+func (n *Node) CommitIndex() uint64 { return n.raft.CommitIndex() }
+
+// AppliedIndex is the index of the last entry Raft handed to the FSM.
+func (n *Node) AppliedIndex() uint64 { return n.raft.AppliedIndex() }

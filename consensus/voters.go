@@ -70,7 +70,7 @@ func (n *Node) Demote(name string, timeout time.Duration) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	if err := n.Raft.DemoteVoter(raft.ServerID(name), 0, timeout).Error(); err != nil {
+	if err := n.raft.DemoteVoter(raft.ServerID(name), 0, timeout).Error(); err != nil {
 		return fmt.Errorf("make %s a non-voter: %w", name, err)
 	}
 	return nil
