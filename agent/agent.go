@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/atomicfile"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -471,9 +472,5 @@ func loadIdentity(dir string) (*identity, error) {
 
 func saveIdentity(dir string, id identity) error {
 	b, _ := json.MarshalIndent(id, "", "  ")
-	tmp := filepath.Join(dir, "node.json.tmp")
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("save node identity: %w", err)
-	}
-	return os.Rename(tmp, filepath.Join(dir, "node.json"))
+	return atomicfile.Write(filepath.Join(dir, "node.json"), append(b, '\n'), 0o600)
 }

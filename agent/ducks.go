@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/atomicfile"
 	"io/fs"
 	"math/rand/v2"
 	"net"
@@ -90,14 +91,7 @@ func (a *Agent) changeLocal(change func(*localState)) error {
 	defer a.localMu.Unlock()
 	change(&a.local)
 	b, _ := json.MarshalIndent(a.local, "", "  ")
-	tmp := a.localPath() + ".tmp"
-	if err := os.WriteFile(tmp, append(b, '\n'), 0o600); err != nil {
-		return fmt.Errorf("save %s: %w; is the data folder writable and its disk not full?", a.localPath(), err)
-	}
-	if err := os.Rename(tmp, a.localPath()); err != nil {
-		return fmt.Errorf("save %s: %w; is the data folder writable?", a.localPath(), err)
-	}
-	return nil
+	return atomicfile.Write(a.localPath(), append(b, '\n'), 0o600)
 }
 
 // startRuntime opens the builder and the supervisor. The supervisor makes this process a child
@@ -238,11 +232,7 @@ func (a *Agent) keepBundle(id string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(a.bundlePath(id)), 0o700); err != nil {
 		return err
 	}
-	tmp := a.bundlePath(id) + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("keep bundle: %w", err)
-	}
-	return os.Rename(tmp, a.bundlePath(id))
+	return atomicfile.Write(a.bundlePath(id), data, 0o600)
 }
 
 // switchTo builds version id (its bundle already kept) and swaps every duck on this node to it,
