@@ -20,16 +20,23 @@ import (
 // maxBody bounds a request body; nothing the API takes today comes near it.
 const maxBody = 1 << 20
 
+// routes is the API. Two audiences share it, and the routes are kept apart by who calls them:
+// users (the CLI) and the other nodes of the cluster (forwarding to the leader, joining,
+// reporting a rollout's progress). Both prove the cookie the same way; no handler checks it: the
+// API's wire.Listener yields only connections that proved it, and answers every other client
+// itself (a 401, then it closes the connection).
 func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/ping", a.handlePing)
+	a.userRoutes(mux)
+	a.peerRoutes(mux)
+	return mux
+}
+
+// userRoutes are what the CLI calls.
+func (a *Agent) userRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/members", a.handleMembers)
 	mux.HandleFunc("POST /v1/connect", a.handleConnect)
-	mux.HandleFunc("POST /v1/join", a.handleJoin)
-	mux.HandleFunc("POST /v1/register", a.handleRegister)
-	mux.HandleFunc("POST /v1/promote", a.handlePromote)
 	mux.HandleFunc("POST /v1/forget", a.handleForget)
-	mux.HandleFunc("POST /v1/remove", a.handleRemove)
 	mux.HandleFunc("POST /v1/leave", a.handleLeave)
 	mux.HandleFunc("POST /v1/load", a.handleLoad)
 	mux.HandleFunc("POST /v1/spawn", a.handleSpawn)
@@ -38,17 +45,25 @@ func (a *Agent) routes() http.Handler {
 	mux.HandleFunc("GET /v1/logs", a.handleLogs)
 	mux.HandleFunc("POST /v1/deploy", a.handleDeploy)
 	mux.HandleFunc("POST /v1/spread", a.handleSpread)
-	mux.HandleFunc("POST /v1/place", a.handlePlace)
-	mux.HandleFunc("POST /v1/bench/commit", a.handleBenchCommit)
-	mux.HandleFunc("POST /v1/commit", a.handleCommit)
 	mux.HandleFunc("GET /v1/rollout", a.handleRollout)
 	mux.HandleFunc("POST /v1/rollout", a.handleRolloutAction)
-	mux.HandleFunc("POST /v1/report", a.handleReport)
-	mux.HandleFunc("GET /v1/local", a.handleLocal)
 	mux.HandleFunc("GET /v1/status", a.handleStatus)
-	// No handler checks the cookie: the API's wire.Listener yields only connections that proved
-	// it, and answers every other client itself (a 401, then it closes the connection).
-	return mux
+	mux.HandleFunc("POST /v1/bench/commit", a.handleBenchCommit)
+}
+
+// peerRoutes are what nodes call on each other: a node asks another how it is, forwards a
+// change to the leader, joins through a member, reports its part in a rollout. (The CLI's
+// calls above are forwarded through some of them too: spawn --on, logs, deploy.)
+func (a *Agent) peerRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/ping", a.handlePing)
+	mux.HandleFunc("GET /v1/local", a.handleLocal)
+	mux.HandleFunc("POST /v1/join", a.handleJoin)
+	mux.HandleFunc("POST /v1/register", a.handleRegister)
+	mux.HandleFunc("POST /v1/promote", a.handlePromote)
+	mux.HandleFunc("POST /v1/remove", a.handleRemove)
+	mux.HandleFunc("POST /v1/place", a.handlePlace)
+	mux.HandleFunc("POST /v1/commit", a.handleCommit)
+	mux.HandleFunc("POST /v1/report", a.handleReport)
 }
 
 func writeJSON(w http.ResponseWriter, v any) {
