@@ -1,0 +1,107 @@
+package supervise
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// run is the processes started from one first generation: it and every
+// generation that followed it by swaps, sharing one stdout pipe, one
+// stderr pipe and one lifeline.
+type run struct {
+	lifeW    *os.File
+	lifeOnce sync.Once
+	drained  chan struct{} // closed at EOF of both pipes: every process is gone
+
+	mu      sync.Mutex
+	procs   []*proc
+	tail    []string // the last tailSize stderr lines
+	nstderr int
+	failPID int // whose "swap failed" lines to report
+	fails   chan string
+}
+
+func (r *run) add(p *proc) {
+	r.mu.Lock()
+	r.procs = append(r.procs, p)
+	r.mu.Unlock()
+}
+
+// adopt returns the watched process pid, watching it if it is new.
+func (r *run) adopt(pid int) *proc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.procs {
+		if p.pid == pid && p.alive() {
+			return p
+		}
+	}
+	p := watchAdopted(pid)
+	r.procs = append(r.procs, p)
+	return p
+}
+
+func (r *run) live() []*proc {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*proc
+	keep := r.procs[:0]
+	for _, p := range r.procs {
+		if p.alive() {
+			out = append(out, p)
+			keep = append(keep, p)
+		}
+	}
+	r.procs = keep
+	return out
+}
+
+func (r *run) closeLifeline() {
+	r.lifeOnce.Do(func() { r.lifeW.Close() })
+}
+
+// watchFailures returns a channel that receives pid's "swap failed" log
+// lines; pid 0 stops watching.
+func (r *run) watchFailures(pid int) <-chan string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failPID = pid
+	r.fails = make(chan string, 1)
+	return r.fails
+}
+
+func (r *run) stderr(text string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// hotswap logs this when a new generation fails and the old one thaws
+	// (runtime/hotswap, runner.loop). An error quotes it once, not again
+	// among the stderr lines.
+	if r.failPID != 0 && strings.Contains(text, `msg="swap failed`) && strings.Contains(text+" ", " pid="+strconv.Itoa(r.failPID)+" ") {
+		select {
+		case r.fails <- text:
+		default:
+		}
+		return
+	}
+	r.nstderr++
+	r.tail = append(r.tail, text)
+	if len(r.tail) > tailSize {
+		r.tail = r.tail[len(r.tail)-tailSize:]
+	}
+}
+
+func (r *run) stderrCount() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.nstderr
+}
+
+// stderrSince returns the kept stderr lines printed after the mark'th.
+func (r *run) stderrSince(mark int) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := min(r.nstderr-mark, len(r.tail))
+	return append([]string(nil), r.tail[len(r.tail)-n:]...)
+}

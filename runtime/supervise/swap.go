@@ -1,0 +1,190 @@
+package supervise
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// A swap: the old generation hands over to a new binary, which must become Ready and stay up;
+// on failure the old version is put back.
+
+type swapOp struct {
+	version, binary string
+	healthy         time.Duration // how long the new generation must stay up
+	reply           chan error
+}
+
+// swap carries out Supervisor.Swap; see there.
+func (d *duck) swap(op swapOp) error {
+	d.mu.Lock()
+	old, r, oldVersion, state := d.cur, d.run, d.version, d.state
+	d.mu.Unlock()
+	fail := func(format string, args ...any) error {
+		err := fmt.Errorf("supervise: swapping duck %q from %s to %s: "+format, append([]any{d.id, oldVersion, op.version}, args...)...)
+		d.setError(err)
+		d.log.Error("swap failed", "err", err)
+		return err
+	}
+	if old == nil {
+		return fail("the duck is %s (%s); `stop` it and `spawn` it again", state, d.status().LastError)
+	}
+	stable, prev, versionFile := d.path(binaryName), d.path(prevName), d.path(versionName)
+	tmp, err := stage(d.dir, op.binary)
+	if err != nil {
+		return fail("%w; %s keeps running", err, oldVersion)
+	}
+	// Keep the old binary: if the swap fails, a later crash-restart must
+	// start the old version, not the one that failed.
+	os.Remove(prev)
+	if err := os.Link(stable, prev); err != nil {
+		os.Remove(tmp)
+		return fail("keeping the old binary: %w; %s keeps running", err, oldVersion)
+	}
+	putBack := func() {
+		err := errors.Join(os.Rename(prev, stable), writeFileAtomic(versionFile, oldVersion+"\n"))
+		if err != nil {
+			d.log.Error("could not put the old binary back; a restart may start the failed version", "err", err)
+		}
+	}
+	if err := writeFileAtomic(versionFile, op.version+"\n"); err != nil {
+		os.Remove(tmp)
+		putBack()
+		return fail("writing the version file: %w; %s keeps running", err, oldVersion)
+	}
+	if err := os.Rename(tmp, stable); err != nil {
+		os.Remove(tmp)
+		putBack()
+		return fail("installing the binary: %w; %s keeps running", err, oldVersion)
+	}
+
+	d.setState("swapping")
+	failures := r.watchFailures(old.pid)
+	defer r.watchFailures(0)
+	mark := r.stderrCount()
+	start := time.Now()
+	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
+	old.signal(syscall.SIGHUP)
+
+	// hotswap may wait ReadyTimeout for running requests before it starts
+	// the new generation, and ReadyTimeout again for it to be Ready.
+	deadline := time.NewTimer(2*d.cfg.ReadyTimeout + 5*time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(pollEvery)
+	defer tick.Stop()
+	pidFile := d.path(pidName)
+	var next *proc
+	for next == nil {
+		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && ownedBy(pid, d.cfg.User) {
+			next = r.adopt(pid)
+			break
+		}
+		// Watch the new process before it is Ready, so that it is reaped
+		// and killed with the run even if the old one dies first.
+		for _, pid := range childrenOf(old.pid) {
+			if ownedBy(pid, d.cfg.User) {
+				r.adopt(pid)
+			}
+		}
+		select {
+		case report := <-failures:
+			putBack()
+			d.setState("running")
+			return fail("the new version did not take over: %s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again%s",
+				reportedErr(report), oldVersion, old.pid, stable, op.version, tail(r.stderrSince(mark)))
+		case <-old.done:
+			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && ownedBy(pid, d.cfg.User) {
+				next = r.adopt(pid) // it handed over before we looked
+				continue
+			}
+			putBack()
+			d.endRun(r, false)
+			err := fail("the old generation (PID %d) %s during the swap and no new one became Ready; restarting %s from its binary%s", old.pid, old.exited(), oldVersion, tail(r.stderrSince(mark)))
+			d.crashed(err.Error())
+			return err
+		case <-deadline.C:
+			// The old generation thaws when the child it waits for dies.
+			for _, p := range r.live() {
+				if p != old {
+					p.signal(syscall.SIGKILL)
+				}
+			}
+			putBack()
+			d.setState("running")
+			return fail("no new generation became Ready within %s; %s keeps running (PID %d) and its binary is back at %s%s",
+				2*d.cfg.ReadyTimeout+5*time.Second, oldVersion, old.pid, stable, tail(r.stderrSince(mark)))
+		case <-d.ctx.Done():
+			putBack()
+			return fail("stopped during the swap; the old binary is back at %s", stable)
+		case <-tick.C:
+		}
+	}
+
+	d.mu.Lock()
+	d.gen++
+	next.gen = d.gen
+	d.cur, d.version, d.started = next, op.version, time.Now()
+	d.mu.Unlock()
+	d.log.Info("swap: new generation ready", "pid", next.pid, "gen", next.gen, "took", time.Since(start))
+
+	// The old generation forwards what its open connections still send,
+	// then exits; it must, because tableflip refuses the next swap until
+	// it has.
+	select {
+	case <-old.done:
+	case <-time.After(handOverWait):
+		d.log.Warn("old generation did not exit after handing over; killing it", "pid", old.pid, "waited", handOverWait)
+		kill(old)
+	case <-d.ctx.Done():
+		return fail("stopped during the swap, after the new version became Ready")
+	}
+
+	healthy := time.NewTimer(op.healthy)
+	defer healthy.Stop()
+	select {
+	case <-next.done:
+		putBack()
+		d.mu.Lock()
+		d.version = oldVersion
+		d.mu.Unlock()
+		d.endRun(r, false)
+		err := fail("the new generation (PID %d) %s within %s of becoming Ready; restarting %s from its binary and the state it handed over%s",
+			next.pid, next.exited(), op.healthy, oldVersion, tail(r.stderrSince(mark)))
+		d.crashed(err.Error())
+		return err
+	case <-healthy.C:
+	case <-d.ctx.Done():
+		return fail("stopped during the swap, after the new version became Ready")
+	}
+	os.Remove(prev)
+	d.setState("running")
+	d.log.Info("duck swapped", "from", oldVersion, "to", op.version, "pid", next.pid, "gen", next.gen, "took", time.Since(start))
+	return nil
+}
+
+// reportedErr picks the err value out of the old generation's slog line
+// "swap failed; this generation carries on with its state".
+func reportedErr(line string) string {
+	i := strings.Index(line, " err=")
+	if i < 0 {
+		return "the old generation reports: " + line
+	}
+	v := line[i+len(" err="):]
+	if q, err := strconv.QuotedPrefix(v); err == nil {
+		v, _ = strconv.Unquote(q)
+	} else if j := strings.IndexByte(v, ' '); j >= 0 {
+		v = v[:j]
+	}
+	return "the old generation reports: " + v
+}
+
+func tail(lines []string) string {
+	if len(lines) == 0 {
+		return ""
+	}
+	return "; the duck's last stderr lines:\n\t" + strings.Join(lines, "\n\t")
+}
