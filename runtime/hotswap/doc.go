@@ -92,6 +92,13 @@
 //	                    end the supervisor holds; on EOF (the supervisor
 //	                    died) the duck stops gracefully. Every generation
 //	                    inherits it through tableflip's Fds.
+//	DUCK_REPORT_FD      an inherited fd, the write end of a pipe the supervisor
+//	                    reads: a generation whose swap failed (it thawed and
+//	                    carries on) writes a Report there, one line of JSON
+//	                    ({"pid":N,"event":"swap failed","error":"..."}). Every
+//	                    generation inherits it through tableflip's Fds. It is
+//	                    how a supervisor learns a swap's outcome; the log line
+//	                    says the same to a person and is not a contract.
 //	DUCK_STATE_FILE     if set, the state is written here (atomically) when
 //	                    the duck stops, and a first generation with no parent
 //	                    starts from it when it exists.

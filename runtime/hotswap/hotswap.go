@@ -28,7 +28,10 @@ const (
 	EnvPIDFile      = "DUCK_PIDFILE"
 	EnvReadyTimeout = "DUCK_READY_TIMEOUT"
 	EnvLifelineFD   = "DUCK_LIFELINE_FD"
-	EnvStateFile    = "DUCK_STATE_FILE"
+	// EnvReportFD names an inherited fd, the write end of a pipe the supervisor reads: each
+	// generation writes a Report there, one line of JSON, when a swap fails and it carries on.
+	EnvReportFD  = "DUCK_REPORT_FD"
+	EnvStateFile = "DUCK_STATE_FILE"
 	// EnvDescribe, set to 1, makes Run print the duck's Description as one line of JSON on
 	// stdout and return at once, serving nothing: a node asks a version it built whether the
 	// state can go back from it before a rollout swaps anything.
@@ -81,6 +84,7 @@ const (
 const (
 	stateFD    = "duckraft-state"
 	lifelineFD = "duckraft-lifeline"
+	reportFD   = "duckraft-report"
 	connsFD    = "duckraft-conns" // the channel HTTP connections move through
 )
 
@@ -197,6 +201,10 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		upg.Stop()
 		return err
 	}
+	if err := r.openReport(); err != nil {
+		upg.Stop()
+		return err
+	}
 	snap, err := r.restore()
 	if err != nil {
 		upg.Stop()
@@ -251,6 +259,7 @@ type runner struct {
 	stateFile  *os.File // passed to the next generation; nil until a swap
 	out        *handoff // the channel connections move through; nil but during a swap
 	lifeline   chan struct{}
+	report     *os.File // the supervisor's report pipe, nil without one
 	sigs       chan os.Signal
 	ready      bool
 }
@@ -311,6 +320,63 @@ func (r *runner) restore() (snapshot, error) {
 	}
 	r.log.Info("state restored", "file", r.env.stateFile, "schema", snap.Schema)
 	return snap, nil
+}
+
+// Report is what a generation tells its supervisor over EnvReportFD, one line of JSON each: the
+// channel by which a supervisor learns how a swap went, rather than by reading the duck's log.
+type Report struct {
+	PID   int    `json:"pid"`   // the generation that reports
+	Event string `json:"event"` // EventSwapFailed
+	Error string `json:"error,omitempty"`
+}
+
+// EventSwapFailed: the new generation failed or timed out; the reporting (old) generation
+// thawed and carries on with its state.
+const EventSwapFailed = "swap failed"
+
+// openReport takes the report pipe, from the supervisor (the first generation) or from the
+// previous generation through tableflip, and passes it on to the next.
+func (r *runner) openReport() error {
+	if r.env.reportFD < 0 {
+		return nil
+	}
+	if r.upg.HasParent() {
+		f, err := r.upg.File(reportFD)
+		if err != nil {
+			return fmt.Errorf("hotswap: inheriting the report pipe: %w", err)
+		}
+		r.report = f // nil when the previous generation had none: nothing to tell
+		return nil
+	}
+	fd := r.env.reportFD
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("hotswap: %s=%d is not an open file descriptor (%v); pass the write end of a pipe, e.g. with exec.Cmd.ExtraFiles", EnvReportFD, fd, err)
+	}
+	syscall.CloseOnExec(fd)
+	r.report = os.NewFile(uintptr(fd), "report")
+	if err := r.upg.AddFile(reportFD, r.report); err != nil {
+		return fmt.Errorf("hotswap: passing the report pipe on: %w", err)
+	}
+	return nil
+}
+
+// tell writes rep to the report pipe, if there is one. One write of one line under PIPE_BUF
+// (4 KiB) reaches the reader whole, whichever generation writes.
+func (r *runner) tell(rep Report) {
+	if r.report == nil {
+		return
+	}
+	if len(rep.Error) > 3000 {
+		rep.Error = rep.Error[:3000] + " ..."
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return
+	}
+	if _, err := r.report.Write(append(b, '\n')); err != nil {
+		r.log.Warn("could not tell the supervisor", "event", rep.Event, "err", err)
+	}
 }
 
 // watchLifeline closes r.lifeline when the supervisor's end of the pipe
@@ -375,6 +441,7 @@ func (r *runner) loop() error {
 			swapping = false
 			if err != nil {
 				r.log.Error("swap failed; this generation carries on with its state", "err", err)
+				r.tell(Report{PID: os.Getpid(), Event: EventSwapFailed, Error: err.Error()})
 				continue
 			}
 			return r.handOver(sigs)
@@ -590,6 +657,7 @@ type env struct {
 	pidFile      string
 	readyTimeout time.Duration
 	lifelineFD   int
+	reportFD     int
 	stateFile    string
 }
 
@@ -600,6 +668,7 @@ func readEnv() (env, error) {
 		pidFile:      os.Getenv(EnvPIDFile),
 		readyTimeout: DefaultReadyTimeout,
 		lifelineFD:   -1,
+		reportFD:     -1,
 		stateFile:    os.Getenv(EnvStateFile),
 	}
 	if e.addr == "" {
@@ -628,6 +697,13 @@ func readEnv() (env, error) {
 			return e, fmt.Errorf("hotswap: %s=%q is not a file descriptor number above 2; pass the read end of the supervisor's pipe", EnvLifelineFD, s)
 		}
 		e.lifelineFD = fd
+	}
+	if s := os.Getenv(EnvReportFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			return e, fmt.Errorf("hotswap: %s=%q is not a file descriptor number above 2; pass the write end of the supervisor's report pipe", EnvReportFD, s)
+		}
+		e.reportFD = fd
 	}
 	return e, nil
 }

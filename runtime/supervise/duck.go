@@ -148,6 +148,7 @@ func (d *duck) environ() []string {
 		hotswap.EnvReadyTimeout+"="+d.cfg.ReadyTimeout.String(),
 		hotswap.EnvStateFile+"="+d.path(stateName),
 		hotswap.EnvLifelineFD+"=3", // ExtraFiles[0]
+		hotswap.EnvReportFD+"=4",   // ExtraFiles[1]
 	)
 }
 
@@ -245,6 +246,17 @@ func (d *duck) spawn() (*run, *proc, error) {
 		errW.Close()
 		return nil, nil, err
 	}
+	// The report pipe: every generation of the run writes how its swaps went to its end.
+	repR, repW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		errR.Close()
+		errW.Close()
+		lifeR.Close()
+		lifeW.Close()
+		return nil, nil, err
+	}
 	stable := d.path(binaryName)
 	env := d.environ()
 	cmd, err := startCmd(func() *exec.Cmd {
@@ -255,7 +267,7 @@ func (d *duck) spawn() (*run, *proc, error) {
 			Env:        env,
 			Stdout:     outW, // an *os.File is inherited as is, by every generation
 			Stderr:     errW,
-			ExtraFiles: []*os.File{lifeR},
+			ExtraFiles: []*os.File{lifeR, repW},
 			// Its own process group: a Ctrl-C at the agent's terminal is
 			// the agent's to handle, and it stops its ducks (or they see
 			// the lifeline close).
@@ -268,13 +280,19 @@ func (d *duck) spawn() (*run, *proc, error) {
 	outW.Close()
 	errW.Close()
 	lifeR.Close()
+	repW.Close()
 	if err != nil {
 		outR.Close()
 		errR.Close()
 		lifeW.Close()
+		repR.Close()
 		return nil, nil, fmt.Errorf("starting %s: %w", stable, err)
 	}
 	r := &run{lifeW: lifeW, drained: make(chan struct{})}
+	go func() {
+		readLines(repR, r.reported)
+		repR.Close()
+	}()
 	var wg sync.WaitGroup
 	wg.Add(2)
 	for stream, f := range map[string]*os.File{"stdout": outR, "stderr": errR} {

@@ -1,9 +1,10 @@
 package supervise
 
 import (
+	"encoding/json"
+
+	"github.com/duckraft/duckraft/runtime/hotswap"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 )
 
@@ -62,8 +63,9 @@ func (r *run) closeLifeline() {
 	r.lifeOnce.Do(func() { r.lifeW.Close() })
 }
 
-// watchFailures returns a channel that receives pid's "swap failed" log
-// lines; pid 0 stops watching.
+// watchFailures returns a channel that receives what pid reports of a
+// failed swap (hotswap.Report, over the run's report pipe); pid 0 stops
+// watching.
 func (r *run) watchFailures(pid int) <-chan string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -75,16 +77,6 @@ func (r *run) watchFailures(pid int) <-chan string {
 func (r *run) stderr(text string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	// hotswap logs this when a new generation fails and the old one thaws
-	// (runtime/hotswap, runner.loop). An error quotes it once, not again
-	// among the stderr lines.
-	if r.failPID != 0 && strings.Contains(text, `msg="swap failed`) && strings.Contains(text+" ", " pid="+strconv.Itoa(r.failPID)+" ") {
-		select {
-		case r.fails <- text:
-		default:
-		}
-		return
-	}
 	r.nstderr++
 	r.tail = append(r.tail, text)
 	if len(r.tail) > tailSize {
@@ -104,4 +96,22 @@ func (r *run) stderrSince(mark int) []string {
 	defer r.mu.Unlock()
 	n := min(r.nstderr-mark, len(r.tail))
 	return append([]string(nil), r.tail[len(r.tail)-n:]...)
+}
+
+// reported takes one line of the report pipe: a generation's hotswap.Report. A failed swap
+// reported by the generation being watched reaches watchFailures' channel; anything else (a
+// line that does not decode, from a duck built with another SDK) is logged nowhere and ignored.
+func (r *run) reported(line string) {
+	var rep hotswap.Report
+	if json.Unmarshal([]byte(line), &rep) != nil || rep.Event != hotswap.EventSwapFailed {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failPID != 0 && rep.PID == r.failPID {
+		select {
+		case r.fails <- rep.Error:
+		default:
+		}
+	}
 }

@@ -121,6 +121,10 @@ func TestSwapToBadVersionKeepsOld(t *testing.T) {
 		if !strings.Contains(err.Error(), bad.why) {
 			t.Errorf("swap to %s: error does not say %q: %v", bad.bin, bad.why, err)
 		}
+		// The reason came over the report pipe (hotswap.Report), not from the duck's log.
+		if !strings.Contains(err.Error(), "the old generation reports: ") {
+			t.Errorf("swap to %s: the old generation's report did not reach the supervisor: %v", bad.bin, err)
+		}
 		st := mustGet(t, s, "duck-1")
 		if st.PID != before.PID || st.Version != "v1" || st.Gen != before.Gen || st.State != "running" || st.LastError == "" {
 			t.Fatalf("after a failed swap to %s: %+v, want %+v still running", bad.bin, st, before)

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -95,7 +94,7 @@ func (d *duck) swap(op swapOp) error {
 			putBack()
 			d.setState("running")
 			return fail("the new version did not take over: %s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again%s",
-				reportedErr(report), oldVersion, old.pid, stable, op.version, tail(r.stderrSince(mark)))
+				"the old generation reports: "+report, oldVersion, old.pid, stable, op.version, tail(r.stderrSince(mark)))
 		case <-old.done:
 			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && ownedBy(pid, d.cfg.User) {
 				next = r.adopt(pid) // it handed over before we looked
@@ -164,22 +163,6 @@ func (d *duck) swap(op swapOp) error {
 	d.setState("running")
 	d.log.Info("duck swapped", "from", oldVersion, "to", op.version, "pid", next.pid, "gen", next.gen, "took", time.Since(start))
 	return nil
-}
-
-// reportedErr picks the err value out of the old generation's slog line
-// "swap failed; this generation carries on with its state".
-func reportedErr(line string) string {
-	i := strings.Index(line, " err=")
-	if i < 0 {
-		return "the old generation reports: " + line
-	}
-	v := line[i+len(" err="):]
-	if q, err := strconv.QuotedPrefix(v); err == nil {
-		v, _ = strconv.Unquote(q)
-	} else if j := strings.IndexByte(v, ' '); j >= 0 {
-		v = v[:j]
-	}
-	return "the old generation reports: " + v
 }
 
 func tail(lines []string) string {
