@@ -1,11 +1,8 @@
 package hotswap_test
 
 import (
-	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -26,9 +22,11 @@ import (
 // load, for the duck on this SDK and for the bare tableflip server
 // (testdata/bare, drains with http.Server.Shutdown).
 //
-// clients=8 puts three contenders side by side in one run, each under the
-// same load (8 keep-alive clients, each alternating POST /quack and GET /
-// on a 2ms tick):
+// vegeta=2000rps puts three contenders side by side in one run, each under
+// the same load: vegeta attacking open-loop with 2000 POST /quack a second
+// (a body, keep-alive, at most 16 connections, no retries; see vegetaLoad),
+// which keeps its rate while the server stalls, so a stall is measured in
+// every request that was due during it:
 //
 //   - duck: the duck swapped by this SDK (SIGHUP);
 //   - bare: the bare tableflip server swapped by SIGHUP;
@@ -36,9 +34,9 @@ import (
 //     on the same port from its DUCK_STATE_FILE, the plain restart.
 //
 // Each iteration gives every contender one round, in rotating order so
-// that each sees the same noise: start the load, let it run 200 requests,
+// that each sees the same noise: start the attack, let it run 200 requests,
 // signal, wait until the old process is gone and a new one serves, let it
-// run on for 100ms and 200 more requests, stop the load. Every request's
+// run on for 100ms and 200 more requests, stop the attack. Every request's
 // start and duration are kept. A request is "during swap" if it overlaps
 // the window from the signal to 50ms after the later of old process gone
 // and new process Ready (for a restart, Ready is after the old one is
@@ -49,22 +47,25 @@ import (
 //	ready-p50-ms, ready-p99-ms      signal to new process Ready (PID file)
 //	swapreq-p50-ms, swapreq-p99-ms  latency of requests during swaps
 //	steadyreq-p50-ms, -p99-ms       latency of the other requests
-//	failed, refused, requests       requests that failed (refused: of them,
-//	                                connection refused), all requests
-//	req/s                           requests per second while the load ran
+//	failed, refused, requests       requests that failed by vegeta's
+//	                                metrics (a status other than 200 or an
+//	                                error; refused: of them, connection
+//	                                refused), all requests
+//	req/s                           requests per second vegeta sent
 //	countoff                        final count minus POSTs answered 200
 //	                                (duck and restart; 0 means exact)
-//	conns                           connections the clients dialled, all
-//	                                rounds (8 a round at least: each
-//	                                round's clients start afresh); more
-//	                                means connections were closed under them
+//	conns                           connections vegeta dialled, all rounds
+//	                                (each round's attack starts afresh)
+//	closed                          of them, closed by the server under
+//	                                the client; 0 means every connection
+//	                                crossed every swap
 //
 // and duck/bare-gone-p50-ratio. It also logs the same as a table.
 func BenchmarkSwap(b *testing.B) {
 	for _, name := range []string{"duck", "bare"} {
 		b.Run(name+"/clients=0", func(b *testing.B) { benchSwapIdle(b, name) })
 	}
-	b.Run("clients=8", benchSwapUnderLoad)
+	b.Run(fmt.Sprintf("vegeta=%drps", loadRate), benchSwapUnderLoad)
 }
 
 func benchSwapIdle(b *testing.B, name string) {
@@ -91,8 +92,8 @@ func benchSwapIdle(b *testing.B, name string) {
 }
 
 const (
-	loadClients = 8
-	loadTick    = 2 * time.Millisecond
+	loadRate  = 2000 // POSTs a second
+	loadConns = 16   // at most, per round
 	// A request overlapping [signal, max(gone, ready) + swapTail] is
 	// "during swap".
 	swapTail = 50 * time.Millisecond
@@ -114,11 +115,11 @@ func benchSwapUnderLoad(b *testing.B) {
 	b.StopTimer()
 
 	var table strings.Builder
-	fmt.Fprintf(&table, "%d rounds each, %d keep-alive clients on a %s tick; during swap = overlaps [signal, max(gone, ready)+%s]\n",
-		b.N, loadClients, loadTick, swapTail)
-	fmt.Fprintf(&table, "%-8s %9s %9s %9s %9s %11s %11s %11s %11s %7s %7s %8s %6s %8s %6s\n",
+	fmt.Fprintf(&table, "%d rounds each, vegeta %d POSTs/s open-loop on at most %d keep-alive connections; during swap = overlaps [signal, max(gone, ready)+%s]\n",
+		b.N, loadRate, loadConns, swapTail)
+	fmt.Fprintf(&table, "%-8s %9s %9s %9s %9s %11s %11s %11s %11s %7s %7s %8s %6s %8s %6s %6s\n",
 		"", "gone p50", "gone p99", "ready p50", "ready p99", "swapreq p50", "swapreq p99",
-		"steady p50", "steady p99", "failed", "refused", "requests", "req/s", "countoff", "conns")
+		"steady p50", "steady p99", "failed", "refused", "requests", "req/s", "countoff", "conns", "closed")
 	gone := map[string]float64{}
 	for _, c := range contenders {
 		s := c.summary(b)
@@ -137,14 +138,15 @@ func benchSwapUnderLoad(b *testing.B) {
 		m(float64(s.requests), "requests")
 		m(s.rate, "req/s")
 		m(float64(c.dials), "conns")
+		m(float64(c.closed), "closed")
 		countoff := "-"
 		if c.counts {
 			m(float64(s.countOff), "countoff")
 			countoff = strconv.Itoa(s.countOff)
 		}
-		fmt.Fprintf(&table, "%-8s %9.2f %9.2f %9.2f %9.2f %11.2f %11.2f %11.2f %11.2f %7d %7d %8d %6.0f %8s %6d\n",
+		fmt.Fprintf(&table, "%-8s %9.2f %9.2f %9.2f %9.2f %11.2f %11.2f %11.2f %11.2f %7d %7d %8d %6.0f %8s %6d %6d\n",
 			c.name, s.goneP50, s.goneP99, s.readyP50, s.readyP99, s.swapP50, s.swapP99,
-			s.steadyP50, s.steadyP99, s.failed, s.refused, s.requests, s.rate, countoff, c.dials)
+			s.steadyP50, s.steadyP99, s.failed, s.refused, s.requests, s.rate, countoff, c.dials, c.closed)
 		if len(s.errs) > 0 {
 			fmt.Fprintf(&table, "  %s, first error: %s\n", c.name, s.errs[0])
 		}
@@ -311,6 +313,7 @@ type contender struct {
 	samples  []sample
 	posts    int
 	dials    int64
+	closed   int64
 	errs     []string
 	loadTime time.Duration // how long the load ran, all rounds
 }
@@ -325,7 +328,7 @@ type sample struct {
 // round runs the load against c, replaces the server once under it, and
 // keeps the figures.
 func (c *contender) round(b *testing.B, base time.Time) {
-	l := startRoundLoad(c.proc.addr(), base)
+	l := startVegeta(c.proc.addr(), loadRate, loadConns, base)
 	poll(b, 30*time.Second, c.name+": 200 requests before the swap", func() bool { return l.requests.Load() >= 200 })
 	signalled, gone, ready := c.proc.cycle(b)
 	end := max(gone, ready) + swapTail
@@ -336,12 +339,17 @@ func (c *contender) round(b *testing.B, base time.Time) {
 	after := l.requests.Load()
 	time.Sleep(time.Until(signalled.Add(end + 100*time.Millisecond)))
 	poll(b, 30*time.Second, c.name+": 200 requests after the swap", func() bool { return l.requests.Load() >= after+200 })
-	samples, posts, errs := l.stop()
-	c.loadTime += time.Since(l.started)
-	c.samples = append(c.samples, samples...)
-	c.posts += posts
+	l.stop()
+	c.loadTime += l.ran
+	c.samples = append(c.samples, l.samples...)
+	c.posts += l.metrics.StatusCodes["200"]
 	c.dials += l.dials.Load()
-	for _, e := range errs {
+	c.closed += l.peerClosed.Load()
+	if n := l.failed(); n != len(l.samples)-l.posts || l.metrics.Requests != uint64(len(l.samples)) {
+		b.Fatalf("%s: vegeta's metrics (%d requests, %d failed) disagree with its results (%d, %d)",
+			c.name, l.metrics.Requests, n, len(l.samples), len(l.samples)-l.posts)
+	}
+	for _, e := range l.errs {
 		if len(c.errs) < 5 {
 			c.errs = append(c.errs, e)
 		}
@@ -409,91 +417,6 @@ func mustRequest(b *testing.B, method, url string) *http.Request {
 		b.Fatal(err)
 	}
 	return req
-}
-
-// roundLoad is loadClients keep-alive clients, one connection each,
-// alternating POST /quack and GET / on a loadTick ticker (a tick missed
-// while a request runs is dropped, not queued) until stopped, or at the
-// latest after a minute.
-type roundLoad struct {
-	requests atomic.Int64
-	dials    atomic.Int64
-	started  time.Time
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	per      [][]sample
-	posts    []int
-	errs     [][]string
-}
-
-func startRoundLoad(addr string, base time.Time) *roundLoad {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	l := &roundLoad{
-		cancel:  cancel,
-		started: time.Now(),
-		per:     make([][]sample, loadClients),
-		posts:   make([]int, loadClients),
-		errs:    make([][]string, loadClients),
-	}
-	for i := range loadClients {
-		tr := &http.Transport{
-			MaxIdleConnsPerHost: 1,
-			DialContext: func(ctx context.Context, network, a string) (net.Conn, error) {
-				l.dials.Add(1)
-				return (&net.Dialer{}).DialContext(ctx, network, a)
-			},
-		}
-		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			defer tr.CloseIdleConnections()
-			tick := time.NewTicker(loadTick)
-			defer tick.Stop()
-			for n := 0; ; n++ {
-				select {
-				case <-ctx.Done():
-					return
-				case <-tick.C:
-				}
-				method, path := http.MethodGet, "/"
-				if n%2 == 0 {
-					method, path = http.MethodPost, "/quack"
-				}
-				req, _ := http.NewRequest(method, "http://"+addr+path, nil)
-				start := time.Now()
-				_, err := do(c, req)
-				s := sample{start: start.Sub(base), took: time.Since(start), failed: err != nil}
-				if err != nil {
-					s.refused = errors.Is(err, syscall.ECONNREFUSED)
-					if len(l.errs[i]) < 3 {
-						l.errs[i] = append(l.errs[i], err.Error())
-					}
-				} else if method == http.MethodPost {
-					l.posts[i]++
-				}
-				l.per[i] = append(l.per[i], s)
-				l.requests.Add(1)
-			}
-		}()
-	}
-	return l
-}
-
-// stop ends the load, letting running requests finish, and returns every
-// request, the POSTs answered 200 and a few errors.
-func (l *roundLoad) stop() ([]sample, int, []string) {
-	l.cancel()
-	l.wg.Wait()
-	var all []sample
-	var posts int
-	var errs []string
-	for i := range l.per {
-		all = append(all, l.per[i]...)
-		posts += l.posts[i]
-		errs = append(errs, l.errs[i]...)
-	}
-	return all, posts, errs
 }
 
 // pct is the p-th percentile of sorted, or 0 when it is empty.

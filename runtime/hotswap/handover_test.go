@@ -30,6 +30,7 @@ type client struct {
 	posts atomic.Int64
 	mu    sync.Mutex
 	errs  []string
+	note  string // what else it has to say, for the log
 }
 
 func (c *client) fail(format string, args ...any) {
@@ -127,8 +128,15 @@ func TestClientMatrixLosesNothingAcrossSwaps(t *testing.T) {
 	run("pipelined 3 at a time", func(c *client) { pipelinedClient(d.addr, 3, 60, c) })
 	run("slow headers", func(c *client) { slowHeadersClient(d.addr, 30, c) })
 	run("streaming responses", func(c *client) { streamingClient(d.addr, 40, c) })
+	rate := 2000
+	if testing.Short() {
+		rate = 1000
+	}
+	swapping := make(chan *swapper, 1)
+	run(fmt.Sprintf("vegeta %d/s", rate), func(c *client) { vegetaClient(d.addr, rate, swapping, c) })
 
 	sw := startSwapping(t, d, "stream", 300*time.Millisecond)
+	swapping <- sw
 	wg.Wait()
 	sw.stop()
 	background.stop()
@@ -140,7 +148,7 @@ func TestClientMatrixLosesNothingAcrossSwaps(t *testing.T) {
 	total := background.posts.Load()
 	for _, c := range clients {
 		total += c.posts.Load()
-		t.Logf("%-22s %4d POSTs answered, %d errors", c.name, c.posts.Load(), len(c.errs))
+		t.Logf("%-22s %4d POSTs answered, %d errors%s", c.name, c.posts.Load(), len(c.errs), c.note)
 		for _, e := range c.errs {
 			t.Errorf("%s: %s", c.name, e)
 		}
@@ -371,6 +379,49 @@ func streamingClient(addr string, n int, c *client) {
 	}
 	if d := dials.Load(); d != 1 {
 		c.fail("dialled %d connections: the connection did not cross the swaps", d)
+	}
+}
+
+// vegetaClient attacks the duck with vegeta, open-loop at rate POSTs a
+// second on at most 16 keep-alive connections, from the first swap until
+// 20 more have happened entirely under the attack. By vegeta's metrics no
+// request may fail (every status 200, no error), no connection may be
+// closed under it, and it may dial no more than its 16.
+func vegetaClient(addr string, rate int, swapping <-chan *swapper, c *client) {
+	const maxConns, swaps = 16, 20
+	sw := <-swapping
+	v := startVegeta(addr, rate, maxConns, time.Now())
+	// The swap under way when the attack began may have started before it.
+	from := sw.swaps.Load() + 1
+	deadline := time.Now().Add(2 * time.Minute)
+	for sw.swaps.Load() < from+swaps && time.Now().Before(deadline) {
+		select {
+		case <-sw.done:
+			deadline = time.Now()
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	v.stop()
+	under := sw.swaps.Load() - from
+	m := &v.metrics
+	c.posts.Add(int64(m.StatusCodes["200"]))
+	c.note = fmt.Sprintf("; %d requests at %.0f/s across %d swaps, %d connections, latency p50 %s p99 %s max %s, status codes %v",
+		m.Requests, m.Rate, under, v.dials.Load(), m.Latencies.P50, m.Latencies.P99, m.Latencies.Max, m.StatusCodes)
+	if n := v.failed(); n != 0 || len(m.Errors) != 0 {
+		c.fail("%d of %d requests failed: status codes %v, errors %q", n, m.Requests, m.StatusCodes, m.Errors)
+	}
+	if under < swaps {
+		c.fail("only %d swaps happened entirely under the attack; want at least %d", under, swaps)
+	}
+	if m.Rate < float64(rate)/2 {
+		c.fail("vegeta sent %.0f requests a second, less than half the %d asked for", m.Rate, rate)
+	}
+	if n := v.peerClosed.Load(); n != 0 {
+		c.fail("the server closed %d connections under vegeta", n)
+	}
+	if n := v.dials.Load(); n > maxConns {
+		c.fail("vegeta dialled %d connections, more than its %d: connections were lost", n, maxConns)
 	}
 }
 
