@@ -25,7 +25,9 @@ import (
 // DUCKRAFT_NEMESIS_SEED=N replays a schedule; each seed that ever failed joins nemesisSeeds.
 
 // nemesisSeeds are schedules that once failed, kept as fixed cases, plus one fresh seed a run.
-var nemesisSeeds = []uint64{}
+var nemesisSeeds = []uint64{
+	1795872387565257641, // a duck killed -9 while serving lost what it had answered since its last save
+}
 
 func TestNemesis(t *testing.T) {
 	seeds := append([]uint64{}, nemesisSeeds...)
