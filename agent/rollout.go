@@ -402,6 +402,8 @@ func (a *Agent) followRollouts() {
 		switch duty.Kind {
 		case rollout.Turn:
 			a.turn(r, duty)
+		case rollout.Report:
+			a.reportAgain(r, duty, l.Version)
 		case rollout.CatchUp, rollout.MarkSynced:
 			// What the cluster settled on is known only once this node has the whole log.
 			if !a.caughtUp() {
@@ -580,6 +582,28 @@ func (a *Agent) turn(r *rollout.Rollout, duty rollout.Duty) {
 			return
 		}
 		a.report(r.Version, duty.Success, "")
+	}()
+}
+
+// reportAgain says once more how a turn that ended here went: its report went down with the
+// process that sent it.
+func (a *Agent) reportAgain(r *rollout.Rollout, duty rollout.Duty, have string) {
+	if !a.claim() {
+		return
+	}
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		defer a.release()
+		msg := ""
+		if have != duty.Version {
+			msg = "the swap did not complete: its agent stopped before it could report, and the ducks run what they ran"
+			if duty.Success == rollout.Reverted {
+				msg = "could not go back: " + msg
+			}
+		}
+		a.log.Info("reporting a turn again", "version", r.Version, "phase", duty.Success)
+		a.report(r.Version, duty.Success, msg)
 	}()
 }
 

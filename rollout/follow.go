@@ -22,6 +22,7 @@ const (
 	Turn                // swap every duck to Duty.Version, then report Duty.Success
 	CatchUp             // switch to Duty.Version, the cluster's choice, outside any turn
 	MarkSynced          // already on the cluster's choice: remember Duty.Key
+	Report              // a turn ended here but the log did not hear: report Duty.Success again
 )
 
 // Duty is a node's next job in a rollout.
@@ -63,7 +64,21 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 			}
 			d.Key = strconv.Itoa(r.Version) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
 			if l.Acted == d.Key {
-				return Duty{} // done; its report is on its way through the log
+				if me.Phase == Granted {
+					return Duty{} // the leader refused its start: no turn
+				}
+				// The turn is over here, but the log still has the node in it: the report
+				// went down with the process that sent it (killed between its switch and the
+				// report). Say it again, from what the node runs, or the rollout waits for the
+				// progress deadline and calls a good swap failed (found by the nemesis).
+				d.Kind = Report
+				if l.Have != d.Version {
+					d.Success = Failed
+					if me.Phase == Reverting {
+						d.Success = Reverted // going back failed: reported as such, see the agent
+					}
+				}
+				return d
 			}
 			return d
 		}

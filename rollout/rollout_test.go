@@ -174,8 +174,25 @@ func TestTurnTakenOncePerGrantAcrossRestarts(t *testing.T) {
 	if again := r.Follow("a", Local{Have: "v1"}); again != d {
 		t.Fatalf("restarted mid-swap, the same turn goes on: %+v, want %+v", again, d)
 	}
+	// Finished here, but the log never heard (the report died with its process): the node says
+	// again how it went, from what it runs, and never swaps again.
+	if done := r.Follow("a", Local{Have: "v2", Acted: d.Key}); done.Kind != Report || done.Success != Running {
+		t.Fatalf("a finished turn whose report was lost: %+v; want running reported again", done)
+	}
+	if done := r.Follow("a", Local{Have: "v1", Acted: d.Key}); done.Kind != Report || done.Success != Failed {
+		t.Fatalf("a finished turn that left the ducks on v1: %+v; want failed reported", done)
+	}
+	r.Report("a", Running, "", t0)
 	if done := r.Follow("a", Local{Have: "v2", Acted: d.Key}); done.Kind != Idle {
-		t.Fatalf("a finished turn was taken again: %+v", done)
+		t.Fatalf("once the log has the report: %+v", done)
+	}
+	// A start the leader refused leaves nothing to report.
+	r2 := three()
+	r2.Report("b", Built, "", t0)
+	r2.Grant("b", Granted, t0)
+	refused := r2.Follow("b", Local{Have: "v1"})
+	if again := r2.Follow("b", Local{Have: "v1", Acted: refused.Key}); again.Kind != Idle {
+		t.Fatalf("after a refused start: %+v", again)
 	}
 }
 

@@ -388,6 +388,18 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 		if !s.now.Before(n.retryAt) {
 			s.catchUp(n, r, d)
 		}
+	case Report:
+		n.busy = true
+		inc := n.inc
+		msg := ""
+		if n.local.Have != d.Version {
+			msg = "the swap did not complete"
+		}
+		s.send(n, r.Version, d.Success, msg, func(bool) {
+			if n.inc == inc {
+				n.busy = false
+			}
+		})
 	case MarkSynced:
 		n.local.Synced = d.Key
 	}
