@@ -443,7 +443,7 @@ func (a *Agent) spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo, 
 		return api.DuckInfo{}, err
 	}
 	st, _ := a.sup.Get(id)
-	return api.DuckInfo{Node: a.self.Name, Status: st}, nil
+	return duckInfo(a.self.Name, st), nil
 }
 
 // freeLoopbackAddr picks a free loopback port for a duck: at random below the kernel's range of
@@ -557,7 +557,7 @@ func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {
 func (a *Agent) localDucks() []api.DuckInfo {
 	out := []api.DuckInfo{}
 	for _, st := range a.sup.List() {
-		out = append(out, api.DuckInfo{Node: a.self.Name, Status: st})
+		out = append(out, duckInfo(a.self.Name, st))
 	}
 	return out
 }
@@ -595,7 +595,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	}
 	s := newStreamer(w)
 	for _, l := range a.sup.Recent(duck, n) {
-		s.send(api.LogLine{Node: a.self.Name, Line: l})
+		s.send(logLine(a.self.Name, l))
 	}
 	if !follow {
 		return
@@ -610,7 +610,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		case l := <-live:
 			if duck == "" || l.Duck == duck {
-				s.send(api.LogLine{Node: a.self.Name, Line: l})
+				s.send(logLine(a.self.Name, l))
 			}
 		case <-tick.C:
 			if duck != "" {
@@ -629,4 +629,17 @@ func sortDucks(ds []api.DuckInfo) {
 		}
 		return strings.Compare(x.ID, y.ID)
 	})
+}
+
+// duckInfo is how the API shows a duck the supervisor runs on node.
+func duckInfo(node string, st supervise.Status) api.DuckInfo {
+	return api.DuckInfo{
+		Node: node, ID: st.ID, Version: st.Version, Addr: st.Addr, PID: st.PID, Gen: st.Gen,
+		State: st.State, Restarts: st.Restarts, Started: st.Started, LastError: st.LastError,
+	}
+}
+
+// logLine is how the API shows a line a duck on node printed.
+func logLine(node string, l supervise.Line) api.LogLine {
+	return api.LogLine{Node: node, Duck: l.Duck, Version: l.Version, Gen: l.Gen, Stream: l.Stream, Text: l.Text, Time: l.Time}
 }

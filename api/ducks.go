@@ -1,7 +1,6 @@
 package api
 
 import (
-	"github.com/duckraft/duckraft/runtime/supervise"
 	"time"
 )
 
@@ -31,8 +30,19 @@ type SpawnRequest struct {
 
 // DuckInfo is one duck as `ducks` shows it.
 type DuckInfo struct {
-	Node string `json:"node"`
-	supervise.Status
+	Node    string `json:"node"`
+	ID      string `json:"id"`
+	Version string `json:"version"`
+	Addr    string `json:"addr"`
+	PID     int    `json:"pid"`
+	// Gen numbers the duck's processes: 1 for the first, one more per swap and per restart.
+	Gen int `json:"gen"`
+	// State is one of starting, running, swapping, restarting, failed, stopped; or "node
+	// unreachable" for a duck whose node did not answer.
+	State     string    `json:"state"`
+	Restarts  int       `json:"restarts"`
+	Started   time.Time `json:"started,omitzero"` // when the current generation became Ready
+	LastError string    `json:"last_error,omitempty"`
 }
 
 // StopRequest stops duck Name on node On (default: the node asked).
@@ -47,9 +57,14 @@ type StopRequest struct {
 // LogLine is one line a duck printed, as `logs` streams it. A line with Error set says the
 // stream from Node broke: the node is gone, and its ducks with it.
 type LogLine struct {
-	Node  string `json:"node"`
-	Error string `json:"error,omitempty"`
-	supervise.Line
+	Node    string    `json:"node"`
+	Error   string    `json:"error,omitempty"`
+	Duck    string    `json:"duck,omitempty"`
+	Version string    `json:"version,omitempty"`
+	Gen     int       `json:"gen,omitempty"`
+	Stream  string    `json:"stream,omitempty"` // stdout or stderr
+	Text    string    `json:"text,omitempty"`
+	Time    time.Time `json:"time,omitzero"`
 }
 
 // Label is how a version is shown: the first 12 hex digits of its bundle's sha256.
