@@ -228,35 +228,14 @@ func (d *duck) start(ctx context.Context, binary string) error {
 // new pipes for its output and a new lifeline.
 func (d *duck) spawn() (*run, *proc, error) {
 	os.Remove(d.path(pidName)) // so only the new process's PID counts as Ready
-	outR, outW, err := os.Pipe()
+	// Output, the lifeline, and the report pipe by which every generation of the run says how
+	// its swaps went.
+	ps, err := pipes(4)
 	if err != nil {
 		return nil, nil, err
 	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		return nil, nil, err
-	}
-	lifeR, lifeW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		errR.Close()
-		errW.Close()
-		return nil, nil, err
-	}
-	// The report pipe: every generation of the run writes how its swaps went to its end.
-	repR, repW, err := os.Pipe()
-	if err != nil {
-		outR.Close()
-		outW.Close()
-		errR.Close()
-		errW.Close()
-		lifeR.Close()
-		lifeW.Close()
-		return nil, nil, err
-	}
+	outR, outW, errR, errW := ps[0][0], ps[0][1], ps[1][0], ps[1][1]
+	lifeR, lifeW, repR, repW := ps[2][0], ps[2][1], ps[3][0], ps[3][1]
 	stable := d.path(binaryName)
 	env := d.environ()
 	cmd, err := startCmd(func() *exec.Cmd {
@@ -507,4 +486,21 @@ func (d *duck) crashed(why string) {
 		d.log.Info("duck restarted", "pid", p.pid, "gen", p.gen, "backoff", backoff)
 		return
 	}
+}
+
+// pipes makes n pipes, read end first; on a failure it closes those it made.
+func pipes(n int) ([][2]*os.File, error) {
+	var out [][2]*os.File
+	for range n {
+		r, w, err := os.Pipe()
+		if err != nil {
+			for _, p := range out {
+				p[0].Close()
+				p[1].Close()
+			}
+			return nil, err
+		}
+		out = append(out, [2]*os.File{r, w})
+	}
+	return out, nil
 }
