@@ -271,21 +271,19 @@ func (a *Agent) stateInfo(ctx context.Context, r *rollout.Rollout) *rollout.Stat
 	if r.FromID == "" {
 		return nil
 	}
-	to, ok := a.builder.Binary(r.Target)
-	from, ok2 := a.builder.Binary(r.FromID)
-	if !ok || !ok2 {
+	if _, ok := a.builder.Binary(r.FromID); !ok {
 		return nil
 	}
 	var cred *syscall.Credential
 	if a.cfg.DuckUser != nil {
 		cred = a.cfg.DuckUser.Credential()
 	}
-	dt, err := build.Describe(ctx, to, cred)
+	dt, err := a.builder.Describe(ctx, r.Target, cred)
 	if err != nil {
 		a.log.Info("the new version says nothing of its state", "err", err)
 		return nil
 	}
-	df, err := build.Describe(ctx, from, cred)
+	df, err := a.builder.Describe(ctx, r.FromID, cred)
 	if err != nil {
 		a.log.Info("the previous version says nothing of its state", "err", err)
 		return nil
@@ -348,17 +346,23 @@ func (a *Agent) driveRollouts() {
 			continue
 		}
 		now := time.Now().UTC()
-		step := r.Next(now, n.Silence())
-		if step.Op == "" {
+		steps := r.Steps(now, n.Silence(), maxSteps)
+		if len(steps) == 0 {
 			continue
 		}
-		if err := n.Apply(consensus.StepCommand(r, step, now), applyTimeout); err != nil {
-			a.log.Warn("rollout step", "step", step.Why, "err", err)
+		if err := n.Apply(consensus.StepsCommand(r, steps, now), applyTimeout); err != nil {
+			a.log.Warn("rollout steps", "first", steps[0].Why, "steps", len(steps), "err", err)
 			continue
 		}
-		a.log.Info("rollout", "version", r.Version, "step", step.Op, "node", step.Node, "phase", step.Phase, "state", step.State, "why", step.Message)
+		for _, step := range steps {
+			a.log.Info("rollout", "version", r.Version, "step", step.Op, "node", step.Node, "phase", step.Phase, "state", step.State, "why", step.Message)
+		}
 	}
 }
+
+// maxSteps bounds the leader's moves committed in one log entry (a wave's grants, skips): a
+// hundred steps make an entry of about 20 kB.
+const maxSteps = 100
 
 // follower is this node's side of rollouts.
 type follower struct {

@@ -81,6 +81,8 @@ type Command struct {
 	States    *rollout.StateInfo `json:"states,omitempty"` // with a report of built
 	Error     string             `json:"error,omitempty"`
 	Reason    string             `json:"reason,omitempty"`
+	// Steps are the leader's moves of one round (OpSteps): grants, reports and a state.
+	Steps []Command `json:"steps,omitempty"`
 }
 
 // The operations a Command may carry.
@@ -91,6 +93,7 @@ const (
 	OpGrant        = "grant"         // a node's turn to swap (or to go back)
 	OpReport       = "report"        // a node's progress in the rollout
 	OpRolloutState = "rollout-state" // pause, resume, undo, done
+	OpSteps        = "steps"         // the leader's moves of one round, all or none
 	OpNoop         = "noop"          // nothing: measures a commit's round trip
 	OpPlace        = "place"         // a duck started on a node
 	OpUnplace      = "unplace"       // a duck stopped (Name is NODE/ID)
@@ -188,6 +191,8 @@ func (s *State) apply(c Command) error {
 		return s.report(c)
 	case OpRolloutState:
 		return s.setRolloutState(c)
+	case OpSteps:
+		return s.steps(c)
 	default:
 		// A newer node may write operations this one does not know; refusing them loudly beats
 		// silently diverging. Upgrade this node to apply them.

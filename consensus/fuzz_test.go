@@ -151,6 +151,10 @@ var fuzzCommands = []Command{
 	{Op: OpRolloutState, N: 3, State: rollout.GoingBack},
 	{Op: OpRolloutState, N: 2, State: rollout.Done},
 	{Op: OpRolloutState, N: 2, State: "exploded"},
+	{Op: OpSteps, N: 2, Steps: []Command{{Op: OpGrant, N: 2, Name: "c", Phase: rollout.Granted}, {Op: OpReport, N: 2, Name: "b", Phase: rollout.Skipped}}},
+	{Op: OpSteps, N: 2, Steps: []Command{{Op: OpReport, N: 2, Name: "a", Phase: rollout.Running}, {Op: OpGrant, N: 2, Name: "zz", Phase: rollout.Granted}}},
+	{Op: OpSteps, N: 2, Steps: []Command{{Op: OpSteps, Steps: []Command{{Op: OpNoop}}}}},
+	{Op: OpSteps},
 	{Op: "teleport"},
 }
 

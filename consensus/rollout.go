@@ -139,6 +139,44 @@ func (s *State) setRolloutState(c Command) error {
 	return r.SetState(c.State, c.Reason, c.Time)
 }
 
+// steps applies the leader's moves of one round in order, all or none: a refused one leaves the
+// rollout as it was before the first.
+func (s *State) steps(c Command) error {
+	before := s.Rollout.Clone()
+	for i, sc := range c.Steps {
+		sc.Time = c.Time // one stamp for the round, the leader's
+		var err error
+		switch sc.Op {
+		case OpGrant:
+			err = s.grant(sc)
+		case OpReport:
+			err = s.report(sc)
+		case OpRolloutState:
+			err = s.setRolloutState(sc)
+		default:
+			err = fmt.Errorf("%q is not a rollout step", sc.Op)
+		}
+		if err != nil {
+			s.Rollout = before
+			return fmt.Errorf("step %d of %d (%s %s): %w", i+1, len(c.Steps), sc.Op, sc.Name, err)
+		}
+	}
+	return nil
+}
+
+// StepsCommand is the log entry that makes the leader's steps of one round in rollout r at time
+// now: one entry however many steps, so that a wave's grants cost one round trip.
+func StepsCommand(r *rollout.Rollout, steps []rollout.Step, now time.Time) Command {
+	if len(steps) == 1 {
+		return StepCommand(r, steps[0], now)
+	}
+	c := Command{Op: OpSteps, N: r.Version, Time: now}
+	for _, st := range steps {
+		c.Steps = append(c.Steps, StepCommand(r, st, now))
+	}
+	return c
+}
+
 // StepCommand is the log entry that makes the leader's step st in rollout r at time now.
 func StepCommand(r *rollout.Rollout, st rollout.Step, now time.Time) Command {
 	c := Command{N: r.Version, Name: st.Node, Phase: st.Phase, Time: now}

@@ -3,9 +3,11 @@ package consensus
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -351,5 +353,62 @@ func TestSwappingReportedTwiceIsTheSameTurn(t *testing.T) {
 	}
 	if nr := f.Rollout().Nodes["a"]; nr.Phase != rollout.Swapping || !nr.Since.Equal(since) {
 		t.Fatalf("the repeated report changed the turn: %+v", nr)
+	}
+}
+
+// A round's grants go through the log as one entry; one refused step refuses the whole entry and
+// leaves the rollout as it was.
+func TestStepsApplyAllOrNone(t *testing.T) {
+	f := NewFSM()
+	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	for i := 1; i <= 10; i++ {
+		mustApply(t, f, Command{Op: OpRegister, Member: &Member{Name: "n" + strconv.Itoa(i)}})
+	}
+	mustApply(t, f, Command{Op: OpCommit, Time: clk.now(), Policy: &rollout.Policy{MaxParallel: 4},
+		Version: &Version{ID: idOf("v1"), Bundle: []byte("v1")}})
+	r := f.Rollout()
+	for _, name := range r.Order {
+		mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: rollout.Built, Time: clk.now()})
+	}
+	r = f.Rollout()
+	now := clk.now()
+	steps := r.Steps(now, nil, 100)
+	var granted []string
+	for _, st := range steps {
+		if st.Op != rollout.OpGrant {
+			t.Fatalf("step %+v in a round of grants", st)
+		}
+		granted = append(granted, st.Node)
+	}
+	if want := []string{"n1", "n2", "n3", "n4"}; !slices.Equal(granted, want) {
+		t.Fatalf("one round grants %v, want %v (max-parallel 4, natural order)", granted, want)
+	}
+	if r.Nodes["n1"].Phase != rollout.Built {
+		t.Fatalf("Steps changed the rollout it was given: n1 is %s", r.Nodes["n1"].Phase)
+	}
+
+	// The same round with a step that cannot apply (n9 is not in its turn) is refused whole.
+	bad := StepsCommand(r, append(slices.Clone(steps), rollout.Step{Op: rollout.OpReport, Node: "n9", Phase: rollout.Running}), now)
+	rolloutJSON := func() string { b, _ := json.Marshal(f.Rollout()); return string(b) }
+	before := rolloutJSON()
+	if err := apply(t, f, bad); err == nil || !strings.Contains(err.Error(), "step 5 of 5") {
+		t.Fatalf("a round with a refused step: %v, want it refused naming step 5", err)
+	}
+	if after := rolloutJSON(); after != before {
+		t.Fatalf("a refused round changed the state:\nbefore %s\nafter  %s", before, after)
+	}
+
+	mustApply(t, f, StepsCommand(r, steps, now))
+	r = f.Rollout()
+	for _, name := range granted {
+		if nr := r.Nodes[name]; nr.Phase != rollout.Granted || !nr.Since.Equal(now) {
+			t.Errorf("%s after the round: %s since %v, want granted since %v", name, nr.Phase, nr.Since, now)
+		}
+	}
+	if ph := r.Nodes["n5"].Phase; ph != rollout.Built {
+		t.Errorf("n5 is %s: the round took more than max-parallel", ph)
+	}
+	if more := r.Steps(clk.now(), nil, 100); len(more) != 0 {
+		t.Errorf("with every slot taken the leader still has moves: %+v", more)
 	}
 }

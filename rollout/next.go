@@ -249,3 +249,37 @@ func (r *Rollout) anyTurnTaken() bool {
 	}
 	return false
 }
+
+// Apply makes step st at time now: the change the log applies when the leader commits it.
+func (r *Rollout) Apply(st Step, now time.Time) error {
+	switch st.Op {
+	case OpGrant:
+		return r.Grant(st.Node, st.Phase, now)
+	case OpReport:
+		return r.Report(st.Node, st.Phase, st.Message, now)
+	case OpState:
+		return r.SetState(st.State, st.Message, now)
+	}
+	return fmt.Errorf("a step that waits (%s) changes nothing", st.Why)
+}
+
+// Steps is every move the leader can make at time now, at most limit of them: Next, made on a
+// copy, then Next again on the result, until it says wait. They are the moves one round after
+// another would make with the clock stopped, so committing them in one log entry changes
+// nothing but the time they take: a wave of twenty grants is one round trip through the log,
+// not twenty (at a hundred members a round trip is tens of milliseconds).
+func (r *Rollout) Steps(now time.Time, silent Silence, limit int) []Step {
+	if !r.Active() {
+		return nil
+	}
+	c := r.Clone()
+	var steps []Step
+	for len(steps) < limit {
+		st := c.Next(now, silent)
+		if st.Op == "" || c.Apply(st, now) != nil {
+			break
+		}
+		steps = append(steps, st)
+	}
+	return steps
+}

@@ -313,20 +313,18 @@ func (s *sim) leaderTick() {
 	if !s.log.Active() {
 		return
 	}
-	st := s.log.Next(s.now, s.silence)
-	if st.Op == "" {
-		return
-	}
-	what := fmt.Sprintf("leader %s: %s %s %s %s", s.leader, st.Op, st.Node, st.Phase, st.State)
-	switch st.Op {
-	case OpGrant:
-		s.change(what, func(r *Rollout) error { return r.Grant(st.Node, st.Phase, s.now) })
-	case OpReport:
-		s.change(what, func(r *Rollout) error { return r.Report(st.Node, st.Phase, st.Message, s.now) })
-	case OpState:
-		s.change(what, func(r *Rollout) error { return r.SetState(st.State, st.Message, s.now) })
+	// As driveRollouts: every move the leader can make now, in one entry (each step is checked
+	// as its own entry here, so that the invariants see every intermediate state).
+	for _, st := range s.log.Steps(s.now, s.silence, maxSteps) {
+		what := fmt.Sprintf("leader %s: %s %s %s %s", s.leader, st.Op, st.Node, st.Phase, st.State)
+		if s.change(what, func(r *Rollout) error { return r.Apply(st, s.now) }) != nil {
+			s.fail("a step of the leader's batch was refused: %s", what)
+		}
 	}
 }
+
+// maxSteps is how many moves the simulated leader commits at once, as the agent's driver.
+const maxSteps = 64
 
 // elect makes a new leader among the nodes that can form a majority, after an election delay.
 func (s *sim) elect() {
