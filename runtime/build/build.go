@@ -1,6 +1,7 @@
 // Package build turns a source bundle into a duck binary with the node's local Go toolchain, and
 // keeps the result in a cache keyed by the bundle's ID: <Dir>/<id>/src holds the sources as built
-// (the bundle plus go.mod and vendor/), <Dir>/<id>/duck the binary. Everything a build needs
+// (the bundle, plus go.mod and vendor/ where this node ran go build rather than taking another
+// node's binary), <Dir>/<id>/duck the binary and duck.sha256 its sum. Everything a build needs
 // besides the bundle travels inside the node binary (see package duckraft), so a build needs no
 // network and no module cache, only a Go toolchain.
 package build
@@ -91,12 +92,23 @@ func (b *Builder) Toolchain(ctx context.Context) (string, error) {
 }
 
 // Sum is the sha256 of the binary built for id, in hex: every node reports it, so that a
-// cluster can see whether its nodes' toolchains made the same binary from one bundle.
+// cluster can see whether its nodes' toolchains made the same binary from one bundle. The build
+// that made the binary, or the copy that took it from the host's shared folder, hashed it on
+// the way and left the sum beside it (duck.sha256), so that a hundred nodes on one host do not
+// each read it again.
 func (b *Builder) Sum(id string) (string, error) {
 	p, ok := b.Binary(id)
 	if !ok {
 		return "", fmt.Errorf("build %s: no binary built yet", short(id))
 	}
+	if sum, err := os.ReadFile(p + ".sha256"); err == nil && bundle.ValidID(string(sum)) {
+		return string(sum), nil
+	}
+	return fileSum(p)
+}
+
+// fileSum is the sha256 of the file at p, in hex.
+func fileSum(p string) (string, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return "", err
@@ -217,9 +229,6 @@ func (b *Builder) build(ctx context.Context, id string, data []byte) (string, er
 			return "", fmt.Errorf("build %s: the bundle has its own %s; ducks that import other modules are not supported yet, so a duck may import only the standard library and the duckraft SDK: remove %s from the duck's folder", short(id), name, name)
 		}
 	}
-	if err := writeVendor(src); err != nil {
-		return "", fmt.Errorf("build %s: %w", short(id), err)
-	}
 
 	out := filepath.Join(work, "duck")
 	if err := b.produce(ctx, id, goBin, src, out); err != nil {
@@ -230,7 +239,11 @@ func (b *Builder) build(ctx context.Context, id string, data []byte) (string, er
 	if err := os.Rename(src, filepath.Join(idDir, "src")); err != nil && !errors.Is(err, os.ErrExist) && !errors.Is(err, syscall.ENOTEMPTY) {
 		return "", fmt.Errorf("build %s: %w", short(id), err)
 	}
+	// The sum before the binary: whoever finds the binary finds its sum.
 	bin := filepath.Join(idDir, "duck")
+	if err := os.Rename(out+".sha256", bin+".sha256"); err != nil {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
 	if err := os.Rename(out, bin); err != nil {
 		return "", fmt.Errorf("build %s: %w", short(id), err)
 	}
@@ -252,10 +265,12 @@ func (b *Builder) goCommand() (string, error) {
 	return p, nil
 }
 
-// produce writes the binary of id to out: from the host's shared build folder if another node
-// on this host built it already, else with go build, leaving a copy there for the others. One go
-// build at a time per host, so the nodes of a local cluster wait for the first build and take
-// its result instead of each building the same source.
+// produce writes the binary of id to out, and its sha256 to out.sha256: from the host's shared
+// build folder if another node on this host built it already, else with go build, leaving a copy
+// there for the others. One go build at a time per host, so the nodes of a local cluster wait for
+// the first build and take its result instead of each building the same source. Only the node
+// that builds writes go.mod and vendor/ beside the sources: a hundred nodes writing the SDK's
+// files while the one build ran slowed it down.
 func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error {
 	shared := ""
 	if b.Shared != "" {
@@ -270,7 +285,7 @@ func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error
 	}
 	// Another node on this host built it already: take it without waiting for the host's one
 	// go build at a time.
-	if shared != "" && copyFile(shared, out) == nil {
+	if shared != "" && takeShared(shared, out) == nil {
 		return nil
 	}
 	unlock, err := hostLock(ctx)
@@ -278,17 +293,26 @@ func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error
 		return err
 	}
 	defer unlock()
-	if shared != "" {
-		if err := copyFile(shared, out); err == nil {
-			return nil
-		}
+	if shared != "" && takeShared(shared, out) == nil {
+		return nil
+	}
+	if err := writeVendor(src); err != nil {
+		return fmt.Errorf("build %s: %w", short(id), err)
 	}
 	if err := b.run(ctx, id, goBin, src, out); err != nil {
 		return err
 	}
+	sum, err := fileSum(out)
+	if err != nil {
+		return fmt.Errorf("build %s: %w", short(id), err)
+	}
+	if err := os.WriteFile(out+".sha256", []byte(sum), 0o644); err != nil {
+		return fmt.Errorf("build %s: %w", short(id), err)
+	}
 	if shared != "" {
-		// Best effort: a node that cannot share still has its own binary.
-		if os.MkdirAll(filepath.Dir(shared), 0o700) == nil {
+		// Best effort: a node that cannot share still has its own binary. The sum goes in first,
+		// so that a binary found there always has its sum.
+		if os.MkdirAll(filepath.Dir(shared), 0o700) == nil && copyFile(out+".sha256", shared+".sha256") == nil {
 			tmp := shared + ".tmp"
 			if copyFile(out, tmp) == nil {
 				os.Rename(tmp, shared)
@@ -298,11 +322,39 @@ func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error
 	return nil
 }
 
-// copyFile copies an executable, hard-linking when it can.
-func copyFile(from, to string) error {
-	if err := os.Link(from, to); err == nil {
-		return nil
+// takeShared takes the binary another node of this host built, with its sum: linked where the
+// folders share a file system, else copied and hashed on the way.
+func takeShared(shared, out string) error {
+	if _, err := os.Stat(shared); err != nil {
+		return err
 	}
+	if os.Link(shared, out) == nil {
+		if copyFile(shared+".sha256", out+".sha256") == nil {
+			return nil
+		}
+		os.Remove(out)
+	}
+	in, err := os.Open(shared)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	o, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(o, h), in); err != nil {
+		o.Close()
+		return err
+	}
+	if err := o.Close(); err != nil {
+		return err
+	}
+	return os.WriteFile(out+".sha256", []byte(hex.EncodeToString(h.Sum(nil))), 0o644)
+}
+
+func copyFile(from, to string) error {
 	in, err := os.Open(from)
 	if err != nil {
 		return err
@@ -413,7 +465,9 @@ func hostLock(ctx context.Context) (func(), error) {
 	if err != nil {
 		return func() {}, nil // no lock to be had: build anyway, only slower
 	}
-	for {
+	// Tried again after 10 ms, then less and less often up to every 100 ms: a hundred nodes
+	// asking every 10 ms while one builds took CPU from that build.
+	for wait := 10 * time.Millisecond; ; wait = min(wait*3/2, 100*time.Millisecond) {
 		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
 			return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 		}
@@ -421,7 +475,7 @@ func hostLock(ctx context.Context) (func(), error) {
 		case <-ctx.Done():
 			f.Close()
 			return nil, ctx.Err()
-		case <-time.After(10 * time.Millisecond):
+		case <-time.After(wait):
 		}
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -476,13 +478,27 @@ func TestNodesOnOneHostShareABuild(t *testing.T) {
 	goBin, runs := countingGo(t)
 	shared := t.TempDir()
 	b := pack(t, map[string]string{"main.go": tableflipDuck})
-	first, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data)
+	one, two := &Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}, &Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}
+	first, err := one.Build(context.Background(), b.ID, b.Data)
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data)
+	second, err := two.Build(context.Background(), b.ID, b.Data)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Each reports the sum of the binary it has, which the build or the copy left beside it.
+	for i, builder := range []*Builder{one, two} {
+		bin, _ := builder.Binary(b.ID)
+		data, _ := os.ReadFile(bin)
+		want := sha256.Sum256(data)
+		if got, err := builder.Sum(b.ID); err != nil || got != hex.EncodeToString(want[:]) {
+			t.Errorf("node %d: Sum = %q, %v; want the sha256 of its binary %x", i+1, got, err, want)
+		}
+	}
+	// The node that took the binary wrote none of what only a build needs.
+	if _, err := os.Stat(filepath.Join(two.Dir, b.ID, "src", "vendor")); err == nil {
+		t.Error("the second node wrote vendor/ for a build it did not run")
 	}
 	if n := runs(); n != 1 {
 		t.Errorf("go ran %d times for two nodes building one bundle on one host, want 1", n)
@@ -534,5 +550,52 @@ func TestAnotherToolchainBuildsForItself(t *testing.T) {
 	s2, err2 := two.Sum(b.ID)
 	if err1 != nil || err2 != nil || v2 != "go1.99-drift" || v1 == v2 || s1 == s2 || len(s1) != 64 {
 		t.Fatalf("toolchains %q and %q made %q and %q (%v, %v): want two versions and two sums", v1, v2, s1, s2, err1, err2)
+	}
+}
+
+// A duck is asked about its state once per host: the first node runs its binary, the others of
+// the host read the answer kept under the binary's sum.
+func TestDescribeIsAskedOncePerHost(t *testing.T) {
+	shared := t.TempDir()
+	src, err := os.ReadFile(filepath.Join("..", "..", "testdata", "duck-migrate", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := pack(t, map[string]string{"main.go": string(src)})
+	one, two := &Builder{Dir: t.TempDir(), Shared: shared}, &Builder{Dir: t.TempDir(), Shared: shared}
+	for _, builder := range []*Builder{one, two} {
+		if _, err := builder.Build(context.Background(), b.ID, b.Data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := one.Describe(context.Background(), b.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Schema != 2 {
+		t.Fatalf("duck-migrate describes schema %d, want 2", first.Schema)
+	}
+	// The second node's binary no longer runs: only the kept answer can say what it says.
+	bin, _ := two.Binary(b.ID)
+	if err := os.WriteFile(bin, []byte("not a program"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	second, err := two.Describe(context.Background(), b.ID, nil)
+	if err != nil {
+		t.Fatalf("the second node ran its binary instead of reading the host's answer: %v", err)
+	}
+	if second.Schema != first.Schema {
+		t.Fatalf("second node: schema %d, first %d", second.Schema, first.Schema)
+	}
+	// Without the shared folder a node asks its binary itself, and a binary that does not run
+	// is a clear error.
+	three := &Builder{Dir: t.TempDir()}
+	if _, err := three.Build(context.Background(), b.ID, b.Data); err != nil {
+		t.Fatal(err)
+	}
+	bin, _ = three.Binary(b.ID)
+	os.WriteFile(bin, []byte("not a program"), 0o755)
+	if _, err := three.Describe(context.Background(), b.ID, nil); err == nil {
+		t.Fatal("a node without the shared folder described a binary that does not run")
 	}
 }

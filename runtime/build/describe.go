@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/duckraft/duckraft/atomicfile"
 	"github.com/duckraft/duckraft/runtime/hotswap"
 )
 
@@ -53,4 +54,66 @@ func Describe(ctx context.Context, bin string, cred *syscall.Credential) (hotswa
 		return d, fmt.Errorf("the duck %s described its state as %q, not a description (built with an older SDK?): %w", bin, out.String(), err)
 	}
 	return d, nil
+}
+
+// Describe is what the binary built for id says of its state (see the function Describe),
+// asked once per binary and host: the answer is kept beside the binary, and in the shared
+// folder under the binary's sum. A hundred nodes of one host that each ran their binaries after
+// a build (the new one and the one before) kept two cores busy for two seconds.
+func (b *Builder) Describe(ctx context.Context, id string, cred *syscall.Credential) (hotswap.Description, error) {
+	var d hotswap.Description
+	bin, ok := b.Binary(id)
+	if !ok {
+		return d, fmt.Errorf("build %s: no binary built yet", short(id))
+	}
+	kept := bin + ".describe"
+	shared := ""
+	if b.Shared != "" {
+		if sum, err := b.Sum(id); err == nil {
+			shared = filepath.Join(b.Shared, "describe", sum+".json")
+		}
+	}
+	if d, ok := readDescription(kept, shared); ok {
+		return d, nil
+	}
+	// One node of the host asks while the others wait for its answer.
+	unlock, err := hostLock(ctx)
+	if err != nil {
+		return d, err
+	}
+	defer unlock()
+	if d, ok := readDescription(kept, shared); ok {
+		return d, nil
+	}
+	if d, err = Describe(ctx, bin, cred); err != nil {
+		return d, err
+	}
+	data, err := json.Marshal(d)
+	if err != nil {
+		return d, err
+	}
+	// Best effort: an answer not kept is asked for again.
+	atomicfile.Write(kept, data, 0o600)
+	if shared != "" && os.MkdirAll(filepath.Dir(shared), 0o700) == nil {
+		atomicfile.Write(shared, data, 0o600)
+	}
+	return d, nil
+}
+
+// readDescription reads a kept answer of Describe: the node's own, else the host's (keeping a
+// copy beside the binary).
+func readDescription(kept, shared string) (hotswap.Description, bool) {
+	var d hotswap.Description
+	if data, err := os.ReadFile(kept); err == nil && json.Unmarshal(data, &d) == nil {
+		return d, true
+	}
+	if shared == "" {
+		return d, false
+	}
+	data, err := os.ReadFile(shared)
+	if err != nil || json.Unmarshal(data, &d) != nil {
+		return d, false
+	}
+	atomicfile.Write(kept, data, 0o600)
+	return d, true
 }
