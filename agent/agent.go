@@ -405,7 +405,13 @@ func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local fu
 		}
 		name, _ := n.Leader()
 		if m, ok := n.State().Members[name]; ok && name != a.self.Name {
-			err := a.client.Do(ctx, m.APIAddr, http.MethodPost, path, in, out)
+			index, err := a.client.Forward(ctx, m.APIAddr, path, in, out)
+			if err == nil && path != "/v1/report" {
+				// Whoever asked this node reads from it next (`rollout undo`, then the rollout
+				// it prints): answer once this node's state holds the write too. A node's own
+				// reports need no such wait: its rollout loop acts on the log as it arrives.
+				a.awaitIndex(ctx, index)
+			}
 			var ae *api.APIError
 			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
 				return err
@@ -425,6 +431,25 @@ func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local fu
 			}
 			return fmt.Errorf("%w elected: is a majority of the cluster up? `members` shows who is reachable", ErrNoLeader)
 		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// awaitIndex waits, two seconds at most, until this node's state holds the log up to index. A
+// follower learns of a commit up to raft's CommitTimeout after the leader.
+func (a *Agent) awaitIndex(ctx context.Context, index uint64) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for {
+		n := a.Node()
+		changed := n.Changed()
+		if n.Index() >= index {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
 		}
 	}
 }

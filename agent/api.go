@@ -8,6 +8,7 @@ import (
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -29,8 +30,46 @@ func (a *Agent) routes() http.Handler {
 	mux := http.NewServeMux()
 	a.userRoutes(mux)
 	a.peerRoutes(mux)
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mux.ServeHTTP(&indexWriter{ResponseWriter: w, index: func() uint64 { return a.Node().Index() }}, r)
+	})
 }
+
+// indexWriter stamps every answer with the state index of this node when it answers
+// (api.IndexHeader): a write the leader answers is in its state by then, so the node that
+// forwarded it knows how far to catch up before it answers its own client.
+type indexWriter struct {
+	http.ResponseWriter
+	index func() uint64
+	wrote bool
+}
+
+func (w *indexWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.wrote = true
+		w.Header().Set(api.IndexHeader, strconv.FormatUint(w.index(), 10))
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *indexWriter) Write(b []byte) (int, error) {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	return w.ResponseWriter.Write(b)
+}
+
+// Flush keeps streamed answers (load, logs) flowing line by line.
+func (w *indexWriter) Flush() {
+	if !w.wrote {
+		w.WriteHeader(http.StatusOK)
+	}
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *indexWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // userRoutes are what the CLI calls.
 func (a *Agent) userRoutes(mux *http.ServeMux) {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/duckraft/duckraft/wire"
@@ -47,27 +48,47 @@ type ErrorBody struct {
 
 // Do sends in (as JSON, unless nil) to addr's path and decodes the answer into out (unless nil).
 func (c *Client) Do(ctx context.Context, addr, method, path string, in, out any) error {
+	_, err := c.do(ctx, addr, method, path, in, out)
+	return err
+}
+
+// IndexHeader carries, on every answer of a node, the index of the last log entry its state
+// holds when it answered: the leader's answer to a write says where the write is in the log.
+const IndexHeader = "Duckraft-Index"
+
+// Forward posts in to addr's path, as Do, and returns the answering node's state index
+// (IndexHeader; 0 when it sent none).
+func (c *Client) Forward(ctx context.Context, addr, path string, in, out any) (uint64, error) {
+	h, err := c.do(ctx, addr, http.MethodPost, path, in, out)
+	if err != nil {
+		return 0, err
+	}
+	index, _ := strconv.ParseUint(h.Get(IndexHeader), 10, 64)
+	return index, nil
+}
+
+func (c *Client) do(ctx context.Context, addr, method, path string, in, out any) (http.Header, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytes.NewReader(b)
 	}
 	resp, err := c.send(ctx, addr, method, path, body, "application/json")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if out == nil {
 		io.Copy(io.Discard, resp.Body)
-		return nil
+		return resp.Header, nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("undecodable answer from %s%s: %w", addr, path, err)
+		return nil, fmt.Errorf("undecodable answer from %s%s: %w", addr, path, err)
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // Stream sends body and calls each with every line of JSON the node streams back, until the
