@@ -403,21 +403,26 @@ func (a *Agent) followRollouts() {
 		}
 		l := a.snapshotLocal()
 		duty := r.Follow(a.self.Name, rollout.Local{Have: l.Version, Acted: l.Acted, Synced: l.Synced})
+		if duty.Kind == rollout.Idle {
+			continue
+		}
+		// A duty is acted on only once this node has the whole log. A restarted node replays
+		// it, and the states it passes through are history: a turn it took long ago looks like
+		// a turn under way (swapped a duck back to version 1, found by
+		// TestLeaderKilledWhileCommitting once followers learnt commits 50 ms later), and what
+		// the cluster settled on is known only at the end.
+		if !a.caughtUp() {
+			continue
+		}
 		switch duty.Kind {
 		case rollout.Turn:
 			a.turn(r, duty)
 		case rollout.Report:
 			a.reportAgain(r, duty, l.Version)
-		case rollout.CatchUp, rollout.MarkSynced:
-			// What the cluster settled on is known only once this node has the whole log.
-			if !a.caughtUp() {
-				continue
-			}
-			if duty.Kind == rollout.CatchUp {
-				a.catchUp(r, duty)
-			} else {
-				a.setSynced(duty.Key)
-			}
+		case rollout.CatchUp:
+			a.catchUp(r, duty)
+		case rollout.MarkSynced:
+			a.setSynced(duty.Key)
 		}
 	}
 }
