@@ -21,7 +21,8 @@ import (
 // The model keeps what the real agent does (agent/rollout.go) and nothing it does not: a node's
 // data folder (Local: what its ducks run, the last turn and catch-up it finished) survives a
 // crash, its process memory (builds started, a turn under way) does not; the log is one
-// sequence every node reads once it reaches the leader; the leader sees a node as silent from
+// sequence every node reads, in batches, once it reaches the leader, and a restarted node
+// replays it from a snapshot, through states that are history; the leader sees a node as silent from
 // the moment it stopped answering, or from its own election if that came later.
 
 var (
@@ -36,6 +37,7 @@ var regressions = []uint64{
 	57, 225, 246, 312, 324, // a node marked itself synced on the version its turn was leaving
 	428, 498, 700, 754, 1122, 1846, // a paused rollout left skipped nodes behind
 	265, 409, 3201, 5299, 7022, 15349, 16049, // a swap counted twice across catch-up and revert
+	8, 84, 141, 271, // a restarted node replaying its log acted on a turn that was history
 }
 
 func TestSimulatedRolloutsAlwaysEnd(t *testing.T) {
@@ -117,6 +119,12 @@ type simNode struct {
 	busy     bool
 	retryAt  time.Time
 	view     *Rollout // the log as far as this node has it
+	// pos is how many states of the log's history the node has applied: a restarted node
+	// replays from a snapshot, through states that are history. upTo is the leader's count when
+	// last asked (at askedAt), as the agent's caughtUp asks the leader's state index.
+	pos     int
+	upTo    int
+	askedAt time.Time
 }
 
 type sim struct {
@@ -128,8 +136,9 @@ type sim struct {
 	nodes  []*simNode
 	byName map[string]*simNode
 
-	// The log.
+	// The log, and every state it went through (what a node replaying it passes).
 	log         *Rollout
+	history     []*Rollout
 	kinds       map[string]simKind // bundle ID -> what it does
 	numbers     map[string]int     // bundle ID -> version number
 	versions    int
@@ -207,6 +216,7 @@ func (s *sim) change(what string, fn func(r *Rollout) error) error {
 		return err
 	}
 	s.logf("log: %s -> %s", what, s.log.State)
+	s.history = append(s.history, s.log.Clone())
 	s.checkEntry(before, s.log)
 	if !s.log.Active() && before.Active() {
 		s.current = s.log.Target
@@ -365,8 +375,10 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 		return
 	}
 	defer s.at(100*time.Millisecond, func() { s.nodeTick(n, inc) })
-	if s.reachable(n) {
-		n.view = s.log.Clone()
+	if s.reachable(n) && n.pos < len(s.history) {
+		// Applied in batches, as Raft hands a follower its committed entries.
+		n.pos = min(len(s.history), n.pos+1+s.rng.IntN(4))
+		n.view = s.history[n.pos-1].Clone()
 	}
 	r := n.view
 	if r == nil {
@@ -379,6 +391,9 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 		return // one duty at a time: what it does changes what it has
 	}
 	d := r.Follow(n.name, n.local)
+	if d.Kind == Idle || !s.caughtUp(n) {
+		return
+	}
 	switch d.Kind {
 	case Turn:
 		s.turn(n, r, d)
@@ -512,12 +527,31 @@ func (s *sim) catchUp(n *simNode, r *Rollout, d Duty) {
 	})
 }
 
+// caughtUp is the agent's caughtUp: whether the node has applied as much of the log as the
+// leader had when last asked, at most a second ago.
+func (s *sim) caughtUp(n *simNode) bool {
+	if s.now.Sub(n.askedAt) > time.Second {
+		n.upTo, n.askedAt = 0, s.now
+		if l := s.byName[s.leader]; l != nil && l.up && !l.cut && s.reachable(n) {
+			n.upTo = len(s.history)
+		}
+	}
+	return n.upTo > 0 && n.pos >= n.upTo
+}
+
 func (s *sim) start(n *simNode) {
 	n.up = true
 	n.inc++
 	n.building = map[int]bool{}
 	n.busy = false
+	// A restarted node comes back from its last snapshot, somewhere in what it had, and
+	// replays the rest.
+	n.pos = s.rng.IntN(n.pos + 1)
 	n.view = nil
+	if n.pos > 0 {
+		n.view = s.history[n.pos-1].Clone()
+	}
+	n.askedAt = time.Time{}
 	inc := n.inc
 	s.at(s.jitter(0, 100*time.Millisecond), func() { s.nodeTick(n, inc) })
 }
@@ -558,6 +592,7 @@ func (s *sim) commit(kind simKind) {
 	}
 	from := s.numbers[s.current]
 	s.log = New(s.versions, id, from, s.current, members, false, true, s.policy, s.now)
+	s.history = append(s.history, s.log.Clone())
 	s.logf("commit %s (from %s)", id, lbl(s.current))
 }
 
@@ -612,9 +647,13 @@ func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
 		s.log.Nodes[name].Phase = Running
 	}
 	s.log.State = Done
+	s.history = []*Rollout{s.log.Clone()}
 	for _, n := range s.nodes {
 		n.local = Local{Have: "v1", Synced: SyncKey(s.log)}
+		n.pos = 1
 		s.start(n)
+		n.pos = 1 // a first start: the whole (one-entry) log is the snapshot
+		n.view = s.log.Clone()
 	}
 	s.leader, s.leaderSince = s.nodes[0].name, s.now
 	s.at(0, s.leaderTick)
