@@ -87,10 +87,10 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	t0 := time.Now()
 	nodes, err := c.StartMany(names, 8)
 	if err != nil {
-		return f, err
+		return f, fmt.Errorf("starting the nodes: %w", err)
 	}
 	if err := c.ConnectAll(ctx, nodes, 4); err != nil {
-		return f, err
+		return f, fmt.Errorf("connecting the nodes: %w", err)
 	}
 	var ms []api.MemberStatus
 	for deadline := time.Now().Add(2 * time.Minute); ; {
@@ -127,7 +127,7 @@ func benchSize(size, commits int) (scaleFigures, error) {
 		cpu := (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t0).Seconds()
 		var v api.RolloutView
 		if err := c.Do(ctx, nodes[len(nodes)-1].API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
-			return 0, 0, err
+			return 0, 0, fmt.Errorf("reading the rollout: %w", err)
 		}
 		return v.Rollout.Ended.Sub(v.Rollout.Started), cpu, nil
 	}
@@ -157,7 +157,7 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	}
 	var lat api.CommitLatency
 	if err := c.Do(ctx, leader.API, http.MethodPost, "/v1/bench/commit", api.CommitBench{N: commits}, &lat); err != nil {
-		return f, err
+		return f, fmt.Errorf("measuring commits on the leader %s: %w", leader.Name, err)
 	}
 	f.commitP50, f.commitP99 = pct(lat.Samples, 50), pct(lat.Samples, 99)
 	var took []time.Duration
