@@ -13,7 +13,8 @@
 // tableflip keeps a copy of the socket, so the kernel queues new connections
 // for the next process), stops reading new requests on open connections
 // (a request that comes now waits in its socket's kernel buffer), lets the
-// requests already read finish, freezes the state (Update blocks),
+// requests already read finish (but detached ones, see below), freezes the
+// state (Update blocks),
 // snapshots it as JSON with its schema number and passes it to the new
 // process as a file registered with tableflip's Fds. tableflip then
 // re-executes os.Args[0].
@@ -48,6 +49,18 @@
 // TLS, if any, ends in front of it. The exit line of each old process
 // counts the connections that moved, fell back and were hijacked, and each
 // fallback is logged with its reason.
+//
+// # Long requests
+//
+// A swap freezes the state only when no running request can change it any
+// more, so a request that runs long (a streaming response, a long poll, a
+// download) would hold the swap, and every other client's requests with
+// it, until it ends. Its handler calls Detach(r) once it will make no more
+// Update: the swap then does not wait for it. It runs to its end in the old
+// generation, reading the state as it was handed over (Read does not wait),
+// while the new generation serves everyone else; its connection moves once
+// it has ended. An Update after Detach in a generation that has handed over
+// waits for ever, like every Update there.
 //
 // Idle keep-alive connections are never closed on SIGHUP (no
 // http.Server.Shutdown, no SetKeepAlivesEnabled(false)): closing a

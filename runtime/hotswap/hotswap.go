@@ -489,7 +489,12 @@ func (r *runner) swap() error {
 		}
 		r.out = out
 	}
-	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start))
+	detached := 0
+	if r.http != nil {
+		detached = r.http.detachedNow()
+	}
+	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start),
+		"requests_detached", detached)
 	if err := r.upgrade(); err != nil {
 		if r.out != nil {
 			r.out.close()
