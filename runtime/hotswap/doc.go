@@ -21,10 +21,17 @@
 //
 // If the new process becomes Ready, each of the old process's HTTP
 // connections moves to it as soon as it is between two requests: an idle
-// one at once, with any request waiting in its buffer; one whose request
-// was only partly received when the swap began once that request is
-// complete, which the old process forwards to the new one before the
-// connection moves (the log's exit line counts such requests). The socket
+// one at once, with any request waiting in its buffer; one in the middle
+// of a request's line or headers at once too, with the bytes the old
+// process has read of that request, which travel with the descriptor (the
+// new process reads them first, and runs the request whole); one whose
+// request body was only partly received when the swap began once that
+// request is complete, which the old process forwards to the new one
+// before the connection moves (the log's exit line counts such requests,
+// and the connections that moved mid-request). Bytes travel only to a new
+// process that said it takes them, and at most 16 KiB of them: a longer
+// header, or a new process on an older SDK, leaves the request to finish
+// in the old process, forwarded. The socket
 // itself moves: its descriptor travels over a Unix socket pair whose other
 // end the new process inherits through tableflip (SCM_RIGHTS), and the old
 // process closes only its own descriptor, which sends the client nothing.
@@ -34,8 +41,9 @@
 // If the new process exits or is not Ready within the ready timeout, the
 // old one thaws, keeps serving with its state and logs why on stderr.
 //
-// A connection moves only when the SDK knows net/http holds none of its
-// bytes: it follows where each HTTP/1.x request ends (Content-Length and
+// A connection moves only when the SDK knows which of its bytes net/http
+// holds (none, or the start of a request it has not yet handed to a
+// handler): it follows where each HTTP/1.x request ends (Content-Length and
 // chunked framing) in the bytes read. Connections it cannot move fall back
 // to what was done before: their next request is forwarded to the new
 // process and answered with "Connection: close", and idle ones are closed

@@ -614,3 +614,48 @@ func TestLongRequestHoldsNoOneAcrossSwap(t *testing.T) {
 		t.Errorf("GET / = %+v, want count %d from stream-2", r, posts)
 	}
 }
+
+// A request whose line and headers are only partly received when a swap begins does not keep
+// the old generation alive: its connection moves at once with the bytes read of it, and the new
+// generation answers the whole request. The client sends the rest only once the old generation
+// is gone, so the order is what the test checks; before bytes moved, the old generation waited
+// for the request and, after its drain bound, closed the connection under it.
+func TestHalfSentRequestMovesWithItsBytes(t *testing.T) {
+	d := startDuck(t, "duck", nil)
+	nc, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(nc)
+	// One write: the server reads the POST's start with the GET, which it answers.
+	io.WriteString(nc, "GET / HTTP/1.1\r\nHost: duck\r\n\r\nPOST /quack HTTP/1.1\r\nHost: duck\r\n")
+	if _, err := readReply(br); err != nil {
+		t.Fatalf("GET: %v", err)
+	}
+	mark := d.stderr.len()
+	old := d.pid()
+	d.install("duck-v2")
+	d.signal(old, syscall.SIGHUP)
+	if !waitExit(old, 20*time.Second) {
+		t.Fatalf("old generation pid %d still running 20s after SIGHUP", old)
+	}
+	d.stderr.waitFor(t, mark, 5*time.Second, "exiting: handed over", fmt.Sprintf("pid=%d", old),
+		"connections_moved=1", "connections_moved_mid_request=1", "requests_forwarded=0")
+	io.WriteString(nc, "Content-Length: 5\r\n\r\nquack")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the POST whose start was read before the swap: %v", err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(body), `"version":"duck-v2"`) || !strings.Contains(string(body), `"count":1`) {
+		t.Errorf("the POST whose start was read before the swap: %s %s; want 200, count 1 from duck-v2", res.Status, body)
+	}
+	for _, l := range d.stderr.snapshot()[mark:] {
+		if strings.Contains(l, "drain bound passed") {
+			t.Errorf("the old generation waited out its drain bound: %s", l)
+		}
+	}
+}

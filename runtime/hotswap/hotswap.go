@@ -620,7 +620,7 @@ func (r *runner) handOver(sigs <-chan os.Signal) error {
 	start := time.Now()
 	m := r.http.handOver(r.out, DrainBound, stop)
 	r.log.Info("exiting: handed over", "generation", r.generation, "took", time.Since(start),
-		"connections_moved", m.Moved, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
+		"connections_moved", m.Moved, "connections_moved_mid_request", m.MidRequest, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
 		"requests_forwarded", m.Forwarded)
 	return nil
 }

@@ -58,10 +58,12 @@ type server struct {
 // moves counts what became of a generation's connections when it handed
 // over, for its exit line.
 type moves struct {
-	Moved     int // connections handed to the next generation
-	FellBack  int // connections that could not move
-	Hijacked  int // connections their handler took (over the generation's life)
-	Forwarded int // requests forwarded to the next generation
+	Moved int // connections handed to the next generation
+	// of them, in the middle of a request's line or headers, with the bytes read of it
+	MidRequest int
+	FellBack   int // connections that could not move
+	Hijacked   int // connections their handler took (over the generation's life)
+	Forwarded  int // requests forwarded to the next generation
 }
 
 type connKey struct{}
@@ -146,13 +148,15 @@ func (w watched) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return w.s.adopt(c), nil
+	return w.s.adopt(c, nil), nil
 }
 
 // adopt wraps a connection and counts it before net/http does, so that a
 // hand-over never misses one accepted or received a moment before.
-func (s *server) adopt(nc net.Conn) *conn {
+// carried is what the previous generation had read of its next request.
+func (s *server) adopt(nc net.Conn, carried []byte) *conn {
 	c := newConn(nc, s)
+	c.pending = carried
 	s.mu.Lock()
 	s.conns[c] = http.StateNew
 	s.mu.Unlock()
@@ -239,9 +243,12 @@ func (s *server) waitWhileHolding() {
 // leavingTo is the channel to the next generation once connections move.
 func (s *server) leavingTo() *handoff { return s.out.Load() }
 
-func (s *server) noteMoved(c *conn) {
+func (s *server) noteMoved(c *conn, midRequest bool) {
 	s.mu.Lock()
 	s.moves.Moved++
+	if midRequest {
+		s.moves.MidRequest++
+	}
 	s.mu.Unlock()
 	s.log.Debug("connection handed to the new generation", "remote", c.RemoteAddr())
 }
