@@ -132,7 +132,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		if out := c.s.leavingTo(); out != nil && (between || partway) {
 			carried := c.carried()
 			switch {
-			case len(carried) == 0 || out.carries:
+			case len(carried) == 0 || out.carries && len(carried) <= maxCarried:
 				c.mu.Unlock()
 				if !c.leave(out, carried) {
 					continue
@@ -143,7 +143,8 @@ func (c *conn) Read(p []byte) (int, error) {
 				return 0, io.EOF
 			case between:
 				// Bytes from the previous generation, unread, that the next
-				// one (an older SDK) cannot take: the request runs here.
+				// one cannot take (an older SDK; or more than a message
+				// holds, which the sender never sends): the request runs here.
 				c.stays = "the new generation does not take the bytes it came with (an older SDK)"
 				c.s.fellBack(c, c.stays)
 				c.mu.Unlock()
