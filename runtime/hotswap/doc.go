@@ -14,10 +14,9 @@
 // for the next process), stops reading new requests on open connections
 // (a request that comes now waits in its socket's kernel buffer), lets the
 // requests already read finish (but detached ones, see below), freezes the
-// state (Update blocks),
-// snapshots it as JSON with its schema number and passes it to the new
-// process as a file registered with tableflip's Fds. tableflip then
-// re-executes os.Args[0].
+// state (Update blocks), snapshots it as JSON with its schema number and
+// passes it to the new process as a file registered with tableflip's Fds.
+// tableflip then re-executes os.Args[0].
 //
 // If the new process becomes Ready, each of the old process's HTTP
 // connections moves to it as soon as it is between two requests: an idle
@@ -29,8 +28,8 @@
 // request is complete, which the old process forwards to the new one
 // before the connection moves (the log's exit line counts such requests,
 // and the connections that moved mid-request). Bytes travel only to a new
-// process that said it takes them, and at most 16 KiB of them: a longer
-// header, or a new process on an older SDK, leaves the request to finish
+// process that said it takes them, and at most 16 KiB of them: with
+// longer headers, or a new process on an older SDK, the request finishes
 // in the old process, forwarded. The socket
 // itself moves: its descriptor travels over a Unix socket pair whose other
 // end the new process inherits through tableflip (SCM_RIGHTS), and the old
@@ -67,8 +66,10 @@
 // Update: the swap then does not wait for it. It runs to its end in the old
 // generation, reading the state as it was handed over (Read does not wait),
 // while the new generation serves everyone else; its connection moves once
-// it has ended. An Update after Detach in a generation that has handed over
-// waits for ever, like every Update there.
+// it has ended, and the old generation exits then, or DrainBound and 5 s
+// after the new one became Ready, closing what still runs. An Update after
+// Detach in a generation that has handed over waits for ever, like every
+// Update there.
 //
 // Idle keep-alive connections are never closed on SIGHUP (no
 // http.Server.Shutdown, no SetKeepAlivesEnabled(false)): closing a
