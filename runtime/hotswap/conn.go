@@ -1,6 +1,7 @@
 package hotswap
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -42,6 +43,17 @@ type conn struct {
 	deadline time.Time // the read deadline net/http asked for
 	left     bool      // its socket belongs to the next generation
 	stays    string    // why it cannot move; "" while it can
+	// The bytes read of a request whose line or headers are not all here
+	// yet, which net/http holds and which move with the socket; tooLong
+	// when there are more than maxCarried (that request finishes here).
+	partial []byte
+	tooLong bool
+	// pending came with the connection from the previous generation: what
+	// it had read of the next request. Read returns it before the socket's
+	// bytes. Only net/http's reading goroutine touches it once adopted.
+	pending []byte
+
+	gone atomic.Bool // left, for Write without the lock
 }
 
 // aLongTimeAgo is a read deadline that ends a blocked read at once.
@@ -66,6 +78,48 @@ func (c *conn) between() bool {
 		(c.state == http.StateNew || c.state == http.StateIdle)
 }
 
+// midHeaders says whether the server is waiting for the rest of a
+// request's line or headers, holding nothing else: it has answered every
+// request before it, and has not yet handed this one to a handler, which
+// would run it here. The connection can then move with those bytes (the
+// request runs whole in the next generation). Call with c.mu held.
+func (c *conn) midHeaders() bool {
+	return c.framer.inHeaders() && !c.tooLong && c.framer.complete == c.idles &&
+		(c.state == http.StateNew || c.state == http.StateIdle)
+}
+
+// carried is what must move with the socket: the part of a request the
+// server holds and the bytes from the previous generation it has not read.
+// Call with c.mu held.
+func (c *conn) carried() []byte {
+	if len(c.partial) == 0 && len(c.pending) == 0 {
+		return nil
+	}
+	return append(append([]byte(nil), c.partial...), c.pending...)
+}
+
+// keepPartial follows the bytes of a request whose headers are still
+// coming, read being the bytes just fed to the framer. Call with c.mu held.
+func (c *conn) keepPartial(read []byte) {
+	switch {
+	case !c.framer.inHeaders():
+		c.partial, c.tooLong = c.partial[:0], false
+	case c.framer.began >= 0:
+		c.partial, c.tooLong = append(c.partial[:0], read[c.framer.began:]...), false
+	case !c.tooLong:
+		c.partial = append(c.partial, read...)
+	}
+	if len(c.partial) > maxCarried {
+		c.partial, c.tooLong = c.partial[:0], true
+	}
+}
+
+// errMoved ends net/http's read of a request whose first bytes moved to
+// the next generation with the socket. Wrapped in a *net.OpError of a read,
+// it makes net/http close its side without answering: the "400 Bad
+// Request" it writes for a request cut short would reach the client.
+var errMoved = errors.New("the connection moved to the next generation")
+
 func (c *conn) Read(p []byte) (int, error) {
 	for {
 		c.mu.Lock()
@@ -74,14 +128,31 @@ func (c *conn) Read(p []byte) (int, error) {
 			return 0, io.EOF
 		}
 		between := c.stays == "" && c.between()
-		if between {
-			if out := c.s.leavingTo(); out != nil {
+		partway := c.stays == "" && !between && c.midHeaders()
+		if out := c.s.leavingTo(); out != nil && (between || partway) {
+			carried := c.carried()
+			switch {
+			case len(carried) == 0 || out.carries && len(carried) <= maxCarried:
 				c.mu.Unlock()
-				if c.leave(out) {
-					return 0, io.EOF
+				if !c.leave(out, carried) {
+					continue
 				}
+				if partway {
+					return 0, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errMoved}
+				}
+				return 0, io.EOF
+			case between:
+				// Bytes from the previous generation, unread, that the next
+				// one cannot take (an older SDK; or more than a message
+				// holds, which the sender never sends): the request runs here.
+				c.stays = "the new generation does not take the bytes it came with (an older SDK)"
+				c.s.fellBack(c, c.stays)
+				c.mu.Unlock()
 				continue
 			}
+			// partway to an older SDK: the request finishes here.
+		}
+		if between {
 			if c.s.holdsReads() {
 				c.mu.Unlock()
 				c.s.waitWhileHolding()
@@ -97,9 +168,12 @@ func (c *conn) Read(p []byte) (int, error) {
 
 		var n int
 		var err error
-		if between {
+		switch {
+		case len(c.pending) > 0:
+			n, err = c.readPending(p, between)
+		case between:
 			n, err = c.readNext(p)
-		} else {
+		default:
 			n, err = c.Conn.Read(p)
 		}
 
@@ -107,6 +181,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		c.reading = false
 		if n > 0 {
 			c.framer.feed(p[:n])
+			c.keepPartial(p[:n])
 			c.framed.Store(int64(c.framer.complete))
 			if c.framer.unsure != "" && c.stays == "" {
 				c.stays = "cannot frame its requests: " + c.framer.unsure
@@ -174,6 +249,19 @@ func (c *conn) readNext(p []byte) (int, error) {
 	return n, nil
 }
 
+// readPending reads the bytes that came with the connection before the
+// socket's, and like readNext not while a swap stops reads.
+func (c *conn) readPending(p []byte, between bool) (int, error) {
+	c.s.gate.RLock()
+	defer c.s.gate.RUnlock()
+	if between && c.s.holdsReads() {
+		return 0, errHolding
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
 // watch is net/http's background read, the one-byte read it makes while a
 // handler runs, with the request read whole, to learn if the client goes
 // away. Done as a plain read, it would take the first byte of the
@@ -187,6 +275,11 @@ func (c *conn) watch() (int, error) {
 	select {
 	case <-c.aborted: // a stale signal from an earlier request
 	default:
+	}
+	if len(c.pending) > 0 {
+		// The next request is here already: the client has not gone.
+		<-c.aborted
+		return 0, os.ErrDeadlineExceeded
 	}
 	var n int
 	var perr error
@@ -217,15 +310,16 @@ func (c *conn) watch() (int, error) {
 func (c *conn) wake() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.reading && !c.left && c.stays == "" && c.between() {
+	if c.reading && !c.left && c.stays == "" && (c.between() || c.midHeaders()) {
 		c.woken = true
 		c.Conn.SetReadDeadline(aLongTimeAgo)
 	}
 }
 
-// leave sends the socket to the next generation and reports whether it went.
-func (c *conn) leave(out *handoff) bool {
-	err := out.send(c.Conn)
+// leave sends the socket, with carried, to the next generation and reports
+// whether it went.
+func (c *conn) leave(out *handoff, carried []byte) bool {
+	err := out.send(c.Conn, carried)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
@@ -234,7 +328,8 @@ func (c *conn) leave(out *handoff) bool {
 		return false
 	}
 	c.left = true
-	c.s.noteMoved(c)
+	c.gone.Store(true)
+	c.s.noteMoved(c, len(carried) > 0)
 	return true
 }
 
@@ -293,9 +388,21 @@ func (c *conn) SetDeadline(t time.Time) error {
 	return c.Conn.SetWriteDeadline(t)
 }
 
+// Write refuses once the socket has moved: the next generation answers
+// its client now.
+func (c *conn) Write(p []byte) (int, error) {
+	if c.gone.Load() {
+		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errMoved}
+	}
+	return c.Conn.Write(p)
+}
+
 // ReadFrom keeps net/http's sendfile path: writing is never in the way of
 // a move.
 func (c *conn) ReadFrom(r io.Reader) (int64, error) {
+	if c.gone.Load() {
+		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errMoved}
+	}
 	if rf, ok := c.Conn.(io.ReaderFrom); ok {
 		return rf.ReadFrom(r)
 	}
@@ -321,13 +428,28 @@ func (c *conn) CloseWrite() error {
 type handoff struct {
 	mu sync.Mutex
 	uc *net.UnixConn
+	// carries: the next generation takes a connection with the bytes this
+	// one has read of its next request. Known once heard.
+	carries bool
 }
 
-// Names of the bytes on the channel.
+// Names of the bytes on the channel. A message is one byte and nothing
+// else, but for carryByte's: an SDK from before bytes were carried reads
+// one byte of each message, which drops the rest of a hello and would drop
+// a connection's bytes, so those go only to a receiver that announced it.
 const (
 	helloByte = 'h' // the new generation receives connections
 	connByte  = 'c' // one descriptor rides with it
+	// After helloByte: the receiver takes carried bytes. As a message's
+	// first byte: one descriptor rides with it, and the bytes read of the
+	// connection's next request follow.
+	carryByte = 'b'
 )
+
+// maxCarried bounds the bytes a connection carries when it moves in the
+// middle of a request's line or headers; a request with longer headers
+// finishes in the old generation, forwarded, as before bytes were carried.
+const maxCarried = 16 << 10
 
 // sendTimeout bounds a send to a new generation that has stopped receiving;
 // the connection then stays here.
@@ -359,12 +481,20 @@ func newHandoff(add func(name string, f *os.File) error) (*handoff, error) {
 // or an SDK from before connections moved, never sends it.
 func (h *handoff) heard() bool {
 	h.uc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	var b [1]byte
+	var b [16]byte
 	n, err := h.uc.Read(b[:])
-	return err == nil && n == 1 && b[0] == helloByte
+	if err != nil || n == 0 || b[0] != helloByte {
+		return false
+	}
+	h.carries = bytes.IndexByte(b[1:n], carryByte) >= 0
+	return true
 }
 
-func (h *handoff) send(c net.Conn) error {
+func (h *handoff) send(c net.Conn, carried []byte) error {
+	msg := []byte{connByte}
+	if len(carried) > 0 {
+		msg = append([]byte{carryByte}, carried...)
+	}
 	raw, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		return err
@@ -374,7 +504,7 @@ func (h *handoff) send(c net.Conn) error {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		h.uc.SetWriteDeadline(time.Now().Add(sendTimeout))
-		_, _, serr = h.uc.WriteMsgUnix([]byte{connByte}, syscall.UnixRights(int(fd)), nil)
+		_, _, serr = h.uc.WriteMsgUnix(msg, syscall.UnixRights(int(fd)), nil)
 	})
 	return errors.Join(err, serr)
 }
@@ -394,7 +524,7 @@ func openReceiver(f *os.File) (*net.UnixConn, error) {
 		c.Close()
 		return nil, fmt.Errorf("the connection channel from the previous generation is a %T, not a Unix socket", c)
 	}
-	if _, err := uc.Write([]byte{helloByte}); err != nil {
+	if _, err := uc.Write([]byte{helloByte, carryByte}); err != nil {
 		uc.Close()
 		return nil, fmt.Errorf("answering the previous generation: %w", err)
 	}
@@ -402,18 +532,22 @@ func openReceiver(f *os.File) (*net.UnixConn, error) {
 }
 
 // receive gives each connection the previous generation sends to deliver,
-// until it closes its end.
-func receive(uc *net.UnixConn, deliver func(net.Conn)) error {
+// with the bytes it carries, until it closes its end.
+func receive(uc *net.UnixConn, deliver func(net.Conn, []byte)) error {
 	defer uc.Close()
-	buf := make([]byte, 1)
+	buf := make([]byte, 1+maxCarried)
 	oob := make([]byte, syscall.CmsgSpace(4))
 	for {
-		_, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+		n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
 		if err != nil {
 			return fmt.Errorf("receiving connections from the previous generation: %w", err)
+		}
+		var carried []byte
+		if n > 1 && buf[0] == carryByte {
+			carried = bytes.Clone(buf[1:n])
 		}
 		msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
 		if err != nil {
@@ -431,7 +565,7 @@ func receive(uc *net.UnixConn, deliver func(net.Conn)) error {
 				if err != nil {
 					return fmt.Errorf("taking a handed-over connection: %w", err)
 				}
-				deliver(nc)
+				deliver(nc, carried)
 			}
 		}
 	}
@@ -462,9 +596,9 @@ func (l *handedListener) Accept() (net.Conn, error) {
 // deliver returns the function that gives a received connection, made
 // ours by adopt, to the server; once the server has stopped taking them,
 // it closes it.
-func (l *handedListener) deliver(adopt func(net.Conn) *conn) func(net.Conn) {
-	return func(nc net.Conn) {
-		c := adopt(nc)
+func (l *handedListener) deliver(adopt func(net.Conn, []byte) *conn) func(net.Conn, []byte) {
+	return func(nc net.Conn, carried []byte) {
+		c := adopt(nc, carried)
 		select {
 		case l.conns <- c:
 		case <-l.done:

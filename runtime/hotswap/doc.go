@@ -13,17 +13,24 @@
 // tableflip keeps a copy of the socket, so the kernel queues new connections
 // for the next process), stops reading new requests on open connections
 // (a request that comes now waits in its socket's kernel buffer), lets the
-// requests already read finish, freezes the state (Update blocks),
-// snapshots it as JSON with its schema number and passes it to the new
-// process as a file registered with tableflip's Fds. tableflip then
-// re-executes os.Args[0].
+// requests already read finish (but detached ones, see below), freezes the
+// state (Update blocks), snapshots it as JSON with its schema number and
+// passes it to the new process as a file registered with tableflip's Fds.
+// tableflip then re-executes os.Args[0].
 //
 // If the new process becomes Ready, each of the old process's HTTP
 // connections moves to it as soon as it is between two requests: an idle
-// one at once, with any request waiting in its buffer; one whose request
-// was only partly received when the swap began once that request is
-// complete, which the old process forwards to the new one before the
-// connection moves (the log's exit line counts such requests). The socket
+// one at once, with any request waiting in its buffer; one in the middle
+// of a request's line or headers at once too, with the bytes the old
+// process has read of that request, which travel with the descriptor (the
+// new process reads them first, and runs the request whole); one whose
+// request body was only partly received when the swap began once that
+// request is complete, which the old process forwards to the new one
+// before the connection moves (the log's exit line counts such requests,
+// and the connections that moved mid-request). Bytes travel only to a new
+// process that said it takes them, and at most 16 KiB of them: with
+// longer headers, or a new process on an older SDK, the request finishes
+// in the old process, forwarded. The socket
 // itself moves: its descriptor travels over a Unix socket pair whose other
 // end the new process inherits through tableflip (SCM_RIGHTS), and the old
 // process closes only its own descriptor, which sends the client nothing.
@@ -33,8 +40,9 @@
 // If the new process exits or is not Ready within the ready timeout, the
 // old one thaws, keeps serving with its state and logs why on stderr.
 //
-// A connection moves only when the SDK knows net/http holds none of its
-// bytes: it follows where each HTTP/1.x request ends (Content-Length and
+// A connection moves only when the SDK knows which of its bytes net/http
+// holds (none, or the start of a request it has not yet handed to a
+// handler): it follows where each HTTP/1.x request ends (Content-Length and
 // chunked framing) in the bytes read. Connections it cannot move fall back
 // to what was done before: their next request is forwarded to the new
 // process and answered with "Connection: close", and idle ones are closed
@@ -48,6 +56,20 @@
 // TLS, if any, ends in front of it. The exit line of each old process
 // counts the connections that moved, fell back and were hijacked, and each
 // fallback is logged with its reason.
+//
+// # Long requests
+//
+// A swap freezes the state only when no running request can change it any
+// more, so a request that runs long (a streaming response, a long poll, a
+// download) would hold the swap, and every other client's requests with
+// it, until it ends. Its handler calls Detach(r) once it will make no more
+// Update: the swap then does not wait for it. It runs to its end in the old
+// generation, reading the state as it was handed over (Read does not wait),
+// while the new generation serves everyone else; its connection moves once
+// it has ended, and the old generation exits then, or DrainBound and 5 s
+// after the new one became Ready, closing what still runs. An Update after
+// Detach in a generation that has handed over waits for ever, like every
+// Update there.
 //
 // Idle keep-alive connections are never closed on SIGHUP (no
 // http.Server.Shutdown, no SetKeepAlivesEnabled(false)): closing a

@@ -9,11 +9,14 @@ import (
 // framer follows where each HTTP/1.x request ends in the bytes a server
 // reads from a connection, by the same rules as net/http's server
 // (Content-Length, chunked bodies with trailers). A connection may leave
-// for the next generation only when every byte read so far belongs to a
-// request that is complete: net/http keeps bytes it has read ahead (a
-// pipelined request, the one byte of its background read) in buffers that
-// no file descriptor carries. When the framer cannot tell, it says why in
-// unsure and the connection stays with this generation.
+// for the next generation only when the framer can say which bytes read so
+// far net/http still holds: none (every byte belongs to a request that is
+// complete), or the start of a request whose headers are still coming,
+// which the connection carries with it. Other bytes net/http reads ahead
+// (a pipelined request behind a running one, the one byte of its
+// background read) sit in buffers that no file descriptor carries. When
+// the framer cannot tell, it says why in unsure and the connection stays
+// with this generation.
 type framer struct {
 	state    frameState
 	complete int    // requests whose last byte has been read
@@ -26,6 +29,9 @@ type framer struct {
 	chunked  bool
 	lastName string // the header a continuation line would continue
 	unsure   string
+	// began is where the current request began in the bytes last fed, or
+	// -1 if it began before them.
+	began int
 }
 
 type frameState int
@@ -47,10 +53,17 @@ const maxFramedLine = 256
 // idle says whether every byte fed so far belongs to a complete request.
 func (f *framer) idle() bool { return f.state == betweenRequests && f.unsure == "" }
 
+// inHeaders says whether the bytes fed end inside a request's line or
+// headers: net/http has not yet handed that request to a handler.
+func (f *framer) inHeaders() bool { return f.state == inHeader && f.unsure == "" }
+
 func (f *framer) feed(p []byte) {
+	f.began = -1
+	all := len(p)
 	for len(p) > 0 && f.unsure == "" {
 		switch f.state {
 		case betweenRequests:
+			f.began = all - len(p)
 			f.state, f.first, f.http10, f.length, f.chunked, f.lastName = inHeader, true, false, -1, false, ""
 			f.line = f.line[:0]
 		case inBody, inChunkData:

@@ -111,3 +111,22 @@ func checkFraming(t *testing.T, data []byte) {
 		t.Fatalf("%q: fed whole, complete=%d state=%d unsure=%q; byte by byte complete=%d state=%d", data, one.complete, one.state, one.unsure, fr.complete, fr.state)
 	}
 }
+
+// A connection that moves in the middle of a request's headers carries the bytes read of that
+// request: the framer says where in a read it began, and whether the headers are still coming.
+func TestFramerSaysWhereAPartRequestBegan(t *testing.T) {
+	f := &framer{}
+	first := "GET / HTTP/1.1\r\nHost: duck\r\n\r\n"
+	f.feed([]byte(first + "POST /quack HTTP/1.1\r\n"))
+	if !f.inHeaders() || f.began != len(first) {
+		t.Fatalf("after a whole GET and a POST's request line: inHeaders %v, began %d; want true, %d", f.inHeaders(), f.began, len(first))
+	}
+	f.feed([]byte("Host: duck\r\n"))
+	if !f.inHeaders() || f.began != -1 {
+		t.Fatalf("after another header line: inHeaders %v, began %d; want true, -1 (it began in an earlier read)", f.inHeaders(), f.began)
+	}
+	f.feed([]byte("Content-Length: 5\r\n\r\nqu"))
+	if f.inHeaders() {
+		t.Fatal("in the POST's body the framer still says its headers are coming: the handler may run, and the request must stay")
+	}
+}

@@ -517,3 +517,145 @@ func TestUnframeableConnectionFallsBackToForwarding(t *testing.T) {
 		t.Errorf("GET / = %+v, want count 2 from duck-v2", r)
 	}
 }
+
+// A long request running when a swap begins holds no one else's: the stream's handler detaches
+// it from the state (hotswap.Detach), so the state is handed over without waiting for it, and
+// the new generation answers another client while the stream goes on from the old one. The
+// stream lasts until the test closes it, so the order of events is what the test checks, not a
+// duration: before Detach the new generation could not start until the stream had ended.
+func TestLongRequestHoldsNoOneAcrossSwap(t *testing.T) {
+	d := startDuck(t, "stream", nil)
+	tr := &http.Transport{MaxIdleConnsPerHost: 1}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	posts := 0
+	post := func() reply {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, "http://"+d.addr+"/quack", strings.NewReader("quack"))
+		req.GetBody = nil
+		r, err := do(hc, req)
+		if err != nil {
+			t.Fatalf("POST %d: %v", posts+1, err)
+		}
+		posts++
+		return r
+	}
+	post()
+
+	// About 10 s of parts unless closed; the test closes it well before.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.addr+"/stream?parts=1000&every=10ms", nil)
+	res, err := oneShot.Do(req)
+	if err != nil {
+		t.Fatalf("GET /stream: %v", err)
+	}
+	defer res.Body.Close()
+	stream := bufio.NewReader(res.Body)
+	part := func() string {
+		t.Helper()
+		line, err := stream.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the stream ended before the test closed it (after %q): %v", line, err)
+		}
+		return strings.TrimSpace(line)
+	}
+	part()
+
+	old := d.pid()
+	if err := os.WriteFile(d.versionFile, []byte("stream-2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(old, syscall.SIGHUP)
+	// Read the stream meanwhile, so that the old generation's writes never block.
+	var got atomic.Int64
+	ended := make(chan struct{})
+	var wrong atomic.Value
+	go func() {
+		defer close(ended)
+		for {
+			line, err := stream.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if !strings.HasSuffix(strings.TrimSpace(line), "from stream") {
+				wrong.CompareAndSwap(nil, line)
+			}
+			got.Add(1)
+		}
+	}()
+	poll(t, 30*time.Second, "an answer from the new generation", func() bool {
+		return post().Version == "stream-2"
+	})
+	select {
+	case <-ended:
+		t.Fatalf("the stream ended before the new generation answered another client: the long request held the swap")
+	default:
+	}
+	// The new generation has answered; the stream goes on, from the old generation.
+	after := got.Load()
+	poll(t, 20*time.Second, "three more parts of the stream", func() bool {
+		select {
+		case <-ended:
+			t.Fatalf("the stream ended before the test closed it")
+		default:
+		}
+		return got.Load() >= after+3
+	})
+	if line := wrong.Load(); line != nil {
+		t.Fatalf("stream part %q: want every part from the old generation (version stream)", line)
+	}
+	d.stderr.waitFor(t, 0, 5*time.Second, "swap: state frozen", fmt.Sprintf("pid=%d", old), "requests_detached=1")
+	cancel()
+	if !waitExit(old, 20*time.Second) {
+		t.Fatalf("old generation pid %d still running 20s after its stream was closed", old)
+	}
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != posts || r.Version != "stream-2" {
+		t.Errorf("GET / = %+v, want count %d from stream-2", r, posts)
+	}
+}
+
+// A request whose line and headers are only partly received when a swap begins does not keep
+// the old generation alive: its connection moves at once with the bytes read of it, and the new
+// generation answers the whole request. The client sends the rest only once the old generation
+// is gone, so the order is what the test checks; before bytes moved, the old generation waited
+// for the request and, after its drain bound, closed the connection under it.
+func TestHalfSentRequestMovesWithItsBytes(t *testing.T) {
+	d := startDuck(t, "duck", nil)
+	nc, err := net.Dial("tcp", d.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(nc)
+	// One write: the server reads the POST's start with the GET, which it answers.
+	io.WriteString(nc, "GET / HTTP/1.1\r\nHost: duck\r\n\r\nPOST /quack HTTP/1.1\r\nHost: duck\r\n")
+	if _, err := readReply(br); err != nil {
+		t.Fatalf("GET: %v", err)
+	}
+	mark := d.stderr.len()
+	old := d.pid()
+	d.install("duck-v2")
+	d.signal(old, syscall.SIGHUP)
+	if !waitExit(old, 20*time.Second) {
+		t.Fatalf("old generation pid %d still running 20s after SIGHUP", old)
+	}
+	d.stderr.waitFor(t, mark, 5*time.Second, "exiting: handed over", fmt.Sprintf("pid=%d", old),
+		"connections_moved=1", "connections_moved_mid_request=1", "requests_forwarded=0")
+	io.WriteString(nc, "Content-Length: 5\r\n\r\nquack")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the POST whose start was read before the swap: %v", err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK || !strings.Contains(string(body), `"version":"duck-v2"`) || !strings.Contains(string(body), `"count":1`) {
+		t.Errorf("the POST whose start was read before the swap: %s %s; want 200, count 1 from duck-v2", res.Status, body)
+	}
+	for _, l := range d.stderr.snapshot()[mark:] {
+		if strings.Contains(l, "drain bound passed") {
+			t.Errorf("the old generation waited out its drain bound: %s", l)
+		}
+	}
+}

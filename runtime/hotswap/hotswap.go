@@ -232,6 +232,14 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		upg.Stop()
 		return fmt.Errorf("hotswap: signalling Ready: %w", err)
 	}
+	// Learn of the previous generation's exit as it happens, not when the
+	// next SIGHUP asks: a swap then need not wait on it.
+	r.parentGone = make(chan struct{})
+	go func() {
+		if upg.WaitForParent(context.Background()) == nil {
+			close(r.parentGone)
+		}
+	}()
 	if err := r.thaw(); err != nil {
 		upg.Stop()
 		return err
@@ -256,8 +264,9 @@ type runner struct {
 	state      freezer
 	listeners  []*listener
 	http       *server
-	stateFile  *os.File // passed to the next generation; nil until a swap
-	out        *handoff // the channel connections move through; nil but during a swap
+	stateFile  *os.File      // passed to the next generation; nil until a swap
+	out        *handoff      // the channel connections move through, made ahead of the next swap
+	parentGone chan struct{} // closed once the previous generation has exited
 	lifeline   chan struct{}
 	report     *os.File // the supervisor's report pipe, nil without one
 	sigs       chan os.Signal
@@ -481,15 +490,17 @@ func (r *runner) swap() error {
 	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older}); err != nil {
 		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
 	}
-	if r.http != nil {
-		out, err := newHandoff(r.upg.AddFile)
-		if err != nil {
-			// Connections cannot move; they fall back to forwarding.
-			r.log.Warn("swap: connections will not move to the new generation", "err", err)
-		}
-		r.out = out
+	if r.http != nil && r.out == nil {
+		// It could not be made at Ready; try again. Without it connections
+		// cannot move and fall back to forwarding.
+		r.prepareHandoff()
 	}
-	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start))
+	detached := 0
+	if r.http != nil {
+		detached = r.http.detachedNow()
+	}
+	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start),
+		"requests_detached", detached)
 	if err := r.upgrade(); err != nil {
 		if r.out != nil {
 			r.out.close()
@@ -497,14 +508,33 @@ func (r *runner) swap() error {
 		}
 		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
 	}
-	r.log.Info("swap: new generation ready", "new_pid", r.readPIDFile(), "took", time.Since(start))
+	// The new generation's PID is in its own "ready" line: reading the PID
+	// file here would delay the hand-over.
+	r.log.Info("swap: new generation ready", "took", time.Since(start))
 	return nil
+}
+
+// prepareHandoff makes the channel the next swap's connections move
+// through, ahead of the swap so that a swap does not wait for it; r.out
+// stays nil if it cannot be made.
+func (r *runner) prepareHandoff() {
+	out, err := newHandoff(r.upg.AddFile)
+	if err != nil {
+		r.log.Warn("connections will not move to the next generation; they will fall back to forwarding", "err", err)
+		return
+	}
+	r.out = out
 }
 
 // waitForParent waits for the previous generation to finish draining:
 // tableflip refuses to swap until it has exited, and a SIGHUP that comes
 // while it drains is better served late than refused.
 func (r *runner) waitForParent() error {
+	select {
+	case <-r.parentGone:
+		return nil
+	default:
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), DrainBound+10*time.Second)
 	defer cancel()
 	go func() {
@@ -571,6 +601,9 @@ func (r *runner) thaw() error {
 		if err := r.http.carryOn(); err != nil {
 			return fmt.Errorf("hotswap: %w", err)
 		}
+		if r.out == nil {
+			r.prepareHandoff()
+		}
 	}
 	for _, l := range r.listeners {
 		if err := l.resume(); err != nil {
@@ -615,7 +648,7 @@ func (r *runner) handOver(sigs <-chan os.Signal) error {
 	start := time.Now()
 	m := r.http.handOver(r.out, DrainBound, stop)
 	r.log.Info("exiting: handed over", "generation", r.generation, "took", time.Since(start),
-		"connections_moved", m.Moved, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
+		"connections_moved", m.Moved, "connections_moved_mid_request", m.MidRequest, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
 		"requests_forwarded", m.Forwarded)
 	return nil
 }
@@ -638,17 +671,6 @@ func (r *runner) stop() error {
 	}
 	r.log.Info("stopped", "generation", r.generation)
 	return nil
-}
-
-func (r *runner) readPIDFile() string {
-	if r.env.pidFile == "" {
-		return "unknown"
-	}
-	b, err := os.ReadFile(r.env.pidFile)
-	if err != nil {
-		return "unknown"
-	}
-	return strings.TrimSpace(string(b))
 }
 
 type env struct {

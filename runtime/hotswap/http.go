@@ -48,7 +48,8 @@ type server struct {
 	changed   *sync.Cond
 	mode      mode
 	frozen    bool // holding, and no more requests may start here
-	inflight  int
+	inflight  int  // requests running the duck's handler, but detached ones
+	detached  int  // requests running that Detach has detached from the state
 	conns     map[*conn]http.ConnState
 	receiving bool // connections may still come from the previous generation
 	moves     moves
@@ -57,13 +58,53 @@ type server struct {
 // moves counts what became of a generation's connections when it handed
 // over, for its exit line.
 type moves struct {
-	Moved     int // connections handed to the next generation
-	FellBack  int // connections that could not move
-	Hijacked  int // connections their handler took (over the generation's life)
-	Forwarded int // requests forwarded to the next generation
+	Moved int // connections handed to the next generation
+	// of them, in the middle of a request's line or headers, with the bytes read of it
+	MidRequest int
+	FellBack   int // connections that could not move
+	Hijacked   int // connections their handler took (over the generation's life)
+	Forwarded  int // requests forwarded to the next generation
 }
 
 type connKey struct{}
+
+// running is one request in the duck's handler, found by Detach in its context.
+type running struct {
+	s        *server
+	detached bool // under s.mu
+}
+
+type runningKey struct{}
+
+// Detach says that the request r will change the state no more: from here to its end its
+// handler may call State.Read but not State.Update. A swap hands the state over once the
+// requests running in the old generation have finished, so that none of their changes is lost
+// or made twice; it does not wait for detached ones. They run to their end in the old
+// generation, whose state, frozen as it was handed over, they can still read, while the new
+// generation serves everyone else. Without it, a streaming response, a long poll or a
+// download running when a swap begins holds every other client's requests until it ends.
+//
+// Call it in a long handler after its last Update, or first thing if it makes none. An
+// Update after Detach, in a generation that has handed over, waits for ever, as every Update
+// there does (the change would belong to the new generation): the request then hangs until
+// the old generation exits. A detached request has DrainBound and 5 s more after the new
+// generation is Ready to finish; its connection is closed then. Detach does nothing for a
+// request not served by Duck.Serve, and calling it twice is harmless.
+func Detach(r *http.Request) {
+	rq, _ := r.Context().Value(runningKey{}).(*running)
+	if rq == nil {
+		return
+	}
+	s := rq.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !rq.detached {
+		rq.detached = true
+		s.inflight--
+		s.detached++
+		s.changed.Broadcast()
+	}
+}
 
 func newServer(ln *listener, h http.Handler, log *slog.Logger) *server {
 	s := &server{ln: ln, h: h, log: log, conns: make(map[*conn]http.ConnState)}
@@ -107,13 +148,15 @@ func (w watched) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return w.s.adopt(c), nil
+	return w.s.adopt(c, nil), nil
 }
 
 // adopt wraps a connection and counts it before net/http does, so that a
 // hand-over never misses one accepted or received a moment before.
-func (s *server) adopt(nc net.Conn) *conn {
+// carried is what the previous generation had read of its next request.
+func (s *server) adopt(nc net.Conn, carried []byte) *conn {
 	c := newConn(nc, s)
+	c.pending = carried
 	s.mu.Lock()
 	s.conns[c] = http.StateNew
 	s.mu.Unlock()
@@ -200,9 +243,12 @@ func (s *server) waitWhileHolding() {
 // leavingTo is the channel to the next generation once connections move.
 func (s *server) leavingTo() *handoff { return s.out.Load() }
 
-func (s *server) noteMoved(c *conn) {
+func (s *server) noteMoved(c *conn, midRequest bool) {
 	s.mu.Lock()
 	s.moves.Moved++
+	if midRequest {
+		s.moves.MidRequest++
+	}
 	s.mu.Unlock()
 	s.log.Debug("connection handed to the new generation", "remote", c.RemoteAddr())
 }
@@ -242,13 +288,18 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.inflight++
 	s.mu.Unlock()
+	rq := &running{s: s}
 	defer func() {
 		s.mu.Lock()
-		s.inflight--
+		if rq.detached {
+			s.detached--
+		} else {
+			s.inflight--
+		}
 		s.changed.Broadcast()
 		s.mu.Unlock()
 	}()
-	s.h.ServeHTTP(w, r)
+	s.h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), runningKey{}, rq)))
 }
 
 // hold stops accepting, holds new requests and waits until the requests
@@ -296,6 +347,13 @@ func (s *server) hold(timeout time.Duration) error {
 		return fmt.Errorf("%d HTTP requests still running on %s after %s", n, s.ln.Addr(), timeout)
 	}
 	return nil
+}
+
+// detachedNow is the number of detached requests still running, for the log.
+func (s *server) detachedNow() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.detached
 }
 
 // unenteredWait bounds the hold's wait for requests read whole to reach the

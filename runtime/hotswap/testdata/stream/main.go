@@ -40,11 +40,17 @@ func main() {
 				http.Error(w, "use /stream?parts=10&every=20ms", http.StatusBadRequest)
 				return
 			}
+			// It changes no state: a swap need not wait for it.
+			hotswap.Detach(r)
 			w.Header().Set("Content-Type", "text/plain")
 			for i := range parts {
 				fmt.Fprintf(w, "part %d of %d from %s\n", i+1, parts, d.Version)
 				w.(http.Flusher).Flush()
-				time.Sleep(every)
+				select {
+				case <-r.Context().Done(): // the client went away
+					return
+				case <-time.After(every):
+				}
 			}
 		})
 		return d.Serve(mux)
