@@ -23,6 +23,7 @@ type scaleFigures struct {
 	startConnect         time.Duration
 	rollout              time.Duration // commit to all running, waves of 20%
 	leaderIdleCPU        float64       // share of one core, idle cluster
+	clusterIdleCPU       float64       // cores, every node together, idle cluster
 	leaderRolloutCPU     float64       // share of one core, during the rollout
 	leaderRSS            string
 	leaderName           string // the node measured as the leader
@@ -63,6 +64,7 @@ func runScaleBench(sizes []int, commits int) error {
 	row("start and connect", func(f scaleFigures) string { return f.startConnect.Round(100 * time.Millisecond).String() })
 	row("commit to all running (waves of 20%, healthy 200ms)", func(f scaleFigures) string { return f.rollout.Round(10 * time.Millisecond).String() })
 	row("leader CPU idle (share of a core)", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderIdleCPU) })
+	row("all nodes' CPU idle (cores)", func(f scaleFigures) string { return fmt.Sprintf("%.2f", f.clusterIdleCPU) })
 	row("leader CPU during the rollout", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderRolloutCPU) })
 	row("leader memory (RSS)", func(f scaleFigures) string { return f.leaderRSS })
 	row("leader measured", func(f scaleFigures) string { return f.leaderName })
@@ -145,9 +147,16 @@ func benchSize(size, commits int) (scaleFigures, error) {
 		}
 	}
 	// Idle: what the members cost the leader with nothing to do.
-	cpu0, t1 := procCPU(leader.PID()), time.Now()
+	all := func() (sum time.Duration) {
+		for _, n := range nodes {
+			sum += procCPU(n.PID())
+		}
+		return sum
+	}
+	cpu0, all0, t1 := procCPU(leader.PID()), all(), time.Now()
 	time.Sleep(5 * time.Second)
 	f.leaderIdleCPU = (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t1).Seconds()
+	f.clusterIdleCPU = (all() - all0).Seconds() / time.Since(t1).Seconds()
 	dir := filepath.Join(c.Root, "src", "change")
 	if err := oneLineChange(filepath.Join(v1, "main.go"), dir, strconv.FormatInt(time.Now().UnixNano(), 36), size); err != nil {
 		return f, err
