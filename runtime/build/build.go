@@ -312,10 +312,12 @@ func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error
 	if shared != "" {
 		// Best effort: a node that cannot share still has its own binary. The sum goes in first,
 		// so that a binary found there always has its sum.
-		if os.MkdirAll(filepath.Dir(shared), 0o700) == nil && copyFile(out+".sha256", shared+".sha256") == nil {
-			tmp := shared + ".tmp"
-			if copyFile(out, tmp) == nil {
-				os.Rename(tmp, shared)
+		if os.MkdirAll(filepath.Dir(shared), 0o700) == nil {
+			if _, err := copyFile(out+".sha256", shared+".sha256"); err == nil {
+				tmp := shared + ".tmp"
+				if _, err := copyFile(out, tmp); err == nil {
+					os.Rename(tmp, shared)
+				}
 			}
 		}
 	}
@@ -329,46 +331,36 @@ func takeShared(shared, out string) error {
 		return err
 	}
 	if os.Link(shared, out) == nil {
-		if copyFile(shared+".sha256", out+".sha256") == nil {
+		if _, err := copyFile(shared+".sha256", out+".sha256"); err == nil {
 			return nil
 		}
 		os.Remove(out)
 	}
-	in, err := os.Open(shared)
+	sum, err := copyFile(shared, out)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	o, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		return err
-	}
-	h := sha256.New()
-	if _, err := io.Copy(io.MultiWriter(o, h), in); err != nil {
-		o.Close()
-		return err
-	}
-	if err := o.Close(); err != nil {
-		return err
-	}
-	return os.WriteFile(out+".sha256", []byte(hex.EncodeToString(h.Sum(nil))), 0o644)
+	return os.WriteFile(out+".sha256", []byte(sum), 0o644)
 }
 
-func copyFile(from, to string) error {
+// copyFile copies the file from to to, executable, and returns the sha256 of what it copied,
+// in hex.
+func copyFile(from, to string) (string, error) {
 	in, err := os.Open(from)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer in.Close()
 	o, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
 	if err != nil {
-		return err
+		return "", err
 	}
-	if _, err := io.Copy(o, in); err != nil {
+	h := sha256.New()
+	if _, err := io.Copy(io.MultiWriter(o, h), in); err != nil {
 		o.Close()
-		return err
+		return "", err
 	}
-	return o.Close()
+	return hex.EncodeToString(h.Sum(nil)), o.Close()
 }
 
 // run runs go build in src, writing the binary to out.

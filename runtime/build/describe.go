@@ -32,7 +32,7 @@ func Describe(ctx context.Context, bin string, cred *syscall.Credential) (hotswa
 		return d, err
 	}
 	run := filepath.Join(dir, "duck")
-	if err := copyFile(bin, run); err != nil {
+	if _, err := copyFile(bin, run); err != nil {
 		return d, err
 	}
 	if err := os.Chmod(run, 0o755); err != nil {
