@@ -435,12 +435,8 @@ func TestOldGenerationExitsWithIdleClientsConnected(t *testing.T) {
 	readers := make([]*bufio.Reader, clients)
 	post := "POST /quack HTTP/1.1\r\nHost: duck\r\nContent-Length: 5\r\n\r\nquack"
 	for i := range conns {
-		nc, err := net.Dial("tcp", d.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { nc.Close() })
-		conns[i], readers[i] = nc, bufio.NewReader(nc)
+		nc, br := dialRaw(t, d.addr)
+		conns[i], readers[i] = nc, br
 		io.WriteString(nc, post)
 		if _, err := readReply(readers[i]); err != nil {
 			t.Fatalf("client %d, first POST: %v", i, err)
@@ -481,13 +477,7 @@ func TestOldGenerationExitsWithIdleClientsConnected(t *testing.T) {
 // which connection fell back and why, and the exit line counts it.
 func TestUnframeableConnectionFallsBackToForwarding(t *testing.T) {
 	d := startDuck(t, "duck", nil)
-	nc, err := net.Dial("tcp", d.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(nc)
+	nc, br := dialRaw(t, d.addr)
 	// net/http ignores Transfer-Encoding on HTTP/1.0 and reads 5 bytes by
 	// Content-Length; the framer will not guess which it is.
 	post := "POST /quack HTTP/1.0\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\nquack"
@@ -622,13 +612,7 @@ func TestLongRequestHoldsNoOneAcrossSwap(t *testing.T) {
 // for the request and, after its drain bound, closed the connection under it.
 func TestHalfSentRequestMovesWithItsBytes(t *testing.T) {
 	d := startDuck(t, "duck", nil)
-	nc, err := net.Dial("tcp", d.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(30 * time.Second))
-	br := bufio.NewReader(nc)
+	nc, br := dialRaw(t, d.addr)
 	// One write: the server reads the POST's start with the GET, which it answers.
 	io.WriteString(nc, "GET / HTTP/1.1\r\nHost: duck\r\n\r\nPOST /quack HTTP/1.1\r\nHost: duck\r\n")
 	if _, err := readReply(br); err != nil {
@@ -658,4 +642,17 @@ func TestHalfSentRequestMovesWithItsBytes(t *testing.T) {
 			t.Errorf("the old generation waited out its drain bound: %s", l)
 		}
 	}
+}
+
+// dialRaw opens a plain TCP connection to addr for a test that writes HTTP by hand, closed when
+// the test ends and bounded so that a lost answer fails the test rather than hangs it.
+func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(30 * time.Second))
+	return nc, bufio.NewReader(nc)
 }
