@@ -478,7 +478,15 @@ func (a *Agent) prebuild(r *rollout.Rollout) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		a.report(r.Version, rollout.Building, "")
+		// Building is said while the build runs, not before it starts: a hundred nodes saying it
+		// at once waited up to 0.8 s for the leader. What this node says next waits for it, so
+		// that the leader hears the two in order.
+		said := make(chan struct{})
+		go func() {
+			defer close(said)
+			a.report(r.Version, rollout.Building, "")
+		}()
+		defer func() { <-said }()
 		select {
 		case <-time.After(stagger):
 		case <-a.ctx.Done():
@@ -492,6 +500,7 @@ func (a *Agent) prebuild(r *rollout.Rollout) {
 		if a.ctx.Err() != nil {
 			return
 		}
+		<-said
 		if err != nil {
 			a.report(r.Version, rollout.Failed, buildFailure(err))
 			return
