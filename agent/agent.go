@@ -24,6 +24,8 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/duckraft/duckraft/agent/driver"
+	"github.com/duckraft/duckraft/agent/follower"
 	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/owned"
 	"github.com/duckraft/duckraft/runtime/build"
@@ -99,7 +101,6 @@ type Agent struct {
 	opMu    sync.Mutex
 	localMu sync.Mutex
 	local   localState
-	fol     follower
 
 	metrics     *metrics
 	metricsSrv  *http.Server
@@ -220,15 +221,16 @@ func Start(cfg Config) (*Agent, error) {
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
-	a.fol.building = map[int]bool{}
+	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log}
+	follow := follower.New(follower.Config{Name: a.self.Name, Log: nodeLog{a}, Leader: leader{a}, Builder: builder{a}, Ducks: ducks{a}, Logger: a.log})
 	a.wg.Add(6)
 	go func() {
 		defer a.wg.Done()
-		a.driveRollouts()
+		drive.Run(a.ctx)
 	}()
 	go func() {
 		defer a.wg.Done()
-		a.followRollouts()
+		follow.Run(a.ctx)
 	}()
 	go func() {
 		defer a.wg.Done()
