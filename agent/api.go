@@ -2,9 +2,9 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
@@ -16,9 +16,6 @@ import (
 
 	"github.com/duckraft/duckraft/consensus"
 )
-
-// maxBody bounds a request body; nothing the API takes today comes near it.
-const maxBody = 1 << 20
 
 // routes is the API. Two audiences share it, and the routes are kept apart by who calls them:
 // users (the CLI) and the other nodes of the cluster (forwarding to the leader, joining,
@@ -66,17 +63,6 @@ func (a *Agent) peerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/report", a.handleReport)
 }
 
-func writeJSON(w http.ResponseWriter, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(v)
-}
-
-func writeError(w http.ResponseWriter, status int, err error) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(api.ErrorBody{Error: err.Error()})
-}
-
 // statusOf picks the HTTP status for an error, keeping one a forwarded call came back with.
 func statusOf(err error) int {
 	var ae *api.APIError
@@ -93,26 +79,6 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-// decode reads a JSON body into v, answering 400 with what is wrong when it cannot.
-func decode(w http.ResponseWriter, r *http.Request, v any) bool {
-	return decodeMax(w, r, v, maxBody)
-}
-
-// decodeMax is decode for a body that may be up to limit bytes.
-func decodeMax(w http.ResponseWriter, r *http.Request, v any, limit int64) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("malformed request body: %v", err))
-		return false
-	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, errors.New("malformed request body: more than one JSON value"))
-		return false
-	}
-	return true
-}
-
 func (a *Agent) ping() api.Ping {
 	n := a.Node()
 	leader, _ := n.Leader()
@@ -127,7 +93,7 @@ func (a *Agent) ping() api.Ping {
 	}
 }
 
-func (a *Agent) handlePing(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.ping()) }
+func (a *Agent) handlePing(w http.ResponseWriter, r *http.Request) { httpjson.Write(w, a.ping()) }
 
 // probeTimeout is how long a member may take to answer a ping before it counts as unreachable.
 const probeTimeout = time.Second
@@ -189,28 +155,28 @@ func (a *Agent) seen(name string, ok bool) time.Time {
 func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
 	ms, err := a.members(r.Context())
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, ms)
+	httpjson.Write(w, ms)
 }
 
 func (a *Agent) handleConnect(w http.ResponseWriter, r *http.Request) {
 	var req api.ConnectRequest
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	if req.Addr == "" {
-		writeError(w, http.StatusBadRequest, errors.New("connect needs the API address of a member of the other cluster"))
+		httpjson.Error(w, http.StatusBadRequest, errors.New("connect needs the API address of a member of the other cluster"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := a.connect(ctx, req.Addr); err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, map[string]bool{"connected": true})
+	httpjson.Write(w, map[string]bool{"connected": true})
 }
 
 // ErrHasHistory means a node that has a history of its own was asked to join another cluster.
@@ -271,65 +237,65 @@ func first(s, _ string) string { return s }
 
 func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 	var m consensus.Member
-	if !decode(w, r, &m) {
+	if !httpjson.Decode(w, r, &m) {
 		return
 	}
 	if m.Name == "" || m.RaftAddr == "" || m.APIAddr == "" {
-		writeError(w, http.StatusBadRequest, errors.New("join needs the member's name, raft_addr and api_addr"))
+		httpjson.Error(w, http.StatusBadRequest, errors.New("join needs the member's name, raft_addr and api_addr"))
 		return
 	}
 	err := a.onLeader(r.Context(), "/v1/join", m, nil, func(n *consensus.Node) error {
 		return n.Join(m, applyTimeout)
 	})
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
 	a.log.Info("member joined", "name", m.Name, "raft", m.RaftAddr, "api", m.APIAddr)
-	writeJSON(w, map[string]bool{"joined": true})
+	httpjson.Write(w, map[string]bool{"joined": true})
 }
 
 func (a *Agent) handleRegister(w http.ResponseWriter, r *http.Request) {
 	var m consensus.Member
-	if !decode(w, r, &m) {
+	if !httpjson.Decode(w, r, &m) {
 		return
 	}
 	err := a.onLeader(r.Context(), "/v1/register", m, nil, func(n *consensus.Node) error {
 		return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &m}, applyTimeout)
 	})
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, map[string]bool{"registered": true})
+	httpjson.Write(w, map[string]bool{"registered": true})
 }
 
 // handleForget removes a member that is gone for good. A live one is refused: it would keep
 // campaigning with the configuration it has; it should leave itself.
 func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
 	var req api.NameRequest
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	ms, err := a.members(r.Context())
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
 	i := slices.IndexFunc(ms, func(m api.MemberStatus) bool { return m.Name == req.Name })
 	switch {
 	case i < 0:
-		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.Name))
+		httpjson.Error(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.Name))
 		return
 	case ms[i].Reachable:
-		writeError(w, http.StatusConflict, fmt.Errorf("%s is alive: run `leave` against it (--addr %s) instead of forgetting it", req.Name, ms[i].APIAddr))
+		httpjson.Error(w, http.StatusConflict, fmt.Errorf("%s is alive: run `leave` against it (--addr %s) instead of forgetting it", req.Name, ms[i].APIAddr))
 		return
 	}
 	if err := a.remove(r.Context(), req.Name); err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, map[string]bool{"forgotten": true})
+	httpjson.Write(w, map[string]bool{"forgotten": true})
 }
 
 func (a *Agent) remove(ctx context.Context, name string) error {
@@ -340,50 +306,50 @@ func (a *Agent) remove(ctx context.Context, name string) error {
 
 func (a *Agent) handlePromote(w http.ResponseWriter, r *http.Request) {
 	var req api.NameRequest
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	err := a.onLeader(r.Context(), "/v1/promote", req, nil, func(n *consensus.Node) error {
 		return n.Promote(req.Name, a.cfg.Voters, applyTimeout)
 	})
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, map[string]bool{"promoted": true})
+	httpjson.Write(w, map[string]bool{"promoted": true})
 }
 
 func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 	var req api.NameRequest
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	if err := a.remove(r.Context(), req.Name); err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, map[string]bool{"removed": true})
+	httpjson.Write(w, map[string]bool{"removed": true})
 }
 
 // handleLeave takes this node out of its cluster; it carries on as a fresh cluster of one, so
 // it can connect elsewhere, as a node does after Node.disconnect.
 func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
 	if len(a.Node().MemberNames()) <= 1 {
-		writeError(w, http.StatusConflict, errors.New("this node is a cluster of one: there is nothing to leave"))
+		httpjson.Error(w, http.StatusConflict, errors.New("this node is a cluster of one: there is nothing to leave"))
 		return
 	}
 	a.leaving.Store(true)
 	defer a.leaving.Store(false)
 	if err := a.remove(r.Context(), a.self.Name); err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
 	if err := a.changeLocal(func(l *localState) { l.Synced, l.Acted = "", "" }); err != nil {
 		a.log.Warn("forget the old cluster's rollout steps", "err", err)
 	}
 	if err := a.resetRaft(true); err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("left the cluster, but could not restart as a cluster of one: %w; restart the node", err))
+		httpjson.Error(w, http.StatusInternalServerError, fmt.Errorf("left the cluster, but could not restart as a cluster of one: %w; restart the node", err))
 		return
 	}
-	writeJSON(w, map[string]bool{"left": true})
+	httpjson.Write(w, map[string]bool{"left": true})
 }

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
@@ -12,11 +13,11 @@ import (
 
 func (a *Agent) handleBenchCommit(w http.ResponseWriter, r *http.Request) {
 	var req api.CommitBench
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	if req.N <= 0 || req.N > 10000 {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("n=%d: ask for 1 to 10000 commits", req.N))
+		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("n=%d: ask for 1 to 10000 commits", req.N))
 		return
 	}
 	var res api.CommitLatency
@@ -33,8 +34,8 @@ func (a *Agent) handleBenchCommit(w http.ResponseWriter, r *http.Request) {
 		return nil
 	})
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, res)
+	httpjson.Write(w, res)
 }

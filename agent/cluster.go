@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"os"
@@ -32,15 +33,14 @@ func (a *Agent) member(name string) (consensus.Member, error) {
 func (a *Agent) proxyLogs(w http.ResponseWriter, r *http.Request, on string) {
 	m, err := a.member(on)
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
 	q := r.URL.Query()
 	q.Del("on")
-	s := newStreamer(w)
+	s := httpjson.NewStreamer(w)
 	err = a.client.Stream(r.Context(), m.APIAddr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
-		s.w.Write(append(raw, '\n'))
-		s.flush()
+		s.Raw(raw)
 		return nil
 	})
 	if err != nil && r.Context().Err() == nil {
@@ -49,7 +49,7 @@ func (a *Agent) proxyLogs(w http.ResponseWriter, r *http.Request, on string) {
 		if errors.As(err, &ae) {
 			msg = ae.Message
 		}
-		s.send(api.LogLine{Node: on, Error: msg})
+		s.Send(api.LogLine{Node: on, Error: msg})
 	}
 }
 
@@ -89,10 +89,9 @@ func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
 		}()
 	}
 	go func() { wg.Wait(); close(lines) }()
-	s := newStreamer(w)
+	s := httpjson.NewStreamer(w)
 	for raw := range lines {
-		s.w.Write(append(raw, '\n'))
-		s.flush()
+		s.Raw(raw)
 	}
 }
 
@@ -183,18 +182,18 @@ func (a *Agent) mirrorDucks() {
 // handlePlace records a node's duck in the log (or drops it).
 func (a *Agent) handlePlace(w http.ResponseWriter, r *http.Request) {
 	var c consensus.Command
-	if !decode(w, r, &c) {
+	if !httpjson.Decode(w, r, &c) {
 		return
 	}
 	if c.Op != consensus.OpPlace && c.Op != consensus.OpUnplace {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("only place and unplace go through /v1/place, not %q", c.Op))
+		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only place and unplace go through /v1/place, not %q", c.Op))
 		return
 	}
 	if err := a.onLeader(r.Context(), "/v1/place", c, nil, func(n *consensus.Node) error { return n.Apply(c, applyTimeout) }); err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, map[string]bool{"recorded": true})
+	httpjson.Write(w, map[string]bool{"recorded": true})
 }
 
 // handleSpread commits the version loaded on this node to the whole cluster: the seed's nl.
@@ -202,12 +201,12 @@ func (a *Agent) handleSpread(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	id := a.snapshotLocal().Version
 	if id == "" {
-		writeError(w, http.StatusConflict, a.noCode())
+		httpjson.Error(w, http.StatusConflict, a.noCode())
 		return
 	}
 	data, err := os.ReadFile(a.bundlePath(id))
 	if err != nil {
-		writeError(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", a.self.Name, api.Label(id), err))
+		httpjson.Error(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", a.self.Name, api.Label(id), err))
 		return
 	}
 	a.answerCommit(w, r, api.CommitRequest{Bundle: data, Message: cmp.Or(q.Get("m"), "spread from "+a.self.Name), Author: q.Get("author")})

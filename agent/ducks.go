@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/atomicfile"
 	"io/fs"
@@ -162,37 +163,6 @@ func (a *Agent) binary(ctx context.Context, id string) (string, error) {
 	return bin, err
 }
 
-// streamer writes Events as lines of JSON, flushing each so the CLI sees it at once.
-type streamer struct {
-	w http.ResponseWriter
-	f http.Flusher
-}
-
-func newStreamer(w http.ResponseWriter) *streamer {
-	w.Header().Set("Content-Type", "application/x-ndjson")
-	w.WriteHeader(http.StatusOK)
-	f, _ := w.(http.Flusher)
-	s := &streamer{w: w, f: f}
-	s.flush()
-	return s
-}
-
-func (s *streamer) send(v any) {
-	json.NewEncoder(s.w).Encode(v)
-	s.flush()
-}
-
-func (s *streamer) flush() {
-	if s.f != nil {
-		s.f.Flush()
-	}
-}
-
-func (s *streamer) event(e api.Event) {
-	e.Time = time.Now().UTC()
-	s.send(e)
-}
-
 // handleLoad builds the bundle in the body and swaps every duck on this node to it, streaming
 // its progress. A version that does not build, or a duck that does not come up on it, leaves
 // every duck on the version it ran.
@@ -203,7 +173,7 @@ func (a *Agent) handleLoad(w http.ResponseWriter, r *http.Request) {
 	}
 	// The work goes on if the caller hangs up: stopping half-way would leave ducks on two versions.
 	ctx := context.WithoutCancel(r.Context())
-	s := newStreamer(w)
+	s := httpjson.NewStreamer(w)
 	if err := a.load(ctx, data, s); err != nil {
 		e := api.Event{Phase: "failed", Error: err.Error()}
 		var ce *build.CompileError
@@ -211,16 +181,16 @@ func (a *Agent) handleLoad(w http.ResponseWriter, r *http.Request) {
 			e.Output = ce.Output
 			e.Error = fmt.Sprintf("version %s does not compile; every duck here keeps running the version it had", api.Label(ce.ID))
 		}
-		s.event(e)
+		s.Event(e)
 	}
 }
 
-func (a *Agent) load(ctx context.Context, data []byte, s *streamer) error {
+func (a *Agent) load(ctx context.Context, data []byte, s *httpjson.Streamer) error {
 	id := bundle.Sum(data)
 	if err := a.keepBundle(id, data); err != nil {
 		return err
 	}
-	return a.switchTo(ctx, id, 0, s.event)
+	return a.switchTo(ctx, id, 0, s.Event)
 }
 
 // keepBundle stores a version's bundle in the data folder, so the node can rebuild it after its
@@ -325,12 +295,12 @@ var reservedEnv = regexp.MustCompile(`^DUCK_(ADDR|VERSION|VERSION_FILE|PIDFILE|L
 
 func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	var req api.SpawnRequest
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	for _, e := range req.Env {
 		if !envVar.MatchString(e) || reservedEnv.MatchString(e) {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("environment %q refused: a duck takes DUCK_* variables other than the ones the supervisor sets (e.g. DUCK_INTERVAL=200ms)", e))
+			httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("environment %q refused: a duck takes DUCK_* variables other than the ones the supervisor sets (e.g. DUCK_INTERVAL=200ms)", e))
 			return
 		}
 	}
@@ -340,23 +310,23 @@ func (a *Agent) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	}
 	d, err := a.spawn(context.WithoutCancel(r.Context()), req)
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
 	a.mirrorDucks() // so that every node lists it from now on
-	writeJSON(w, d)
+	httpjson.Write(w, d)
 }
 
 // spawnElsewhere is Node.spawn: the duck starts on another node, at the version this node runs.
 func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req api.SpawnRequest) {
 	m, ok := a.Node().State().Members[req.On]
 	if !ok {
-		writeError(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.On))
+		httpjson.Error(w, http.StatusNotFound, fmt.Errorf("no member named %q: `members` lists them", req.On))
 		return
 	}
 	version := a.snapshotLocal().Version
 	if version == "" {
-		writeError(w, http.StatusConflict, a.noCode())
+		httpjson.Error(w, http.StatusConflict, a.noCode())
 		return
 	}
 	fwd := api.SpawnRequest{Addr: req.Addr, Env: req.Env, Version: version, From: a.self.Name}
@@ -366,10 +336,10 @@ func (a *Agent) spawnElsewhere(w http.ResponseWriter, r *http.Request, req api.S
 		if !errors.As(err, &ae) {
 			err = fmt.Errorf("node %s is unreachable: %w", req.On, err)
 		}
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, d)
+	httpjson.Write(w, d)
 }
 
 // noCode is this node's UndefinedFunctionError.
@@ -477,7 +447,7 @@ func freeLoopbackAddr() (string, error) {
 
 func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
 	var req api.StopRequest
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	if req.On != "" && req.On != a.self.Name {
@@ -486,27 +456,27 @@ func (a *Agent) handleStop(w http.ResponseWriter, r *http.Request) {
 			err = a.client.Do(r.Context(), m.APIAddr, http.MethodPost, "/v1/stop", api.StopRequest{Name: req.Name, Restart: req.Restart}, nil)
 		}
 		if err != nil {
-			writeError(w, statusOf(err), err)
+			httpjson.Error(w, statusOf(err), err)
 			return
 		}
-		writeJSON(w, map[string]bool{"stopped": true})
+		httpjson.Write(w, map[string]bool{"stopped": true})
 		return
 	}
 	if req.Restart {
 		if err := a.restartDuck(context.WithoutCancel(r.Context()), req.Name); err != nil {
-			writeError(w, statusOf(err), err)
+			httpjson.Error(w, statusOf(err), err)
 			return
 		}
-		writeJSON(w, map[string]bool{"restarted": true})
+		httpjson.Write(w, map[string]bool{"restarted": true})
 		return
 	}
 	// The stop goes on if the caller hangs up: half-stopped, the duck would stay in local.json.
 	if err := a.stopDuck(context.WithoutCancel(r.Context()), req.Name); err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
 	a.mirrorDucks() // so that no node lists it any more
-	writeJSON(w, map[string]bool{"stopped": true})
+	httpjson.Write(w, map[string]bool{"stopped": true})
 }
 
 func (a *Agent) stopDuck(ctx context.Context, id string) error {
@@ -548,10 +518,10 @@ func (a *Agent) restartDuck(ctx context.Context, id string) error {
 
 func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("scope") == "cluster" {
-		writeJSON(w, a.clusterDucks(r.Context()))
+		httpjson.Write(w, a.clusterDucks(r.Context()))
 		return
 	}
-	writeJSON(w, a.localDucks())
+	httpjson.Write(w, a.localDucks())
 }
 
 func (a *Agent) localDucks() []api.DuckInfo {
@@ -577,12 +547,12 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	duck := q.Get("duck")
 	n, err := strconv.Atoi(cmp.Or(q.Get("n"), "100"))
 	if err != nil || n < 0 {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("n=%q is not a line count", q.Get("n")))
+		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("n=%q is not a line count", q.Get("n")))
 		return
 	}
 	if duck != "" {
 		if _, ok := a.sup.Get(duck); !ok {
-			writeError(w, http.StatusNotFound, fmt.Errorf("node %s runs no duck %q: `ducks` lists them", a.self.Name, duck))
+			httpjson.Error(w, http.StatusNotFound, fmt.Errorf("node %s runs no duck %q: `ducks` lists them", a.self.Name, duck))
 			return
 		}
 	}
@@ -593,9 +563,9 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		live = ch
 	}
-	s := newStreamer(w)
+	s := httpjson.NewStreamer(w)
 	for _, l := range a.sup.Recent(duck, n) {
-		s.send(logLine(a.self.Name, l))
+		s.Send(logLine(a.self.Name, l))
 	}
 	if !follow {
 		return
@@ -610,7 +580,7 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 			return
 		case l := <-live:
 			if duck == "" || l.Duck == duck {
-				s.send(logLine(a.self.Name, l))
+				s.Send(logLine(a.self.Name, l))
 			}
 		case <-tick.C:
 			if duck != "" {

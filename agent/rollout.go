@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"io"
 	"net/http"
@@ -41,7 +42,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		if v := q.Get(name); v != "" {
 			var err error
 			if *d, err = time.ParseDuration(v); err != nil {
-				writeError(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a duration: use one such as 30s or 2m", name, v))
+				httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a duration: use one such as 30s or 2m", name, v))
 				return
 			}
 		}
@@ -53,7 +54,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		if v := q.Get(name); v != "" {
 			var err error
 			if *n, err = strconv.Atoi(v); err != nil {
-				writeError(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a whole number", name, v))
+				httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a whole number", name, v))
 				return
 			}
 		}
@@ -61,14 +62,14 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 	if v := q.Get("auto_promote_after"); v != "" {
 		var err error
 		if req.Policy.AutoPromoteAfter, err = time.ParseDuration(v); err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("auto_promote_after=%q is not a duration: use one such as 5m", v))
+			httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("auto_promote_after=%q is not a duration: use one such as 5m", v))
 			return
 		}
 	}
 	req.Policy.WaveBy = q.Get("wave_by")
 	req.Policy.SameBinary = q.Get("same_binary") == "1"
 	if err := req.Policy.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+		httpjson.Error(w, http.StatusBadRequest, err)
 		return
 	}
 	a.answerCommit(w, r, req)
@@ -82,10 +83,10 @@ func (a *Agent) answerCommit(w http.ResponseWriter, r *http.Request, req api.Com
 		return err
 	})
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, res)
+	httpjson.Write(w, res)
 }
 
 // readBundle reads a bundle body and refuses one that is oversized or does not unpack, before
@@ -95,14 +96,14 @@ func readBundle(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("bundle over the %d MiB limit: keep only the duck's own source in its folder", bundle.MaxSize>>20))
+			httpjson.Error(w, http.StatusRequestEntityTooLarge, fmt.Errorf("bundle over the %d MiB limit: keep only the duck's own source in its folder", bundle.MaxSize>>20))
 		} else {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("read bundle: %w", err))
+			httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("read bundle: %w", err))
 		}
 		return nil, false
 	}
 	if err := checkBundle(data); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+		httpjson.Error(w, http.StatusBadRequest, err)
 		return nil, false
 	}
 	return data, true
@@ -127,11 +128,11 @@ func checkBundle(data []byte) error {
 
 func (a *Agent) handleCommit(w http.ResponseWriter, r *http.Request) {
 	var req api.CommitRequest
-	if !decodeMax(w, r, &req, maxCommitBody) {
+	if !httpjson.DecodeMax(w, r, &req, maxCommitBody) {
 		return
 	}
 	if err := checkBundle(req.Bundle); err != nil {
-		writeError(w, http.StatusBadRequest, err)
+		httpjson.Error(w, http.StatusBadRequest, err)
 		return
 	}
 	a.answerCommit(w, r, req)
@@ -169,11 +170,13 @@ func (a *Agent) rolloutView() api.RolloutView {
 	return v
 }
 
-func (a *Agent) handleRollout(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.rolloutView()) }
+func (a *Agent) handleRollout(w http.ResponseWriter, r *http.Request) {
+	httpjson.Write(w, a.rolloutView())
+}
 
 func (a *Agent) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
 	var req api.RolloutAction
-	if !decode(w, r, &req) {
+	if !httpjson.Decode(w, r, &req) {
 		return
 	}
 	var res api.CommitResult
@@ -182,10 +185,10 @@ func (a *Agent) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
 		return err
 	})
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, res)
+	httpjson.Write(w, res)
 }
 
 func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.CommitResult, error) {
@@ -225,18 +228,18 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 // handleReport applies a node's report about its part in a rollout; the leader stamps the time.
 func (a *Agent) handleReport(w http.ResponseWriter, r *http.Request) {
 	var c consensus.Command
-	if !decode(w, r, &c) {
+	if !httpjson.Decode(w, r, &c) {
 		return
 	}
 	if c.Op != consensus.OpReport {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("only reports go through /v1/report, not %q", c.Op))
+		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only reports go through /v1/report, not %q", c.Op))
 		return
 	}
 	if err := a.onLeader(r.Context(), "/v1/report", c, nil, func(n *consensus.Node) error { return a.applyReport(n, c) }); err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, map[string]bool{"reported": true})
+	httpjson.Write(w, map[string]bool{"reported": true})
 }
 
 func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {

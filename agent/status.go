@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
@@ -46,7 +47,7 @@ func (a *Agent) duckVersion(id string) string {
 	return api.Label(id)
 }
 
-func (a *Agent) handleLocal(w http.ResponseWriter, r *http.Request) { writeJSON(w, a.localView()) }
+func (a *Agent) handleLocal(w http.ResponseWriter, r *http.Request) { httpjson.Write(w, a.localView()) }
 
 func (a *Agent) status(ctx context.Context) (api.Status, error) {
 	ms, err := a.members(ctx)
@@ -94,8 +95,8 @@ func (a *Agent) status(ctx context.Context) (api.Status, error) {
 func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
 	st, err := a.status(r.Context())
 	if err != nil {
-		writeError(w, statusOf(err), err)
+		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	writeJSON(w, st)
+	httpjson.Write(w, st)
 }
