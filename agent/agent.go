@@ -26,6 +26,7 @@ import (
 
 	"github.com/duckraft/duckraft/agent/driver"
 	"github.com/duckraft/duckraft/agent/follower"
+	"github.com/duckraft/duckraft/agent/views"
 	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/owned"
 	"github.com/duckraft/duckraft/runtime/build"
@@ -90,8 +91,7 @@ type Agent struct {
 	mu   sync.RWMutex // guards node, which connect and leave replace
 	node *consensus.Node
 
-	seenMu   sync.Mutex
-	lastSeen map[string]time.Time
+	views *views.Views
 
 	builder *build.Builder
 	sup     *supervise.Supervisor
@@ -169,11 +169,10 @@ func Start(cfg Config) (*Agent, error) {
 	}
 
 	a := &Agent{
-		cfg:      cfg,
-		client:   api.NewClient(cfg.Identity),
-		log:      cfg.Log,
-		lastSeen: map[string]time.Time{},
-		stop:     make(chan struct{}),
+		cfg:    cfg,
+		client: api.NewClient(cfg.Identity),
+		log:    cfg.Log,
+		stop:   make(chan struct{}),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if err := a.startRuntime(); err != nil {
@@ -206,6 +205,7 @@ func Start(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 
+	a.views = &views.Views{Self: a.self.Name, Cluster: clusterView{a}, Local: localAnswers{a}, Peers: a.client}
 	a.metrics = newMetrics(a)
 	if cfg.MetricsAddr != "" {
 		if a.metricsAddr, err = a.serveMetrics(cfg.MetricsAddr); err != nil {

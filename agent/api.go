@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -95,65 +94,8 @@ func (a *Agent) ping() api.Ping {
 
 func (a *Agent) handlePing(w http.ResponseWriter, r *http.Request) { httpjson.Write(w, a.ping()) }
 
-// probeTimeout is how long a member may take to answer a ping before it counts as unreachable.
-const probeTimeout = time.Second
-
-// members lists Raft's configuration with each member's addresses, asking each one, in
-// parallel, how it is. Every node answers alike because every node asks the members themselves.
-func (a *Agent) members(ctx context.Context) ([]api.MemberStatus, error) {
-	n := a.Node()
-	servers, err := n.Servers()
-	if err != nil {
-		return nil, err
-	}
-	registry := n.State().Members
-	out := make([]api.MemberStatus, len(servers))
-	var wg sync.WaitGroup
-	for i, s := range servers {
-		m := registry[string(s.ID)]
-		out[i] = api.MemberStatus{
-			Name: string(s.ID), RaftAddr: string(s.Address), APIAddr: m.APIAddr,
-			Role: "unknown", Suffrage: strings.ToLower(s.Suffrage.String()),
-		}
-		wg.Add(1)
-		go func(st *api.MemberStatus) {
-			defer wg.Done()
-			var p api.Ping
-			if st.Name == a.self.Name {
-				p = a.ping()
-			} else if st.APIAddr == "" {
-				return // joined, not yet registered
-			} else {
-				pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-				err := a.client.Do(pctx, st.APIAddr, http.MethodGet, "/v1/ping", nil, &p)
-				cancel()
-				if err != nil || p.Name != st.Name {
-					st.LastContact = a.seen(st.Name, false)
-					return
-				}
-			}
-			st.Reachable = true
-			st.Role = p.State
-			st.LastContact = a.seen(st.Name, true)
-		}(&out[i])
-	}
-	wg.Wait()
-	slices.SortFunc(out, func(x, y api.MemberStatus) int { return strings.Compare(x.Name, y.Name) })
-	return out, nil
-}
-
-// seen records (when ok) and returns the last time a member answered.
-func (a *Agent) seen(name string, ok bool) time.Time {
-	a.seenMu.Lock()
-	defer a.seenMu.Unlock()
-	if ok {
-		a.lastSeen[name] = time.Now().UTC().Truncate(time.Millisecond)
-	}
-	return a.lastSeen[name]
-}
-
 func (a *Agent) handleMembers(w http.ResponseWriter, r *http.Request) {
-	ms, err := a.members(r.Context())
+	ms, err := a.views.Members(r.Context())
 	if err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
@@ -277,7 +219,7 @@ func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
 	if !httpjson.Decode(w, r, &req) {
 		return
 	}
-	ms, err := a.members(r.Context())
+	ms, err := a.views.Members(r.Context())
 	if err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return

@@ -3,14 +3,11 @@ package agent
 import (
 	"cmp"
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"os"
-	"sync"
 	"time"
 
 	"github.com/duckraft/duckraft/consensus"
@@ -26,125 +23,6 @@ func (a *Agent) member(name string) (consensus.Member, error) {
 		return m, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("no member named %q: `members` lists them", name)}
 	}
 	return m, nil
-}
-
-// proxyLogs relays a duck's output from the node it runs on. If that node dies the stream says
-// so at once: its connection breaks the moment the process is gone.
-func (a *Agent) proxyLogs(w http.ResponseWriter, r *http.Request, on string) {
-	m, err := a.member(on)
-	if err != nil {
-		httpjson.Error(w, statusOf(err), err)
-		return
-	}
-	q := r.URL.Query()
-	q.Del("on")
-	s := httpjson.NewStreamer(w)
-	err = a.client.Stream(r.Context(), m.APIAddr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
-		s.Raw(raw)
-		return nil
-	})
-	if err != nil && r.Context().Err() == nil {
-		var ae *api.APIError
-		msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", on, err)
-		if errors.As(err, &ae) {
-			msg = ae.Message
-		}
-		s.Send(api.LogLine{Node: on, Error: msg})
-	}
-}
-
-// clusterLogs merges the output of every duck on every node.
-func (a *Agent) clusterLogs(w http.ResponseWriter, r *http.Request) {
-	q := r.URL.Query()
-	q.Del("on")
-	lines := make(chan json.RawMessage, 256)
-	var wg sync.WaitGroup
-	for _, m := range a.Node().State().Members {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			// Recent lines come with a deadline, so that one silent member (cut off, not yet
-			// known to be down) cannot hold up the listing of a hundred; following has none.
-			ctx := r.Context()
-			if q.Get("follow") != "1" {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, 2*probeTimeout)
-				defer cancel()
-			}
-			err := a.client.Stream(ctx, m.APIAddr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
-				select {
-				case lines <- raw:
-				case <-r.Context().Done():
-				}
-				return nil
-			})
-			if err != nil && r.Context().Err() == nil {
-				msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", m.Name, err)
-				if ctx.Err() != nil {
-					msg = fmt.Sprintf("node %s did not answer within %s: its lines are missing", m.Name, 2*probeTimeout)
-				}
-				b, _ := json.Marshal(api.LogLine{Node: m.Name, Error: msg})
-				lines <- b
-			}
-		}()
-	}
-	go func() { wg.Wait(); close(lines) }()
-	s := httpjson.NewStreamer(w)
-	for raw := range lines {
-		s.Raw(raw)
-	}
-}
-
-// clusterDucks lists the ducks of every node: where they run comes from the log, how they are
-// from each node. A node that does not answer keeps its rows, marked so.
-func (a *Agent) clusterDucks(ctx context.Context) []api.DuckInfo {
-	st := a.Node().State()
-	var mu sync.Mutex
-	live := map[string]api.DuckInfo{}
-	down := map[string]bool{}
-	var wg sync.WaitGroup
-	for _, m := range st.Members {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var ds []api.DuckInfo
-			if m.Name == a.self.Name {
-				ds = a.localDucks()
-			} else {
-				pctx, cancel := context.WithTimeout(ctx, probeTimeout)
-				defer cancel()
-				if err := a.client.Do(pctx, m.APIAddr, http.MethodGet, "/v1/ducks", nil, &ds); err != nil {
-					mu.Lock()
-					down[m.Name] = true
-					mu.Unlock()
-					return
-				}
-			}
-			mu.Lock()
-			for _, d := range ds {
-				live[d.Node+"/"+d.ID] = d
-			}
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	out := []api.DuckInfo{}
-	for _, d := range live {
-		out = append(out, d)
-	}
-	for key, p := range st.Ducks {
-		if _, ok := live[key]; ok {
-			continue
-		}
-		d := api.DuckInfo{Node: p.Node}
-		d.ID, d.Addr, d.State = p.ID, p.Addr, "node unreachable"
-		if !down[p.Node] {
-			d.State = "not running" // placed in the log, not (yet) on its node
-		}
-		out = append(out, d)
-	}
-	sortDucks(out)
-	return out
 }
 
 // mirrorDucks keeps the log's record of this node's ducks equal to the ducks it runs: right

@@ -518,7 +518,7 @@ func (a *Agent) restartDuck(ctx context.Context, id string) error {
 
 func (a *Agent) handleDucks(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Query().Get("scope") == "cluster" {
-		httpjson.Write(w, a.clusterDucks(r.Context()))
+		httpjson.Write(w, a.views.Ducks(r.Context()))
 		return
 	}
 	httpjson.Write(w, a.localDucks())
@@ -538,10 +538,10 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	switch on := q.Get("on"); {
 	case on == "*":
-		a.clusterLogs(w, r)
+		a.views.Logs(w, r)
 		return
 	case on != "" && on != a.self.Name:
-		a.proxyLogs(w, r, on)
+		a.views.ProxyLogs(w, r, on)
 		return
 	}
 	duck := q.Get("duck")
@@ -590,15 +590,6 @@ func (a *Agent) handleLogs(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-}
-
-func sortDucks(ds []api.DuckInfo) {
-	slices.SortFunc(ds, func(x, y api.DuckInfo) int {
-		if x.Node != y.Node {
-			return strings.Compare(x.Node, y.Node)
-		}
-		return strings.Compare(x.ID, y.ID)
-	})
 }
 
 // duckInfo is how the API shows a duck the supervisor runs on node.
