@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/agent/ducks"
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/atomicfile"
 	"io/fs"
@@ -95,12 +96,7 @@ type Agent struct {
 
 	builder *build.Builder
 	sup     *supervise.Supervisor
-	// opMu serializes what changes the ducks (load and rollout turns, spawn, stop, restart),
-	// which may take minutes; localMu guards local for moments, so that status, metrics and the
-	// rollout loops never wait on an operation.
-	opMu    sync.Mutex
-	localMu sync.Mutex
-	local   localState
+	host    *ducks.Host
 
 	metrics     *metrics
 	metricsSrv  *http.Server
@@ -222,7 +218,7 @@ func Start(cfg Config) (*Agent, error) {
 		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
 	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log}
-	follow := follower.New(follower.Config{Name: a.self.Name, Log: nodeLog{a}, Leader: leader{a}, Builder: builder{a}, Ducks: ducks{a}, Logger: a.log})
+	follow := follower.New(follower.Config{Name: a.self.Name, Log: nodeLog{a}, Leader: leader{a}, Builder: builder{a}, Ducks: hostDucks{a}, Logger: a.log})
 	a.wg.Add(6)
 	go func() {
 		defer a.wg.Done()
@@ -234,7 +230,7 @@ func Start(cfg Config) (*Agent, error) {
 	}()
 	go func() {
 		defer a.wg.Done()
-		a.restartDucks(a.ctx)
+		a.host.RestartAll(a.ctx)
 	}()
 	go func() {
 		defer a.wg.Done()

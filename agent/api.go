@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/agent/ducks"
 	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
@@ -286,7 +287,7 @@ func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}
-	if err := a.changeLocal(func(l *localState) { l.Synced, l.Acted = "", "" }); err != nil {
+	if err := a.host.Change(func(l *ducks.State) { l.Synced, l.Acted = "", "" }); err != nil {
 		a.log.Warn("forget the old cluster's rollout steps", "err", err)
 	}
 	if err := a.resetRaft(true); err != nil {

@@ -30,7 +30,7 @@ func (a *Agent) member(name string) (consensus.Member, error) {
 // had no leader is written later.
 func (a *Agent) mirrorDucks() {
 	want := map[string]consensus.Placement{}
-	for _, d := range a.snapshotLocal().Ducks {
+	for _, d := range a.host.Local().Ducks {
 		p := consensus.Placement{Node: a.self.Name, ID: d.ID, Addr: d.Addr, Env: d.Env}
 		want[p.Key()] = p
 	}
@@ -77,12 +77,12 @@ func (a *Agent) handlePlace(w http.ResponseWriter, r *http.Request) {
 // handleSpread commits the version loaded on this node to the whole cluster: the seed's nl.
 func (a *Agent) handleSpread(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	id := a.snapshotLocal().Version
+	id := a.host.Local().Version
 	if id == "" {
-		httpjson.Error(w, http.StatusConflict, a.noCode())
+		httpjson.Error(w, http.StatusConflict, a.host.NoCode())
 		return
 	}
-	data, err := os.ReadFile(a.bundlePath(id))
+	data, err := os.ReadFile(a.host.BundlePath(id))
 	if err != nil {
 		httpjson.Error(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", a.self.Name, api.Label(id), err))
 		return

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"github.com/duckraft/duckraft/agent/ducks"
 	"net/http"
 	"time"
 
@@ -64,25 +65,25 @@ func (b builder) StateInfo(ctx context.Context, r *rollout.Rollout) *rollout.Sta
 	return b.a.stateInfo(ctx, r)
 }
 
-// ducks is what this node runs, as the follower changes it.
-type ducks struct{ a *Agent }
+// hostDucks is what this node runs, as the follower changes it.
+type hostDucks struct{ a *Agent }
 
-func (d ducks) Local() rollout.Local {
-	l := d.a.snapshotLocal()
+func (d hostDucks) Local() rollout.Local {
+	l := d.a.host.Local()
 	return rollout.Local{Have: l.Version, Acted: l.Acted, Synced: l.Synced}
 }
 
-func (d ducks) SetActed(key string) error {
-	return d.a.changeLocal(func(l *localState) { l.Acted = key })
+func (d hostDucks) SetActed(key string) error {
+	return d.a.host.Change(func(l *ducks.State) { l.Acted = key })
 }
 
-func (d ducks) SetSynced(key string) error {
-	return d.a.changeLocal(func(l *localState) { l.Synced = key })
+func (d hostDucks) SetSynced(key string) error {
+	return d.a.host.Change(func(l *ducks.State) { l.Synced = key })
 }
 
-func (d ducks) SwitchTo(ctx context.Context, id string, healthy time.Duration) error {
-	if err := d.a.keepCommitted(id); err != nil {
+func (d hostDucks) SwitchTo(ctx context.Context, id string, healthy time.Duration) error {
+	if err := d.a.host.KeepCommitted(id); err != nil {
 		return err
 	}
-	return d.a.switchTo(ctx, id, healthy, d.a.logEvent)
+	return d.a.host.SwitchTo(ctx, id, healthy, d.a.logEvent)
 }

@@ -290,24 +290,11 @@ func (a *Agent) buildInfo(ctx context.Context, id string) (rollout.BuildInfo, er
 
 // fetchAndBuild keeps the version's bundle from the log and builds it.
 func (a *Agent) fetchAndBuild(ctx context.Context, id string) error {
-	if err := a.keepCommitted(id); err != nil {
+	if err := a.host.KeepCommitted(id); err != nil {
 		return err
 	}
-	_, err := a.binary(ctx, id)
+	_, err := a.host.Binary(ctx, id)
 	return err
-}
-
-// keepCommitted copies a committed version's bundle from the state into the data folder.
-func (a *Agent) keepCommitted(id string) error {
-	if _, err := os.Stat(a.bundlePath(id)); err == nil {
-		return nil
-	}
-	for _, v := range a.Node().State().Versions {
-		if v.ID == id && len(v.Bundle) > 0 {
-			return a.keepBundle(id, v.Bundle)
-		}
-	}
-	return fmt.Errorf("node %s does not have version %s and the log no longer keeps its bundle: deploy it again", a.self.Name, api.Label(id))
 }
 
 func (a *Agent) logEvent(e api.Event) {

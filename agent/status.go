@@ -4,45 +4,14 @@ import (
 	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
-	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/duckraft/duckraft/consensus"
 )
 
 func (a *Agent) localView() api.Local {
-	id := a.snapshotLocal().Version
-	return api.Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.versionLabel(id), Ducks: a.localDucks(), DuckUser: a.duckUser()}
-}
-
-// versionLabel names a version as users see it: vN once committed; a loaded but uncommitted one
-// by its short ID, marked local.
-func (a *Agent) versionLabel(id string) string {
-	if id == "" {
-		return ""
-	}
-	l := a.duckVersion(id)
-	if l == api.Label(id) {
-		return l + " (local)"
-	}
-	return l
-}
-
-// duckVersion is the version string a duck reports: vN once committed, else the short ID.
-func (a *Agent) duckVersion(id string) string {
-	// The newest version of this bundle: `rollout undo --to 1` commits v1's bundle again as v3,
-	// and a duck that runs it runs v3.
-	vs := a.Node().State().Versions
-	for _, v := range slices.Backward(vs) {
-		if v.ID == id {
-			return "v" + strconv.Itoa(v.N)
-		}
-	}
-	if l := a.snapshotLocal(); l.Version == id && l.Label != "" {
-		return l.Label // the log is not replayed yet
-	}
-	return api.Label(id)
+	id := a.host.Local().Version
+	return api.Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.host.VersionLabel(id), Ducks: a.host.List(), DuckUser: a.duckUser()}
 }
 
 func (a *Agent) handleLocal(w http.ResponseWriter, r *http.Request) { httpjson.Write(w, a.localView()) }
@@ -99,5 +68,5 @@ func (c clusterView) Rollout() api.RolloutView { return c.a.rolloutView() }
 type localAnswers struct{ a *Agent }
 
 func (l localAnswers) Ping() api.Ping        { return l.a.ping() }
-func (l localAnswers) Ducks() []api.DuckInfo { return l.a.localDucks() }
+func (l localAnswers) Ducks() []api.DuckInfo { return l.a.host.List() }
 func (l localAnswers) View() api.Local       { return l.a.localView() }
