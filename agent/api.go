@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/duckraft/duckraft/agent/ducks"
 	"github.com/duckraft/duckraft/agent/httpjson"
+	"github.com/duckraft/duckraft/agent/membership"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"slices"
@@ -115,7 +116,7 @@ func (a *Agent) handleConnect(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	if err := a.connect(ctx, req.Addr); err != nil {
+	if err := a.mem.Connect(ctx, req.Addr); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}
@@ -123,60 +124,7 @@ func (a *Agent) handleConnect(w http.ResponseWriter, r *http.Request) {
 }
 
 // ErrHasHistory means a node that has a history of its own was asked to join another cluster.
-var ErrHasHistory = errors.New("this node has history of its own")
-
-// connect joins this node to the cluster at addr. A node gives up its own (one-node) history
-// to join, so only a fresh node may: merging two histories is not something Raft can do.
-func (a *Agent) connect(ctx context.Context, addr string) error {
-	var theirs []api.MemberStatus
-	if err := a.client.Do(ctx, addr, http.MethodGet, "/v1/members", nil, &theirs); err != nil {
-		return fmt.Errorf("cannot reach %s: %w", addr, err)
-	}
-	for _, m := range theirs {
-		if m.Name != a.self.Name {
-			continue
-		}
-		if m.RaftAddr == a.self.RaftAddr {
-			return nil // already connected: Node.connect is idempotent too
-		}
-		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v: a node named %s is already a member of %s's cluster (raft %s); start this node with another --name", consensus.ErrNameTaken, m.Name, addr, m.RaftAddr)}
-	}
-	n := a.Node()
-	if !n.Fresh(a.self.Name) {
-		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v (members %s): only a fresh node joins another cluster; connect the other node to this one instead, or start this one on an empty --data-dir", ErrHasHistory, strings.Join(n.MemberNames(), ", "))}
-	}
-
-	a.log.Info("joining", "via", addr)
-	if err := a.resetRaft(false); err != nil {
-		return fmt.Errorf("prepare to join: %w", err)
-	}
-	if err := a.client.Do(ctx, addr, http.MethodPost, "/v1/join", a.self, nil); err != nil {
-		// Back to being a cluster of one, as before the attempt.
-		if rerr := a.resetRaft(true); rerr != nil {
-			a.log.Error("could not return to a cluster of one after a failed join", "err", rerr)
-		}
-		return fmt.Errorf("join through %s: %w", addr, err)
-	}
-	for !a.registered() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("joined through %s, but this node has not caught up with the log yet; check `members` in a moment", addr)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	// Caught up (the log has reached our own registration): now we may vote.
-	self := a.self.Name
-	err := a.onLeader(ctx, "/v1/promote", api.NameRequest{Name: self}, nil, func(n *consensus.Node) error {
-		return n.Promote(self, a.cfg.Voters, applyTimeout)
-	})
-	if err != nil {
-		return fmt.Errorf("joined through %s as a non-voter, but could not ask to vote: %w; run connect again", addr, err)
-	}
-	a.log.Info("joined", "via", addr, "leader", first(a.Node().Leader()))
-	return nil
-}
-
-func first(s, _ string) string { return s }
+var ErrHasHistory = membership.ErrHasHistory
 
 func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 	var m consensus.Member
@@ -187,9 +135,7 @@ func (a *Agent) handleJoin(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, errors.New("join needs the member's name, raft_addr and api_addr"))
 		return
 	}
-	err := a.onLeader(r.Context(), "/v1/join", m, nil, func(n *consensus.Node) error {
-		return n.Join(m, applyTimeout)
-	})
+	err := a.mem.Join(r.Context(), m)
 	if err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
@@ -203,9 +149,7 @@ func (a *Agent) handleRegister(w http.ResponseWriter, r *http.Request) {
 	if !httpjson.Decode(w, r, &m) {
 		return
 	}
-	err := a.onLeader(r.Context(), "/v1/register", m, nil, func(n *consensus.Node) error {
-		return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &m}, applyTimeout)
-	})
+	err := a.mem.Register(r.Context(), m)
 	if err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
@@ -234,17 +178,11 @@ func (a *Agent) handleForget(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusConflict, fmt.Errorf("%s is alive: run `leave` against it (--addr %s) instead of forgetting it", req.Name, ms[i].APIAddr))
 		return
 	}
-	if err := a.remove(r.Context(), req.Name); err != nil {
+	if err := a.mem.Remove(r.Context(), req.Name); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}
 	httpjson.Write(w, map[string]bool{"forgotten": true})
-}
-
-func (a *Agent) remove(ctx context.Context, name string) error {
-	return a.onLeader(ctx, "/v1/remove", api.NameRequest{Name: name}, nil, func(n *consensus.Node) error {
-		return n.Remove(name, applyTimeout)
-	})
 }
 
 func (a *Agent) handlePromote(w http.ResponseWriter, r *http.Request) {
@@ -252,9 +190,7 @@ func (a *Agent) handlePromote(w http.ResponseWriter, r *http.Request) {
 	if !httpjson.Decode(w, r, &req) {
 		return
 	}
-	err := a.onLeader(r.Context(), "/v1/promote", req, nil, func(n *consensus.Node) error {
-		return n.Promote(req.Name, a.cfg.Voters, applyTimeout)
-	})
+	err := a.mem.Promote(r.Context(), req.Name)
 	if err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
@@ -267,7 +203,7 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 	if !httpjson.Decode(w, r, &req) {
 		return
 	}
-	if err := a.remove(r.Context(), req.Name); err != nil {
+	if err := a.mem.Remove(r.Context(), req.Name); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}
@@ -277,21 +213,13 @@ func (a *Agent) handleRemove(w http.ResponseWriter, r *http.Request) {
 // handleLeave takes this node out of its cluster; it carries on as a fresh cluster of one, so
 // it can connect elsewhere, as a node does after Node.disconnect.
 func (a *Agent) handleLeave(w http.ResponseWriter, r *http.Request) {
-	if len(a.Node().MemberNames()) <= 1 {
-		httpjson.Error(w, http.StatusConflict, errors.New("this node is a cluster of one: there is nothing to leave"))
-		return
-	}
-	a.leaving.Store(true)
-	defer a.leaving.Store(false)
-	if err := a.remove(r.Context(), a.self.Name); err != nil {
+	err := a.mem.Leave(r.Context(), func() {
+		if err := a.host.Change(func(l *ducks.State) { l.Synced, l.Acted = "", "" }); err != nil {
+			a.log.Warn("forget the old cluster's rollout steps", "err", err)
+		}
+	})
+	if err != nil {
 		httpjson.Error(w, statusOf(err), err)
-		return
-	}
-	if err := a.host.Change(func(l *ducks.State) { l.Synced, l.Acted = "", "" }); err != nil {
-		a.log.Warn("forget the old cluster's rollout steps", "err", err)
-	}
-	if err := a.resetRaft(true); err != nil {
-		httpjson.Error(w, http.StatusInternalServerError, fmt.Errorf("left the cluster, but could not restart as a cluster of one: %w; restart the node", err))
 		return
 	}
 	httpjson.Write(w, map[string]bool{"left": true})

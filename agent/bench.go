@@ -21,7 +21,7 @@ func (a *Agent) handleBenchCommit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var res api.CommitLatency
-	err := a.onLeader(r.Context(), "/v1/bench/commit", req, &res, func(n *consensus.Node) error {
+	err := a.mem.OnLeader(r.Context(), "/v1/bench/commit", req, &res, func(n *consensus.Node) error {
 		res = api.CommitLatency{Leader: a.self.Name}
 		for range req.N {
 			t0 := time.Now()

@@ -48,7 +48,7 @@ func (a *Agent) mirrorDucks() {
 	}
 	for _, c := range cmds {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err := a.onLeader(ctx, "/v1/place", c, nil, func(n *consensus.Node) error { return n.Apply(c, applyTimeout) })
+		err := a.mem.Apply(ctx, "/v1/place", c)
 		cancel()
 		if err != nil {
 			a.log.Debug("record ducks in the log", "err", err)
@@ -67,7 +67,7 @@ func (a *Agent) handlePlace(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only place and unplace go through /v1/place, not %q", c.Op))
 		return
 	}
-	if err := a.onLeader(r.Context(), "/v1/place", c, nil, func(n *consensus.Node) error { return n.Apply(c, applyTimeout) }); err != nil {
+	if err := a.mem.Apply(r.Context(), "/v1/place", c); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}

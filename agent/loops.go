@@ -51,7 +51,7 @@ func (l leader) StateIndex(ctx context.Context) (uint64, error) {
 
 func (l leader) Report(ctx context.Context, r follower.Report) error {
 	c := consensus.Command{Op: consensus.OpReport, N: r.N, Name: r.Node, Phase: r.Phase, Error: r.Error, Build: r.Build, States: r.States}
-	return l.a.onLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return l.a.applyReport(n, c) })
+	return l.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return l.a.applyReport(n, c) })
 }
 
 // builder builds committed versions for the follower.

@@ -78,7 +78,7 @@ func (a *Agent) handleDeploy(w http.ResponseWriter, r *http.Request) {
 // answerCommit has the leader commit req and answers with the version, or why not.
 func (a *Agent) answerCommit(w http.ResponseWriter, r *http.Request, req api.CommitRequest) {
 	var res api.CommitResult
-	err := a.onLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
+	err := a.mem.OnLeader(r.Context(), "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
 		res, err = a.commit(n, req)
 		return err
 	})
@@ -180,7 +180,7 @@ func (a *Agent) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var res api.CommitResult
-	err := a.onLeader(r.Context(), "/v1/rollout", req, &res, func(n *consensus.Node) (err error) {
+	err := a.mem.OnLeader(r.Context(), "/v1/rollout", req, &res, func(n *consensus.Node) (err error) {
 		res, err = a.rolloutAction(n, req)
 		return err
 	})
@@ -235,7 +235,7 @@ func (a *Agent) handleReport(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only reports go through /v1/report, not %q", c.Op))
 		return
 	}
-	if err := a.onLeader(r.Context(), "/v1/report", c, nil, func(n *consensus.Node) error { return a.applyReport(n, c) }); err != nil {
+	if err := a.mem.OnLeader(r.Context(), "/v1/report", c, nil, func(n *consensus.Node) error { return a.applyReport(n, c) }); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}
