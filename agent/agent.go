@@ -194,7 +194,7 @@ func Start(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 
-	a.views = &views.Views{Self: a.self.Name, Cluster: clusterView{a}, Local: localAnswers{a}, Peers: a.client}
+	a.views = &views.Views{Self: a.self.Name, Cluster: clusterView{a}, Local: localAnswers{a}, Peers: a.client, Tolerates: consensus.FailureTolerance}
 	a.metrics = newMetrics(a)
 	if cfg.MetricsAddr != "" {
 		if a.metricsAddr, err = a.serveMetrics(cfg.MetricsAddr); err != nil {
@@ -203,7 +203,7 @@ func Start(cfg Config) (*Agent, error) {
 		}
 	}
 	a.server = &http.Server{
-		Handler:           a.routes(),
+		Handler:           a.service().Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		// Only cookie holders get this far (see wire.Listener), but a keep-alive connection a
 		// client forgot still holds a place under wire.MaxConns until it is closed.

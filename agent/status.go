@@ -1,29 +1,13 @@
 package agent
 
 import (
-	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
-	"net/http"
 	"strings"
-
-	"github.com/duckraft/duckraft/consensus"
 )
 
 func (a *Agent) localView() api.Local {
 	id := a.host.Local().Version
 	return api.Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.host.VersionLabel(id), Ducks: a.host.List(), DuckUser: a.duckUser()}
-}
-
-func (a *Agent) handleLocal(w http.ResponseWriter, r *http.Request) { httpjson.Write(w, a.localView()) }
-
-func (a *Agent) handleStatus(w http.ResponseWriter, r *http.Request) {
-	st, err := a.views.Status(r.Context())
-	if err != nil {
-		httpjson.Error(w, statusOf(err), err)
-		return
-	}
-	st.Tolerates = consensus.FailureTolerance(st.Voters)
-	httpjson.Write(w, st)
 }
 
 // clusterView is the log's picture of the cluster, as the views read it.

@@ -59,6 +59,8 @@ type Views struct {
 	// Timeout is how long a member may take to answer (0: DefaultTimeout); a listing of logs
 	// gives each member twice as long, since it carries more.
 	Timeout time.Duration
+	// Tolerates is how many of n voters the cluster can lose and still commit (nil: none).
+	Tolerates func(voters int) int
 
 	seenMu   sync.Mutex
 	lastSeen map[string]time.Time
@@ -243,8 +245,7 @@ func (v *Views) Logs(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// Status is every member with what it runs and its part in the rollout. Tolerates is left for
-// the caller, who knows the consensus rules.
+// Status is every member with what it runs and its part in the rollout.
 func (v *Views) Status(ctx context.Context) (api.Status, error) {
 	ms, err := v.Members(ctx)
 	if err != nil {
@@ -256,6 +257,9 @@ func (v *Views) Status(ctx context.Context) (api.Status, error) {
 		if m.Suffrage == "voter" {
 			out.Voters++
 		}
+	}
+	if v.Tolerates != nil {
+		out.Tolerates = v.Tolerates(out.Voters)
 	}
 	var wg sync.WaitGroup
 	for i, m := range ms {
