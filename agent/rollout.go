@@ -82,7 +82,7 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 	if err != nil {
 		return api.CommitResult{}, err
 	}
-	return api.CommitResult{N: r.Version, ID: r.Target}, nil
+	return api.CommitResult{N: r.Version, ID: r.Target, Index: n.Index()}, nil
 }
 
 func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {

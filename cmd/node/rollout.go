@@ -111,7 +111,7 @@ func runDeploy(args []string) error {
 	if *detach {
 		return nil
 	}
-	return watch(c, res.N, "", false, os.Stdout)
+	return watch(c, res.N, false, os.Stdout)
 }
 
 // canaryFlag is --canary (one canary) or --canary=N.
@@ -154,7 +154,7 @@ func runSpread(args []string) error {
 	if *detach {
 		return nil
 	}
-	return watch(c, res.N, "", false, os.Stdout)
+	return watch(c, res.N, false, os.Stdout)
 }
 
 func author() string {
@@ -167,11 +167,9 @@ func author() string {
 }
 
 // watch follows rollout n (0: whatever rollout is current) until it ends, redrawing a table in
-// place on a terminal and printing a line per change otherwise. After `rollout resume` or
-// `undo`, leave is the state the rollout had: the node asked may show it a moment longer, and
-// it does not mean the rollout ended. With wantBack (undo), going back is the success. It returns an error saying why
-// when the rollout halted or went back.
-func watch(c *client, n int, leave rollout.State, wantBack bool, w *os.File) error {
+// place on a terminal and printing a line per change otherwise. With wantBack (undo), going back
+// is the success. It returns an error saying why when the rollout halted or went back.
+func watch(c *client, n int, wantBack bool, w *os.File) error {
 	cl, err := c.open()
 	if err != nil {
 		return err
@@ -211,10 +209,7 @@ func watch(c *client, n int, leave rollout.State, wantBack bool, w *os.File) err
 		} else {
 			printChanges(w, r, seen)
 		}
-		if r.State != leave {
-			leave = "" // the node has applied the change asked for
-		}
-		if leave == "" && (!r.Active() || r.State == rollout.Paused) {
+		if !r.Active() || r.State == rollout.Paused {
 			if wantBack && r.State == rollout.WentBack {
 				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
 				return nil
@@ -368,7 +363,7 @@ func runWatch(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	return watch(c, 0, "", false, os.Stdout)
+	return watch(c, 0, false, os.Stdout)
 }
 
 // runRollout is `rollout status|history|pause|resume|undo`.
@@ -403,14 +398,6 @@ func runRollout(args []string) error {
 		}
 		return nil
 	case "pause", "resume", "undo":
-		var v api.RolloutView
-		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
-			return err
-		}
-		var before rollout.State
-		if v.Rollout != nil {
-			before = v.Rollout.State
-		}
 		var res api.CommitResult
 		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: *to}, &res); err != nil {
 			return err
@@ -420,11 +407,16 @@ func runRollout(args []string) error {
 		}
 		if pos[0] == "undo" && *to != 0 {
 			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, api.Label(res.ID), *to)
-			return watch(c, res.N, "", false, os.Stdout)
+			return watch(c, res.N, false, os.Stdout)
 		}
 		fmt.Printf("version %d: %s\n", res.N, pos[0])
 		if pos[0] != "pause" {
-			return watch(c, res.N, before, pos[0] == "undo", os.Stdout)
+			// The node asked may lag behind the leader, even behind what it showed before the
+			// change: what it shows means something once it has applied the change.
+			if err := c.waitApplied(res.Index); err != nil {
+				return err
+			}
+			return watch(c, res.N, pos[0] == "undo", os.Stdout)
 		}
 		return nil
 	}
@@ -508,5 +500,23 @@ func printDuckUsers(st api.Status) {
 			fmt.Println("the data and build folders) but not the node's memory or environment; see docs/SECURITY.md")
 			return
 		}
+	}
+}
+
+// waitApplied waits until the node has applied its state up to index (see CommitResult.Index).
+func (c *client) waitApplied(index uint64) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var p api.Ping
+		if err := c.call(http.MethodGet, "/v1/ping", nil, &p); err != nil {
+			return err
+		}
+		if p.StateIndex >= index {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s has not applied the change after 30s (at %d of %d): `rollout status` on the leader shows the rollout", p.Name, p.StateIndex, index)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
