@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"github.com/duckraft/duckraft/agent/ducks"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"os"
 	"path/filepath"
 	"slices"
@@ -49,7 +50,7 @@ func (a *Agent) startRuntime() error {
 // versionLog is what the log says of versions, as the node's ducks ask it.
 type versionLog struct{ a *Agent }
 
-func (l versionLog) Number(id string) (int, bool) {
+func (l versionLog) Number(id bundle.ID) (int, bool) {
 	vs := l.a.Node().State().Versions
 	for _, v := range slices.Backward(vs) {
 		if v.ID == id {
@@ -59,7 +60,7 @@ func (l versionLog) Number(id string) (int, bool) {
 	return 0, false
 }
 
-func (l versionLog) Bundle(id string) ([]byte, bool) {
+func (l versionLog) Bundle(id bundle.ID) ([]byte, bool) {
 	for _, v := range l.a.Node().State().Versions {
 		if v.ID == id && len(v.Bundle) > 0 {
 			return v.Bundle, true

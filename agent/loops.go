@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"github.com/duckraft/duckraft/agent/ducks"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"net/http"
 	"time"
 
@@ -57,8 +58,8 @@ func (l leader) Report(ctx context.Context, r follower.Report) error {
 // builder builds committed versions for the follower.
 type builder struct{ a *Agent }
 
-func (b builder) Build(ctx context.Context, id string) error { return b.a.fetchAndBuild(ctx, id) }
-func (b builder) BuildInfo(ctx context.Context, id string) (rollout.BuildInfo, error) {
+func (b builder) Build(ctx context.Context, id bundle.ID) error { return b.a.fetchAndBuild(ctx, id) }
+func (b builder) BuildInfo(ctx context.Context, id bundle.ID) (rollout.BuildInfo, error) {
 	return b.a.buildInfo(ctx, id)
 }
 func (b builder) StateInfo(ctx context.Context, r *rollout.Rollout) *rollout.StateInfo {
@@ -81,7 +82,7 @@ func (d hostDucks) SetSynced(key string) error {
 	return d.a.host.Change(func(l *ducks.State) { l.Synced = key })
 }
 
-func (d hostDucks) SwitchTo(ctx context.Context, id string, healthy time.Duration) error {
+func (d hostDucks) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration) error {
 	if err := d.a.host.KeepCommitted(id); err != nil {
 		return err
 	}

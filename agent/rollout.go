@@ -122,7 +122,7 @@ func (a *Agent) stateInfo(ctx context.Context, r *rollout.Rollout) *rollout.Stat
 }
 
 // buildInfo is the sum of the binary built for id and the toolchain that built it.
-func (a *Agent) buildInfo(ctx context.Context, id string) (rollout.BuildInfo, error) {
+func (a *Agent) buildInfo(ctx context.Context, id bundle.ID) (rollout.BuildInfo, error) {
 	tc, err := a.builder.Toolchain(ctx)
 	if err != nil {
 		return rollout.BuildInfo{}, err
@@ -132,7 +132,7 @@ func (a *Agent) buildInfo(ctx context.Context, id string) (rollout.BuildInfo, er
 }
 
 // fetchAndBuild keeps the version's bundle from the log and builds it.
-func (a *Agent) fetchAndBuild(ctx context.Context, id string) error {
+func (a *Agent) fetchAndBuild(ctx context.Context, id bundle.ID) error {
 	if err := a.host.KeepCommitted(id); err != nil {
 		return err
 	}

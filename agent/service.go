@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"os"
 	"slices"
 	"strings"
@@ -102,8 +103,8 @@ func (h hostAPI) Spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo,
 func (h hostAPI) Stop(ctx context.Context, id string) error    { return h.a.host.Stop(ctx, id) }
 func (h hostAPI) Restart(ctx context.Context, id string) error { return h.a.host.Restart(ctx, id) }
 func (h hostAPI) List() []api.DuckInfo                         { return h.a.host.List() }
-func (h hostAPI) Version() string                              { return h.a.host.Local().Version }
-func (h hostAPI) Bundle(id string) ([]byte, error)             { return os.ReadFile(h.a.host.BundlePath(id)) }
+func (h hostAPI) Version() bundle.ID                           { return h.a.host.Local().Version }
+func (h hostAPI) Bundle(id bundle.ID) ([]byte, error)          { return os.ReadFile(h.a.host.BundlePath(id)) }
 func (h hostAPI) NoCode() error                                { return h.a.host.NoCode() }
 func (h hostAPI) Record()                                      { h.a.mirrorDucks() }
 func (h hostAPI) Local() api.Local                             { return h.a.localView() }

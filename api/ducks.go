@@ -1,6 +1,7 @@
 package api
 
 import (
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"time"
 )
 
@@ -21,11 +22,11 @@ type Event struct {
 // start it on (Node.spawn); the node asked forwards it there with the version it runs itself, as
 // the seed's code is the code of the node the call comes from.
 type SpawnRequest struct {
-	Addr    string   `json:"addr,omitempty"`
-	Env     []string `json:"env,omitempty"`
-	On      string   `json:"on,omitempty"`
-	Version string   `json:"version,omitempty"` // bundle ID; empty: the node's own version
-	From    string   `json:"from,omitempty"`    // the node the call came through
+	Addr    string    `json:"addr,omitempty"`
+	Env     []string  `json:"env,omitempty"`
+	On      string    `json:"on,omitempty"`
+	Version bundle.ID `json:"version,omitempty"` // bundle ID; empty: the node's own version
+	From    string    `json:"from,omitempty"`    // the node the call came through
 }
 
 // DuckInfo is one duck as `ducks` shows it.
@@ -68,9 +69,4 @@ type LogLine struct {
 }
 
 // Label is how a version is shown: the first 12 hex digits of its bundle's sha256.
-func Label(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
+func Label(id bundle.ID) string { return id.Short() }

@@ -2,6 +2,7 @@ package api
 
 import (
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"time"
 )
 
@@ -18,8 +19,8 @@ type CommitRequest struct {
 
 // CommitResult names the version committed.
 type CommitResult struct {
-	N  int    `json:"n"`
-	ID string `json:"id"`
+	N  int       `json:"n"`
+	ID bundle.ID `json:"id"`
 	// Index is how far the leader's state was applied once the change was (0: not said): a node
 	// whose Ping.StateIndex has reached it shows the change. Other nodes may lag behind the
 	// leader, so a client that reads what it asked for from one waits for that first.
@@ -29,7 +30,7 @@ type CommitResult struct {
 // VersionInfo is a committed version without its bundle.
 type VersionInfo struct {
 	N         int       `json:"n"`
-	ID        string    `json:"id"`
+	ID        bundle.ID `json:"id"`
 	Message   string    `json:"message,omitempty"`
 	Author    string    `json:"author,omitempty"`
 	Committed time.Time `json:"committed"`

@@ -2,6 +2,7 @@ package consensus
 
 import (
 	"fmt"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"maps"
 	"regexp"
 	"slices"
@@ -14,7 +15,7 @@ import (
 // order.
 type Version struct {
 	N         int       `json:"n"`
-	ID        string    `json:"id"`
+	ID        bundle.ID `json:"id"`
 	Message   string    `json:"message,omitempty"`
 	Author    string    `json:"author,omitempty"`
 	Committed time.Time `json:"committed"`
@@ -31,7 +32,7 @@ func (s *State) commit(c Command) error {
 	if c.Version == nil || len(c.Version.Bundle) == 0 {
 		return fmt.Errorf("commit without a bundle")
 	}
-	if !validID.MatchString(c.Version.ID) {
+	if !validID.MatchString(string(c.Version.ID)) {
 		// The ID names folders on every node: it must be the sha256 and nothing else.
 		return fmt.Errorf("commit of %q: a version ID is the bundle's sha256 in 64 lowercase hex digits", c.Version.ID)
 	}
@@ -69,7 +70,7 @@ func (s *State) commit(c Command) error {
 			s.Versions[i].Bundle = nil
 		}
 	}
-	fromN, fromID := 0, ""
+	fromN, fromID := 0, bundle.ID("")
 	if cur != nil {
 		fromN, fromID = cur.N, cur.ID
 	}

@@ -1,6 +1,7 @@
 package rollout
 
 import (
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"strconv"
 	"time"
 )
@@ -8,9 +9,9 @@ import (
 // Local is what a node knows of itself that the log does not hold. Have, Acted and Synced
 // survive its restarts (they live in its data folder); the rest is its process's memory.
 type Local struct {
-	Have   string // bundle ID its ducks run, "" if none yet
-	Acted  string // TurnKey of the last turn it finished
-	Synced string // SyncKey of the last rollout end it caught up with
+	Have   bundle.ID // bundle ID its ducks run, "" if none yet
+	Acted  string    // TurnKey of the last turn it finished
+	Synced string    // SyncKey of the last rollout end it caught up with
 }
 
 // DutyKind is what a node should do next.
@@ -28,7 +29,7 @@ const (
 // Duty is a node's next job in a rollout.
 type Duty struct {
 	Kind    DutyKind
-	Version string // bundle ID to switch to
+	Version bundle.ID // bundle ID to switch to
 	// Success is the phase a Turn reports when it worked: Running forward, Reverted back.
 	Success Phase
 	// Key names the turn or the rollout end, so that a node never takes the same one twice,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -130,10 +131,10 @@ type sim struct {
 
 	// The log.
 	log         *Rollout
-	kinds       map[string]simKind // bundle ID -> what it does
-	numbers     map[string]int     // bundle ID -> version number
+	kinds       map[bundle.ID]simKind // bundle ID -> what it does
+	numbers     map[bundle.ID]int     // bundle ID -> version number
 	versions    int
-	current     string // bundle ID the cluster runs (consensus.State.current)
+	current     bundle.ID // bundle ID the cluster runs (consensus.State.current)
 	leader      string
 	leaderSince time.Time
 	electing    bool
@@ -260,11 +261,11 @@ func (s *sim) checkEntry(before, after *Rollout) {
 	}
 }
 
-func lbl(id string) string {
+func lbl(id bundle.ID) string {
 	if id == "" {
 		return "(none)"
 	}
-	return id
+	return string(id)
 }
 
 // send delivers a node's report to the leader, retrying every 500 ms through lost messages,
@@ -434,7 +435,7 @@ func (s *sim) build(n *simNode, r *Rollout) {
 // switchTo is agent.switchTo: every duck to version id, or back to what it had.
 // why tells a turn forward, a turn back and a catch-up apart: a node may switch to the same
 // version once for each (caught up with it during a pause, then back to it in a revert).
-func (s *sim) switchTo(n *simNode, r *Rollout, id, why string, done func(error)) {
+func (s *sim) switchTo(n *simNode, r *Rollout, id bundle.ID, why string, done func(error)) {
 	inc := n.inc
 	took := s.jitter(50*time.Millisecond, 2*time.Second)
 	if s.rng.IntN(40) == 0 {
@@ -546,9 +547,9 @@ func (s *sim) commit(kind simKind) {
 		return
 	}
 	s.versions++
-	id := fmt.Sprintf("v%d", s.versions)
+	id := bundle.ID(fmt.Sprintf("v%d", s.versions))
 	if kind != kindGood {
-		id += []string{"", "-nocompile", "-hangs", "-crashes"}[kind]
+		id += []bundle.ID{"", "-nocompile", "-hangs", "-crashes"}[kind]
 	}
 	s.kinds[id] = kind
 	s.numbers[id] = s.versions
@@ -564,7 +565,7 @@ func (s *sim) commit(kind simKind) {
 func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
 	s := &sim{
 		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), now: simStart,
-		byName: map[string]*simNode{}, kinds: map[string]simKind{}, numbers: map[string]int{"v1": 1}, swaps: map[string]int{},
+		byName: map[string]*simNode{}, kinds: map[bundle.ID]simKind{}, numbers: map[bundle.ID]int{"v1": 1}, swaps: map[string]int{},
 	}
 	if trace {
 		s.trace = logf
@@ -744,7 +745,7 @@ func (s *sim) settled() bool {
 // check is what must hold once the faults stopped and the cluster is quiet.
 func (s *sim) check() error {
 	r := s.log
-	var got []string
+	var got []bundle.ID
 	for _, n := range s.nodes {
 		want := r.Desired(n.name)
 		if nr := r.Nodes[n.name]; r.State == Paused && nr != nil && (nr.Phase == Skipped || nr.Phase == Failed) && (n.local.Have == r.Target || n.local.Have == r.FromID) {

@@ -3,6 +3,7 @@ package systemtest
 import (
 	"fmt"
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -281,7 +282,7 @@ func runNemesis(t *testing.T, seed uint64, dc *duckCluster, host *testHost) {
 	// Truthful: each duck runs what the log says its node runs.
 	via := n.anyRunning()
 	v := rolloutOf(t, dc.c, via.API)
-	label := map[string]string{}
+	label := map[bundle.ID]string{}
 	for _, ver := range v.Versions {
 		label[ver.ID] = "v" + strconv.Itoa(ver.N)
 	}

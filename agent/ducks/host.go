@@ -36,8 +36,8 @@ import (
 // Builder turns a version's bundle into a binary; *build.Builder is one.
 type Builder interface {
 	// Binary is the binary already built for id, if any.
-	Binary(id string) (string, bool)
-	Build(ctx context.Context, id string, bundle []byte) (string, error)
+	Binary(id bundle.ID) (string, bool)
+	Build(ctx context.Context, id bundle.ID, data []byte) (string, error)
 }
 
 // Supervisor runs duck processes; *supervise.Supervisor is one.
@@ -52,9 +52,9 @@ type Supervisor interface {
 // Log is what the replicated log says of versions.
 type Log interface {
 	// Number is the newest version number committed with bundle id; false if none was.
-	Number(id string) (int, bool)
+	Number(id bundle.ID) (int, bool)
 	// Bundle is the bundle of a committed version id while the log keeps it.
-	Bundle(id string) ([]byte, bool)
+	Bundle(id bundle.ID) ([]byte, bool)
 }
 
 // Metrics counts builds and swaps; nil counts nothing.
@@ -102,7 +102,7 @@ func Open(cfg Config) (*Host, error) {
 
 // State is what this node runs, saved in local.json.
 type State struct {
-	Version string `json:"version,omitempty"` // bundle ID loaded here
+	Version bundle.ID `json:"version,omitempty"` // bundle ID loaded here
 	// Label is how Version was shown when it was loaded ("v3"), so that ducks restarted before
 	// the node has replayed its log still say v3, not a bare bundle ID.
 	Label  string   `json:"label,omitempty"`
@@ -121,14 +121,14 @@ type Record struct {
 	Env  []string `json:"env,omitempty"`
 	// Version is set for a duck spawned at another version than the node's; the next switch of
 	// the node's version takes it along too.
-	Version string `json:"version,omitempty"`
+	Version bundle.ID `json:"version,omitempty"`
 }
 
 func (h *Host) localPath() string { return filepath.Join(h.dir, "local.json") }
 
 // BundlePath is where version id's bundle is kept.
-func (h *Host) BundlePath(id string) string {
-	return filepath.Join(h.dir, "bundles", id+".tgz")
+func (h *Host) BundlePath(id bundle.ID) string {
+	return filepath.Join(h.dir, "bundles", string(id)+".tgz")
 }
 
 func loadLocal(path string) (State, error) {
@@ -189,7 +189,7 @@ func (h *Host) RestartAll(ctx context.Context) {
 
 // Binary returns the built binary of version id, building it from the stored bundle if the
 // cache lost it.
-func (h *Host) Binary(ctx context.Context, id string) (string, error) {
+func (h *Host) Binary(ctx context.Context, id bundle.ID) (string, error) {
 	if bin, ok := h.builder.Binary(id); ok {
 		return bin, nil
 	}
@@ -216,7 +216,7 @@ func (h *Host) Load(ctx context.Context, data []byte, event func(api.Event)) err
 
 // KeepBundle stores a version's bundle in the data folder, so the node can rebuild it after its
 // build cache is gone and go back to it without asking anyone.
-func (h *Host) KeepBundle(id string, data []byte) error {
+func (h *Host) KeepBundle(id bundle.ID, data []byte) error {
 	if _, err := os.Stat(h.BundlePath(id)); err == nil {
 		return nil
 	}
@@ -231,7 +231,7 @@ func (h *Host) KeepBundle(id string, data []byte) error {
 // node stays on the version it ran.
 //
 // healthy is how long each new duck must stay up after Ready (0: the node's --healthy).
-func (h *Host) SwitchTo(ctx context.Context, id string, healthy time.Duration, event func(api.Event)) error {
+func (h *Host) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration, event func(api.Event)) error {
 	v := h.Label(id)
 	event(api.Event{Phase: "building", Version: v})
 	bin, err := h.Binary(ctx, id)
@@ -293,7 +293,7 @@ func (h *Host) swapOrStart(ctx context.Context, d Record, v, bin string, healthy
 }
 
 // revert swaps the ducks that already took a failed version back to the one they had.
-func (h *Host) revert(ctx context.Context, old string, ids []string, event func(api.Event)) {
+func (h *Host) revert(ctx context.Context, old bundle.ID, ids []string, event func(api.Event)) {
 	if old == "" || len(ids) == 0 {
 		return
 	}
@@ -317,7 +317,7 @@ func (h *Host) NoCode() error {
 }
 
 // Has reports whether this node can run version id without asking anyone.
-func (h *Host) Has(id string) bool {
+func (h *Host) Has(id bundle.ID) bool {
 	if _, ok := h.builder.Binary(id); ok {
 		return true
 	}
@@ -335,7 +335,7 @@ func (h *Host) Spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo, e
 	if version == "" {
 		return api.DuckInfo{}, h.NoCode()
 	}
-	if !bundle.ValidID(version) {
+	if !version.Valid() {
 		return api.DuckInfo{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("%q is not a version ID (64 hex digits)", version)}
 	}
 	if !h.Has(version) {
@@ -473,7 +473,7 @@ func Info(node string, st supervise.Status) api.DuckInfo {
 
 // VersionLabel names a version as users see it: vN once committed; a loaded but uncommitted one
 // by its short ID, marked local.
-func (h *Host) VersionLabel(id string) string {
+func (h *Host) VersionLabel(id bundle.ID) string {
 	if id == "" {
 		return ""
 	}
@@ -485,7 +485,7 @@ func (h *Host) VersionLabel(id string) string {
 }
 
 // Label is the version string a duck reports: vN once committed, else the short ID.
-func (h *Host) Label(id string) string {
+func (h *Host) Label(id bundle.ID) string {
 	// The newest version of this bundle: `rollout undo --to 1` commits v1's bundle again as v3,
 	// and a duck that runs it runs v3.
 	if n, ok := h.vlog.Number(id); ok {
@@ -498,7 +498,7 @@ func (h *Host) Label(id string) string {
 }
 
 // KeepCommitted copies a committed version's bundle from the state into the data folder.
-func (h *Host) KeepCommitted(id string) error {
+func (h *Host) KeepCommitted(id bundle.ID) error {
 	if _, err := os.Stat(h.BundlePath(id)); err == nil {
 		return nil
 	}

@@ -3,6 +3,7 @@ package ducks
 import (
 	"context"
 	"errors"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"net"
 	"net/http"
 	"os"
@@ -17,29 +18,29 @@ import (
 )
 
 var (
-	oldID = strings.Repeat("a", 64)
-	newID = strings.Repeat("b", 64)
+	oldID = bundle.ID(strings.Repeat("a", 64))
+	newID = bundle.ID(strings.Repeat("b", 64))
 )
 
 // fakeBuilder has a binary for every id in bins and builds any other from its bundle.
 type fakeBuilder struct {
 	mu     sync.Mutex
-	bins   map[string]bool
-	builds []string
+	bins   map[bundle.ID]bool
+	builds []bundle.ID
 }
 
-func (b *fakeBuilder) Binary(id string) (string, bool) {
+func (b *fakeBuilder) Binary(id bundle.ID) (string, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return "/bin/" + id, b.bins[id]
+	return "/bin/" + string(id), b.bins[id]
 }
 
-func (b *fakeBuilder) Build(_ context.Context, id string, _ []byte) (string, error) {
+func (b *fakeBuilder) Build(_ context.Context, id bundle.ID, _ []byte) (string, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.builds = append(b.builds, id)
 	b.bins[id] = true
-	return "/bin/" + id, nil
+	return "/bin/" + string(id), nil
 }
 
 // fakeSupervisor runs ducks in a map; failSwap makes swaps to that version fail, failStart
@@ -111,10 +112,13 @@ func (s *fakeSupervisor) List() []supervise.Status {
 }
 
 // fakeLog has committed old as v1 and new as v2, and keeps their bundles.
-type fakeLog map[string]int
+type fakeLog map[bundle.ID]int
 
-func (l fakeLog) Number(id string) (int, bool)    { n, ok := l[id]; return n, ok }
-func (l fakeLog) Bundle(id string) ([]byte, bool) { _, ok := l[id]; return []byte("bundle " + id), ok }
+func (l fakeLog) Number(id bundle.ID) (int, bool) { n, ok := l[id]; return n, ok }
+func (l fakeLog) Bundle(id bundle.ID) ([]byte, bool) {
+	_, ok := l[id]
+	return []byte("bundle " + id), ok
+}
 
 type rig struct {
 	dir string
@@ -124,7 +128,7 @@ type rig struct {
 }
 
 func newRig(t testing.TB) *rig {
-	return &rig{dir: t.TempDir(), b: &fakeBuilder{bins: map[string]bool{oldID: true, newID: true}}, sup: newSupervisor(), log: fakeLog{oldID: 1, newID: 2}}
+	return &rig{dir: t.TempDir(), b: &fakeBuilder{bins: map[bundle.ID]bool{oldID: true, newID: true}}, sup: newSupervisor(), log: fakeLog{oldID: 1, newID: 2}}
 }
 
 func (g *rig) open(t testing.TB) *Host {
@@ -225,7 +229,7 @@ func TestSpawnWithoutCodeOrAnUnknownVersionIsRefused(t *testing.T) {
 	}{
 		{api.SpawnRequest{}, http.StatusConflict, "has no duck code loaded"},
 		{api.SpawnRequest{Version: "v2"}, http.StatusBadRequest, "not a version ID"},
-		{api.SpawnRequest{Version: strings.Repeat("c", 64), From: "b"}, http.StatusConflict, "which b runs"},
+		{api.SpawnRequest{Version: bundle.ID(strings.Repeat("c", 64)), From: "b"}, http.StatusConflict, "which b runs"},
 	} {
 		_, err := h.Spawn(context.Background(), tc.req)
 		var ae *api.APIError
@@ -268,7 +272,7 @@ func TestLabelIsTheLogsNumberElseTheRememberedOneElseTheShortID(t *testing.T) {
 	if l := h.Label(oldID); l != "v1" {
 		t.Errorf("remembered: %q, want v1", l)
 	}
-	if l := h.VersionLabel(strings.Repeat("c", 64)); l != api.Label(strings.Repeat("c", 64))+" (local)" {
+	if l := h.VersionLabel(bundle.ID(strings.Repeat("c", 64))); l != api.Label(bundle.ID(strings.Repeat("c", 64)))+" (local)" {
 		t.Errorf("loaded here only: %q", l)
 	}
 }
@@ -276,14 +280,14 @@ func TestLabelIsTheLogsNumberElseTheRememberedOneElseTheShortID(t *testing.T) {
 func TestLostBinaryIsRebuiltFromTheKeptBundle(t *testing.T) {
 	g := newRig(t)
 	h := g.open(t)
-	g.b.bins = map[string]bool{}
+	g.b.bins = map[bundle.ID]bool{}
 	if _, err := h.Binary(context.Background(), newID); err == nil || !strings.Contains(err.Error(), "load it here first") {
 		t.Fatalf("no bundle, no binary: %v", err)
 	}
 	if err := h.KeepCommitted(newID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(g.dir, "bundles", newID+".tgz")); err != nil {
+	if _, err := os.Stat(filepath.Join(g.dir, "bundles", string(newID)+".tgz")); err != nil {
 		t.Fatalf("bundle not kept: %v", err)
 	}
 	if _, err := h.Binary(context.Background(), newID); err != nil {

@@ -12,6 +12,7 @@ package follower
 import (
 	"context"
 	"errors"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -56,9 +57,9 @@ type Report struct {
 // Builder builds committed versions on this node.
 type Builder interface {
 	// Build keeps version id's bundle (from the log if the node does not have it) and builds it.
-	Build(ctx context.Context, id string) error
+	Build(ctx context.Context, id bundle.ID) error
 	// BuildInfo is the sum of the binary built for id and the toolchain that built it.
-	BuildInfo(ctx context.Context, id string) (rollout.BuildInfo, error)
+	BuildInfo(ctx context.Context, id bundle.ID) (rollout.BuildInfo, error)
 	// StateInfo is what r's target and previous binaries say of the ducks' state, nil when
 	// either cannot say.
 	StateInfo(ctx context.Context, r *rollout.Rollout) *rollout.StateInfo
@@ -73,7 +74,7 @@ type Ducks interface {
 	SetSynced(key string) error
 	// SwitchTo swaps every duck here to version id (its bundle kept from the log if need be),
 	// each new duck staying up for healthy; on failure the ducks stay on what they ran.
-	SwitchTo(ctx context.Context, id string, healthy time.Duration) error
+	SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration) error
 }
 
 // Config is what a follower acts for and through.
@@ -311,7 +312,7 @@ func (f *Follower) turn(r *rollout.Rollout, duty rollout.Duty) {
 
 // reportAgain says once more how a turn that ended here went: its report went down with the
 // process that sent it.
-func (f *Follower) reportAgain(r *rollout.Rollout, duty rollout.Duty, have string) {
+func (f *Follower) reportAgain(r *rollout.Rollout, duty rollout.Duty, have bundle.ID) {
 	if !f.claim() {
 		return
 	}

@@ -3,6 +3,7 @@ package follower
 import (
 	"context"
 	"errors"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"net/http"
 	"strings"
 	"sync"
@@ -125,17 +126,17 @@ func (l *fakeLeader) last() Report {
 type fakeBuilder struct {
 	err    error
 	mu     sync.Mutex
-	builds []string
+	builds []bundle.ID
 }
 
-func (b *fakeBuilder) Build(_ context.Context, id string) error {
+func (b *fakeBuilder) Build(_ context.Context, id bundle.ID) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.builds = append(b.builds, id)
 	return b.err
 }
 
-func (b *fakeBuilder) BuildInfo(context.Context, string) (rollout.BuildInfo, error) {
+func (b *fakeBuilder) BuildInfo(context.Context, bundle.ID) (rollout.BuildInfo, error) {
 	return rollout.BuildInfo{Sum: "sum", Toolchain: "go1.26"}, nil
 }
 
@@ -146,7 +147,7 @@ type fakeDucks struct {
 
 	mu       sync.Mutex
 	local    rollout.Local
-	switches []string
+	switches []bundle.ID
 }
 
 func (d *fakeDucks) Local() rollout.Local {
@@ -169,7 +170,7 @@ func (d *fakeDucks) SetSynced(key string) error {
 	return nil
 }
 
-func (d *fakeDucks) SwitchTo(_ context.Context, id string, _ time.Duration) error {
+func (d *fakeDucks) SwitchTo(_ context.Context, id bundle.ID, _ time.Duration) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.switches = append(d.switches, id)
@@ -180,10 +181,10 @@ func (d *fakeDucks) SwitchTo(_ context.Context, id string, _ time.Duration) erro
 	return nil
 }
 
-func (d *fakeDucks) switched() []string {
+func (d *fakeDucks) switched() []bundle.ID {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return append([]string(nil), d.switches...)
+	return append([]bundle.ID(nil), d.switches...)
 }
 
 type rig struct {

@@ -68,9 +68,9 @@ type Ducks interface {
 	Restart(ctx context.Context, id string) error
 	List() []api.DuckInfo
 	// Version is the bundle ID the node's ducks run, "" before any load.
-	Version() string
+	Version() bundle.ID
 	// Bundle is the kept bundle of version id.
-	Bundle(id string) ([]byte, error)
+	Bundle(id bundle.ID) ([]byte, error)
 	// NoCode is the error for a node without code loaded.
 	NoCode() error
 	// ForgetRollouts forgets the turns taken and rollout ends caught up with, on leaving.

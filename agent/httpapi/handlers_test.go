@@ -30,7 +30,7 @@ type fake struct {
 	calls    []string
 	commits  []api.CommitRequest
 	members  []api.MemberStatus
-	version  string
+	version  bundle.ID
 	spawned  []api.SpawnRequest
 	recorded int
 }
@@ -76,8 +76,8 @@ func (f *fake) Spawn(_ context.Context, req api.SpawnRequest) (api.DuckInfo, err
 func (f *fake) Stop(_ context.Context, id string) error    { return f.call("stop " + id) }
 func (f *fake) Restart(_ context.Context, id string) error { return f.call("restart " + id) }
 func (f *fake) List() []api.DuckInfo                       { return nil }
-func (f *fake) Version() string                            { return f.version }
-func (f *fake) Bundle(string) ([]byte, error)              { return nil, os.ErrNotExist }
+func (f *fake) Version() bundle.ID                         { return f.version }
+func (f *fake) Bundle(bundle.ID) ([]byte, error)           { return nil, os.ErrNotExist }
 func (f *fake) NoCode() error {
 	return &api.APIError{Status: http.StatusConflict, Message: "node a has no duck code loaded"}
 }
@@ -238,7 +238,7 @@ func TestSpawnElsewhereNeedsCodeHereAndAKnownMember(t *testing.T) {
 	if status, _ := do(t, srv, http.MethodPost, "/v1/spawn", jsonBody(api.SpawnRequest{On: "b"})); status != http.StatusConflict {
 		t.Errorf("no code here: %d, want 409", status)
 	}
-	f.version = strings.Repeat("a", 64)
+	f.version = bundle.ID(strings.Repeat("a", 64))
 	do(t, srv, http.MethodPost, "/v1/spawn", jsonBody(api.SpawnRequest{On: "b"}))
 	if last := f.calls[len(f.calls)-1]; last != "peer b:api /v1/spawn" {
 		t.Fatalf("last call %q, want the spawn forwarded to b", last)
