@@ -3,6 +3,7 @@ package agent
 import (
 	"fmt"
 	"github.com/duckraft/duckraft/agent/ducks"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"os"
 	"path/filepath"
@@ -50,7 +51,7 @@ func (a *Agent) startRuntime() error {
 // versionLog is what the log says of versions, as the node's ducks ask it.
 type versionLog struct{ a *Agent }
 
-func (l versionLog) Number(id bundle.ID) (int, bool) {
+func (l versionLog) Number(id bundle.ID) (rollout.Number, bool) {
 	vs := l.a.Node().State().Versions
 	for _, v := range slices.Backward(vs) {
 		if v.ID == id {

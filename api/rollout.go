@@ -19,8 +19,8 @@ type CommitRequest struct {
 
 // CommitResult names the version committed.
 type CommitResult struct {
-	N  int       `json:"n"`
-	ID bundle.ID `json:"id"`
+	N  rollout.Number `json:"n"`
+	ID bundle.ID      `json:"id"`
 	// Index is how far the leader's state was applied once the change was (0: not said): a node
 	// whose Ping.StateIndex has reached it shows the change. Other nodes may lag behind the
 	// leader, so a client that reads what it asked for from one waits for that first.
@@ -29,11 +29,11 @@ type CommitResult struct {
 
 // VersionInfo is a committed version without its bundle.
 type VersionInfo struct {
-	N         int       `json:"n"`
-	ID        bundle.ID `json:"id"`
-	Message   string    `json:"message,omitempty"`
-	Author    string    `json:"author,omitempty"`
-	Committed time.Time `json:"committed"`
+	N         rollout.Number `json:"n"`
+	ID        bundle.ID      `json:"id"`
+	Message   string         `json:"message,omitempty"`
+	Author    string         `json:"author,omitempty"`
+	Committed time.Time      `json:"committed"`
 }
 
 // RolloutView is the cluster's rollout picture, the same from every node that has caught up.
@@ -46,6 +46,6 @@ type RolloutView struct {
 
 // RolloutAction is pause, resume or undo (to the previous version, or to version To).
 type RolloutAction struct {
-	Action string `json:"action"`
-	To     int    `json:"to,omitempty"`
+	Action string         `json:"action"`
+	To     rollout.Number `json:"to,omitempty"`
 }

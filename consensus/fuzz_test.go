@@ -43,7 +43,7 @@ func fuzzBases(tb testing.TB) [][]byte {
 	ver := func(src string) *Version {
 		return &Version{ID: idOf(src), Message: src, Author: "fuzz", Bundle: []byte("bundle of " + src)}
 	}
-	report := func(n int, name string, phase rollout.Phase, s int) {
+	report := func(n rollout.Number, name string, phase rollout.Phase, s int) {
 		do(Command{Op: OpReport, N: n, Name: name, Phase: phase, Time: at(s)})
 	}
 	var bases [][]byte

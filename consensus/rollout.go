@@ -14,11 +14,11 @@ import (
 // Version is a committed code version: a source bundle named by its sha256, numbered in commit
 // order.
 type Version struct {
-	N         int       `json:"n"`
-	ID        bundle.ID `json:"id"`
-	Message   string    `json:"message,omitempty"`
-	Author    string    `json:"author,omitempty"`
-	Committed time.Time `json:"committed"`
+	N         rollout.Number `json:"n"`
+	ID        bundle.ID      `json:"id"`
+	Message   string         `json:"message,omitempty"`
+	Author    string         `json:"author,omitempty"`
+	Committed time.Time      `json:"committed"`
 	// Bundle is the source itself. The log carries it (bundles are small); the state keeps the
 	// newest keepBundles of them so snapshots stay small.
 	Bundle []byte `json:"bundle,omitempty"`
@@ -70,7 +70,7 @@ func (s *State) commit(c Command) error {
 			s.Versions[i].Bundle = nil
 		}
 	}
-	fromN, fromID := 0, bundle.ID("")
+	fromN, fromID := rollout.Number(0), bundle.ID("")
 	if cur != nil {
 		fromN, fromID = cur.N, cur.ID
 	}

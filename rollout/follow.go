@@ -63,7 +63,7 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 			if me.Phase == Reverting {
 				d.Version, d.Success = r.FromID, Reverted
 			}
-			d.Key = strconv.Itoa(r.Version) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
+			d.Key = strconv.Itoa(int(r.Version)) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
 			if l.Acted == d.Key {
 				if me.Phase == Granted {
 					return Duty{} // the leader refused its start: no turn
@@ -108,5 +108,5 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 // SyncKey names the end of one rollout; its start time tells it from a rollout of the same
 // number in a cluster the node was in before.
 func SyncKey(r *Rollout) string {
-	return strconv.Itoa(r.Version) + "/" + string(r.State) + "/" + r.Started.Format(time.RFC3339Nano)
+	return strconv.Itoa(int(r.Version)) + "/" + string(r.State) + "/" + r.Started.Format(time.RFC3339Nano)
 }

@@ -114,7 +114,7 @@ type simNode struct {
 	// The data folder.
 	local Local
 	// The process.
-	building map[int]bool
+	building map[Number]bool
 	busy     bool
 	retryAt  time.Time
 	view     *Rollout // the log as far as this node has it
@@ -132,8 +132,8 @@ type sim struct {
 	// The log.
 	log         *Rollout
 	kinds       map[bundle.ID]simKind // bundle ID -> what it does
-	numbers     map[bundle.ID]int     // bundle ID -> version number
-	versions    int
+	numbers     map[bundle.ID]Number  // bundle ID -> version number
+	versions    Number
 	current     bundle.ID // bundle ID the cluster runs (consensus.State.current)
 	leader      string
 	leaderSince time.Time
@@ -270,7 +270,7 @@ func lbl(id bundle.ID) string {
 
 // send delivers a node's report to the leader, retrying every 500 ms through lost messages,
 // partitions and elections, as agent.report does; done gets whether the log took it.
-func (s *sim) send(n *simNode, version int, phase Phase, msg string, done func(bool)) {
+func (s *sim) send(n *simNode, version Number, phase Phase, msg string, done func(bool)) {
 	inc := n.inc
 	var try func()
 	try = func() {
@@ -516,7 +516,7 @@ func (s *sim) catchUp(n *simNode, r *Rollout, d Duty) {
 func (s *sim) start(n *simNode) {
 	n.up = true
 	n.inc++
-	n.building = map[int]bool{}
+	n.building = map[Number]bool{}
 	n.busy = false
 	n.view = nil
 	inc := n.inc
@@ -565,7 +565,7 @@ func (s *sim) commit(kind simKind) {
 func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
 	s := &sim{
 		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), now: simStart,
-		byName: map[string]*simNode{}, kinds: map[bundle.ID]simKind{}, numbers: map[bundle.ID]int{"v1": 1}, swaps: map[string]int{},
+		byName: map[string]*simNode{}, kinds: map[bundle.ID]simKind{}, numbers: map[bundle.ID]Number{"v1": 1}, swaps: map[string]int{},
 	}
 	if trace {
 		s.trace = logf

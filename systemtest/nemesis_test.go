@@ -284,7 +284,7 @@ func runNemesis(t *testing.T, seed uint64, dc *duckCluster, host *testHost) {
 	v := rolloutOf(t, dc.c, via.API)
 	label := map[bundle.ID]string{}
 	for _, ver := range v.Versions {
-		label[ver.ID] = "v" + strconv.Itoa(ver.N)
+		label[ver.ID] = "v" + strconv.Itoa(int(ver.N))
 	}
 	for name, addr := range dc.ducks {
 		want := label[v.Rollout.Desired(name)]

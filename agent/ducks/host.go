@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/rollout"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -52,7 +53,7 @@ type Supervisor interface {
 // Log is what the replicated log says of versions.
 type Log interface {
 	// Number is the newest version number committed with bundle id; false if none was.
-	Number(id bundle.ID) (int, bool)
+	Number(id bundle.ID) (rollout.Number, bool)
 	// Bundle is the bundle of a committed version id while the log keeps it.
 	Bundle(id bundle.ID) ([]byte, bool)
 }
@@ -489,7 +490,7 @@ func (h *Host) Label(id bundle.ID) string {
 	// The newest version of this bundle: `rollout undo --to 1` commits v1's bundle again as v3,
 	// and a duck that runs it runs v3.
 	if n, ok := h.vlog.Number(id); ok {
-		return "v" + strconv.Itoa(n)
+		return n.Label()
 	}
 	if l := h.Local(); l.Version == id && l.Label != "" {
 		return l.Label // the log is not replayed yet

@@ -3,6 +3,7 @@ package ducks
 import (
 	"context"
 	"errors"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"net"
 	"net/http"
@@ -112,9 +113,9 @@ func (s *fakeSupervisor) List() []supervise.Status {
 }
 
 // fakeLog has committed old as v1 and new as v2, and keeps their bundles.
-type fakeLog map[bundle.ID]int
+type fakeLog map[bundle.ID]rollout.Number
 
-func (l fakeLog) Number(id bundle.ID) (int, bool) { n, ok := l[id]; return n, ok }
+func (l fakeLog) Number(id bundle.ID) (rollout.Number, bool) { n, ok := l[id]; return n, ok }
 func (l fakeLog) Bundle(id bundle.ID) ([]byte, bool) {
 	_, ok := l[id]
 	return []byte("bundle " + id), ok

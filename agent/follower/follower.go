@@ -46,7 +46,7 @@ type Leader interface {
 
 // Report is a node's word on its part in a rollout.
 type Report struct {
-	N      int // the rollout's version number
+	N      rollout.Number // the rollout's version number
 	Node   string
 	Phase  rollout.Phase
 	Error  string
@@ -98,9 +98,9 @@ type Follower struct {
 	wg  sync.WaitGroup
 
 	mu       sync.Mutex
-	building map[int]bool // rollouts whose target this process has started building
-	busy     bool         // a turn or catch-up is running
-	retryAt  time.Time    // a failed catch-up is not tried again before this
+	building map[rollout.Number]bool // rollouts whose target this process has started building
+	busy     bool                    // a turn or catch-up is running
+	retryAt  time.Time               // a failed catch-up is not tried again before this
 	// upTo is the leader's state index when asked at askedAt (0: no leader answered).
 	upTo    uint64
 	askedAt time.Time
@@ -111,7 +111,7 @@ func New(cfg Config) *Follower {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Follower{cfg: cfg, log: cfg.Logger, building: map[int]bool{}}
+	return &Follower{cfg: cfg, log: cfg.Logger, building: map[rollout.Number]bool{}}
 }
 
 // probeTimeout is how long the leader may take to say how far its log is applied.
@@ -364,7 +364,7 @@ func (f *Follower) catchUp(r *rollout.Rollout, duty rollout.Duty) {
 }
 
 // report sends this node's progress to the leader (see send).
-func (f *Follower) report(n int, phase rollout.Phase, msg string) bool {
+func (f *Follower) report(n rollout.Number, phase rollout.Phase, msg string) bool {
 	return f.send(Report{N: n, Node: f.cfg.Name, Phase: phase, Error: msg})
 }
 

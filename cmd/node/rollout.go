@@ -169,7 +169,7 @@ func author() string {
 // watch follows rollout n (0: whatever rollout is current) until it ends, redrawing a table in
 // place on a terminal and printing a line per change otherwise. With wantBack (undo), going back
 // is the success. It returns an error saying why when the rollout halted or went back.
-func watch(c *client, n int, wantBack bool, w *os.File) error {
+func watch(c *client, n rollout.Number, wantBack bool, w *os.File) error {
 	cl, err := c.open()
 	if err != nil {
 		return err
@@ -399,7 +399,7 @@ func runRollout(args []string) error {
 		return nil
 	case "pause", "resume", "undo":
 		var res api.CommitResult
-		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: *to}, &res); err != nil {
+		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to)}, &res); err != nil {
 			return err
 		}
 		if *asJSON {
@@ -424,7 +424,7 @@ func runRollout(args []string) error {
 }
 
 func printHistory(v api.RolloutView) error {
-	outcome := map[int]rollout.State{}
+	outcome := map[rollout.Number]rollout.State{}
 	for _, r := range append(v.Past, v.Rollout) {
 		if r != nil {
 			outcome[r.Version] = r.State
