@@ -22,7 +22,7 @@ import (
 func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResult, error) {
 	id := bundle.Sum(req.Bundle)
 	// The fault suite kills a leader on this line, so that it dies with the commit in flight.
-	a.log.Info("committing version", "id", api.Label(id))
+	a.log.Info("committing version", "id", api.LabelOf(id))
 	err := n.Apply(consensus.Command{
 		Op: consensus.OpCommit, Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert, Policy: &req.Policy,
 		Version: &consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
@@ -36,7 +36,7 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 		return api.CommitResult{}, err
 	}
 	r := n.Rollout()
-	a.log.Info("committed version", "n", r.Version, "id", api.Label(id), "order", r.Order)
+	a.log.Info("committed version", "n", r.Version, "id", api.LabelOf(id), "order", r.Order)
 	return api.CommitResult{N: r.Version, ID: id}, nil
 }
 

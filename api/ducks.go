@@ -11,7 +11,7 @@ type Event struct {
 	Time    time.Time `json:"time"`
 	Phase   string    `json:"phase"` // building, built, swapping, swapped, reverting, done, failed
 	Duck    string    `json:"duck,omitempty"`
-	Version string    `json:"version,omitempty"`
+	Version Label     `json:"version,omitempty"`
 	Message string    `json:"message,omitempty"`
 	Error   string    `json:"error,omitempty"`
 	// Output is the compiler's own message, verbatim, when a build failed.
@@ -33,7 +33,7 @@ type SpawnRequest struct {
 type DuckInfo struct {
 	Node    string `json:"node"`
 	ID      string `json:"id"`
-	Version string `json:"version"`
+	Version Label  `json:"version"`
 	Addr    string `json:"addr"`
 	PID     int    `json:"pid"`
 	// Gen numbers the duck's processes: 1 for the first, one more per swap and per restart.
@@ -61,12 +61,16 @@ type LogLine struct {
 	Node    string    `json:"node"`
 	Error   string    `json:"error,omitempty"`
 	Duck    string    `json:"duck,omitempty"`
-	Version string    `json:"version,omitempty"`
+	Version Label     `json:"version,omitempty"`
 	Gen     int       `json:"gen,omitempty"`
 	Stream  string    `json:"stream,omitempty"` // stdout or stderr
 	Text    string    `json:"text,omitempty"`
 	Time    time.Time `json:"time,omitzero"`
 }
 
-// Label is how a version is shown: the first 12 hex digits of its bundle's sha256.
-func Label(id bundle.ID) string { return id.Short() }
+// Label is how a version is shown to users and reported by its ducks: vN once committed (see
+// rollout.Number.Label), else the first 12 hex digits of its bundle's ID (LabelOf).
+type Label string
+
+// LabelOf labels a version by its bundle's ID alone, for one not committed (or not known to be).
+func LabelOf(id bundle.ID) Label { return Label(id.Short()) }

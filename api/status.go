@@ -10,7 +10,7 @@ type Local struct {
 	Name    string     `json:"name"`
 	Role    string     `json:"role"`
 	Version bundle.ID  `json:"version,omitempty"` // bundle ID
-	Label   string     `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
+	Label   Label      `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
 	Ducks   []DuckInfo `json:"ducks"`
 	// DuckUser says whose authority ducks run with: a user of their own on a root node, else
 	// "shared with the node (uid N)". See docs/SECURITY.md for what a duck can and cannot reach.

@@ -106,9 +106,9 @@ type State struct {
 	Version bundle.ID `json:"version,omitempty"` // bundle ID loaded here
 	// Label is how Version was shown when it was loaded ("v3"), so that ducks restarted before
 	// the node has replayed its log still say v3, not a bare bundle ID.
-	Label  string   `json:"label,omitempty"`
-	Ducks  []Record `json:"ducks"`
-	NextID int      `json:"next_id"`
+	Label  api.Label `json:"label,omitempty"`
+	Ducks  []Record  `json:"ducks"`
+	NextID int       `json:"next_id"`
 	// Synced is the rollout step (version/state) this node last caught up with; Acted the last
 	// grant it took its turn for. Both survive a restart so no step is taken twice.
 	Synced string `json:"synced,omitempty"`
@@ -176,15 +176,15 @@ func (h *Host) RestartAll(ctx context.Context) {
 		version := cmp.Or(d.Version, l.Version)
 		bin, err := h.Binary(ctx, version)
 		if err != nil {
-			h.log.Error("cannot restart duck", "duck", d.ID, "version", api.Label(version), "err", err)
+			h.log.Error("cannot restart duck", "duck", d.ID, "version", api.LabelOf(version), "err", err)
 			continue
 		}
-		err = h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: h.Label(version), Binary: bin, Addr: d.Addr, Env: d.Env})
+		err = h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: string(h.Label(version)), Binary: bin, Addr: d.Addr, Env: d.Env})
 		if err != nil {
 			h.log.Error("restart duck", "duck", d.ID, "err", err)
 			continue
 		}
-		h.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", api.Label(version))
+		h.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", api.LabelOf(version))
 	}
 }
 
@@ -196,7 +196,7 @@ func (h *Host) Binary(ctx context.Context, id bundle.ID) (string, error) {
 	}
 	data, err := os.ReadFile(h.BundlePath(id))
 	if err != nil {
-		return "", fmt.Errorf("node %s does not have version %s: load it here first (%w)", h.name, api.Label(id), err)
+		return "", fmt.Errorf("node %s does not have version %s: load it here first (%w)", h.name, api.LabelOf(id), err)
 	}
 	t0 := time.Now()
 	bin, err := h.builder.Build(ctx, id, data)
@@ -249,7 +249,7 @@ func (h *Host) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration
 	// restart): nothing to swap, unless a duck still shows the version under its old name.
 	if old == id && !slices.ContainsFunc(l.Ducks, func(d Record) bool {
 		st, _ := h.sup.Get(d.ID)
-		return d.Version != "" || st.Version != v
+		return d.Version != "" || st.Version != string(v)
 	}) {
 		event(api.Event{Phase: "done", Version: v, Message: fmt.Sprintf("%d duck(s) already on %s", len(l.Ducks), v)})
 		return nil
@@ -264,7 +264,7 @@ func (h *Host) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration
 		}
 		if err != nil {
 			h.revert(ctx, old, swapped, event)
-			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, api.Label(old), err)
+			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, api.LabelOf(old), err)
 		}
 		swapped = append(swapped, d.ID)
 		event(api.Event{Phase: "swapped", Duck: d.ID, Version: v})
@@ -285,12 +285,12 @@ func (h *Host) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration
 // swapOrStart swaps a running duck to bin; one that is not running (it could not be restarted,
 // or its supervisor gave up on it) is started afresh on bin instead, so that one broken duck
 // does not fail every version its node is given.
-func (h *Host) swapOrStart(ctx context.Context, d Record, v, bin string, healthy time.Duration) error {
+func (h *Host) swapOrStart(ctx context.Context, d Record, v api.Label, bin string, healthy time.Duration) error {
 	if st, ok := h.sup.Get(d.ID); ok && st.State != "failed" {
-		return h.sup.Swap(ctx, d.ID, v, bin, healthy)
+		return h.sup.Swap(ctx, d.ID, string(v), bin, healthy)
 	}
 	h.sup.Stop(ctx, d.ID) // forget a given-up duck; nothing to do for an unknown one
-	return h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: v, Binary: bin, Addr: d.Addr, Env: d.Env})
+	return h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: string(v), Binary: bin, Addr: d.Addr, Env: d.Env})
 }
 
 // revert swaps the ducks that already took a failed version back to the one they had.
@@ -300,13 +300,13 @@ func (h *Host) revert(ctx context.Context, old bundle.ID, ids []string, event fu
 	}
 	bin, err := h.Binary(ctx, old)
 	if err != nil {
-		h.log.Error("cannot revert", "version", api.Label(old), "err", err)
+		h.log.Error("cannot revert", "version", api.LabelOf(old), "err", err)
 		return
 	}
 	v := h.Label(old)
 	for _, id := range slices.Backward(ids) {
 		event(api.Event{Phase: "reverting", Duck: id, Version: v})
-		if err := h.sup.Swap(ctx, id, v, bin, 0); err != nil {
+		if err := h.sup.Swap(ctx, id, string(v), bin, 0); err != nil {
 			h.log.Error("revert duck", "duck", id, "err", err)
 		}
 	}
@@ -360,7 +360,7 @@ func (h *Host) Spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo, e
 	if err := h.Change(func(l *State) { l.NextID++; id = "duck-" + strconv.Itoa(l.NextID) }); err != nil {
 		return api.DuckInfo{}, err
 	}
-	spec := supervise.Spec{ID: id, Version: h.Label(version), Binary: bin, Addr: addr, Env: req.Env}
+	spec := supervise.Spec{ID: id, Version: string(h.Label(version)), Binary: bin, Addr: addr, Env: req.Env}
 	err = h.sup.Start(ctx, spec)
 	// A port picked here may be taken by another process before the duck binds it (at a hundred
 	// nodes on one host, by their own connections): pick another, a few times.
@@ -452,7 +452,7 @@ func (h *Host) Restart(ctx context.Context, id string) error {
 	if err := h.sup.Stop(ctx, id); err != nil && !errors.Is(err, supervise.ErrUnknownDuck) {
 		return err
 	}
-	return h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: h.Label(version), Binary: bin, Addr: d.Addr, Env: d.Env})
+	return h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: string(h.Label(version)), Binary: bin, Addr: d.Addr, Env: d.Env})
 }
 
 // List is every duck the supervisor runs here, as the API shows it.
@@ -467,35 +467,35 @@ func (h *Host) List() []api.DuckInfo {
 // Info is how the API shows a duck the supervisor runs on node.
 func Info(node string, st supervise.Status) api.DuckInfo {
 	return api.DuckInfo{
-		Node: node, ID: st.ID, Version: st.Version, Addr: st.Addr, PID: st.PID, Gen: st.Gen,
+		Node: node, ID: st.ID, Version: api.Label(st.Version), Addr: st.Addr, PID: st.PID, Gen: st.Gen,
 		State: st.State, Restarts: st.Restarts, Started: st.Started, LastError: st.LastError,
 	}
 }
 
 // VersionLabel names a version as users see it: vN once committed; a loaded but uncommitted one
 // by its short ID, marked local.
-func (h *Host) VersionLabel(id bundle.ID) string {
+func (h *Host) VersionLabel(id bundle.ID) api.Label {
 	if id == "" {
 		return ""
 	}
 	l := h.Label(id)
-	if l == api.Label(id) {
+	if l == api.LabelOf(id) {
 		return l + " (local)"
 	}
 	return l
 }
 
 // Label is the version string a duck reports: vN once committed, else the short ID.
-func (h *Host) Label(id bundle.ID) string {
+func (h *Host) Label(id bundle.ID) api.Label {
 	// The newest version of this bundle: `rollout undo --to 1` commits v1's bundle again as v3,
 	// and a duck that runs it runs v3.
 	if n, ok := h.vlog.Number(id); ok {
-		return n.Label()
+		return api.Label(n.Label())
 	}
 	if l := h.Local(); l.Version == id && l.Label != "" {
 		return l.Label // the log is not replayed yet
 	}
-	return api.Label(id)
+	return api.LabelOf(id)
 }
 
 // KeepCommitted copies a committed version's bundle from the state into the data folder.
@@ -506,5 +506,5 @@ func (h *Host) KeepCommitted(id bundle.ID) error {
 	if b, ok := h.vlog.Bundle(id); ok && len(b) > 0 {
 		return h.KeepBundle(id, b)
 	}
-	return fmt.Errorf("node %s does not have version %s and the log no longer keeps its bundle: deploy it again", h.name, api.Label(id))
+	return fmt.Errorf("node %s does not have version %s and the log no longer keeps its bundle: deploy it again", h.name, api.LabelOf(id))
 }

@@ -179,7 +179,7 @@ func TestDuckThatDoesNotComeUpTakesTheSwappedOnesBack(t *testing.T) {
 	g, h := running(t)
 	g.sup.failSwap["duck-2"] = true
 	err := h.SwitchTo(context.Background(), newID, 0, func(api.Event) {})
-	if err == nil || !strings.Contains(err.Error(), "duck duck-2 did not come up on v2, so the ducks stay on "+api.Label(oldID)) {
+	if err == nil || !strings.Contains(err.Error(), "duck duck-2 did not come up on v2, so the ducks stay on "+string(api.LabelOf(oldID))) {
 		t.Fatalf("error %v, want it to name the duck and the version kept", err)
 	}
 	if got := strings.Join(g.sup.swaps, ","); got != "duck-1 v2,duck-2 v2,duck-1 v1" {
@@ -273,7 +273,7 @@ func TestLabelIsTheLogsNumberElseTheRememberedOneElseTheShortID(t *testing.T) {
 	if l := h.Label(oldID); l != "v1" {
 		t.Errorf("remembered: %q, want v1", l)
 	}
-	if l := h.VersionLabel(bundle.ID(strings.Repeat("c", 64))); l != api.Label(bundle.ID(strings.Repeat("c", 64)))+" (local)" {
+	if l := h.VersionLabel(bundle.ID(strings.Repeat("c", 64))); l != api.LabelOf(bundle.ID(strings.Repeat("c", 64)))+" (local)" {
 		t.Errorf("loaded here only: %q", l)
 	}
 }

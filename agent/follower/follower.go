@@ -349,7 +349,7 @@ func (f *Follower) catchUp(r *rollout.Rollout, duty rollout.Duty) {
 		p := r.Policy.WithDefaults()
 		ctx, cancel := context.WithTimeout(f.ctx, p.BuildDeadline+p.ProgressDeadline)
 		defer cancel()
-		f.log.Info("catching up with the cluster", "version", r.Version, "to", api.Label(duty.Version))
+		f.log.Info("catching up with the cluster", "version", r.Version, "to", api.LabelOf(duty.Version))
 		if err := f.cfg.Ducks.SwitchTo(ctx, duty.Version, p.Healthy); err != nil {
 			if f.ctx.Err() == nil {
 				f.log.Error("catch up failed; will retry in 5s", "err", err)

@@ -482,7 +482,7 @@ func (h *Service) handleLoad(w http.ResponseWriter, r *http.Request) {
 		var ce *build.CompileError
 		if errors.As(err, &ce) {
 			e.Output = ce.Output
-			e.Error = fmt.Sprintf("version %s does not compile; every duck here keeps running the version it had", api.Label(ce.ID))
+			e.Error = fmt.Sprintf("version %s does not compile; every duck here keeps running the version it had", api.LabelOf(ce.ID))
 		}
 		s.Event(e)
 	}
@@ -646,7 +646,7 @@ func (h *Service) handleLogs(w http.ResponseWriter, r *http.Request) {
 
 // logLine is how the API shows a line a duck on node printed.
 func logLine(node string, l supervise.Line) api.LogLine {
-	return api.LogLine{Node: node, Duck: l.Duck, Version: l.Version, Gen: l.Gen, Stream: l.Stream, Text: l.Text, Time: l.Time}
+	return api.LogLine{Node: node, Duck: l.Duck, Version: api.Label(l.Version), Gen: l.Gen, Stream: l.Stream, Text: l.Text, Time: l.Time}
 }
 
 // handlePlace records a node's duck in the log (or drops it).
@@ -676,7 +676,7 @@ func (h *Service) handleSpread(w http.ResponseWriter, r *http.Request) {
 	}
 	data, err := h.Ducks.Bundle(id)
 	if err != nil {
-		httpjson.Error(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", h.Self, api.Label(id), err))
+		httpjson.Error(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", h.Self, api.LabelOf(id), err))
 		return
 	}
 	h.answerCommit(w, r, api.CommitRequest{Bundle: data, Message: cmp.Or(q.Get("m"), "spread from "+h.Self), Author: q.Get("author")})

@@ -56,9 +56,9 @@ func runLoad(args []string) error {
 		}
 		switch e.Phase {
 		case "building":
-			p.step("building " + e.Version)
+			p.step("building " + string(e.Version))
 		case "built":
-			p.finish("built " + e.Version)
+			p.finish("built " + string(e.Version))
 		case "swapping":
 			p.step(fmt.Sprintf("swapping %s to %s", e.Duck, e.Version))
 		case "swapped":

@@ -107,7 +107,7 @@ func runDeploy(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, api.Label(res.ID))
+	fmt.Printf("committed version %d (%s)\n", res.N, api.LabelOf(res.ID))
 	if *detach {
 		return nil
 	}
@@ -150,7 +150,7 @@ func runSpread(args []string) error {
 	if err := c.call(http.MethodPost, "/v1/spread?"+q.Encode(), nil, &res); err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, api.Label(res.ID))
+	fmt.Printf("committed version %d (%s)\n", res.N, api.LabelOf(res.ID))
 	if *detach {
 		return nil
 	}
@@ -406,7 +406,7 @@ func runRollout(args []string) error {
 			return printJSON(res)
 		}
 		if pos[0] == "undo" && *to != 0 {
-			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, api.Label(res.ID), *to)
+			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, api.LabelOf(res.ID), *to)
 			return watch(c, res.N, false, os.Stdout)
 		}
 		fmt.Printf("version %d: %s\n", res.N, pos[0])
@@ -433,7 +433,7 @@ func printHistory(v api.RolloutView) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tID\tCOMMITTED\tBY\tROLLOUT\tMESSAGE")
 	for _, ver := range v.Versions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.Label(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.LabelOf(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
 	}
 	return tw.Flush()
 }
@@ -471,7 +471,7 @@ func runStatus(args []string) error {
 	for _, n := range st.Nodes {
 		version, ducks := "?", "?"
 		if n.Local != nil {
-			version = n.Local.Label
+			version = string(n.Local.Label)
 			var ds []string
 			for _, d := range n.Local.Ducks {
 				ds = append(ds, fmt.Sprintf("%s(%s,%s)", d.ID, d.Version, d.State))
