@@ -325,47 +325,21 @@ func (h *Service) handleLeave(w http.ResponseWriter, r *http.Request) {
 // maxCommitBody fits the largest bundle, base64 encoded in JSON.
 const maxCommitBody = bundle.MaxSize*4/3 + 64<<10
 
-// handleDeploy takes a bundle from the CLI, checks it, and has the leader commit it.
+// handleDeploy takes a version and its rollout policy from the CLI (the same api.CommitRequest
+// a node sends the leader), checks both, and has the leader commit it.
 func (h *Service) handleDeploy(w http.ResponseWriter, r *http.Request) {
-	data, ok := readBundle(w, r)
-	if !ok {
+	var req api.CommitRequest
+	if !httpjson.DecodeMax(w, r, &req, maxCommitBody) {
 		return
 	}
-	q := r.URL.Query()
-	req := api.CommitRequest{Bundle: data, Message: q.Get("m"), Author: q.Get("author"), Canary: q.Get("canary") == "1", NoRevert: q.Get("no_revert") == "1"}
-	for name, d := range map[string]*time.Duration{
-		"start_deadline": &req.Policy.StartDeadline, "build_deadline": &req.Policy.BuildDeadline,
-		"progress_deadline": &req.Policy.ProgressDeadline, "healthy": &req.Policy.Healthy, "down_after": &req.Policy.DownAfter,
-	} {
-		if v := q.Get(name); v != "" {
-			var err error
-			if *d, err = time.ParseDuration(v); err != nil {
-				httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a duration: use one such as 30s or 2m", name, v))
-				return
-			}
-		}
+	if len(req.Bundle) > bundle.MaxSize {
+		httpjson.Error(w, http.StatusRequestEntityTooLarge, tooLarge)
+		return
 	}
-	for name, n := range map[string]*int{
-		"max_parallel": &req.Policy.MaxParallel, "max_parallel_percent": &req.Policy.MaxParallelPercent,
-		"canaries": &req.Policy.Canaries, "failure_budget": &req.Policy.FailureBudget,
-	} {
-		if v := q.Get(name); v != "" {
-			var err error
-			if *n, err = strconv.Atoi(v); err != nil {
-				httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("%s=%q is not a whole number", name, v))
-				return
-			}
-		}
+	if err := checkBundle(req.Bundle); err != nil {
+		httpjson.Error(w, http.StatusBadRequest, err)
+		return
 	}
-	if v := q.Get("auto_promote_after"); v != "" {
-		var err error
-		if req.Policy.AutoPromoteAfter, err = time.ParseDuration(v); err != nil {
-			httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("auto_promote_after=%q is not a duration: use one such as 5m", v))
-			return
-		}
-	}
-	req.Policy.WaveBy = q.Get("wave_by")
-	req.Policy.SameBinary = q.Get("same_binary") == "1"
 	if err := req.Policy.Validate(); err != nil {
 		httpjson.Error(w, http.StatusBadRequest, err)
 		return
@@ -383,6 +357,9 @@ func (h *Service) answerCommit(w http.ResponseWriter, r *http.Request, req api.C
 	httpjson.Write(w, res)
 }
 
+// tooLarge refuses a bundle past bundle.MaxSize.
+var tooLarge = fmt.Errorf("bundle over the %d MiB limit: keep only the duck's own source in its folder", bundle.MaxSize>>20)
+
 // readBundle reads a bundle body and refuses one that is oversized or does not unpack, before
 // anything reaches the log.
 func readBundle(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
@@ -390,7 +367,7 @@ func readBundle(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	if err != nil {
 		var mb *http.MaxBytesError
 		if errors.As(err, &mb) {
-			httpjson.Error(w, http.StatusRequestEntityTooLarge, fmt.Errorf("bundle over the %d MiB limit: keep only the duck's own source in its folder", bundle.MaxSize>>20))
+			httpjson.Error(w, http.StatusRequestEntityTooLarge, tooLarge)
 		} else {
 			httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("read bundle: %w", err))
 		}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/duckraft/duckraft/rollout"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -161,9 +162,11 @@ func TestMalformedAndOversizedBodiesAreRefused(t *testing.T) {
 		"not json":           {"/v1/connect", []byte(`{"addr":`), http.StatusBadRequest},
 		"unknown field":      {"/v1/spawn", []byte(`{"adr":"x"}`), http.StatusBadRequest},
 		"too big":            {"/v1/register", []byte(`{"name":"` + strings.Repeat("a", 2<<20) + `"}`), http.StatusBadRequest},
-		"empty bundle":       {"/v1/deploy", nil, http.StatusBadRequest},
+		"no body":            {"/v1/deploy", nil, http.StatusBadRequest},
+		"empty bundle":       {"/v1/deploy", jsonBody(api.CommitRequest{}), http.StatusBadRequest},
 		"not a bundle":       {"/v1/load", []byte("not a gzip"), http.StatusBadRequest},
-		"bundle over limit":  {"/v1/deploy", make([]byte, bundle.MaxSize+1), http.StatusRequestEntityTooLarge},
+		"bundle over limit":  {"/v1/deploy", jsonBody(api.CommitRequest{Bundle: make([]byte, bundle.MaxSize+1)}), http.StatusRequestEntityTooLarge},
+		"raw over limit":     {"/v1/load", make([]byte, bundle.MaxSize+1), http.StatusRequestEntityTooLarge},
 		"connect to nothing": {"/v1/connect", []byte(`{}`), http.StatusBadRequest},
 	} {
 		status, msg := do(t, srv, http.MethodPost, tc.path, tc.body)
@@ -187,22 +190,27 @@ func testBundle(t testing.TB) []byte {
 	return b.Data
 }
 
-func TestDeployTakesThePolicyFromTheQuery(t *testing.T) {
+func TestDeployCommitsTheBodysVersionAndPolicy(t *testing.T) {
 	f := &fake{}
 	srv := serve(f)
 	defer srv.Close()
-	data := testBundle(t)
-	status, msg := do(t, srv, http.MethodPost, "/v1/deploy?m=louder&max_parallel=2&healthy=3s&wave_by=zone&canary=1", data)
-	if status != http.StatusOK {
+	want := api.CommitRequest{Bundle: testBundle(t), Message: "louder", Author: "me", Policy: rollout.Policy{MaxParallel: 2, Healthy: 3 * time.Second, WaveBy: "zone", Canaries: 1}}
+	if status, msg := do(t, srv, http.MethodPost, "/v1/deploy", jsonBody(want)); status != http.StatusOK {
 		t.Fatalf("%d %s", status, msg)
 	}
 	got := f.commits[0]
-	if got.Message != "louder" || got.Policy.MaxParallel != 2 || got.Policy.Healthy != 3*time.Second || got.Policy.WaveBy != "zone" || !got.Canary || !bytes.Equal(got.Bundle, data) {
-		t.Fatalf("committed %+v", got)
+	if got.Message != want.Message || got.Author != want.Author || got.Policy != want.Policy || !bytes.Equal(got.Bundle, want.Bundle) {
+		t.Fatalf("committed %+v, want %+v", got, want)
 	}
-	for _, q := range []string{"healthy=soon", "max_parallel=two", "auto_promote_after=later"} {
-		if status, msg := do(t, srv, http.MethodPost, "/v1/deploy?"+q, data); status != http.StatusBadRequest || msg == "" {
-			t.Errorf("%s: %d %q, want a 400 saying what is wrong", q, status, msg)
+	for name, p := range map[string]rollout.Policy{
+		"negative healthy":   {Healthy: -time.Second},
+		"negative parallel":  {MaxParallel: -1},
+		"share over a whole": {MaxParallelPercent: 120},
+	} {
+		bad := want
+		bad.Policy = p
+		if status, msg := do(t, srv, http.MethodPost, "/v1/deploy", jsonBody(bad)); status != http.StatusBadRequest || !strings.Contains(msg, "rollout policy") {
+			t.Errorf("%s: %d %q, want a 400 saying what is wrong", name, status, msg)
 		}
 	}
 	if len(f.commits) != 1 {

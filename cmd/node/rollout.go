@@ -50,7 +50,6 @@ func runDeploy(args []string) error {
 		return err
 	}
 	// Every mistake in the flags is reported before the folder is read or the node is asked.
-	q := url.Values{"m": {*msg}, "author": {author()}}
 	p.Canaries = int(canary)
 	if pct, ok := strings.CutSuffix(*maxPar, "%"); ok {
 		n, err := strconv.Atoi(pct)
@@ -63,31 +62,8 @@ func runDeploy(args []string) error {
 	} else {
 		p.MaxParallel = n
 	}
-	for name, n := range map[string]int{"canaries": p.Canaries, "max_parallel": p.MaxParallel, "max_parallel_percent": p.MaxParallelPercent, "failure_budget": p.FailureBudget} {
-		if n != 0 {
-			q.Set(name, strconv.Itoa(n))
-		}
-	}
-	if p.AutoPromoteAfter != 0 {
-		q.Set("auto_promote_after", p.AutoPromoteAfter.String())
-	}
-	if p.WaveBy != "" {
-		q.Set("wave_by", p.WaveBy)
-	}
-	if p.SameBinary {
-		q.Set("same_binary", "1")
-	}
-	if *noRevert {
-		q.Set("no_revert", "1")
-	}
 	if err := p.Validate(); err != nil {
 		return usageError{err.Error()}
-	}
-	for name, d := range map[string]time.Duration{
-		"build_deadline": p.BuildDeadline, "progress_deadline": p.ProgressDeadline, "healthy": p.Healthy,
-		"start_deadline": p.StartDeadline, "down_after": p.DownAfter,
-	} {
-		q.Set(name, d.String())
 	}
 	b, err := bundle.Pack(pos[0])
 	if err != nil {
@@ -100,11 +76,9 @@ func runDeploy(args []string) error {
 	// --timeout bounds the commit; the rollout is followed for as long as it takes.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
+	req := api.CommitRequest{Bundle: b.Data, Message: *msg, Author: author(), NoRevert: *noRevert, Policy: p}
 	var res api.CommitResult
-	err = cl.Stream(ctx, c.addr, http.MethodPost, "/v1/deploy?"+q.Encode(), bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
-		return json.Unmarshal(raw, &res)
-	})
-	if err != nil {
+	if err := cl.Do(ctx, c.addr, http.MethodPost, "/v1/deploy", req, &res); err != nil {
 		return err
 	}
 	fmt.Printf("committed version %d (%s)\n", res.N, api.LabelOf(res.ID))
