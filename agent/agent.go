@@ -1,6 +1,8 @@
-// Package agent is the node agent, one per host: it owns the node's identity and data folder,
-// runs its consensus member, and serves the HTTP+JSON API that the CLI and the other nodes call
-// over the cookie-keyed channel. It never stops for a code change; ducks are what get swapped.
+// Package agent is the node agent, one per host: it owns the node's identity and data folder and
+// wires together the parts that do the work, each in a package of its own: its place in the
+// cluster (membership), what it runs (ducks), the rollout's loops (driver, follower), the
+// cluster-wide answers (views) and the HTTP+JSON API the CLI and the other nodes call over the
+// cookie-keyed channel (httpapi). It never stops for a code change; ducks are what get swapped.
 package agent
 
 import (
@@ -86,8 +88,7 @@ type Agent struct {
 	api    *wire.Listener
 	server *http.Server
 
-	mem *membership.Membership
-
+	mem   *membership.Membership
 	views *views.Views
 
 	builder *build.Builder
