@@ -2,16 +2,16 @@ package agent
 
 import (
 	"fmt"
-	"github.com/duckraft/duckraft/agent/ducks"
-	"github.com/duckraft/duckraft/rollout"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"os"
 	"path/filepath"
 	"slices"
 	"time"
 
+	"github.com/duckraft/duckraft/agent/ducks"
 	"github.com/duckraft/duckraft/owned"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
 )
 

@@ -4,14 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"github.com/duckraft/duckraft/agent/httpjson"
-	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/duckraft/duckraft/agent/httpjson"
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/consensus"
 )
 

@@ -3,20 +3,20 @@ package agent
 import (
 	"context"
 	"fmt"
-	"github.com/duckraft/duckraft/agent/ducks"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"net/http"
 	"time"
 
+	"github.com/duckraft/duckraft/agent/ducks"
 	"github.com/duckraft/duckraft/agent/follower"
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // This file connects the rollout's driver and follower to this node: the log they read is
 // whichever consensus member the agent runs now (connect and leave replace it), the leader they
-// report to is reached through onLeader, and the ducks they swap are the agent's.
+// report to is reached through membership.OnLeader, and the ducks they swap are the agent's.
 
 // nodeLog is the current consensus member, as the driver and the follower read it.
 type nodeLog struct{ a *Agent }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"os"
 	"slices"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/duckraft/duckraft/agent/membership"
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // This file connects the API's handlers to the node: its membership, the rollout on the

@@ -1,8 +1,9 @@
 package agent
 
 import (
-	"github.com/duckraft/duckraft/api"
 	"strings"
+
+	"github.com/duckraft/duckraft/api"
 )
 
 func (a *Agent) localView() api.Local {

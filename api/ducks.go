@@ -1,8 +1,9 @@
 package api
 
 import (
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Event is one step of a long operation, streamed to the CLI as a line of JSON so it can show

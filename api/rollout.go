@@ -1,9 +1,10 @@
 package api
 
 import (
+	"time"
+
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
-	"time"
 )
 
 // CommitRequest is what a node sends the leader to commit a version.

@@ -10,8 +10,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/duckraft/duckraft/rollout"
 	"github.com/hashicorp/raft"
+
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // Member is one node of the cluster as the registry records it: the addresses others use to

@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/rollout"
 	"github.com/hashicorp/raft"
+
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // fuzzBases are snapshots of the states a fuzzed entry is applied to, the way a real cluster

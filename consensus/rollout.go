@@ -2,13 +2,13 @@ package consensus
 
 import (
 	"fmt"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"maps"
 	"regexp"
 	"slices"
 	"time"
 
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Version is a committed code version: a source bundle named by its sha256, numbered in commit

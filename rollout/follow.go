@@ -1,9 +1,10 @@
 package rollout
 
 import (
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"strconv"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Local is what a node knows of itself that the log does not hold. Have, Acted and Synced

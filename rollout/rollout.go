@@ -13,10 +13,11 @@ package rollout
 import (
 	"errors"
 	"fmt"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Phase is where one node is in a rollout.

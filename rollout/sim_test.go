@@ -5,12 +5,13 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // The rollout protocol under a simulated clock and network, in the manner of FoundationDB's

@@ -3,12 +3,12 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 )
 

@@ -2,8 +2,6 @@ package systemtest
 
 import (
 	"fmt"
-	"github.com/duckraft/duckraft/api"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -13,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // The nemesis: several deploys in a row on three real nodes under keep-alive POST load, while

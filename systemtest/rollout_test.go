@@ -3,7 +3,6 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
 )

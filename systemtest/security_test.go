@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"io"
 	"io/fs"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )

@@ -14,7 +14,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/duckraft/duckraft/rollout"
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/atomicfile"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
 )

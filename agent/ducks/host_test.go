@@ -3,8 +3,6 @@ package ducks
 import (
 	"context"
 	"errors"
-	"github.com/duckraft/duckraft/rollout"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +13,8 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
 )
 

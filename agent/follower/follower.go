@@ -12,7 +12,6 @@ package follower
 import (
 	"context"
 	"errors"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -22,6 +21,7 @@ import (
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Log is the replicated log as this node has applied it.

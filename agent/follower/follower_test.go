@@ -3,7 +3,6 @@ package follower
 import (
 	"context"
 	"errors"
-	"github.com/duckraft/duckraft/runtime/bundle"
 	"net/http"
 	"strings"
 	"sync"
@@ -13,6 +12,7 @@ import (
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // fakeLog is a log of one node that leads, unless told otherwise; its leader (fakeLeader)

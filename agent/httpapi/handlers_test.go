@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/duckraft/duckraft/rollout"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/duckraft/duckraft/agent/membership"
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
 )
