@@ -1,6 +1,8 @@
-// Package agent is the node agent, one per host: it owns the node's identity and data folder,
-// runs its consensus member, and serves the HTTP+JSON API that the CLI and the other nodes call
-// over the cookie-keyed channel. It never stops for a code change; ducks are what get swapped.
+// Package agent is the node agent, one per host: it owns the node's identity and data folder and
+// wires together the parts that do the work, each in a package of its own: its place in the
+// cluster (membership), what it runs (ducks), the rollout's loops (driver, follower), the
+// cluster-wide answers (views) and the HTTP+JSON API the CLI and the other nodes call over the
+// cookie-keyed channel (httpapi). It never stops for a code change; ducks are what get swapped.
 package agent
 
 import (
@@ -9,21 +11,22 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
-	"github.com/duckraft/duckraft/atomicfile"
 	"io/fs"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/raft"
-
+	"github.com/duckraft/duckraft/agent/driver"
+	"github.com/duckraft/duckraft/agent/ducks"
+	"github.com/duckraft/duckraft/agent/follower"
+	"github.com/duckraft/duckraft/agent/membership"
+	"github.com/duckraft/duckraft/agent/views"
+	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/atomicfile"
 	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/owned"
 	"github.com/duckraft/duckraft/runtime/build"
@@ -73,7 +76,7 @@ const (
 )
 
 // applyTimeout bounds one log entry's round trip; past it the caller hears why.
-const applyTimeout = 10 * time.Second
+const applyTimeout = membership.ApplyTimeout
 
 // Agent is a running node.
 type Agent struct {
@@ -85,21 +88,12 @@ type Agent struct {
 	api    *wire.Listener
 	server *http.Server
 
-	mu   sync.RWMutex // guards node, which connect and leave replace
-	node *consensus.Node
-
-	seenMu   sync.Mutex
-	lastSeen map[string]time.Time
+	mem   *membership.Membership
+	views *views.Views
 
 	builder *build.Builder
 	sup     *supervise.Supervisor
-	// opMu serializes what changes the ducks (load and rollout turns, spawn, stop, restart),
-	// which may take minutes; localMu guards local for moments, so that status, metrics and the
-	// rollout loops never wait on an operation.
-	opMu    sync.Mutex
-	localMu sync.Mutex
-	local   localState
-	fol     follower
+	host    *ducks.Host
 
 	metrics     *metrics
 	metricsSrv  *http.Server
@@ -111,8 +105,6 @@ type Agent struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
-	// leaving is set while the node takes itself out, so it does not register itself again.
-	leaving atomic.Bool
 }
 
 // identity is what a data folder remembers of its node, so that a restart comes back as the
@@ -122,8 +114,6 @@ type identity struct {
 	RaftAddr string `json:"raft_addr"`
 	APIAddr  string `json:"api_addr"`
 }
-
-func (a *Agent) raftDir() string { return filepath.Join(a.cfg.DataDir, "raft") }
 
 // Start opens the data folder, starts Raft and serves the API. A node without history becomes a
 // working cluster of one before Start returns.
@@ -168,11 +158,10 @@ func Start(cfg Config) (*Agent, error) {
 	}
 
 	a := &Agent{
-		cfg:      cfg,
-		client:   api.NewClient(cfg.Identity),
-		log:      cfg.Log,
-		lastSeen: map[string]time.Time{},
-		stop:     make(chan struct{}),
+		cfg:    cfg,
+		client: api.NewClient(cfg.Identity),
+		log:    cfg.Log,
+		stop:   make(chan struct{}),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if err := a.startRuntime(); err != nil {
@@ -187,15 +176,16 @@ func Start(cfg Config) (*Agent, error) {
 		a.api.Close()
 		return nil, err
 	}
-	node, err := a.openRaft(true)
+	a.mem, err = membership.Open(membership.Config{
+		Name: cfg.Name, APIAddr: apiAddr, Labels: cfg.Labels,
+		RaftDir: filepath.Join(cfg.DataDir, "raft"), Bind: cfg.RaftAddr, Advertise: cfg.Advertise, Identity: cfg.Identity,
+		Voters: cfg.Voters, ReplaceVoterAfter: cfg.ReplaceVoterAfter, Peers: a.client, Logger: a.log,
+	}, true)
 	if err != nil {
 		a.api.Close()
 		return nil, err
 	}
-	a.node = node
-	a.self = consensus.Member{Name: cfg.Name, RaftAddr: node.Addr(), APIAddr: apiAddr, Labels: cfg.Labels}
-	// Reopening Raft (connect, leave) must bind the port it got now, not "any port" again.
-	a.cfg.RaftAddr = rebind(cfg.RaftAddr, node.Addr())
+	a.self = a.mem.Self()
 	if stored != nil && stored.RaftAddr != a.self.RaftAddr {
 		a.Close()
 		return nil, fmt.Errorf("this data folder's node is at raft address %s, not %s: start it with --raft-addr %s (its peers dial that address)", stored.RaftAddr, a.self.RaftAddr, stored.RaftAddr)
@@ -205,6 +195,7 @@ func Start(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 
+	a.views = &views.Views{Self: a.self.Name, Cluster: clusterView{a}, Local: localAnswers{a}, Peers: a.client, Tolerates: consensus.FailureTolerance}
 	a.metrics = newMetrics(a)
 	if cfg.MetricsAddr != "" {
 		if a.metricsAddr, err = a.serveMetrics(cfg.MetricsAddr); err != nil {
@@ -213,26 +204,27 @@ func Start(cfg Config) (*Agent, error) {
 		}
 	}
 	a.server = &http.Server{
-		Handler:           a.routes(),
+		Handler:           a.service().Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
 		// Only cookie holders get this far (see wire.Listener), but a keep-alive connection a
 		// client forgot still holds a place under wire.MaxConns until it is closed.
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
-	a.fol.building = map[int]bool{}
+	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log}
+	follow := follower.New(follower.Config{Name: a.self.Name, Log: nodeLog{a}, Leader: leader{a}, Builder: builder{a}, Ducks: hostDucks{a}, Logger: a.log})
 	a.wg.Add(6)
 	go func() {
 		defer a.wg.Done()
-		a.driveRollouts()
+		drive.Run(a.ctx)
 	}()
 	go func() {
 		defer a.wg.Done()
-		a.followRollouts()
+		follow.Run(a.ctx)
 	}()
 	go func() {
 		defer a.wg.Done()
-		a.restartDucks(a.ctx)
+		a.host.RestartAll(a.ctx)
 	}()
 	go func() {
 		defer a.wg.Done()
@@ -240,18 +232,18 @@ func Start(cfg Config) (*Agent, error) {
 	}()
 	go func() {
 		defer a.wg.Done()
-		a.keepRegistered()
+		a.mem.KeepRegistered(a.ctx, a.mirrorDucks)
 	}()
 	go func() {
 		defer a.wg.Done()
-		a.keepVoters()
+		a.mem.KeepVoters(a.ctx)
 	}()
 
-	if node.Fresh(cfg.Name) {
+	if a.mem.Node().Fresh(cfg.Name) {
 		// A fresh node is a cluster of one: wait until it leads and has recorded itself, so that
 		// "ready" means every command works.
 		deadline := time.Now().Add(10 * time.Second)
-		for !a.registered() && time.Now().Before(deadline) {
+		for !a.mem.Registered() && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
@@ -270,16 +262,6 @@ func keepStored(flag, stored string) string {
 	return flag
 }
 
-// rebind keeps bind's host and takes the port actually bound from addr.
-func rebind(bind, addr string) string {
-	host, _, err := net.SplitHostPort(bind)
-	_, port, err2 := net.SplitHostPort(addr)
-	if err != nil || err2 != nil {
-		return bind
-	}
-	return net.JoinHostPort(host, port)
-}
-
 func advertise(bound net.Addr, host string) (string, error) {
 	tcp := bound.(*net.TCPAddr)
 	if host != "" {
@@ -291,43 +273,8 @@ func advertise(bound net.Addr, host string) (string, error) {
 	return tcp.String(), nil
 }
 
-func (a *Agent) openRaft(bootstrap bool) (*consensus.Node, error) {
-	return consensus.Open(consensus.Config{
-		Name:      a.cfg.Name,
-		Dir:       a.raftDir(),
-		Bind:      a.cfg.RaftAddr,
-		Advertise: a.cfg.Advertise,
-		Identity:  a.cfg.Identity,
-		Bootstrap: bootstrap,
-		Log:       a.log,
-	})
-}
-
-// resetRaft throws this node's Raft history away and reopens it: bootstrapped as a cluster of
-// one, or empty, waiting to be added by another cluster's leader.
-func (a *Agent) resetRaft(bootstrap bool) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err := a.node.Close(); err != nil {
-		a.log.Warn("closing raft before reset", "err", err)
-	}
-	if err := os.RemoveAll(a.raftDir()); err != nil {
-		return fmt.Errorf("clear raft folder: %w", err)
-	}
-	n, err := a.openRaft(bootstrap)
-	if err != nil {
-		return err
-	}
-	a.node = n
-	return nil
-}
-
 // Node is the current consensus member.
-func (a *Agent) Node() *consensus.Node {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	return a.node
-}
+func (a *Agent) Node() *consensus.Node { return a.mem.Node() }
 
 // MetricsAddr is where /metrics is served, empty when it is not.
 func (a *Agent) MetricsAddr() string { return a.metricsAddr }
@@ -335,124 +282,8 @@ func (a *Agent) MetricsAddr() string { return a.metricsAddr }
 // Self is this node as the registry records it.
 func (a *Agent) Self() consensus.Member { return a.self }
 
-func (a *Agent) registered() bool {
-	m, ok := a.Node().State().Members[a.self.Name]
-	return ok && m.RaftAddr == a.self.RaftAddr && m.APIAddr == a.self.APIAddr && maps.Equal(m.Labels, a.self.Labels)
-}
-
-// keepRegistered makes sure the registry holds this node's current addresses: after bootstrap,
-// after a restart at a new API address, after a failed removal. Only a voter or non-voter in
-// Raft's configuration registers; a node taken out stays out.
-func (a *Agent) keepRegistered() {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if a.registered() {
-			a.mirrorDucks()
-		}
-		if !a.registered() && a.inConfiguration() && !a.leaving.Load() {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			self := a.self
-			err := a.onLeader(ctx, "/v1/register", self, nil, func(n *consensus.Node) error {
-				return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &self}, applyTimeout)
-			})
-			cancel()
-			if err != nil {
-				a.log.Debug("register", "err", err)
-			}
-		}
-		select {
-		case <-a.stop:
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (a *Agent) inConfiguration() bool {
-	servers, err := a.Node().Servers()
-	if err != nil {
-		return false
-	}
-	for _, s := range servers {
-		if string(s.ID) == a.self.Name {
-			return true
-		}
-	}
-	return false
-}
-
 // ErrNoLeader means no leader is known: the cluster has lost its majority or is electing.
-var ErrNoLeader = errors.New("no leader")
-
-// onLeader runs local on this node if it leads, or sends in to the same path on the leader,
-// waiting briefly through an election.
-func (a *Agent) onLeader(ctx context.Context, path string, in, out any, local func(*consensus.Node) error) error {
-	// Bounded whatever the caller's patience: without a leader the answer does not improve.
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var unreachable error
-	for {
-		n := a.Node()
-		if n.IsLeader() {
-			// Leadership lost under an entry means it may or may not commit: every command
-			// through here is safe to propose again (commits of the same bundle, reports and
-			// registrations are idempotent), so go find the new leader and do.
-			err := local(n)
-			if !errors.Is(err, consensus.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
-				return err
-			}
-		}
-		name, _ := n.Leader()
-		if m, ok := n.State().Members[name]; ok && name != a.self.Name {
-			index, err := a.client.Forward(ctx, m.APIAddr, path, in, out)
-			if err == nil && path != "/v1/report" {
-				// Whoever asked this node reads from it next (`rollout undo`, then the rollout
-				// it prints): answer once this node's state holds the write too. A node's own
-				// reports need no such wait: its rollout loop acts on the log as it arrives.
-				a.awaitIndex(ctx, index)
-			}
-			var ae *api.APIError
-			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
-				return err
-			}
-			// The leader did not answer: it may have just died, before this node noticed. Wait
-			// for the next one rather than fail a call a new leader would take.
-			a.log.Debug("leader unreachable, waiting for the next", "leader", name, "err", err)
-			unreachable = fmt.Errorf("%w: leader %s at %s does not answer (%v): `members` shows who is reachable", ErrNoLeader, name, m.APIAddr, err)
-		}
-		select {
-		case <-ctx.Done():
-			if unreachable != nil {
-				return unreachable
-			}
-			if name != "" && name != a.self.Name {
-				return fmt.Errorf("%w: leader %s has not registered its API address yet; retry in a moment", ErrNoLeader, name)
-			}
-			return fmt.Errorf("%w elected: is a majority of the cluster up? `members` shows who is reachable", ErrNoLeader)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// awaitIndex waits, two seconds at most, until this node's state holds the log up to index. A
-// follower learns of a commit up to raft's CommitTimeout after the leader.
-func (a *Agent) awaitIndex(ctx context.Context, index uint64) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	for {
-		n := a.Node()
-		changed := n.Changed()
-		if n.Index() >= index {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		}
-	}
-}
+var ErrNoLeader = membership.ErrNoLeader
 
 // Close stops serving and shuts Raft down.
 func (a *Agent) Close() error {
@@ -477,7 +308,7 @@ func (a *Agent) Close() error {
 	// Ducks stop gracefully, each saving its state for the next start.
 	serr := a.sup.Close(ctx)
 	a.wg.Wait()
-	return errors.Join(serr, a.Node().Close())
+	return errors.Join(serr, a.mem.Close())
 }
 
 func loadIdentity(dir string) (*identity, error) {

@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/duckraft/duckraft/agent/httpjson"
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/consensus"
 )
 
@@ -30,7 +31,7 @@ var requestTypes = []func() any{
 func decodeBody(body []byte, v any) (bool, *httptest.ResponseRecorder) {
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest(http.MethodPost, "/v1/fuzz", bytes.NewReader(body))
-	return decode(w, r, v), w
+	return httpjson.Decode(w, r, v), w
 }
 
 // FuzzDecodeRequest feeds arbitrary bodies to the API's request decoding for every request type
@@ -63,7 +64,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		if wantErr == nil && dec.More() {
 			wantErr = errors.New("more than one JSON value") // one request, one value
 		}
-		if len(body) <= maxBody && ok != (wantErr == nil) {
+		if len(body) <= httpjson.MaxBody && ok != (wantErr == nil) {
 			t.Fatalf("%T from %q: decode said %v, the JSON decoder %v", v, body, ok, wantErr)
 		}
 
@@ -98,9 +99,9 @@ func FuzzDecodeRequest(f *testing.F) {
 	})
 }
 
-// A body past maxBody is refused with a 400 before it is all read, even when it starts well.
+// A body past httpjson.MaxBody is refused with a 400 before it is all read, even when it starts well.
 func TestOversizedBodyGets400(t *testing.T) {
-	body := []byte(`{"name":"` + strings.Repeat("a", maxBody) + `"}`)
+	body := []byte(`{"name":"` + strings.Repeat("a", httpjson.MaxBody) + `"}`)
 	for _, mk := range requestTypes {
 		v := mk()
 		ok, w := decodeBody(body, v)

@@ -58,9 +58,9 @@ func newMetrics(a *Agent) *metrics {
 		return float64(vs[len(vs)-1].N)
 	})
 	gauge("duckraft_version_running", "Committed version number this node's ducks run (0: none, or a version loaded here only).", func() float64 {
-		id := a.snapshotLocal().Version
+		id := a.host.Local().Version
 		var n int
-		if _, err := fmt.Sscanf(a.duckVersion(id), "v%d", &n); err != nil {
+		if _, err := fmt.Sscanf(string(a.host.Label(id)), "v%d", &n); err != nil {
 			return 0
 		}
 		return float64(n)

@@ -2,6 +2,8 @@ package api
 
 import (
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Event is one step of a long operation, streamed to the CLI as a line of JSON so it can show
@@ -10,7 +12,7 @@ type Event struct {
 	Time    time.Time `json:"time"`
 	Phase   string    `json:"phase"` // building, built, swapping, swapped, reverting, done, failed
 	Duck    string    `json:"duck,omitempty"`
-	Version string    `json:"version,omitempty"`
+	Version Label     `json:"version,omitempty"`
 	Message string    `json:"message,omitempty"`
 	Error   string    `json:"error,omitempty"`
 	// Output is the compiler's own message, verbatim, when a build failed.
@@ -21,18 +23,18 @@ type Event struct {
 // start it on (Node.spawn); the node asked forwards it there with the version it runs itself, as
 // the seed's code is the code of the node the call comes from.
 type SpawnRequest struct {
-	Addr    string   `json:"addr,omitempty"`
-	Env     []string `json:"env,omitempty"`
-	On      string   `json:"on,omitempty"`
-	Version string   `json:"version,omitempty"` // bundle ID; empty: the node's own version
-	From    string   `json:"from,omitempty"`    // the node the call came through
+	Addr    string    `json:"addr,omitempty"`
+	Env     []string  `json:"env,omitempty"`
+	On      string    `json:"on,omitempty"`
+	Version bundle.ID `json:"version,omitempty"` // bundle ID; empty: the node's own version
+	From    string    `json:"from,omitempty"`    // the node the call came through
 }
 
 // DuckInfo is one duck as `ducks` shows it.
 type DuckInfo struct {
 	Node    string `json:"node"`
 	ID      string `json:"id"`
-	Version string `json:"version"`
+	Version Label  `json:"version"`
 	Addr    string `json:"addr"`
 	PID     int    `json:"pid"`
 	// Gen numbers the duck's processes: 1 for the first, one more per swap and per restart.
@@ -60,17 +62,16 @@ type LogLine struct {
 	Node    string    `json:"node"`
 	Error   string    `json:"error,omitempty"`
 	Duck    string    `json:"duck,omitempty"`
-	Version string    `json:"version,omitempty"`
+	Version Label     `json:"version,omitempty"`
 	Gen     int       `json:"gen,omitempty"`
 	Stream  string    `json:"stream,omitempty"` // stdout or stderr
 	Text    string    `json:"text,omitempty"`
 	Time    time.Time `json:"time,omitzero"`
 }
 
-// Label is how a version is shown: the first 12 hex digits of its bundle's sha256.
-func Label(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
+// Label is how a version is shown to users and reported by its ducks: vN once committed (see
+// rollout.Number.Label), else the first 12 hex digits of its bundle's ID (LabelOf).
+type Label string
+
+// LabelOf labels a version by its bundle's ID alone, for one not committed (or not known to be).
+func LabelOf(id bundle.ID) Label { return Label(id.Short()) }

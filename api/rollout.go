@@ -1,8 +1,10 @@
 package api
 
 import (
-	"github.com/duckraft/duckraft/rollout"
 	"time"
+
+	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // CommitRequest is what a node sends the leader to commit a version.
@@ -18,17 +20,21 @@ type CommitRequest struct {
 
 // CommitResult names the version committed.
 type CommitResult struct {
-	N  int    `json:"n"`
-	ID string `json:"id"`
+	N  rollout.Number `json:"n"`
+	ID bundle.ID      `json:"id"`
+	// Index is how far the leader's state was applied once the change was (0: not said): a node
+	// whose Ping.StateIndex has reached it shows the change. Other nodes may lag behind the
+	// leader, so a client that reads what it asked for from one waits for that first.
+	Index uint64 `json:"index,omitempty"`
 }
 
 // VersionInfo is a committed version without its bundle.
 type VersionInfo struct {
-	N         int       `json:"n"`
-	ID        string    `json:"id"`
-	Message   string    `json:"message,omitempty"`
-	Author    string    `json:"author,omitempty"`
-	Committed time.Time `json:"committed"`
+	N         rollout.Number `json:"n"`
+	ID        bundle.ID      `json:"id"`
+	Message   string         `json:"message,omitempty"`
+	Author    string         `json:"author,omitempty"`
+	Committed time.Time      `json:"committed"`
 }
 
 // RolloutView is the cluster's rollout picture, the same from every node that has caught up.
@@ -41,6 +47,6 @@ type RolloutView struct {
 
 // RolloutAction is pause, resume or undo (to the previous version, or to version To).
 type RolloutAction struct {
-	Action string `json:"action"`
-	To     int    `json:"to,omitempty"`
+	Action string         `json:"action"`
+	To     rollout.Number `json:"to,omitempty"`
 }

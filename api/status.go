@@ -2,14 +2,15 @@ package api
 
 import (
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Local is what one node says of itself for `status`: the version its ducks run and the ducks.
 type Local struct {
 	Name    string     `json:"name"`
 	Role    string     `json:"role"`
-	Version string     `json:"version,omitempty"` // bundle ID
-	Label   string     `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
+	Version bundle.ID  `json:"version,omitempty"` // bundle ID
+	Label   Label      `json:"label,omitempty"`   // vN if committed, else the short ID and "(local)"
 	Ducks   []DuckInfo `json:"ducks"`
 	// DuckUser says whose authority ducks run with: a user of their own on a root node, else
 	// "shared with the node (uid N)". See docs/SECURITY.md for what a duck can and cannot reach.

@@ -10,8 +10,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/duckraft/duckraft/rollout"
 	"github.com/hashicorp/raft"
+
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // Member is one node of the cluster as the registry records it: the addresses others use to
@@ -73,7 +74,7 @@ type Command struct {
 	Version   *Version           `json:"version,omitempty"`
 	Canary    bool               `json:"canary,omitempty"`
 	NoRevert  bool               `json:"no_revert,omitempty"`
-	N         int                `json:"n,omitempty"`
+	N         rollout.Number     `json:"n,omitempty"`
 	Phase     rollout.Phase      `json:"phase,omitempty"`
 	State     rollout.State      `json:"state,omitempty"`
 	Policy    *rollout.Policy    `json:"policy,omitempty"` // with a commit
@@ -227,7 +228,7 @@ func (f *FSM) Rollout() *rollout.Rollout {
 }
 
 // Version returns committed version n.
-func (f *FSM) Version(n int) (Version, bool) {
+func (f *FSM) Version(n rollout.Number) (Version, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, v := range f.state.Versions {

@@ -8,8 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/rollout"
 	"github.com/hashicorp/raft"
+
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // fuzzBases are snapshots of the states a fuzzed entry is applied to, the way a real cluster
@@ -43,7 +44,7 @@ func fuzzBases(tb testing.TB) [][]byte {
 	ver := func(src string) *Version {
 		return &Version{ID: idOf(src), Message: src, Author: "fuzz", Bundle: []byte("bundle of " + src)}
 	}
-	report := func(n int, name string, phase rollout.Phase, s int) {
+	report := func(n rollout.Number, name string, phase rollout.Phase, s int) {
 		do(Command{Op: OpReport, N: n, Name: name, Phase: phase, Time: at(s)})
 	}
 	var bases [][]byte

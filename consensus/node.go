@@ -362,7 +362,7 @@ func (n *Node) Fresh(self string) bool { return n.fsm.Fresh(self) }
 func (n *Node) MemberNames() []string { return n.fsm.MemberNames() }
 
 // Version returns committed version v.
-func (n *Node) Version(v int) (Version, bool) { return n.fsm.Version(v) }
+func (n *Node) Version(v rollout.Number) (Version, bool) { return n.fsm.Version(v) }
 
 // RaftState is this node's Raft role: follower, candidate, leader or shutdown.
 func (n *Node) RaftState() raft.RaftState { return n.raft.State() }

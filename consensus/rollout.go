@@ -8,16 +8,17 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Version is a committed code version: a source bundle named by its sha256, numbered in commit
 // order.
 type Version struct {
-	N         int       `json:"n"`
-	ID        string    `json:"id"`
-	Message   string    `json:"message,omitempty"`
-	Author    string    `json:"author,omitempty"`
-	Committed time.Time `json:"committed"`
+	N         rollout.Number `json:"n"`
+	ID        bundle.ID      `json:"id"`
+	Message   string         `json:"message,omitempty"`
+	Author    string         `json:"author,omitempty"`
+	Committed time.Time      `json:"committed"`
 	// Bundle is the source itself. The log carries it (bundles are small); the state keeps the
 	// newest keepBundles of them so snapshots stay small.
 	Bundle []byte `json:"bundle,omitempty"`
@@ -31,7 +32,7 @@ func (s *State) commit(c Command) error {
 	if c.Version == nil || len(c.Version.Bundle) == 0 {
 		return fmt.Errorf("commit without a bundle")
 	}
-	if !validID.MatchString(c.Version.ID) {
+	if !validID.MatchString(string(c.Version.ID)) {
 		// The ID names folders on every node: it must be the sha256 and nothing else.
 		return fmt.Errorf("commit of %q: a version ID is the bundle's sha256 in 64 lowercase hex digits", c.Version.ID)
 	}
@@ -69,7 +70,7 @@ func (s *State) commit(c Command) error {
 			s.Versions[i].Bundle = nil
 		}
 	}
-	fromN, fromID := 0, ""
+	fromN, fromID := rollout.Number(0), bundle.ID("")
 	if cur != nil {
 		fromN, fromID = cur.N, cur.ID
 	}

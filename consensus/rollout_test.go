@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // next is the leader's next command for r at now, every member in contact; Op is empty to wait.
@@ -334,9 +335,9 @@ func TestFailureWhileAnotherNodeSwapsRevertsThatNodeToo(t *testing.T) {
 }
 
 // idOf is the version ID the tests give a source: its sha256, as a real bundle's.
-func idOf(src string) string {
+func idOf(src string) bundle.ID {
 	sum := sha256.Sum256([]byte(src))
-	return hex.EncodeToString(sum[:])
+	return bundle.ID(hex.EncodeToString(sum[:]))
 }
 
 func TestSwappingReportedTwiceIsTheSameTurn(t *testing.T) {

@@ -3,14 +3,16 @@ package rollout
 import (
 	"strconv"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Local is what a node knows of itself that the log does not hold. Have, Acted and Synced
 // survive its restarts (they live in its data folder); the rest is its process's memory.
 type Local struct {
-	Have   string // bundle ID its ducks run, "" if none yet
-	Acted  string // TurnKey of the last turn it finished
-	Synced string // SyncKey of the last rollout end it caught up with
+	Have   bundle.ID // bundle ID its ducks run, "" if none yet
+	Acted  string    // TurnKey of the last turn it finished
+	Synced string    // SyncKey of the last rollout end it caught up with
 }
 
 // DutyKind is what a node should do next.
@@ -28,7 +30,7 @@ const (
 // Duty is a node's next job in a rollout.
 type Duty struct {
 	Kind    DutyKind
-	Version string // bundle ID to switch to
+	Version bundle.ID // bundle ID to switch to
 	// Success is the phase a Turn reports when it worked: Running forward, Reverted back.
 	Success Phase
 	// Key names the turn or the rollout end, so that a node never takes the same one twice,
@@ -62,7 +64,7 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 			if me.Phase == Reverting {
 				d.Version, d.Success = r.FromID, Reverted
 			}
-			d.Key = strconv.Itoa(r.Version) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
+			d.Key = strconv.Itoa(int(r.Version)) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
 			if l.Acted == d.Key {
 				if me.Phase == Granted {
 					return Duty{} // the leader refused its start: no turn
@@ -107,5 +109,5 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 // SyncKey names the end of one rollout; its start time tells it from a rollout of the same
 // number in a cluster the node was in before.
 func SyncKey(r *Rollout) string {
-	return strconv.Itoa(r.Version) + "/" + string(r.State) + "/" + r.Started.Format(time.RFC3339Nano)
+	return strconv.Itoa(int(r.Version)) + "/" + string(r.State) + "/" + r.Started.Format(time.RFC3339Nano)
 }

@@ -14,7 +14,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // Phase is where one node is in a rollout.
@@ -121,13 +124,20 @@ type BinaryGroup struct {
 	Nodes []string `json:"nodes"`
 }
 
+// Number is a version's place in the log: 1 for the first version committed, then 2, 3 and on;
+// a rollout is named by the number of the version it rolls out. 0 means none.
+type Number int
+
+// Label is how users see a committed version: v3.
+func (n Number) Label() string { return "v" + strconv.Itoa(int(n)) }
+
 // Rollout is the rollout of one version across the cluster. The order is fixed when the version
 // is committed, so every node, and every later leader, sees the same one.
 type Rollout struct {
-	Version    int              `json:"version"`
-	Target     string           `json:"target"`         // bundle ID rolled out
-	From       int              `json:"from,omitempty"` // version the cluster ran before, 0 if none
-	FromID     string           `json:"from_id,omitempty"`
+	Version    Number           `json:"version"`
+	Target     bundle.ID        `json:"target"`         // bundle ID rolled out
+	From       Number           `json:"from,omitempty"` // version the cluster ran before, 0 if none
+	FromID     bundle.ID        `json:"from_id,omitempty"`
 	Order      []string         `json:"order"`
 	Nodes      map[string]*Node `json:"nodes"`
 	State      State            `json:"state"`
@@ -209,7 +219,7 @@ func Plan(members []Member, p Policy) (order []string, wave map[string]int) {
 // New starts the rollout of version n (bundle target) from version from (bundle fromID; 0 and ""
 // for the first version) over members, in the order and waves Plan gives them. canary is the
 // older way of asking for one canary.
-func New(n int, target string, from int, fromID string, members []Member, canary, autoRevert bool, p Policy, now time.Time) *Rollout {
+func New(n Number, target bundle.ID, from Number, fromID bundle.ID, members []Member, canary, autoRevert bool, p Policy, now time.Time) *Rollout {
 	if canary && p.Canaries == 0 {
 		p.Canaries = 1
 	}
@@ -280,7 +290,7 @@ func (r *Rollout) Clone() *Rollout {
 // node runs the target, a skipped one (which catches up) or one that joined later included; once
 // it went back, every node runs the previous version; while it rolls, a node runs the target
 // from its turn on, and a node that was skipped keeps what it had.
-func (r *Rollout) Desired(node string) string {
+func (r *Rollout) Desired(node string) bundle.ID {
 	if r == nil {
 		return ""
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // The rollout protocol under a simulated clock and network, in the manner of FoundationDB's
@@ -115,7 +117,7 @@ type simNode struct {
 	// The data folder.
 	local Local
 	// The process.
-	building map[int]bool
+	building map[Number]bool
 	busy     bool
 	retryAt  time.Time
 	view     *Rollout // the log as far as this node has it
@@ -139,10 +141,10 @@ type sim struct {
 	// The log, and every state it went through (what a node replaying it passes).
 	log         *Rollout
 	history     []*Rollout
-	kinds       map[string]simKind // bundle ID -> what it does
-	numbers     map[string]int     // bundle ID -> version number
-	versions    int
-	current     string // bundle ID the cluster runs (consensus.State.current)
+	kinds       map[bundle.ID]simKind // bundle ID -> what it does
+	numbers     map[bundle.ID]Number  // bundle ID -> version number
+	versions    Number
+	current     bundle.ID // bundle ID the cluster runs (consensus.State.current)
 	leader      string
 	leaderSince time.Time
 	electing    bool
@@ -270,16 +272,16 @@ func (s *sim) checkEntry(before, after *Rollout) {
 	}
 }
 
-func lbl(id string) string {
+func lbl(id bundle.ID) string {
 	if id == "" {
 		return "(none)"
 	}
-	return id
+	return string(id)
 }
 
 // send delivers a node's report to the leader, retrying every 500 ms through lost messages,
 // partitions and elections, as agent.report does; done gets whether the log took it.
-func (s *sim) send(n *simNode, version int, phase Phase, msg string, done func(bool)) {
+func (s *sim) send(n *simNode, version Number, phase Phase, msg string, done func(bool)) {
 	inc := n.inc
 	var try func()
 	try = func() {
@@ -449,7 +451,7 @@ func (s *sim) build(n *simNode, r *Rollout) {
 // switchTo is agent.switchTo: every duck to version id, or back to what it had.
 // why tells a turn forward, a turn back and a catch-up apart: a node may switch to the same
 // version once for each (caught up with it during a pause, then back to it in a revert).
-func (s *sim) switchTo(n *simNode, r *Rollout, id, why string, done func(error)) {
+func (s *sim) switchTo(n *simNode, r *Rollout, id bundle.ID, why string, done func(error)) {
 	inc := n.inc
 	took := s.jitter(50*time.Millisecond, 2*time.Second)
 	if s.rng.IntN(40) == 0 {
@@ -542,7 +544,7 @@ func (s *sim) caughtUp(n *simNode) bool {
 func (s *sim) start(n *simNode) {
 	n.up = true
 	n.inc++
-	n.building = map[int]bool{}
+	n.building = map[Number]bool{}
 	n.busy = false
 	// A restarted node comes back from its last snapshot, somewhere in what it had, and
 	// replays the rest.
@@ -580,9 +582,9 @@ func (s *sim) commit(kind simKind) {
 		return
 	}
 	s.versions++
-	id := fmt.Sprintf("v%d", s.versions)
+	id := bundle.ID(fmt.Sprintf("v%d", s.versions))
 	if kind != kindGood {
-		id += []string{"", "-nocompile", "-hangs", "-crashes"}[kind]
+		id += []bundle.ID{"", "-nocompile", "-hangs", "-crashes"}[kind]
 	}
 	s.kinds[id] = kind
 	s.numbers[id] = s.versions
@@ -599,7 +601,7 @@ func (s *sim) commit(kind simKind) {
 func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
 	s := &sim{
 		rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), now: simStart,
-		byName: map[string]*simNode{}, kinds: map[string]simKind{}, numbers: map[string]int{"v1": 1}, swaps: map[string]int{},
+		byName: map[string]*simNode{}, kinds: map[bundle.ID]simKind{}, numbers: map[bundle.ID]Number{"v1": 1}, swaps: map[string]int{},
 	}
 	if trace {
 		s.trace = logf
@@ -783,7 +785,7 @@ func (s *sim) settled() bool {
 // check is what must hold once the faults stopped and the cluster is quiet.
 func (s *sim) check() error {
 	r := s.log
-	var got []string
+	var got []bundle.ID
 	for _, n := range s.nodes {
 		want := r.Desired(n.name)
 		if nr := r.Nodes[n.name]; r.State == Paused && nr != nil && (nr.Phase == Skipped || nr.Phase == Failed) && (n.local.Have == r.Target || n.local.Have == r.FromID) {

@@ -3,12 +3,12 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 )
 
@@ -103,7 +103,7 @@ func TestLoadSpawnAndHotSwapOnOneNode(t *testing.T) {
 		t.Fatalf("after the bad versions the duck says %+v, %v; want count 4 at %s", r, err, v2)
 	}
 	ds := ducksOn(c, a.API)
-	if len(ds) != 1 || ds[0].ID != id || ds[0].Version != v2 || ds[0].State != "running" {
+	if len(ds) != 1 || ds[0].ID != id || string(ds[0].Version) != v2 || ds[0].State != "running" {
 		t.Fatalf("ducks = %+v", ds)
 	}
 

@@ -62,7 +62,7 @@ func checkCounts(t *testing.T, dc *duckCluster, l *load, crashed map[string]bool
 }
 
 // waitPhase waits until node's phase in rollout n is phase.
-func waitPhase(t *testing.T, dc *duckCluster, via string, n int, node string, phase rollout.Phase) {
+func waitPhase(t *testing.T, dc *duckCluster, via string, n rollout.Number, node string, phase rollout.Phase) {
 	t.Helper()
 	waitFor(t, node+" to be "+string(phase), 60*time.Second, func() bool {
 		r := rolloutOf(t, dc.c, via).Rollout
@@ -183,7 +183,7 @@ func TestLeaderKilledWhileCommitting(t *testing.T) {
 		if err := lead.Restart(); err != nil {
 			t.Fatal(err)
 		}
-		want := "v" + strconv.Itoa(v.Versions[len(v.Versions)-1].N)
+		want := "v" + strconv.Itoa(int(v.Versions[len(v.Versions)-1].N))
 		if v.Rollout.State != rollout.Done {
 			want = "" // went back: every duck on what it had, checked by the counts below
 		}

@@ -2,7 +2,6 @@ package systemtest
 
 import (
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"math/rand/v2"
 	"os"
 	"strconv"
@@ -12,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
 // The nemesis: several deploys in a row on three real nodes under keep-alive POST load, while
@@ -281,9 +282,9 @@ func runNemesis(t *testing.T, seed uint64, dc *duckCluster, host *testHost) {
 	// Truthful: each duck runs what the log says its node runs.
 	via := n.anyRunning()
 	v := rolloutOf(t, dc.c, via.API)
-	label := map[string]string{}
+	label := map[bundle.ID]string{}
 	for _, ver := range v.Versions {
-		label[ver.ID] = "v" + strconv.Itoa(ver.N)
+		label[ver.ID] = "v" + strconv.Itoa(int(ver.N))
 	}
 	for name, addr := range dc.ducks {
 		want := label[v.Rollout.Desired(name)]

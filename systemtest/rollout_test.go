@@ -3,7 +3,6 @@ package systemtest
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
 )
@@ -156,8 +156,13 @@ func TestVersionThatDoesNotCompileHaltsBeforeAnySwap(t *testing.T) {
 	}
 	// The first node to build it (all build at once, the first in the order may already have its
 	// turn) reports the compiler's message and the rollout halts there: no node ever runs it.
-	r := rolloutOf(t, dc.c, dc.nodes[1].API).Rollout
-	if r.Active() || !strings.Contains(r.Reason, "does not compile") {
+	// The deploy watched another node, and this one may lag the leader by a step or two.
+	var r *rollout.Rollout
+	waitFor(t, "b to see the rollout end", 5*time.Second, func() bool {
+		r = rolloutOf(t, dc.c, dc.nodes[1].API).Rollout
+		return !r.Active()
+	})
+	if !strings.Contains(r.Reason, "does not compile") {
 		t.Fatalf("rollout %s: %s", r.State, r.Reason)
 	}
 	for _, name := range r.Order {

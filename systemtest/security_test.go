@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"io"
 	"io/fs"
 	"net"
@@ -22,6 +21,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/agent"
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
@@ -412,7 +412,7 @@ func TestRequestWithoutCookieNeverReachesBuilder(t *testing.T) {
 	for _, p := range grepTree(t, a.Dir, "sneaky") {
 		t.Errorf("%s holds the refused request's message", p)
 	}
-	if _, err := os.Stat(filepath.Join(a.Dir, "bundles", b.ID)); err == nil {
+	if _, err := os.Stat(filepath.Join(a.Dir, "bundles", string(b.ID))); err == nil {
 		t.Error("the refused bundle was kept")
 	}
 	var v api.RolloutView
@@ -425,7 +425,7 @@ func TestRequestWithoutCookieNeverReachesBuilder(t *testing.T) {
 
 	// The check above would have seen a build: a cookie holder's load makes builds/<id>.
 	cli(t, c, a.API, "load", "../duck")
-	if _, err := os.Stat(filepath.Join(builds, b.ID)); err != nil {
+	if _, err := os.Stat(filepath.Join(builds, string(b.ID))); err != nil {
 		t.Fatalf("a load with the cookie left no builds/%s: %v (builds/ holds %v)", b.ID, err, listing())
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"net/url"
 	"os"
@@ -18,6 +17,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/term"
 )
@@ -56,9 +56,9 @@ func runLoad(args []string) error {
 		}
 		switch e.Phase {
 		case "building":
-			p.step("building " + e.Version)
+			p.step("building " + string(e.Version))
 		case "built":
-			p.finish("built " + e.Version)
+			p.finish("built " + string(e.Version))
 		case "swapping":
 			p.step(fmt.Sprintf("swapping %s to %s", e.Duck, e.Version))
 		case "swapped":

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"io"
 	"net/http"
 	"net/url"
@@ -20,6 +19,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
@@ -50,7 +50,6 @@ func runDeploy(args []string) error {
 		return err
 	}
 	// Every mistake in the flags is reported before the folder is read or the node is asked.
-	q := url.Values{"m": {*msg}, "author": {author()}}
 	p.Canaries = int(canary)
 	if pct, ok := strings.CutSuffix(*maxPar, "%"); ok {
 		n, err := strconv.Atoi(pct)
@@ -63,31 +62,8 @@ func runDeploy(args []string) error {
 	} else {
 		p.MaxParallel = n
 	}
-	for name, n := range map[string]int{"canaries": p.Canaries, "max_parallel": p.MaxParallel, "max_parallel_percent": p.MaxParallelPercent, "failure_budget": p.FailureBudget} {
-		if n != 0 {
-			q.Set(name, strconv.Itoa(n))
-		}
-	}
-	if p.AutoPromoteAfter != 0 {
-		q.Set("auto_promote_after", p.AutoPromoteAfter.String())
-	}
-	if p.WaveBy != "" {
-		q.Set("wave_by", p.WaveBy)
-	}
-	if p.SameBinary {
-		q.Set("same_binary", "1")
-	}
-	if *noRevert {
-		q.Set("no_revert", "1")
-	}
 	if err := p.Validate(); err != nil {
 		return usageError{err.Error()}
-	}
-	for name, d := range map[string]time.Duration{
-		"build_deadline": p.BuildDeadline, "progress_deadline": p.ProgressDeadline, "healthy": p.Healthy,
-		"start_deadline": p.StartDeadline, "down_after": p.DownAfter,
-	} {
-		q.Set(name, d.String())
 	}
 	b, err := bundle.Pack(pos[0])
 	if err != nil {
@@ -100,18 +76,16 @@ func runDeploy(args []string) error {
 	// --timeout bounds the commit; the rollout is followed for as long as it takes.
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
+	req := api.CommitRequest{Bundle: b.Data, Message: *msg, Author: author(), NoRevert: *noRevert, Policy: p}
 	var res api.CommitResult
-	err = cl.Stream(ctx, c.addr, http.MethodPost, "/v1/deploy?"+q.Encode(), bytes.NewReader(b.Data), "application/gzip", func(raw json.RawMessage) error {
-		return json.Unmarshal(raw, &res)
-	})
-	if err != nil {
+	if err := cl.Do(ctx, c.addr, http.MethodPost, "/v1/deploy", req, &res); err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, api.Label(res.ID))
+	fmt.Printf("committed version %d (%s)\n", res.N, api.LabelOf(res.ID))
 	if *detach {
 		return nil
 	}
-	return watch(c, res.N, "", false, os.Stdout)
+	return watch(c, res.N, false, os.Stdout)
 }
 
 // canaryFlag is --canary (one canary) or --canary=N.
@@ -150,11 +124,11 @@ func runSpread(args []string) error {
 	if err := c.call(http.MethodPost, "/v1/spread?"+q.Encode(), nil, &res); err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, api.Label(res.ID))
+	fmt.Printf("committed version %d (%s)\n", res.N, api.LabelOf(res.ID))
 	if *detach {
 		return nil
 	}
-	return watch(c, res.N, "", false, os.Stdout)
+	return watch(c, res.N, false, os.Stdout)
 }
 
 func author() string {
@@ -167,11 +141,9 @@ func author() string {
 }
 
 // watch follows rollout n (0: whatever rollout is current) until it ends, redrawing a table in
-// place on a terminal and printing a line per change otherwise. After `rollout resume` or
-// `undo`, leave is the state the rollout had: the node asked may show it a moment longer, and
-// it does not mean the rollout ended. With wantBack (undo), going back is the success. It returns an error saying why
-// when the rollout halted or went back.
-func watch(c *client, n int, leave rollout.State, wantBack bool, w *os.File) error {
+// place on a terminal and printing a line per change otherwise. With wantBack (undo), going back
+// is the success. It returns an error saying why when the rollout halted or went back.
+func watch(c *client, n rollout.Number, wantBack bool, w *os.File) error {
 	cl, err := c.open()
 	if err != nil {
 		return err
@@ -211,10 +183,7 @@ func watch(c *client, n int, leave rollout.State, wantBack bool, w *os.File) err
 		} else {
 			printChanges(w, r, seen)
 		}
-		if r.State != leave {
-			leave = "" // the node has applied the change asked for
-		}
-		if leave == "" && (!r.Active() || r.State == rollout.Paused) {
+		if !r.Active() || r.State == rollout.Paused {
 			if wantBack && r.State == rollout.WentBack {
 				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
 				return nil
@@ -368,7 +337,7 @@ func runWatch(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	return watch(c, 0, "", false, os.Stdout)
+	return watch(c, 0, false, os.Stdout)
 }
 
 // runRollout is `rollout status|history|pause|resume|undo`.
@@ -403,28 +372,25 @@ func runRollout(args []string) error {
 		}
 		return nil
 	case "pause", "resume", "undo":
-		var v api.RolloutView
-		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
-			return err
-		}
-		var before rollout.State
-		if v.Rollout != nil {
-			before = v.Rollout.State
-		}
 		var res api.CommitResult
-		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: *to}, &res); err != nil {
+		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to)}, &res); err != nil {
 			return err
 		}
 		if *asJSON {
 			return printJSON(res)
 		}
 		if pos[0] == "undo" && *to != 0 {
-			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, api.Label(res.ID), *to)
-			return watch(c, res.N, "", false, os.Stdout)
+			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, api.LabelOf(res.ID), *to)
+			return watch(c, res.N, false, os.Stdout)
 		}
 		fmt.Printf("version %d: %s\n", res.N, pos[0])
 		if pos[0] != "pause" {
-			return watch(c, res.N, before, pos[0] == "undo", os.Stdout)
+			// The node asked may lag behind the leader, even behind what it showed before the
+			// change: what it shows means something once it has applied the change.
+			if err := c.waitApplied(res.Index); err != nil {
+				return err
+			}
+			return watch(c, res.N, pos[0] == "undo", os.Stdout)
 		}
 		return nil
 	}
@@ -432,7 +398,7 @@ func runRollout(args []string) error {
 }
 
 func printHistory(v api.RolloutView) error {
-	outcome := map[int]rollout.State{}
+	outcome := map[rollout.Number]rollout.State{}
 	for _, r := range append(v.Past, v.Rollout) {
 		if r != nil {
 			outcome[r.Version] = r.State
@@ -441,7 +407,7 @@ func printHistory(v api.RolloutView) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tID\tCOMMITTED\tBY\tROLLOUT\tMESSAGE")
 	for _, ver := range v.Versions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.Label(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.LabelOf(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
 	}
 	return tw.Flush()
 }
@@ -479,7 +445,7 @@ func runStatus(args []string) error {
 	for _, n := range st.Nodes {
 		version, ducks := "?", "?"
 		if n.Local != nil {
-			version = n.Local.Label
+			version = string(n.Local.Label)
 			var ds []string
 			for _, d := range n.Local.Ducks {
 				ds = append(ds, fmt.Sprintf("%s(%s,%s)", d.ID, d.Version, d.State))
@@ -508,5 +474,23 @@ func printDuckUsers(st api.Status) {
 			fmt.Println("the data and build folders) but not the node's memory or environment; see docs/SECURITY.md")
 			return
 		}
+	}
+}
+
+// waitApplied waits until the node has applied its state up to index (see CommitResult.Index).
+func (c *client) waitApplied(index uint64) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var p api.Ping
+		if err := c.call(http.MethodGet, "/v1/ping", nil, &p); err != nil {
+			return err
+		}
+		if p.StateIndex >= index {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s has not applied the change after 30s (at %d of %d): `rollout status` on the leader shows the rollout", p.Name, p.StateIndex, index)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

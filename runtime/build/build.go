@@ -38,7 +38,7 @@ var ErrTimeout = errors.New("build timed out")
 
 // CompileError is a build that ran and failed: the duck's source does not compile.
 type CompileError struct {
-	ID string
+	ID bundle.ID
 	// Output is the go command's stderr, verbatim: file:line: message lines from the compiler.
 	Output string
 }
@@ -61,8 +61,8 @@ type Builder struct {
 	Shared string
 
 	mu        sync.Mutex
-	locks     map[string]chan struct{} // one per ID, held while that ID builds
-	toolchain string                   // the go command's GOVERSION, once asked
+	locks     map[bundle.ID]chan struct{} // one per ID, held while that ID builds
+	toolchain string                      // the go command's GOVERSION, once asked
 }
 
 // Toolchain is the version of the go command builds run with (its GOVERSION, such as
@@ -96,7 +96,7 @@ func (b *Builder) Toolchain(ctx context.Context) (string, error) {
 // that made the binary, or the copy that took it from the host's shared folder, hashed it on
 // the way and left the sum beside it (duck.sha256), so that a hundred nodes on one host do not
 // each read it again.
-func (b *Builder) Sum(id string) (string, error) {
+func (b *Builder) Sum(id bundle.ID) (string, error) {
 	p, ok := b.Binary(id)
 	if !ok {
 		return "", fmt.Errorf("build %s: no binary built yet", short(id))
@@ -122,11 +122,11 @@ func fileSum(p string) (string, error) {
 }
 
 // Binary returns the path of the cached binary for id and whether it exists.
-func (b *Builder) Binary(id string) (string, bool) {
-	if !bundle.ValidID(id) {
+func (b *Builder) Binary(id bundle.ID) (string, bool) {
+	if !id.Valid() {
 		return "", false
 	}
-	p := filepath.Join(b.Dir, id, "duck")
+	p := filepath.Join(b.Dir, string(id), "duck")
 	info, err := os.Stat(p)
 	return p, err == nil && info.Mode().IsRegular()
 }
@@ -135,11 +135,11 @@ func (b *Builder) Binary(id string) (string, bool) {
 // unless the cache already has it. A compile failure is a *CompileError; a missing go command wraps
 // ErrNoToolchain; a build that runs past Timeout is stopped, with its whole process group, and
 // wraps ErrTimeout.
-func (b *Builder) Build(ctx context.Context, id string, data []byte) (string, error) {
+func (b *Builder) Build(ctx context.Context, id bundle.ID, data []byte) (string, error) {
 	if b.Dir == "" {
 		return "", errors.New("build: Builder.Dir is empty; set it to the node's build cache folder")
 	}
-	if !bundle.ValidID(id) {
+	if !id.Valid() {
 		return "", fmt.Errorf("build %q: not a bundle ID (64 lowercase hex digits)", id)
 	}
 	if got := bundle.Sum(data); got != id {
@@ -173,17 +173,17 @@ func (b *Builder) Build(ctx context.Context, id string, data []byte) (string, er
 }
 
 // stopped explains a build ended by its context: the caller's, or the time limit.
-func (b *Builder) stopped(ctx context.Context, id string, timeout time.Duration, err error) error {
+func (b *Builder) stopped(ctx context.Context, id bundle.ID, timeout time.Duration, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("build %s: stopped because its caller gave up: %w", short(id), ctx.Err())
 	}
 	return fmt.Errorf("build %s exceeded its time limit of %s and was killed; raise the builder's Timeout or free up the machine (a first build compiles the standard library, later ones reuse GOCACHE): %w (%v)", short(id), timeout, ErrTimeout, err)
 }
 
-func (b *Builder) lock(ctx context.Context, id string) (func(), error) {
+func (b *Builder) lock(ctx context.Context, id bundle.ID) (func(), error) {
 	b.mu.Lock()
 	if b.locks == nil {
-		b.locks = make(map[string]chan struct{})
+		b.locks = make(map[bundle.ID]chan struct{})
 	}
 	ch, ok := b.locks[id]
 	if !ok {
@@ -202,12 +202,12 @@ func (b *Builder) lock(ctx context.Context, id string) (func(), error) {
 // build does the work in a private folder under <Dir>/<id> and renames the results into place,
 // so a crash or a concurrent build (another node process on the same folder) never leaves a
 // half-written binary where Binary looks.
-func (b *Builder) build(ctx context.Context, id string, data []byte) (string, error) {
+func (b *Builder) build(ctx context.Context, id bundle.ID, data []byte) (string, error) {
 	goBin, err := b.goCommand()
 	if err != nil {
 		return "", err
 	}
-	idDir := filepath.Join(b.Dir, id)
+	idDir := filepath.Join(b.Dir, string(id))
 	if err := os.MkdirAll(idDir, 0o755); err != nil {
 		return "", fmt.Errorf("build %s: %w", short(id), err)
 	}
@@ -271,7 +271,7 @@ func (b *Builder) goCommand() (string, error) {
 // the first build and take its result instead of each building the same source. Only the node
 // that builds writes go.mod and vendor/ beside the sources: a hundred nodes writing the SDK's
 // files while the one build ran slowed it down.
-func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error {
+func (b *Builder) produce(ctx context.Context, id bundle.ID, goBin, src, out string) error {
 	shared := ""
 	if b.Shared != "" {
 		// Keyed by the toolchain and the SDK too: a node whose go or duckraft differs builds for
@@ -281,7 +281,7 @@ func (b *Builder) produce(ctx context.Context, id, goBin, src, out string) error
 		if err != nil {
 			return err
 		}
-		shared = filepath.Join(b.Shared, tc+"-sdk"+sdkPrint(), id, "duck")
+		shared = filepath.Join(b.Shared, tc+"-sdk"+sdkPrint(), string(id), "duck")
 	}
 	// Another node on this host built it already: take it without waiting for the host's one
 	// go build at a time.
@@ -364,7 +364,7 @@ func copyFile(from, to string) (string, error) {
 }
 
 // run runs go build in src, writing the binary to out.
-func (b *Builder) run(ctx context.Context, id, goBin, src, out string) error {
+func (b *Builder) run(ctx context.Context, id bundle.ID, goBin, src, out string) error {
 	// -trimpath keeps the build folder out of the binary and out of the build cache's keys, so
 	// rebuilding the vendored packages from a new folder is a cache hit.
 	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-buildvcs=false", "-o", out, ".")
@@ -435,12 +435,7 @@ func (b *Builder) env() []string {
 	return env
 }
 
-func short(id string) string {
-	if len(id) > 12 {
-		return id[:12]
-	}
-	return id
-}
+func short(id bundle.ID) string { return id.Short() }
 
 // hostLock lets one go build run at a time on this machine. Nodes on one host (a local cluster,
 // the tests) build the same version at once; in parallel they share the cores and each takes

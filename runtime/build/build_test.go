@@ -118,13 +118,13 @@ func TestBuildNeedsNoNetworkOrModuleCache(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := filepath.Join(builder.Dir, b.ID, "duck"); bin != want {
+	if want := filepath.Join(builder.Dir, string(b.ID), "duck"); bin != want {
 		t.Errorf("binary at %s, want %s", bin, want)
 	}
 	if got := runDuck(t, bin); got != "quack from tableflip\n" {
 		t.Errorf("duck printed %q", got)
 	}
-	if _, err := os.Stat(filepath.Join(builder.Dir, b.ID, "src", "vendor", "modules.txt")); err != nil {
+	if _, err := os.Stat(filepath.Join(builder.Dir, string(b.ID), "src", "vendor", "modules.txt")); err != nil {
 		t.Errorf("the sources as built are not kept: %v", err)
 	}
 	if left, _ := os.ReadDir(modcache); len(left) != 0 {
@@ -497,7 +497,7 @@ func TestNodesOnOneHostShareABuild(t *testing.T) {
 		}
 	}
 	// The node that took the binary wrote none of what only a build needs.
-	if _, err := os.Stat(filepath.Join(two.Dir, b.ID, "src", "vendor")); err == nil {
+	if _, err := os.Stat(filepath.Join(two.Dir, string(b.ID), "src", "vendor")); err == nil {
 		t.Error("the second node wrote vendor/ for a build it did not run")
 	}
 	if n := runs(); n != 1 {

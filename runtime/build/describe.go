@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/atomicfile"
+	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/hotswap"
 )
 
@@ -60,7 +61,7 @@ func Describe(ctx context.Context, bin string, cred *syscall.Credential) (hotswa
 // asked once per binary and host: the answer is kept beside the binary, and in the shared
 // folder under the binary's sum. A hundred nodes of one host that each ran their binaries after
 // a build (the new one and the one before) kept two cores busy for two seconds.
-func (b *Builder) Describe(ctx context.Context, id string, cred *syscall.Credential) (hotswap.Description, error) {
+func (b *Builder) Describe(ctx context.Context, id bundle.ID, cred *syscall.Credential) (hotswap.Description, error) {
 	var d hotswap.Description
 	bin, ok := b.Binary(id)
 	if !ok {

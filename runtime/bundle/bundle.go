@@ -35,18 +35,33 @@ const fileMode = 0o644
 
 var epoch = time.Unix(0, 0).UTC()
 
+// ID names a bundle, and so a version of a duck's source, by its content: the lowercase hex
+// sha256 of its packed bytes. It is safe as a file name once Valid.
+type ID string
+
+// Valid reports whether id has the shape of a bundle ID, so callers can use it as a file name.
+func (id ID) Valid() bool { return ValidID(string(id)) }
+
+// Short is the first 12 hex digits, how a version not yet committed is shown.
+func (id ID) Short() string {
+	if len(id) > 12 {
+		return string(id[:12])
+	}
+	return string(id)
+}
+
 // Bundle is a packed source bundle and its ID.
 type Bundle struct {
 	// ID is the lowercase hex sha256 of Data; equal content gives an equal ID.
-	ID string
+	ID ID
 	// Data is the gzip-compressed tar.
 	Data []byte
 }
 
 // Sum returns the ID of packed bundle bytes: their sha256 in lowercase hex.
-func Sum(data []byte) string {
+func Sum(data []byte) ID {
 	h := sha256.Sum256(data)
-	return hex.EncodeToString(h[:])
+	return ID(hex.EncodeToString(h[:]))
 }
 
 // ValidID reports whether id has the shape of a bundle ID, so callers can use it as a file name.

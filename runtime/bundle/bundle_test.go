@@ -71,7 +71,7 @@ func TestRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b.ID != Sum(b.Data) || !ValidID(b.ID) {
+	if b.ID != Sum(b.Data) || !b.ID.Valid() {
 		t.Fatalf("ID %q is not the sha256 of the data", b.ID)
 	}
 	dest := filepath.Join(t.TempDir(), "src")

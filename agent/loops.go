@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/duckraft/duckraft/agent/ducks"
+	"github.com/duckraft/duckraft/agent/follower"
+	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
+	"github.com/duckraft/duckraft/runtime/bundle"
+)
+
+// This file connects the rollout's driver and follower to this node: the log they read is
+// whichever consensus member the agent runs now (connect and leave replace it), the leader they
+// report to is reached through membership.OnLeader, and the ducks they swap are the agent's.
+
+// nodeLog is the current consensus member, as the driver and the follower read it.
+type nodeLog struct{ a *Agent }
+
+func (l nodeLog) IsLeader() bool            { return l.a.Node().IsLeader() }
+func (l nodeLog) Rollout() *rollout.Rollout { return l.a.Node().Rollout() }
+func (l nodeLog) Silence() rollout.Silence  { return l.a.Node().Silence() }
+func (l nodeLog) Changed() <-chan struct{}  { return l.a.Node().Changed() }
+func (l nodeLog) Index() uint64             { return l.a.Node().Index() }
+func (l nodeLog) CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time.Time) error {
+	return l.a.Node().Apply(consensus.StepsCommand(r, steps, now), applyTimeout)
+}
+
+// leader is the cluster's leader as the follower reaches it.
+type leader struct{ a *Agent }
+
+func (l leader) StateIndex(ctx context.Context) (uint64, error) {
+	n := l.a.Node()
+	name, _ := n.Leader()
+	m, ok := n.State().Members[name]
+	if !ok || name == "" {
+		return 0, ErrNoLeader
+	}
+	var p api.Ping
+	if err := l.a.client.Do(ctx, m.APIAddr, http.MethodGet, "/v1/ping", nil, &p); err != nil {
+		return 0, err
+	}
+	if p.Name != name {
+		return 0, fmt.Errorf("%s answered for leader %s", p.Name, name)
+	}
+	return p.StateIndex, nil
+}
+
+func (l leader) Report(ctx context.Context, r follower.Report) error {
+	c := consensus.Command{Op: consensus.OpReport, N: r.N, Name: r.Node, Phase: r.Phase, Error: r.Error, Build: r.Build, States: r.States}
+	return l.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return l.a.applyReport(n, c) })
+}
+
+// builder builds committed versions for the follower.
+type builder struct{ a *Agent }
+
+func (b builder) Build(ctx context.Context, id bundle.ID) error { return b.a.fetchAndBuild(ctx, id) }
+func (b builder) BuildInfo(ctx context.Context, id bundle.ID) (rollout.BuildInfo, error) {
+	return b.a.buildInfo(ctx, id)
+}
+func (b builder) StateInfo(ctx context.Context, r *rollout.Rollout) *rollout.StateInfo {
+	return b.a.stateInfo(ctx, r)
+}
+
+// hostDucks is what this node runs, as the follower changes it.
+type hostDucks struct{ a *Agent }
+
+func (d hostDucks) Local() rollout.Local {
+	l := d.a.host.Local()
+	return rollout.Local{Have: l.Version, Acted: l.Acted, Synced: l.Synced}
+}
+
+func (d hostDucks) SetActed(key string) error {
+	return d.a.host.Change(func(l *ducks.State) { l.Acted = key })
+}
+
+func (d hostDucks) SetSynced(key string) error {
+	return d.a.host.Change(func(l *ducks.State) { l.Synced = key })
+}
+
+func (d hostDucks) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration) error {
+	if err := d.a.host.KeepCommitted(id); err != nil {
+		return err
+	}
+	return d.a.host.SwitchTo(ctx, id, healthy, d.a.logEvent)
+}

@@ -1,0 +1,408 @@
+// Package membership is this node's place in its cluster: the consensus member it runs (which
+// connect and leave replace), its record in the registry kept equal to its addresses, joining
+// another cluster through one of its members, removing a member, leaving, the leader's autopilot
+// that keeps the number of voters, and the one way every change reaches the log: on the leader,
+// forwarded there from any other node (OnLeader).
+package membership
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/wire"
+)
+
+// ApplyTimeout bounds one log entry's round trip; past it the caller hears why.
+const ApplyTimeout = 10 * time.Second
+
+// ErrNoLeader means no leader is known: the cluster has lost its majority or is electing.
+var ErrNoLeader = errors.New("no leader")
+
+// ErrHasHistory means a node that has a history of its own was asked to join another cluster.
+var ErrHasHistory = errors.New("this node has history of its own")
+
+// Peers reaches the other members' APIs; *api.Client is one.
+type Peers interface {
+	Do(ctx context.Context, addr, method, path string, in, out any) error
+	// Forward posts in to a node, as Do, and returns its state index when it answered
+	// (api.IndexHeader).
+	Forward(ctx context.Context, addr, path string, in, out any) (uint64, error)
+}
+
+// Config says who this node is and where its Raft lives.
+type Config struct {
+	Name    string
+	APIAddr string // the API address peers dial, already advertised
+	Labels  map[string]string
+	RaftDir string
+	// Bind and Advertise are Raft's listen address and the host peers dial (see consensus).
+	Bind, Advertise string
+	Identity        *wire.Identity
+	// Voters is how many members vote (0: consensus.DefaultVoters); ReplaceVoterAfter how long
+	// a voter may be unreachable before a reachable non-voter takes its place (0: 10s).
+	Voters            int
+	ReplaceVoterAfter time.Duration
+	Peers             Peers
+	Logger            *slog.Logger
+	// Transport, when set, makes each Raft transport instead of TCP (tests use raft's
+	// in-memory one); a reset closes the old transport and asks for a new one.
+	Transport func() raft.Transport
+}
+
+// Membership is this node's place in its cluster.
+type Membership struct {
+	cfg  Config
+	self consensus.Member
+	log  *slog.Logger
+
+	mu   sync.RWMutex // guards node, which connect and leave replace
+	node *consensus.Node
+
+	// leaving is set while the node takes itself out, so it does not register itself again.
+	leaving atomic.Bool
+}
+
+// Open starts this node's consensus member; bootstrap makes a node without history a cluster of
+// one. The Raft address is then fixed at the port actually bound, so that reopening it (connect,
+// leave) binds the same one, not "any port" again.
+func Open(cfg Config, bootstrap bool) (*Membership, error) {
+	m := &Membership{cfg: cfg, log: cmp.Or(cfg.Logger, slog.Default())}
+	node, err := m.open(bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	m.node = node
+	m.self = consensus.Member{Name: cfg.Name, RaftAddr: node.Addr(), APIAddr: cfg.APIAddr, Labels: cfg.Labels}
+	m.cfg.Bind = rebind(cfg.Bind, node.Addr())
+	return m, nil
+}
+
+// rebind keeps bind's host and takes the port actually bound from addr.
+func rebind(bind, addr string) string {
+	host, _, err := net.SplitHostPort(bind)
+	_, port, err2 := net.SplitHostPort(addr)
+	if err != nil || err2 != nil {
+		return bind
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (m *Membership) open(bootstrap bool) (*consensus.Node, error) {
+	cfg := consensus.Config{
+		Name:      m.cfg.Name,
+		Dir:       m.cfg.RaftDir,
+		Bind:      m.cfg.Bind,
+		Advertise: m.cfg.Advertise,
+		Identity:  m.cfg.Identity,
+		Bootstrap: bootstrap,
+		Log:       m.log,
+	}
+	if m.cfg.Transport != nil {
+		cfg.Transport = m.cfg.Transport()
+	}
+	return consensus.Open(cfg)
+}
+
+// Reset throws this node's Raft history away and reopens it: bootstrapped as a cluster of one,
+// or empty, waiting to be added by another cluster's leader.
+func (m *Membership) Reset(bootstrap bool) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.node.Close(); err != nil {
+		m.log.Warn("closing raft before reset", "err", err)
+	}
+	if err := os.RemoveAll(m.cfg.RaftDir); err != nil {
+		return fmt.Errorf("clear raft folder: %w", err)
+	}
+	n, err := m.open(bootstrap)
+	if err != nil {
+		return err
+	}
+	m.node = n
+	return nil
+}
+
+// Node is the current consensus member.
+func (m *Membership) Node() *consensus.Node {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.node
+}
+
+// Self is this node as the registry records it.
+func (m *Membership) Self() consensus.Member { return m.self }
+
+// Close shuts the consensus member down.
+func (m *Membership) Close() error { return m.Node().Close() }
+
+// Registered reports whether the registry holds this node's current addresses and labels.
+func (m *Membership) Registered() bool {
+	r, ok := m.Node().State().Members[m.self.Name]
+	return ok && r.RaftAddr == m.self.RaftAddr && r.APIAddr == m.self.APIAddr && maps.Equal(r.Labels, m.self.Labels)
+}
+
+// KeepRegistered makes sure, until ctx ends, that the registry holds this node's current
+// addresses: after bootstrap, after a restart at a new API address, after a failed removal. Only
+// a voter or non-voter in Raft's configuration registers; a node taken out stays out. While
+// registered it calls each at every look (the node's record of its ducks rides along).
+func (m *Membership) KeepRegistered(ctx context.Context, each func()) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if m.Registered() && each != nil {
+			each()
+		}
+		if !m.Registered() && m.inConfiguration() && !m.leaving.Load() {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			self := m.self
+			err := m.OnLeader(rctx, "/v1/register", self, nil, func(n *consensus.Node) error {
+				return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &self}, ApplyTimeout)
+			})
+			cancel()
+			if err != nil {
+				m.log.Debug("register", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Membership) inConfiguration() bool {
+	servers, err := m.Node().Servers()
+	if err != nil {
+		return false
+	}
+	for _, s := range servers {
+		if string(s.ID) == m.self.Name {
+			return true
+		}
+	}
+	return false
+}
+
+// OnLeader runs local on this node if it leads, or sends in to the same path on the leader,
+// waiting briefly through an election.
+func (m *Membership) OnLeader(ctx context.Context, path string, in, out any, local func(*consensus.Node) error) error {
+	// Bounded whatever the caller's patience: without a leader the answer does not improve.
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	var unreachable error
+	for {
+		n := m.Node()
+		if n.IsLeader() {
+			// Leadership lost under an entry means it may or may not commit: every command
+			// through here is safe to propose again (commits of the same bundle, reports and
+			// registrations are idempotent), so go find the new leader and do.
+			err := local(n)
+			if !errors.Is(err, consensus.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) {
+				return err
+			}
+		}
+		name, _ := n.Leader()
+		if r, ok := n.State().Members[name]; ok && name != m.self.Name {
+			index, err := m.cfg.Peers.Forward(ctx, r.APIAddr, path, in, out)
+			if err == nil && path != "/v1/report" {
+				// Whoever asked this node reads from it next (`rollout undo`, then the rollout
+				// it prints): answer once this node's state holds the write too. A node's own
+				// reports need no such wait: its rollout loop acts on the log as it arrives.
+				m.awaitIndex(ctx, index)
+			}
+			var ae *api.APIError
+			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
+				return err
+			}
+			// The leader did not answer: it may have just died, before this node noticed. Wait
+			// for the next one rather than fail a call a new leader would take.
+			m.log.Debug("leader unreachable, waiting for the next", "leader", name, "err", err)
+			unreachable = fmt.Errorf("%w: leader %s at %s does not answer (%v): `members` shows who is reachable", ErrNoLeader, name, r.APIAddr, err)
+		}
+		select {
+		case <-ctx.Done():
+			if unreachable != nil {
+				return unreachable
+			}
+			if name != "" && name != m.self.Name {
+				return fmt.Errorf("%w: leader %s has not registered its API address yet; retry in a moment", ErrNoLeader, name)
+			}
+			return fmt.Errorf("%w elected: is a majority of the cluster up? `members` shows who is reachable", ErrNoLeader)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// awaitIndex waits, two seconds at most, until this node's state holds the log up to index. A
+// follower learns of a commit up to raft's CommitTimeout after the leader.
+func (m *Membership) awaitIndex(ctx context.Context, index uint64) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for {
+		n := m.Node()
+		changed := n.Changed()
+		if n.Index() >= index {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
+// Apply has the leader commit c.
+func (m *Membership) Apply(ctx context.Context, path string, c consensus.Command) error {
+	return m.OnLeader(ctx, path, c, nil, func(n *consensus.Node) error { return n.Apply(c, ApplyTimeout) })
+}
+
+// Connect joins this node to the cluster at addr. A node gives up its own (one-node) history
+// to join, so only a fresh node may: merging two histories is not something Raft can do.
+func (m *Membership) Connect(ctx context.Context, addr string) error {
+	var theirs []api.MemberStatus
+	if err := m.cfg.Peers.Do(ctx, addr, http.MethodGet, "/v1/members", nil, &theirs); err != nil {
+		return fmt.Errorf("cannot reach %s: %w", addr, err)
+	}
+	for _, r := range theirs {
+		if r.Name != m.self.Name {
+			continue
+		}
+		if r.RaftAddr == m.self.RaftAddr {
+			return nil // already connected: Node.connect is idempotent too
+		}
+		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v: a node named %s is already a member of %s's cluster (raft %s); start this node with another --name", consensus.ErrNameTaken, r.Name, addr, r.RaftAddr)}
+	}
+	n := m.Node()
+	if !n.Fresh(m.self.Name) {
+		return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("%v (members %s): only a fresh node joins another cluster; connect the other node to this one instead, or start this one on an empty --data-dir", ErrHasHistory, strings.Join(n.MemberNames(), ", "))}
+	}
+
+	m.log.Info("joining", "via", addr)
+	if err := m.Reset(false); err != nil {
+		return fmt.Errorf("prepare to join: %w", err)
+	}
+	if err := m.cfg.Peers.Do(ctx, addr, http.MethodPost, "/v1/join", m.self, nil); err != nil {
+		// Back to being a cluster of one, as before the attempt.
+		if rerr := m.Reset(true); rerr != nil {
+			m.log.Error("could not return to a cluster of one after a failed join", "err", rerr)
+		}
+		return fmt.Errorf("join through %s: %w", addr, err)
+	}
+	for !m.Registered() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("joined through %s, but this node has not caught up with the log yet; check `members` in a moment", addr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	// Caught up (the log has reached our own registration): now we may vote.
+	if err := m.Promote(ctx, m.self.Name); err != nil {
+		return fmt.Errorf("joined through %s as a non-voter, but could not ask to vote: %w; run connect again", addr, err)
+	}
+	leader, _ := m.Node().Leader()
+	m.log.Info("joined", "via", addr, "leader", leader)
+	return nil
+}
+
+// Join has the leader add member r to Raft's configuration, as a non-voter.
+func (m *Membership) Join(ctx context.Context, r consensus.Member) error {
+	return m.OnLeader(ctx, "/v1/join", r, nil, func(n *consensus.Node) error {
+		return n.Join(r, ApplyTimeout)
+	})
+}
+
+// Register has the leader record member r's addresses.
+func (m *Membership) Register(ctx context.Context, r consensus.Member) error {
+	return m.OnLeader(ctx, "/v1/register", r, nil, func(n *consensus.Node) error {
+		return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &r}, ApplyTimeout)
+	})
+}
+
+// Promote has the leader make member name a voter, while there are fewer than the leader's
+// number of voters.
+func (m *Membership) Promote(ctx context.Context, name string) error {
+	return m.OnLeader(ctx, "/v1/promote", api.NameRequest{Name: name}, nil, func(n *consensus.Node) error {
+		return n.Promote(name, m.cfg.Voters, ApplyTimeout)
+	})
+}
+
+// Remove has the leader take member name out of the cluster.
+func (m *Membership) Remove(ctx context.Context, name string) error {
+	return m.OnLeader(ctx, "/v1/remove", api.NameRequest{Name: name}, nil, func(n *consensus.Node) error {
+		return n.Remove(name, ApplyTimeout)
+	})
+}
+
+// Leave takes this node out of its cluster; it carries on as a fresh cluster of one, so it can
+// connect elsewhere, as a node does after Node.disconnect. forget runs once the node is out,
+// before it starts again alone: what it remembers of the old cluster's rollouts goes with it.
+func (m *Membership) Leave(ctx context.Context, forget func()) error {
+	if len(m.Node().MemberNames()) <= 1 {
+		return &api.APIError{Status: http.StatusConflict, Message: "this node is a cluster of one: there is nothing to leave"}
+	}
+	m.leaving.Store(true)
+	defer m.leaving.Store(false)
+	if err := m.Remove(ctx, m.self.Name); err != nil {
+		return err
+	}
+	forget()
+	if err := m.Reset(true); err != nil {
+		return fmt.Errorf("left the cluster, but could not restart as a cluster of one: %w; restart the node", err)
+	}
+	return nil
+}
+
+// KeepVoters is the leader's autopilot, until ctx ends: it keeps the cluster at its number of
+// voters, replacing a voter it has lost for long with a non-voter it reaches
+// (consensus.PlanVoters decides).
+func (m *Membership) KeepVoters(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	replaceAfter := cmp.Or(m.cfg.ReplaceVoterAfter, 10*time.Second)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n := m.Node()
+		if !n.IsLeader() {
+			continue
+		}
+		servers, err := n.Servers()
+		if err != nil {
+			continue
+		}
+		ch := consensus.PlanVoters(servers, n.Silence(), m.self.Name, m.cfg.Voters, replaceAfter)
+		switch {
+		case ch.Promote != "":
+			err = n.Promote(ch.Promote, len(servers), ApplyTimeout)
+		case ch.Demote != "":
+			err = n.Demote(ch.Demote, ApplyTimeout)
+		default:
+			continue
+		}
+		if err != nil {
+			m.log.Warn("voters", "promote", ch.Promote, "demote", ch.Demote, "err", err)
+			continue
+		}
+		m.log.Info("voters", "promote", ch.Promote, "demote", ch.Demote, "why", ch.Why)
+	}
+}

@@ -1,0 +1,186 @@
+package membership
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/consensus"
+)
+
+// fakePeers records the calls a node makes to other nodes and answers each path with a value.
+type fakePeers struct {
+	mu      sync.Mutex
+	calls   []string // "addr path"
+	answers map[string]any
+}
+
+func (p *fakePeers) Do(_ context.Context, addr, _, path string, _, out any) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.calls = append(p.calls, addr+" "+path)
+	v, ok := p.answers[path]
+	if !ok {
+		return errors.New("connection refused")
+	}
+	if out != nil {
+		b, _ := json.Marshal(v)
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+func (p *fakePeers) Forward(ctx context.Context, addr, path string, in, out any) (uint64, error) {
+	return 0, p.Do(ctx, addr, "POST", path, in, out)
+}
+
+func (p *fakePeers) called() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.calls...)
+}
+
+// open starts a member named name on raft's in-memory transport, stopped with the test.
+func open(t testing.TB, name string, bootstrap bool, peers Peers) (*Membership, *raft.InmemTransport) {
+	t.Helper()
+	var trans *raft.InmemTransport
+	m, err := Open(Config{
+		Name: name, APIAddr: name + ":api", RaftDir: t.TempDir(), Peers: peers,
+		Transport: func() raft.Transport {
+			_, trans = raft.NewInmemTransport(raft.ServerAddress(name + ":raft"))
+			return trans
+		},
+	}, bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return m, trans
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// keepRegistered runs m.KeepRegistered until the test ends.
+func keepRegistered(t testing.TB, m *Membership) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.KeepRegistered(ctx, nil); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func TestFreshNodeLeadsAndRegistersItself(t *testing.T) {
+	m, _ := open(t, "a", true, &fakePeers{})
+	keepRegistered(t, m)
+	waitFor(t, "a registered", m.Registered)
+	if r := m.Node().State().Members["a"]; r.APIAddr != "a:api" || r.RaftAddr != "a:raft" {
+		t.Fatalf("registry holds %+v", r)
+	}
+	ran := false
+	if err := m.OnLeader(context.Background(), "/v1/x", nil, nil, func(*consensus.Node) error { ran = true; return nil }); err != nil || !ran {
+		t.Fatalf("on the leader: ran=%v err=%v, want the change made here", ran, err)
+	}
+}
+
+func TestFollowerSendsChangesToTheLeader(t *testing.T) {
+	peers := &fakePeers{answers: map[string]any{"/v1/x": map[string]bool{"ok": true}}}
+	a, ta := open(t, "a", true, &fakePeers{})
+	b, tb := open(t, "b", false, peers)
+	ta.Connect(tb.LocalAddr(), tb)
+	tb.Connect(ta.LocalAddr(), ta)
+	keepRegistered(t, a)
+	waitFor(t, "a registered", a.Registered)
+	if err := a.Join(context.Background(), b.Self()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to learn who leads", func() bool {
+		name, _ := b.Node().Leader()
+		return name == "a" && b.Node().State().Members["a"].APIAddr != ""
+	})
+	ran := false
+	err := b.OnLeader(context.Background(), "/v1/x", nil, nil, func(*consensus.Node) error { ran = true; return nil })
+	if err != nil || ran {
+		t.Fatalf("on a follower: ran=%v err=%v, want the change sent to the leader", ran, err)
+	}
+	if calls := peers.called(); len(calls) != 1 || calls[0] != "a:api /v1/x" {
+		t.Fatalf("calls %v, want one to the leader's API", calls)
+	}
+}
+
+func TestNoLeaderSaysWhatToDo(t *testing.T) {
+	m, _ := open(t, "a", false, &fakePeers{}) // never bootstrapped: nobody leads
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := m.OnLeader(ctx, "/v1/x", nil, nil, func(*consensus.Node) error { return nil })
+	if !errors.Is(err, ErrNoLeader) || !strings.Contains(err.Error(), "is a majority of the cluster up?") {
+		t.Fatalf("%v, want ErrNoLeader saying what to check", err)
+	}
+}
+
+func TestConnectRefusesANameTakenThere(t *testing.T) {
+	peers := &fakePeers{answers: map[string]any{"/v1/members": []api.MemberStatus{{Name: "a", RaftAddr: "elsewhere:raft"}}}}
+	m, _ := open(t, "a", true, peers)
+	err := m.Connect(context.Background(), "other:api")
+	var ae *api.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, "start this node with another --name") {
+		t.Fatalf("%v, want a 409 that says to pick another name", err)
+	}
+}
+
+func TestConnectRefusesANodeWithHistory(t *testing.T) {
+	peers := &fakePeers{answers: map[string]any{"/v1/members": []api.MemberStatus{{Name: "x", RaftAddr: "x:raft"}}}}
+	m, _ := open(t, "a", true, peers)
+	keepRegistered(t, m)
+	waitFor(t, "a registered", m.Registered)
+	other := consensus.Member{Name: "z", RaftAddr: "z:raft", APIAddr: "z:api"}
+	if err := m.Register(context.Background(), other); err != nil {
+		t.Fatal(err)
+	}
+	err := m.Connect(context.Background(), "other:api")
+	var ae *api.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || !strings.Contains(ae.Message, ErrHasHistory.Error()) {
+		t.Fatalf("%v, want a 409: a node with history does not join", err)
+	}
+	if !m.Node().IsLeader() {
+		t.Fatal("the refused node gave up its own cluster")
+	}
+}
+
+func TestLeavingAClusterOfOneIsRefused(t *testing.T) {
+	m, _ := open(t, "a", true, &fakePeers{})
+	keepRegistered(t, m)
+	waitFor(t, "a registered", m.Registered)
+	forgot := false
+	err := m.Leave(context.Background(), func() { forgot = true })
+	var ae *api.APIError
+	if !errors.As(err, &ae) || ae.Status != http.StatusConflict || forgot {
+		t.Fatalf("%v (forgot=%v), want a 409 and nothing forgotten", err, forgot)
+	}
+}
+
+func TestFailedJoinReturnsToAClusterOfOne(t *testing.T) {
+	peers := &fakePeers{answers: map[string]any{"/v1/members": []api.MemberStatus{{Name: "x", RaftAddr: "x:raft"}}}}
+	m, _ := open(t, "a", true, peers) // /v1/join is not answered
+	keepRegistered(t, m)
+	waitFor(t, "a registered", m.Registered)
+	if err := m.Connect(context.Background(), "other:api"); err == nil || !strings.Contains(err.Error(), "join through other:api") {
+		t.Fatalf("%v, want the join's failure", err)
+	}
+	waitFor(t, "a to lead its own cluster again", m.Node().IsLeader)
+}

@@ -1,0 +1,132 @@
+package agent
+
+import (
+	"context"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/duckraft/duckraft/agent/ducks"
+	"github.com/duckraft/duckraft/agent/httpapi"
+	"github.com/duckraft/duckraft/agent/membership"
+	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/runtime/bundle"
+)
+
+// This file connects the API's handlers to the node: its membership, the rollout on the
+// leader, and its ducks.
+
+func (a *Agent) service() *httpapi.Service {
+	return &httpapi.Service{
+		Self:     a.self.Name,
+		Cluster:  clusterAPI{a.mem, a},
+		Rollouts: rollouts{a},
+		Ducks:    hostAPI{a},
+		Output:   a.sup,
+		Views:    a.views,
+		Peers:    a.client,
+		Index:    func() uint64 { return a.Node().Index() },
+		Logger:   a.log,
+		Stop:     a.stop,
+	}
+}
+
+// clusterAPI is the node's membership as the API uses it.
+type clusterAPI struct {
+	*membership.Membership
+	a *Agent
+}
+
+func (c clusterAPI) Ping() api.Ping { return c.a.ping() }
+
+func (c clusterAPI) APIAddr(name string) (string, bool) {
+	m, ok := c.a.Node().State().Members[name]
+	return m.APIAddr, ok
+}
+
+// rollouts commits and steers rollouts through the leader.
+type rollouts struct{ a *Agent }
+
+func (r rollouts) Commit(ctx context.Context, req api.CommitRequest) (api.CommitResult, error) {
+	var res api.CommitResult
+	err := r.a.mem.OnLeader(ctx, "/v1/commit", req, &res, func(n *consensus.Node) (err error) {
+		res, err = r.a.commit(n, req)
+		return err
+	})
+	return res, err
+}
+
+func (r rollouts) Act(ctx context.Context, req api.RolloutAction) (api.CommitResult, error) {
+	var res api.CommitResult
+	err := r.a.mem.OnLeader(ctx, "/v1/rollout", req, &res, func(n *consensus.Node) (err error) {
+		res, err = r.a.rolloutAction(n, req)
+		return err
+	})
+	return res, err
+}
+
+func (r rollouts) Report(ctx context.Context, c consensus.Command) error {
+	return r.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) })
+}
+
+func (r rollouts) View() api.RolloutView { return r.a.rolloutView() }
+
+func (r rollouts) BenchCommit(ctx context.Context, req api.CommitBench) (api.CommitLatency, error) {
+	var res api.CommitLatency
+	err := r.a.mem.OnLeader(ctx, "/v1/bench/commit", req, &res, func(n *consensus.Node) error {
+		res = api.CommitLatency{Leader: r.a.self.Name}
+		for range req.N {
+			t0 := time.Now()
+			if err := n.Apply(consensus.Command{Op: consensus.OpNoop}, applyTimeout); err != nil {
+				return err
+			}
+			res.Samples = append(res.Samples, time.Since(t0))
+		}
+		slices.Sort(res.Samples)
+		return nil
+	})
+	return res, err
+}
+
+// hostAPI is the node's ducks as the API uses them.
+type hostAPI struct{ a *Agent }
+
+func (h hostAPI) Load(ctx context.Context, data []byte, event func(api.Event)) error {
+	return h.a.host.Load(ctx, data, event)
+}
+
+func (h hostAPI) Spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo, error) {
+	return h.a.host.Spawn(ctx, req)
+}
+
+func (h hostAPI) Stop(ctx context.Context, id string) error    { return h.a.host.Stop(ctx, id) }
+func (h hostAPI) Restart(ctx context.Context, id string) error { return h.a.host.Restart(ctx, id) }
+func (h hostAPI) List() []api.DuckInfo                         { return h.a.host.List() }
+func (h hostAPI) Version() bundle.ID                           { return h.a.host.Local().Version }
+func (h hostAPI) Bundle(id bundle.ID) ([]byte, error)          { return os.ReadFile(h.a.host.BundlePath(id)) }
+func (h hostAPI) NoCode() error                                { return h.a.host.NoCode() }
+func (h hostAPI) Record()                                      { h.a.mirrorDucks() }
+func (h hostAPI) Local() api.Local                             { return h.a.localView() }
+
+func (h hostAPI) ForgetRollouts() error {
+	return h.a.host.Change(func(l *ducks.State) { l.Synced, l.Acted = "", "" })
+}
+
+func (a *Agent) ping() api.Ping {
+	n := a.Node()
+	leader, _ := n.Leader()
+	return api.Ping{
+		Name:         a.self.Name,
+		State:        strings.ToLower(n.RaftState().String()),
+		Leader:       leader,
+		Term:         n.Term(),
+		CommitIndex:  n.CommitIndex(),
+		AppliedIndex: n.AppliedIndex(),
+		StateIndex:   n.Index(),
+	}
+}
+
+// ErrHasHistory means a node that has a history of its own was asked to join another cluster.
+var ErrHasHistory = membership.ErrHasHistory
