@@ -18,9 +18,13 @@ type duckReply struct {
 	Version string `json:"version"`
 }
 
+// duckClient asks ducks with a bound: a request stranded on a connection that a network cut
+// left dead (no reset ever comes) fails after it rather than hanging the test for ever.
+var duckClient = &http.Client{Timeout: time.Minute}
+
 func askDuck(method, addr string) (duckReply, error) {
 	req, _ := http.NewRequest(method, "http://"+addr+map[string]string{"GET": "/", "POST": "/quack"}[method], nil)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := duckClient.Do(req)
 	if err != nil {
 		return duckReply{}, err
 	}
