@@ -2,6 +2,10 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
 	"os"
 	"slices"
 	"strings"
@@ -41,6 +45,48 @@ type clusterAPI struct {
 
 func (c clusterAPI) Ping() api.Ping { return c.a.ping() }
 
+func (c clusterAPI) Join(ctx context.Context, m api.Member) error {
+	return refusal(c.Membership.Join(ctx, consensus.Member(m)))
+}
+
+func (c clusterAPI) Register(ctx context.Context, m api.Member) error {
+	return refusal(c.Membership.Register(ctx, consensus.Member(m)))
+}
+
+func (c clusterAPI) Apply(ctx context.Context, path string, e api.Entry) error {
+	cmd, err := command(e)
+	if err != nil {
+		return err
+	}
+	return refusal(c.Membership.Apply(ctx, path, cmd))
+}
+
+func (c clusterAPI) Promote(ctx context.Context, name string) error {
+	return refusal(c.Membership.Promote(ctx, name))
+}
+
+func (c clusterAPI) Remove(ctx context.Context, name string) error {
+	return refusal(c.Membership.Remove(ctx, name))
+}
+
+// command decodes a change a peer sent for the log.
+func command(e api.Entry) (consensus.Command, error) {
+	var c consensus.Command
+	if err := json.Unmarshal(e, &c); err != nil {
+		return c, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("not a log entry: %v", err)}
+	}
+	return c, nil
+}
+
+// refusal is err as the API answers it: the log refusing a change, or a name already taken, is
+// a conflict (409) the caller can act on, not the node's failure.
+func refusal(err error) error {
+	if errors.Is(err, consensus.ErrRefused) || errors.Is(err, consensus.ErrNameTaken) {
+		return &api.APIError{Status: http.StatusConflict, Message: err.Error()}
+	}
+	return err
+}
+
 func (c clusterAPI) APIAddr(name string) (string, bool) {
 	m, ok := c.a.Node().State().Members[name]
 	return m.APIAddr, ok
@@ -55,7 +101,7 @@ func (r rollouts) Commit(ctx context.Context, req api.CommitRequest) (api.Commit
 		res, err = r.a.commit(n, req)
 		return err
 	})
-	return res, err
+	return res, refusal(err)
 }
 
 func (r rollouts) Act(ctx context.Context, req api.RolloutAction) (api.CommitResult, error) {
@@ -64,11 +110,15 @@ func (r rollouts) Act(ctx context.Context, req api.RolloutAction) (api.CommitRes
 		res, err = r.a.rolloutAction(n, req)
 		return err
 	})
-	return res, err
+	return res, refusal(err)
 }
 
-func (r rollouts) Report(ctx context.Context, c consensus.Command) error {
-	return r.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) })
+func (r rollouts) Report(ctx context.Context, e api.Entry) error {
+	c, err := command(e)
+	if err != nil {
+		return err
+	}
+	return refusal(r.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) }))
 }
 
 func (r rollouts) View() api.RolloutView { return r.a.rolloutView() }

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/json"
 	"time"
 )
 
@@ -36,4 +37,40 @@ type ConnectRequest struct {
 // NameRequest names a member.
 type NameRequest struct {
 	Name string `json:"name"`
+}
+
+// Member is a node as it asks to join or registers itself (/v1/join, /v1/register): where the
+// others reach it, and the labels it was started with.
+type Member struct {
+	Name     string            `json:"name"`
+	RaftAddr string            `json:"raft_addr"`
+	APIAddr  string            `json:"api_addr"`
+	Labels   map[string]string `json:"labels,omitempty"`
+}
+
+// Entry is a change a node sends the leader to commit as it stands (/v1/report, /v1/place): a
+// log entry in the log's own JSON, which only the log decodes. Its "op" says what it changes.
+type Entry json.RawMessage
+
+// Op is what the entry says it changes ("" when it says nothing readable).
+func (e Entry) Op() string {
+	var head struct {
+		Op string `json:"op"`
+	}
+	json.Unmarshal(e, &head)
+	return head.Op
+}
+
+// MarshalJSON sends the entry as it is.
+func (e Entry) MarshalJSON() ([]byte, error) {
+	if e == nil {
+		return []byte("null"), nil
+	}
+	return e, nil
+}
+
+// UnmarshalJSON keeps the entry as it came.
+func (e *Entry) UnmarshalJSON(b []byte) error {
+	*e = append((*e)[:0], b...)
+	return nil
 }

@@ -27,7 +27,6 @@ import (
 	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/agent/membership"
 	"github.com/duckraft/duckraft/api"
-	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
@@ -36,14 +35,14 @@ import (
 // Cluster is this node's place in its cluster; *membership.Membership does most of it.
 type Cluster interface {
 	Connect(ctx context.Context, addr string) error
-	Join(ctx context.Context, m consensus.Member) error
-	Register(ctx context.Context, m consensus.Member) error
+	Join(ctx context.Context, m api.Member) error
+	Register(ctx context.Context, m api.Member) error
 	Promote(ctx context.Context, name string) error
 	Remove(ctx context.Context, name string) error
 	// Leave takes this node out; forget runs once it is out.
 	Leave(ctx context.Context, forget func()) error
-	// Apply has the leader commit c, a peer's change sent to path.
-	Apply(ctx context.Context, path string, c consensus.Command) error
+	// Apply has the leader commit e, a peer's change sent to path.
+	Apply(ctx context.Context, path string, e api.Entry) error
 	// APIAddr is where member name's API is, as the registry records it.
 	APIAddr(name string) (string, bool)
 	// Ping is how this node is (its Raft state, term, indexes).
@@ -54,8 +53,8 @@ type Cluster interface {
 type Rollouts interface {
 	Commit(ctx context.Context, req api.CommitRequest) (api.CommitResult, error)
 	Act(ctx context.Context, req api.RolloutAction) (api.CommitResult, error)
-	// Report has the leader commit a node's report (c.Op is consensus.OpReport).
-	Report(ctx context.Context, c consensus.Command) error
+	// Report has the leader commit a node's report (an entry whose op is "report").
+	Report(ctx context.Context, e api.Entry) error
 	View() api.RolloutView
 	BenchCommit(ctx context.Context, req api.CommitBench) (api.CommitLatency, error)
 }
@@ -228,10 +227,6 @@ func statusOf(err error) int {
 		return ae.Status
 	case errors.Is(err, membership.ErrNoLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrNotLeader):
 		return http.StatusServiceUnavailable
-	case errors.Is(err, consensus.ErrRefused):
-		return http.StatusConflict
-	case errors.Is(err, consensus.ErrNameTaken):
-		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
 }
@@ -268,7 +263,7 @@ func (h *Service) handleConnect(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Service) handleJoin(w http.ResponseWriter, r *http.Request) {
-	var m consensus.Member
+	var m api.Member
 	if !httpjson.Decode(w, r, &m) {
 		return
 	}
@@ -286,7 +281,7 @@ func (h *Service) handleJoin(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Service) handleRegister(w http.ResponseWriter, r *http.Request) {
-	var m consensus.Member
+	var m api.Member
 	if !httpjson.Decode(w, r, &m) {
 		return
 	}
@@ -472,15 +467,15 @@ func (h *Service) handleRolloutAction(w http.ResponseWriter, r *http.Request) {
 
 // handleReport applies a node's report about its part in a rollout; the leader stamps the time.
 func (h *Service) handleReport(w http.ResponseWriter, r *http.Request) {
-	var c consensus.Command
-	if !httpjson.Decode(w, r, &c) {
+	var e api.Entry
+	if !httpjson.Decode(w, r, &e) {
 		return
 	}
-	if c.Op != consensus.OpReport {
-		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only reports go through /v1/report, not %q", c.Op))
+	if op := e.Op(); op != "report" {
+		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only reports go through /v1/report, not %q", op))
 		return
 	}
-	if err := h.Rollouts.Report(r.Context(), c); err != nil {
+	if err := h.Rollouts.Report(r.Context(), e); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}
@@ -672,15 +667,15 @@ func logLine(node string, l supervise.Line) api.LogLine {
 
 // handlePlace records a node's duck in the log (or drops it).
 func (h *Service) handlePlace(w http.ResponseWriter, r *http.Request) {
-	var c consensus.Command
-	if !httpjson.Decode(w, r, &c) {
+	var e api.Entry
+	if !httpjson.Decode(w, r, &e) {
 		return
 	}
-	if c.Op != consensus.OpPlace && c.Op != consensus.OpUnplace {
-		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only place and unplace go through /v1/place, not %q", c.Op))
+	if op := e.Op(); op != "place" && op != "unplace" {
+		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only place and unplace go through /v1/place, not %q", op))
 		return
 	}
-	if err := h.Cluster.Apply(r.Context(), "/v1/place", c); err != nil {
+	if err := h.Cluster.Apply(r.Context(), "/v1/place", e); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}

@@ -18,7 +18,6 @@ import (
 
 	"github.com/duckraft/duckraft/agent/membership"
 	"github.com/duckraft/duckraft/api"
-	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
@@ -39,14 +38,14 @@ type fake struct {
 func (f *fake) call(s string) error { f.calls = append(f.calls, s); return f.err }
 
 // Cluster
-func (f *fake) Connect(_ context.Context, addr string) error     { return f.call("connect " + addr) }
-func (f *fake) Join(_ context.Context, m consensus.Member) error { return f.call("join " + m.Name) }
-func (f *fake) Register(context.Context, consensus.Member) error { return f.call("register") }
-func (f *fake) Promote(_ context.Context, name string) error     { return f.call("promote " + name) }
-func (f *fake) Remove(_ context.Context, name string) error      { return f.call("remove " + name) }
-func (f *fake) Leave(_ context.Context, forget func()) error     { return f.call("leave") }
-func (f *fake) Apply(_ context.Context, path string, c consensus.Command) error {
-	return f.call("apply " + path + " " + c.Op)
+func (f *fake) Connect(_ context.Context, addr string) error { return f.call("connect " + addr) }
+func (f *fake) Join(_ context.Context, m api.Member) error   { return f.call("join " + m.Name) }
+func (f *fake) Register(context.Context, api.Member) error   { return f.call("register") }
+func (f *fake) Promote(_ context.Context, name string) error { return f.call("promote " + name) }
+func (f *fake) Remove(_ context.Context, name string) error  { return f.call("remove " + name) }
+func (f *fake) Leave(_ context.Context, forget func()) error { return f.call("leave") }
+func (f *fake) Apply(_ context.Context, path string, c api.Entry) error {
+	return f.call("apply " + path + " " + c.Op())
 }
 func (f *fake) APIAddr(name string) (string, bool) { return name + ":api", name == "b" }
 func (f *fake) Ping() api.Ping                     { return api.Ping{Name: "a", State: "leader"} }
@@ -59,8 +58,8 @@ func (f *fake) Commit(_ context.Context, req api.CommitRequest) (api.CommitResul
 func (f *fake) Act(_ context.Context, req api.RolloutAction) (api.CommitResult, error) {
 	return api.CommitResult{}, f.call("act " + req.Action)
 }
-func (f *fake) Report(_ context.Context, c consensus.Command) error { return f.call("report") }
-func (f *fake) View() api.RolloutView                               { return api.RolloutView{Leader: "a"} }
+func (f *fake) Report(_ context.Context, c api.Entry) error { return f.call("report") }
+func (f *fake) View() api.RolloutView                       { return api.RolloutView{Leader: "a"} }
 func (f *fake) BenchCommit(context.Context, api.CommitBench) (api.CommitLatency, error) {
 	return api.CommitLatency{}, f.call("bench")
 }
@@ -136,8 +135,7 @@ func TestErrorsMapToStatusCodes(t *testing.T) {
 		{fmt.Errorf("%w elected", membership.ErrNoLeader), http.StatusServiceUnavailable},
 		{raft.ErrLeadershipLost, http.StatusServiceUnavailable},
 		{raft.ErrNotLeader, http.StatusServiceUnavailable},
-		{fmt.Errorf("%w: v2 is rolling out", consensus.ErrRefused), http.StatusConflict},
-		{consensus.ErrNameTaken, http.StatusConflict},
+		{&api.APIError{Status: http.StatusConflict, Message: "refused: v2 is rolling out"}, http.StatusConflict},
 		{errors.New("disk full"), http.StatusInternalServerError},
 	} {
 		f := &fake{err: tc.err}
@@ -275,8 +273,8 @@ func TestPeerRoutesTakeOnlyTheirOwnCommands(t *testing.T) {
 	f := &fake{}
 	srv := serve(f)
 	defer srv.Close()
-	for path, op := range map[string]string{"/v1/report": consensus.OpPlace, "/v1/place": consensus.OpReport} {
-		if status, _ := do(t, srv, http.MethodPost, path, jsonBody(consensus.Command{Op: op})); status != http.StatusBadRequest {
+	for path, op := range map[string]string{"/v1/report": "place", "/v1/place": "report"} {
+		if status, _ := do(t, srv, http.MethodPost, path, jsonBody(map[string]string{"op": op})); status != http.StatusBadRequest {
 			t.Errorf("%s with %s: %d, want 400", path, op, status)
 		}
 	}
