@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+
+	"github.com/duckraft/duckraft/internal/waitfor"
 )
 
 func entry(t *testing.T, i uint64, c Command) *raft.Log {
@@ -139,13 +141,7 @@ func inmemCluster(t *testing.T, names ...string) []*Node {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitfor.Until(t, what, 10*time.Second, cond)
 }
 
 func TestJoinAndRemove(t *testing.T) {

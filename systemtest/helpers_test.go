@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/internal/waitfor"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -172,13 +173,7 @@ func connectAll(t *testing.T, c *localcluster.Cluster, nodes []*localcluster.Nod
 // waitFor polls cond until it holds, failing the test after timeout.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	waitfor.Until(t, what, timeout, cond)
 }
 
 // view summarises a member list as "name:role:reachable" entries, for comparing nodes' answers.

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/duckraft/duckraft/internal/waitfor"
 )
 
 var (
@@ -80,13 +82,7 @@ func echoServer(t *testing.T, id *Identity, explainHTTP bool) (*Listener, *syncB
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitfor.Until(t, what, 10*time.Second, cond)
 }
 
 func TestSameCookieConnects(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/internal/waitfor"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/bundle"
@@ -212,13 +213,7 @@ func start(t testing.TB, r *rollout.Rollout, setup func(*rig)) *rig {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitfor.Until(t, what, 5*time.Second, cond)
 }
 
 // granted is rollout 2 from "old" to "new" over a and b, with a built and granted its turn.

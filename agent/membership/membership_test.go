@@ -14,6 +14,7 @@ import (
 
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/internal/waitfor"
 )
 
 // fakePeers records the calls a node makes to other nodes and answers each path with a value.
@@ -68,13 +69,7 @@ func open(t testing.TB, name string, bootstrap bool, peers Peers) (*Membership, 
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitfor.Until(t, what, 10*time.Second, cond)
 }
 
 // keepRegistered runs m.KeepRegistered until the test ends.

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/duckraft/duckraft/internal/waitfor"
 )
 
 // bins holds the test ducks, built once by TestMain.
@@ -131,13 +133,7 @@ func swap(s *Supervisor, id, version, bin string) error {
 // waitFor polls cond until it holds, failing the test past a deadline.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("gave up waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitfor.Until(t, what, 20*time.Second, cond)
 }
 
 // waitLine waits for a line of any duck that matches.
