@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"syscall"
@@ -29,11 +28,8 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 	}, applyTimeout)
 	if err != nil {
 		// A refusal (the same version, another still rolling out) is the caller's to fix; a
-		// lost leader or a timeout goes back to onLeader, which tries the next leader.
-		if errors.Is(err, consensus.ErrRefused) {
-			return api.CommitResult{}, &api.APIError{Status: http.StatusConflict, Message: err.Error()}
-		}
-		return api.CommitResult{}, err
+		// lost leader or a timeout goes back to OnLeader, which tries the next leader.
+		return api.CommitResult{}, refusal(err)
 	}
 	r := n.Rollout()
 	a.log.Info("committed version", "n", r.Version, "id", api.LabelOf(id), "order", r.Order)
@@ -76,22 +72,15 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
 	}
 	err := n.Apply(consensus.Command{Op: consensus.OpRolloutState, N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}, applyTimeout)
-	if errors.Is(err, consensus.ErrRefused) {
-		return api.CommitResult{}, &api.APIError{Status: http.StatusConflict, Message: err.Error()}
-	}
 	if err != nil {
-		return api.CommitResult{}, err
+		return api.CommitResult{}, refusal(err)
 	}
-	return api.CommitResult{N: r.Version, ID: r.Target, Index: n.Index()}, nil
+	return api.CommitResult{N: r.Version, ID: r.Target}, nil
 }
 
 func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {
 	c.Time = time.Now().UTC()
-	err := n.Apply(c, applyTimeout)
-	if errors.Is(err, consensus.ErrRefused) {
-		return &api.APIError{Status: http.StatusConflict, Message: err.Error()}
-	}
-	return err
+	return refusal(n.Apply(c, applyTimeout))
 }
 
 // stateInfo asks the target's binary and the previous version's what they say of the ducks'

@@ -101,7 +101,7 @@ func (r rollouts) Commit(ctx context.Context, req api.CommitRequest) (api.Commit
 		res, err = r.a.commit(n, req)
 		return err
 	})
-	return res, refusal(err)
+	return res, err
 }
 
 func (r rollouts) Act(ctx context.Context, req api.RolloutAction) (api.CommitResult, error) {
@@ -110,7 +110,7 @@ func (r rollouts) Act(ctx context.Context, req api.RolloutAction) (api.CommitRes
 		res, err = r.a.rolloutAction(n, req)
 		return err
 	})
-	return res, refusal(err)
+	return res, err
 }
 
 func (r rollouts) Report(ctx context.Context, e api.Entry) error {
@@ -118,7 +118,7 @@ func (r rollouts) Report(ctx context.Context, e api.Entry) error {
 	if err != nil {
 		return err
 	}
-	return refusal(r.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) }))
+	return r.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) })
 }
 
 func (r rollouts) View() api.RolloutView { return r.a.rolloutView() }
