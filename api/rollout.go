@@ -22,10 +22,6 @@ type CommitRequest struct {
 type CommitResult struct {
 	N  rollout.Number `json:"n"`
 	ID bundle.ID      `json:"id"`
-	// Index is how far the leader's state was applied once the change was (0: not said): a node
-	// whose Ping.StateIndex has reached it shows the change. Other nodes may lag behind the
-	// leader, so a client that reads what it asked for from one waits for that first.
-	Index uint64 `json:"index,omitempty"`
 }
 
 // VersionInfo is a committed version without its bundle.

@@ -224,7 +224,7 @@ func (m *Membership) OnLeader(ctx context.Context, path string, in, out any, loc
 				// Whoever asked this node reads from it next (`rollout undo`, then the rollout
 				// it prints): answer once this node's state holds the write too. A node's own
 				// reports need no such wait: its rollout loop acts on the log as it arrives.
-				m.awaitIndex(ctx, index)
+				err = m.awaitIndex(ctx, index)
 			}
 			var ae *api.APIError
 			if err == nil || errors.As(err, &ae) || ctx.Err() != nil {
@@ -249,20 +249,18 @@ func (m *Membership) OnLeader(ctx context.Context, path string, in, out any, loc
 	}
 }
 
-// awaitIndex waits, two seconds at most, until this node's state holds the log up to index. A
-// follower learns of a commit up to raft's CommitTimeout after the leader.
-func (m *Membership) awaitIndex(ctx context.Context, index uint64) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
+// awaitIndex waits until this node's state holds the log up to index, or ctx ends (OnLeader
+// bounds it at 30 s). A follower learns of a commit up to raft's CommitTimeout after the leader.
+func (m *Membership) awaitIndex(ctx context.Context, index uint64) error {
 	for {
 		n := m.Node()
 		changed := n.Changed()
 		if n.Index() >= index {
-			return
+			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return fmt.Errorf("the leader took the change, but node %s has not applied it (at %d of %d): `rollout status` on the leader shows it", m.self.Name, n.Index(), index)
 		case <-changed:
 		}
 	}

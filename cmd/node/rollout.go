@@ -385,11 +385,8 @@ func runRollout(args []string) error {
 		}
 		fmt.Printf("version %d: %s\n", res.N, pos[0])
 		if pos[0] != "pause" {
-			// The node asked may lag behind the leader, even behind what it showed before the
-			// change: what it shows means something once it has applied the change.
-			if err := c.waitApplied(res.Index); err != nil {
-				return err
-			}
+			// The node asked answered once it had applied the change (a change it forwards to
+			// the leader waits for that), so what it shows from now on includes it.
 			return watch(c, res.N, pos[0] == "undo", os.Stdout)
 		}
 		return nil
@@ -474,23 +471,5 @@ func printDuckUsers(st api.Status) {
 			fmt.Println("the data and build folders) but not the node's memory or environment; see docs/SECURITY.md")
 			return
 		}
-	}
-}
-
-// waitApplied waits until the node has applied its state up to index (see CommitResult.Index).
-func (c *client) waitApplied(index uint64) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		var p api.Ping
-		if err := c.call(http.MethodGet, "/v1/ping", nil, &p); err != nil {
-			return err
-		}
-		if p.StateIndex >= index {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("node %s has not applied the change after 30s (at %d of %d): `rollout status` on the leader shows the rollout", p.Name, p.StateIndex, index)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
