@@ -24,7 +24,7 @@ var requestTypes = []func() any{
 	func() any { return new(api.StopRequest) },
 	func() any { return new(api.RolloutAction) },
 	func() any { return new(api.CommitRequest) },
-	func() any { return new(consensus.Command) },
+	func() any { return new(api.Entry) },
 }
 
 // decodeBody runs decode on body the way a handler does and returns what it said.

@@ -27,7 +27,7 @@ func (l nodeLog) Silence() rollout.Silence  { return l.a.Node().Silence() }
 func (l nodeLog) Changed() <-chan struct{}  { return l.a.Node().Changed() }
 func (l nodeLog) Index() uint64             { return l.a.Node().Index() }
 func (l nodeLog) CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time.Time) error {
-	return l.a.Node().Apply(consensus.StepsCommand(r, steps, now), applyTimeout)
+	return l.a.Node().Apply(consensus.RoundOf(r, steps, now), applyTimeout)
 }
 
 // leader is the cluster's leader as the follower reaches it.
@@ -51,8 +51,12 @@ func (l leader) StateIndex(ctx context.Context) (uint64, error) {
 }
 
 func (l leader) Report(ctx context.Context, r follower.Report) error {
-	c := consensus.Command{Op: consensus.OpReport, N: r.N, Name: r.Node, Phase: r.Phase, Error: r.Error, Build: r.Build, States: r.States}
-	return l.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return l.a.applyReport(n, c) })
+	c := consensus.Report{N: r.N, Node: r.Node, Phase: r.Phase, Error: r.Error, Build: r.Build, States: r.States}
+	b, err := consensus.Encode(c)
+	if err != nil {
+		return err
+	}
+	return l.a.mem.OnLeader(ctx, "/v1/report", api.Entry(b), nil, func(n *consensus.Node) error { return l.a.applyReport(n, c) })
 }
 
 // builder builds committed versions for the follower.

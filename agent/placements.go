@@ -18,16 +18,16 @@ func (a *Agent) mirrorDucks() {
 		p := consensus.Placement{Node: a.self.Name, ID: d.ID, Addr: d.Addr, Env: d.Env}
 		want[p.Key()] = p
 	}
-	var cmds []consensus.Command
+	var cmds []consensus.Change
 	have := a.Node().State().Ducks
 	for k, p := range want {
 		if h, ok := have[k]; !ok || h.Addr != p.Addr {
-			cmds = append(cmds, consensus.Command{Op: consensus.OpPlace, Placement: &p})
+			cmds = append(cmds, consensus.Place{Placement: p})
 		}
 	}
 	for k, p := range have {
 		if _, ok := want[k]; !ok && p.Node == a.self.Name {
-			cmds = append(cmds, consensus.Command{Op: consensus.OpUnplace, Name: k})
+			cmds = append(cmds, consensus.Unplace{Key: k})
 		}
 	}
 	for _, c := range cmds {

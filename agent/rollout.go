@@ -22,9 +22,9 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 	id := bundle.Sum(req.Bundle)
 	// The fault suite kills a leader on this line, so that it dies with the commit in flight.
 	a.log.Info("committing version", "id", api.LabelOf(id))
-	err := n.Apply(consensus.Command{
-		Op: consensus.OpCommit, Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert, Policy: &req.Policy,
-		Version: &consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
+	err := n.Apply(consensus.Commit{
+		Time: time.Now().UTC(), Canary: req.Canary, NoRevert: req.NoRevert, Policy: req.Policy,
+		Version: consensus.Version{ID: id, Message: req.Message, Author: req.Author, Bundle: req.Bundle},
 	}, applyTimeout)
 	if err != nil {
 		// A refusal (the same version, another still rolling out) is the caller's to fix; a
@@ -71,14 +71,14 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 	default:
 		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
 	}
-	err := n.Apply(consensus.Command{Op: consensus.OpRolloutState, N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}, applyTimeout)
+	err := n.Apply(consensus.SetState{N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}, applyTimeout)
 	if err != nil {
 		return api.CommitResult{}, refusal(err)
 	}
 	return api.CommitResult{N: r.Version, ID: r.Target}, nil
 }
 
-func (a *Agent) applyReport(n *consensus.Node, c consensus.Command) error {
+func (a *Agent) applyReport(n *consensus.Node, c consensus.Report) error {
 	c.Time = time.Now().UTC()
 	return refusal(n.Apply(c, applyTimeout))
 }

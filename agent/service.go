@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -53,12 +52,18 @@ func (c clusterAPI) Register(ctx context.Context, m api.Member) error {
 	return refusal(c.Membership.Register(ctx, consensus.Member(m)))
 }
 
-func (c clusterAPI) Apply(ctx context.Context, path string, e api.Entry) error {
-	cmd, err := command(e)
+func (c clusterAPI) Place(ctx context.Context, e api.Entry) error {
+	ch, err := peerChange(e, "/v1/place", func(ch consensus.Change) bool {
+		switch ch.(type) {
+		case consensus.Place, consensus.Unplace:
+			return true
+		}
+		return false
+	})
 	if err != nil {
 		return err
 	}
-	return refusal(c.Membership.Apply(ctx, path, cmd))
+	return refusal(c.Membership.Apply(ctx, "/v1/place", ch))
 }
 
 func (c clusterAPI) Promote(ctx context.Context, name string) error {
@@ -69,13 +74,17 @@ func (c clusterAPI) Remove(ctx context.Context, name string) error {
 	return refusal(c.Membership.Remove(ctx, name))
 }
 
-// command decodes a change a peer sent for the log.
-func command(e api.Entry) (consensus.Command, error) {
-	var c consensus.Command
-	if err := json.Unmarshal(e, &c); err != nil {
-		return c, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("not a log entry: %v", err)}
+// peerChange decodes a change a peer sent to route for the log, and takes it only if it is a
+// kind that route carries (ok says which): a duck's placement cannot register a member.
+func peerChange(e api.Entry, route string, ok func(consensus.Change) bool) (consensus.Change, error) {
+	ch, err := consensus.Decode(e)
+	if err != nil {
+		return nil, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("not a log entry: %v", err)}
 	}
-	return c, nil
+	if !ok(ch) {
+		return nil, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("%q does not go through %s", e.Op(), route)}
+	}
+	return ch, nil
 }
 
 // refusal is err as the API answers it: the log refusing a change, or a name already taken, is
@@ -114,11 +123,12 @@ func (r rollouts) Act(ctx context.Context, req api.RolloutAction) (api.CommitRes
 }
 
 func (r rollouts) Report(ctx context.Context, e api.Entry) error {
-	c, err := command(e)
+	ch, err := peerChange(e, "/v1/report", func(ch consensus.Change) bool { _, ok := ch.(consensus.Report); return ok })
 	if err != nil {
 		return err
 	}
-	return r.a.mem.OnLeader(ctx, "/v1/report", c, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) })
+	c := ch.(consensus.Report)
+	return r.a.mem.OnLeader(ctx, "/v1/report", e, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) })
 }
 
 func (r rollouts) View() api.RolloutView { return r.a.rolloutView() }
@@ -129,7 +139,7 @@ func (r rollouts) BenchCommit(ctx context.Context, req api.CommitBench) (api.Com
 		res = api.CommitLatency{Leader: r.a.self.Name}
 		for range req.N {
 			t0 := time.Now()
-			if err := n.Apply(consensus.Command{Op: consensus.OpNoop}, applyTimeout); err != nil {
+			if err := n.Apply(consensus.Noop{}, applyTimeout); err != nil {
 				return err
 			}
 			res.Samples = append(res.Samples, time.Since(t0))

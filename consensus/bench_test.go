@@ -82,7 +82,7 @@ func BenchmarkCommit(b *testing.B) {
 // returns how long each took.
 func commits(b *testing.B, leader *consensus.Node, n int) []time.Duration {
 	took := make([]time.Duration, 0, n)
-	cmd := consensus.Command{Op: consensus.OpRegister, Member: &consensus.Member{Name: "x"}}
+	cmd := consensus.Register{Member: consensus.Member{Name: "x"}}
 	for range n {
 		start := time.Now()
 		if err := leader.Apply(cmd, 10*time.Second); err != nil {

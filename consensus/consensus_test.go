@@ -2,7 +2,6 @@ package consensus
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"io"
 	"reflect"
@@ -15,9 +14,9 @@ import (
 	"github.com/duckraft/duckraft/internal/waitfor"
 )
 
-func entry(t *testing.T, i uint64, c Command) *raft.Log {
+func entry(t *testing.T, i uint64, c Change) *raft.Log {
 	t.Helper()
-	b, err := json.Marshal(c)
+	b, err := Encode(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,9 +35,9 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 	a := Member{Name: "a", RaftAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2"}
 	b := Member{Name: "b", RaftAddr: "127.0.0.1:3", APIAddr: "127.0.0.1:4"}
 	c := Member{Name: "c", RaftAddr: "127.0.0.1:5", APIAddr: "127.0.0.1:6"}
-	for i, cmd := range []Command{
-		{Op: OpRegister, Member: &a}, {Op: OpRegister, Member: &b}, {Op: OpRegister, Member: &c},
-		{Op: OpUnregister, Name: "b"},
+	for i, cmd := range []Change{
+		Register{Member: a}, Register{Member: b}, Register{Member: c},
+		Unregister{Name: "b"},
 	} {
 		if r := f.Apply(entry(t, uint64(i+1), cmd)); r != nil {
 			t.Fatalf("apply %v: %v", cmd, r)
@@ -65,7 +64,7 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 		t.Fatalf("restored state = %+v, want %+v", got, want)
 	}
 	// A later change to the original does not reach the snapshot's copy.
-	f.Apply(entry(t, 9, Command{Op: OpUnregister, Name: "a"}))
+	f.Apply(entry(t, 9, Unregister{Name: "a"}))
 	if got := restored.State(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("restored state changed with the original: %+v", got)
 	}
@@ -74,12 +73,12 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 func TestFSMRefusesBadEntriesAndKeepsState(t *testing.T) {
 	f := NewFSM()
 	a := Member{Name: "a"}
-	f.Apply(entry(t, 1, Command{Op: OpRegister, Member: &a}))
+	f.Apply(entry(t, 1, Register{Member: a}))
 	before := f.State()
 	for _, l := range []*raft.Log{
 		{Index: 2, Data: []byte("{not json")},
-		entry(t, 3, Command{Op: "teleport"}),
-		entry(t, 4, Command{Op: OpRegister}),
+		{Index: 3, Data: []byte(`{"op":"teleport"}`)},
+		entry(t, 4, Register{}),
 	} {
 		if _, isErr := f.Apply(l).(error); !isErr {
 			t.Errorf("entry %q applied without error", l.Data)
@@ -106,11 +105,11 @@ func TestFreshMeansOnlySelf(t *testing.T) {
 	if !f.Fresh("a") {
 		t.Fatal("an empty FSM is not fresh")
 	}
-	f.Apply(entry(t, 1, Command{Op: OpRegister, Member: &Member{Name: "a"}}))
+	f.Apply(entry(t, 1, Register{Member: Member{Name: "a"}}))
 	if !f.Fresh("a") {
 		t.Fatal("self's own registration counts as history")
 	}
-	f.Apply(entry(t, 2, Command{Op: OpRegister, Member: &Member{Name: "b"}}))
+	f.Apply(entry(t, 2, Register{Member: Member{Name: "b"}}))
 	if f.Fresh("a") {
 		t.Fatal("a node that knows another member is fresh")
 	}
@@ -191,25 +190,25 @@ func TestJoinAndRemove(t *testing.T) {
 
 func TestPlacementsFollowTheirNode(t *testing.T) {
 	f := NewFSM()
-	for i, c := range []Command{
-		{Op: OpRegister, Member: &Member{Name: "a"}},
-		{Op: OpRegister, Member: &Member{Name: "b"}},
-		{Op: OpPlace, Placement: &Placement{Node: "a", ID: "duck-1", Addr: "127.0.0.1:8001"}},
-		{Op: OpPlace, Placement: &Placement{Node: "b", ID: "duck-1", Addr: "127.0.0.1:8002"}},
-		{Op: OpPlace, Placement: &Placement{Node: "b", ID: "duck-2", Addr: "127.0.0.1:8003"}},
-		{Op: OpUnplace, Name: "b/duck-1"},
+	for i, c := range []Change{
+		Register{Member: Member{Name: "a"}},
+		Register{Member: Member{Name: "b"}},
+		Place{Placement: Placement{Node: "a", ID: "duck-1", Addr: "127.0.0.1:8001"}},
+		Place{Placement: Placement{Node: "b", ID: "duck-1", Addr: "127.0.0.1:8002"}},
+		Place{Placement: Placement{Node: "b", ID: "duck-2", Addr: "127.0.0.1:8003"}},
+		Unplace{Key: "b/duck-1"},
 	} {
 		if r := f.Apply(entry(t, uint64(i+1), c)); r != nil {
-			t.Fatalf("apply %v: %v", c.Op, r)
+			t.Fatalf("apply %T: %v", c, r)
 		}
 	}
 	if got := f.State().Ducks; len(got) != 2 || got["b/duck-2"].Addr != "127.0.0.1:8003" || got["a/duck-1"].Node != "a" {
 		t.Fatalf("placements = %+v", got)
 	}
-	if r := f.Apply(entry(t, 9, Command{Op: OpPlace, Placement: &Placement{Node: "a"}})); r == nil {
+	if r := f.Apply(entry(t, 9, Place{Placement: Placement{Node: "a"}})); r == nil {
 		t.Fatal("a placement without a duck ID applied")
 	}
-	f.Apply(entry(t, 10, Command{Op: OpUnregister, Name: "b"}))
+	f.Apply(entry(t, 10, Unregister{Name: "b"}))
 	if got := f.State().Ducks; len(got) != 1 || got["a/duck-1"].ID != "duck-1" {
 		t.Fatalf("after b left, placements = %+v", got)
 	}

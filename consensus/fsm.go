@@ -8,7 +8,6 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -61,45 +60,6 @@ var ErrSameVersion = errors.New("same version")
 // ErrStale means a command was about a rollout, turn or phase that is no longer the current one.
 var ErrStale = rollout.ErrStale
 
-// Command is one entry of the log. Op selects what it does; the other fields are its arguments.
-type Command struct {
-	Op     string  `json:"op"`
-	Member *Member `json:"member,omitempty"`
-	Name   string  `json:"name,omitempty"`
-
-	// Time is stamped by the leader when it proposes the command, so every node applies the
-	// same time: Apply must not read the clock.
-	Time      time.Time          `json:"time,omitzero"`
-	Placement *Placement         `json:"placement,omitempty"`
-	Version   *Version           `json:"version,omitempty"`
-	Canary    bool               `json:"canary,omitempty"`
-	NoRevert  bool               `json:"no_revert,omitempty"`
-	N         rollout.Number     `json:"n,omitempty"`
-	Phase     rollout.Phase      `json:"phase,omitempty"`
-	State     rollout.State      `json:"state,omitempty"`
-	Policy    *rollout.Policy    `json:"policy,omitempty"` // with a commit
-	Build     *rollout.BuildInfo `json:"build,omitempty"`  // with a report of built
-	States    *rollout.StateInfo `json:"states,omitempty"` // with a report of built
-	Error     string             `json:"error,omitempty"`
-	Reason    string             `json:"reason,omitempty"`
-	// Steps are the leader's moves of one round (OpSteps): grants, reports and a state.
-	Steps []Command `json:"steps,omitempty"`
-}
-
-// The operations a Command may carry.
-const (
-	OpRegister     = "register"
-	OpUnregister   = "unregister"
-	OpCommit       = "commit"        // a new version, and its rollout
-	OpGrant        = "grant"         // a node's turn to swap (or to go back)
-	OpReport       = "report"        // a node's progress in the rollout
-	OpRolloutState = "rollout-state" // pause, resume, undo, done
-	OpSteps        = "steps"         // the leader's moves of one round, all or none
-	OpNoop         = "noop"          // nothing: measures a commit's round trip
-	OpPlace        = "place"         // a duck started on a node
-	OpUnplace      = "unplace"       // a duck stopped (Name is NODE/ID)
-)
-
 // FSM applies committed commands to State. Apply is deterministic: every node applying the same
 // log reaches the same State. It records and never acts: starting builds or ducks is the job of
 // whoever watches it.
@@ -135,9 +95,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 	defer f.mu.Unlock()
 	defer f.notify()
 	f.state.Index = max(f.state.Index, l.Index)
-	var c Command
-	if err := json.Unmarshal(l.Data, &c); err != nil {
-		return fmt.Errorf("undecodable log entry %d: %w", l.Index, err)
+	c, err := Decode(l.Data)
+	if err != nil {
+		return fmt.Errorf("log entry %d: %w", l.Index, err)
 	}
 	return f.state.apply(c)
 }
@@ -149,14 +109,14 @@ func (f *FSM) Index() uint64 {
 	return f.state.Index
 }
 
-func (s *State) apply(c Command) error {
-	switch c.Op {
-	case OpRegister:
-		if c.Member == nil || c.Member.Name == "" {
+func (s *State) apply(c Change) error {
+	switch c := c.(type) {
+	case Register:
+		if c.Member.Name == "" {
 			return fmt.Errorf("register without a member name")
 		}
-		s.Members[c.Member.Name] = *c.Member
-	case OpUnregister:
+		s.Members[c.Member.Name] = c.Member
+	case Unregister:
 		delete(s.Members, c.Name)
 		// A node taken out takes its ducks with it.
 		for k, p := range s.Ducks {
@@ -164,7 +124,7 @@ func (s *State) apply(c Command) error {
 				delete(s.Ducks, k)
 			}
 		}
-	case OpCommit:
+	case Commit:
 		prev := s.Rollout
 		if err := s.commit(c); err != nil {
 			return err
@@ -175,29 +135,27 @@ func (s *State) apply(c Command) error {
 				s.Past = s.Past[len(s.Past)-keepPast:]
 			}
 		}
-	case OpNoop:
-	case OpPlace:
-		if c.Placement == nil || c.Placement.Node == "" || c.Placement.ID == "" {
+	case Noop:
+	case Place:
+		if c.Placement.Node == "" || c.Placement.ID == "" {
 			return fmt.Errorf("place without a node and duck")
 		}
 		if s.Ducks == nil {
 			s.Ducks = map[string]Placement{}
 		}
-		s.Ducks[c.Placement.Key()] = *c.Placement
-	case OpUnplace:
-		delete(s.Ducks, c.Name)
-	case OpGrant:
+		s.Ducks[c.Placement.Key()] = c.Placement
+	case Unplace:
+		delete(s.Ducks, c.Key)
+	case Grant:
 		return s.grant(c)
-	case OpReport:
+	case Report:
 		return s.report(c)
-	case OpRolloutState:
+	case SetState:
 		return s.setRolloutState(c)
-	case OpSteps:
+	case Steps:
 		return s.steps(c)
 	default:
-		// A newer node may write operations this one does not know; refusing them loudly beats
-		// silently diverging. Upgrade this node to apply them.
-		return fmt.Errorf("unknown operation %q: this node is older than the one that wrote it; upgrade it", c.Op)
+		return fmt.Errorf("%T is not a change the log knows", c)
 	}
 	return nil
 }

@@ -22,9 +22,9 @@ func fuzzBases(tb testing.TB) [][]byte {
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
 	f := NewFSM()
 	var index uint64
-	do := func(c Command) {
+	do := func(c Change) {
 		tb.Helper()
-		b, err := json.Marshal(c)
+		b, err := Encode(c)
 		if err != nil {
 			tb.Fatal(err)
 		}
@@ -41,52 +41,52 @@ func fuzzBases(tb testing.TB) [][]byte {
 		}
 		return b
 	}
-	ver := func(src string) *Version {
-		return &Version{ID: idOf(src), Message: src, Author: "fuzz", Bundle: []byte("bundle of " + src)}
+	ver := func(src string) Version {
+		return Version{ID: idOf(src), Message: src, Author: "fuzz", Bundle: []byte("bundle of " + src)}
 	}
 	report := func(n rollout.Number, name string, phase rollout.Phase, s int) {
-		do(Command{Op: OpReport, N: n, Name: name, Phase: phase, Time: at(s)})
+		do(Report{N: n, Node: name, Phase: phase, Time: at(s)})
 	}
 	var bases [][]byte
 
 	for _, n := range []string{"a", "b", "c"} {
-		do(Command{Op: OpRegister, Member: &Member{Name: n, RaftAddr: "127.0.0.1:71" + n, APIAddr: "127.0.0.1:70" + n}})
+		do(Register{Member: Member{Name: n, RaftAddr: "127.0.0.1:71" + n, APIAddr: "127.0.0.1:70" + n}})
 	}
 	bases = append(bases, snap()) // members, nothing deployed
 
-	do(Command{Op: OpCommit, Version: ver("v1"), Time: at(1)})
+	do(Commit{Version: ver("v1"), Time: at(1)})
 	for i, n := range []string{"a", "b", "c"} {
 		report(1, n, rollout.Built, 2)
-		do(Command{Op: OpGrant, N: 1, Name: n, Phase: rollout.Granted, Time: at(3 + i)})
+		do(Grant{N: 1, Node: n, Phase: rollout.Granted, Time: at(3 + i)})
 		report(1, n, rollout.Swapping, 3+i)
 		report(1, n, rollout.Running, 3+i)
 	}
-	do(Command{Op: OpRolloutState, N: 1, State: rollout.Done, Time: at(10)})
+	do(SetState{N: 1, State: rollout.Done, Time: at(10)})
 	bases = append(bases, snap()) // version 1 done everywhere
 
-	do(Command{Op: OpCommit, Version: ver("v2"), Time: at(20)})
+	do(Commit{Version: ver("v2"), Time: at(20)})
 	report(2, "a", rollout.Built, 21)
 	report(2, "b", rollout.Building, 21)
-	do(Command{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Granted, Time: at(22)})
+	do(Grant{N: 2, Node: "a", Phase: rollout.Granted, Time: at(22)})
 	report(2, "a", rollout.Swapping, 22)
 	bases = append(bases, snap()) // version 2 rolling: a swapping, b building, c pending
 
 	report(2, "a", rollout.Running, 23)
 	report(2, "b", rollout.Built, 23)
-	do(Command{Op: OpGrant, N: 2, Name: "b", Phase: rollout.Granted, Time: at(24)})
+	do(Grant{N: 2, Node: "b", Phase: rollout.Granted, Time: at(24)})
 	report(2, "b", rollout.Swapping, 24)
 	report(2, "b", rollout.Failed, 25)
 	bases = append(bases, snap()) // b failed: reverting a
 
-	do(Command{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Reverting, Time: at(26)})
+	do(Grant{N: 2, Node: "a", Phase: rollout.Reverting, Time: at(26)})
 	report(2, "a", rollout.Reverted, 27)
-	do(Command{Op: OpRolloutState, N: 2, State: rollout.WentBack, Time: at(28)})
-	do(Command{Op: OpCommit, Version: ver("v3"), Canary: true, NoRevert: true, Time: at(30)})
+	do(SetState{N: 2, State: rollout.WentBack, Time: at(28)})
+	do(Commit{Version: ver("v3"), Canary: true, NoRevert: true, Time: at(30)})
 	report(3, "a", rollout.Built, 31)
-	do(Command{Op: OpGrant, N: 3, Name: "a", Phase: rollout.Granted, Time: at(32)})
+	do(Grant{N: 3, Node: "a", Phase: rollout.Granted, Time: at(32)})
 	report(3, "a", rollout.Swapping, 32)
 	report(3, "a", rollout.Running, 33)
-	do(Command{Op: OpRolloutState, N: 3, State: rollout.Paused, Reason: "canary", Time: at(34)})
+	do(SetState{N: 3, State: rollout.Paused, Reason: "canary", Time: at(34)})
 	bases = append(bases, snap()) // version 3, a canary, paused; 2 in the past
 	return bases
 }
@@ -130,32 +130,32 @@ func roundTrip(t *testing.T, f *FSM) *FSM {
 }
 
 // fuzzCommands are realistic entries for the seed corpus: every operation, valid and not.
-var fuzzCommands = []Command{
-	{Op: OpRegister, Member: &Member{Name: "d", RaftAddr: "127.0.0.1:7104", APIAddr: "127.0.0.1:7004"}},
-	{Op: OpRegister, Member: &Member{}},
-	{Op: OpRegister},
-	{Op: OpUnregister, Name: "b"},
-	{Op: OpCommit, Version: &Version{ID: idOf("v9"), Bundle: []byte("x")}, Time: time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)},
-	{Op: OpCommit, Version: &Version{ID: idOf("v1"), Bundle: []byte("bundle of v1")}},
-	{Op: OpCommit, Version: &Version{ID: idOf("v9")}},
-	{Op: OpGrant, N: 2, Name: "c", Phase: rollout.Granted},
-	{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Reverting},
-	{Op: OpGrant, N: 2, Name: "a", Phase: rollout.Running},
-	{Op: OpGrant, N: 2, Name: "zz", Phase: rollout.Granted},
-	{Op: OpReport, N: 2, Name: "a", Phase: rollout.Running},
-	{Op: OpReport, N: 2, Name: "b", Phase: rollout.Failed, Error: "duck exited with status 3"},
-	{Op: OpReport, N: 2, Name: "c", Phase: rollout.Swapping},
-	{Op: OpReport, N: 2, Name: "c", Phase: "teleported"},
-	{Op: OpReport, N: 1, Name: "a", Phase: rollout.Running},
-	{Op: OpRolloutState, N: 2, State: rollout.Paused},
-	{Op: OpRolloutState, N: 3, State: rollout.Rolling},
-	{Op: OpRolloutState, N: 3, State: rollout.GoingBack},
-	{Op: OpRolloutState, N: 2, State: rollout.Done},
-	{Op: OpRolloutState, N: 2, State: "exploded"},
-	{Op: OpSteps, N: 2, Steps: []Command{{Op: OpGrant, N: 2, Name: "c", Phase: rollout.Granted}, {Op: OpReport, N: 2, Name: "b", Phase: rollout.Skipped}}},
-	{Op: OpSteps, N: 2, Steps: []Command{{Op: OpReport, N: 2, Name: "a", Phase: rollout.Running}, {Op: OpGrant, N: 2, Name: "zz", Phase: rollout.Granted}}},
-	{Op: OpSteps, N: 2, Steps: []Command{{Op: OpSteps, Steps: []Command{{Op: OpNoop}}}}},
-	{Op: OpSteps},
+var fuzzCommands = []command{
+	{Op: opRegister, Member: &Member{Name: "d", RaftAddr: "127.0.0.1:7104", APIAddr: "127.0.0.1:7004"}},
+	{Op: opRegister, Member: &Member{}},
+	{Op: opRegister},
+	{Op: opUnregister, Name: "b"},
+	{Op: opCommit, Version: &Version{ID: idOf("v9"), Bundle: []byte("x")}, Time: time.Date(2026, 11, 25, 13, 0, 0, 0, time.UTC)},
+	{Op: opCommit, Version: &Version{ID: idOf("v1"), Bundle: []byte("bundle of v1")}},
+	{Op: opCommit, Version: &Version{ID: idOf("v9")}},
+	{Op: opGrant, N: 2, Name: "c", Phase: rollout.Granted},
+	{Op: opGrant, N: 2, Name: "a", Phase: rollout.Reverting},
+	{Op: opGrant, N: 2, Name: "a", Phase: rollout.Running},
+	{Op: opGrant, N: 2, Name: "zz", Phase: rollout.Granted},
+	{Op: opReport, N: 2, Name: "a", Phase: rollout.Running},
+	{Op: opReport, N: 2, Name: "b", Phase: rollout.Failed, Error: "duck exited with status 3"},
+	{Op: opReport, N: 2, Name: "c", Phase: rollout.Swapping},
+	{Op: opReport, N: 2, Name: "c", Phase: "teleported"},
+	{Op: opReport, N: 1, Name: "a", Phase: rollout.Running},
+	{Op: opSetState, N: 2, State: rollout.Paused},
+	{Op: opSetState, N: 3, State: rollout.Rolling},
+	{Op: opSetState, N: 3, State: rollout.GoingBack},
+	{Op: opSetState, N: 2, State: rollout.Done},
+	{Op: opSetState, N: 2, State: "exploded"},
+	{Op: opSteps, N: 2, Steps: []command{{Op: opGrant, N: 2, Name: "c", Phase: rollout.Granted}, {Op: opReport, N: 2, Name: "b", Phase: rollout.Skipped}}},
+	{Op: opSteps, N: 2, Steps: []command{{Op: opReport, N: 2, Name: "a", Phase: rollout.Running}, {Op: opGrant, N: 2, Name: "zz", Phase: rollout.Granted}}},
+	{Op: opSteps, N: 2, Steps: []command{{Op: opSteps, Steps: []command{{Op: opNoop}}}}},
+	{Op: opSteps},
 	{Op: "teleport"},
 }
 

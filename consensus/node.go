@@ -6,7 +6,6 @@ package consensus
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -219,9 +218,9 @@ func (n *Node) Servers() ([]raft.Server, error) {
 	return f.Configuration().Servers, nil
 }
 
-// Apply commits a command through the log and returns the FSM's verdict. Only the leader may.
-func (n *Node) Apply(c Command, timeout time.Duration) error {
-	b, err := json.Marshal(c)
+// Apply commits a change through the log and returns the FSM's verdict. Only the leader may.
+func (n *Node) Apply(c Change, timeout time.Duration) error {
+	b, err := Encode(c)
 	if err != nil {
 		return err
 	}
@@ -259,13 +258,13 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 		case string(s.ID) != m.Name && string(s.Address) == m.RaftAddr:
 			return fmt.Errorf("raft address %s already belongs to member %s: give the new node its own --raft-addr", m.RaftAddr, s.ID)
 		case string(s.ID) == m.Name && s.Suffrage == raft.Voter:
-			return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
+			return n.Apply(Register{Member: m}, timeout)
 		}
 	}
 	if err := n.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
 		return fmt.Errorf("add %s: %w", m.Name, err)
 	}
-	return n.Apply(Command{Op: OpRegister, Member: &m}, timeout)
+	return n.Apply(Register{Member: m}, timeout)
 }
 
 // Promote makes a member that has caught up with the log a voter, unless the cluster already
@@ -305,7 +304,7 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 	}
 	// Registry first: once the leader has removed itself it can no longer apply anything. If the
 	// removal then fails, the member re-registers itself (see the agent), so nothing is lost.
-	if err := n.Apply(Command{Op: OpUnregister, Name: name}, timeout); err != nil {
+	if err := n.Apply(Unregister{Name: name}, timeout); err != nil {
 		return err
 	}
 	if err := n.raft.RemoveServer(raft.ServerID(name), 0, timeout).Error(); err != nil {

@@ -28,18 +28,15 @@ type Version struct {
 const keepBundles = 5
 
 // commit records a new version and starts its rollout.
-func (s *State) commit(c Command) error {
-	if c.Version == nil || len(c.Version.Bundle) == 0 {
+func (s *State) commit(c Commit) error {
+	if len(c.Version.Bundle) == 0 {
 		return fmt.Errorf("commit without a bundle")
 	}
 	if !validID.MatchString(string(c.Version.ID)) {
 		// The ID names folders on every node: it must be the sha256 and nothing else.
 		return fmt.Errorf("commit of %q: a version ID is the bundle's sha256 in 64 lowercase hex digits", c.Version.ID)
 	}
-	var policy rollout.Policy
-	if c.Policy != nil {
-		policy = *c.Policy
-	}
+	policy := c.Policy
 	if err := policy.Validate(); err != nil {
 		return err
 	}
@@ -56,7 +53,7 @@ func (s *State) commit(c Command) error {
 			return fmt.Errorf("%w: this bundle is version %d, which the cluster already runs", ErrSameVersion, cur.N)
 		}
 	}
-	v := *c.Version
+	v := c.Version
 	v.N = 1
 	if from != nil {
 		v.N = from.N + 1
@@ -104,36 +101,36 @@ func (s *State) current() *Version {
 
 var validID = regexp.MustCompile(`^[0-9a-f]{64}$`)
 
-// rolloutFor checks that a command is about the current rollout.
-func (s *State) rolloutFor(c Command) (*rollout.Rollout, error) {
+// rolloutFor is rollout n, if it is the current one.
+func (s *State) rolloutFor(n rollout.Number) (*rollout.Rollout, error) {
 	r := s.Rollout
-	if r == nil || r.Version != c.N {
-		return nil, fmt.Errorf("%w: version %d is not the one rolling out", ErrStale, c.N)
+	if r == nil || r.Version != n {
+		return nil, fmt.Errorf("%w: version %d is not the one rolling out", ErrStale, n)
 	}
 	return r, nil
 }
 
-func (s *State) grant(c Command) error {
-	r, err := s.rolloutFor(c)
+func (s *State) grant(c Grant) error {
+	r, err := s.rolloutFor(c.N)
 	if err != nil {
 		return err
 	}
-	return r.Grant(c.Name, c.Phase, c.Time)
+	return r.Grant(c.Node, c.Phase, c.Time)
 }
 
-func (s *State) report(c Command) error {
-	r, err := s.rolloutFor(c)
+func (s *State) report(c Report) error {
+	r, err := s.rolloutFor(c.N)
 	if err != nil {
 		return err
 	}
 	if c.Phase == rollout.Built && c.Build != nil {
-		return r.ReportBuilt(c.Name, *c.Build, c.States, c.Time)
+		return r.ReportBuilt(c.Node, *c.Build, c.States, c.Time)
 	}
-	return r.Report(c.Name, c.Phase, c.Error, c.Time)
+	return r.Report(c.Node, c.Phase, c.Error, c.Time)
 }
 
-func (s *State) setRolloutState(c Command) error {
-	r, err := s.rolloutFor(c)
+func (s *State) setRolloutState(c SetState) error {
+	r, err := s.rolloutFor(c.N)
 	if err != nil {
 		return err
 	}
@@ -142,52 +139,51 @@ func (s *State) setRolloutState(c Command) error {
 
 // steps applies the leader's moves of one round in order, all or none: a refused one leaves the
 // rollout as it was before the first.
-func (s *State) steps(c Command) error {
+func (s *State) steps(c Steps) error {
 	before := s.Rollout.Clone()
-	for i, sc := range c.Steps {
-		sc.Time = c.Time // one stamp for the round, the leader's
+	for i, st := range c.Steps {
 		var err error
-		switch sc.Op {
-		case OpGrant:
-			err = s.grant(sc)
-		case OpReport:
-			err = s.report(sc)
-		case OpRolloutState:
-			err = s.setRolloutState(sc)
-		default:
-			err = fmt.Errorf("%q is not a rollout step", sc.Op)
+		var node string
+		switch st := st.(type) {
+		case Grant:
+			st.Time, node = c.Time, st.Node // one stamp for the round, the leader's
+			err = s.grant(st)
+		case Report:
+			st.Time, node = c.Time, st.Node
+			err = s.report(st)
+		case SetState:
+			st.Time = c.Time
+			err = s.setRolloutState(st)
 		}
 		if err != nil {
 			s.Rollout = before
-			return fmt.Errorf("step %d of %d (%s %s): %w", i+1, len(c.Steps), sc.Op, sc.Name, err)
+			return fmt.Errorf("step %d of %d (%s %s): %w", i+1, len(c.Steps), st.op(), node, err)
 		}
 	}
 	return nil
 }
 
-// StepsCommand is the log entry that makes the leader's steps of one round in rollout r at time
-// now: one entry however many steps, so that a wave's grants cost one round trip.
-func StepsCommand(r *rollout.Rollout, steps []rollout.Step, now time.Time) Command {
+// RoundOf is the change that makes the leader's steps of one round in rollout r at time now:
+// one log entry however many steps, so that a wave's grants cost one round trip.
+func RoundOf(r *rollout.Rollout, steps []rollout.Step, now time.Time) Change {
 	if len(steps) == 1 {
-		return StepCommand(r, steps[0], now)
+		return StepOf(r, steps[0], now)
 	}
-	c := Command{Op: OpSteps, N: r.Version, Time: now}
+	c := Steps{N: r.Version, Time: now}
 	for _, st := range steps {
-		c.Steps = append(c.Steps, StepCommand(r, st, now))
+		c.Steps = append(c.Steps, StepOf(r, st, now))
 	}
 	return c
 }
 
-// StepCommand is the log entry that makes the leader's step st in rollout r at time now.
-func StepCommand(r *rollout.Rollout, st rollout.Step, now time.Time) Command {
-	c := Command{N: r.Version, Name: st.Node, Phase: st.Phase, Time: now}
+// StepOf is the change that makes the leader's step st in rollout r at time now.
+func StepOf(r *rollout.Rollout, st rollout.Step, now time.Time) Step {
 	switch st.Op {
 	case rollout.OpGrant:
-		c.Op = OpGrant
+		return Grant{N: r.Version, Node: st.Node, Phase: st.Phase, Time: now}
 	case rollout.OpReport:
-		c.Op, c.Error = OpReport, st.Message
-	case rollout.OpState:
-		c.Op, c.State, c.Reason = OpRolloutState, st.State, st.Message
+		return Report{N: r.Version, Node: st.Node, Phase: st.Phase, Error: st.Message, Time: now}
+	default:
+		return SetState{N: r.Version, State: st.State, Reason: st.Message, Time: now}
 	}
-	return c
 }

@@ -16,13 +16,13 @@ import (
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
-// next is the leader's next command for r at now, every member in contact; Op is empty to wait.
-func next(r *rollout.Rollout, now time.Time) Command {
+// next is the leader's next change for r at now, every member in contact; nil to wait.
+func next(r *rollout.Rollout, now time.Time) Step {
 	st := r.Next(now, nil)
 	if st.Op == "" {
-		return Command{}
+		return nil
 	}
-	return StepCommand(r, st, now)
+	return StepOf(r, st, now)
 }
 
 // cluster3 is an FSM with members a, b, c and a first version rolled out everywhere.
@@ -31,7 +31,7 @@ func cluster3(t *testing.T) (*FSM, *clock) {
 	f := NewFSM()
 	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	for _, n := range []string{"c", "a", "b"} {
-		mustApply(t, f, Command{Op: OpRegister, Member: &Member{Name: n}})
+		mustApply(t, f, Register{Member: Member{Name: n}})
 	}
 	commit(t, f, clk, "v1", false)
 	drive(t, f, clk, func(name string, phase rollout.Phase) rollout.Phase { return rollout.Running })
@@ -47,14 +47,14 @@ func (c *clock) now() time.Time { c.t = c.t.Add(100 * time.Millisecond); return 
 
 var logIndex uint64
 
-func mustApply(t *testing.T, f *FSM, c Command) {
+func mustApply(t *testing.T, f *FSM, c Change) {
 	t.Helper()
 	if err := apply(t, f, c); err != nil {
-		t.Fatalf("apply %s: %v", c.Op, err)
+		t.Fatalf("apply %T: %v", c, err)
 	}
 }
 
-func apply(t *testing.T, f *FSM, c Command) error {
+func apply(t *testing.T, f *FSM, c Change) error {
 	t.Helper()
 	logIndex++
 	if err, ok := f.Apply(entry(t, logIndex, c)).(error); ok {
@@ -65,8 +65,8 @@ func apply(t *testing.T, f *FSM, c Command) error {
 
 func commit(t *testing.T, f *FSM, clk *clock, src string, canary bool) error {
 	t.Helper()
-	return apply(t, f, Command{Op: OpCommit, Time: clk.now(), Canary: canary,
-		Version: &Version{ID: idOf(src), Message: src, Bundle: []byte(src)}})
+	return apply(t, f, Commit{Time: clk.now(), Canary: canary,
+		Version: Version{ID: idOf(src), Message: src, Bundle: []byte(src)}})
 }
 
 // drive plays leader and nodes until the rollout needs nobody: the leader commits what Next
@@ -77,12 +77,12 @@ func drive(t *testing.T, f *FSM, clk *clock, outcome func(name string, phase rol
 	for range 100 {
 		r := f.Rollout()
 		step := next(r, clk.now())
-		if step.Op == "" {
+		if step == nil {
 			// Waiting: for builds, which every node reports as done here; else for nobody.
 			built := false
 			for _, name := range r.Order {
 				if p := r.Nodes[name].Phase; r.State == rollout.Rolling && (p == rollout.Pending || p == rollout.Building) {
-					mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: rollout.Built, Time: clk.now()})
+					mustApply(t, f, Report{N: r.Version, Node: name, Phase: rollout.Built, Time: clk.now()})
 					built = true
 				}
 			}
@@ -92,13 +92,14 @@ func drive(t *testing.T, f *FSM, clk *clock, outcome func(name string, phase rol
 			return grants
 		}
 		mustApply(t, f, step)
-		if step.Op != OpGrant {
+		g, ok := step.(Grant)
+		if !ok {
 			continue
 		}
-		name, phase := step.Name, step.Phase
+		name, phase := g.Node, g.Phase
 		grants = append(grants, string(phase)+":"+name)
 		if phase == rollout.Granted {
-			mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: rollout.Swapping, Time: clk.now()})
+			mustApply(t, f, Report{N: r.Version, Node: name, Phase: rollout.Swapping, Time: clk.now()})
 		}
 		res := outcome(name, phase)
 		if res == "" {
@@ -108,7 +109,7 @@ func drive(t *testing.T, f *FSM, clk *clock, outcome func(name string, phase rol
 		if res == rollout.Failed {
 			errMsg = "duck exited with status 3"
 		}
-		mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: res, Error: errMsg, Time: clk.now()})
+		mustApply(t, f, Report{N: r.Version, Node: name, Phase: res, Error: errMsg, Time: clk.now()})
 	}
 	t.Fatal("rollout did not settle in 100 steps")
 	return nil
@@ -187,7 +188,7 @@ func TestFailureHaltsAndRevertsInReverseOrder(t *testing.T) {
 func TestBuildFailureHaltsBeforeAnySwap(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "broken", false)
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "b", Phase: rollout.Failed, Error: "main.go:3: undefined: x", Time: clk.now()})
+	mustApply(t, f, Report{N: 2, Node: "b", Phase: rollout.Failed, Error: "main.go:3: undefined: x", Time: clk.now()})
 	grants := drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
 	if len(grants) != 0 {
 		t.Fatalf("a version that does not build was granted: %v", grants)
@@ -207,7 +208,7 @@ func TestCanaryPausesAfterFirstNode(t *testing.T) {
 	if err := commit(t, f, clk, "v3", false); err == nil {
 		t.Fatal("a new version was committed over a paused canary")
 	}
-	mustApply(t, f, Command{Op: OpRolloutState, N: 2, State: rollout.Rolling, Time: clk.now()})
+	mustApply(t, f, SetState{N: 2, State: rollout.Rolling, Time: clk.now()})
 	grants = drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
 	if !slices.Equal(grants, []string{"granted:b", "granted:c"}) || f.Rollout().State != rollout.Done {
 		t.Fatalf("resume: grants %v, state %s", grants, f.Rollout().State)
@@ -217,19 +218,19 @@ func TestCanaryPausesAfterFirstNode(t *testing.T) {
 func TestNodeThatNeverAnswersIsSkipped(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
-	if step := next(f.Rollout(), clk.now()); step.Op != "" {
+	if step := next(f.Rollout(), clk.now()); step != nil {
 		t.Fatalf("a node that has not built yet was granted at once: %+v", step)
 	}
 	// a never reports building: after the ack timeout it is granted anyway, to be skipped.
 	clk.t = clk.t.Add(rollout.DefaultStartDeadline + time.Second)
-	grant := next(f.Rollout(), clk.now())
-	if grant.Op != OpGrant || grant.Name != "a" {
+	grant, ok := next(f.Rollout(), clk.now()).(Grant)
+	if !ok || grant.Node != "a" {
 		t.Fatalf("a silent node was not granted after the ack timeout: %+v", grant)
 	}
 	mustApply(t, f, grant)
 	clk.t = clk.t.Add(rollout.DefaultStartDeadline + time.Second)
-	step := next(f.Rollout(), clk.now())
-	if step.Op != OpReport || step.Phase != rollout.Skipped || step.Name != "a" {
+	step, ok := next(f.Rollout(), clk.now()).(Report)
+	if !ok || step.Phase != rollout.Skipped || step.Node != "a" {
 		t.Fatalf("after the ack timeout: %+v", step)
 	}
 	mustApply(t, f, step)
@@ -245,11 +246,11 @@ func TestNodeThatNeverAnswersIsSkipped(t *testing.T) {
 func TestStaleCommandsAreRefused(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
-	err := apply(t, f, Command{Op: OpReport, N: 1, Name: "a", Phase: rollout.Running, Time: clk.now()})
+	err := apply(t, f, Report{N: 1, Node: "a", Phase: rollout.Running, Time: clk.now()})
 	if !errors.Is(err, ErrStale) {
 		t.Fatalf("report about version 1 during version 2's rollout: %v", err)
 	}
-	err = apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()})
+	err = apply(t, f, Report{N: 2, Node: "a", Phase: rollout.Swapping, Time: clk.now()})
 	if !errors.Is(err, ErrStale) {
 		t.Fatalf("swapping without a grant: %v", err)
 	}
@@ -311,18 +312,18 @@ func TestFailureWhileAnotherNodeSwapsRevertsThatNodeToo(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
 	for _, n := range []string{"a", "b", "c"} {
-		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: rollout.Built, Time: clk.now()})
+		mustApply(t, f, Report{N: 2, Node: n, Phase: rollout.Built, Time: clk.now()})
 	}
 	mustApply(t, f, next(f.Rollout(), clk.now())) // grant a
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()})
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "c", Phase: rollout.Failed, Error: "disk full", Time: clk.now()})
+	mustApply(t, f, Report{N: 2, Node: "a", Phase: rollout.Swapping, Time: clk.now()})
+	mustApply(t, f, Report{N: 2, Node: "c", Phase: rollout.Failed, Error: "disk full", Time: clk.now()})
 	if r := f.Rollout(); r.State != rollout.GoingBack {
 		t.Fatalf("state %s after c failed", r.State)
 	}
-	if step := next(f.Rollout(), clk.now()); step.Op != "" {
+	if step := next(f.Rollout(), clk.now()); step != nil {
 		t.Fatalf("the rollout went back while a was mid-swap: %+v", step)
 	}
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Running, Time: clk.now()})
+	mustApply(t, f, Report{N: 2, Node: "a", Phase: rollout.Running, Time: clk.now()})
 	grants := drive(t, f, clk, func(name string, phase rollout.Phase) rollout.Phase { return rollout.Reverted })
 	if !slices.Equal(grants, []string{"reverting:a"}) || f.Rollout().State != rollout.WentBack {
 		t.Fatalf("grants %v, state %s; want a taken back", grants, f.Rollout().State)
@@ -344,12 +345,12 @@ func TestSwappingReportedTwiceIsTheSameTurn(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)
 	for _, n := range []string{"a", "b", "c"} {
-		mustApply(t, f, Command{Op: OpReport, N: 2, Name: n, Phase: rollout.Built, Time: clk.now()})
+		mustApply(t, f, Report{N: 2, Node: n, Phase: rollout.Built, Time: clk.now()})
 	}
 	mustApply(t, f, next(f.Rollout(), clk.now())) // grant a
-	mustApply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()})
+	mustApply(t, f, Report{N: 2, Node: "a", Phase: rollout.Swapping, Time: clk.now()})
 	since := f.Rollout().Nodes["a"].Since
-	if err := apply(t, f, Command{Op: OpReport, N: 2, Name: "a", Phase: rollout.Swapping, Time: clk.now()}); err != nil {
+	if err := apply(t, f, Report{N: 2, Node: "a", Phase: rollout.Swapping, Time: clk.now()}); err != nil {
 		t.Fatalf("a node restarted mid-turn reporting swapping again: %v", err)
 	}
 	if nr := f.Rollout().Nodes["a"]; nr.Phase != rollout.Swapping || !nr.Since.Equal(since) {
@@ -363,13 +364,13 @@ func TestStepsApplyAllOrNone(t *testing.T) {
 	f := NewFSM()
 	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	for i := 1; i <= 10; i++ {
-		mustApply(t, f, Command{Op: OpRegister, Member: &Member{Name: "n" + strconv.Itoa(i)}})
+		mustApply(t, f, Register{Member: Member{Name: "n" + strconv.Itoa(i)}})
 	}
-	mustApply(t, f, Command{Op: OpCommit, Time: clk.now(), Policy: &rollout.Policy{MaxParallel: 4},
-		Version: &Version{ID: idOf("v1"), Bundle: []byte("v1")}})
+	mustApply(t, f, Commit{Time: clk.now(), Policy: rollout.Policy{MaxParallel: 4},
+		Version: Version{ID: idOf("v1"), Bundle: []byte("v1")}})
 	r := f.Rollout()
 	for _, name := range r.Order {
-		mustApply(t, f, Command{Op: OpReport, N: r.Version, Name: name, Phase: rollout.Built, Time: clk.now()})
+		mustApply(t, f, Report{N: r.Version, Node: name, Phase: rollout.Built, Time: clk.now()})
 	}
 	r = f.Rollout()
 	now := clk.now()
@@ -389,7 +390,7 @@ func TestStepsApplyAllOrNone(t *testing.T) {
 	}
 
 	// The same round with a step that cannot apply (n9 is not in its turn) is refused whole.
-	bad := StepsCommand(r, append(slices.Clone(steps), rollout.Step{Op: rollout.OpReport, Node: "n9", Phase: rollout.Running}), now)
+	bad := RoundOf(r, append(slices.Clone(steps), rollout.Step{Op: rollout.OpReport, Node: "n9", Phase: rollout.Running}), now)
 	rolloutJSON := func() string { b, _ := json.Marshal(f.Rollout()); return string(b) }
 	before := rolloutJSON()
 	if err := apply(t, f, bad); err == nil || !strings.Contains(err.Error(), "step 5 of 5") {
@@ -399,7 +400,7 @@ func TestStepsApplyAllOrNone(t *testing.T) {
 		t.Fatalf("a refused round changed the state:\nbefore %s\nafter  %s", before, after)
 	}
 
-	mustApply(t, f, StepsCommand(r, steps, now))
+	mustApply(t, f, RoundOf(r, steps, now))
 	r = f.Rollout()
 	for _, name := range granted {
 		if nr := r.Nodes[name]; nr.Phase != rollout.Granted || !nr.Since.Equal(now) {

@@ -41,8 +41,8 @@ type Cluster interface {
 	Remove(ctx context.Context, name string) error
 	// Leave takes this node out; forget runs once it is out.
 	Leave(ctx context.Context, forget func()) error
-	// Apply has the leader commit e, a peer's change sent to path.
-	Apply(ctx context.Context, path string, e api.Entry) error
+	// Place has the leader record (or drop) a peer's duck: e's op is place or unplace.
+	Place(ctx context.Context, e api.Entry) error
 	// APIAddr is where member name's API is, as the registry records it.
 	APIAddr(name string) (string, bool)
 	// Ping is how this node is (its Raft state, term, indexes).
@@ -675,7 +675,7 @@ func (h *Service) handlePlace(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("only place and unplace go through /v1/place, not %q", op))
 		return
 	}
-	if err := h.Cluster.Apply(r.Context(), "/v1/place", e); err != nil {
+	if err := h.Cluster.Place(r.Context(), e); err != nil {
 		httpjson.Error(w, statusOf(err), err)
 		return
 	}

@@ -44,8 +44,8 @@ func (f *fake) Register(context.Context, api.Member) error   { return f.call("re
 func (f *fake) Promote(_ context.Context, name string) error { return f.call("promote " + name) }
 func (f *fake) Remove(_ context.Context, name string) error  { return f.call("remove " + name) }
 func (f *fake) Leave(_ context.Context, forget func()) error { return f.call("leave") }
-func (f *fake) Apply(_ context.Context, path string, c api.Entry) error {
-	return f.call("apply " + path + " " + c.Op())
+func (f *fake) Place(_ context.Context, c api.Entry) error {
+	return f.call("apply /v1/place " + c.Op())
 }
 func (f *fake) APIAddr(name string) (string, bool) { return name + ":api", name == "b" }
 func (f *fake) Ping() api.Ping                     { return api.Ping{Name: "a", State: "leader"} }

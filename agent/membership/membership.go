@@ -171,7 +171,7 @@ func (m *Membership) KeepRegistered(ctx context.Context, each func()) {
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			self := m.self
 			err := m.OnLeader(rctx, "/v1/register", self, nil, func(n *consensus.Node) error {
-				return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &self}, ApplyTimeout)
+				return n.Apply(consensus.Register{Member: self}, ApplyTimeout)
 			})
 			cancel()
 			if err != nil {
@@ -266,9 +266,13 @@ func (m *Membership) awaitIndex(ctx context.Context, index uint64) error {
 	}
 }
 
-// Apply has the leader commit c.
-func (m *Membership) Apply(ctx context.Context, path string, c consensus.Command) error {
-	return m.OnLeader(ctx, path, c, nil, func(n *consensus.Node) error { return n.Apply(c, ApplyTimeout) })
+// Apply has the leader commit c; a follower sends it to path on the leader, in the log's JSON.
+func (m *Membership) Apply(ctx context.Context, path string, c consensus.Change) error {
+	b, err := consensus.Encode(c)
+	if err != nil {
+		return err
+	}
+	return m.OnLeader(ctx, path, api.Entry(b), nil, func(n *consensus.Node) error { return n.Apply(c, ApplyTimeout) })
 }
 
 // Connect joins this node to the cluster at addr. A node gives up its own (one-node) history
@@ -329,7 +333,7 @@ func (m *Membership) Join(ctx context.Context, r consensus.Member) error {
 // Register has the leader record member r's addresses.
 func (m *Membership) Register(ctx context.Context, r consensus.Member) error {
 	return m.OnLeader(ctx, "/v1/register", r, nil, func(n *consensus.Node) error {
-		return n.Apply(consensus.Command{Op: consensus.OpRegister, Member: &r}, ApplyTimeout)
+		return n.Apply(consensus.Register{Member: r}, ApplyTimeout)
 	})
 }
 
