@@ -31,7 +31,7 @@ func (s *memSink) Cancel() error { return nil }
 func (s *memSink) Close() error  { return nil }
 
 func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
-	f := NewFSM()
+	f := newFSM()
 	a := Member{Name: "a", RaftAddr: "127.0.0.1:1", APIAddr: "127.0.0.1:2"}
 	b := Member{Name: "b", RaftAddr: "127.0.0.1:3", APIAddr: "127.0.0.1:4"}
 	c := Member{Name: "c", RaftAddr: "127.0.0.1:5", APIAddr: "127.0.0.1:6"}
@@ -56,7 +56,7 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 	if err := snap.Persist(&sink); err != nil {
 		t.Fatal(err)
 	}
-	restored := NewFSM()
+	restored := newFSM()
 	if err := restored.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 }
 
 func TestFSMRefusesBadEntriesAndKeepsState(t *testing.T) {
-	f := NewFSM()
+	f := newFSM()
 	a := Member{Name: "a"}
 	f.Apply(entry(t, 1, Register{Member: a}))
 	before := f.State()
@@ -101,7 +101,7 @@ func TestFSMRefusesBadEntriesAndKeepsState(t *testing.T) {
 }
 
 func TestFreshMeansOnlySelf(t *testing.T) {
-	f := NewFSM()
+	f := newFSM()
 	if !f.Fresh("a") {
 		t.Fatal("an empty FSM is not fresh")
 	}
@@ -189,7 +189,7 @@ func TestJoinAndRemove(t *testing.T) {
 }
 
 func TestPlacementsFollowTheirNode(t *testing.T) {
-	f := NewFSM()
+	f := newFSM()
 	for i, c := range []Change{
 		Register{Member: Member{Name: "a"}},
 		Register{Member: Member{Name: "b"}},

@@ -60,37 +60,37 @@ var ErrSameVersion = errors.New("same version")
 // ErrStale means a command was about a rollout, turn or phase that is no longer the current one.
 var ErrStale = rollout.ErrStale
 
-// FSM applies committed commands to State. Apply is deterministic: every node applying the same
+// fsm applies committed commands to State. Apply is deterministic: every node applying the same
 // log reaches the same State. It records and never acts: starting builds or ducks is the job of
 // whoever watches it.
-type FSM struct {
+type fsm struct {
 	mu      sync.RWMutex
 	state   State
 	changed chan struct{} // closed and replaced at every apply
 }
 
-// NewFSM returns an FSM holding an empty State.
-func NewFSM() *FSM {
-	return &FSM{state: State{Members: map[string]Member{}}, changed: make(chan struct{})}
+// newFSM returns an FSM holding an empty State.
+func newFSM() *fsm {
+	return &fsm{state: State{Members: map[string]Member{}}, changed: make(chan struct{})}
 }
 
 // Changed returns a channel closed at the next change of the state, so that whoever acts on it
 // (the rollout loops) wakes at once instead of on its next poll.
-func (f *FSM) Changed() <-chan struct{} {
+func (f *fsm) Changed() <-chan struct{} {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.changed
 }
 
 // notify wakes the watchers of Changed; the caller holds f.mu.
-func (f *FSM) notify() {
+func (f *fsm) notify() {
 	close(f.changed)
 	f.changed = make(chan struct{})
 }
 
 // Apply applies one committed entry. A command that cannot apply returns an error value (Raft
 // hands it to the caller of Apply on the leader) and leaves State as it was.
-func (f *FSM) Apply(l *raft.Log) any {
+func (f *fsm) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	defer f.notify()
@@ -103,7 +103,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 }
 
 // Index is the log index of the last entry this FSM applied.
-func (f *FSM) Index() uint64 {
+func (f *fsm) Index() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.state.Index
@@ -162,7 +162,7 @@ func (s *State) apply(c Change) error {
 
 // State returns a copy of the current state. Bundles are shared, not copied: nobody writes
 // into one.
-func (f *FSM) State() State {
+func (f *fsm) State() State {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	s := State{
@@ -179,14 +179,14 @@ func (f *FSM) State() State {
 }
 
 // Rollout returns a copy of the latest rollout, nil if there was none.
-func (f *FSM) Rollout() *rollout.Rollout {
+func (f *fsm) Rollout() *rollout.Rollout {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.state.Rollout.Clone()
 }
 
 // Version returns committed version n.
-func (f *FSM) Version(n rollout.Number) (Version, bool) {
+func (f *fsm) Version(n rollout.Number) (Version, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for _, v := range f.state.Versions {
@@ -198,7 +198,7 @@ func (f *FSM) Version(n rollout.Number) (Version, bool) {
 }
 
 // Current is the version the cluster runs (see State.current), if any.
-func (f *FSM) Current() (Version, bool) {
+func (f *fsm) Current() (Version, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if v := f.state.current(); v != nil {
@@ -209,7 +209,7 @@ func (f *FSM) Current() (Version, bool) {
 
 // Fresh reports whether the cluster's history is only self's own start: nothing but self was
 // ever recorded. Only a fresh node may give up its history to join another cluster.
-func (f *FSM) Fresh(self string) bool {
+func (f *fsm) Fresh(self string) bool {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	for name := range f.state.Members {
@@ -221,20 +221,20 @@ func (f *FSM) Fresh(self string) bool {
 }
 
 // MemberNames lists the registered names in order.
-func (f *FSM) MemberNames() []string {
+func (f *fsm) MemberNames() []string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return slices.Sorted(maps.Keys(f.state.Members))
 }
 
 // Snapshot captures the state; Persist writes it as JSON.
-func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
 	return &snapshot{state: f.State()}, nil
 }
 
 // Restore replaces the state with a snapshot's. A snapshot that does not decode leaves the
 // current state untouched.
-func (f *FSM) Restore(rc io.ReadCloser) error {
+func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	var s State
 	if err := json.NewDecoder(rc).Decode(&s); err != nil {

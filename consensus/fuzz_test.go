@@ -20,7 +20,7 @@ func fuzzBases(tb testing.TB) [][]byte {
 	tb.Helper()
 	t0 := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	at := func(s int) time.Time { return t0.Add(time.Duration(s) * time.Second) }
-	f := NewFSM()
+	f := newFSM()
 	var index uint64
 	do := func(c Change) {
 		tb.Helper()
@@ -92,16 +92,16 @@ func fuzzBases(tb testing.TB) [][]byte {
 }
 
 // fuzzFSM is an FSM restored from snapshot b.
-func fuzzFSM(t *testing.T, b []byte) *FSM {
+func fuzzFSM(t *testing.T, b []byte) *fsm {
 	t.Helper()
-	f := NewFSM()
+	f := newFSM()
 	if err := f.Restore(io.NopCloser(bytes.NewReader(b))); err != nil {
 		t.Fatal(err)
 	}
 	return f
 }
 
-func stateJSON(t *testing.T, f *FSM) string {
+func stateJSON(t *testing.T, f *fsm) string {
 	t.Helper()
 	b, err := json.Marshal(f.State())
 	if err != nil {
@@ -111,7 +111,7 @@ func stateJSON(t *testing.T, f *FSM) string {
 }
 
 // roundTrip snapshots f, restores the snapshot into a new FSM and returns that one.
-func roundTrip(t *testing.T, f *FSM) *FSM {
+func roundTrip(t *testing.T, f *fsm) *fsm {
 	t.Helper()
 	snap, err := f.Snapshot()
 	if err != nil {
@@ -122,7 +122,7 @@ func roundTrip(t *testing.T, f *FSM) *FSM {
 		t.Fatalf("persist: %v", err)
 	}
 	snap.Release()
-	g := NewFSM()
+	g := newFSM()
 	if err := g.Restore(io.NopCloser(&sink)); err != nil {
 		t.Fatalf("a snapshot the FSM wrote does not restore: %v\n%s", err, sink.Bytes())
 	}
@@ -249,7 +249,7 @@ func FuzzRestore(f *testing.F) {
 		if err := snap.Persist(&sink); err != nil {
 			t.Fatal(err)
 		}
-		again := NewFSM()
+		again := newFSM()
 		if err := again.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
 			t.Fatalf("the snapshot of a restored state does not restore: %v", err)
 		}

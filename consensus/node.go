@@ -58,7 +58,7 @@ type Config struct {
 // Node is a running Raft member.
 type Node struct {
 	raft *raft.Raft
-	fsm  *FSM
+	fsm  *fsm
 
 	name      string
 	store     *raftboltdb.BoltStore
@@ -121,14 +121,14 @@ func Open(cfg Config) (*Node, error) {
 	rc.Logger = rlog
 	tune(rc)
 
-	fsm := NewFSM()
-	r, err := raft.NewRaft(rc, fsm, logs, store, snaps, trans)
+	f := newFSM()
+	r, err := raft.NewRaft(rc, f, logs, store, snaps, trans)
 	if err != nil {
 		closeTransport(trans)
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	n := &Node{raft: r, fsm: fsm, name: cfg.Name, store: store, transport: trans, log: cfg.Log, contacts: watchContacts(r)}
+	n := &Node{raft: r, fsm: f, name: cfg.Name, store: store, transport: trans, log: cfg.Log, contacts: watchContacts(r)}
 
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, store, snaps)

@@ -26,9 +26,9 @@ func next(r *rollout.Rollout, now time.Time) Step {
 }
 
 // cluster3 is an FSM with members a, b, c and a first version rolled out everywhere.
-func cluster3(t *testing.T) (*FSM, *clock) {
+func cluster3(t *testing.T) (*fsm, *clock) {
 	t.Helper()
-	f := NewFSM()
+	f := newFSM()
 	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	for _, n := range []string{"c", "a", "b"} {
 		mustApply(t, f, Register{Member: Member{Name: n}})
@@ -47,14 +47,14 @@ func (c *clock) now() time.Time { c.t = c.t.Add(100 * time.Millisecond); return 
 
 var logIndex uint64
 
-func mustApply(t *testing.T, f *FSM, c Change) {
+func mustApply(t *testing.T, f *fsm, c Change) {
 	t.Helper()
 	if err := apply(t, f, c); err != nil {
 		t.Fatalf("apply %T: %v", c, err)
 	}
 }
 
-func apply(t *testing.T, f *FSM, c Change) error {
+func apply(t *testing.T, f *fsm, c Change) error {
 	t.Helper()
 	logIndex++
 	if err, ok := f.Apply(entry(t, logIndex, c)).(error); ok {
@@ -63,7 +63,7 @@ func apply(t *testing.T, f *FSM, c Change) error {
 	return nil
 }
 
-func commit(t *testing.T, f *FSM, clk *clock, src string, canary bool) error {
+func commit(t *testing.T, f *fsm, clk *clock, src string, canary bool) error {
 	t.Helper()
 	return apply(t, f, Commit{Time: clk.now(), Canary: canary,
 		Version: Version{ID: idOf(src), Message: src, Bundle: []byte(src)}})
@@ -71,7 +71,7 @@ func commit(t *testing.T, f *FSM, clk *clock, src string, canary bool) error {
 
 // drive plays leader and nodes until the rollout needs nobody: the leader commits what Next
 // says; a granted node answers with outcome(name, phase). It returns the grants in order.
-func drive(t *testing.T, f *FSM, clk *clock, outcome func(name string, phase rollout.Phase) rollout.Phase) []string {
+func drive(t *testing.T, f *fsm, clk *clock, outcome func(name string, phase rollout.Phase) rollout.Phase) []string {
 	t.Helper()
 	var grants []string
 	for range 100 {
@@ -262,7 +262,7 @@ func TestSnapshotKeepsRollout(t *testing.T) {
 	snap, _ := f.Snapshot()
 	var sink memSink
 	snap.Persist(&sink)
-	g := NewFSM()
+	g := newFSM()
 	if err := g.Restore(nopCloser{&sink}); err != nil {
 		t.Fatal(err)
 	}
@@ -361,7 +361,7 @@ func TestSwappingReportedTwiceIsTheSameTurn(t *testing.T) {
 // A round's grants go through the log as one entry; one refused step refuses the whole entry and
 // leaves the rollout as it was.
 func TestStepsApplyAllOrNone(t *testing.T) {
-	f := NewFSM()
+	f := newFSM()
 	clk := &clock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	for i := 1; i <= 10; i++ {
 		mustApply(t, f, Register{Member: Member{Name: "n" + strconv.Itoa(i)}})
