@@ -1,5 +1,5 @@
 // Package localcluster starts real node processes on 127.0.0.1, each in its own folder under one
-// root, with ports the kernel picks. The demo shows a cluster with it and the end-to-end tests
+// root, on free loopback ports. The demo shows a cluster with it and the end-to-end tests
 // drive one, so both exercise exactly what a user runs.
 package localcluster
 
@@ -77,8 +77,9 @@ var readyLine = regexp.MustCompile(`ready: api ([^\s,]+), raft ([^\s,]+)(?:, dat
 // ReadyTimeout bounds how long a node may take to print its ready line.
 const ReadyTimeout = 30 * time.Second
 
-// Start starts node name with --api-addr and --raft-addr on kernel-picked loopback ports unless
-// extra sets them, and waits for its ready line.
+// Start starts node name with --api-addr and --raft-addr on free loopback ports below the
+// kernel's ephemeral range (see loopbackAddr) unless extra sets them, and waits for its ready
+// line.
 func (c *Cluster) Start(name string, extra ...string) (*Node, error) {
 	return c.StartWith(nil, name, extra...)
 }
@@ -86,11 +87,14 @@ func (c *Cluster) Start(name string, extra ...string) (*Node, error) {
 // StartWith is Start with the node run under prefix (see Node.Prefix).
 func (c *Cluster) StartWith(prefix []string, name string, extra ...string) (*Node, error) {
 	args := []string{"start", "--name", name, "--data-dir", filepath.Join(c.Root, name)}
-	if !hasFlag(extra, "--api-addr") {
-		args = append(args, "--api-addr", "127.0.0.1:0")
-	}
-	if !hasFlag(extra, "--raft-addr") {
-		args = append(args, "--raft-addr", "127.0.0.1:0")
+	for _, flag := range []string{"--api-addr", "--raft-addr"} {
+		if !hasFlag(extra, flag) {
+			addr, err := loopbackAddr()
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, flag, addr)
+		}
 	}
 	n := &Node{Name: name, Dir: filepath.Join(c.Root, name), Args: append(args, extra...), Prefix: prefix, c: c}
 	if err := n.start(); err != nil {
