@@ -1,9 +1,7 @@
 package systemtest
 
 import (
-	"encoding/json"
 	"fmt"
-	"github.com/duckraft/duckraft/api"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -12,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/rollout"
 )
 
@@ -34,7 +31,8 @@ import (
 // Every timestamp is stamped by the leader when it proposes the command (reports carry the
 // leader's time), so the parts add up to rollout-ms.
 func BenchmarkRollout(b *testing.B) {
-	c, nodes := newBenchDuckCluster(b)
+	dc := newDuckCluster(b, "--healthy", "200ms")
+	c, nodes := dc.c, dc.nodes
 	main, err := os.ReadFile("../duck/main.go")
 	if err != nil {
 		b.Fatal(err)
@@ -69,7 +67,7 @@ func BenchmarkRollout(b *testing.B) {
 		if m == nil || !strings.Contains(out, "runs on every node") {
 			b.Fatalf("deploy %d printed:\n%s", i, out)
 		}
-		r := benchRollout(b, c, addr)
+		r := rolloutOf(b, c, addr).Rollout
 		if fmt.Sprint(r.Version) != m[1] || r.State != rollout.Done || r.Ended.IsZero() {
 			b.Fatalf("after deploy of version %s the rollout is version %d, %s, ended %v", m[1], r.Version, r.State, r.Ended)
 		}
@@ -114,67 +112,3 @@ func BenchmarkRollout(b *testing.B) {
 }
 
 func msOf(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// newBenchDuckCluster is newDuckCluster for a benchmark: three connected nodes started with
-// --healthy 200ms, running duck/ as version 1 with one duck each.
-func newBenchDuckCluster(b *testing.B) (*localcluster.Cluster, []*localcluster.Node) {
-	b.Helper()
-	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(b), Cookie: randomCookie()}
-	var nodes []*localcluster.Node
-	b.Cleanup(func() {
-		if err := c.StopAll(10 * time.Second); err != nil {
-			b.Errorf("stopping the cluster: %v", err)
-		}
-		if b.Failed() {
-			for _, n := range nodes {
-				b.Logf("--- log of node %s:\n%s", n.Name, n.Log())
-			}
-		}
-	})
-	for _, name := range []string{"a", "b", "c"} {
-		n, err := c.Start(name, "--healthy", "200ms")
-		if err != nil {
-			b.Fatal(err)
-		}
-		nodes = append(nodes, n)
-	}
-	run := func(addr string, args ...string) string {
-		b.Helper()
-		out, errOut, err := tryCLI(c, addr, args...)
-		if err != nil {
-			b.Fatalf("node %s: %v\n%s%s", strings.Join(args, " "), err, out, errOut)
-		}
-		return out
-	}
-	for _, n := range nodes[1:] {
-		if out := run(n.API, "connect", nodes[0].API); strings.TrimSpace(out) != "true" {
-			b.Fatalf("connect %s printed %q, want true", n.Name, out)
-		}
-	}
-	if out := run(nodes[0].API, "deploy", "-m", "first", "../duck"); !strings.Contains(out, "version 1 runs on every node") {
-		b.Fatalf("first deploy printed:\n%s", out)
-	}
-	for _, n := range nodes {
-		out := run(n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=200ms")
-		if !strings.Contains(out, " on "+n.Name+" serving http://") {
-			b.Fatalf("spawn on %s printed %q", n.Name, out)
-		}
-	}
-	return c, nodes
-}
-
-func benchRollout(b *testing.B, c *localcluster.Cluster, addr string) *rollout.Rollout {
-	b.Helper()
-	out, errOut, err := tryCLI(c, addr, "rollout", "status", "--json")
-	if err != nil {
-		b.Fatalf("rollout status: %v\n%s%s", err, out, errOut)
-	}
-	var v api.RolloutView
-	if err := json.Unmarshal([]byte(out), &v); err != nil {
-		b.Fatalf("rollout status --json: %v in %q", err, out)
-	}
-	if v.Rollout == nil {
-		b.Fatalf("rollout status --json has no rollout: %s", out)
-	}
-	return v.Rollout
-}

@@ -66,7 +66,7 @@ func randomCookie() string {
 
 // emptyCluster is a cluster with no node yet, every node it starts stopped when the test ends
 // and its log printed if the test failed.
-func emptyCluster(t *testing.T) *localcluster.Cluster {
+func emptyCluster(t testing.TB) *localcluster.Cluster {
 	t.Helper()
 	c := &localcluster.Cluster{Bin: bin, Root: reachableTempDir(t), Cookie: randomCookie()}
 	t.Cleanup(func() {
@@ -88,12 +88,18 @@ func emptyCluster(t *testing.T) *localcluster.Cluster {
 
 // newCluster starts the named nodes, each a cluster of one, stopping them all when the test
 // ends and printing their logs if it failed.
-func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localcluster.Node) {
+func newCluster(t testing.TB, names ...string) (*localcluster.Cluster, []*localcluster.Node) {
+	t.Helper()
+	return newClusterWith(t, nil, names...)
+}
+
+// newClusterWith is newCluster with extra flags for every node's start.
+func newClusterWith(t testing.TB, extra []string, names ...string) (*localcluster.Cluster, []*localcluster.Node) {
 	t.Helper()
 	c := emptyCluster(t)
 	var nodes []*localcluster.Node
 	for _, name := range names {
-		n, err := c.Start(name)
+		n, err := c.Start(name, extra...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -103,7 +109,7 @@ func newCluster(t *testing.T, names ...string) (*localcluster.Cluster, []*localc
 }
 
 // leaderAndFollower finds the cluster's leader and one other node to send commands through.
-func leaderAndFollower(t *testing.T, dc *duckCluster) (lead, via *localcluster.Node) {
+func leaderAndFollower(t testing.TB, dc *duckCluster) (lead, via *localcluster.Node) {
 	t.Helper()
 	leader := leaderOf(members(dc.c, dc.nodes[0].API))
 	for _, n := range dc.nodes {
@@ -132,7 +138,7 @@ func reachableTempDir(t testing.TB) string {
 }
 
 // cli runs a client command against addr and fails the test if it fails.
-func cli(t *testing.T, c *localcluster.Cluster, addr string, args ...string) string {
+func cli(t testing.TB, c *localcluster.Cluster, addr string, args ...string) string {
 	t.Helper()
 	out, errOut, err := tryCLI(c, addr, args...)
 	if err != nil {
@@ -161,7 +167,7 @@ func members(c *localcluster.Cluster, addr string) []api.MemberStatus {
 }
 
 // connectAll connects every node after the first to the first's cluster.
-func connectAll(t *testing.T, c *localcluster.Cluster, nodes []*localcluster.Node) {
+func connectAll(t testing.TB, c *localcluster.Cluster, nodes []*localcluster.Node) {
 	t.Helper()
 	for _, n := range nodes[1:] {
 		if out := cli(t, c, n.API, "connect", nodes[0].API); strings.TrimSpace(out) != "true" {
@@ -171,7 +177,7 @@ func connectAll(t *testing.T, c *localcluster.Cluster, nodes []*localcluster.Nod
 }
 
 // waitFor polls cond until it holds, failing the test after timeout.
-func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
 	waitfor.Until(t, what, timeout, cond)
 }

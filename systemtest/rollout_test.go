@@ -24,9 +24,10 @@ type duckCluster struct {
 	ducks map[string]string // node name -> duck HTTP address
 }
 
-func newDuckCluster(t *testing.T) *duckCluster {
+// newDuckCluster starts it, extra going to every node's start.
+func newDuckCluster(t testing.TB, extra ...string) *duckCluster {
 	t.Helper()
-	c, nodes := newCluster(t, "a", "b", "c")
+	c, nodes := newClusterWith(t, extra, "a", "b", "c")
 	connectAll(t, c, nodes)
 	out := cli(t, c, nodes[0].API, "deploy", "-m", "first", "../duck")
 	if !strings.Contains(out, "version 1 runs on every node") {
@@ -44,7 +45,7 @@ func newDuckCluster(t *testing.T) *duckCluster {
 	return dc
 }
 
-func rolloutOf(t *testing.T, c *localcluster.Cluster, addr string) api.RolloutView {
+func rolloutOf(t testing.TB, c *localcluster.Cluster, addr string) api.RolloutView {
 	t.Helper()
 	var v api.RolloutView
 	if err := json.Unmarshal([]byte(cli(t, c, addr, "rollout", "status", "--json")), &v); err != nil {
