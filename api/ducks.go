@@ -21,7 +21,7 @@ type Event struct {
 
 // SpawnRequest starts a duck; an empty Addr picks a free loopback port. On names the node to
 // start it on (Node.spawn); the node asked forwards it there with the version it runs itself, as
-// the seed's code is the code of the node the call comes from.
+// in Erlang, where a remote spawn runs the code of the node the call comes from.
 type SpawnRequest struct {
 	Addr    string    `json:"addr,omitempty"`
 	Env     []string  `json:"env,omitempty"`

@@ -170,7 +170,7 @@ func TestStrangersConnectionsLeaveNodeServing(t *testing.T) {
 
 // A node out of file descriptors, because strangers hold connections, fails to accept for a
 // while (EMFILE) and serves again when they are gone: its listeners are never closed for good.
-// (The seed closed the API or Raft listener on the first such error, which anyone who can
+// (The first version closed the API or Raft listener on the first such error, which anyone who can
 // connect could cause.)
 func TestNodeOutOfDescriptorsServesAgain(t *testing.T) {
 	home := t.TempDir()

@@ -14,7 +14,8 @@ import (
 	"github.com/duckraft/duckraft/wire"
 )
 
-// The seed's opening: isolated nodes, Node.connect, Node.list from every node.
+// The Erlang walkthrough's opening (README): isolated nodes, Node.connect, Node.list from every
+// node.
 func TestThreeNodesConnectAndAgreeOnMembers(t *testing.T) {
 	c, nodes := newCluster(t, "a", "b", "c")
 	for _, n := range nodes {

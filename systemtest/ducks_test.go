@@ -56,7 +56,7 @@ func loadedVersion(t *testing.T, out string) string {
 	return strings.TrimSuffix(v, ":")
 }
 
-// The seed's c/1 and hot reload on one node: load, spawn, load a new version, the running duck
+// Erlang's c/1 and hot reload on one node: load, spawn, load a new version, the running duck
 // changes its voice and keeps its count; bad versions change nothing.
 func TestLoadSpawnAndHotSwapOnOneNode(t *testing.T) {
 	c, nodes := newCluster(t, "a")

@@ -13,8 +13,8 @@ import (
 	"time"
 )
 
-// TestSeedWalkthrough is ../shared/seed/elixir-clustering-demo.md step by step, in its order,
-// with duckraft's commands and real processes.
+// TestSeedWalkthrough is README's Erlang walkthrough step by step, in its order, with duckraft's
+// commands and real processes.
 func TestSeedWalkthrough(t *testing.T) {
 	// iex --sname a --cookie duck (three times); Node.list: each VM runs isolated.
 	c, nodes := newCluster(t, "a", "b", "c")

@@ -1,8 +1,8 @@
 // Package ducks is what one node runs: the version its ducks are on and the ducks themselves,
 // remembered in its data folder (local.json, bundles/) so that a restarted agent starts its
 // ducks again at the version it had; loading a version (build it, swap every duck to it, back
-// again if one does not come up); spawning, stopping and restarting a duck. It is the seed's c/1
-// and QuackingDuck.start on one node.
+// again if one does not come up); spawning, stopping and restarting a duck. It is Erlang's
+// c/1 (compile and load a module) and spawn on one node.
 //
 // One operation that changes the ducks runs at a time, and may take minutes; reading what the
 // node runs never waits on one.
@@ -340,7 +340,7 @@ func (h *Host) Spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo, e
 		return api.DuckInfo{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("%q is not a version ID (64 hex digits)", version)}
 	}
 	if !h.Has(version) {
-		// The seed's UndefinedFunctionError: the code was compiled on another node only.
+		// Erlang's UndefinedFunctionError: the code was compiled on another node only.
 		from := cmp.Or(req.From, "another node")
 		return api.DuckInfo{}, &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("node %s does not have version %s, which %s runs (the analogue of UndefinedFunctionError): run `spread` against %s to give it to every node (Erlang's nl), or `load DIR` against %s", h.name, h.Label(version), from, from, h.name)}
 	}

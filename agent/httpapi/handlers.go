@@ -682,7 +682,7 @@ func (h *Service) handlePlace(w http.ResponseWriter, r *http.Request) {
 	httpjson.Write(w, map[string]bool{"recorded": true})
 }
 
-// handleSpread commits the version loaded on this node to the whole cluster: the seed's nl.
+// handleSpread commits the version loaded on this node to the whole cluster: Erlang's nl.
 func (h *Service) handleSpread(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	id := h.Ducks.Version()

@@ -1,4 +1,4 @@
-// Package views answers for the whole cluster from any node, as the seed's shell does: the
+// Package views answers for the whole cluster from any node, as an Erlang shell does on any node: the
 // members and how each is, every node's ducks and their output, the status of every node. Each
 // asks the members themselves, in parallel, and gives each a deadline, so that one silent member
 // (cut off, not yet known to be down) shows as such instead of holding up the answer for all.
