@@ -66,13 +66,12 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 			}
 			d.Key = strconv.Itoa(int(r.Version)) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
 			if l.Acted == d.Key {
-				if me.Phase == Granted {
-					return Duty{} // the leader refused its start: no turn
-				}
 				// The turn is over here, but the log still has the node in it: the report
 				// went down with the process that sent it (killed between its switch and the
 				// report). Say it again, from what the node runs, or the rollout waits for the
-				// progress deadline and calls a good swap failed (found by the nemesis).
+				// progress deadline and calls a good swap failed (found by the nemesis). The
+				// log may not even have heard that the turn started (granted still): the start
+				// is said beside the swap, and may have gone down with it.
 				d.Kind = Report
 				if l.Have != d.Version {
 					d.Success = Failed

@@ -476,41 +476,45 @@ func (s *sim) switchTo(n *simNode, r *Rollout, id bundle.ID, why string, done fu
 	})
 }
 
+// turn is follower.turn: the start of a forward turn is said beside the swap, not waited for;
+// a turn whose end the log refuses goes back to what the node ran. The node's one duty slot is
+// held until every report of the turn is answered.
 func (s *sim) turn(n *simNode, r *Rollout, d Duty) {
 	n.busy = true
 	inc := n.inc
+	pending := 1
 	end := func() {
-		if n.inc == inc {
+		pending--
+		if pending == 0 && n.inc == inc {
 			n.busy = false
 		}
 	}
-	swap := func() {
-		s.switchTo(n, r, d.Version, "turn "+string(d.Success), func(err error) {
-			n.local.Acted = d.Key
-			end()
-			if err != nil {
-				if d.Success == Running {
-					s.send(n, r.Version, Failed, err.Error(), nil)
-				} else {
-					s.send(n, r.Version, d.Success, "could not go back: "+err.Error(), nil)
-				}
-				return
-			}
-			s.send(n, r.Version, d.Success, "", nil)
-		})
+	forward := d.Success == Running
+	had := n.local.Have
+	if forward && r.Nodes[n.name].Phase == Granted {
+		pending++
+		s.send(n, r.Version, Swapping, "", func(bool) { end() })
 	}
-	if d.Success == Running && r.Nodes[n.name].Phase == Granted {
-		s.send(n, r.Version, Swapping, "", func(ok bool) {
-			if !ok {
-				n.local.Acted = d.Key
+	s.switchTo(n, r, d.Version, "turn "+string(d.Success), func(err error) {
+		n.local.Acted = d.Key
+		if err != nil {
+			end()
+			if d.Success == Running {
+				s.send(n, r.Version, Failed, err.Error(), nil)
+			} else {
+				s.send(n, r.Version, d.Success, "could not go back: "+err.Error(), nil)
+			}
+			return
+		}
+		s.send(n, r.Version, d.Success, "", func(ok bool) {
+			if ok || !forward || had == "" || had == d.Version || n.inc != inc {
 				end()
 				return
 			}
-			swap()
+			s.logf("%s goes back to %s: the log refused its turn", n.name, lbl(had))
+			s.switchTo(n, r, had, "undo "+d.Key, func(error) { end() })
 		})
-		return
-	}
-	swap()
+	})
 }
 
 func (s *sim) catchUp(n *simNode, r *Rollout, d Duty) {
