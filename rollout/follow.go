@@ -105,6 +105,17 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 	return Duty{Kind: CatchUp, Version: want, Key: key}
 }
 
+// GrantedWithin reports whether node's turn was granted (forward or back) at most d before now,
+// by the leader's stamp; a stamp after now (a clock behind the leader's) is not within.
+func (r *Rollout) GrantedWithin(node string, now time.Time, d time.Duration) bool {
+	me := r.Nodes[node]
+	if me == nil || me.Granted.IsZero() {
+		return false
+	}
+	age := now.Sub(me.Granted)
+	return age >= 0 && age < d
+}
+
 // SyncKey names the end of one rollout; its start time tells it from a rollout of the same
 // number in a cluster the node was in before.
 func SyncKey(r *Rollout) string {

@@ -442,3 +442,29 @@ func TestAVersionWhoseStateCannotGoBackIsRefusedBeforeAnySwap(t *testing.T) {
 		t.Fatalf("with --no-revert: %+v", st)
 	}
 }
+
+func TestGrantedWithinReadsTheLeadersStamp(t *testing.T) {
+	r := three()
+	r.Report("a", Built, "", t0)
+	if r.GrantedWithin("a", t0, time.Second) {
+		t.Fatal("a node never granted counts as granted")
+	}
+	r.Grant("a", Granted, t0)
+	for _, c := range []struct {
+		now  time.Time
+		want bool
+	}{
+		{t0, true},
+		{t0.Add(999 * time.Millisecond), true},
+		{t0.Add(time.Second), false},             // stale: ask the leader
+		{t0.Add(-100 * time.Millisecond), false}, // a clock behind the leader's proves nothing
+		{t0.Add(time.Hour), false},
+	} {
+		if got := r.GrantedWithin("a", c.now, time.Second); got != c.want {
+			t.Errorf("granted at %s, now %s: within a second %v, want %v", t0.Format(time.TimeOnly), c.now.Format(time.StampMilli), got, c.want)
+		}
+	}
+	if r.GrantedWithin("zed", t0, time.Second) {
+		t.Fatal("a node outside the rollout counts as granted")
+	}
+}

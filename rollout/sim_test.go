@@ -393,7 +393,8 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 		return // one duty at a time: what it does changes what it has
 	}
 	d := r.Follow(n.name, n.local)
-	if d.Kind == Idle || !s.caughtUp(n) {
+	// As the follower: a turn granted less than a second ago needs no asking the leader.
+	if d.Kind == Idle || !(d.Kind == Turn && r.GrantedWithin(n.name, s.now, time.Second)) && !s.caughtUp(n) {
 		return
 	}
 	switch d.Kind {

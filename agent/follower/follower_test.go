@@ -218,8 +218,12 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 // granted is rollout 2 from "old" to "new" over a and b, with a built and granted its turn.
 func granted(t testing.TB) *rollout.Rollout {
+	return grantedAt(t, time.Now())
+}
+
+// grantedAt is granted, with the leader's stamps at now.
+func grantedAt(t testing.TB, now time.Time) *rollout.Rollout {
 	t.Helper()
-	now := time.Now()
 	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, rollout.Policy{}, now)
 	for _, step := range []error{
 		r.ReportBuilt("a", rollout.BuildInfo{Sum: "sum"}, nil, now),
@@ -271,7 +275,7 @@ func TestGrantedTurnSwapsThenReportsRunning(t *testing.T) {
 // A node that has not applied what the leader has takes no turn: what it sees may be history a
 // restart replays (a turn it took long ago looks like one under way).
 func TestNoTurnBeforeTheNodeHasTheWholeLog(t *testing.T) {
-	g := start(t, granted(t), func(g *rig) {
+	g := start(t, grantedAt(t, time.Now().Add(-2*probeEvery)), func(g *rig) {
 		g.log.leads, g.log.index = false, 3
 		g.leader.index = 10
 	})
@@ -283,6 +287,13 @@ func TestNoTurnBeforeTheNodeHasTheWholeLog(t *testing.T) {
 	g.log.index = 10
 	g.log.mu.Unlock()
 	waitFor(t, "the turn once the node has the log", func() bool { return turnReported(g.leader.phases(), rollout.Running) })
+}
+
+// A turn granted a moment ago is taken without asking the leader how far its log goes: the
+// node's state holds the grant, so it holds what the leader had when it granted.
+func TestFreshGrantNeedsNoAskingTheLeader(t *testing.T) {
+	g := start(t, granted(t), func(g *rig) { g.log.leads = false }) // and no leader answers
+	waitFor(t, "the turn", func() bool { return turnReported(g.leader.phases(), rollout.Running) })
 }
 
 func TestFailedSwapReportsFailed(t *testing.T) {
