@@ -220,6 +220,37 @@ func (f *FSM) State() State {
 	return s
 }
 
+// Members returns a copy of the registry. The readers that need one part of the state ask for
+// it alone: State copies every rollout kept (up to keepPast of a hundred nodes each), and the
+// agent's loops asked for it several times a second on every node to read one member.
+func (f *FSM) Members() map[string]Member {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.state.Members)
+}
+
+// Member returns one registered member.
+func (f *FSM) Member(name string) (Member, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m, ok := f.state.Members[name]
+	return m, ok
+}
+
+// Ducks returns a copy of the duck placements.
+func (f *FSM) Ducks() map[string]Placement {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.state.Ducks)
+}
+
+// Versions returns a copy of the committed versions; bundles are shared, as in State.
+func (f *FSM) Versions() []Version {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return slices.Clone(f.state.Versions)
+}
+
 // Rollout returns a copy of the latest rollout, nil if there was none.
 func (f *FSM) Rollout() *rollout.Rollout {
 	f.mu.RLock()
