@@ -134,6 +134,34 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	defer f.notify()
+	return f.apply(l)
+}
+
+// ApplyBatch applies the entries Raft committed together (raft.BatchingFSM) and wakes the
+// watchers of Changed once for all of them. At a hundred members the reports of a wave commit
+// together, and every entry woke every node's rollout loops, each copying the rollout to find
+// nothing to do yet. Configuration entries come here too; they are Raft's, and leave the state
+// (and Index) as they are.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]any, len(logs))
+	applied := false
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		out[i] = f.apply(l)
+		applied = true
+	}
+	if applied {
+		f.notify()
+	}
+	return out
+}
+
+// apply applies one command entry; the caller holds f.mu.
+func (f *FSM) apply(l *raft.Log) any {
 	f.state.Index = max(f.state.Index, l.Index)
 	var c Command
 	if err := json.Unmarshal(l.Data, &c); err != nil {
