@@ -52,7 +52,7 @@ func (a *Agent) startRuntime() error {
 type versionLog struct{ a *Agent }
 
 func (l versionLog) Number(id bundle.ID) (rollout.Number, bool) {
-	vs := l.a.Node().State().Versions
+	vs := l.a.Node().Versions()
 	for _, v := range slices.Backward(vs) {
 		if v.ID == id {
 			return v.N, true
@@ -62,7 +62,7 @@ func (l versionLog) Number(id bundle.ID) (rollout.Number, bool) {
 }
 
 func (l versionLog) Bundle(id bundle.ID) ([]byte, bool) {
-	for _, v := range l.a.Node().State().Versions {
+	for _, v := range l.a.Node().Versions() {
 		if v.ID == id && len(v.Bundle) > 0 {
 			return v.Bundle, true
 		}

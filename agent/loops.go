@@ -36,7 +36,7 @@ type leader struct{ a *Agent }
 func (l leader) StateIndex(ctx context.Context) (uint64, error) {
 	n := l.a.Node()
 	name, _ := n.Leader()
-	m, ok := n.State().Members[name]
+	m, ok := n.Member(name)
 	if !ok || name == "" {
 		return 0, ErrNoLeader
 	}

@@ -51,7 +51,7 @@ func newMetrics(a *Agent) *metrics {
 	gauge("duckraft_raft_commit_index", "Raft commit index.", func() float64 { return float64(a.Node().CommitIndex()) })
 	gauge("duckraft_raft_applied_index", "Raft index applied to the FSM.", func() float64 { return float64(a.Node().AppliedIndex()) })
 	gauge("duckraft_version_committed", "Newest committed version number (0: none).", func() float64 {
-		vs := a.Node().State().Versions
+		vs := a.Node().Versions()
 		if len(vs) == 0 {
 			return 0
 		}

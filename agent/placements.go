@@ -19,7 +19,7 @@ func (a *Agent) mirrorDucks() {
 		want[p.Key()] = p
 	}
 	var cmds []consensus.Change
-	have := a.Node().State().Ducks
+	have := a.Node().Ducks()
 	for k, p := range want {
 		if h, ok := have[k]; !ok || h.Addr != p.Addr {
 			cmds = append(cmds, consensus.Place{Placement: p})

@@ -97,7 +97,7 @@ func refusal(err error) error {
 }
 
 func (c clusterAPI) APIAddr(name string) (string, bool) {
-	m, ok := c.a.Node().State().Members[name]
+	m, ok := c.a.Node().Member(name)
 	return m.APIAddr, ok
 }
 

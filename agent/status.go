@@ -20,7 +20,7 @@ func (c clusterView) Configuration() ([]api.MemberStatus, error) {
 	if err != nil {
 		return nil, err
 	}
-	registry := n.State().Members
+	registry := n.Members()
 	out := make([]api.MemberStatus, len(servers))
 	for i, s := range servers {
 		out[i] = api.MemberStatus{
@@ -33,7 +33,7 @@ func (c clusterView) Configuration() ([]api.MemberStatus, error) {
 
 func (c clusterView) Registered() map[string]string {
 	out := map[string]string{}
-	for name, m := range c.a.Node().State().Members {
+	for name, m := range c.a.Node().Members() {
 		out[name] = m.APIAddr
 	}
 	return out
@@ -41,7 +41,7 @@ func (c clusterView) Registered() map[string]string {
 
 func (c clusterView) Placements() []api.DuckInfo {
 	var out []api.DuckInfo
-	for _, p := range c.a.Node().State().Ducks {
+	for _, p := range c.a.Node().Ducks() {
 		out = append(out, api.DuckInfo{Node: p.Node, ID: p.ID, Addr: p.Addr})
 	}
 	return out

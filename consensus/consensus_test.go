@@ -100,6 +100,46 @@ func TestFSMRefusesBadEntriesAndKeepsState(t *testing.T) {
 	}
 }
 
+// Raft hands the FSM the entries it committed together: each gets its own answer, the watchers
+// wake once, and Raft's configuration entries leave the state as it was.
+func TestBatchAppliesEachEntryAndWakesOnce(t *testing.T) {
+	var _ raft.BatchingFSM = (*fsm)(nil)
+	f := newFSM()
+	a, b := Member{Name: "a"}, Member{Name: "b"}
+	changed := f.Changed()
+	out := f.ApplyBatch([]*raft.Log{
+		entry(t, 1, Register{Member: a}),
+		entry(t, 2, Register{}), // refused: no name
+		entry(t, 3, Register{Member: b}),
+		{Index: 4, Type: raft.LogConfiguration, Data: []byte("not a command")},
+	})
+	if len(out) != 4 || out[0] != nil || out[2] != nil || out[3] != nil {
+		t.Fatalf("answers %v; want nil for the two registrations and the configuration", out)
+	}
+	if _, isErr := out[1].(error); !isErr {
+		t.Fatalf("the registration without a name answered %v, want an error", out[1])
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("the watchers were not woken by the batch")
+	}
+	if again := f.Changed(); again == changed {
+		t.Fatal("Changed was not renewed: it would wake its watchers at once for ever")
+	}
+	st := f.State()
+	if len(st.Members) != 2 || st.Index != 3 {
+		t.Fatalf("after the batch: members %v, index %d; want a and b, index 3 (the configuration entry is Raft's)", st.Members, st.Index)
+	}
+	idle := f.Changed()
+	f.ApplyBatch([]*raft.Log{{Index: 5, Type: raft.LogConfiguration}})
+	select {
+	case <-idle:
+		t.Fatal("a batch of configuration entries alone woke the watchers")
+	default:
+	}
+}
+
 func TestFreshMeansOnlySelf(t *testing.T) {
 	f := newFSM()
 	if !f.Fresh("a") {

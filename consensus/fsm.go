@@ -94,6 +94,34 @@ func (f *fsm) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	defer f.notify()
+	return f.apply(l)
+}
+
+// ApplyBatch applies the entries Raft committed together (raft.BatchingFSM) and wakes the
+// watchers of Changed once for all of them. At a hundred members the reports of a wave commit
+// together, and every entry woke every node's rollout loops, each copying the rollout to find
+// nothing to do yet. Configuration entries come here too; they are Raft's, and leave the state
+// (and Index) as they are.
+func (f *fsm) ApplyBatch(logs []*raft.Log) []any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]any, len(logs))
+	applied := false
+	for i, l := range logs {
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		out[i] = f.apply(l)
+		applied = true
+	}
+	if applied {
+		f.notify()
+	}
+	return out
+}
+
+// apply applies one command entry; the caller holds f.mu.
+func (f *fsm) apply(l *raft.Log) any {
 	f.state.Index = max(f.state.Index, l.Index)
 	c, err := Decode(l.Data)
 	if err != nil {
@@ -176,6 +204,37 @@ func (f *fsm) State() State {
 		s.Past = append(s.Past, r.Clone())
 	}
 	return s
+}
+
+// Members returns a copy of the registry. The readers that need one part of the state ask for
+// it alone: State copies every rollout kept (up to keepPast of a hundred nodes each), and the
+// agent's loops asked for it several times a second on every node to read one member.
+func (f *fsm) Members() map[string]Member {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.state.Members)
+}
+
+// Member returns one registered member.
+func (f *fsm) Member(name string) (Member, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m, ok := f.state.Members[name]
+	return m, ok
+}
+
+// Ducks returns a copy of the duck placements.
+func (f *fsm) Ducks() map[string]Placement {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return maps.Clone(f.state.Ducks)
+}
+
+// Versions returns a copy of the committed versions; bundles are shared, as in State.
+func (f *fsm) Versions() []Version {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return slices.Clone(f.state.Versions)
 }
 
 // Rollout returns a copy of the latest rollout, nil if there was none.

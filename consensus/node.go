@@ -345,6 +345,18 @@ func (s *streamLayer) Addr() net.Addr { return s.advertise }
 // State returns a copy of the cluster's state as this node has applied it.
 func (n *Node) State() State { return n.fsm.State() }
 
+// Members returns a copy of the registry.
+func (n *Node) Members() map[string]Member { return n.fsm.Members() }
+
+// Member returns one registered member.
+func (n *Node) Member(name string) (Member, bool) { return n.fsm.Member(name) }
+
+// Ducks returns a copy of the duck placements.
+func (n *Node) Ducks() map[string]Placement { return n.fsm.Ducks() }
+
+// Versions returns a copy of the committed versions.
+func (n *Node) Versions() []Version { return n.fsm.Versions() }
+
 // Rollout returns a copy of the latest rollout, nil if there was none.
 func (n *Node) Rollout() *rollout.Rollout { return n.fsm.Rollout() }
 

@@ -66,13 +66,12 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 			}
 			d.Key = strconv.Itoa(int(r.Version)) + "/" + string(d.Success) + "/" + me.Granted.Format(time.RFC3339Nano)
 			if l.Acted == d.Key {
-				if me.Phase == Granted {
-					return Duty{} // the leader refused its start: no turn
-				}
 				// The turn is over here, but the log still has the node in it: the report
 				// went down with the process that sent it (killed between its switch and the
 				// report). Say it again, from what the node runs, or the rollout waits for the
-				// progress deadline and calls a good swap failed (found by the nemesis).
+				// progress deadline and calls a good swap failed (found by the nemesis). The
+				// log may not even have heard that the turn started (granted still): the start
+				// is said beside the swap, and may have gone down with it.
 				d.Kind = Report
 				if l.Have != d.Version {
 					d.Success = Failed
@@ -104,6 +103,17 @@ func (r *Rollout) Follow(node string, l Local) Duty {
 		return Duty{Kind: MarkSynced, Key: key}
 	}
 	return Duty{Kind: CatchUp, Version: want, Key: key}
+}
+
+// GrantedWithin reports whether node's turn was granted (forward or back) at most d before now,
+// by the leader's stamp; a stamp after now (a clock behind the leader's) is not within.
+func (r *Rollout) GrantedWithin(node string, now time.Time, d time.Duration) bool {
+	me := r.Nodes[node]
+	if me == nil || me.Granted.IsZero() {
+		return false
+	}
+	age := now.Sub(me.Granted)
+	return age >= 0 && age < d
 }
 
 // SyncKey names the end of one rollout; its start time tells it from a rollout of the same

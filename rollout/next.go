@@ -65,7 +65,9 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 		case Granted:
 			switch {
 			case r.State == GoingBack:
-				return r.report(name, Skipped, "granted, but the rollout went back before it started")
+				// It may have begun its swap (the start is said beside it): the log will refuse
+				// its end, and it goes back by itself.
+				return r.report(name, Skipped, "granted, but the rollout went back before it reported its turn")
 			case down(name):
 				return lost(name, "in its turn")
 			case in > p.StartDeadline:

@@ -186,13 +186,14 @@ func TestTurnTakenOncePerGrantAcrossRestarts(t *testing.T) {
 	if done := r.Follow("a", Local{Have: "v2", Acted: d.Key}); done.Kind != Idle {
 		t.Fatalf("once the log has the report: %+v", done)
 	}
-	// A start the leader refused leaves nothing to report.
+	// The start is said beside the swap: a turn finished here before the log heard even that
+	// (granted still) is reported too, from what the node runs.
 	r2 := three()
 	r2.Report("b", Built, "", t0)
 	r2.Grant("b", Granted, t0)
-	refused := r2.Follow("b", Local{Have: "v1"})
-	if again := r2.Follow("b", Local{Have: "v1", Acted: refused.Key}); again.Kind != Idle {
-		t.Fatalf("after a refused start: %+v", again)
+	turn := r2.Follow("b", Local{Have: "v1"})
+	if again := r2.Follow("b", Local{Have: "v2", Acted: turn.Key}); again.Kind != Report || again.Success != Running {
+		t.Fatalf("a finished turn the log knows only as granted: %+v; want running reported", again)
 	}
 }
 
@@ -439,5 +440,31 @@ func TestAVersionWhoseStateCannotGoBackIsRefusedBeforeAnySwap(t *testing.T) {
 	r.ReportBuilt("a", BuildInfo{Sum: "s"}, &StateInfo{Schema: 3, FromSchema: 1}, t0)
 	if st := r.Next(t0, inContact); st.Op != OpGrant {
 		t.Fatalf("with --no-revert: %+v", st)
+	}
+}
+
+func TestGrantedWithinReadsTheLeadersStamp(t *testing.T) {
+	r := three()
+	r.Report("a", Built, "", t0)
+	if r.GrantedWithin("a", t0, time.Second) {
+		t.Fatal("a node never granted counts as granted")
+	}
+	r.Grant("a", Granted, t0)
+	for _, c := range []struct {
+		now  time.Time
+		want bool
+	}{
+		{t0, true},
+		{t0.Add(999 * time.Millisecond), true},
+		{t0.Add(time.Second), false},             // stale: ask the leader
+		{t0.Add(-100 * time.Millisecond), false}, // a clock behind the leader's proves nothing
+		{t0.Add(time.Hour), false},
+	} {
+		if got := r.GrantedWithin("a", c.now, time.Second); got != c.want {
+			t.Errorf("granted at %s, now %s: within a second %v, want %v", t0.Format(time.TimeOnly), c.now.Format(time.StampMilli), got, c.want)
+		}
+	}
+	if r.GrantedWithin("zed", t0, time.Second) {
+		t.Fatal("a node outside the rollout counts as granted")
 	}
 }

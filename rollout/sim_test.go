@@ -393,7 +393,8 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 		return // one duty at a time: what it does changes what it has
 	}
 	d := r.Follow(n.name, n.local)
-	if d.Kind == Idle || !s.caughtUp(n) {
+	// As the follower: a turn granted less than a second ago needs no asking the leader.
+	if d.Kind == Idle || !(d.Kind == Turn && r.GrantedWithin(n.name, s.now, time.Second)) && !s.caughtUp(n) {
 		return
 	}
 	switch d.Kind {
@@ -423,9 +424,17 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 func (s *sim) build(n *simNode, r *Rollout) {
 	n.building[r.Version] = true
 	inc := n.inc
-	s.send(n, r.Version, Building, "", nil)
 	kind := s.kinds[r.Target]
 	took := s.jitter(300*time.Millisecond, 4*time.Second)
+	// As the follower: building is said only once the build has run for a third of the start
+	// deadline; a build that ends sooner goes from pending to built in one report.
+	if say := min(5*time.Second, r.Policy.WithDefaults().StartDeadline/3); kind == kindHangs || took > say {
+		s.at(say, func() {
+			if n.up && n.inc == inc {
+				s.send(n, r.Version, Building, "", nil)
+			}
+		})
+	}
 	deadline := r.Started.Add(r.Policy.WithDefaults().BuildDeadline)
 	if kind == kindHangs || s.now.Add(took).After(deadline) {
 		// The agent's build context ends at the build deadline.
@@ -476,41 +485,45 @@ func (s *sim) switchTo(n *simNode, r *Rollout, id bundle.ID, why string, done fu
 	})
 }
 
+// turn is follower.turn: the start of a forward turn is said beside the swap, not waited for;
+// a turn whose end the log refuses goes back to what the node ran. The node's one duty slot is
+// held until every report of the turn is answered.
 func (s *sim) turn(n *simNode, r *Rollout, d Duty) {
 	n.busy = true
 	inc := n.inc
+	pending := 1
 	end := func() {
-		if n.inc == inc {
+		pending--
+		if pending == 0 && n.inc == inc {
 			n.busy = false
 		}
 	}
-	swap := func() {
-		s.switchTo(n, r, d.Version, "turn "+string(d.Success), func(err error) {
-			n.local.Acted = d.Key
-			end()
-			if err != nil {
-				if d.Success == Running {
-					s.send(n, r.Version, Failed, err.Error(), nil)
-				} else {
-					s.send(n, r.Version, d.Success, "could not go back: "+err.Error(), nil)
-				}
-				return
-			}
-			s.send(n, r.Version, d.Success, "", nil)
-		})
+	forward := d.Success == Running
+	had := n.local.Have
+	if forward && r.Nodes[n.name].Phase == Granted {
+		pending++
+		s.send(n, r.Version, Swapping, "", func(bool) { end() })
 	}
-	if d.Success == Running && r.Nodes[n.name].Phase == Granted {
-		s.send(n, r.Version, Swapping, "", func(ok bool) {
-			if !ok {
-				n.local.Acted = d.Key
+	s.switchTo(n, r, d.Version, "turn "+string(d.Success), func(err error) {
+		n.local.Acted = d.Key
+		if err != nil {
+			end()
+			if d.Success == Running {
+				s.send(n, r.Version, Failed, err.Error(), nil)
+			} else {
+				s.send(n, r.Version, d.Success, "could not go back: "+err.Error(), nil)
+			}
+			return
+		}
+		s.send(n, r.Version, d.Success, "", func(ok bool) {
+			if ok || !forward || had == "" || had == d.Version || n.inc != inc {
 				end()
 				return
 			}
-			swap()
+			s.logf("%s goes back to %s: the log refused its turn", n.name, lbl(had))
+			s.switchTo(n, r, had, "undo "+d.Key, func(error) { end() })
 		})
-		return
-	}
-	swap()
+	})
 }
 
 func (s *sim) catchUp(n *simNode, r *Rollout, d Duty) {

@@ -126,11 +126,19 @@ func (l *fakeLeader) last() Report {
 
 type fakeBuilder struct {
 	err    error
+	wait   chan struct{} // when set, a build ends once it is closed
 	mu     sync.Mutex
 	builds []bundle.ID
 }
 
-func (b *fakeBuilder) Build(_ context.Context, id bundle.ID) error {
+func (b *fakeBuilder) Build(ctx context.Context, id bundle.ID) error {
+	if b.wait != nil {
+		select {
+		case <-b.wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.builds = append(b.builds, id)
@@ -218,8 +226,12 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 
 // granted is rollout 2 from "old" to "new" over a and b, with a built and granted its turn.
 func granted(t testing.TB) *rollout.Rollout {
+	return grantedAt(t, time.Now())
+}
+
+// grantedAt is granted, with the leader's stamps at now.
+func grantedAt(t testing.TB, now time.Time) *rollout.Rollout {
 	t.Helper()
-	now := time.Now()
 	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, rollout.Policy{}, now)
 	for _, step := range []error{
 		r.ReportBuilt("a", rollout.BuildInfo{Sum: "sum"}, nil, now),
@@ -245,10 +257,16 @@ func phaseStrings(ps []rollout.Phase) []string {
 	return out
 }
 
+// turnReported reports whether the leader took a turn's end, phase, after its start or alone: the
+// start is said beside the swap, so the end may overtake it (and the log then refuses the start).
+func turnReported(ps []rollout.Phase, end rollout.Phase) bool {
+	return equal(ps, []rollout.Phase{rollout.Swapping, end}) || equal(ps, []rollout.Phase{end})
+}
+
 func TestGrantedTurnSwapsThenReportsRunning(t *testing.T) {
 	g := start(t, granted(t), nil)
-	want := []rollout.Phase{rollout.Swapping, rollout.Running}
-	waitFor(t, "swapping then running", func() bool { return equal(g.leader.phases(), want) })
+	waitFor(t, "swapping then running", func() bool { return turnReported(g.leader.phases(), rollout.Running) })
+	want := g.leader.phases()
 	if sw := g.ducks.switched(); len(sw) != 1 || sw[0] != "new" {
 		t.Fatalf("switched to %v, want [new] once", sw)
 	}
@@ -265,7 +283,7 @@ func TestGrantedTurnSwapsThenReportsRunning(t *testing.T) {
 // A node that has not applied what the leader has takes no turn: what it sees may be history a
 // restart replays (a turn it took long ago looks like one under way).
 func TestNoTurnBeforeTheNodeHasTheWholeLog(t *testing.T) {
-	g := start(t, granted(t), func(g *rig) {
+	g := start(t, grantedAt(t, time.Now().Add(-2*probeEvery)), func(g *rig) {
 		g.log.leads, g.log.index = false, 3
 		g.leader.index = 10
 	})
@@ -276,41 +294,51 @@ func TestNoTurnBeforeTheNodeHasTheWholeLog(t *testing.T) {
 	g.log.mu.Lock()
 	g.log.index = 10
 	g.log.mu.Unlock()
-	want := []rollout.Phase{rollout.Swapping, rollout.Running}
-	waitFor(t, "the turn once the node has the log", func() bool { return equal(g.leader.phases(), want) })
+	waitFor(t, "the turn once the node has the log", func() bool { return turnReported(g.leader.phases(), rollout.Running) })
+}
+
+// A turn granted a moment ago is taken without asking the leader how far its log goes: the
+// node's state holds the grant, so it holds what the leader had when it granted.
+func TestFreshGrantNeedsNoAskingTheLeader(t *testing.T) {
+	g := start(t, granted(t), func(g *rig) { g.log.leads = false }) // and no leader answers
+	waitFor(t, "the turn", func() bool { return turnReported(g.leader.phases(), rollout.Running) })
 }
 
 func TestFailedSwapReportsFailed(t *testing.T) {
 	g := start(t, granted(t), func(g *rig) { g.ducks.err = errors.New("duck duck-1 did not come up") })
-	want := []rollout.Phase{rollout.Swapping, rollout.Failed}
-	waitFor(t, "swapping then failed", func() bool { return equal(g.leader.phases(), want) })
+	waitFor(t, "swapping then failed", func() bool { return turnReported(g.leader.phases(), rollout.Failed) })
 	if rep := g.leader.last(); !strings.Contains(rep.Error, "duck-1 did not come up") {
 		t.Fatalf("failure reported as %q; want the swap's error", rep.Error)
 	}
 }
 
-func TestNoSwapWhenTheLeaderRefusesTheTurnsStart(t *testing.T) {
+// The start of a turn is said beside the swap; a turn whose end the log refuses (the rollout
+// went back or gave up on the node meanwhile) goes back to what the node ran.
+func TestTurnTheLogRefusesGoesBack(t *testing.T) {
 	g := start(t, granted(t), func(g *rig) {
-		g.leader.refuse = func(rep Report) bool { return rep.Phase == rollout.Swapping }
+		g.leader.refuse = func(rep Report) bool { return rep.Phase == rollout.Running }
 	})
-	waitFor(t, "the refused turn remembered", func() bool { return g.ducks.Local().Acted != "" })
+	waitFor(t, "the ducks back on old", func() bool {
+		sw := g.ducks.switched()
+		return len(sw) == 2 && sw[0] == "new" && sw[1] == "old"
+	})
 	time.Sleep(300 * time.Millisecond)
-	if sw := g.ducks.switched(); len(sw) != 0 {
-		t.Fatalf("switched to %v without the leader's word", sw)
+	if sw, l := g.ducks.switched(), g.ducks.Local(); len(sw) != 2 || l.Have != "old" || l.Acted == "" {
+		t.Fatalf("after a refused turn: switched to %v, local %+v; want new then old once, the turn remembered", sw, l)
 	}
 }
 
 func TestReportRetriedUntilTheLeaderAnswers(t *testing.T) {
 	g := start(t, granted(t), func(g *rig) { g.leader.fail = 2 })
-	want := []rollout.Phase{rollout.Swapping, rollout.Running}
-	waitFor(t, "swapping then running", func() bool { return equal(g.leader.phases(), want) })
+	waitFor(t, "swapping then running", func() bool { return turnReported(g.leader.phases(), rollout.Running) })
 }
 
 func TestCommittedVersionIsBuiltAndReported(t *testing.T) {
 	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, rollout.Policy{}, time.Now())
 	g := start(t, r, nil)
-	waitFor(t, "building then built", func() bool {
-		return equal(g.leader.phases(), []rollout.Phase{rollout.Building, rollout.Built})
+	// A build that ends at once goes from pending to built in one report.
+	waitFor(t, "built", func() bool {
+		return equal(g.leader.phases(), []rollout.Phase{rollout.Built})
 	})
 	if rep := g.leader.last(); rep.Build == nil || rep.Build.Sum != "sum" {
 		t.Fatalf("built reported with %+v; want what the build made", rep.Build)
@@ -322,13 +350,29 @@ func TestCommittedVersionIsBuiltAndReported(t *testing.T) {
 	}
 }
 
+// A build that runs longer than a third of the start deadline is said while it runs, so that
+// the leader does not take its node for silent.
+func TestLongBuildIsSaidWhileItRuns(t *testing.T) {
+	p := rollout.Policy{StartDeadline: 300 * time.Millisecond}
+	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, p, time.Now())
+	release := make(chan struct{})
+	g := start(t, r, func(g *rig) { g.builder.wait = release })
+	waitFor(t, "building while the build runs", func() bool {
+		return equal(g.leader.phases(), []rollout.Phase{rollout.Building})
+	})
+	close(release)
+	waitFor(t, "then built", func() bool {
+		return equal(g.leader.phases(), []rollout.Phase{rollout.Building, rollout.Built})
+	})
+}
+
 func TestCompileErrorFailsTheBuildWithTheCompilersWords(t *testing.T) {
 	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, rollout.Policy{}, time.Now())
 	g := start(t, r, func(g *rig) {
 		g.builder.err = &build.CompileError{ID: "new", Output: "./main.go:3:1: syntax error"}
 	})
-	waitFor(t, "building then failed", func() bool {
-		return equal(g.leader.phases(), []rollout.Phase{rollout.Building, rollout.Failed})
+	waitFor(t, "failed", func() bool {
+		return equal(g.leader.phases(), []rollout.Phase{rollout.Failed})
 	})
 	if rep := g.leader.last(); rep.Error != "does not compile:\n./main.go:3:1: syntax error" {
 		t.Fatalf("failure reported as %q", rep.Error)

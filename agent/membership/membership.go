@@ -152,7 +152,7 @@ func (m *Membership) Close() error { return m.Node().Close() }
 
 // Registered reports whether the registry holds this node's current addresses and labels.
 func (m *Membership) Registered() bool {
-	r, ok := m.Node().State().Members[m.self.Name]
+	r, ok := m.Node().Member(m.self.Name)
 	return ok && r.RaftAddr == m.self.RaftAddr && r.APIAddr == m.self.APIAddr && maps.Equal(r.Labels, m.self.Labels)
 }
 
@@ -218,7 +218,7 @@ func (m *Membership) OnLeader(ctx context.Context, path string, in, out any, loc
 			}
 		}
 		name, _ := n.Leader()
-		if r, ok := n.State().Members[name]; ok && name != m.self.Name {
+		if r, ok := n.Member(name); ok && name != m.self.Name {
 			index, err := m.cfg.Peers.Forward(ctx, r.APIAddr, path, in, out)
 			if err == nil && path != "/v1/report" {
 				// Whoever asked this node reads from it next (`rollout undo`, then the rollout

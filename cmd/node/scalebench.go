@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/duckraft/duckraft/localcluster"
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // scaleFigures is what one cluster size costs.
@@ -25,10 +26,36 @@ type scaleFigures struct {
 	leaderIdleCPU        float64       // share of one core, idle cluster
 	clusterIdleCPU       float64       // cores, every node together, idle cluster
 	leaderRolloutCPU     float64       // share of one core, during the rollout
+	clusterRolloutCPU    float64       // cores, every node together, during the rollout
 	leaderRSS            string
 	leaderName           string // the node measured as the leader
 	commitP50, commitP99 string
 	status               time.Duration // `status` as a user runs it, median of 3
+	timeline             rolloutTimeline
+}
+
+// rolloutTimeline is where the time of a rollout went, from the leader's stamps in the log.
+type rolloutTimeline struct {
+	lastBuilt  time.Duration   // commit to the last node's built report
+	firstGrant time.Duration   // commit to the first grant
+	turns      []time.Duration // each node's turn: its grant to its running report
+}
+
+// timelineOf reads where the time of rollout r went.
+func timelineOf(r *rollout.Rollout) rolloutTimeline {
+	tl := rolloutTimeline{firstGrant: r.Ended.Sub(r.Started)}
+	for _, nr := range r.Nodes {
+		if !nr.Built.IsZero() {
+			tl.lastBuilt = max(tl.lastBuilt, nr.Built.Sub(r.Started))
+		}
+		if !nr.Granted.IsZero() {
+			tl.firstGrant = min(tl.firstGrant, nr.Granted.Sub(r.Started))
+			if !nr.Done.IsZero() {
+				tl.turns = append(tl.turns, nr.Done.Sub(nr.Granted))
+			}
+		}
+	}
+	return tl
 }
 
 // runScaleBench starts clusters of each size in turn on this machine and measures, in one run:
@@ -63,9 +90,15 @@ func runScaleBench(sizes []int, commits int) error {
 	row("voters", func(f scaleFigures) string { return strconv.Itoa(f.voters) })
 	row("start and connect", func(f scaleFigures) string { return f.startConnect.Round(100 * time.Millisecond).String() })
 	row("commit to all running (waves of 20%, healthy 200ms)", func(f scaleFigures) string { return f.rollout.Round(10 * time.Millisecond).String() })
+	row("  commit to the last node built", func(f scaleFigures) string { return f.timeline.lastBuilt.Round(10 * time.Millisecond).String() })
+	row("  commit to the first grant", func(f scaleFigures) string { return f.timeline.firstGrant.Round(10 * time.Millisecond).String() })
+	row("  a node's turn, grant to running, p50 / max", func(f scaleFigures) string {
+		return pct(f.timeline.turns, 50) + " / " + pct(f.timeline.turns, 100)
+	})
 	row("leader CPU idle (share of a core)", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderIdleCPU) })
 	row("all nodes' CPU idle (cores)", func(f scaleFigures) string { return fmt.Sprintf("%.2f", f.clusterIdleCPU) })
 	row("leader CPU during the rollout", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderRolloutCPU) })
+	row("all nodes' CPU during the rollout (cores)", func(f scaleFigures) string { return fmt.Sprintf("%.2f", f.clusterRolloutCPU) })
 	row("leader memory (RSS)", func(f scaleFigures) string { return f.leaderRSS })
 	row("leader measured", func(f scaleFigures) string { return f.leaderName })
 	row("raft commit p50 / p99", func(f scaleFigures) string { return f.commitP50 + " / " + f.commitP99 })
@@ -121,19 +154,28 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	if leader == nil {
 		return f, fmt.Errorf("no leader among the members")
 	}
-	deploy := func(dir string) (time.Duration, float64, error) {
-		cpu0, t0 := procCPU(leader.PID()), time.Now()
-		if out, errOut, err := c.Run(ctx, nodes[len(nodes)-1].API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir); err != nil {
-			return 0, 0, fmt.Errorf("deploy: %v\n%s%s", err, out, errOut)
+	all := func() (sum time.Duration) {
+		for _, n := range nodes {
+			sum += procCPU(n.PID())
 		}
-		cpu := (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t0).Seconds()
+		return sum
+	}
+	// deploy rolls dir out and returns the rollout as it ended, and the share of a core the
+	// leader, and the cores all the nodes, took meanwhile.
+	deploy := func(dir string) (*rollout.Rollout, float64, float64, error) {
+		cpu0, all0, t0 := procCPU(leader.PID()), all(), time.Now()
+		if out, errOut, err := c.Run(ctx, nodes[len(nodes)-1].API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir); err != nil {
+			return nil, 0, 0, fmt.Errorf("deploy: %v\n%s%s", err, out, errOut)
+		}
+		took := time.Since(t0).Seconds()
+		cpu, allCPU := (procCPU(leader.PID())-cpu0).Seconds()/took, (all()-all0).Seconds()/took
 		var v api.RolloutView
 		if err := c.Do(ctx, nodes[len(nodes)-1].API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
-			return 0, 0, fmt.Errorf("reading the rollout: %w", err)
+			return nil, 0, 0, fmt.Errorf("reading the rollout: %w", err)
 		}
-		return v.Rollout.Ended.Sub(v.Rollout.Started), cpu, nil
+		return v.Rollout, cpu, allCPU, nil
 	}
-	if _, _, err := deploy(v1); err != nil {
+	if _, _, _, err := deploy(v1); err != nil {
 		return f, err
 	}
 	// Leadership may have moved while a hundred nodes joined: measure whoever leads now.
@@ -147,12 +189,6 @@ func benchSize(size, commits int) (scaleFigures, error) {
 		}
 	}
 	// Idle: what the members cost the leader with nothing to do.
-	all := func() (sum time.Duration) {
-		for _, n := range nodes {
-			sum += procCPU(n.PID())
-		}
-		return sum
-	}
 	cpu0, all0, t1 := procCPU(leader.PID()), all(), time.Now()
 	time.Sleep(5 * time.Second)
 	f.leaderIdleCPU = (procCPU(leader.PID()) - cpu0).Seconds() / time.Since(t1).Seconds()
@@ -161,9 +197,11 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	if err := oneLineChange(filepath.Join(v1, "main.go"), dir, strconv.FormatInt(time.Now().UnixNano(), 36), size); err != nil {
 		return f, err
 	}
-	if f.rollout, f.leaderRolloutCPU, err = deploy(dir); err != nil {
+	r, cpu, allCPU, err := deploy(dir)
+	if err != nil {
 		return f, err
 	}
+	f.rollout, f.leaderRolloutCPU, f.clusterRolloutCPU, f.timeline = r.Ended.Sub(r.Started), cpu, allCPU, timelineOf(r)
 	var lat api.CommitLatency
 	if err := c.Do(ctx, leader.API, http.MethodPost, "/v1/bench/commit", api.CommitBench{N: commits}, &lat); err != nil {
 		return f, fmt.Errorf("measuring commits on the leader %s: %w", leader.Name, err)
