@@ -424,17 +424,9 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 func (s *sim) build(n *simNode, r *Rollout) {
 	n.building[r.Version] = true
 	inc := n.inc
+	s.send(n, r.Version, Building, "", nil)
 	kind := s.kinds[r.Target]
 	took := s.jitter(300*time.Millisecond, 4*time.Second)
-	// As the follower: building is said only once the build has run for a third of the start
-	// deadline; a build that ends sooner goes from pending to built in one report.
-	if say := min(5*time.Second, r.Policy.WithDefaults().StartDeadline/3); kind == kindHangs || took > say {
-		s.at(say, func() {
-			if n.up && n.inc == inc {
-				s.send(n, r.Version, Building, "", nil)
-			}
-		})
-	}
 	deadline := r.Started.Add(r.Policy.WithDefaults().BuildDeadline)
 	if kind == kindHangs || s.now.Add(took).After(deadline) {
 		// The agent's build context ends at the build deadline.

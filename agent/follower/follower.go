@@ -245,21 +245,15 @@ func (f *Follower) prebuild(r *rollout.Rollout) {
 	f.wg.Add(1)
 	go func() {
 		defer f.wg.Done()
-		// Building is said only once the build has run for a while (sayBuildingAfter), and
-		// what this node says next waits for it, so that the leader hears the two in order.
-		built, said := make(chan struct{}), make(chan struct{})
+		// Building is said while the build runs, not before it starts: a hundred nodes saying it
+		// at once waited up to 0.8 s for the leader. What this node says next waits for it, so
+		// that the leader hears the two in order.
+		said := make(chan struct{})
 		go func() {
 			defer close(said)
-			select {
-			case <-time.After(sayBuildingAfter(r.Policy)):
-				f.report(r.Version, rollout.Building, "")
-			case <-built:
-			case <-f.ctx.Done():
-			}
+			f.report(r.Version, rollout.Building, "")
 		}()
-		endBuild := sync.OnceFunc(func() { close(built) })
 		defer func() { <-said }()
-		defer endBuild()
 		select {
 		case <-time.After(stagger):
 		case <-f.ctx.Done():
@@ -273,7 +267,6 @@ func (f *Follower) prebuild(r *rollout.Rollout) {
 		if f.ctx.Err() != nil {
 			return
 		}
-		endBuild()
 		<-said
 		if err != nil {
 			f.report(r.Version, rollout.Failed, Failure(err))
@@ -287,16 +280,6 @@ func (f *Follower) prebuild(r *rollout.Rollout) {
 		}
 		f.send(Report{N: r.Version, Node: f.cfg.Name, Phase: rollout.Built, Build: &info, States: f.cfg.Builder.StateInfo(ctx, r)})
 	}()
-}
-
-// sayBuildingAfter is how long a build runs before its node says it builds: a third of the
-// start deadline, past which the leader takes a node that said nothing since the commit for
-// silent, and at most 5 s. A build that ends sooner goes from pending to built in one report.
-// Said at once, a hundred nodes' building reports were a hundred entries through the log in the
-// second the one go build of their host ran, competing with it for the cores (and a hundred
-// nodes saying it at once before the build started waited up to 0.8 s for the leader).
-func sayBuildingAfter(p rollout.Policy) time.Duration {
-	return min(5*time.Second, p.WithDefaults().StartDeadline/3)
 }
 
 // Failure is an error as the rollout records it: a compiler's words verbatim.

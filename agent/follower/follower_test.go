@@ -126,19 +126,11 @@ func (l *fakeLeader) last() Report {
 
 type fakeBuilder struct {
 	err    error
-	wait   chan struct{} // when set, a build ends once it is closed
 	mu     sync.Mutex
 	builds []bundle.ID
 }
 
-func (b *fakeBuilder) Build(ctx context.Context, id bundle.ID) error {
-	if b.wait != nil {
-		select {
-		case <-b.wait:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+func (b *fakeBuilder) Build(_ context.Context, id bundle.ID) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.builds = append(b.builds, id)
@@ -336,9 +328,8 @@ func TestReportRetriedUntilTheLeaderAnswers(t *testing.T) {
 func TestCommittedVersionIsBuiltAndReported(t *testing.T) {
 	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, rollout.Policy{}, time.Now())
 	g := start(t, r, nil)
-	// A build that ends at once goes from pending to built in one report.
-	waitFor(t, "built", func() bool {
-		return equal(g.leader.phases(), []rollout.Phase{rollout.Built})
+	waitFor(t, "building then built", func() bool {
+		return equal(g.leader.phases(), []rollout.Phase{rollout.Building, rollout.Built})
 	})
 	if rep := g.leader.last(); rep.Build == nil || rep.Build.Sum != "sum" {
 		t.Fatalf("built reported with %+v; want what the build made", rep.Build)
@@ -350,29 +341,13 @@ func TestCommittedVersionIsBuiltAndReported(t *testing.T) {
 	}
 }
 
-// A build that runs longer than a third of the start deadline is said while it runs, so that
-// the leader does not take its node for silent.
-func TestLongBuildIsSaidWhileItRuns(t *testing.T) {
-	p := rollout.Policy{StartDeadline: 300 * time.Millisecond}
-	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, p, time.Now())
-	release := make(chan struct{})
-	g := start(t, r, func(g *rig) { g.builder.wait = release })
-	waitFor(t, "building while the build runs", func() bool {
-		return equal(g.leader.phases(), []rollout.Phase{rollout.Building})
-	})
-	close(release)
-	waitFor(t, "then built", func() bool {
-		return equal(g.leader.phases(), []rollout.Phase{rollout.Building, rollout.Built})
-	})
-}
-
 func TestCompileErrorFailsTheBuildWithTheCompilersWords(t *testing.T) {
 	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, rollout.Policy{}, time.Now())
 	g := start(t, r, func(g *rig) {
 		g.builder.err = &build.CompileError{ID: "new", Output: "./main.go:3:1: syntax error"}
 	})
-	waitFor(t, "failed", func() bool {
-		return equal(g.leader.phases(), []rollout.Phase{rollout.Failed})
+	waitFor(t, "building then failed", func() bool {
+		return equal(g.leader.phases(), []rollout.Phase{rollout.Building, rollout.Failed})
 	})
 	if rep := g.leader.last(); rep.Error != "does not compile:\n./main.go:3:1: syntax error" {
 		t.Fatalf("failure reported as %q", rep.Error)
