@@ -429,8 +429,9 @@ type handoff struct {
 	mu sync.Mutex
 	uc *net.UnixConn
 	// carries: the next generation takes a connection with the bytes this
-	// one has read of its next request. Known once heard.
-	carries bool
+	// one has read of its next request. batches: it takes many descriptors
+	// in one message (sendMany). Known once heard.
+	carries, batches bool
 }
 
 // Names of the bytes on the channel. A message is one byte and nothing
@@ -444,7 +445,15 @@ const (
 	// first byte: one descriptor rides with it, and the bytes read of the
 	// connection's next request follow.
 	carryByte = 'b'
+	// After helloByte: the receiver takes up to maxBatch descriptors in one
+	// connByte message. An SDK from before batches has room for one
+	// descriptor per message, and the kernel would close the others.
+	batchByte = 'n'
 )
+
+// maxBatch is the most descriptors sent in one message (the kernel takes
+// up to 253).
+const maxBatch = 64
 
 // maxCarried bounds the bytes a connection carries when it moves in the
 // middle of a request's line or headers; a request with longer headers
@@ -487,7 +496,27 @@ func (h *handoff) heard() bool {
 		return false
 	}
 	h.carries = bytes.IndexByte(b[1:n], carryByte) >= 0
+	h.batches = bytes.IndexByte(b[1:n], batchByte) >= 0
 	return true
+}
+
+// sendBatch sends the sockets of conns, at most maxBatch, which carry no
+// bytes, in one message: a generation's idle connections leave in one
+// system call rather than one each, and from one goroutine rather than
+// from each connection's own. Only for a receiver that said it takes
+// batches. Each descriptor is held open (RawConn.Control, one inside the
+// other) while the message is written.
+func (h *handoff) sendBatch(conns []*conn, fds []int) error {
+	if len(conns) > 0 {
+		var inner error
+		err := conns[0].raw.Control(func(fd uintptr) { inner = h.sendBatch(conns[1:], append(fds, int(fd))) })
+		return errors.Join(err, inner)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.uc.SetWriteDeadline(time.Now().Add(sendTimeout))
+	_, _, err := h.uc.WriteMsgUnix([]byte{connByte}, syscall.UnixRights(fds...), nil)
+	return err
 }
 
 func (h *handoff) send(c net.Conn, carried []byte) error {
@@ -524,7 +553,7 @@ func openReceiver(f *os.File) (*net.UnixConn, error) {
 		c.Close()
 		return nil, fmt.Errorf("the connection channel from the previous generation is a %T, not a Unix socket", c)
 	}
-	if _, err := uc.Write([]byte{helloByte, carryByte}); err != nil {
+	if _, err := uc.Write([]byte{helloByte, carryByte, batchByte}); err != nil {
 		uc.Close()
 		return nil, fmt.Errorf("answering the previous generation: %w", err)
 	}
@@ -536,9 +565,9 @@ func openReceiver(f *os.File) (*net.UnixConn, error) {
 func receive(uc *net.UnixConn, deliver func(net.Conn, []byte)) error {
 	defer uc.Close()
 	buf := make([]byte, 1+maxCarried)
-	oob := make([]byte, syscall.CmsgSpace(4))
+	oob := make([]byte, syscall.CmsgSpace(4*maxBatch))
 	for {
-		n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+		n, oobn, flags, _, err := uc.ReadMsgUnix(buf, oob)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -567,6 +596,11 @@ func receive(uc *net.UnixConn, deliver func(net.Conn, []byte)) error {
 				}
 				deliver(nc, carried)
 			}
+		}
+		if flags&syscall.MSG_CTRUNC != 0 {
+			// The kernel closed the descriptors that did not fit; the
+			// sender sends no more than maxBatch, so this is a bug.
+			return fmt.Errorf("receiving connections from the previous generation: more than %d descriptors in one message", maxBatch)
 		}
 	}
 }

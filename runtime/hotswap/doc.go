@@ -35,8 +35,14 @@
 // end the new process inherits through tableflip (SCM_RIGHTS), and the old
 // process closes only its own descriptor, which sends the client nothing.
 // No connection is closed under a client and no request is split between
-// two processes, whatever the client's idle time. The old process exits as
-// soon as its connections have moved, so nothing waits for idle clients.
+// two processes, whatever the client's idle time. The idle connections
+// leave together, as soon as the new process is Ready: up to 64
+// descriptors in one message, sent by the goroutine that ran the swap,
+// rather than one message from each connection's own goroutine (a new
+// process on an older SDK, which has room for one, gets them one at a
+// time). The old process exits as soon as every connection has moved,
+// without waiting for net/http to close its copies, so nothing waits for
+// idle clients.
 // If the new process exits or is not Ready within the ready timeout, the
 // old one thaws, keeps serving with its state and logs why on stderr.
 //
@@ -121,9 +127,12 @@
 //	                    generation inherits it through tableflip's Fds. It is
 //	                    how a supervisor learns a swap's outcome; the log line
 //	                    says the same to a person and is not a contract.
-//	DUCK_STATE_FILE     if set, the state is written here (atomically) when
-//	                    the duck stops, and a first generation with no parent
-//	                    starts from it when it exists.
+//	DUCK_STATE_FILE     if set, the state is written here (atomically, with
+//	                    an fsync) when the duck stops and at every hand-over,
+//	                    and a first generation with no parent starts from it
+//	                    when it exists. At a hand-over the write runs beside
+//	                    the new generation's start, and the old generation
+//	                    exits only once it is done.
 //	DUCK_DESCRIBE       set to 1, Run prints the duck's Description (its state
 //	                    schema and the older schemas Config.Downgrade renders)
 //	                    as one line of JSON and returns, serving nothing: a
