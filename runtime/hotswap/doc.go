@@ -23,14 +23,21 @@
 // one at once, with any request waiting in its buffer; one in the middle
 // of a request's line or headers at once too, with the bytes the old
 // process has read of that request, which travel with the descriptor (the
-// new process reads them first, and runs the request whole); one whose
-// request body was only partly received when the swap began once that
-// request is complete, which the old process forwards to the new one
-// before the connection moves (the log's exit line counts such requests,
-// and the connections that moved mid-request). Bytes travel only to a new
-// process that said it takes them, and at most 16 KiB of them: with
-// longer headers, or a new process on an older SDK, the request finishes
-// in the old process, forwarded. The socket
+// new process reads them first, and runs the request whole). A request
+// whose headers end during the swap, its body complete or still coming,
+// does not run in the old process: it waits for the swap's outcome and
+// moves with its connection, carrying its headers and the part of its body
+// read, and the new process runs it whole; the old process does not wait
+// for the rest of its body. A request that reached the duck's handler
+// before the swap finishes in the old process (its handler may have
+// changed the state), and its connection moves once that request is
+// complete, body included: a handler that answers without reading a body
+// still coming keeps the old process until the client has sent it, since
+// net/http reads the rest before the next request (the log's exit line
+// counts connections that moved mid-request, and requests forwarded).
+// Bytes travel only to a new process that said it takes them, and at most
+// 16 KiB of them: with more, or a new process on an older SDK, the request
+// is forwarded to the new process by the old one, as before. The socket
 // itself moves: its descriptor travels over a Unix socket pair whose other
 // end the new process inherits through tableflip (SCM_RIGHTS), and the old
 // process closes only its own descriptor, which sends the client nothing.

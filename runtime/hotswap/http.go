@@ -269,11 +269,22 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.entered.Add(1)
 	}
 	// A request read before the hold began runs here while the hold waits
-	// for running requests; after that it waits for the swap's outcome.
-	for s.mode == holding && s.frozen {
+	// for running requests; after that it waits for the swap's outcome. So
+	// does one whose body is still coming when it arrives during the hold:
+	// run here, it would keep the hold (and every other client) waiting
+	// for its client, and the old generation alive after the swap.
+	for s.mode == holding && (s.frozen || c != nil && c.bodyComing()) {
 		s.changed.Wait()
 	}
 	if s.mode == forwarding {
+		s.mu.Unlock()
+		// It moves with its bytes if it can, and runs whole in the new
+		// generation; net/http then closes this generation's copy of the
+		// socket, which tells the client nothing.
+		if c != nil && c.leaveWithRequest() {
+			panic(http.ErrAbortHandler)
+		}
+		s.mu.Lock()
 		s.moves.Forwarded++
 		s.mu.Unlock()
 		// A request that came before its connection could move runs in the
