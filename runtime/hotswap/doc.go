@@ -84,6 +84,14 @@
 // Detach in a generation that has handed over waits for ever, like every
 // Update there.
 //
+// Detach is not guessed from what a handler does. A handler that flushes a
+// response part by part may still change the state afterwards (a long poll
+// that counts the event it waited for, a stream that records how far it
+// got), and detached behind its back its Update would wait for ever: the
+// request would hang instead of finishing. Only its author knows that it
+// will make no more Update. A swap that has waited 100 ms for running
+// requests says so in the log, with how many.
+//
 // Idle keep-alive connections are never closed on SIGHUP (no
 // http.Server.Shutdown, no SetKeepAlivesEnabled(false)): closing a
 // connection that looks idle races with the client's next request, and a

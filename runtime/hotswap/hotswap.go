@@ -488,7 +488,12 @@ func (r *runner) swap() error {
 	// Said only when the hold takes a while: a line is a write, and wakes
 	// its reader, on every swap's path; "state frozen" says the rest.
 	slow := time.AfterFunc(slowHold, func() {
-		r.log.Info("swap: SIGHUP received; waiting for running requests before freezing", "generation", r.generation)
+		running := 0
+		if r.http != nil {
+			running = r.http.runningNow()
+		}
+		r.log.Info("swap: SIGHUP received; waiting for running requests before freezing", "generation", r.generation,
+			"requests_running", running, "hint", "a handler that will change the state no more (a stream, a long poll) can call hotswap.Detach")
 	})
 	if r.http != nil {
 		if err := r.http.hold(r.env.readyTimeout); err != nil {

@@ -360,6 +360,13 @@ func (s *server) hold(timeout time.Duration) error {
 	return nil
 }
 
+// runningNow is the number of requests the hold waits for, for the log.
+func (s *server) runningNow() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inflight
+}
+
 // detachedNow is the number of detached requests still running, for the log.
 func (s *server) detachedNow() int {
 	s.mu.Lock()
