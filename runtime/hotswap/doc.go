@@ -31,10 +31,12 @@
 // for the rest of its body. A request that reached the duck's handler
 // before the swap finishes in the old process (its handler may have
 // changed the state), and its connection moves once that request is
-// complete, body included: a handler that answers without reading a body
-// still coming keeps the old process until the client has sent it, since
-// net/http reads the rest before the next request (the log's exit line
-// counts connections that moved mid-request, and requests forwarded).
+// complete, body included. A handler that returns without reading a body
+// still coming keeps the old process until the client has sent it: net/http
+// reads and drops the rest before it writes the response, so until then
+// the answer is only in net/http's buffer and cannot travel with the
+// socket (the log's exit line counts connections that moved mid-request,
+// and requests forwarded).
 // Bytes travel only to a new process that said it takes them, and at most
 // 16 KiB of them: with more, or a new process on an older SDK, the request
 // is forwarded to the new process by the old one, as before. The socket
