@@ -48,6 +48,12 @@ type conn struct {
 	// when there are more than maxCarried (that request finishes here).
 	partial []byte
 	tooLong bool
+	// req is every byte read since the oldest request not yet finished
+	// began, while it is the only one begun (reqLost otherwise, or past
+	// maxCarried): a request that waits in ServeHTTP for a swap's outcome
+	// moves with them, its body whole or in part (leaveWithRequest).
+	req     []byte
+	reqLost bool
 	// pending came with the connection from the previous generation: what
 	// it had read of the next request. Read returns it before the socket's
 	// bytes. Only net/http's reading goroutine touches it once adopted.
@@ -114,6 +120,54 @@ func (c *conn) keepPartial(read []byte) {
 	}
 }
 
+// keepRequest follows the bytes of the oldest unfinished request, read
+// being the bytes just read and fresh whether no request was begun before
+// them. Call with c.mu held.
+func (c *conn) keepRequest(read []byte, fresh bool) {
+	switch {
+	case fresh:
+		c.req, c.reqLost = append(c.req[:0], read...), false
+	case !c.reqLost:
+		c.req = append(c.req, read...)
+	}
+	if len(c.req) > maxCarried {
+		c.req, c.reqLost = c.req[:0], true
+	}
+}
+
+// leaveWithRequest moves the connection to the next generation with the
+// request that is in ServeHTTP but has not reached the duck's handler,
+// carrying every byte read of it (and of any after it), so that the next
+// generation runs it whole: a request whose body is still coming need not
+// keep this generation alive, nor be forwarded. It reports whether the
+// connection left; the caller then abandons the request without a word.
+// Only to a next generation that takes carried bytes, when no read of the
+// socket is under way (net/http reads no body a handler has not asked
+// for; its background read only peeks) and all the bytes fit in one
+// message.
+func (c *conn) leaveWithRequest() bool {
+	out := c.s.leavingTo()
+	if out == nil || !out.carries {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.left || c.stays != "" || c.reqLost || c.reading || len(c.req) == 0 ||
+		c.framer.unsure != "" || c.state != http.StateActive || len(c.req)+len(c.pending) > maxCarried {
+		return false
+	}
+	// Held under c.mu while it is sent: no read of this connection starts.
+	if err := out.send(c.Conn, append(append([]byte(nil), c.req...), c.pending...)); err != nil {
+		c.stays = "sending it to the new generation failed: " + err.Error()
+		c.s.fellBack(c, c.stays)
+		return false
+	}
+	c.left = true
+	c.gone.Store(true)
+	c.s.noteMoved(c, true)
+	return true
+}
+
 // errMoved ends net/http's read of a request whose first bytes moved to
 // the next generation with the socket. Wrapped in a *net.OpError of a read,
 // it makes net/http close its side without answering: the "400 Bad
@@ -164,6 +218,7 @@ func (c *conn) Read(p []byte) (int, error) {
 			return c.watch()
 		}
 		c.reading = true
+		fresh := c.framer.idle() && c.framer.complete == c.idles
 		c.mu.Unlock()
 
 		var n int
@@ -182,6 +237,7 @@ func (c *conn) Read(p []byte) (int, error) {
 		if n > 0 {
 			c.framer.feed(p[:n])
 			c.keepPartial(p[:n])
+			c.keepRequest(p[:n], fresh)
 			c.framed.Store(int64(c.framer.complete))
 			if c.framer.unsure != "" && c.stays == "" {
 				c.stays = "cannot frame its requests: " + c.framer.unsure
@@ -347,7 +403,17 @@ func (c *conn) setState(st http.ConnState) {
 	if st == http.StateIdle {
 		c.idles++
 		c.finished.Store(int64(c.idles))
+		// The bytes kept were of the request just finished; any read
+		// since belong to the next, whose start among them is unknown.
+		c.req, c.reqLost = c.req[:0], !(c.framer.idle() && c.framer.complete == c.idles)
 	}
+}
+
+// bodyComing says whether the request being served has not been read
+// whole: its body is still coming. Lock-free, for ServeHTTP under the
+// server's lock.
+func (c *conn) bodyComing() bool {
+	return c.framed.Load() <= c.finished.Load()
 }
 
 // unentered says whether a request has been read whole but has not yet
@@ -429,8 +495,9 @@ type handoff struct {
 	mu sync.Mutex
 	uc *net.UnixConn
 	// carries: the next generation takes a connection with the bytes this
-	// one has read of its next request. Known once heard.
-	carries bool
+	// one has read of its next request. batches: it takes many descriptors
+	// in one message (sendMany). Known once heard.
+	carries, batches bool
 }
 
 // Names of the bytes on the channel. A message is one byte and nothing
@@ -444,7 +511,15 @@ const (
 	// first byte: one descriptor rides with it, and the bytes read of the
 	// connection's next request follow.
 	carryByte = 'b'
+	// After helloByte: the receiver takes up to maxBatch descriptors in one
+	// connByte message. An SDK from before batches has room for one
+	// descriptor per message, and the kernel would close the others.
+	batchByte = 'n'
 )
+
+// maxBatch is the most descriptors sent in one message (the kernel takes
+// up to 253).
+const maxBatch = 64
 
 // maxCarried bounds the bytes a connection carries when it moves in the
 // middle of a request's line or headers; a request with longer headers
@@ -487,7 +562,27 @@ func (h *handoff) heard() bool {
 		return false
 	}
 	h.carries = bytes.IndexByte(b[1:n], carryByte) >= 0
+	h.batches = bytes.IndexByte(b[1:n], batchByte) >= 0
 	return true
+}
+
+// sendBatch sends the sockets of conns, at most maxBatch, which carry no
+// bytes, in one message: a generation's idle connections leave in one
+// system call rather than one each, and from one goroutine rather than
+// from each connection's own. Only for a receiver that said it takes
+// batches. Each descriptor is held open (RawConn.Control, one inside the
+// other) while the message is written.
+func (h *handoff) sendBatch(conns []*conn, fds []int) error {
+	if len(conns) > 0 {
+		var inner error
+		err := conns[0].raw.Control(func(fd uintptr) { inner = h.sendBatch(conns[1:], append(fds, int(fd))) })
+		return errors.Join(err, inner)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.uc.SetWriteDeadline(time.Now().Add(sendTimeout))
+	_, _, err := h.uc.WriteMsgUnix([]byte{connByte}, syscall.UnixRights(fds...), nil)
+	return err
 }
 
 func (h *handoff) send(c net.Conn, carried []byte) error {
@@ -524,7 +619,7 @@ func openReceiver(f *os.File) (*net.UnixConn, error) {
 		c.Close()
 		return nil, fmt.Errorf("the connection channel from the previous generation is a %T, not a Unix socket", c)
 	}
-	if _, err := uc.Write([]byte{helloByte, carryByte}); err != nil {
+	if _, err := uc.Write([]byte{helloByte, carryByte, batchByte}); err != nil {
 		uc.Close()
 		return nil, fmt.Errorf("answering the previous generation: %w", err)
 	}
@@ -536,9 +631,9 @@ func openReceiver(f *os.File) (*net.UnixConn, error) {
 func receive(uc *net.UnixConn, deliver func(net.Conn, []byte)) error {
 	defer uc.Close()
 	buf := make([]byte, 1+maxCarried)
-	oob := make([]byte, syscall.CmsgSpace(4))
+	oob := make([]byte, syscall.CmsgSpace(4*maxBatch))
 	for {
-		n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+		n, oobn, flags, _, err := uc.ReadMsgUnix(buf, oob)
 		if errors.Is(err, io.EOF) {
 			return nil
 		}
@@ -567,6 +662,11 @@ func receive(uc *net.UnixConn, deliver func(net.Conn, []byte)) error {
 				}
 				deliver(nc, carried)
 			}
+		}
+		if flags&syscall.MSG_CTRUNC != 0 {
+			// The kernel closed the descriptors that did not fit; the
+			// sender sends no more than maxBatch, so this is a bug.
+			return fmt.Errorf("receiving connections from the previous generation: more than %d descriptors in one message", maxBatch)
 		}
 	}
 }

@@ -23,20 +23,35 @@
 // one at once, with any request waiting in its buffer; one in the middle
 // of a request's line or headers at once too, with the bytes the old
 // process has read of that request, which travel with the descriptor (the
-// new process reads them first, and runs the request whole); one whose
-// request body was only partly received when the swap began once that
-// request is complete, which the old process forwards to the new one
-// before the connection moves (the log's exit line counts such requests,
-// and the connections that moved mid-request). Bytes travel only to a new
-// process that said it takes them, and at most 16 KiB of them: with
-// longer headers, or a new process on an older SDK, the request finishes
-// in the old process, forwarded. The socket
+// new process reads them first, and runs the request whole). A request
+// whose headers end during the swap, its body complete or still coming,
+// does not run in the old process: it waits for the swap's outcome and
+// moves with its connection, carrying its headers and the part of its body
+// read, and the new process runs it whole; the old process does not wait
+// for the rest of its body. A request that reached the duck's handler
+// before the swap finishes in the old process (its handler may have
+// changed the state), and its connection moves once that request is
+// complete, body included. A handler that returns without reading a body
+// still coming keeps the old process until the client has sent it: net/http
+// reads and drops the rest before it writes the response, so until then
+// the answer is only in net/http's buffer and cannot travel with the
+// socket (the log's exit line counts connections that moved mid-request,
+// and requests forwarded).
+// Bytes travel only to a new process that said it takes them, and at most
+// 16 KiB of them: with more, or a new process on an older SDK, the request
+// is forwarded to the new process by the old one, as before. The socket
 // itself moves: its descriptor travels over a Unix socket pair whose other
 // end the new process inherits through tableflip (SCM_RIGHTS), and the old
 // process closes only its own descriptor, which sends the client nothing.
 // No connection is closed under a client and no request is split between
-// two processes, whatever the client's idle time. The old process exits as
-// soon as its connections have moved, so nothing waits for idle clients.
+// two processes, whatever the client's idle time. The idle connections
+// leave together, as soon as the new process is Ready: up to 64
+// descriptors in one message, sent by the goroutine that ran the swap,
+// rather than one message from each connection's own goroutine (a new
+// process on an older SDK, which has room for one, gets them one at a
+// time). The old process exits as soon as every connection has moved,
+// without waiting for net/http to close its copies, so nothing waits for
+// idle clients.
 // If the new process exits or is not Ready within the ready timeout, the
 // old one thaws, keeps serving with its state and logs why on stderr.
 //
@@ -70,6 +85,14 @@
 // after the new one became Ready, closing what still runs. An Update after
 // Detach in a generation that has handed over waits for ever, like every
 // Update there.
+//
+// Detach is not guessed from what a handler does. A handler that flushes a
+// response part by part may still change the state afterwards (a long poll
+// that counts the event it waited for, a stream that records how far it
+// got), and detached behind its back its Update would wait for ever: the
+// request would hang instead of finishing. Only its author knows that it
+// will make no more Update. A swap that has waited 100 ms for running
+// requests says so in the log, with how many.
 //
 // Idle keep-alive connections are never closed on SIGHUP (no
 // http.Server.Shutdown, no SetKeepAlivesEnabled(false)): closing a
@@ -121,9 +144,12 @@
 //	                    generation inherits it through tableflip's Fds. It is
 //	                    how a supervisor learns a swap's outcome; the log line
 //	                    says the same to a person and is not a contract.
-//	DUCK_STATE_FILE     if set, the state is written here (atomically) when
-//	                    the duck stops, and a first generation with no parent
-//	                    starts from it when it exists.
+//	DUCK_STATE_FILE     if set, the state is written here (atomically, with
+//	                    an fsync) when the duck stops and at every hand-over,
+//	                    and a first generation with no parent starts from it
+//	                    when it exists. At a hand-over the write runs beside
+//	                    the new generation's start, and the old generation
+//	                    exits only once it is done.
 //	DUCK_DESCRIBE       set to 1, Run prints the duck's Description (its state
 //	                    schema and the older schemas Config.Downgrade renders)
 //	                    as one line of JSON and returns, serving nothing: a

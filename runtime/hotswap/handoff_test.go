@@ -29,9 +29,11 @@ func channel(t *testing.T) (*handoff, *os.File) {
 }
 
 // A receiver on an SDK from before bytes were carried says only "h", and is never sent bytes
-// (it would read the first byte of the message and drop the rest); one that says "hb" is.
+// (it would read the first byte of the message and drop the rest); one that says "hb" is. Only
+// one that says "n" too is sent many connections in one message: an older one has room for
+// one descriptor, and the kernel would close the others.
 func TestBytesGoOnlyToAReceiverThatTakesThem(t *testing.T) {
-	for _, hello := range []string{"h", "hb"} {
+	for _, hello := range []string{"h", "hb", "hbn"} {
 		out, far := channel(t)
 		uc, err := net.FileConn(far)
 		far.Close()
@@ -43,8 +45,11 @@ func TestBytesGoOnlyToAReceiverThatTakesThem(t *testing.T) {
 		if !out.heard() {
 			t.Fatalf("hello %q not heard", hello)
 		}
-		if want := hello == "hb"; out.carries != want {
+		if want := hello != "h"; out.carries != want {
 			t.Errorf("hello %q: carries = %v, want %v", hello, out.carries, want)
+		}
+		if want := hello == "hbn"; out.batches != want {
+			t.Errorf("hello %q: batches = %v, want %v", hello, out.batches, want)
 		}
 	}
 }
@@ -89,6 +94,84 @@ func TestACarriedConnectionArrivesWithItsBytes(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("nothing arrived")
+		}
+	}
+}
+
+// Idle connections sent in one message arrive every one, each the very socket that was sent:
+// what the client writes on it is read from the one received. More than a message holds go in
+// several.
+func TestIdleConnectionsLeaveTogether(t *testing.T) {
+	for _, n := range []int{3, maxBatch + 2} {
+		out, far := channel(t)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		uc, err := openReceiver(far)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !out.heard() || !out.batches {
+			t.Fatal("a receiver on this SDK should say it takes batches")
+		}
+		arrived := make(chan net.Conn, n)
+		go receive(uc, func(c net.Conn, carried []byte) {
+			if len(carried) > 0 {
+				t.Errorf("a connection of a batch arrived carrying %q", carried)
+			}
+			arrived <- c
+		})
+		var clients []net.Conn
+		var sent []*conn
+		for range n {
+			c, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			sc, err := ln.Accept()
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sc.Close()
+			clients = append(clients, c)
+			sent = append(sent, newConn(sc, nil))
+		}
+		for len(sent) > 0 {
+			batch := sent[:min(len(sent), maxBatch)]
+			sent = sent[len(batch):]
+			if err := out.sendBatch(batch, nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := map[string]net.Conn{}
+		for range n {
+			select {
+			case c := <-arrived:
+				defer c.Close()
+				got[c.RemoteAddr().String()] = c
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%d of %d connections arrived", len(got), n)
+			}
+		}
+		for _, c := range clients {
+			rc := got[c.LocalAddr().String()]
+			if rc == nil {
+				t.Errorf("n=%d: the connection from %s did not arrive", n, c.LocalAddr())
+				continue
+			}
+			// The socket itself: what the client writes now is read from the descriptor
+			// received.
+			if _, err := c.Write([]byte("q")); err != nil {
+				t.Fatal(err)
+			}
+			rc.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var b [1]byte
+			if _, err := rc.Read(b[:]); err != nil || b[0] != 'q' {
+				t.Errorf("n=%d: read %q, %v from the received connection, want \"q\"", n, b[:], err)
+			}
 		}
 	}
 }

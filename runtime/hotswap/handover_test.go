@@ -644,6 +644,62 @@ func TestHalfSentRequestMovesWithItsBytes(t *testing.T) {
 	}
 }
 
+// A request whose body is still coming when it reaches the server during a swap does not run
+// in the old generation, which would then live until the client sent the rest: it waits for the
+// swap's outcome and moves with its connection, carrying its headers and the part of its body
+// read, and the new generation runs it whole. A stream that does not detach holds the swap open
+// long enough for the request's headers to arrive during it. The client sends the rest of the
+// body only once the old generation is gone, so the order is what the test checks; before, the
+// old generation answered the request and then waited for the rest of its body (up to its drain
+// bound and 5 s more).
+func TestHalfSentBodyMovesWithItsBytes(t *testing.T) {
+	d := startDuck(t, "stream", nil)
+	nc, br := dialRaw(t, d.addr)
+	// The POST's start, read by the old generation before the swap: its headers are not done.
+	io.WriteString(nc, "POST /quack HTTP/1.1\r\nHost: duck\r\n")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+d.addr+"/stream?parts=10&every=100ms&attached=1", nil)
+	res, err := oneShot.Do(req)
+	if err != nil {
+		t.Fatalf("GET /stream: %v", err)
+	}
+	defer res.Body.Close()
+	go io.Copy(io.Discard, res.Body)
+
+	mark := d.stderr.len()
+	old := d.pid()
+	if err := os.WriteFile(d.versionFile, []byte("stream-2\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(old, syscall.SIGHUP)
+	d.stderr.waitFor(t, mark, 20*time.Second, "swap: SIGHUP received; waiting for running requests", fmt.Sprintf("pid=%d", old), "requests_running=1")
+	// The headers end, and half the body comes, while the stream holds the swap.
+	io.WriteString(nc, "Content-Length: 5\r\n\r\nqu")
+	// The stream ends after a second; the old generation must then go without the rest.
+	if !waitExit(old, 20*time.Second) {
+		t.Fatalf("old generation pid %d still running 20s after SIGHUP, waiting for a body", old)
+	}
+	d.stderr.waitFor(t, mark, 5*time.Second, "exiting: handed over", fmt.Sprintf("pid=%d", old),
+		"connections_moved_mid_request=1", "requests_forwarded=0")
+	io.WriteString(nc, "ack")
+	res2, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("the POST whose body was half sent across the swap: %v", err)
+	}
+	body, _ := io.ReadAll(res2.Body)
+	res2.Body.Close()
+	if res2.StatusCode != http.StatusOK || !strings.Contains(string(body), `"version":"stream-2"`) || !strings.Contains(string(body), `"count":1`) {
+		t.Errorf("the POST whose body was half sent across the swap: %s %s; want 200, count 1 from stream-2", res2.Status, body)
+	}
+	for _, l := range d.stderr.snapshot()[mark:] {
+		if strings.Contains(l, "drain bound passed") {
+			t.Errorf("the old generation waited out its drain bound: %s", l)
+		}
+	}
+}
+
 // dialRaw opens a plain TCP connection to addr for a test that writes HTTP by hand, closed when
 // the test ends and bounded so that a lost answer fails the test rather than hangs it.
 func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {

@@ -178,6 +178,23 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	if os.Getenv(EnvDescribe) == "1" {
 		return describe(cfg)
 	}
+	// Catch signals before Ready writes the PID file: a supervisor may
+	// send SIGHUP as soon as it sees it, and SIGHUP's default is to die.
+	// Asking for them takes a few hundred microseconds on a busy machine
+	// (the Go runtime starts a thread for signal masks and waits on it
+	// for each signal), so it is done beside the rest of the start, and
+	// waited for before Ready.
+	sigs := make(chan os.Signal, 4)
+	caught := make(chan struct{})
+	go func() {
+		signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+		close(caught)
+	}()
+	// When the agent dies, its end of our stdout and stderr pipes goes with it, and Go kills a
+	// program that writes to a broken stdout or stderr pipe with SIGPIPE: the duck would die on
+	// its first quack or log line, before the lifeline's graceful stop saves its state. Ignored,
+	// the write just fails and the stop goes on.
+	signal.Ignore(syscall.SIGPIPE)
 	env, err := readEnv()
 	if err != nil {
 		return err
@@ -187,16 +204,7 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	if err != nil {
 		return fmt.Errorf("hotswap: starting tableflip: %w", err)
 	}
-	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{})}
-	// Catch signals before Ready writes the PID file: a supervisor may
-	// send SIGHUP as soon as it sees it, and SIGHUP's default is to die.
-	r.sigs = make(chan os.Signal, 4)
-	signal.Notify(r.sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
-	// When the agent dies, its end of our stdout and stderr pipes goes with it, and Go kills a
-	// program that writes to a broken stdout or stderr pipe with SIGPIPE: the duck would die on
-	// its first quack or log line, before the lifeline's graceful stop saves its state. Ignored,
-	// the write just fails and the stop goes on.
-	signal.Ignore(syscall.SIGPIPE)
+	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{}), sigs: sigs}
 	if err := r.watchLifeline(); err != nil {
 		upg.Stop()
 		return err
@@ -228,6 +236,7 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		upg.Stop()
 		return fmt.Errorf("hotswap: duck setup failed: %w", err)
 	}
+	<-caught
 	if err := upg.Ready(); err != nil {
 		upg.Stop()
 		return fmt.Errorf("hotswap: signalling Ready: %w", err)
@@ -265,7 +274,9 @@ type runner struct {
 	listeners  []*listener
 	http       *server
 	stateFile  *os.File      // passed to the next generation; nil until a swap
+	saved      chan error    // the save of the handed-over state to env.stateFile, while it runs
 	out        *handoff      // the channel connections move through, made ahead of the next swap
+	taker      bool          // the new generation takes connections (known once it is Ready)
 	parentGone chan struct{} // closed once the previous generation has exited
 	lifeline   chan struct{}
 	report     *os.File // the supervisor's report pipe, nil without one
@@ -474,12 +485,23 @@ func (r *runner) swap() error {
 	if err := r.waitForParent(); err != nil {
 		return err
 	}
-	r.log.Info("swap: SIGHUP received; freezing", "generation", r.generation)
+	// Said only when the hold takes a while: a line is a write, and wakes
+	// its reader, on every swap's path; "state frozen" says the rest.
+	slow := time.AfterFunc(slowHold, func() {
+		running := 0
+		if r.http != nil {
+			running = r.http.runningNow()
+		}
+		r.log.Info("swap: SIGHUP received; waiting for running requests before freezing", "generation", r.generation,
+			"requests_running", running, "hint", "a handler that will change the state no more (a stream, a long poll) can call hotswap.Detach")
+	})
 	if r.http != nil {
 		if err := r.http.hold(r.env.readyTimeout); err != nil {
+			slow.Stop()
 			return errors.Join(fmt.Errorf("waiting for running requests: %w", err), r.thaw())
 		}
 	}
+	slow.Stop()
 	for _, l := range r.listeners {
 		l.pause()
 	}
@@ -499,20 +521,34 @@ func (r *runner) swap() error {
 	if r.http != nil {
 		detached = r.http.detachedNow()
 	}
-	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start),
+	frozenAfter := time.Since(start)
+	upgraded := make(chan error, 1)
+	go func() { upgraded <- r.upgrade() }()
+	// Written while the new process starts, not before.
+	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", frozenAfter,
 		"requests_detached", detached)
-	if err := r.upgrade(); err != nil {
+	err = <-upgraded
+	if err != nil {
 		if r.out != nil {
 			r.out.close()
 			r.out = nil
 		}
 		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
 	}
+	// The idle connections go now, from here, rather than after the
+	// runner's loop has heard of the outcome.
+	if r.http != nil {
+		r.taker = r.http.release(r.out)
+	}
 	// The new generation's PID is in its own "ready" line: reading the PID
 	// file here would delay the hand-over.
 	r.log.Info("swap: new generation ready", "took", time.Since(start))
 	return nil
 }
+
+// slowHold is how long a swap's hold may take before the log says that
+// the swap waits for running requests.
+const slowHold = 100 * time.Millisecond
 
 // prepareHandoff makes the channel the next swap's connections move
 // through, ahead of the swap so that a swap does not wait for it; r.out
@@ -583,13 +619,30 @@ func (r *runner) handOff(snap snapshot) error {
 	if err := writeSnapshot(r.stateFile, snap); err != nil {
 		return err
 	}
-	// Also leave the handed-over state where a restart looks for it: if both generations die in
-	// the middle of the swap (a kill -9, the machine), the supervisor starts the duck again from
-	// this state instead of the one saved at its last graceful stop.
+	// Also leave the handed-over state where a restart looks for it: if both generations die
+	// after the swap (a kill -9, the machine), the supervisor starts the duck again from this
+	// state instead of the one saved at its last graceful stop. It is saved with an fsync,
+	// 0.2 ms and more on a disk, so alongside the new generation's start rather than before it;
+	// this generation waits for it before it exits (handOver), before its next save, and the
+	// next generation waits for this one's exit before it saves at a stop.
 	if r.env.stateFile != "" {
-		return saveSnapshot(r.env.stateFile, snap)
+		r.waitSaved()
+		saved := make(chan error, 1)
+		go func() { saved <- saveSnapshot(r.env.stateFile, snap) }()
+		r.saved = saved
 	}
 	return nil
+}
+
+// waitSaved waits for the save handOff started, if any.
+func (r *runner) waitSaved() {
+	if r.saved == nil {
+		return
+	}
+	if err := <-r.saved; err != nil {
+		r.log.Error("saving the handed-over state failed; after a crash the duck would start from the state saved before", "file", r.env.stateFile, "err", err)
+	}
+	r.saved = nil
 }
 
 // thaw lets this generation serve and change its state: at the first Ready,
@@ -642,11 +695,13 @@ func (r *runner) handOver(sigs <-chan os.Signal) error {
 		}
 	}()
 	if r.http == nil {
+		r.waitSaved()
 		r.log.Info("exiting: handed over", "generation", r.generation)
 		return nil
 	}
 	start := time.Now()
-	m := r.http.handOver(r.out, DrainBound, stop)
+	m := r.http.handOver(r.out, r.taker, DrainBound, stop)
+	r.waitSaved()
 	r.log.Info("exiting: handed over", "generation", r.generation, "took", time.Since(start),
 		"connections_moved", m.Moved, "connections_moved_mid_request", m.MidRequest, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
 		"requests_forwarded", m.Forwarded)
@@ -663,6 +718,14 @@ func (r *runner) stop() error {
 	}
 	raw, older, err := r.state.freeze()
 	if err == nil && r.env.stateFile != "" {
+		r.waitSaved()
+		// The previous generation may still be saving what it handed
+		// over (handOff); this generation's state is newer and must
+		// land last.
+		select {
+		case <-r.parentGone:
+		case <-time.After(DrainBound + stopTimeout):
+		}
 		err = saveSnapshot(r.env.stateFile, snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older})
 	}
 	r.upg.Stop()

@@ -269,11 +269,22 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.entered.Add(1)
 	}
 	// A request read before the hold began runs here while the hold waits
-	// for running requests; after that it waits for the swap's outcome.
-	for s.mode == holding && s.frozen {
+	// for running requests; after that it waits for the swap's outcome. So
+	// does one whose body is still coming when it arrives during the hold:
+	// run here, it would keep the hold (and every other client) waiting
+	// for its client, and the old generation alive after the swap.
+	for s.mode == holding && (s.frozen || c != nil && c.bodyComing()) {
 		s.changed.Wait()
 	}
 	if s.mode == forwarding {
+		s.mu.Unlock()
+		// It moves with its bytes if it can, and runs whole in the new
+		// generation; net/http then closes this generation's copy of the
+		// socket, which tells the client nothing.
+		if c != nil && c.leaveWithRequest() {
+			panic(http.ErrAbortHandler)
+		}
+		s.mu.Lock()
 		s.moves.Forwarded++
 		s.mu.Unlock()
 		// A request that came before its connection could move runs in the
@@ -349,6 +360,13 @@ func (s *server) hold(timeout time.Duration) error {
 	return nil
 }
 
+// runningNow is the number of requests the hold waits for, for the log.
+func (s *server) runningNow() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inflight
+}
+
 // detachedNow is the number of detached requests still running, for the log.
 func (s *server) detachedNow() int {
 	s.mu.Lock()
@@ -368,15 +386,25 @@ func (s *server) carryOn() error {
 	return s.ln.resume()
 }
 
+// release is the first step of a hand-over, taken as soon as the new
+// generation is Ready: it learns whether the new generation takes
+// connections, before the held requests are let go so that none is told
+// to close for want of it, and if it takes them in batches, sends the
+// idle ones at once. handOver does the rest.
+func (s *server) release(out *handoff) (taker bool) {
+	taker = out != nil && out.heard()
+	if taker && out.batches {
+		s.moveIdle(out)
+	}
+	return taker
+}
+
 // handOver moves every connection to the next generation as soon as it is
 // between requests, forwards the requests that come before that, and
 // returns when no connection is left. Nothing waits for an idle client: an
 // idle connection moves at once. Only connections that cannot move wait, for
 // bound, to be closed while idle (see the package doc).
-func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{}) (m moves) {
-	// Whether connections move is known before the held requests are let
-	// go, so that none is told to close for want of it.
-	taker := out != nil && out.heard()
+func (s *server) handOver(out *handoff, taker bool, bound time.Duration, stop <-chan struct{}) (m moves) {
 	if taker {
 		s.out.Store(out)
 	} else {
@@ -402,7 +430,17 @@ func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{
 			c.wake()
 		}
 	}
-	done := func() bool { return len(s.conns) == 0 && !s.receiving }
+	// A connection that has moved is done with, whether or not net/http
+	// has closed this generation's descriptor yet: the process exits as
+	// soon as nothing is left to serve here.
+	done := func() bool {
+		for c := range s.conns {
+			if !c.gone.Load() {
+				return false
+			}
+		}
+		return !s.receiving
+	}
 	defer func() {
 		if out != nil {
 			out.close()
@@ -428,6 +466,50 @@ func (s *server) handOver(out *handoff, bound time.Duration, stop <-chan struct{
 		s.srv.Close()
 	}
 	return
+}
+
+// moveIdle sends the connections that wait for their next request, none of
+// it read, to the next generation in as few messages as it takes, before
+// the hold lets any goroutine go: with reads stopped since the hold, none
+// of them reads its socket, and each is locked until it has been sent.
+// Their goroutines then find them gone and end. A connection whose batch
+// could not be sent stays, and moves on its own like a busy one.
+func (s *server) moveIdle(out *handoff) {
+	var idle []*conn
+	for _, c := range s.snapshotConns() {
+		c.mu.Lock()
+		if !c.left && c.stays == "" && c.between() && len(c.pending) == 0 && c.raw != nil {
+			idle = append(idle, c) // unlocked once sent
+			continue
+		}
+		c.mu.Unlock()
+	}
+	moved := 0
+	var err error
+	for len(idle) > 0 {
+		batch := idle[:min(len(idle), maxBatch)]
+		idle = idle[len(batch):]
+		if err == nil {
+			err = out.sendBatch(batch, make([]int, 0, len(batch)))
+		}
+		for _, c := range batch {
+			if err == nil {
+				c.left = true
+				c.gone.Store(true)
+				moved++
+			}
+			c.mu.Unlock()
+		}
+	}
+	if err != nil {
+		s.log.Warn("sending idle connections to the new generation in one go failed; each tries on its own", "err", err)
+	}
+	if moved > 0 {
+		s.mu.Lock()
+		s.moves.Moved += moved
+		s.changed.Broadcast()
+		s.mu.Unlock()
+	}
 }
 
 // shutdown is the graceful stop when no generation follows: nothing can be

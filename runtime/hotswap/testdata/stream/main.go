@@ -32,7 +32,8 @@ func main() {
 			d.State.Update(func(s *state) { s.Count++; count = s.Count })
 			reply(w, count, d.Version)
 		})
-		// GET /stream?parts=N&every=D writes N lines, one every D.
+		// GET /stream?parts=N&every=D writes N lines, one every D; with
+		// &attached=1 it does not Detach, and holds a swap until it ends.
 		mux.HandleFunc("GET /stream", func(w http.ResponseWriter, r *http.Request) {
 			parts, err1 := strconv.Atoi(r.URL.Query().Get("parts"))
 			every, err2 := time.ParseDuration(r.URL.Query().Get("every"))
@@ -41,7 +42,9 @@ func main() {
 				return
 			}
 			// It changes no state: a swap need not wait for it.
-			hotswap.Detach(r)
+			if r.URL.Query().Get("attached") != "1" {
+				hotswap.Detach(r)
+			}
 			w.Header().Set("Content-Type", "text/plain")
 			for i := range parts {
 				fmt.Fprintf(w, "part %d of %d from %s\n", i+1, parts, d.Version)
