@@ -70,6 +70,11 @@ func (r *Rollout) Report(node string, phase Phase, msg string, now time.Time) er
 			return fmt.Errorf("%w: %s may not start a swap (it is %s, the rollout %s)", ErrStale, node, nr.Phase, r.State)
 		}
 	case Running:
+		if nr.Phase == Running {
+			// Said again: a retry of a report the log took, whose answer was lost. Refused, it
+			// would tell the node that the log did not take its turn, and the node would go back.
+			return nil
+		}
 		if nr.Phase != Granted && nr.Phase != Swapping {
 			return fmt.Errorf("%w: %s reports running but was not in its turn (it is %s)", ErrStale, node, nr.Phase)
 		}

@@ -468,3 +468,20 @@ func TestGrantedWithinReadsTheLeadersStamp(t *testing.T) {
 		t.Fatal("a node outside the rollout counts as granted")
 	}
 }
+
+// A running report said again (a retry whose first answer was lost) is taken as it was: refused,
+// it would tell the node that the log did not take its turn, and the node would go back.
+func TestRunningSaidAgainIsTheSameTurn(t *testing.T) {
+	r := three()
+	r.Report("a", Built, "", t0)
+	r.Grant("a", Granted, t0)
+	if err := r.Report("a", Running, "", t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Report("a", Running, "", t0.Add(2*time.Second)); err != nil {
+		t.Fatalf("running said again: %v", err)
+	}
+	if nr := r.Nodes["a"]; nr.Phase != Running || !nr.Done.Equal(t0.Add(time.Second)) {
+		t.Fatalf("after running said again: %+v; want running since the first report", nr)
+	}
+}

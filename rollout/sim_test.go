@@ -304,6 +304,13 @@ func (s *sim) send(n *simNode, version Number, phase Phase, msg string, done fun
 				return
 			}
 			err := s.change(fmt.Sprintf("%s reports %s", n.name, phase), func(r *Rollout) error { return r.Report(n.name, phase, msg, s.now) })
+			if s.inFaults() && s.rng.IntN(10) == 0 {
+				// The log took it (or refused it), but the answer is lost: the node says it
+				// again, as agent.report retries a call that failed.
+				s.logf("%s's report of %s: answer lost", n.name, phase)
+				s.at(500*time.Millisecond, try)
+				return
+			}
 			if done != nil {
 				done(err == nil)
 			}
@@ -511,6 +518,9 @@ func (s *sim) turn(n *simNode, r *Rollout, d Duty) {
 			if ok || !forward || had == "" || had == d.Version || n.inc != inc {
 				end()
 				return
+			}
+			if s.log.Version == r.Version && s.log.Nodes[n.name].Phase == Running {
+				s.fail("%s goes back to %s though the log records it running %s", n.name, lbl(had), lbl(d.Version))
 			}
 			s.logf("%s goes back to %s: the log refused its turn", n.name, lbl(had))
 			s.switchTo(n, r, had, "undo "+d.Key, func(error) { end() })
