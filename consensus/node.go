@@ -67,16 +67,22 @@ type Node struct {
 	contacts  *contacts
 }
 
-// Timings tuned for a cluster on one machine or a LAN: a dead leader is replaced within about a
-// second. raft's defaults (1 s heartbeat and election timeouts) are meant for WANs.
+// Timings for a cluster on one machine or a LAN.
+//
+// Heartbeat and election timeouts are raft's 1 s (a dead leader is replaced in one to two
+// seconds). The leader heartbeats every follower every HeartbeatTimeout/10 to 2/10, each an RPC
+// over TLS: at 400 ms (a leader replaced within about a second) that was 1,700 RPCs a second at
+// a hundred members, and the idle cluster took 0.9 of the machine's 2 cores; at 1 s it takes
+// 0.65, and a 100-node rollout finished in 3.4 to 4.3 s against 3.8 to 7.8 s (`bench --nodes
+// 100`, alternated, docs/BENCHMARKS.md section 6).
 //
 // CommitTimeout stays at raft's 50 ms. It is how often the leader sends each follower an
 // AppendEntries, empty or not, to carry the commit index: at 5 ms a hundred idle members cost
 // the cluster 1.8 cores of two (0.74 at 50 ms, `bench --nodes 100`), which starved builds and
 // turns. Commits on the leader do not wait for it; a follower learns a commit up to 50 ms later.
 func tune(c *raft.Config) {
-	c.HeartbeatTimeout = 400 * time.Millisecond
-	c.ElectionTimeout = 400 * time.Millisecond
+	c.HeartbeatTimeout = time.Second
+	c.ElectionTimeout = time.Second
 	c.LeaderLeaseTimeout = 200 * time.Millisecond
 	c.CommitTimeout = 50 * time.Millisecond
 }
