@@ -253,3 +253,36 @@ func TestPlacementsFollowTheirNode(t *testing.T) {
 		t.Fatalf("after b left, placements = %+v", got)
 	}
 }
+
+// Raft's timeouts follow the cluster's size: short while it is small, so a node alone leads at
+// once and a lost leader is replaced quickly; raft's 1 s from largeCluster members, where the
+// heartbeats to every member would take the machine.
+func TestTimeoutsFollowTheClustersSize(t *testing.T) {
+	for members, want := range map[int]time.Duration{1: smallTimeout, 3: smallTimeout, largeCluster - 1: smallTimeout, largeCluster: largeTimeout, 100: largeTimeout} {
+		if got := timeoutFor(members); got != want {
+			t.Errorf("timeoutFor(%d) = %s, want %s", members, got, want)
+		}
+	}
+	n := inmemCluster(t, "a")[0]
+	timeouts := func() (time.Duration, time.Duration) {
+		rc := n.raft.ReloadableConfig()
+		return rc.HeartbeatTimeout, rc.ElectionTimeout
+	}
+	if hb, el := timeouts(); hb != smallTimeout || el != smallTimeout {
+		t.Fatalf("a node alone: heartbeat %s, election %s; want %s", hb, el, smallTimeout)
+	}
+	if err := n.fit(largeCluster); err != nil {
+		t.Fatal(err)
+	}
+	if hb, el := timeouts(); hb != largeTimeout || el != largeTimeout {
+		t.Fatalf("at %d members: heartbeat %s, election %s; want %s", largeCluster, hb, el, largeTimeout)
+	}
+	// The node's own look, once a second, sees one member and sets them back.
+	waitFor(t, "the timeouts to fit a cluster of one again", func() bool {
+		hb, el := timeouts()
+		return hb == smallTimeout && el == smallTimeout
+	})
+	if !n.IsLeader() {
+		t.Fatal("the node lost its leadership over a change of timeouts")
+	}
+}

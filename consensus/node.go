@@ -65,26 +65,71 @@ type Node struct {
 	transport raft.Transport
 	log       *slog.Logger
 	contacts  *contacts
+	stopFit   chan struct{} // stops fitTimeouts
+	fitDone   chan struct{}
 }
 
 // Timings for a cluster on one machine or a LAN.
 //
-// Heartbeat and election timeouts are raft's 1 s (a dead leader is replaced in one to two
-// seconds). The leader heartbeats every follower every HeartbeatTimeout/10 to 2/10, each an RPC
-// over TLS: at 400 ms (a leader replaced within about a second) that was 1,700 RPCs a second at
-// a hundred members, and the idle cluster took 0.9 of the machine's 2 cores; at 1 s it takes
-// 0.65, and a 100-node rollout finished in 3.4 to 4.3 s against 3.8 to 7.8 s (`bench --nodes
-// 100`, alternated, docs/BENCHMARKS.md section 6).
-//
-// CommitTimeout stays at raft's 50 ms. It is how often the leader sends each follower an
-// AppendEntries, empty or not, to carry the commit index: at 5 ms a hundred idle members cost
-// the cluster 1.8 cores of two (0.74 at 50 ms, `bench --nodes 100`), which starved builds and
-// turns. Commits on the leader do not wait for it; a follower learns a commit up to 50 ms later.
+// The heartbeat and election timeouts follow the cluster's size (fitTimeouts): 400 ms while it
+// has fewer than largeCluster members, so that a node started alone leads at once and a dead
+// leader is replaced within about a second, and raft's 1 s from there on. The leader heartbeats
+// every follower every HeartbeatTimeout/10 to 2/10, each an RPC over TLS: at 400 ms that was
+// 1,700 RPCs a second at a hundred members, and the idle cluster took 0.9 of the machine's 2
+// cores; at 1 s it takes 0.65, and a 100-node rollout finished in 3.4 to 4.3 s against 3.8 to
+// 7.8 s (`bench --nodes 100`, alternated, docs/BENCHMARKS.md section 6).
 func tune(c *raft.Config) {
-	c.HeartbeatTimeout = time.Second
-	c.ElectionTimeout = time.Second
+	c.HeartbeatTimeout = smallTimeout
+	c.ElectionTimeout = smallTimeout
 	c.LeaderLeaseTimeout = 200 * time.Millisecond
 	c.CommitTimeout = 50 * time.Millisecond
+}
+
+// The heartbeat and election timeouts by the cluster's size (see tune).
+const (
+	smallTimeout = 400 * time.Millisecond
+	largeTimeout = time.Second
+	largeCluster = 10 // members (voters and not) from which largeTimeout applies
+)
+
+// timeoutFor is the heartbeat and election timeout for a cluster of this many members.
+func timeoutFor(members int) time.Duration {
+	if members >= largeCluster {
+		return largeTimeout
+	}
+	return smallTimeout
+}
+
+// fitTimeouts keeps raft's timeouts fitted to the size of the cluster this node sees, looking
+// once a second. Each node decides for itself; raft's timeouts are local, so nodes that see a
+// change a moment apart disagree safely.
+func (n *Node) fitTimeouts() {
+	defer close(n.fitDone)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if servers, err := n.Servers(); err == nil {
+			if err := n.fit(len(servers)); err != nil {
+				n.log.Warn("fit raft's timeouts to the cluster's size", "members", len(servers), "err", err)
+			}
+		}
+		select {
+		case <-n.stopFit:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// fit sets raft's heartbeat and election timeouts for a cluster of this many members.
+func (n *Node) fit(members int) error {
+	want := timeoutFor(members)
+	rc := n.raft.ReloadableConfig()
+	if rc.HeartbeatTimeout == want && rc.ElectionTimeout == want {
+		return nil
+	}
+	rc.HeartbeatTimeout, rc.ElectionTimeout = want, want
+	return n.raft.ReloadConfig(rc)
 }
 
 // Open starts the Raft node described by cfg, bootstrapping a cluster of one when asked and the
@@ -134,7 +179,9 @@ func Open(cfg Config) (*Node, error) {
 		store.Close()
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
-	n := &Node{raft: r, fsm: f, name: cfg.Name, store: store, transport: trans, log: cfg.Log, contacts: watchContacts(r)}
+	n := &Node{raft: r, fsm: f, name: cfg.Name, store: store, transport: trans, log: cfg.Log, contacts: watchContacts(r),
+		stopFit: make(chan struct{}), fitDone: make(chan struct{})}
+	go n.fitTimeouts()
 
 	if cfg.Bootstrap {
 		has, err := raft.HasExistingState(logs, store, snaps)
@@ -322,6 +369,8 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 // Close shuts Raft down and closes its files and listener.
 func (n *Node) Close() error {
 	err := n.raft.Shutdown().Error()
+	close(n.stopFit)
+	<-n.fitDone
 	n.contacts.stop(n.raft)
 	closeTransport(n.transport)
 	if cerr := n.store.Close(); err == nil {
