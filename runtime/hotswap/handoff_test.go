@@ -54,19 +54,27 @@ func TestBytesGoOnlyToAReceiverThatTakesThem(t *testing.T) {
 	}
 }
 
-// What a connection carries arrives with it, whole, and a connection sent without bytes
-// arrives with none.
-func TestACarriedConnectionArrivesWithItsBytes(t *testing.T) {
+// channelTo is a hand-over channel with its receiving end open, and a listener to make the
+// connections it carries.
+func channelTo(t *testing.T) (*handoff, net.Listener, *net.UnixConn) {
+	t.Helper()
 	out, far := channel(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	uc, err := openReceiver(far)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return out, ln, uc
+}
+
+// What a connection carries arrives with it, whole, and a connection sent without bytes
+// arrives with none.
+func TestACarriedConnectionArrivesWithItsBytes(t *testing.T) {
+	out, ln, uc := channelTo(t)
 	if !out.heard() || !out.carries {
 		t.Fatal("a receiver on this SDK should say it takes bytes")
 	}
@@ -103,16 +111,7 @@ func TestACarriedConnectionArrivesWithItsBytes(t *testing.T) {
 // several.
 func TestIdleConnectionsLeaveTogether(t *testing.T) {
 	for _, n := range []int{3, maxBatch + 2} {
-		out, far := channel(t)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		uc, err := openReceiver(far)
-		if err != nil {
-			t.Fatal(err)
-		}
+		out, ln, uc := channelTo(t)
 		if !out.heard() || !out.batches {
 			t.Fatal("a receiver on this SDK should say it takes batches")
 		}
