@@ -454,11 +454,7 @@ func TestOldGenerationExitsWithIdleClientsConnected(t *testing.T) {
 	if !strings.Contains(line, fmt.Sprintf("connections_moved=%d", clients)) || !strings.Contains(line, "connections_fell_back=0") {
 		t.Errorf("the old generation should have moved all %d connections: %s", clients, line)
 	}
-	for _, l := range d.stderr.snapshot()[mark:] {
-		if strings.Contains(l, "drain bound passed") {
-			t.Errorf("the old generation waited out its drain bound: %s", l)
-		}
-	}
+	noDrainWait(t, d, mark)
 	for i, nc := range conns {
 		nc.SetDeadline(time.Now().Add(10 * time.Second))
 		io.WriteString(nc, post)
@@ -637,11 +633,7 @@ func TestHalfSentRequestMovesWithItsBytes(t *testing.T) {
 	if res.StatusCode != http.StatusOK || !strings.Contains(string(body), `"version":"duck-v2"`) || !strings.Contains(string(body), `"count":1`) {
 		t.Errorf("the POST whose start was read before the swap: %s %s; want 200, count 1 from duck-v2", res.Status, body)
 	}
-	for _, l := range d.stderr.snapshot()[mark:] {
-		if strings.Contains(l, "drain bound passed") {
-			t.Errorf("the old generation waited out its drain bound: %s", l)
-		}
-	}
+	noDrainWait(t, d, mark)
 }
 
 // A request whose body is still coming when it reaches the server during a swap does not run
@@ -693,11 +685,7 @@ func TestHalfSentBodyMovesWithItsBytes(t *testing.T) {
 	if res2.StatusCode != http.StatusOK || !strings.Contains(string(body), `"version":"stream-2"`) || !strings.Contains(string(body), `"count":1`) {
 		t.Errorf("the POST whose body was half sent across the swap: %s %s; want 200, count 1 from stream-2", res2.Status, body)
 	}
-	for _, l := range d.stderr.snapshot()[mark:] {
-		if strings.Contains(l, "drain bound passed") {
-			t.Errorf("the old generation waited out its drain bound: %s", l)
-		}
-	}
+	noDrainWait(t, d, mark)
 }
 
 // dialRaw opens a plain TCP connection to addr for a test that writes HTTP by hand, closed when
@@ -711,4 +699,15 @@ func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
 	t.Cleanup(func() { nc.Close() })
 	nc.SetDeadline(time.Now().Add(30 * time.Second))
 	return nc, bufio.NewReader(nc)
+}
+
+// noDrainWait fails t if, after line mark of d's log, an old generation waited out its drain
+// bound: every connection should have moved without it.
+func noDrainWait(t *testing.T, d *duck, mark int) {
+	t.Helper()
+	for _, l := range d.stderr.snapshot()[mark:] {
+		if strings.Contains(l, "drain bound passed") {
+			t.Errorf("the old generation waited out its drain bound: %s", l)
+		}
+	}
 }
