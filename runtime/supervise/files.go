@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/duckraft/duckraft/runtime/duckuser"
 )
@@ -74,12 +75,54 @@ func ownedBy(pid int, u *duckuser.User) bool {
 	return false
 }
 
-// stage copies src to a new executable file in dir and returns its path.
-// It holds syscall.ForkLock for reading while the file is open for writing,
-// so no process forked meanwhile (a duck, go build) inherits the write
-// descriptor, which would make exec of the binary fail with "text file
-// busy".
+// stage puts src in dir under a new name, as an executable file that stays on disk through a
+// crash, and returns its path.
+//
+// A build is never written again once made (a new build is a new file renamed in), so where src
+// is on dir's file system, this process's user's, and readable and executable by anyone (a duck
+// may run as another user)
+// the new name is a hard link to it: copying and syncing a binary of several megabytes took 0.17
+// to 0.25 s of every node's turn when twenty nodes of a hundred swapped at once on one disk. The
+// link is synced like a copy, once for all the links of a host's build.
+//
+// Otherwise it copies, holding syscall.ForkLock for reading while the file is open for writing,
+// so no process forked meanwhile (a duck, go build) inherits the write descriptor, which would
+// make exec of the binary fail with "text file busy".
 func stage(dir, src string) (string, error) {
+	if tmp, err := link(dir, src); err == nil {
+		return tmp, nil
+	}
+	return stageCopy(dir, src)
+}
+
+// link stages src as a hard link in dir, when it may be.
+func link(dir, src string) (string, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return "", err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return "", err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o555 != 0o555 || fi.Mode().Perm()&0o022 != 0 || !ok || int(st.Uid) != os.Geteuid() {
+		return "", fmt.Errorf("%s is not a binary of this process's user that every user may run and only its owner write", src)
+	}
+	tmp := filepath.Join(dir, binaryName+".new-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err := os.Link(src, tmp); err != nil {
+		return "", err
+	}
+	if err := in.Sync(); err != nil {
+		os.Remove(tmp)
+		return "", err
+	}
+	return tmp, nil
+}
+
+// stageCopy stages a copy of src in dir.
+func stageCopy(dir, src string) (string, error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return "", fmt.Errorf("opening the duck binary: %w; build it first", err)

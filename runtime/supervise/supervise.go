@@ -123,8 +123,9 @@ type Spec struct {
 	// Version labels the duck's code: DUCK_VERSION, the version file and
 	// the tag on its lines.
 	Version string
-	// Binary is a built duck; it is copied to Dir/<id>/duck, so the
-	// caller's file may be shared by several ducks and replaced later.
+	// Binary is a built duck; it is hard-linked (or, where it cannot be,
+	// copied) to Dir/<id>/duck, so the caller's file may be shared by
+	// several ducks and replaced later by rename, never written in place.
 	Binary string
 	Addr   string   // DUCK_ADDR
 	Env    []string // extra environment, e.g. DUCK_INTERVAL=200ms
@@ -268,7 +269,7 @@ func (s *Supervisor) Start(ctx context.Context, spec Spec) error {
 }
 
 // Swap replaces the running duck id with binary, labelled version: the
-// binary is copied next to the stable path, the version file written, the
+// binary is linked or copied next to the stable path, the version file written, the
 // copy renamed over the stable path and the current generation sent
 // SIGHUP. Swap returns nil once the new generation is Ready, the old one has
 // exited and the new one stayed up for Config.Healthy. On failure the error
