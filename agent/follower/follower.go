@@ -101,6 +101,9 @@ type Follower struct {
 	building map[rollout.Number]bool // rollouts whose target this process has started building
 	busy     bool                    // a turn or catch-up is running
 	retryAt  time.Time               // a failed catch-up is not tried again before this
+	// told is the key of the last turn whose end the log took from this process: until this
+	// node's state shows it, its view of that turn is older than what it said.
+	told string
 	// upTo is the leader's state index when asked at askedAt (0: no leader answered).
 	upTo    uint64
 	askedAt time.Time
@@ -165,7 +168,13 @@ func (f *Follower) round() {
 	}
 	l := f.cfg.Ducks.Local()
 	duty := r.Follow(f.cfg.Name, l)
-	if duty.Kind == rollout.Idle {
+	f.mu.Lock()
+	told := f.told
+	f.mu.Unlock()
+	if duty.Kind == rollout.Idle || duty.Kind == rollout.Report && duty.Key == told {
+		// A turn that ended here and whose report the log took looks unreported until this
+		// node applies the report: saying it again put a second entry in the log for a node in
+		// ten at a hundred members.
 		return
 	}
 	// A duty is acted on only once this node has the whole log. A restarted node replays it,
@@ -331,13 +340,13 @@ func (f *Follower) turn(r *rollout.Rollout, duty rollout.Duty) {
 		if err != nil {
 			f.log.Error("rollout turn failed", "version", r.Version, "err", err)
 			if duty.Success == rollout.Running {
-				f.report(r.Version, rollout.Failed, Failure(err))
+				f.end(r.Version, duty.Key, rollout.Failed, Failure(err))
 			} else {
-				f.report(r.Version, duty.Success, "could not go back: "+err.Error())
+				f.end(r.Version, duty.Key, duty.Success, "could not go back: "+err.Error())
 			}
 			return
 		}
-		if f.report(r.Version, duty.Success, "") || duty.Success != rollout.Running || f.ctx.Err() != nil {
+		if f.end(r.Version, duty.Key, duty.Success, "") || duty.Success != rollout.Running || f.ctx.Err() != nil {
 			return
 		}
 		f.undo(ctx, r, duty.Version, had)
@@ -408,6 +417,17 @@ func (f *Follower) catchUp(r *rollout.Rollout, duty rollout.Duty) {
 		}
 		f.setSynced(duty.Key)
 	}()
+}
+
+// end reports how the turn key ended, and remembers that the log took it.
+func (f *Follower) end(n rollout.Number, key string, phase rollout.Phase, msg string) bool {
+	if !f.report(n, phase, msg) {
+		return false
+	}
+	f.mu.Lock()
+	f.told = key
+	f.mu.Unlock()
+	return true
 }
 
 // report sends this node's progress to the leader (see send).

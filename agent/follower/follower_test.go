@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -73,6 +74,9 @@ type fakeLeader struct {
 	refuse  func(Report) bool
 	fail    int
 	index   uint64 // the leader's state index, for a follower that does not lead
+	// lag is how long after taking a report the node's log shows it (0: at once), as for a
+	// follower that applies the leader's entries a moment after the leader.
+	lag time.Duration
 }
 
 func (l *fakeLeader) StateIndex(context.Context) (uint64, error) {
@@ -95,13 +99,20 @@ func (l *fakeLeader) Report(_ context.Context, rep Report) error {
 		return &api.APIError{Status: http.StatusConflict, Message: "refused: stale rollout command"}
 	}
 	now := time.Now()
-	err := l.log.change(func(r *rollout.Rollout) error {
-		if rep.Phase == rollout.Built && rep.Build != nil {
-			return r.ReportBuilt(rep.Node, *rep.Build, rep.States, now)
-		}
-		return r.Report(rep.Node, rep.Phase, rep.Error, now)
-	})
-	if err != nil {
+	apply := func() error {
+		return l.log.change(func(r *rollout.Rollout) error {
+			if rep.Phase == rollout.Built && rep.Build != nil {
+				return r.ReportBuilt(rep.Node, *rep.Build, rep.States, now)
+			}
+			return r.Report(rep.Node, rep.Phase, rep.Error, now)
+		})
+	}
+	if l.lag > 0 {
+		time.AfterFunc(l.lag, func() { apply() })
+		l.reports = append(l.reports, rep)
+		return nil
+	}
+	if err := apply(); err != nil {
 		return &api.APIError{Status: http.StatusConflict, Message: err.Error()}
 	}
 	l.reports = append(l.reports, rep)
@@ -269,6 +280,19 @@ func TestGrantedTurnSwapsThenReportsRunning(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if ps := g.leader.phases(); !equal(ps, want) {
 		t.Fatalf("reports %v after the turn, want only %v", ps, want)
+	}
+}
+
+// A turn whose end the log took is not reported again while this node has yet to apply the
+// report: its log still shows the turn under way, as a follower's does for a moment.
+func TestTurnTakenIsNotReportedAgainBeforeTheLogShowsIt(t *testing.T) {
+	g := start(t, granted(t), func(g *rig) { g.leader.lag = 600 * time.Millisecond })
+	waitFor(t, "the turn's end", func() bool { return slices.Contains(g.leader.phases(), rollout.Running) })
+	time.Sleep(time.Second)
+	ps := g.leader.phases()
+	slices.Sort(ps)
+	if !equal(ps, []rollout.Phase{rollout.Running, rollout.Swapping}) {
+		t.Fatalf("reports %v, want swapping and running once each", ps)
 	}
 }
 
