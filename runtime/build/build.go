@@ -366,8 +366,12 @@ func copyFile(from, to string) (string, error) {
 // run runs go build in src, writing the binary to out.
 func (b *Builder) run(ctx context.Context, id bundle.ID, goBin, src, out string) error {
 	// -trimpath keeps the build folder out of the binary and out of the build cache's keys, so
-	// rebuilding the vendored packages from a new folder is a cache hit.
-	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-buildvcs=false", "-o", out, ".")
+	// rebuilding the vendored packages from a new folder is a cache hit. -s -w leave out the
+	// symbol table and DWARF, which only a debugger reads (a panic's trace and pprof use the
+	// runtime's own tables, which stay): the link of a one-line change took 0.42 s instead of
+	// 0.69 (median of 5, two cores), and the binary every node hashes, links and executes at each
+	// swap is 7.4 MB instead of 10.7.
+	cmd := exec.CommandContext(ctx, goBin, "build", "-trimpath", "-buildvcs=false", "-ldflags=-s -w", "-o", out, ".")
 	cmd.Dir = src
 	cmd.Env = b.env()
 	var stderr bytes.Buffer

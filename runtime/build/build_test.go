@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -431,6 +432,20 @@ func TestBuildsTheRepositoryDuck(t *testing.T) {
 	if info, err := os.Stat(bin); err != nil || info.Mode()&0o111 == 0 {
 		t.Fatalf("no executable at %s: %v", bin, err)
 	}
+	// Linked without the symbol table and DWARF (-s -w), which only a debugger reads.
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, name := range []string{".symtab", ".debug_info"} {
+		if f.Section(name) != nil {
+			t.Errorf("the duck's binary has %s: it was linked with its symbols and DWARF", name)
+		}
+	}
+	if f.Section(".gopclntab") == nil {
+		t.Error("the duck's binary has no .gopclntab: its panics would have no trace")
+	}
 }
 
 // BenchmarkRebuildOneLineChange measures what deploying a one-line change to duck/ costs a node:
@@ -527,8 +542,8 @@ func TestAnotherToolchainBuildsForItself(t *testing.T) {
 	real := realGo(t)
 	dir := t.TempDir()
 	other := filepath.Join(dir, "go")
-	// The same go, but it says it is another version and strips its binaries: drift.
-	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = env ] && [ \"$2\" = GOVERSION ]; then echo go1.99-drift; exit 0; fi\nif [ \"$1\" = build ]; then shift; exec %q build -ldflags=-s \"$@\"; fi\nexec %q \"$@\"\n", real, real)
+	// The same go, but it says it is another version and compiles without optimizing: drift.
+	script := fmt.Sprintf("#!/bin/sh\nif [ \"$1\" = env ] && [ \"$2\" = GOVERSION ]; then echo go1.99-drift; exit 0; fi\nif [ \"$1\" = build ]; then shift; exec %q build -gcflags=-N \"$@\"; fi\nexec %q \"$@\"\n", real, real)
 	if err := os.WriteFile(other, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
