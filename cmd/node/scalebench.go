@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -32,7 +34,14 @@ type scaleFigures struct {
 	commitP50, commitP99 string
 	status               time.Duration // `status` as a user runs it, median of 3
 	timeline             rolloutTimeline
+	ducks                bool  // a duck on each node, under load during the rollout
+	served, failed       int64 // the ducks' requests during the rollout
+	exact                bool  // every duck's count is the POSTs it answered
 }
+
+// The load on the ducks during the rollout: one keep-alive client per duck, a POST every
+// 200 ms, 500 requests a second at a hundred nodes.
+const scaleLoadEvery = 200 * time.Millisecond
 
 // rolloutTimeline is where the time of a rollout went, from the leader's stamps in the log.
 type rolloutTimeline struct {
@@ -61,13 +70,14 @@ func timelineOf(r *rollout.Rollout) rolloutTimeline {
 // runScaleBench starts clusters of each size in turn on this machine and measures, in one run:
 // commit to all running for a one-line change rolled out in waves of 20% with a 200 ms healthy
 // wait, the leader's CPU (idle and during the rollout) and memory, Raft commit latency with that
-// many members, and the time of `status`. The nodes run no ducks: this is what the protocol and
-// the builds cost; TestHundredNodes measures the same with a duck on each node under load.
-func runScaleBench(sizes []int, commits int) error {
+// many members, and the time of `status`. With ducks, each node runs one under keep-alive load
+// during the rollout (the healthy wait is then the ducks' own); without, the figures are what the
+// protocol and the builds cost alone.
+func runScaleBench(sizes []int, commits int, ducks bool) error {
 	var all []scaleFigures
 	for _, size := range sizes {
 		fmt.Fprintf(os.Stderr, "%d nodes ...\n", size)
-		f, err := benchSize(size, commits)
+		f, err := benchSize(size, commits, ducks)
 		if err != nil {
 			return fmt.Errorf("%d nodes: %w", size, err)
 		}
@@ -88,12 +98,28 @@ func runScaleBench(sizes []int, commits int) error {
 		fmt.Fprintln(tw)
 	}
 	row("voters", func(f scaleFigures) string { return strconv.Itoa(f.voters) })
+	row("ducks", func(f scaleFigures) string {
+		if !f.ducks {
+			return "none"
+		}
+		return "one a node, POST every " + scaleLoadEvery.String()
+	})
 	row("start and connect", func(f scaleFigures) string { return f.startConnect.Round(100 * time.Millisecond).String() })
 	row("commit to all running (waves of 20%, healthy 200ms)", func(f scaleFigures) string { return f.rollout.Round(10 * time.Millisecond).String() })
 	row("  commit to the last node built", func(f scaleFigures) string { return f.timeline.lastBuilt.Round(10 * time.Millisecond).String() })
 	row("  commit to the first grant", func(f scaleFigures) string { return f.timeline.firstGrant.Round(10 * time.Millisecond).String() })
 	row("  a node's turn, grant to running, p50 / max", func(f scaleFigures) string {
 		return pct(f.timeline.turns, 50) + " / " + pct(f.timeline.turns, 100)
+	})
+	row("  requests failed / served during the rollout", func(f scaleFigures) string {
+		if !f.ducks {
+			return "-"
+		}
+		exact := ", counts exact"
+		if !f.exact {
+			exact = ", counts NOT exact"
+		}
+		return fmt.Sprintf("%d / %d%s", f.failed, f.served, exact)
 	})
 	row("leader CPU idle (share of a core)", func(f scaleFigures) string { return fmt.Sprintf("%.0f%%", 100*f.leaderIdleCPU) })
 	row("all nodes' CPU idle (cores)", func(f scaleFigures) string { return fmt.Sprintf("%.2f", f.clusterIdleCPU) })
@@ -106,8 +132,8 @@ func runScaleBench(sizes []int, commits int) error {
 	return tw.Flush()
 }
 
-func benchSize(size, commits int) (scaleFigures, error) {
-	f := scaleFigures{nodes: size}
+func benchSize(size, commits int, withDucks bool) (scaleFigures, error) {
+	f := scaleFigures{nodes: size, ducks: withDucks}
 	c, v1, _, err := tempCluster("duckraft-scale-")
 	if err != nil {
 		return f, err
@@ -197,7 +223,20 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	if err := oneLineChange(filepath.Join(v1, "main.go"), dir, strconv.FormatInt(time.Now().UnixNano(), 36), size); err != nil {
 		return f, err
 	}
+	var load *poster
+	var ducks map[string]string
+	if withDucks {
+		if ducks, err = spawnEach(c, nodes); err != nil {
+			return f, err
+		}
+		load = startPosting(ducks, 1, scaleLoadEvery)
+	}
 	r, cpu, allCPU, err := deploy(dir)
+	if load != nil {
+		load.stop()
+		f.served, f.failed = load.totals()
+		f.exact = countsMatch(ducks, load, nil)
+	}
 	if err != nil {
 		return f, err
 	}
@@ -218,6 +257,34 @@ func benchSize(size, commits int) (scaleFigures, error) {
 	f.status = medianOf(took)
 	f.leaderRSS, f.leaderName = rss(leader.PID()), leader.Name
 	return f, nil
+}
+
+// spawnEach starts a duck on each node, eight at a time, and returns their addresses by node.
+func spawnEach(c *localcluster.Cluster, nodes []*localcluster.Node) (map[string]string, error) {
+	ducks := map[string]string{}
+	var mu sync.Mutex
+	var errs []error
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for _, n := range nodes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out, errOut, err := c.Run(context.Background(), n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=10s")
+			addr := spawnedAddr(out, n.Name)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || addr == "" {
+				errs = append(errs, fmt.Errorf("spawn on %s: %v %s%s", n.Name, err, out, errOut))
+				return
+			}
+			ducks[n.Name] = addr
+		}()
+	}
+	wg.Wait()
+	return ducks, errors.Join(errs...)
 }
 
 func medianOf(ds []time.Duration) time.Duration {
