@@ -6,6 +6,7 @@ package localcluster
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -323,6 +324,42 @@ func (c *Cluster) StartMany(names []string, parallel int, extra ...string) ([]*N
 	}
 	wg.Wait()
 	return out, errors.Join(errs...)
+}
+
+// SpawnEach starts a duck on each node with the CLI (`spawn --detach`), parallel at a time, each
+// with the extra environment env (KEY=VALUE), and returns every duck's address by node name. A
+// spawn that fails is an error with the end of its node's log; the ducks started stay.
+func (c *Cluster) SpawnEach(ctx context.Context, nodes []*Node, parallel int, env ...string) (map[string]string, error) {
+	args := []string{"spawn", "--detach"}
+	for _, kv := range env {
+		args = append(args, "--env", kv)
+	}
+	ducks := map[string]string{}
+	var mu sync.Mutex
+	var errs []error
+	sem := make(chan struct{}, max(1, parallel))
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out, errOut, err := c.Run(ctx, n.API, args...)
+			var id, addr string
+			_, serr := fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil || serr != nil {
+				log := n.Log()
+				errs = append(errs, fmt.Errorf("spawn on %s: %v %q %s\nits log ends:\n%s", n.Name, cmp.Or(err, serr), out, errOut, log[max(0, len(log)-2000):]))
+				return
+			}
+			ducks[n.Name] = addr
+		}()
+	}
+	wg.Wait()
+	return ducks, errors.Join(errs...)
 }
 
 // ConnectAll joins every other node to the cluster of nodes[0], parallel at a time, retrying a

@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -59,31 +58,9 @@ func TestHundredNodes(t *testing.T) {
 	if out, errOut, err := c.Run(ctx, first.API, "deploy", "--max-parallel", "20%", "../duck"); err != nil {
 		t.Fatalf("first deploy: %v\n%s%s", err, out, errOut)
 	}
-	ducks := map[string]string{}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for _, n := range nodes {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			out, errOut, err := c.Run(ctx, n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=10s")
-			var id, addr string
-			if _, serr := fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr); err != nil || serr != nil {
-				log := n.Log()
-				t.Errorf("spawn on %s: %v %q %s\nits log ends:\n%s", n.Name, err, out, errOut, log[max(0, len(log)-3000):])
-				return
-			}
-			mu.Lock()
-			ducks[n.Name] = addr
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	if t.Failed() {
-		t.FailNow()
+	ducks, err := c.SpawnEach(ctx, nodes, 8, "DUCK_INTERVAL=10s")
+	if err != nil {
+		t.Fatal(err)
 	}
 	for name, addr := range ducks {
 		if _, err := askDuck("POST", addr); err != nil {

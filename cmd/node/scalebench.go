@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"github.com/duckraft/duckraft/api"
 	"net/http"
@@ -12,7 +11,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -226,7 +224,7 @@ func benchSize(size, commits int, withDucks bool) (scaleFigures, error) {
 	var load *poster
 	var ducks map[string]string
 	if withDucks {
-		if ducks, err = spawnEach(c, nodes); err != nil {
+		if ducks, err = c.SpawnEach(ctx, nodes, 8, "DUCK_INTERVAL=10s"); err != nil {
 			return f, err
 		}
 		load = startPosting(ducks, 1, scaleLoadEvery)
@@ -257,34 +255,6 @@ func benchSize(size, commits int, withDucks bool) (scaleFigures, error) {
 	f.status = medianOf(took)
 	f.leaderRSS, f.leaderName = rss(leader.PID()), leader.Name
 	return f, nil
-}
-
-// spawnEach starts a duck on each node, eight at a time, and returns their addresses by node.
-func spawnEach(c *localcluster.Cluster, nodes []*localcluster.Node) (map[string]string, error) {
-	ducks := map[string]string{}
-	var mu sync.Mutex
-	var errs []error
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for _, n := range nodes {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			out, errOut, err := c.Run(context.Background(), n.API, "spawn", "--detach", "--env", "DUCK_INTERVAL=10s")
-			addr := spawnedAddr(out, n.Name)
-			mu.Lock()
-			defer mu.Unlock()
-			if err != nil || addr == "" {
-				errs = append(errs, fmt.Errorf("spawn on %s: %v %s%s", n.Name, err, out, errOut))
-				return
-			}
-			ducks[n.Name] = addr
-		}()
-	}
-	wg.Wait()
-	return ducks, errors.Join(errs...)
 }
 
 func medianOf(ds []time.Duration) time.Duration {
