@@ -384,7 +384,7 @@ func (f *Follower) reportAgain(r *rollout.Rollout, duty rollout.Duty, have bundl
 			}
 		}
 		f.log.Info("reporting a turn again", "version", r.Version, "phase", duty.Success)
-		f.report(r.Version, duty.Success, msg)
+		f.end(r.Version, duty.Key, duty.Success, msg)
 	}()
 }
 
