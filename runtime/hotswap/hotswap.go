@@ -576,8 +576,11 @@ func (r *runner) swap() error {
 		case up.err == nil:
 			// Ready without the state: not a duck on this SDK. The state
 			// is frozen and saved all the same, and the hand-over goes on.
-			if err := r.freezeForSwap(start, nil); err != nil {
+			logFrozen, err := r.freezeForSwap(start, nil)
+			if err != nil {
 				r.log.Warn("swap: the new generation became Ready without asking for the state; this generation could not freeze it", "err", err)
+			} else {
+				logFrozen()
 			}
 			return r.finishSwap(start, nil)
 		case r.stopping.Load() || time.Since(up.began) >= r.env.readyTimeout:
@@ -587,7 +590,8 @@ func (r *runner) swap() error {
 			"err", up.err)
 		return r.swapFrozenFirst(start)
 	}
-	if err := r.freezeForSwap(start, up.done); err != nil {
+	logFrozen, err := r.freezeForSwap(start, up.done)
+	if err != nil {
 		gate.close() // the new generation gives up, having changed nothing
 		<-up.done
 		return errors.Join(err, up.err, r.thaw())
@@ -596,6 +600,7 @@ func (r *runner) swap() error {
 		// It has gone; its upgrade says how.
 		r.log.Warn("swap: telling the new generation that the state is written failed", "err", err)
 	}
+	logFrozen()
 	<-up.done
 	return r.finishSwap(start, up.err)
 }
@@ -603,10 +608,12 @@ func (r *runner) swap() error {
 // swapFrozenFirst is the swap as an SDK from before the gate made it: the
 // state is frozen and written before the new generation starts.
 func (r *runner) swapFrozenFirst(start time.Time) error {
-	if err := r.freezeForSwap(start, nil); err != nil {
+	logFrozen, err := r.freezeForSwap(start, nil)
+	if err != nil {
 		return errors.Join(err, r.thaw())
 	}
 	up := r.startUpgrade()
+	logFrozen()
 	<-up.done
 	return r.finishSwap(start, up.err)
 }
@@ -631,8 +638,10 @@ func (r *runner) startUpgrade() *upgrading {
 // listener accepting, the state frozen) and writes the state into the
 // file the next generation reads; on failure the caller thaws. It gives up
 // waiting for running requests when abort closes (the new generation
-// failed) or the ready timeout passes.
-func (r *runner) freezeForSwap(start time.Time, abort <-chan struct{}) error {
+// failed) or the ready timeout passes. logFrozen says it in the log, to be
+// called once the new generation has been told: a line is a write, and
+// wakes its reader.
+func (r *runner) freezeForSwap(start time.Time, abort <-chan struct{}) (logFrozen func(), err error) {
 	// Said only when the hold takes a while: a line is a write, and wakes
 	// its reader, on every swap's path; "state frozen" says the rest.
 	slow := time.AfterFunc(slowHold, func() {
@@ -646,7 +655,7 @@ func (r *runner) freezeForSwap(start time.Time, abort <-chan struct{}) error {
 	if r.http != nil {
 		if err := r.http.hold(r.env.readyTimeout, abort); err != nil {
 			slow.Stop()
-			return fmt.Errorf("waiting for running requests: %w", err)
+			return nil, fmt.Errorf("waiting for running requests: %w", err)
 		}
 	}
 	slow.Stop()
@@ -655,18 +664,19 @@ func (r *runner) freezeForSwap(start time.Time, abort <-chan struct{}) error {
 	}
 	raw, older, err := r.state.freeze()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older}); err != nil {
-		return fmt.Errorf("writing the state for the new generation: %w", err)
+		return nil, fmt.Errorf("writing the state for the new generation: %w", err)
 	}
 	detached := 0
 	if r.http != nil {
 		detached = r.http.detachedNow()
 	}
-	r.log.Info("swap: state frozen; handing it to the new generation", "state_bytes", len(raw), "frozen_after", time.Since(start),
-		"requests_detached", detached)
-	return nil
+	frozen := time.Since(start)
+	return func() {
+		r.log.Info("swap: state frozen and handed over", "state_bytes", len(raw), "frozen_after", frozen, "requests_detached", detached)
+	}, nil
 }
 
 // finishSwap acts on the new generation's upgrade: Ready (err nil), this
