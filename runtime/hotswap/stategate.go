@@ -35,7 +35,7 @@ var pendingState = []byte(`{"pending":true}`)
 // stateGate is the old generation's end of the gate.
 type stateGate struct {
 	uc  *net.UnixConn
-	ask chan error // nil when the next generation has asked; made by newStateGate
+	ask chan error // the outcome of the gate's one read: nil for an ask
 }
 
 // newStateGate makes the gate and registers its far end with tableflip, so
