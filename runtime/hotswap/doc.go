@@ -9,14 +9,33 @@
 //
 // # The swap
 //
-// On SIGHUP the running generation stops accepting (it closes its listener;
+// On SIGHUP the running generation starts the new process at once:
+// tableflip re-executes os.Args[0], passing it, through tableflip's Fds, the
+// file the state will be written in and a gate (a Unix socket pair) to ask
+// for it through. The old generation goes on serving meanwhile, so the new
+// process's exec and the Go runtime's start, most of a swap, hold no
+// request. Once its runtime is up, before the duck's setup (which needs
+// the state), the new generation asks through the gate and waits. Only then
+// does the old generation stop accepting (it closes its listener;
 // tableflip keeps a copy of the socket, so the kernel queues new connections
-// for the next process), stops reading new requests on open connections
-// (a request that comes now waits in its socket's kernel buffer), lets the
-// requests already read finish (but detached ones, see below), freezes the
-// state (Update blocks), snapshots it as JSON with its schema number and
-// passes it to the new process as a file registered with tableflip's Fds.
-// tableflip then re-executes os.Args[0].
+// for the next process), stop reading new requests on open connections
+// (a request that comes now waits in its socket's kernel buffer), let the
+// requests already read finish (but detached ones, see below), freeze the
+// state (Update blocks), snapshot it as JSON with its schema number into the
+// file, and say so through the gate. The new generation reads it, runs the
+// duck's setup and becomes Ready. The wait for running requests counts in
+// the new generation's DUCK_READY_TIMEOUT, which runs from its start.
+//
+// Until asked for, the file says the state is pending, which a new
+// generation built on an SDK from before the gate does not understand: it
+// reads the file at once, fails and exits. The old generation, which has
+// frozen nothing yet, then starts it again the way that SDK expects, the
+// state frozen and written before the new process starts (the order
+// before the gate), and logs that it did; so does it when the gate could
+// not be made. A new version that exits before asking for any other
+// reason is started twice so, and the failure reported once. A
+// generation on this SDK takes a state file that is complete at once, as
+// an older SDK's generation hands it over.
 //
 // If the new process becomes Ready, each of the old process's HTTP
 // connections moves to it as soon as it is between two requests: an idle
@@ -53,7 +72,11 @@
 // without waiting for net/http to close its copies, so nothing waits for
 // idle clients.
 // If the new process exits or is not Ready within the ready timeout, the
-// old one thaws, keeps serving with its state and logs why on stderr.
+// old one thaws, keeps serving with its state and logs why on stderr; if it
+// exits while it waits for the state, the old one closes the gate, or
+// stops waiting for running requests, and thaws the same way. A new
+// process that is told through the closed gate that no state will come
+// exits having changed nothing.
 //
 // A connection moves only when the SDK knows which of its bytes net/http
 // holds (none, or the start of a request it has not yet handed to a
@@ -132,7 +155,9 @@
 //	DUCK_PIDFILE        tableflip writes the PID of each generation here
 //	                    when it becomes Ready (atomically, by rename).
 //	DUCK_READY_TIMEOUT  how long a new generation may take to become Ready,
-//	                    a Go duration (default 10s); past it, it is killed.
+//	                    from its start, which includes its wait for the old
+//	                    generation's running requests; a Go duration
+//	                    (default 10s); past it, it is killed.
 //	DUCK_LIFELINE_FD    an inherited fd, the read end of a pipe whose write
 //	                    end the supervisor holds; on EOF (the supervisor
 //	                    died) the duck stops gracefully. Every generation
@@ -148,8 +173,9 @@
 //	                    an fsync) when the duck stops and at every hand-over,
 //	                    and a first generation with no parent starts from it
 //	                    when it exists. At a hand-over the write runs beside
-//	                    the new generation's start, and the old generation
-//	                    exits only once it is done.
+//	                    the new generation's last steps (the state read,
+//	                    setup, Ready), and the old generation exits only
+//	                    once it is done.
 //	DUCK_DESCRIBE       set to 1, Run prints the duck's Description (its state
 //	                    schema and the older schemas Config.Downgrade renders)
 //	                    as one line of JSON and returns, serving nothing: a
@@ -157,9 +183,10 @@
 //	                    rollout with no way back is refused before any swap.
 //
 // Besides the files above, tableflip passes each new generation the state
-// (as "duckraft-state") and, from a generation that serves HTTP, the channel
-// its connections move through ("duckraft-conns"); neither needs anything
-// from the supervisor.
+// (as "duckraft-state"), the gate it asks for the state through
+// ("duckraft-state-gate") and, from a generation that serves HTTP, the
+// channel its connections move through ("duckraft-conns"); none needs
+// anything from the supervisor.
 //
 // Signals: SIGHUP swaps (a second SIGHUP during a swap is ignored and
 // logged; one that comes while the previous generation still hands over

@@ -666,7 +666,7 @@ func TestHalfSentBodyMovesWithItsBytes(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.signal(old, syscall.SIGHUP)
-	d.stderr.waitFor(t, mark, 20*time.Second, "swap: SIGHUP received; waiting for running requests", fmt.Sprintf("pid=%d", old), "requests_running=1")
+	d.stderr.waitFor(t, mark, 20*time.Second, "swap: waiting for running requests before freezing", fmt.Sprintf("pid=%d", old), "requests_running=1")
 	// The headers end, and half the body comes, while the stream holds the swap.
 	io.WriteString(nc, "Content-Length: 5\r\n\r\nqu")
 	// The stream ends after a second; the old generation must then go without the rest.

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -82,10 +83,11 @@ const (
 
 // Names of the files passed from one generation to the next.
 const (
-	stateFD    = "duckraft-state"
-	lifelineFD = "duckraft-lifeline"
-	reportFD   = "duckraft-report"
-	connsFD    = "duckraft-conns" // the channel HTTP connections move through
+	stateFD     = "duckraft-state"
+	stateGateFD = "duckraft-state-gate" // where the next generation asks for the state
+	lifelineFD  = "duckraft-lifeline"
+	reportFD    = "duckraft-report"
+	connsFD     = "duckraft-conns" // the channel HTTP connections move through
 )
 
 // Config describes a duck's state type S.
@@ -205,6 +207,13 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		return fmt.Errorf("hotswap: starting tableflip: %w", err)
 	}
 	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{}), sigs: sigs}
+	// Ask for the state first: the previous generation stops and freezes
+	// while this one goes on starting.
+	handed, waitState, err := r.inheritState()
+	if err != nil {
+		upg.Stop()
+		return err
+	}
 	if err := r.watchLifeline(); err != nil {
 		upg.Stop()
 		return err
@@ -213,7 +222,13 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		upg.Stop()
 		return err
 	}
-	snap, err := r.restore()
+	if waitState != nil {
+		if err := waitState(); err != nil {
+			upg.Stop()
+			return fmt.Errorf("hotswap: %w", err)
+		}
+	}
+	snap, err := r.restore(handed)
 	if err != nil {
 		upg.Stop()
 		return err
@@ -276,6 +291,8 @@ type runner struct {
 	stateFile  *os.File      // passed to the next generation; nil until a swap
 	saved      chan error    // the save of the handed-over state to env.stateFile, while it runs
 	out        *handoff      // the channel connections move through, made ahead of the next swap
+	gate       *stateGate    // where the next generation asks for the state, made ahead of the next swap
+	stopping   atomic.Bool   // a stop has begun: a failed swap is not tried again
 	taker      bool          // the new generation takes connections (known once it is Ready)
 	parentGone chan struct{} // closed once the previous generation has exited
 	lifeline   chan struct{}
@@ -302,25 +319,62 @@ func (r *runner) listen(network, addr string) (*listener, error) {
 	return l, nil
 }
 
-// restore returns the snapshot handed over by the previous generation, or
-// the one saved at the last stop, or an empty one for a first start.
-func (r *runner) restore() (snapshot, error) {
+// inheritState opens the file the previous generation hands its state
+// over in, if there is one. It returns the snapshot if the file holds it
+// already (a previous generation on an older SDK, or one that froze first);
+// if it is pending, it asks for it, and wait returns once it has been
+// written.
+func (r *runner) inheritState() (handed *snapshot, wait func() error, err error) {
+	if !r.upg.HasParent() {
+		return nil, nil, nil
+	}
+	f, err := r.upg.File(stateFD)
+	if err != nil {
+		return nil, nil, fmt.Errorf("hotswap: inheriting state: %w", err)
+	}
+	if f == nil {
+		return nil, nil, errors.New("hotswap: the previous generation passed no state; was it built on this SDK?")
+	}
+	// Our own next swap rewrites this same file: tableflip already
+	// passes it on, and the previous generation is done with it once
+	// this one has read it.
+	r.stateFile = f
+	snap, err := readSnapshot(f)
+	if err != nil {
+		return nil, nil, fmt.Errorf("hotswap: reading handed-over state: %w", err)
+	}
+	if !snap.Pending {
+		return &snap, nil, nil
+	}
+	g, err := r.upg.File(stateGateFD)
+	if err != nil {
+		return nil, nil, fmt.Errorf("hotswap: inheriting the state gate: %w", err)
+	}
+	if g == nil {
+		return nil, nil, errors.New("hotswap: the previous generation's state is still to come, but it passed no gate to ask for it through")
+	}
+	wait, err = askForState(g)
+	if err != nil {
+		return nil, nil, fmt.Errorf("hotswap: %w", err)
+	}
+	return nil, wait, nil
+}
+
+// restore returns the snapshot handed over by the previous generation
+// (handed, or read now from the file it wrote it in), or the one saved at
+// the last stop, or an empty one for a first start.
+func (r *runner) restore(handed *snapshot) (snapshot, error) {
+	if handed != nil {
+		return *handed, nil
+	}
 	if r.upg.HasParent() {
-		f, err := r.upg.File(stateFD)
-		if err != nil {
-			return snapshot{}, fmt.Errorf("hotswap: inheriting state: %w", err)
+		snap, err := readSnapshot(r.stateFile)
+		if err == nil && snap.Pending {
+			err = errors.New("it is still pending after the previous generation said it had written it")
 		}
-		if f == nil {
-			return snapshot{}, errors.New("hotswap: the previous generation passed no state; was it built on this SDK?")
-		}
-		snap, err := readSnapshot(f)
 		if err != nil {
-			f.Close()
 			return snapshot{}, fmt.Errorf("hotswap: reading handed-over state: %w", err)
 		}
-		// Our own next swap rewrites this same file: tableflip already
-		// passes it on, and the previous generation is done with it.
-		r.stateFile = f
 		return snap, nil
 	}
 	if r.env.stateFile == "" {
@@ -335,6 +389,9 @@ func (r *runner) restore() (snapshot, error) {
 	}
 	defer f.Close()
 	snap, err := readSnapshot(f)
+	if err == nil && snap.Pending {
+		err = errors.New("it holds no state")
+	}
 	if err != nil {
 		return snapshot{}, fmt.Errorf("hotswap: reading %s=%s: %w; remove it to start from empty state", EnvStateFile, r.env.stateFile, err)
 	}
@@ -469,6 +526,7 @@ func (r *runner) loop() error {
 		r.log.Info("stopping", "reason", reason)
 		if swapping {
 			// Stop kills a new generation that is not Ready yet.
+			r.stopping.Store(true)
 			r.upg.Stop()
 			if err := <-swapped; err == nil {
 				return r.handOver(sigs)
@@ -478,13 +536,112 @@ func (r *runner) loop() error {
 	}
 }
 
-// swap freezes this generation and starts the next one; on failure it
-// thaws again, with the state as it was.
+// swap replaces this generation with a new one; on failure it carries on
+// with its state as it was. The new generation starts while this one
+// serves, and asks for the state through the gate (stategate.go) once its
+// runtime is up: only then does this one stop reading requests, wait for
+// the running ones, freeze and write the state, so that the requests held
+// wait for the state's hand-over and the new generation's last steps, not
+// for its whole start. Without a gate (it could not be made), or when the
+// new generation exits before asking, as one on an older SDK does when it
+// finds no state in the file, nothing is frozen yet: the state is then
+// frozen first and the new generation started after it (swapFrozenFirst).
 func (r *runner) swap() error {
 	start := time.Now()
 	if err := r.waitForParent(); err != nil {
 		return err
 	}
+	if r.http != nil && r.out == nil {
+		// It could not be made at Ready; try again, before the new
+		// generation starts with the files registered by then. Without it
+		// connections cannot move and fall back to forwarding.
+		r.prepareHandoff()
+	}
+	gate := r.gate
+	r.gate = nil // each swap its own; thaw makes the next
+	if gate == nil {
+		return r.swapFrozenFirst(start)
+	}
+	defer gate.close()
+	up := r.startUpgrade()
+	select {
+	case err := <-gate.asked():
+		if err != nil {
+			gate.close()
+			<-up.done
+			return errors.Join(fmt.Errorf("the new generation did not ask for the state: %w", err), up.err, r.thaw())
+		}
+	case <-up.done:
+		switch {
+		case up.err == nil:
+			// Ready without the state: not a duck on this SDK. The state
+			// is frozen and saved all the same, and the hand-over goes on.
+			logFrozen, err := r.freezeForSwap(start, nil)
+			if err != nil {
+				r.log.Warn("swap: the new generation became Ready without asking for the state; this generation could not freeze it", "err", err)
+			} else {
+				logFrozen()
+			}
+			return r.finishSwap(start, nil)
+		case r.stopping.Load() || time.Since(up.began) >= r.env.readyTimeout:
+			return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, up.err), r.thaw())
+		}
+		r.log.Warn("swap: the new generation exited before asking for the state; starting it again with the state written first, as an SDK from before the state was asked for expects",
+			"err", up.err)
+		return r.swapFrozenFirst(start)
+	}
+	logFrozen, err := r.freezeForSwap(start, up.done)
+	if err != nil {
+		gate.close() // the new generation gives up, having changed nothing
+		<-up.done
+		return errors.Join(err, up.err, r.thaw())
+	}
+	if err := gate.written(); err != nil {
+		// It has gone; its upgrade says how.
+		r.log.Warn("swap: telling the new generation that the state is written failed", "err", err)
+	}
+	logFrozen()
+	<-up.done
+	return r.finishSwap(start, up.err)
+}
+
+// swapFrozenFirst is the swap as an SDK from before the gate made it: the
+// state is frozen and written before the new generation starts.
+func (r *runner) swapFrozenFirst(start time.Time) error {
+	logFrozen, err := r.freezeForSwap(start, nil)
+	if err != nil {
+		return errors.Join(err, r.thaw())
+	}
+	up := r.startUpgrade()
+	logFrozen()
+	<-up.done
+	return r.finishSwap(start, up.err)
+}
+
+// upgrading is tableflip's Upgrade running in its own goroutine.
+type upgrading struct {
+	began time.Time
+	done  chan struct{}
+	err   error // once done is closed
+}
+
+func (r *runner) startUpgrade() *upgrading {
+	up := &upgrading{began: time.Now(), done: make(chan struct{})}
+	go func() {
+		up.err = r.upgrade()
+		close(up.done)
+	}()
+	return up
+}
+
+// freezeForSwap stops this generation (no request read or running, no
+// listener accepting, the state frozen) and writes the state into the
+// file the next generation reads; on failure the caller thaws. It gives up
+// waiting for running requests when abort closes (the new generation
+// failed) or the ready timeout passes. logFrozen says it in the log, to be
+// called once the new generation has been told: a line is a write, and
+// wakes its reader.
+func (r *runner) freezeForSwap(start time.Time, abort <-chan struct{}) (logFrozen func(), err error) {
 	// Said only when the hold takes a while: a line is a write, and wakes
 	// its reader, on every swap's path; "state frozen" says the rest.
 	slow := time.AfterFunc(slowHold, func() {
@@ -492,13 +649,13 @@ func (r *runner) swap() error {
 		if r.http != nil {
 			running = r.http.runningNow()
 		}
-		r.log.Info("swap: SIGHUP received; waiting for running requests before freezing", "generation", r.generation,
+		r.log.Info("swap: waiting for running requests before freezing", "generation", r.generation,
 			"requests_running", running, "hint", "a handler that will change the state no more (a stream, a long poll) can call hotswap.Detach")
 	})
 	if r.http != nil {
-		if err := r.http.hold(r.env.readyTimeout); err != nil {
+		if err := r.http.hold(r.env.readyTimeout, abort); err != nil {
 			slow.Stop()
-			return errors.Join(fmt.Errorf("waiting for running requests: %w", err), r.thaw())
+			return nil, fmt.Errorf("waiting for running requests: %w", err)
 		}
 	}
 	slow.Stop()
@@ -507,27 +664,24 @@ func (r *runner) swap() error {
 	}
 	raw, older, err := r.state.freeze()
 	if err != nil {
-		return errors.Join(err, r.thaw())
+		return nil, err
 	}
 	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older}); err != nil {
-		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
-	}
-	if r.http != nil && r.out == nil {
-		// It could not be made at Ready; try again. Without it connections
-		// cannot move and fall back to forwarding.
-		r.prepareHandoff()
+		return nil, fmt.Errorf("writing the state for the new generation: %w", err)
 	}
 	detached := 0
 	if r.http != nil {
 		detached = r.http.detachedNow()
 	}
-	frozenAfter := time.Since(start)
-	upgraded := make(chan error, 1)
-	go func() { upgraded <- r.upgrade() }()
-	// Written while the new process starts, not before.
-	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", frozenAfter,
-		"requests_detached", detached)
-	err = <-upgraded
+	frozen := time.Since(start)
+	return func() {
+		r.log.Info("swap: state frozen and handed over", "state_bytes", len(raw), "frozen_after", frozen, "requests_detached", detached)
+	}, nil
+}
+
+// finishSwap acts on the new generation's upgrade: Ready (err nil), this
+// generation's connections go; otherwise it thaws.
+func (r *runner) finishSwap(start time.Time, err error) error {
 	if err != nil {
 		if r.out != nil {
 			r.out.close()
@@ -601,20 +755,51 @@ func (r *runner) upgrade() error {
 	}
 }
 
+// openStateFile makes the file the state is handed over in, if this
+// generation has none yet, and registers it with tableflip so that the next
+// generation inherits it. The file has no name: only the generations ever
+// see it.
+func (r *runner) openStateFile() error {
+	if r.stateFile != nil {
+		return nil
+	}
+	f, err := os.CreateTemp("", "duck-state-")
+	if err != nil {
+		return err
+	}
+	os.Remove(f.Name())
+	if err := r.upg.AddFile(stateFD, f); err != nil {
+		f.Close()
+		return err
+	}
+	r.stateFile = f
+	return nil
+}
+
+// prepareGate readies the next swap to start the new generation before
+// freezing: the state file says the state is pending, and the gate the
+// new generation asks for it through is made. r.gate stays nil if either
+// fails, and the next swap freezes first.
+func (r *runner) prepareGate() {
+	if r.gate != nil {
+		return
+	}
+	err := r.openStateFile()
+	if err == nil {
+		err = writeContent(r.stateFile, pendingState)
+	}
+	if err == nil {
+		r.gate, err = newStateGate(r.upg.AddFile)
+	}
+	if err != nil {
+		r.log.Warn("the next swap will freeze the state before starting the new generation, holding requests longer", "err", err)
+	}
+}
+
 // handOff writes the snapshot into the file the next generation inherits.
-// The file has no name: only the generations ever see it.
 func (r *runner) handOff(snap snapshot) error {
-	if r.stateFile == nil {
-		f, err := os.CreateTemp("", "duck-state-")
-		if err != nil {
-			return err
-		}
-		os.Remove(f.Name())
-		if err := r.upg.AddFile(stateFD, f); err != nil {
-			f.Close()
-			return err
-		}
-		r.stateFile = f
+	if err := r.openStateFile(); err != nil {
+		return err
 	}
 	if err := writeSnapshot(r.stateFile, snap); err != nil {
 		return err
@@ -622,7 +807,7 @@ func (r *runner) handOff(snap snapshot) error {
 	// Also leave the handed-over state where a restart looks for it: if both generations die
 	// after the swap (a kill -9, the machine), the supervisor starts the duck again from this
 	// state instead of the one saved at its last graceful stop. It is saved with an fsync,
-	// 0.2 ms and more on a disk, so alongside the new generation's start rather than before it;
+	// 0.2 ms and more on a disk, so alongside the new generation's last steps rather than before them;
 	// this generation waits for it before it exits (handOver), before its next save, and the
 	// next generation waits for this one's exit before it saves at a stop.
 	if r.env.stateFile != "" {
@@ -663,6 +848,7 @@ func (r *runner) thaw() error {
 			return fmt.Errorf("hotswap: %w", err)
 		}
 	}
+	r.prepareGate()
 	return nil
 }
 

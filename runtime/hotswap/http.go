@@ -314,7 +314,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // hold stops accepting, holds new requests and waits until the requests
-// already running have finished, or until timeout.
+// already running have finished, or until timeout or abort closes.
 //
 // Connections between requests stop reading meanwhile: a request that
 // comes now stays in the socket's kernel buffer and moves with the socket,
@@ -324,7 +324,8 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // A request already read when the hold begins runs here rather than being
 // forwarded later: the hold first waits, briefly, for every request read
 // whole to reach the handler, then for the running ones to finish.
-func (s *server) hold(timeout time.Duration) error {
+func (s *server) hold(timeout time.Duration, abort <-chan struct{}) error {
+	start := time.Now()
 	s.mu.Lock()
 	s.mode, s.frozen = holding, false
 	s.changed.Broadcast()
@@ -346,7 +347,7 @@ func (s *server) hold(timeout time.Duration) error {
 		}
 		return true
 	})
-	if !s.waitUntil(time.Now().Add(timeout), nil, func() bool {
+	if !s.waitUntil(start.Add(timeout), abort, func() bool {
 		if s.inflight == 0 {
 			s.frozen = true
 		}
@@ -355,7 +356,7 @@ func (s *server) hold(timeout time.Duration) error {
 		s.mu.Lock()
 		n := s.inflight
 		s.mu.Unlock()
-		return fmt.Errorf("%d HTTP requests still running on %s after %s", n, s.ln.Addr(), timeout)
+		return fmt.Errorf("%d HTTP requests still running on %s after %s", n, s.ln.Addr(), time.Since(start).Round(time.Millisecond))
 	}
 	return nil
 }

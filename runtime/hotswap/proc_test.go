@@ -36,6 +36,7 @@ var sources = map[string]string{
 	"bare":         "./runtime/hotswap/testdata/bare",
 	"stream":       "./runtime/hotswap/testdata/stream",
 	"oneway":       "./runtime/hotswap/testdata/oneway",
+	"duck-sdk1":    "./runtime/hotswap/testdata/duck-sdk1",
 }
 
 func TestMain(m *testing.M) {

@@ -86,6 +86,8 @@ type snapshot struct {
 	// Older is the state in the layout of each older schema the writer's
 	// Config.Downgrade could produce, for a version that goes back.
 	Older map[int]json.RawMessage `json:"older,omitempty"`
+	// Pending: the state is still to come, once asked for (pendingState).
+	Pending bool `json:"pending,omitempty"`
 }
 
 // ErrNoDowngrade is what Config.Downgrade returns for a schema it cannot
@@ -155,7 +157,8 @@ func decode[S any](cfg Config[S], snap snapshot) (v S, how string, err error) {
 }
 
 // readSnapshot reads a snapshot from the start of f whatever f's offset,
-// since the offset is shared with the other generation's descriptor.
+// since the offset is shared with the other generation's descriptor. A
+// pending one (pendingState) has Pending set and no State.
 func readSnapshot(f *os.File) (snapshot, error) {
 	var snap snapshot
 	fi, err := f.Stat()
@@ -169,21 +172,26 @@ func readSnapshot(f *os.File) (snapshot, error) {
 	if err := json.Unmarshal(b, &snap); err != nil {
 		return snap, fmt.Errorf("state snapshot is not valid JSON (%d bytes): %w", len(b), err)
 	}
-	if snap.State == nil {
+	if snap.State == nil && !snap.Pending {
 		return snap, errors.New("state snapshot has no state field")
 	}
 	return snap, nil
 }
 
-// writeSnapshot replaces f's content with snap. It writes over the old
-// content and cuts what is left of it only when the new one is shorter:
-// on a disk file system, emptying the file first costs a journal entry,
-// tens of microseconds on the swap's path, at every swap.
+// writeSnapshot replaces f's content with snap.
 func writeSnapshot(f *os.File, snap snapshot) error {
 	b, err := json.Marshal(snap)
 	if err != nil {
 		return err
 	}
+	return writeContent(f, b)
+}
+
+// writeContent replaces f's content with b. It writes over the old content
+// and cuts what is left of it only when the new one is shorter: on a disk
+// file system, emptying the file first costs a journal entry, tens of
+// microseconds on the swap's path, at every swap.
+func writeContent(f *os.File, b []byte) error {
 	if _, err := f.WriteAt(b, 0); err != nil {
 		return err
 	}

@@ -1,0 +1,118 @@
+package hotswap
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"syscall"
+)
+
+// The new generation is started before the old one freezes its state, so
+// that its exec and the Go runtime's start overlap with the old one still
+// serving. It then asks for the state through a gate, a Unix socket pair
+// whose far end it inherits through tableflip, and waits: the old
+// generation stops, freezes, writes the state into the file it passed and
+// says so through the gate. Until then that file holds pendingState,
+// which the new generation takes for "ask". A new generation on an SDK
+// from before the gate reads the file at once, finds no state in it and
+// exits; the old generation, which has frozen nothing yet, starts it again
+// the way that SDK expects (the state written first). The gate also
+// tells a new generation whose old one could not freeze to give up: it
+// closes, and the new generation exits before it has changed anything.
+
+// Bytes on the gate, one message each.
+const (
+	askByte     = 'w' // the new generation waits for the state
+	writtenByte = 's' // the state is in the file
+)
+
+// pendingState is the content of the state file while the next generation
+// has still to ask for the state. It has no "state" field, so an SDK from
+// before the gate refuses it rather than taking it for an empty state.
+var pendingState = []byte(`{"pending":true}`)
+
+// stateGate is the old generation's end of the gate.
+type stateGate struct {
+	uc  *net.UnixConn
+	ask chan error // the outcome of the gate's one read: nil for an ask
+}
+
+// newStateGate makes the gate and registers its far end with tableflip, so
+// that the next generation inherits it; the one read of it (the next
+// generation's ask) starts at once, and asked delivers its outcome.
+func newStateGate(add func(name string, f *os.File) error) (*stateGate, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("making the state gate: %w", err)
+	}
+	near, far := os.NewFile(uintptr(fds[0]), "state gate"), os.NewFile(uintptr(fds[1]), "state gate")
+	defer far.Close() // tableflip passes on a copy of its own
+	defer near.Close()
+	if err := add(stateGateFD, far); err != nil {
+		return nil, fmt.Errorf("passing the state gate on: %w", err)
+	}
+	c, err := net.FileConn(near)
+	if err != nil {
+		return nil, fmt.Errorf("opening the state gate: %w", err)
+	}
+	g := &stateGate{uc: c.(*net.UnixConn), ask: make(chan error, 1)}
+	go func() {
+		var b [8]byte
+		n, err := g.uc.Read(b[:])
+		switch {
+		case err != nil:
+		case n != 1 || b[0] != askByte:
+			err = fmt.Errorf("the new generation sent %q through the state gate, not an ask", b[:n])
+		}
+		g.ask <- err
+	}()
+	return g, nil
+}
+
+// asked delivers nil once the next generation has asked for the state, or
+// why it will not (the gate closed).
+func (g *stateGate) asked() <-chan error { return g.ask }
+
+// written tells the next generation that the state is in the file.
+func (g *stateGate) written() error {
+	_, err := g.uc.Write([]byte{writtenByte})
+	return err
+}
+
+// close ends the gate; a next generation waiting on it gives up.
+func (g *stateGate) close() { g.uc.Close() }
+
+// errNoState is what a new generation waiting on the gate hears when the
+// old one closed it: it could not freeze, or it is gone.
+var errNoState = errors.New("the previous generation closed the state gate without handing its state over (it could not freeze, or it stopped)")
+
+// askForState is the new generation's side: it asks through the gate f,
+// and wait returns once the old generation has written the state, or with
+// errNoState. Asking is split from waiting so that the new generation can
+// go on starting while the old one freezes.
+func askForState(f *os.File) (wait func() error, err error) {
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("opening the state gate from the previous generation: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("the state gate from the previous generation is a %T, not a Unix socket", c)
+	}
+	if _, err := uc.Write([]byte{askByte}); err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("asking the previous generation for the state: %w", err)
+	}
+	return func() error {
+		defer uc.Close()
+		var b [8]byte
+		n, err := uc.Read(b[:])
+		if err != nil || n != 1 || b[0] != writtenByte {
+			return errNoState
+		}
+		return nil
+	}, nil
+}

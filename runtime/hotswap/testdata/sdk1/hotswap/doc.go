@@ -1,0 +1,176 @@
+// Package hotswap here is the SDK as it was at commit 9b1f66b, frozen (its
+// files copied unchanged but for this paragraph), so that tests swap between
+// a duck built on it and one built on the SDK of today in both directions.
+// It freezes the state before it starts the new generation, and a new
+// generation on it reads the state file at once.
+//
+// Package hotswap is the SDK a duck program is written on: it lets a running
+// Go process be replaced by a new build of itself with no request lost and no
+// state forgotten, the way BEAM replaces a module under a running VM.
+//
+// It wraps github.com/cloudflare/tableflip. A duck calls Run with its state
+// type S; inside the setup function it serves HTTP (Duck.Serve), may open
+// more inherited listeners (Duck.Listen) and starts its own goroutines, which
+// change state only through Duck.State. When setup returns the duck is Ready.
+//
+// # The swap
+//
+// On SIGHUP the running generation stops accepting (it closes its listener;
+// tableflip keeps a copy of the socket, so the kernel queues new connections
+// for the next process), stops reading new requests on open connections
+// (a request that comes now waits in its socket's kernel buffer), lets the
+// requests already read finish (but detached ones, see below), freezes the
+// state (Update blocks), snapshots it as JSON with its schema number and
+// passes it to the new process as a file registered with tableflip's Fds.
+// tableflip then re-executes os.Args[0].
+//
+// If the new process becomes Ready, each of the old process's HTTP
+// connections moves to it as soon as it is between two requests: an idle
+// one at once, with any request waiting in its buffer; one in the middle
+// of a request's line or headers at once too, with the bytes the old
+// process has read of that request, which travel with the descriptor (the
+// new process reads them first, and runs the request whole). A request
+// whose headers end during the swap, its body complete or still coming,
+// does not run in the old process: it waits for the swap's outcome and
+// moves with its connection, carrying its headers and the part of its body
+// read, and the new process runs it whole; the old process does not wait
+// for the rest of its body. A request that reached the duck's handler
+// before the swap finishes in the old process (its handler may have
+// changed the state), and its connection moves once that request is
+// complete, body included. A handler that returns without reading a body
+// still coming keeps the old process until the client has sent it: net/http
+// reads and drops the rest before it writes the response, so until then
+// the answer is only in net/http's buffer and cannot travel with the
+// socket (the log's exit line counts connections that moved mid-request,
+// and requests forwarded).
+// Bytes travel only to a new process that said it takes them, and at most
+// 16 KiB of them: with more, or a new process on an older SDK, the request
+// is forwarded to the new process by the old one, as before. The socket
+// itself moves: its descriptor travels over a Unix socket pair whose other
+// end the new process inherits through tableflip (SCM_RIGHTS), and the old
+// process closes only its own descriptor, which sends the client nothing.
+// No connection is closed under a client and no request is split between
+// two processes, whatever the client's idle time. The idle connections
+// leave together, as soon as the new process is Ready: up to 64
+// descriptors in one message, sent by the goroutine that ran the swap,
+// rather than one message from each connection's own goroutine (a new
+// process on an older SDK, which has room for one, gets them one at a
+// time). The old process exits as soon as every connection has moved,
+// without waiting for net/http to close its copies, so nothing waits for
+// idle clients.
+// If the new process exits or is not Ready within the ready timeout, the
+// old one thaws, keeps serving with its state and logs why on stderr.
+//
+// A connection moves only when the SDK knows which of its bytes net/http
+// holds (none, or the start of a request it has not yet handed to a
+// handler): it follows where each HTTP/1.x request ends (Content-Length and
+// chunked framing) in the bytes read. Connections it cannot move fall back
+// to what was done before: their next request is forwarded to the new
+// process and answered with "Connection: close", and idle ones are closed
+// after DrainBound. They are: connections whose requests it cannot frame
+// (HTTP/2's preface, a transfer coding other than chunked), every
+// connection when the new process does not serve with Duck.Serve or was
+// built on an SDK from before connections moved (it never answers on the
+// channel), and a send that fails. Hijacked connections (WebSockets and
+// the like) belong to their handler and end with the old process, as do
+// connections accepted from Duck.Listen. Duck.Serve serves plain HTTP/1.1;
+// TLS, if any, ends in front of it. The exit line of each old process
+// counts the connections that moved, fell back and were hijacked, and each
+// fallback is logged with its reason.
+//
+// # Long requests
+//
+// A swap freezes the state only when no running request can change it any
+// more, so a request that runs long (a streaming response, a long poll, a
+// download) would hold the swap, and every other client's requests with
+// it, until it ends. Its handler calls Detach(r) once it will make no more
+// Update: the swap then does not wait for it. It runs to its end in the old
+// generation, reading the state as it was handed over (Read does not wait),
+// while the new generation serves everyone else; its connection moves once
+// it has ended, and the old generation exits then, or DrainBound and 5 s
+// after the new one became Ready, closing what still runs. An Update after
+// Detach in a generation that has handed over waits for ever, like every
+// Update there.
+//
+// Detach is not guessed from what a handler does. A handler that flushes a
+// response part by part may still change the state afterwards (a long poll
+// that counts the event it waited for, a stream that records how far it
+// got), and detached behind its back its Update would wait for ever: the
+// request would hang instead of finishing. Only its author knows that it
+// will make no more Update. A swap that has waited 100 ms for running
+// requests says so in the log, with how many.
+//
+// Idle keep-alive connections are never closed on SIGHUP (no
+// http.Server.Shutdown, no SetKeepAlivesEnabled(false)): closing a
+// connection that looks idle races with the client's next request, and a
+// lost POST cannot be retried. Measured on this kind of machine (duckraft
+// DESIGN, "The keep-alive trap"), draining with Shutdown failed 13 of 9,000
+// keep-alive requests across 20 swaps; BenchmarkSwap here shows the same
+// (bare tableflip fails tens of requests per 20 swaps, this SDK none).
+// Forwarding with "Connection: close", the way before connections moved,
+// still lost the POSTs of clients idle longer than DrainBound.
+//
+// State written by the new process is never visible to the old one and the
+// other way round: the new process keeps its state frozen until it is Ready,
+// so a generation that fails to start has changed nothing (nothing lost,
+// nothing counted twice). A new version whose state layout differs bumps
+// Config.Schema and supplies Config.Migrate, Erlang's code_change, and
+// Config.Downgrade, code_change({down, Vsn}): at every hand-over and stop it
+// renders the state in the older schemas it knows, the snapshot carries
+// those too, and a swap or restart back to an older version starts from its
+// own schema's rendering. Without one, going back is refused and the newer
+// generation carries on.
+//
+// # Environment contract
+//
+// A supervisor starts the first generation by an absolute, stable path (the
+// next build is renamed over it before SIGHUP) with these variables; every
+// later generation inherits the environment, stdout and stderr of the one
+// before it.
+//
+//	DUCK_ADDR           HTTP address for Duck.Serve (default 127.0.0.1:8080).
+//	DUCK_VERSION        version string the duck reports (default "dev").
+//	DUCK_VERSION_FILE   if set, a file whose trimmed content overrides
+//	                    DUCK_VERSION; read by each generation at start, so a
+//	                    supervisor writes it before SIGHUP (environment
+//	                    variables are copied from the old generation and
+//	                    cannot carry the new version).
+//	DUCK_PIDFILE        tableflip writes the PID of each generation here
+//	                    when it becomes Ready (atomically, by rename).
+//	DUCK_READY_TIMEOUT  how long a new generation may take to become Ready,
+//	                    a Go duration (default 10s); past it, it is killed.
+//	DUCK_LIFELINE_FD    an inherited fd, the read end of a pipe whose write
+//	                    end the supervisor holds; on EOF (the supervisor
+//	                    died) the duck stops gracefully. Every generation
+//	                    inherits it through tableflip's Fds.
+//	DUCK_REPORT_FD      an inherited fd, the write end of a pipe the supervisor
+//	                    reads: a generation whose swap failed (it thawed and
+//	                    carries on) writes a Report there, one line of JSON
+//	                    ({"pid":N,"event":"swap failed","error":"..."}). Every
+//	                    generation inherits it through tableflip's Fds. It is
+//	                    how a supervisor learns a swap's outcome; the log line
+//	                    says the same to a person and is not a contract.
+//	DUCK_STATE_FILE     if set, the state is written here (atomically, with
+//	                    an fsync) when the duck stops and at every hand-over,
+//	                    and a first generation with no parent starts from it
+//	                    when it exists. At a hand-over the write runs beside
+//	                    the new generation's start, and the old generation
+//	                    exits only once it is done.
+//	DUCK_DESCRIBE       set to 1, Run prints the duck's Description (its state
+//	                    schema and the older schemas Config.Downgrade renders)
+//	                    as one line of JSON and returns, serving nothing: a
+//	                    node asks this of each version it builds, so that a
+//	                    rollout with no way back is refused before any swap.
+//
+// Besides the files above, tableflip passes each new generation the state
+// (as "duckraft-state") and, from a generation that serves HTTP, the channel
+// its connections move through ("duckraft-conns"); neither needs anything
+// from the supervisor.
+//
+// Signals: SIGHUP swaps (a second SIGHUP during a swap is ignored and
+// logged; one that comes while the previous generation still hands over
+// waits for it to exit, as tableflip requires), SIGTERM and SIGINT stop
+// gracefully. Signals are caught from the start, before the PID file names
+// the process. Log lines go to stderr as
+// log/slog text, one line per event.
+package hotswap

@@ -1,0 +1,794 @@
+package hotswap
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/cloudflare/tableflip"
+)
+
+// The environment a supervisor starts a duck with; see the package doc.
+const (
+	EnvAddr         = "DUCK_ADDR"
+	EnvVersion      = "DUCK_VERSION"
+	EnvVersionFile  = "DUCK_VERSION_FILE"
+	EnvPIDFile      = "DUCK_PIDFILE"
+	EnvReadyTimeout = "DUCK_READY_TIMEOUT"
+	EnvLifelineFD   = "DUCK_LIFELINE_FD"
+	// EnvReportFD names an inherited fd, the write end of a pipe the supervisor reads: each
+	// generation writes a Report there, one line of JSON, when a swap fails and it carries on.
+	EnvReportFD  = "DUCK_REPORT_FD"
+	EnvStateFile = "DUCK_STATE_FILE"
+	// EnvDescribe, set to 1, makes Run print the duck's Description as one line of JSON on
+	// stdout and return at once, serving nothing: a node asks a version it built whether the
+	// state can go back from it before a rollout swaps anything.
+	EnvDescribe = "DUCK_DESCRIBE"
+)
+
+// Description is what a duck's binary says of its state: the schema it keeps, and the older
+// schemas its Config.Downgrade renders the state in (a way back to the versions that keep them).
+type Description struct {
+	Schema     int   `json:"schema"`
+	Downgrades []int `json:"downgrades,omitempty"`
+}
+
+// CanGoBackTo reports whether state handed over by this version reaches a version that keeps
+// schema: the same schema, or one Downgrade renders. (The older version's own Migrate may read
+// a newer schema too; a binary cannot say that of another.)
+func (d Description) CanGoBackTo(schema int) bool {
+	return schema == d.Schema || slices.Contains(d.Downgrades, schema)
+}
+
+// describe is Run's answer when EnvDescribe is set.
+func describe[S any](cfg Config[S]) error {
+	d := Description{Schema: cfg.Schema}
+	if cfg.Downgrade != nil {
+		var zero S
+		for to := cfg.Schema - 1; to >= 0; to-- {
+			if _, err := cfg.Downgrade(to, zero); err != nil {
+				break
+			}
+			d.Downgrades = append(d.Downgrades, to)
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(d)
+}
+
+const (
+	DefaultAddr         = "127.0.0.1:8080"
+	DefaultReadyTimeout = 10 * time.Second
+	// DrainBound is how long a generation that has handed over waits for
+	// the connections that could not move to the next generation to end
+	// before closing the idle ones (connections that move do so at once,
+	// and nothing waits for them). It is short because tableflip refuses
+	// the next swap until this process has exited.
+	DrainBound = 1500 * time.Millisecond
+	// stopTimeout bounds a graceful stop's wait for running requests.
+	stopTimeout = 5 * time.Second
+)
+
+// Names of the files passed from one generation to the next.
+const (
+	stateFD    = "duckraft-state"
+	lifelineFD = "duckraft-lifeline"
+	reportFD   = "duckraft-report"
+	connsFD    = "duckraft-conns" // the channel HTTP connections move through
+)
+
+// Config describes a duck's state type S.
+type Config[S any] struct {
+	// Schema numbers the layout of S. Bump it when a field changes name,
+	// type or meaning, and supply Migrate.
+	Schema int
+	// Migrate converts state handed over by a version of another schema
+	// (older, or newer on a rollback whose writer had no Downgrade to this
+	// schema) into S. Without it such a swap fails and the old generation
+	// carries on.
+	Migrate func(fromSchema int, old json.RawMessage) (S, error)
+	// Downgrade renders S in the layout of an older schema toSchema, for a
+	// swap back to a version of that schema (a rollback, an auto-revert),
+	// which could not know this version's layout: Erlang's
+	// code_change({down, Vsn}). Return a value that encodes as JSON the
+	// way that version's state decodes, or ErrNoDowngrade for a schema it
+	// cannot produce. This generation runs it at every hand-over and at a
+	// stop with DUCK_STATE_FILE, asking for Schema-1 first and then each
+	// lower schema until ErrNoDowngrade, and the results travel with the
+	// state; an older version takes its own. Like Migrate it gets and
+	// gives values, so it must not keep or change anything s points to.
+	Downgrade func(toSchema int, s S) (any, error)
+}
+
+// Duck is the running duck as seen by its setup function.
+type Duck[S any] struct {
+	// State is restored from the previous generation (or DUCK_STATE_FILE,
+	// or the zero S) and handed to the next one.
+	State *State[S]
+	// Version is DUCK_VERSION_FILE's content, DUCK_VERSION, or "dev".
+	Version string
+	// Generation counts processes since the first start: 1, then one more
+	// per successful swap.
+	Generation int
+
+	r *runner
+}
+
+// Serve serves h on DUCK_ADDR through every swap. It returns at once;
+// connections are accepted once the duck is Ready. Call it once: an
+// http.ServeMux holds many handlers.
+func (d *Duck[S]) Serve(h http.Handler) error {
+	if d.r.http != nil {
+		return errors.New("hotswap: Serve called twice; serve one http.ServeMux with every handler")
+	}
+	ln, err := d.r.listen("tcp", d.r.env.addr)
+	if err != nil {
+		return err
+	}
+	d.r.http = newServer(ln, h, d.r.log)
+	if d.r.upg.HasParent() {
+		f, err := d.r.upg.File(connsFD)
+		if err != nil {
+			return fmt.Errorf("hotswap: inheriting the connection channel: %w", err)
+		}
+		// None from a previous generation that serves no HTTP, or that
+		// predates moving connections. Either way, and if the channel
+		// will not open, the previous generation hears nothing from us and
+		// its connections fall back to forward-then-close: serving
+		// matters more than moving them.
+		if f != nil {
+			if err := d.r.http.receiveFrom(f); err != nil {
+				d.r.log.Warn("connections will not move from the previous generation", "err", err)
+			}
+		}
+	}
+	go d.r.http.serve()
+	return nil
+}
+
+// Listen returns a listener inherited from the previous generation, or a new
+// one. Accept waits while a swap decides, and fails with net.ErrClosed once
+// this generation has handed over. Unlike Serve's, connections accepted here
+// do not move to the next generation (the SDK cannot tell when their
+// protocol is between two messages): they stay with this generation until
+// it exits, which is as soon as Serve's connections have moved, at most
+// DrainBound and its grace after handing over. Close them when Accept fails.
+func (d *Duck[S]) Listen(network, addr string) (net.Listener, error) {
+	return d.r.listen(network, addr)
+}
+
+// Run starts the duck: it restores the state, calls setup (which serves,
+// listens and starts goroutines, then returns), becomes Ready and then
+// carries out swaps and stops until this generation ends. It returns nil
+// when the generation ended well (handed over, or stopped by a signal or the
+// lifeline) and an error that says what to fix otherwise; main should exit
+// non-zero on an error, which tells the previous generation the swap failed.
+func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
+	if os.Getenv(EnvDescribe) == "1" {
+		return describe(cfg)
+	}
+	// Catch signals before Ready writes the PID file: a supervisor may
+	// send SIGHUP as soon as it sees it, and SIGHUP's default is to die.
+	// Asking for them takes a few hundred microseconds on a busy machine
+	// (the Go runtime starts a thread for signal masks and waits on it
+	// for each signal), so it is done beside the rest of the start, and
+	// waited for before Ready.
+	sigs := make(chan os.Signal, 4)
+	caught := make(chan struct{})
+	go func() {
+		signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+		close(caught)
+	}()
+	// When the agent dies, its end of our stdout and stderr pipes goes with it, and Go kills a
+	// program that writes to a broken stdout or stderr pipe with SIGPIPE: the duck would die on
+	// its first quack or log line, before the lifeline's graceful stop saves its state. Ignored,
+	// the write just fails and the stop goes on.
+	signal.Ignore(syscall.SIGPIPE)
+	env, err := readEnv()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid(), "version", env.version)
+	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: env.readyTimeout, PIDFile: env.pidFile})
+	if err != nil {
+		return fmt.Errorf("hotswap: starting tableflip: %w", err)
+	}
+	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{}), sigs: sigs}
+	if err := r.watchLifeline(); err != nil {
+		upg.Stop()
+		return err
+	}
+	if err := r.openReport(); err != nil {
+		upg.Stop()
+		return err
+	}
+	snap, err := r.restore()
+	if err != nil {
+		upg.Stop()
+		return err
+	}
+	var v S
+	if snap.State != nil {
+		var how string
+		if v, how, err = decode(cfg, snap); err != nil {
+			upg.Stop()
+			return fmt.Errorf("hotswap: %w", err)
+		}
+		if how != "" {
+			log.Info("state "+how, "from_schema", snap.Schema, "to_schema", cfg.Schema)
+		}
+	}
+	r.generation = snap.Generation + 1
+	d := &Duck[S]{State: newState(v, downgrades(cfg, log)), Version: env.version, Generation: r.generation, r: r}
+	r.state = d.State
+	if err := setup(d); err != nil {
+		upg.Stop()
+		return fmt.Errorf("hotswap: duck setup failed: %w", err)
+	}
+	<-caught
+	if err := upg.Ready(); err != nil {
+		upg.Stop()
+		return fmt.Errorf("hotswap: signalling Ready: %w", err)
+	}
+	// Learn of the previous generation's exit as it happens, not when the
+	// next SIGHUP asks: a swap then need not wait on it.
+	r.parentGone = make(chan struct{})
+	go func() {
+		if upg.WaitForParent(context.Background()) == nil {
+			close(r.parentGone)
+		}
+	}()
+	if err := r.thaw(); err != nil {
+		upg.Stop()
+		return err
+	}
+	log.Info("ready", "generation", r.generation, "addr", env.addr, "schema", cfg.Schema)
+	return r.loop()
+}
+
+// freezer is the part of State[S] the runner needs, free of S.
+type freezer interface {
+	freeze() (json.RawMessage, map[int]json.RawMessage, error)
+	thaw()
+}
+
+// runner carries out swaps and stops for one generation.
+type runner struct {
+	env        env
+	log        *slog.Logger
+	upg        *tableflip.Upgrader
+	schema     int
+	generation int
+	state      freezer
+	listeners  []*listener
+	http       *server
+	stateFile  *os.File      // passed to the next generation; nil until a swap
+	saved      chan error    // the save of the handed-over state to env.stateFile, while it runs
+	out        *handoff      // the channel connections move through, made ahead of the next swap
+	taker      bool          // the new generation takes connections (known once it is Ready)
+	parentGone chan struct{} // closed once the previous generation has exited
+	lifeline   chan struct{}
+	report     *os.File // the supervisor's report pipe, nil without one
+	sigs       chan os.Signal
+	ready      bool
+}
+
+func (r *runner) listen(network, addr string) (*listener, error) {
+	ln, err := r.upg.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("hotswap: listening on %s %s: %w; pick a free address (%s)", network, addr, err, EnvAddr)
+	}
+	l, err := newListener(ln)
+	if err != nil {
+		return nil, fmt.Errorf("hotswap: %w", err)
+	}
+	r.listeners = append(r.listeners, l)
+	if r.ready {
+		if err := l.resume(); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// restore returns the snapshot handed over by the previous generation, or
+// the one saved at the last stop, or an empty one for a first start.
+func (r *runner) restore() (snapshot, error) {
+	if r.upg.HasParent() {
+		f, err := r.upg.File(stateFD)
+		if err != nil {
+			return snapshot{}, fmt.Errorf("hotswap: inheriting state: %w", err)
+		}
+		if f == nil {
+			return snapshot{}, errors.New("hotswap: the previous generation passed no state; was it built on this SDK?")
+		}
+		snap, err := readSnapshot(f)
+		if err != nil {
+			f.Close()
+			return snapshot{}, fmt.Errorf("hotswap: reading handed-over state: %w", err)
+		}
+		// Our own next swap rewrites this same file: tableflip already
+		// passes it on, and the previous generation is done with it.
+		r.stateFile = f
+		return snap, nil
+	}
+	if r.env.stateFile == "" {
+		return snapshot{}, nil
+	}
+	f, err := os.Open(r.env.stateFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return snapshot{}, nil
+	}
+	if err != nil {
+		return snapshot{}, fmt.Errorf("hotswap: opening %s=%s: %w", EnvStateFile, r.env.stateFile, err)
+	}
+	defer f.Close()
+	snap, err := readSnapshot(f)
+	if err != nil {
+		return snapshot{}, fmt.Errorf("hotswap: reading %s=%s: %w; remove it to start from empty state", EnvStateFile, r.env.stateFile, err)
+	}
+	r.log.Info("state restored", "file", r.env.stateFile, "schema", snap.Schema)
+	return snap, nil
+}
+
+// Report is what a generation tells its supervisor over EnvReportFD, one line of JSON each: the
+// channel by which a supervisor learns how a swap went, rather than by reading the duck's log.
+type Report struct {
+	PID   int    `json:"pid"`   // the generation that reports
+	Event string `json:"event"` // EventSwapFailed
+	Error string `json:"error,omitempty"`
+}
+
+// EventSwapFailed: the new generation failed or timed out; the reporting (old) generation
+// thawed and carries on with its state.
+const EventSwapFailed = "swap failed"
+
+// openReport takes the report pipe, from the supervisor (the first generation) or from the
+// previous generation through tableflip, and passes it on to the next.
+func (r *runner) openReport() error {
+	if r.env.reportFD < 0 {
+		return nil
+	}
+	if r.upg.HasParent() {
+		f, err := r.upg.File(reportFD)
+		if err != nil {
+			return fmt.Errorf("hotswap: inheriting the report pipe: %w", err)
+		}
+		r.report = f // nil when the previous generation had none: nothing to tell
+		return nil
+	}
+	fd := r.env.reportFD
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("hotswap: %s=%d is not an open file descriptor (%v); pass the write end of a pipe, e.g. with exec.Cmd.ExtraFiles", EnvReportFD, fd, err)
+	}
+	syscall.CloseOnExec(fd)
+	r.report = os.NewFile(uintptr(fd), "report")
+	if err := r.upg.AddFile(reportFD, r.report); err != nil {
+		return fmt.Errorf("hotswap: passing the report pipe on: %w", err)
+	}
+	return nil
+}
+
+// tell writes rep to the report pipe, if there is one. One write of one line under PIPE_BUF
+// (4 KiB) reaches the reader whole, whichever generation writes.
+func (r *runner) tell(rep Report) {
+	if r.report == nil {
+		return
+	}
+	if len(rep.Error) > 3000 {
+		rep.Error = rep.Error[:3000] + " ..."
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		return
+	}
+	if _, err := r.report.Write(append(b, '\n')); err != nil {
+		r.log.Warn("could not tell the supervisor", "event", rep.Event, "err", err)
+	}
+}
+
+// watchLifeline closes r.lifeline when the supervisor's end of the pipe
+// closes. Pdeathsig would not do: it is cleared across fork, so the second
+// generation would lack it.
+func (r *runner) watchLifeline() error {
+	if r.env.lifelineFD < 0 {
+		return nil
+	}
+	var f *os.File
+	if r.upg.HasParent() {
+		// The number in the environment was the first generation's;
+		// tableflip hands the pipe on under a name.
+		var err error
+		if f, err = r.upg.File(lifelineFD); err != nil {
+			return fmt.Errorf("hotswap: inheriting the lifeline: %w", err)
+		}
+		if f == nil {
+			return errors.New("hotswap: the previous generation passed no lifeline although " + EnvLifelineFD + " is set")
+		}
+	} else {
+		fd := r.env.lifelineFD
+		var st syscall.Stat_t
+		if err := syscall.Fstat(fd, &st); err != nil {
+			return fmt.Errorf("hotswap: %s=%d is not an open file descriptor (%v); pass the read end of a pipe, e.g. with exec.Cmd.ExtraFiles", EnvLifelineFD, fd, err)
+		}
+		// Only tableflip's copy should reach the next generation.
+		syscall.CloseOnExec(fd)
+		f = os.NewFile(uintptr(fd), "lifeline")
+		if err := r.upg.AddFile(lifelineFD, f); err != nil {
+			return fmt.Errorf("hotswap: passing the lifeline on: %w", err)
+		}
+	}
+	go func() {
+		io.Copy(io.Discard, f)
+		close(r.lifeline)
+	}()
+	return nil
+}
+
+func (r *runner) loop() error {
+	sigs := r.sigs
+	swapped := make(chan error, 1)
+	swapping := false
+	for {
+		var reason string
+		select {
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP {
+				if swapping {
+					r.log.Warn("SIGHUP ignored: a swap is already in progress")
+					continue
+				}
+				swapping = true
+				go func() { swapped <- r.swap() }()
+				continue
+			}
+			reason = sig.String()
+		case <-r.lifeline:
+			reason = "lifeline closed: the supervisor is gone"
+		case err := <-swapped:
+			swapping = false
+			if err != nil {
+				r.log.Error("swap failed; this generation carries on with its state", "err", err)
+				r.tell(Report{PID: os.Getpid(), Event: EventSwapFailed, Error: err.Error()})
+				continue
+			}
+			return r.handOver(sigs)
+		}
+		r.log.Info("stopping", "reason", reason)
+		if swapping {
+			// Stop kills a new generation that is not Ready yet.
+			r.upg.Stop()
+			if err := <-swapped; err == nil {
+				return r.handOver(sigs)
+			}
+		}
+		return r.stop()
+	}
+}
+
+// swap freezes this generation and starts the next one; on failure it
+// thaws again, with the state as it was.
+func (r *runner) swap() error {
+	start := time.Now()
+	if err := r.waitForParent(); err != nil {
+		return err
+	}
+	// Said only when the hold takes a while: a line is a write, and wakes
+	// its reader, on every swap's path; "state frozen" says the rest.
+	slow := time.AfterFunc(slowHold, func() {
+		running := 0
+		if r.http != nil {
+			running = r.http.runningNow()
+		}
+		r.log.Info("swap: SIGHUP received; waiting for running requests before freezing", "generation", r.generation,
+			"requests_running", running, "hint", "a handler that will change the state no more (a stream, a long poll) can call hotswap.Detach")
+	})
+	if r.http != nil {
+		if err := r.http.hold(r.env.readyTimeout); err != nil {
+			slow.Stop()
+			return errors.Join(fmt.Errorf("waiting for running requests: %w", err), r.thaw())
+		}
+	}
+	slow.Stop()
+	for _, l := range r.listeners {
+		l.pause()
+	}
+	raw, older, err := r.state.freeze()
+	if err != nil {
+		return errors.Join(err, r.thaw())
+	}
+	if err := r.handOff(snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older}); err != nil {
+		return errors.Join(fmt.Errorf("writing the state for the new generation: %w", err), r.thaw())
+	}
+	if r.http != nil && r.out == nil {
+		// It could not be made at Ready; try again. Without it connections
+		// cannot move and fall back to forwarding.
+		r.prepareHandoff()
+	}
+	detached := 0
+	if r.http != nil {
+		detached = r.http.detachedNow()
+	}
+	frozenAfter := time.Since(start)
+	upgraded := make(chan error, 1)
+	go func() { upgraded <- r.upgrade() }()
+	// Written while the new process starts, not before.
+	r.log.Info("swap: state frozen; starting the new generation", "state_bytes", len(raw), "frozen_after", frozenAfter,
+		"requests_detached", detached)
+	err = <-upgraded
+	if err != nil {
+		if r.out != nil {
+			r.out.close()
+			r.out = nil
+		}
+		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
+	}
+	// The idle connections go now, from here, rather than after the
+	// runner's loop has heard of the outcome.
+	if r.http != nil {
+		r.taker = r.http.release(r.out)
+	}
+	// The new generation's PID is in its own "ready" line: reading the PID
+	// file here would delay the hand-over.
+	r.log.Info("swap: new generation ready", "took", time.Since(start))
+	return nil
+}
+
+// slowHold is how long a swap's hold may take before the log says that
+// the swap waits for running requests.
+const slowHold = 100 * time.Millisecond
+
+// prepareHandoff makes the channel the next swap's connections move
+// through, ahead of the swap so that a swap does not wait for it; r.out
+// stays nil if it cannot be made.
+func (r *runner) prepareHandoff() {
+	out, err := newHandoff(r.upg.AddFile)
+	if err != nil {
+		r.log.Warn("connections will not move to the next generation; they will fall back to forwarding", "err", err)
+		return
+	}
+	r.out = out
+}
+
+// waitForParent waits for the previous generation to finish draining:
+// tableflip refuses to swap until it has exited, and a SIGHUP that comes
+// while it drains is better served late than refused.
+func (r *runner) waitForParent() error {
+	select {
+	case <-r.parentGone:
+		return nil
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), DrainBound+10*time.Second)
+	defer cancel()
+	go func() {
+		// A stop (upg.Stop closes Exit) should not wait for the parent.
+		select {
+		case <-r.upg.Exit():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if err := r.upg.WaitForParent(ctx); err != nil && ctx.Err() != nil {
+		return fmt.Errorf("the previous generation has not exited (%w); swap again once it has", ctx.Err())
+	}
+	return nil
+}
+
+// upgrade is tableflip's Upgrade, retried while tableflip has not yet
+// noticed the parent's exit that WaitForParent already reported (its own
+// goroutine learns of it a moment later). tableflip does not export that
+// error, hence the string.
+func (r *runner) upgrade() error {
+	for try := 0; ; try++ {
+		err := r.upg.Upgrade()
+		if err == nil || err.Error() != "parent hasn't exited" || try == 100 {
+			return err
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// handOff writes the snapshot into the file the next generation inherits.
+// The file has no name: only the generations ever see it.
+func (r *runner) handOff(snap snapshot) error {
+	if r.stateFile == nil {
+		f, err := os.CreateTemp("", "duck-state-")
+		if err != nil {
+			return err
+		}
+		os.Remove(f.Name())
+		if err := r.upg.AddFile(stateFD, f); err != nil {
+			f.Close()
+			return err
+		}
+		r.stateFile = f
+	}
+	if err := writeSnapshot(r.stateFile, snap); err != nil {
+		return err
+	}
+	// Also leave the handed-over state where a restart looks for it: if both generations die
+	// after the swap (a kill -9, the machine), the supervisor starts the duck again from this
+	// state instead of the one saved at its last graceful stop. It is saved with an fsync,
+	// 0.2 ms and more on a disk, so alongside the new generation's start rather than before it;
+	// this generation waits for it before it exits (handOver), before its next save, and the
+	// next generation waits for this one's exit before it saves at a stop.
+	if r.env.stateFile != "" {
+		r.waitSaved()
+		saved := make(chan error, 1)
+		go func() { saved <- saveSnapshot(r.env.stateFile, snap) }()
+		r.saved = saved
+	}
+	return nil
+}
+
+// waitSaved waits for the save handOff started, if any.
+func (r *runner) waitSaved() {
+	if r.saved == nil {
+		return
+	}
+	if err := <-r.saved; err != nil {
+		r.log.Error("saving the handed-over state failed; after a crash the duck would start from the state saved before", "file", r.env.stateFile, "err", err)
+	}
+	r.saved = nil
+}
+
+// thaw lets this generation serve and change its state: at the first Ready,
+// and again after a failed swap.
+func (r *runner) thaw() error {
+	r.ready = true
+	r.state.thaw()
+	if r.http != nil {
+		if err := r.http.carryOn(); err != nil {
+			return fmt.Errorf("hotswap: %w", err)
+		}
+		if r.out == nil {
+			r.prepareHandoff()
+		}
+	}
+	for _, l := range r.listeners {
+		if err := l.resume(); err != nil {
+			return fmt.Errorf("hotswap: %w", err)
+		}
+	}
+	return nil
+}
+
+// handOver moves this generation's connections to the next one, forwarding
+// requests that come before they can move, then returns so the process
+// exits.
+func (r *runner) handOver(sigs <-chan os.Signal) error {
+	for _, l := range r.listeners {
+		l.Close()
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case sig := <-sigs:
+				if sig == syscall.SIGHUP {
+					r.log.Warn("SIGHUP ignored: this generation has handed over; signal the new one (see the PID file)")
+					continue
+				}
+				close(stop)
+				return
+			case <-r.lifeline:
+				close(stop)
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	if r.http == nil {
+		r.waitSaved()
+		r.log.Info("exiting: handed over", "generation", r.generation)
+		return nil
+	}
+	start := time.Now()
+	m := r.http.handOver(r.out, r.taker, DrainBound, stop)
+	r.waitSaved()
+	r.log.Info("exiting: handed over", "generation", r.generation, "took", time.Since(start),
+		"connections_moved", m.Moved, "connections_moved_mid_request", m.MidRequest, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
+		"requests_forwarded", m.Forwarded)
+	return nil
+}
+
+// stop ends the duck for good: no generation follows.
+func (r *runner) stop() error {
+	for _, l := range r.listeners {
+		l.pause()
+	}
+	if r.http != nil {
+		r.http.shutdown(stopTimeout)
+	}
+	raw, older, err := r.state.freeze()
+	if err == nil && r.env.stateFile != "" {
+		r.waitSaved()
+		// The previous generation may still be saving what it handed
+		// over (handOff); this generation's state is newer and must
+		// land last.
+		select {
+		case <-r.parentGone:
+		case <-time.After(DrainBound + stopTimeout):
+		}
+		err = saveSnapshot(r.env.stateFile, snapshot{Schema: r.schema, Generation: r.generation, State: raw, Older: older})
+	}
+	r.upg.Stop()
+	if err != nil {
+		return fmt.Errorf("hotswap: saving the state at stop: %w", err)
+	}
+	r.log.Info("stopped", "generation", r.generation)
+	return nil
+}
+
+type env struct {
+	addr         string
+	version      string
+	pidFile      string
+	readyTimeout time.Duration
+	lifelineFD   int
+	reportFD     int
+	stateFile    string
+}
+
+func readEnv() (env, error) {
+	e := env{
+		addr:         os.Getenv(EnvAddr),
+		version:      os.Getenv(EnvVersion),
+		pidFile:      os.Getenv(EnvPIDFile),
+		readyTimeout: DefaultReadyTimeout,
+		lifelineFD:   -1,
+		reportFD:     -1,
+		stateFile:    os.Getenv(EnvStateFile),
+	}
+	if e.addr == "" {
+		e.addr = DefaultAddr
+	}
+	if p := os.Getenv(EnvVersionFile); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return e, fmt.Errorf("hotswap: reading %s=%s: %w; write the version there before starting or swapping", EnvVersionFile, p, err)
+		}
+		e.version = strings.TrimSpace(string(b))
+	}
+	if e.version == "" {
+		e.version = "dev"
+	}
+	if s := os.Getenv(EnvReadyTimeout); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			return e, fmt.Errorf("hotswap: %s=%q is not a positive duration; use a Go duration such as 10s", EnvReadyTimeout, s)
+		}
+		e.readyTimeout = d
+	}
+	if s := os.Getenv(EnvLifelineFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			return e, fmt.Errorf("hotswap: %s=%q is not a file descriptor number above 2; pass the read end of the supervisor's pipe", EnvLifelineFD, s)
+		}
+		e.lifelineFD = fd
+	}
+	if s := os.Getenv(EnvReportFD); s != "" {
+		fd, err := strconv.Atoi(s)
+		if err != nil || fd < 3 {
+			return e, fmt.Errorf("hotswap: %s=%q is not a file descriptor number above 2; pass the write end of the supervisor's report pipe", EnvReportFD, s)
+		}
+		e.reportFD = fd
+	}
+	return e, nil
+}
