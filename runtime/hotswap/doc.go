@@ -153,7 +153,9 @@
 //	                    variables are copied from the old generation and
 //	                    cannot carry the new version).
 //	DUCK_PIDFILE        tableflip writes the PID of each generation here
-//	                    when it becomes Ready (atomically, by rename).
+//	                    when it becomes Ready (atomically, by rename); a
+//	                    generation whose swap failed writes its own back,
+//	                    as the new one may have died after writing it.
 //	DUCK_READY_TIMEOUT  how long a new generation may take to become Ready,
 //	                    from its start, which includes its wait for the old
 //	                    generation's running requests; a Go duration

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -687,7 +688,11 @@ func (r *runner) finishSwap(start time.Time, err error) error {
 			r.out.close()
 			r.out = nil
 		}
-		return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err), r.thaw())
+		why := fmt.Errorf("the new generation failed before it was Ready: %w", err)
+		if time.Since(start) >= r.env.readyTimeout {
+			why = fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, err)
+		}
+		return errors.Join(why, r.thaw())
 	}
 	// The idle connections go now, from here, rather than after the
 	// runner's loop has heard of the outcome.
@@ -835,6 +840,7 @@ func (r *runner) waitSaved() {
 func (r *runner) thaw() error {
 	r.ready = true
 	r.state.thaw()
+	r.reclaimPIDFile()
 	if r.http != nil {
 		if err := r.http.carryOn(); err != nil {
 			return fmt.Errorf("hotswap: %w", err)
@@ -850,6 +856,42 @@ func (r *runner) thaw() error {
 	}
 	r.prepareGate()
 	return nil
+}
+
+// reclaimPIDFile names this process in the PID file again after a failed
+// swap: tableflip writes the file when the new generation is Ready, before
+// it tells this one, so a new generation that died in between left its own
+// PID there, and whoever reads the file (a supervisor, the next swap) would
+// take a dead process for the duck.
+func (r *runner) reclaimPIDFile() {
+	if r.env.pidFile == "" || readPID(r.env.pidFile) == os.Getpid() {
+		return
+	}
+	dir, name := filepath.Split(r.env.pidFile)
+	f, err := os.CreateTemp(dir, name+".*")
+	if err == nil {
+		_, err = f.WriteString(strconv.Itoa(os.Getpid()))
+		err = errors.Join(err, f.Close())
+		if err == nil {
+			err = os.Rename(f.Name(), r.env.pidFile)
+		}
+		if err != nil {
+			os.Remove(f.Name())
+		}
+	}
+	if err != nil {
+		r.log.Warn("the PID file may name the failed new generation", "file", r.env.pidFile, "err", err)
+	}
+}
+
+// readPID is the PID a PID file holds, 0 if none.
+func readPID(path string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	return pid
 }
 
 // handOver moves this generation's connections to the next one, forwarding

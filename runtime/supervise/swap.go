@@ -65,6 +65,12 @@ func (d *duck) swap(op swapOp) error {
 	failures := r.watchFailures(old.pid)
 	defer r.watchFailures(0)
 	mark := r.stderrCount()
+	pidFile := d.path(pidName)
+	// A PID the file holds already is not this swap's new generation: tableflip writes the file
+	// at Ready and then tells the old generation, so a new one killed between the two leaves
+	// its PID there while the old carries on (found by TestNewGenerationKilledAtSeededMoments:
+	// the next swap took the dead PID for its new generation and restarted the duck).
+	stale := readPIDFile(pidFile)
 	start := time.Now()
 	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
 	old.signal(syscall.SIGHUP)
@@ -75,10 +81,9 @@ func (d *duck) swap(op swapOp) error {
 	defer deadline.Stop()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
-	pidFile := d.path(pidName)
 	var next *proc
 	for next == nil {
-		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && ownedBy(pid, d.cfg.User) {
+		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && pid != stale && ownedBy(pid, d.cfg.User) {
 			next = r.adopt(pid)
 			break
 		}
@@ -96,7 +101,7 @@ func (d *duck) swap(op swapOp) error {
 			return fail("the new version did not take over: %s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again%s",
 				"the old generation reports: "+report, oldVersion, old.pid, stable, op.version, tail(r.stderrSince(mark)))
 		case <-old.done:
-			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && ownedBy(pid, d.cfg.User) {
+			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && pid != stale && ownedBy(pid, d.cfg.User) {
 				next = r.adopt(pid) // it handed over before we looked
 				continue
 			}
