@@ -203,7 +203,7 @@ func (d *duck) start(ctx context.Context, binary string) error {
 	if err != nil {
 		return fail("%w", err)
 	}
-	if err := os.Rename(tmp, d.path(binaryName)); err != nil {
+	if err := install(tmp, d.path(binaryName)); err != nil {
 		os.Remove(tmp)
 		return fail("installing the binary: %w", err)
 	}

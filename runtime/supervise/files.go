@@ -76,14 +76,15 @@ func ownedBy(pid int, u *duckuser.User) bool {
 }
 
 // stage puts src in dir under a new name, as an executable file that stays on disk through a
-// crash, and returns its path.
+// crash, and returns its path. The caller renames it over the stable path with install.
 //
 // A build is never written again once made (a new build is a new file renamed in), so where src
-// is on dir's file system, this process's user's, and readable and executable by anyone (a duck
-// may run as another user)
-// the new name is a hard link to it: copying and syncing a binary of several megabytes took 0.17
-// to 0.25 s of every node's turn when twenty nodes of a hundred swapped at once on one disk. The
-// link is synced like a copy, once for all the links of a host's build.
+// is on dir's file system, a regular file (not a link to one) of this process's user, readable
+// and executable by anyone (a duck may run as another user) and writable by its owner alone,
+// without set-user or set-group bits, the new name is a hard link to it: copying and syncing a
+// binary of several megabytes took 0.17 to 0.25 s of every node's turn when twenty nodes of a
+// hundred swapped at once on one disk. The link is synced like a copy (a sync of a file already
+// on disk, as every link of a host's build after the first, costs little).
 //
 // Otherwise it copies, holding syscall.ForkLock for reading while the file is open for writing,
 // so no process forked meanwhile (a duck, go build) inherits the write descriptor, which would
@@ -106,19 +107,53 @@ func link(dir, src string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	named, err := os.Lstat(src)
+	if err != nil {
+		return "", err
+	}
 	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.Mode().IsRegular() || fi.Mode().Perm()&0o555 != 0o555 || fi.Mode().Perm()&0o022 != 0 || !ok || int(st.Uid) != os.Geteuid() {
-		return "", fmt.Errorf("%s is not a binary of this process's user that every user may run and only its owner write", src)
+	perm := fi.Mode().Perm()
+	if !named.Mode().IsRegular() || !fi.Mode().IsRegular() || fi.Mode()&(os.ModeSetuid|os.ModeSetgid) != 0 ||
+		perm&0o555 != 0o555 || perm&0o022 != 0 || !ok || int(st.Uid) != os.Geteuid() {
+		return "", fmt.Errorf("%s is not a plain binary of this process's user that every user may run and only its owner write", src)
 	}
 	tmp := filepath.Join(dir, binaryName+".new-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	if err := os.Link(src, tmp); err != nil {
 		return "", err
+	}
+	// The path may have been given another file between the look and the link: the link must
+	// be the file looked at.
+	if got, err := os.Lstat(tmp); err != nil || !os.SameFile(got, fi) {
+		os.Remove(tmp)
+		return "", fmt.Errorf("%s changed while it was staged", src)
 	}
 	if err := in.Sync(); err != nil {
 		os.Remove(tmp)
 		return "", err
 	}
 	return tmp, nil
+}
+
+// install renames the staged tmp over path and syncs their folder, so that after a power loss
+// the path holds the binary the log says the duck runs. A rename onto a link of the same file
+// does nothing and leaves tmp (staging the build a duck already runs, at every restart): it is
+// removed.
+func install(tmp, path string) error {
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	os.Remove(tmp)
+	return syncDir(filepath.Dir(path))
+}
+
+// syncDir makes the renames in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // stageCopy stages a copy of src in dir.

@@ -44,4 +44,58 @@ func TestStageLinksWhatMayBeShared(t *testing.T) {
 	if _, err := stage(dir, filepath.Join(dir, "missing")); err == nil {
 		t.Error("staged a binary that does not exist")
 	}
+
+	// A symbolic link is staged as a copy of what it names now, not as a link that would
+	// follow the name later; a set-user-ID binary is copied without the bit.
+	real := filepath.Join(dir, "build-"+os.FileMode(0o755).String())
+	sym := filepath.Join(dir, "symlink")
+	if err := os.Symlink(real, sym); err != nil {
+		t.Fatal(err)
+	}
+	suid := filepath.Join(dir, "suid")
+	os.WriteFile(suid, []byte("#!/bin/sh\n"), 0o600)
+	if err := os.Chmod(suid, 0o755|os.ModeSetuid); err != nil {
+		t.Fatal(err)
+	}
+	for _, src := range []string{sym, suid} {
+		tmp, err := stage(dir, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, _ := os.Stat(src)
+		b, err := os.Lstat(tmp)
+		if err != nil || !b.Mode().IsRegular() || os.SameFile(a, b) || b.Mode() != 0o755 {
+			t.Errorf("%s staged as %v (%v), want a plain copy of mode 0755", filepath.Base(src), b.Mode(), err)
+		}
+	}
+}
+
+// Installing a build over the stable path that already holds it (a restart, a swap to the same
+// build) leaves no staged file behind: renaming a link onto the same file does nothing.
+func TestInstallingTheSameBuildLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "build")
+	if err := os.WriteFile(src, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(src, 0o755)
+	duck := filepath.Join(dir, "d")
+	os.Mkdir(duck, 0o700)
+	for range 3 {
+		tmp, err := stage(duck, src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := install(tmp, filepath.Join(duck, binaryName)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ents, _ := os.ReadDir(duck)
+	if len(ents) != 1 || ents[0].Name() != binaryName {
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("the duck's folder holds %v after three installs of one build, want only %s", names, binaryName)
+	}
 }

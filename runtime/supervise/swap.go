@@ -55,7 +55,7 @@ func (d *duck) swap(op swapOp) error {
 		putBack()
 		return fail("writing the version file: %w; %s keeps running", err, oldVersion)
 	}
-	if err := os.Rename(tmp, stable); err != nil {
+	if err := install(tmp, stable); err != nil {
 		os.Remove(tmp)
 		putBack()
 		return fail("installing the binary: %w; %s keeps running", err, oldVersion)
@@ -75,9 +75,10 @@ func (d *duck) swap(op swapOp) error {
 	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
 	old.signal(syscall.SIGHUP)
 
-	// hotswap may wait ReadyTimeout for running requests before it starts
-	// the new generation, and ReadyTimeout again for it to be Ready.
-	deadline := time.NewTimer(2*d.cfg.ReadyTimeout + 5*time.Second)
+	// hotswap starts the new generation at once and gives it ReadyTimeout, running requests
+	// included; one that exits before asking for the state (an older SDK) is started again
+	// after a wait for running requests (up to ReadyTimeout), with ReadyTimeout of its own.
+	deadline := time.NewTimer(3*d.cfg.ReadyTimeout + 5*time.Second)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
@@ -120,7 +121,7 @@ func (d *duck) swap(op swapOp) error {
 			putBack()
 			d.setState("running")
 			return fail("no new generation became Ready within %s; %s keeps running (PID %d) and its binary is back at %s%s",
-				2*d.cfg.ReadyTimeout+5*time.Second, oldVersion, old.pid, stable, tail(r.stderrSince(mark)))
+				3*d.cfg.ReadyTimeout+5*time.Second, oldVersion, old.pid, stable, tail(r.stderrSince(mark)))
 		case <-d.ctx.Done():
 			putBack()
 			return fail("stopped during the swap; the old binary is back at %s", stable)
