@@ -203,6 +203,7 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid(), "version", env.version)
+	parent := os.Getppid() // the previous generation, if this one has a parent
 	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: env.readyTimeout, PIDFile: env.pidFile})
 	if err != nil {
 		return fmt.Errorf("hotswap: starting tableflip: %w", err)
@@ -254,8 +255,16 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	}
 	<-caught
 	if err := upg.Ready(); err != nil {
-		upg.Stop()
-		return fmt.Errorf("hotswap: signalling Ready: %w", err)
+		// tableflip says Ready to the previous generation last, after the PID file. If that
+		// generation died after it handed its state over (this process was reparented),
+		// nobody is left to hear it, and this process holds the state, the listeners and the
+		// PID file: it carries on as the duck. Exiting here lost the state the dead one had
+		// handed over (found by TestOldGenerationKilledAtSeededMoments).
+		if !upg.HasParent() || os.Getppid() == parent {
+			upg.Stop()
+			return fmt.Errorf("hotswap: signalling Ready: %w", err)
+		}
+		log.Warn("the previous generation died before it heard that this one was Ready; carrying on as the duck with the state it handed over", "err", err)
 	}
 	// Learn of the previous generation's exit as it happens, not when the
 	// next SIGHUP asks: a swap then need not wait on it.

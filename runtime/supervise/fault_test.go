@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -14,8 +15,9 @@ import (
 	"time"
 )
 
-// killSeeds are schedules of TestNewGenerationKilledAtSeededMoments that once failed, kept as
-// fixed cases; each run adds one fresh seed. DUCKRAFT_SWAP_KILL_SEED=N replays one schedule.
+// killSeeds are schedules of TestNewGenerationKilledAtSeededMoments and
+// TestOldGenerationKilledAtSeededMoments that once failed, kept as fixed cases; each run adds
+// one fresh seed. DUCKRAFT_SWAP_KILL_SEED=N replays one schedule.
 var killSeeds = []uint64{}
 
 // New generations are SIGKILLed at moments a seed picks, from before the swap's SIGHUP to the
@@ -27,6 +29,19 @@ var killSeeds = []uint64{}
 // names the new generation) is a crash of a running duck, whose state since the hand-over a
 // kill -9 may lose by design; such a round is logged and not held to exactness.
 func TestNewGenerationKilledAtSeededMoments(t *testing.T) {
+	forKillSeeds(t, "TestNewGenerationKilledAtSeededMoments", func(t *testing.T, seed uint64) { killDuringSwaps(t, seed, false) })
+}
+
+// Old generations are SIGKILLed at moments a seed picks during swaps under load. A swap that
+// still completes (the kill came after the state was written) loses nothing and counts
+// nothing twice; its clients may see errors, as the killed process's sockets close. A swap
+// that fails restarts the duck from the state it last saved: a kill -9 loses what came since,
+// by design, and the round is not held to exactness.
+func TestOldGenerationKilledAtSeededMoments(t *testing.T) {
+	forKillSeeds(t, "TestOldGenerationKilledAtSeededMoments", func(t *testing.T, seed uint64) { killDuringSwaps(t, seed, true) })
+}
+
+func forKillSeeds(t *testing.T, name string, run func(*testing.T, uint64)) {
 	seeds := append([]uint64{}, killSeeds...)
 	if s := os.Getenv("DUCKRAFT_SWAP_KILL_SEED"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 64)
@@ -39,16 +54,18 @@ func TestNewGenerationKilledAtSeededMoments(t *testing.T) {
 	}
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			t.Logf("seed %d; replay with DUCKRAFT_SWAP_KILL_SEED=%d go test ./runtime/supervise -run TestNewGenerationKilledAtSeededMoments -v", seed, seed)
-			killDuringSwaps(t, seed)
+			t.Logf("seed %d; replay with DUCKRAFT_SWAP_KILL_SEED=%d go test ./runtime/supervise -run %s -v", seed, seed, name)
+			run(t, seed)
 		})
 	}
 }
 
-func killDuringSwaps(t *testing.T, seed uint64) {
+func killDuringSwaps(t *testing.T, seed uint64, killOld bool) {
 	rng := rand.New(rand.NewPCG(seed, seed>>1|1))
 	dir := t.TempDir()
-	s := newSupervisor(t, Config{Dir: dir})
+	// Killed old generations are crashes; a short window keeps the supervisor from giving up on
+	// the duck and its backoff short.
+	s := newSupervisor(t, Config{Dir: dir, Window: time.Second})
 	spec := startDuck(t, s, "k", "duck", "v1", "DUCK_INTERVAL=10s")
 	pidFile := filepath.Join(dir, "k", pidName)
 	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2}, Timeout: 10 * time.Second}
@@ -89,6 +106,7 @@ func killDuringSwaps(t *testing.T, seed uint64) {
 					if err != nil {
 						firstErr.CompareAndSwap(nil, err.Error())
 						failed.Add(1)
+						time.Sleep(time.Millisecond) // the duck may be down a while: do not spin
 						continue
 					}
 					ok.Add(1)
@@ -99,7 +117,11 @@ func killDuringSwaps(t *testing.T, seed uint64) {
 		go func() { done <- swap(s, "k", version, bin) }()
 		time.Sleep(at)
 		killed := []int{}
-		if readPIDFile(pidFile) == old {
+		if killOld {
+			if syscall.Kill(old, syscall.SIGKILL) == nil {
+				killed = append(killed, old)
+			}
+		} else if readPIDFile(pidFile) == old {
 			for _, pid := range childrenOf(old) {
 				if syscall.Kill(pid, syscall.SIGKILL) == nil {
 					killed = append(killed, pid)
@@ -109,18 +131,39 @@ func killDuringSwaps(t *testing.T, seed uint64) {
 		err := <-done
 		close(stop)
 		wg.Wait()
-		afterReady := false
-		for _, pid := range killed {
-			// The PID file named the child between the look and the kill: it was Ready.
-			afterReady = afterReady || readPIDFile(pidFile) == pid
-		}
-		if afterReady {
-			waitFor(t, "the duck restarted after a kill past Ready", func() bool { return mustGet(t, s, "k").State == "running" })
+		// The child became Ready between the look at the PID file and the kill: the supervisor
+		// says so, having watched it die after Ready.
+		afterReady := !killOld && len(killed) > 0 && err != nil && strings.Contains(err.Error(), "of becoming Ready")
+		if afterReady || killOld && len(killed) > 0 {
+			// A crash restart: the duck serves again from its binary and saved state.
+			waitFor(t, "the duck serving again after the kill", func() bool {
+				if mustGet(t, s, "k").State != "running" {
+					return false
+				}
+				res, err := hc.Get("http://" + spec.Addr + "/")
+				if err == nil {
+					res.Body.Close()
+				}
+				return err == nil
+			})
 		}
 		got := call(t, "GET", spec.Addr, "/")
 		acked += int(ok.Load())
 		t.Logf("round %d: to %s, kill at %s: killed %v, swap err: %v; %d POSTs, %d failed, count %d (%s)", round, version, at, killed, err, ok.Load(), failed.Load(), got.Count, got.Version)
 		switch {
+		case killOld && len(killed) > 0:
+			if err != nil {
+				late++
+				acked = got.Count
+				break
+			}
+			kills++
+			if got.Count != acked {
+				t.Fatalf("round %d (seed %d): the old generation was killed and the swap to %s completed, but the count is %d, want %d", round, seed, version, got.Count, acked)
+			}
+			if got.Version != version {
+				t.Fatalf("round %d: the duck says %s after a swap to %s", round, got.Version, version)
+			}
 		case afterReady:
 			late++
 			acked = got.Count
@@ -138,6 +181,10 @@ func killDuringSwaps(t *testing.T, seed uint64) {
 				t.Fatalf("round %d: the duck says %s, its supervisor %s, after a swap to %s that returned %v", round, got.Version, want, version, err)
 			}
 		}
+	}
+	if killOld {
+		t.Logf("%d swaps completed after their old generation was killed, %d failed and restarted from the saved state (not held to exactness)", kills, late)
+		return
 	}
 	t.Logf("%d new generations killed before Ready, %d after (not held to exactness)", kills, late)
 }
