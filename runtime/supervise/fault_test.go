@@ -1,6 +1,7 @@
 package supervise
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -39,6 +40,56 @@ func TestNewGenerationKilledAtSeededMoments(t *testing.T) {
 // by design, and the round is not held to exactness.
 func TestOldGenerationKilledAtSeededMoments(t *testing.T) {
 	forKillSeeds(t, "TestOldGenerationKilledAtSeededMoments", func(t *testing.T, seed uint64) { killDuringSwaps(t, seed, true) })
+}
+
+// The duck is stopped as its node stops it (SIGTERM: it saves its state) at a moment a seed
+// picks during a swap under load, in whatever phase of the new order the swap is (the new
+// generation starting, asking for the state, the old one freezing, the state written, the new
+// one Ready), then started again from its folder. Whichever generation held the state when the
+// stop came saved it: the restarted duck counts on from every POST that was answered.
+func TestStopAtSeededMomentsOfASwapLosesNothing(t *testing.T) {
+	forKillSeeds(t, "TestStopAtSeededMomentsOfASwapLosesNothing", stopDuringSwaps)
+}
+
+func stopDuringSwaps(t *testing.T, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, seed>>1|1))
+	s := newSupervisor(t, Config{})
+	spec := startDuck(t, s, "k", "duck", "v1", "DUCK_INTERVAL=10s")
+	hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 2}, Timeout: 10 * time.Second}
+	acked := 0
+	for round := range 8 {
+		version, bin := "v2", "duck-v2"
+		if round%2 == 1 {
+			version, bin = "v1", "duck"
+		}
+		at := time.Duration(rng.IntN(12_000)) * time.Microsecond
+		load := postTo(hc, spec.Addr)
+		done := make(chan error, 1)
+		go func() { done <- swap(s, "k", version, bin) }()
+		time.Sleep(at)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := s.Stop(ctx, "k"); err != nil {
+			cancel()
+			t.Fatalf("round %d: stop: %v", round, err)
+		}
+		swapErr := <-done
+		ok, failed, firstErr := load.stop()
+		acked += int(ok)
+		spec.Binary, spec.Version = bins[bin], version
+		err := s.Start(ctx, spec)
+		cancel()
+		if err != nil {
+			t.Fatalf("round %d: starting the duck again after the stop: %v", round, err)
+		}
+		got := call(t, "GET", spec.Addr, "/")
+		t.Logf("round %d: to %s, stop at %s, swap err: %v; %d POSTs answered, %d failed (the first: %v), count %d", round, version, at, swapErr, ok, failed, firstErr, got.Count)
+		if got.Count != acked {
+			for _, l := range s.Recent("k", 40) {
+				t.Logf("duck: %s", l.Text)
+			}
+			t.Fatalf("round %d (seed %d): the duck counts %d after a stop in its swap and a start, want %d: the state saved at the stop lost or added POSTs", round, seed, got.Count, acked)
+		}
+	}
 }
 
 func forKillSeeds(t *testing.T, name string, run func(*testing.T, uint64)) {
@@ -82,37 +133,7 @@ func killDuringSwaps(t *testing.T, seed uint64, killOld bool) {
 		at := time.Duration(rng.IntN(12_000)) * time.Microsecond
 		old := mustGet(t, s, "k").PID
 
-		var ok, failed atomic.Int64
-		var firstErr atomic.Value
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
-		for range 2 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for {
-					select {
-					case <-stop:
-						return
-					default:
-					}
-					res, err := hc.Post("http://"+spec.Addr+"/quack", "", nil)
-					if err == nil {
-						res.Body.Close()
-						if res.StatusCode != http.StatusOK {
-							err = fmt.Errorf("answered %s", res.Status)
-						}
-					}
-					if err != nil {
-						firstErr.CompareAndSwap(nil, err.Error())
-						failed.Add(1)
-						time.Sleep(time.Millisecond) // the duck may be down a while: do not spin
-						continue
-					}
-					ok.Add(1)
-				}
-			}()
-		}
+		load := postTo(hc, spec.Addr)
 		done := make(chan error, 1)
 		go func() { done <- swap(s, "k", version, bin) }()
 		time.Sleep(at)
@@ -129,8 +150,7 @@ func killDuringSwaps(t *testing.T, seed uint64, killOld bool) {
 			}
 		}
 		err := <-done
-		close(stop)
-		wg.Wait()
+		ok, failed, firstErr := load.stop()
 		// The child became Ready between the look at the PID file and the kill: the supervisor
 		// says so, having watched it die after Ready.
 		afterReady := !killOld && len(killed) > 0 && err != nil && strings.Contains(err.Error(), "of becoming Ready")
@@ -148,8 +168,8 @@ func killDuringSwaps(t *testing.T, seed uint64, killOld bool) {
 			})
 		}
 		got := call(t, "GET", spec.Addr, "/")
-		acked += int(ok.Load())
-		t.Logf("round %d: to %s, kill at %s: killed %v, swap err: %v; %d POSTs, %d failed, count %d (%s)", round, version, at, killed, err, ok.Load(), failed.Load(), got.Count, got.Version)
+		acked += int(ok)
+		t.Logf("round %d: to %s, kill at %s: killed %v, swap err: %v; %d POSTs, %d failed, count %d (%s)", round, version, at, killed, err, ok, failed, got.Count, got.Version)
 		switch {
 		case killOld && len(killed) > 0:
 			if err != nil {
@@ -174,8 +194,8 @@ func killDuringSwaps(t *testing.T, seed uint64, killOld bool) {
 			kills++
 			fallthrough
 		default:
-			if failed.Load() != 0 || got.Count != acked {
-				t.Fatalf("round %d (seed %d): %d POSTs failed (the first: %v), count %d, want %d: a kill before Ready must lose nothing", round, seed, failed.Load(), firstErr.Load(), got.Count, acked)
+			if failed != 0 || got.Count != acked {
+				t.Fatalf("round %d (seed %d): %d POSTs failed (the first: %v), count %d, want %d: a kill before Ready must lose nothing", round, seed, failed, firstErr, got.Count, acked)
 			}
 			if want := mustGet(t, s, "k").Version; got.Version != want || err == nil && want != version {
 				t.Fatalf("round %d: the duck says %s, its supervisor %s, after a swap to %s that returned %v", round, got.Version, want, version, err)
@@ -187,4 +207,52 @@ func killDuringSwaps(t *testing.T, seed uint64, killOld bool) {
 		return
 	}
 	t.Logf("%d new generations killed before Ready, %d after (not held to exactness)", kills, late)
+}
+
+// postLoad is two keep-alive clients POSTing /quack as fast as the duck answers.
+type postLoad struct {
+	ok, failed atomic.Int64
+	firstErr   atomic.Value
+	done       chan struct{}
+	wg         sync.WaitGroup
+}
+
+func postTo(hc *http.Client, addr string) *postLoad {
+	l := &postLoad{done: make(chan struct{})}
+	for range 2 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.done:
+					return
+				default:
+				}
+				res, err := hc.Post("http://"+addr+"/quack", "", nil)
+				if err == nil {
+					res.Body.Close()
+					if res.StatusCode != http.StatusOK {
+						err = fmt.Errorf("answered %s", res.Status)
+					}
+				}
+				if err != nil {
+					l.firstErr.CompareAndSwap(nil, err.Error())
+					l.failed.Add(1)
+					time.Sleep(time.Millisecond) // the duck may be down a while: do not spin
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	return l
+}
+
+// stop ends the load and says how many POSTs the duck answered, how many failed, and the first
+// failure.
+func (l *postLoad) stop() (ok, failed int64, firstErr any) {
+	close(l.done)
+	l.wg.Wait()
+	return l.ok.Load(), l.failed.Load(), l.firstErr.Load()
 }

@@ -102,7 +102,8 @@ type Config struct {
 	// duck is given up on (OTP's restart intensity). Default 5 in 30s.
 	MaxRestarts int
 	Window      time.Duration
-	// StopTimeout bounds a graceful stop before SIGKILL. Default 5s.
+	// StopTimeout bounds a graceful stop before SIGKILL. Default 8s: the duck SDK gives running
+	// requests 5 s at a stop, then saves the state, which a kill at 5 s lost.
 	StopTimeout time.Duration
 }
 
@@ -112,7 +113,7 @@ const (
 	DefaultHealthy      = 500 * time.Millisecond
 	DefaultMaxRestarts  = 5
 	DefaultWindow       = 30 * time.Second
-	DefaultStopTimeout  = 5 * time.Second
+	DefaultStopTimeout  = 8 * time.Second
 )
 
 // Spec describes a duck to start.
