@@ -129,12 +129,7 @@ func TestNewGenerationKilledWhileWaitingForStateLeavesOldServing(t *testing.T) {
 	if parts != 30 {
 		t.Errorf("the stream gave %d parts of 30", parts)
 	}
-	if d.pid() != old || !alive(old) {
-		t.Fatalf("pid file says %d, old pid %d alive=%v: the old generation should still be the duck", d.pid(), old, alive(old))
-	}
-	if r := d.mustCall(http.MethodPost, "/quack"); r.Count != 4 {
-		t.Errorf("POST after the failed swap counted %d, want 4: the state should be thawed and unchanged", r.Count)
-	}
+	oldStillServes(t, d, old, 4)
 	d.swap("stream")
 	if r := d.mustCall(http.MethodGet, "/"); r.Count != 4 {
 		t.Errorf("after the next swap GET / = %+v, want count 4", r)
@@ -161,12 +156,7 @@ func TestVersionExitingBeforeAskingLeavesOldServing(t *testing.T) {
 	d.signal(old, syscall.SIGHUP)
 	line := got.waitFor(t, 0, 20*time.Second, `"event":"swap failed"`, "exited")
 	t.Logf("reported: %s", line)
-	if d.pid() != old || !alive(old) {
-		t.Fatalf("pid file says %d, old pid %d alive=%v: the old generation should still be the duck", d.pid(), old, alive(old))
-	}
-	if r := d.mustCall(http.MethodPost, "/quack"); r.Count != 4 {
-		t.Errorf("POST after the failed swap counted %d, want 4", r.Count)
-	}
+	oldStillServes(t, d, old, 4)
 	d.swap("duck-v2")
 	if r := d.mustCall(http.MethodGet, "/"); r.Count != 4 || r.Version != "duck-v2" {
 		t.Errorf("after swapping to duck-v2 GET / = %+v, want count 4 from duck-v2", r)
@@ -192,4 +182,16 @@ func childrenOf(pid int) []int {
 		}
 	}
 	return kids
+}
+
+// oldStillServes checks that after a failed swap the old generation, old, is still the duck, with
+// its state thawed and unchanged: a POST counts want.
+func oldStillServes(t *testing.T, d *duck, old, want int) {
+	t.Helper()
+	if d.pid() != old || !alive(old) {
+		t.Fatalf("pid file says %d, old pid %d alive=%v: the old generation should still be the duck", d.pid(), old, alive(old))
+	}
+	if r := d.mustCall(http.MethodPost, "/quack"); r.Count != want {
+		t.Errorf("POST after the failed swap counted %d, want %d: the state should be thawed and unchanged", r.Count, want)
+	}
 }

@@ -530,24 +530,34 @@ const maxCarried = 16 << 10
 // the connection then stays here.
 const sendTimeout = 2 * time.Second
 
-// newHandoff makes the channel and registers its far end with tableflip,
-// so the next generation inherits it.
-func newHandoff(add func(name string, f *os.File) error) (*handoff, error) {
+// passedPair makes a Unix socket pair of messages, registers its far end with tableflip as name
+// (the next generation inherits it) and returns the near end; what names it in errors.
+func passedPair(add func(name string, f *os.File) error, name, what string) (*net.UnixConn, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("making the connection channel: %w", err)
+		return nil, fmt.Errorf("making %s: %w", what, err)
 	}
-	near, far := os.NewFile(uintptr(fds[0]), "hand-over"), os.NewFile(uintptr(fds[1]), "hand-over")
+	near, far := os.NewFile(uintptr(fds[0]), what), os.NewFile(uintptr(fds[1]), what)
 	defer far.Close() // tableflip passes on a copy of its own
 	defer near.Close()
-	if err := add(connsFD, far); err != nil {
-		return nil, fmt.Errorf("passing the connection channel on: %w", err)
+	if err := add(name, far); err != nil {
+		return nil, fmt.Errorf("passing %s on: %w", what, err)
 	}
 	c, err := net.FileConn(near)
 	if err != nil {
-		return nil, fmt.Errorf("opening the connection channel: %w", err)
+		return nil, fmt.Errorf("opening %s: %w", what, err)
 	}
-	return &handoff{uc: c.(*net.UnixConn)}, nil
+	return c.(*net.UnixConn), nil
+}
+
+// newHandoff makes the channel and registers its far end with tableflip,
+// so the next generation inherits it.
+func newHandoff(add func(name string, f *os.File) error) (*handoff, error) {
+	uc, err := passedPair(add, connsFD, "the connection channel")
+	if err != nil {
+		return nil, err
+	}
+	return &handoff{uc: uc}, nil
 }
 
 // heard says whether the new generation announced that it receives

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"syscall"
 )
 
 // The new generation is started before the old one freezes its state, so
@@ -42,21 +41,11 @@ type stateGate struct {
 // that the next generation inherits it; the one read of it (the next
 // generation's ask) starts at once, and asked delivers its outcome.
 func newStateGate(add func(name string, f *os.File) error) (*stateGate, error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
+	uc, err := passedPair(add, stateGateFD, "the state gate")
 	if err != nil {
-		return nil, fmt.Errorf("making the state gate: %w", err)
+		return nil, err
 	}
-	near, far := os.NewFile(uintptr(fds[0]), "state gate"), os.NewFile(uintptr(fds[1]), "state gate")
-	defer far.Close() // tableflip passes on a copy of its own
-	defer near.Close()
-	if err := add(stateGateFD, far); err != nil {
-		return nil, fmt.Errorf("passing the state gate on: %w", err)
-	}
-	c, err := net.FileConn(near)
-	if err != nil {
-		return nil, fmt.Errorf("opening the state gate: %w", err)
-	}
-	g := &stateGate{uc: c.(*net.UnixConn), ask: make(chan error, 1)}
+	g := &stateGate{uc: uc, ask: make(chan error, 1)}
 	go func() {
 		var b [8]byte
 		n, err := g.uc.Read(b[:])
