@@ -406,6 +406,7 @@ func (d *duck) shutdown() {
 // endRun ends every process of r, then closes its lifeline (any process we
 // did not know of sees EOF and stops) and waits a moment for the last lines.
 func (d *duck) endRun(r *run, graceful bool) {
+	d.adoptNewGenerations(r)
 	live := r.live()
 	if graceful && len(live) > 0 {
 		for _, p := range live {
@@ -422,6 +423,23 @@ func (d *duck) endRun(r *run, graceful bool) {
 	waitAll(live, killWait)
 	r.closeLifeline()
 	d.waitDrained(r)
+}
+
+// adoptNewGenerations takes into r every child of its processes that runs the duck's binary: a
+// new generation a swap started is known only once the PID file names it, and one still
+// unknown at a stop learnt of it from the lifeline's EOF after the stop had returned, then saved
+// its state after the next start had read the older one (found by
+// TestStopAtSeededMomentsOfASwapLosesNothing). Other children of a duck are its own.
+func (d *duck) adoptNewGenerations(r *run) {
+	bin := d.path(binaryName)
+	for _, p := range r.live() {
+		for _, pid := range childrenOf(p.pid) {
+			exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+			if err == nil && strings.TrimSuffix(exe, " (deleted)") == bin && ownedBy(pid, d.cfg.User) {
+				r.adopt(pid)
+			}
+		}
+	}
 }
 
 func waitAll(ps []*proc, bound time.Duration) bool {
