@@ -71,6 +71,13 @@ func (d *duck) swap(op swapOp) error {
 	// its PID there while the old carries on (found by TestNewGenerationKilledAtSeededMoments:
 	// the next swap took the dead PID for its new generation and restarted the duck).
 	stale := readPIDFile(pidFile)
+	// readyPID is the new generation's PID once the PID file names it, else 0.
+	readyPID := func() int {
+		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && pid != stale && ownedBy(pid, d.cfg.User) {
+			return pid
+		}
+		return 0
+	}
 	start := time.Now()
 	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
 	old.signal(syscall.SIGHUP)
@@ -78,13 +85,14 @@ func (d *duck) swap(op swapOp) error {
 	// hotswap starts the new generation at once and gives it ReadyTimeout, running requests
 	// included; one that exits before asking for the state (an older SDK) is started again
 	// after a wait for running requests (up to ReadyTimeout), with ReadyTimeout of its own.
-	deadline := time.NewTimer(3*d.cfg.ReadyTimeout + 5*time.Second)
+	bound := 3*d.cfg.ReadyTimeout + 5*time.Second
+	deadline := time.NewTimer(bound)
 	defer deadline.Stop()
 	tick := time.NewTicker(pollEvery)
 	defer tick.Stop()
 	var next *proc
 	for next == nil {
-		if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && pid != stale && ownedBy(pid, d.cfg.User) {
+		if pid := readyPID(); pid != 0 {
 			next = r.adopt(pid)
 			break
 		}
@@ -102,7 +110,7 @@ func (d *duck) swap(op swapOp) error {
 			return fail("the new version did not take over: %s; %s keeps running (PID %d) and its binary is back at %s; fix %s and swap again%s",
 				"the old generation reports: "+report, oldVersion, old.pid, stable, op.version, tail(r.stderrSince(mark)))
 		case <-old.done:
-			if pid := readPIDFile(pidFile); pid != 0 && pid != old.pid && pid != stale && ownedBy(pid, d.cfg.User) {
+			if pid := readyPID(); pid != 0 {
 				next = r.adopt(pid) // it handed over before we looked
 				continue
 			}
@@ -121,7 +129,7 @@ func (d *duck) swap(op swapOp) error {
 			putBack()
 			d.setState("running")
 			return fail("no new generation became Ready within %s; %s keeps running (PID %d) and its binary is back at %s%s",
-				3*d.cfg.ReadyTimeout+5*time.Second, oldVersion, old.pid, stable, tail(r.stderrSince(mark)))
+				bound, oldVersion, old.pid, stable, tail(r.stderrSince(mark)))
 		case <-d.ctx.Done():
 			putBack()
 			return fail("stopped during the swap; the old binary is back at %s", stable)
