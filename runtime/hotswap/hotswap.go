@@ -298,11 +298,14 @@ type runner struct {
 	state      freezer
 	listeners  []*listener
 	http       *server
-	stateFile  *os.File      // passed to the next generation; nil until a swap
-	saved      chan error    // the save of the handed-over state to env.stateFile, while it runs
-	out        *handoff      // the channel connections move through, made ahead of the next swap
-	gate       *stateGate    // where the next generation asks for the state, made ahead of the next swap
-	stopping   atomic.Bool   // a stop has begun: a failed swap is not tried again
+	stateFile  *os.File    // passed to the next generation; nil until a swap
+	saved      chan error  // the save of the handed-over state to env.stateFile, while it runs
+	out        *handoff    // the channel connections move through, made ahead of the next swap
+	gate       *stateGate  // where the next generation asks for the state, made ahead of the next swap
+	stopping   atomic.Bool // a stop has begun: a failed swap is not tried again
+	// handing says, during a swap, who has the state: handNone until the swap hands it to the
+	// new generation (handGiven) or a stop keeps it here (handKept), whichever comes first.
+	handing    atomic.Int32
 	taker      bool          // the new generation takes connections (known once it is Ready)
 	parentGone chan struct{} // closed once the previous generation has exited
 	lifeline   chan struct{}
@@ -518,6 +521,7 @@ func (r *runner) loop() error {
 					continue
 				}
 				swapping = true
+				r.handing.Store(handNone)
 				go func() { swapped <- r.swap() }()
 				continue
 			}
@@ -535,9 +539,16 @@ func (r *runner) loop() error {
 		}
 		r.log.Info("stopping", "reason", reason)
 		if swapping {
-			// Stop kills a new generation that is not Ready yet.
 			r.stopping.Store(true)
-			r.upg.Stop()
+			// Before the state is handed over, the stop keeps it: tableflip's Stop kills the new
+			// generation, and this one saves. After, the state is the new generation's, which
+			// may be serving already: killing it then lost what it had answered (found by
+			// TestStopAtSeededMomentsOfASwapLosesNothing). The swap then ends as it will, within
+			// the ready timeout: handed over, the new generation saves at its own stop; failed,
+			// this one has thawed, and saves.
+			if r.handing.CompareAndSwap(handNone, handKept) {
+				r.upg.Stop()
+			}
 			if err := <-swapped; err == nil {
 				return r.handOver(sigs)
 			}
@@ -601,6 +612,9 @@ func (r *runner) swap() error {
 		return r.swapFrozenFirst(start)
 	}
 	logFrozen, err := r.freezeForSwap(start, up.done)
+	if err == nil {
+		err = r.handOverState()
+	}
 	if err != nil {
 		gate.close() // the new generation gives up, having changed nothing
 		<-up.done
@@ -619,6 +633,9 @@ func (r *runner) swap() error {
 // state is frozen and written before the new generation starts.
 func (r *runner) swapFrozenFirst(start time.Time) error {
 	logFrozen, err := r.freezeForSwap(start, nil)
+	if err == nil {
+		err = r.handOverState()
+	}
 	if err != nil {
 		return errors.Join(err, r.thaw())
 	}
@@ -626,6 +643,21 @@ func (r *runner) swapFrozenFirst(start time.Time) error {
 	logFrozen()
 	<-up.done
 	return r.finishSwap(start, up.err)
+}
+
+// Who has the state during a swap (runner.handing).
+const (
+	handNone int32 = iota
+	handGiven
+	handKept
+)
+
+// handOverState gives the frozen state to the new generation, unless a stop kept it first.
+func (r *runner) handOverState() error {
+	if !r.handing.CompareAndSwap(handNone, handGiven) {
+		return errors.New("stopped before the state was handed over")
+	}
+	return nil
 }
 
 // upgrading is tableflip's Upgrade running in its own goroutine.

@@ -131,6 +131,14 @@ func (d *duck) swap(op swapOp) error {
 			return fail("no new generation became Ready within %s; %s keeps running (PID %d) and its binary is back at %s%s",
 				bound, oldVersion, old.pid, stable, tail(r.stderrSince(mark)))
 		case <-d.ctx.Done():
+			if pid := readyPID(); pid != 0 {
+				// It took over: the stop that follows must stop it, and what it runs is op.version.
+				next = r.adopt(pid)
+				d.mu.Lock()
+				d.cur, d.version = next, op.version
+				d.mu.Unlock()
+				return fail("stopped during the swap, after the new version became Ready")
+			}
 			putBack()
 			return fail("stopped during the swap; the old binary is back at %s", stable)
 		case <-tick.C:
