@@ -84,6 +84,7 @@ type Agent struct {
 	self   consensus.Member
 	client *api.Client
 	log    *slog.Logger
+	follow *follower.Follower // this node's side of rollouts
 
 	api    *wire.Listener
 	server *http.Server
@@ -203,6 +204,7 @@ func Start(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	a.follow = follower.New(follower.Config{Name: a.self.Name, Log: nodeLog{a}, Leader: leader{a}, Builder: builder{a}, Ducks: hostDucks{a}, Logger: a.log})
 	a.server = &http.Server{
 		Handler:           a.service().Handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -211,8 +213,8 @@ func Start(cfg Config) (*Agent, error) {
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
-	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log}
-	follow := follower.New(follower.Config{Name: a.self.Name, Log: nodeLog{a}, Leader: leader{a}, Builder: builder{a}, Ducks: hostDucks{a}, Logger: a.log})
+	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log, Tell: a.tellGranted}
+	follow := a.follow
 	a.wg.Add(6)
 	go func() {
 		defer a.wg.Done()

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -29,6 +30,28 @@ func (l nodeLog) Index() uint64             { return l.a.Node().Index() }
 func (l nodeLog) CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time.Time) error {
 	return l.a.Node().Apply(consensus.RoundOf(r, steps, now), applyTimeout)
 }
+
+// tellGranted tells node, on the leader, of the turn it was granted: r as it stood at log index
+// index. Said and forgotten: a node not told learns of the grant from the log.
+func (a *Agent) tellGranted(node string, index uint64, body []byte) {
+	if node == a.self.Name {
+		return // its follower reads the same state
+	}
+	m, ok := a.Node().Member(node)
+	if !ok || m.APIAddr == "" {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(a.ctx, tellTimeout)
+		defer cancel()
+		if err := a.client.Do(ctx, m.APIAddr, http.MethodPost, "/v1/granted", json.RawMessage(body), nil); err != nil {
+			a.log.Debug("telling a node of its turn", "node", node, "err", err)
+		}
+	}()
+}
+
+// tellTimeout bounds telling a node of its turn: past it, the log has told it.
+const tellTimeout = 2 * time.Second
 
 // leader is the cluster's leader as the follower reaches it.
 type leader struct{ a *Agent }

@@ -133,6 +133,12 @@ func (r rollouts) Report(ctx context.Context, e api.Entry) error {
 
 func (r rollouts) View() api.RolloutView { return r.a.rolloutView() }
 
+func (r rollouts) Granted(g api.Grant) {
+	if f := r.a.follow; f != nil {
+		f.Granted(g.Index, g.Rollout)
+	}
+}
+
 func (r rollouts) BenchCommit(ctx context.Context, req api.CommitBench) (api.CommitLatency, error) {
 	var res api.CommitLatency
 	err := r.a.mem.OnLeader(ctx, "/v1/bench/commit", req, &res, func(n *consensus.Node) error {

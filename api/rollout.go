@@ -41,6 +41,14 @@ type RolloutView struct {
 	Versions []VersionInfo      `json:"versions"`
 }
 
+// Grant is the leader telling a node of the turn it granted it, once the grant is committed:
+// Rollout is the leader's rollout at log index Index. The node acts on it as on its own log,
+// only sooner (see follower.Follower.Granted).
+type Grant struct {
+	Index   uint64           `json:"index"`
+	Rollout *rollout.Rollout `json:"rollout"`
+}
+
 // RolloutAction is pause, resume or undo (to the previous version, or to version To).
 type RolloutAction struct {
 	Action string         `json:"action"`

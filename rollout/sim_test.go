@@ -334,11 +334,32 @@ func (s *sim) leaderTick() {
 	}
 	// As driveRollouts: every move the leader can make now, in one entry (each step is checked
 	// as its own entry here, so that the invariants see every intermediate state).
-	for _, st := range s.log.Steps(s.now, s.silence, maxSteps) {
+	steps := s.log.Steps(s.now, s.silence, maxSteps)
+	for _, st := range steps {
 		what := fmt.Sprintf("leader %s: %s %s %s %s", s.leader, st.Op, st.Node, st.Phase, st.State)
 		if s.change(what, func(r *Rollout) error { return r.Apply(st, s.now) }) != nil {
 			s.fail("a step of the leader's batch was refused: %s", what)
 		}
+	}
+	// As the driver's Tell: each node granted a turn is told, once committed, of the rollout
+	// as the leader has it; the word may come late, or be lost, and the node acts on it only
+	// when it is newer than what it applied.
+	for _, st := range steps {
+		n := s.byName[st.Node]
+		if st.Op != OpGrant || n == nil || st.Node == s.leader || !s.reachable(n) || s.inFaults() && s.rng.IntN(4) == 0 {
+			continue
+		}
+		told, at, inc := s.log.Clone(), len(s.history), n.inc
+		late := s.jitter(time.Millisecond, 40*time.Millisecond) // usually before the node's next look
+		if s.rng.IntN(4) == 0 {
+			late = s.jitter(40*time.Millisecond, 400*time.Millisecond)
+		}
+		s.at(late, func() {
+			if n.up && n.inc == inc && at > n.pos {
+				s.logf("%s told of its grant (log %d, applied %d)", n.name, at, n.pos)
+				s.act(n, told, true)
+			}
+		})
 	}
 }
 
@@ -389,7 +410,12 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 		n.pos = min(len(s.history), n.pos+1+s.rng.IntN(4))
 		n.view = s.history[n.pos-1].Clone()
 	}
-	r := n.view
+	s.act(n, n.view, false)
+}
+
+// act is the follower's round on r: the node's own view, or what the leader told it of a grant
+// (told: only a turn is taken from it).
+func (s *sim) act(n *simNode, r *Rollout, told bool) {
 	if r == nil {
 		return
 	}
@@ -400,6 +426,9 @@ func (s *sim) nodeTick(n *simNode, inc int) {
 		return // one duty at a time: what it does changes what it has
 	}
 	d := r.Follow(n.name, n.local)
+	if told && d.Kind != Turn {
+		return
+	}
 	// As the follower: a turn granted less than a second ago needs no asking the leader.
 	if d.Kind == Idle || !(d.Kind == Turn && r.GrantedWithin(n.name, s.now, time.Second)) && !s.caughtUp(n) {
 		return

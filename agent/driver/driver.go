@@ -5,10 +5,14 @@
 package driver
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"log/slog"
+	"slices"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/rollout"
 )
 
@@ -23,6 +27,8 @@ type Log interface {
 	Changed() <-chan struct{}
 	// CommitSteps appends the steps of one round to the log as one entry: all apply or none.
 	CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time.Time) error
+	// Index is the log index of the last entry the leader's state applied.
+	Index() uint64
 }
 
 // MaxSteps bounds the leader's moves committed in one log entry (a wave's grants, skips): a
@@ -33,21 +39,33 @@ const MaxSteps = 100
 type Driver struct {
 	Log    Log
 	Logger *slog.Logger
+	// Tick is how often a round runs with no change to the log (100 ms when zero).
+	Tick time.Duration
+	// Tell, when set, tells each node granted a turn of it once the grant is committed, with
+	// the rollout as the leader has it then (api.Grant, encoded once for all), at log index
+	// index: a node learns of a commit from Raft only at the leader's next replication to it.
+	Tell func(node string, index uint64, grant []byte)
 }
 
 // Run drives rollouts until ctx ends: woken by the log (a report) at once, while a ticker
 // catches what the log does not announce (deadlines, a leader change, a Raft reset).
+//
+// A round runs at once, then at every change or tick. The change a round waits for is taken
+// before the round before it: a round that commits waits for its entry (20 to 65 ms at a
+// hundred members), and reports applied meanwhile were seen only at the next report or tick. At a hundred members a node's running report waited
+// 140 ms (median) for the grant of the next node.
 func (d *Driver) Run(ctx context.Context) {
-	t := time.NewTicker(100 * time.Millisecond)
+	t := time.NewTicker(cmp.Or(d.Tick, 100*time.Millisecond))
 	defer t.Stop()
 	for {
+		changed := d.Log.Changed()
+		d.Round(time.Now().UTC())
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		case <-d.Log.Changed():
+		case <-changed:
 		}
-		d.Round(time.Now().UTC())
 	}
 }
 
@@ -72,7 +90,27 @@ func (d *Driver) Round(now time.Time) []rollout.Step {
 	for _, step := range steps {
 		d.logger().Info("rollout", "version", r.Version, "step", step.Op, "node", step.Node, "phase", step.Phase, "state", step.State, "why", step.Message)
 	}
+	d.tell(steps)
 	return steps
+}
+
+// tell tells the nodes granted a turn in steps, which the log has committed.
+func (d *Driver) tell(steps []rollout.Step) {
+	if d.Tell == nil || !slices.ContainsFunc(steps, func(st rollout.Step) bool { return st.Op == rollout.OpGrant }) {
+		return
+	}
+	// The index first: the rollout read after it is at least as new.
+	index := d.Log.Index()
+	body, err := json.Marshal(api.Grant{Index: index, Rollout: d.Log.Rollout()})
+	if err != nil {
+		d.logger().Warn("encoding the grants to tell", "err", err)
+		return
+	}
+	for _, st := range steps {
+		if st.Op == rollout.OpGrant {
+			d.Tell(st.Node, index, body)
+		}
+	}
 }
 
 func (d *Driver) logger() *slog.Logger {

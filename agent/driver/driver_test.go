@@ -1,33 +1,76 @@
 package driver
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/rollout"
 )
 
 // fakeLog records the entries the driver commits.
 type fakeLog struct {
+	mu      sync.Mutex
 	leads   bool
 	r       *rollout.Rollout
 	silent  map[string]time.Duration
 	err     error
 	entries [][]rollout.Step
+	changed chan struct{}  // closed at the next change; nil: never
+	during  func(*fakeLog) // runs inside CommitSteps, as the log applies other entries
 }
 
-func (l *fakeLog) IsLeader() bool            { return l.leads }
-func (l *fakeLog) Rollout() *rollout.Rollout { return l.r }
+func (l *fakeLog) IsLeader() bool { return l.leads }
+func (l *fakeLog) Index() uint64  { return 7 }
+func (l *fakeLog) Rollout() *rollout.Rollout {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.r
+}
 func (l *fakeLog) Silence() rollout.Silence {
 	return func(node string) time.Duration { return l.silent[node] }
 }
-func (l *fakeLog) Changed() <-chan struct{} { return nil }
+func (l *fakeLog) Changed() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.changed
+}
+
+// change replaces the rollout and wakes whoever waits for a change.
+func (l *fakeLog) change(r *rollout.Rollout) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.r = r
+	if l.changed != nil {
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+}
+
 func (l *fakeLog) CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time.Time) error {
 	if l.err != nil {
 		return l.err
 	}
+	l.mu.Lock()
 	l.entries = append(l.entries, steps)
+	// Applied as the leader's state applies the entry.
+	next := l.r.Clone()
+	for _, st := range steps {
+		if err := next.Apply(st, now); err != nil {
+			l.mu.Unlock()
+			return err
+		}
+	}
+	l.r = next
+	during := l.during
+	l.mu.Unlock()
+	if during != nil {
+		during(l)
+	}
 	return nil
 }
 
@@ -108,5 +151,69 @@ func TestRefusedEntryReturnsNoSteps(t *testing.T) {
 	l := &fakeLog{leads: true, r: built(t, "a"), err: errors.New("leadership lost")}
 	if steps := (&Driver{Log: l}).Round(time.Now()); steps != nil {
 		t.Fatalf("reported %v as taken though the log did not take them", steps)
+	}
+}
+
+// A report the log applies while the driver waits for its own entry is acted on at once, not
+// at the next tick: the tick here is an hour, so a missed change would never be seen.
+func TestAChangeDuringACommitWakesTheNextRound(t *testing.T) {
+	l := &fakeLog{leads: true, r: built(t, "a", "b"), changed: make(chan struct{})}
+	second := built(t, "a", "b", "c")
+	l.during = func(l *fakeLog) {
+		l.during = nil
+		// The grants of a and b are committed; meanwhile a report arrives that asks for more.
+		l.change(second)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go (&Driver{Log: l, Tick: time.Hour}).Run(ctx) // its first round runs at once
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		l.mu.Lock()
+		n := len(l.entries)
+		l.mu.Unlock()
+		if n >= 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d rounds committed: the change applied during the first round's commit woke nothing", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Each node granted a turn is told of it once the grant is committed, with the rollout as the
+// leader has it then; nodes given no turn are not.
+func TestGrantedNodesAreToldOnceCommitted(t *testing.T) {
+	r := built(t, "a", "b", "c")
+	r.Policy.MaxParallelPercent = 0
+	r.Policy.MaxParallel = 2
+	l := &fakeLog{leads: true, r: r}
+	told := map[string]api.Grant{}
+	d := &Driver{Log: l, Tell: func(node string, index uint64, body []byte) {
+		if len(l.entries) != 1 {
+			t.Errorf("%s told before its grant was committed", node)
+		}
+		var g api.Grant
+		if err := json.Unmarshal(body, &g); err != nil {
+			t.Fatalf("telling %s: %v", node, err)
+		}
+		if g.Index != index || g.Rollout == nil {
+			t.Errorf("%s told index %d, rollout %v; want index %d and the rollout", node, g.Index, g.Rollout, index)
+		}
+		told[node] = g
+	}}
+	d.Round(time.Now())
+	if len(told) != 2 || told["a"].Index != 7 || told["b"].Index != 7 {
+		t.Fatalf("told %v, want a and b at index 7", told)
+	}
+	if ph := told["b"].Rollout.Nodes["b"].Phase; ph != rollout.Granted {
+		t.Fatalf("b told of a rollout where it is %s, want granted", ph)
+	}
+	l.err = errors.New("not committed")
+	clear(told)
+	d.Round(time.Now())
+	if len(told) != 0 {
+		t.Fatalf("told %v of grants the log did not take", told)
 	}
 }

@@ -107,6 +107,14 @@ type Follower struct {
 	// upTo is the leader's state index when asked at askedAt (0: no leader answered).
 	upTo    uint64
 	askedAt time.Time
+	// granted holds the last grant the leader told of (Granted), until the next round.
+	granted chan grant
+}
+
+// grant is the leader's rollout as it stood once it had committed a grant, at log index index.
+type grant struct {
+	index uint64
+	r     *rollout.Rollout
 }
 
 // New returns a follower; Run starts it.
@@ -114,7 +122,30 @@ func New(cfg Config) *Follower {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Follower{cfg: cfg, log: cfg.Logger, building: map[rollout.Number]bool{}}
+	return &Follower{cfg: cfg, log: cfg.Logger, building: map[rollout.Number]bool{}, granted: make(chan grant, 1)}
+}
+
+// Granted is the leader telling this node, once the entry is committed, that it granted it a
+// turn: r is the leader's rollout at log index index. A node learns of a commit from Raft only
+// at the leader's next replication to it (50 to 100 ms later when nothing else is written, and
+// up to twice that at a hundred members); told, it takes the turn at once. What it is told was
+// committed, so acting on it is acting on the log, only sooner; a grant the node has applied
+// already (index not past its own) is left to its own round, and only a turn is taken from it.
+func (f *Follower) Granted(index uint64, r *rollout.Rollout) {
+	if r == nil {
+		return
+	}
+	for {
+		select {
+		case f.granted <- grant{index, r}:
+			return
+		default:
+		}
+		select {
+		case <-f.granted: // an older one, not yet looked at: the newer replaces it
+		default:
+		}
+	}
 }
 
 // probeTimeout is how long the leader may take to say how far its log is applied.
@@ -126,28 +157,29 @@ func (f *Follower) Run(ctx context.Context) {
 	defer f.wg.Wait()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
-	for f.nextRound(t) {
-		f.round()
+	for {
+		// Taken before the round, so that a grant applied while it runs wakes the next one.
+		changed := f.cfg.Log.Changed()
+		f.round(f.cfg.Log.Rollout(), false)
+		select {
+		case <-f.ctx.Done():
+			return
+		case <-t.C:
+		case <-changed:
+		case g := <-f.granted:
+			if g.index > f.cfg.Log.Index() {
+				f.round(g.r, true)
+			}
+		}
 	}
-}
-
-// nextRound waits for the next look at the log: woken by the log (a grant, a report) at once,
-// while the ticker catches what the log does not announce (timeouts, a leader change, a Raft
-// reset on connect). False once the follower stops.
-func (f *Follower) nextRound(t *time.Ticker) bool {
-	select {
-	case <-f.ctx.Done():
-		return false
-	case <-t.C:
-	case <-f.cfg.Log.Changed():
-	}
-	return true
 }
 
 // round is one look at the log: build what was committed, take the node's turn when granted,
-// catch up with the cluster once a rollout has ended.
-func (f *Follower) round() {
-	r := f.cfg.Log.Rollout()
+// catch up with the cluster once a rollout has ended. Woken by the log (a grant, a report) at
+// once, by the leader's word of a grant (told: r is the leader's, and only a turn is taken from
+// it), while a ticker catches what the log does not announce (timeouts, a leader change, a Raft
+// reset on connect).
+func (f *Follower) round(r *rollout.Rollout, told bool) {
 	if r == nil {
 		return
 	}
@@ -168,10 +200,13 @@ func (f *Follower) round() {
 	}
 	l := f.cfg.Ducks.Local()
 	duty := r.Follow(f.cfg.Name, l)
+	if told && duty.Kind != rollout.Turn {
+		return
+	}
 	f.mu.Lock()
-	told := f.told
+	reported := f.told
 	f.mu.Unlock()
-	if duty.Kind == rollout.Idle || duty.Kind == rollout.Report && duty.Key == told {
+	if duty.Kind == rollout.Idle || duty.Kind == rollout.Report && duty.Key == reported {
 		// A turn that ended here and whose report the log took looks unreported until this
 		// node applies the report: saying it again put a second entry in the log for a node in
 		// ten at a hundred members.

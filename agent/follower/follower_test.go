@@ -200,6 +200,7 @@ func (d *fakeDucks) switched() []bundle.ID {
 }
 
 type rig struct {
+	f       *Follower
 	log     *fakeLog
 	leader  *fakeLeader
 	builder *fakeBuilder
@@ -215,6 +216,7 @@ func start(t testing.TB, r *rollout.Rollout, setup func(*rig)) *rig {
 		setup(g)
 	}
 	f := New(Config{Name: "a", Log: g.log, Leader: g.leader, Builder: g.builder, Ducks: g.ducks})
+	g.f = f
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { f.Run(ctx); close(done) }()
@@ -318,6 +320,36 @@ func TestNoTurnBeforeTheNodeHasTheWholeLog(t *testing.T) {
 func TestFreshGrantNeedsNoAskingTheLeader(t *testing.T) {
 	g := start(t, granted(t), func(g *rig) { g.log.leads = false }) // and no leader answers
 	waitFor(t, "the turn", func() bool { return turnReported(g.leader.phases(), rollout.Running) })
+}
+
+// The leader's word of a grant makes the node take its turn before its own log shows the grant
+// (here it never does: the leader's entries reach this node's log an hour late); a word older
+// than what the node has applied is left to the node's own log.
+func TestToldOfAGrantTheNodeTakesItsTurnBeforeItsLogShowsIt(t *testing.T) {
+	now := time.Now()
+	built := rollout.New(2, "new", 1, "old", rollout.Members("a", "b"), false, true, rollout.Policy{}, now)
+	for _, err := range []error{
+		built.ReportBuilt("a", rollout.BuildInfo{Sum: "sum"}, nil, now),
+		built.ReportBuilt("b", rollout.BuildInfo{Sum: "sum"}, nil, now),
+	} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	g := start(t, built, func(g *rig) {
+		g.log.leads, g.log.index = false, 5
+		g.leader.lag = time.Hour
+	})
+	g.f.Granted(5, grantedAt(t, now)) // no newer than what the node has applied
+	time.Sleep(400 * time.Millisecond)
+	if sw := g.ducks.switched(); len(sw) != 0 {
+		t.Fatalf("switched to %v on a word no newer than its own log", sw)
+	}
+	g.f.Granted(6, grantedAt(t, now))
+	waitFor(t, "the turn told of", func() bool { return slices.Contains(g.leader.phases(), rollout.Running) })
+	if sw := g.ducks.switched(); len(sw) != 1 || sw[0] != "new" {
+		t.Fatalf("switched to %v, want [new] once", sw)
+	}
 }
 
 func TestFailedSwapReportsFailed(t *testing.T) {

@@ -56,6 +56,8 @@ type Rollouts interface {
 	// Report has the leader commit a node's report (an entry whose op is "report").
 	Report(ctx context.Context, e api.Entry) error
 	View() api.RolloutView
+	// Granted is the leader's word that it granted this node a turn (see api.Grant).
+	Granted(g api.Grant)
 	BenchCommit(ctx context.Context, req api.CommitBench) (api.CommitLatency, error)
 }
 
@@ -217,6 +219,7 @@ func (h *Service) peerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/place", h.handlePlace)
 	mux.HandleFunc("POST /v1/commit", h.handleCommit)
 	mux.HandleFunc("POST /v1/report", h.handleReport)
+	mux.HandleFunc("POST /v1/granted", h.handleGranted)
 }
 
 // statusOf picks the HTTP status for an error, keeping one a forwarded call came back with.
@@ -480,6 +483,21 @@ func (h *Service) handleReport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpjson.Write(w, map[string]bool{"reported": true})
+}
+
+// handleGranted takes the leader's word of a turn granted to this node; the node's follower
+// decides what to do with it, so the answer only says it was heard.
+func (h *Service) handleGranted(w http.ResponseWriter, r *http.Request) {
+	var g api.Grant
+	if !httpjson.Decode(w, r, &g) {
+		return
+	}
+	if g.Rollout == nil || g.Index == 0 {
+		httpjson.Error(w, http.StatusBadRequest, errors.New("a grant needs the rollout and the log index it stood at"))
+		return
+	}
+	h.Rollouts.Granted(g)
+	httpjson.Write(w, map[string]bool{"heard": true})
 }
 
 // handleLoad builds the bundle in the body and swaps every duck on this node to it, streaming
