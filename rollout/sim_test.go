@@ -355,7 +355,8 @@ func (s *sim) leaderTick() {
 			late = s.jitter(40*time.Millisecond, 400*time.Millisecond)
 		}
 		s.at(late, func() {
-			if n.up && n.inc == inc && at > n.pos {
+			// As the follower's newer: past what the node applied, of the rollout it has.
+			if n.up && n.inc == inc && at > n.pos && n.view != nil && n.view.Version == told.Version {
 				s.logf("%s told of its grant (log %d, applied %d)", n.name, at, n.pos)
 				s.act(n, told, true)
 			}

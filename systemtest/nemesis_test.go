@@ -28,6 +28,8 @@ import (
 // nemesisSeeds are schedules that once failed, kept as fixed cases, plus one fresh seed a run.
 var nemesisSeeds = []uint64{
 	1795872387565257641, // a duck killed -9 while serving lost what it had answered since its last save
+	1795909480886856512, // a node restarted mid-rollout, told of its grant, swapped to a version it could not name yet
+	1795909888423381574, // a node restarted at once started its duck while its killed agent's duck still stopped: a POST lost
 }
 
 func TestNemesis(t *testing.T) {

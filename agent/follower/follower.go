@@ -130,7 +130,8 @@ func New(cfg Config) *Follower {
 // at the leader's next replication to it (50 to 100 ms later when nothing else is written, and
 // up to twice that at a hundred members); told, it takes the turn at once. What it is told was
 // committed, so acting on it is acting on the log, only sooner; a grant the node has applied
-// already (index not past its own) is left to its own round, and only a turn is taken from it.
+// already (index not past its own), or of a rollout whose commit it has yet to apply, is left
+// to its own round, and only a turn is taken from it.
 func (f *Follower) Granted(index uint64, r *rollout.Rollout) {
 	if r == nil {
 		return
@@ -167,11 +168,20 @@ func (f *Follower) Run(ctx context.Context) {
 		case <-t.C:
 		case <-changed:
 		case g := <-f.granted:
-			if g.index > f.cfg.Log.Index() {
+			if f.newer(g) {
 				f.round(g.r, true)
 			}
 		}
 	}
+}
+
+// newer reports whether g tells this node more than its own log: it is past the node's index,
+// of the rollout the node has applied the commit of. A node that has not (one replaying its log
+// after a restart) knows neither the version's name nor what it ran before: it acted on a word
+// of version 4 as on an unnamed version (found by TestNemesis), and waits for its log instead.
+func (f *Follower) newer(g grant) bool {
+	own := f.cfg.Log.Rollout()
+	return g.index > f.cfg.Log.Index() && own != nil && own.Version == g.r.Version
 }
 
 // round is one look at the log: build what was committed, take the node's turn when granted,

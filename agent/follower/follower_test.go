@@ -341,9 +341,18 @@ func TestToldOfAGrantTheNodeTakesItsTurnBeforeItsLogShowsIt(t *testing.T) {
 		g.leader.lag = time.Hour
 	})
 	g.f.Granted(5, grantedAt(t, now)) // no newer than what the node has applied
+	later := rollout.New(3, "newer", 2, "new", rollout.Members("a", "b"), false, true, rollout.Policy{}, now)
+	if err := later.ReportBuilt("a", rollout.BuildInfo{Sum: "sum"}, nil, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := later.Grant("a", rollout.Granted, now); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	g.f.Granted(9, later) // of a rollout whose commit the node has not applied
 	time.Sleep(400 * time.Millisecond)
 	if sw := g.ducks.switched(); len(sw) != 0 {
-		t.Fatalf("switched to %v on a word no newer than its own log", sw)
+		t.Fatalf("switched to %v on a word no newer than its own log, or of a rollout it has not applied", sw)
 	}
 	g.f.Granted(6, grantedAt(t, now))
 	waitFor(t, "the turn told of", func() bool { return slices.Contains(g.leader.phases(), rollout.Running) })

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -36,8 +37,9 @@ func fakeAgent() {
 	select {}
 }
 
-func TestDuckDiesWithItsAgent(t *testing.T) {
-	addr, dir := freeAddr(t), t.TempDir()
+// startFakeAgent runs a fake agent whose duck serves addr, and returns it and its duck's PID.
+func startFakeAgent(t *testing.T, addr, dir string) (*exec.Cmd, int) {
+	t.Helper()
 	agent := exec.Command(os.Args[0], "-test.run=^$")
 	agent.Env = append(os.Environ(), agentEnv+"=1", "AGENT_DIR="+dir, "AGENT_DUCK="+bins["duck"], "AGENT_DUCK_V2="+bins["duck-v2"], "AGENT_ADDR="+addr)
 	agent.Stderr = os.Stderr
@@ -60,7 +62,12 @@ func TestDuckDiesWithItsAgent(t *testing.T) {
 	if r := call(t, "GET", addr, "/"); r.Version != "v2" {
 		t.Fatalf("GET / = %+v", r)
 	}
+	return agent, pid
+}
 
+func TestDuckDiesWithItsAgent(t *testing.T) {
+	addr, dir := freeAddr(t), t.TempDir()
+	agent, pid := startFakeAgent(t, addr, dir)
 	agent.Process.Kill()
 	agent.Wait()
 	// The duck, interval 1h, prints nothing until its lifeline closes.
@@ -90,4 +97,44 @@ func dead(pid int) bool {
 		}
 	}
 	return true
+}
+
+// A node restarted at once after a kill -9 starts its duck again while the duck of its killed
+// agent may still be stopping: holding the port, its state not saved yet. The start stops it
+// first (here it is frozen until the start has begun, so without that the start fails on the
+// port in use), and then reads the state it saved: nothing answered is lost.
+func TestDuckOfAKilledAgentIsStoppedBeforeItsNextStart(t *testing.T) {
+	addr, dir := freeAddr(t), t.TempDir()
+	agent, pid := startFakeAgent(t, addr, dir)
+	quack(t, addr, 20)
+	syscall.Kill(pid, syscall.SIGSTOP)
+	defer syscall.Kill(pid, syscall.SIGCONT)
+	agent.Process.Kill()
+	agent.Wait()
+
+	s := newSupervisor(t, Config{Dir: dir})
+	started := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		started <- s.Start(ctx, Spec{ID: "duck-1", Version: "v2", Binary: bins["duck-v2"], Addr: addr, Env: []string{"DUCK_INTERVAL=1h"}})
+	}()
+	// The start must wait for the old duck, frozen: it may not end before the duck goes on.
+	var err error
+	select {
+	case err = <-started:
+		t.Errorf("the start ended while the killed agent's duck still held its port and state (err: %v)", err)
+	case <-time.After(2 * time.Second):
+		syscall.Kill(pid, syscall.SIGCONT)
+		err = <-started
+	}
+	if err != nil {
+		t.Fatalf("starting the duck again after its agent was killed: %v", err)
+	}
+	if !dead(pid) {
+		t.Fatalf("the killed agent's duck (PID %d) still runs beside the new one", pid)
+	}
+	if r := call(t, "GET", addr, "/"); r.Count != 20 {
+		t.Fatalf("the duck counts %d after its agent was killed and it started again, want the 20 it answered", r.Count)
+	}
 }

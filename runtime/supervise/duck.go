@@ -199,6 +199,9 @@ func (d *duck) start(ctx context.Context, binary string) error {
 	if err := d.moveOldState(); err != nil {
 		return fail("moving its state file into %s: %w", d.path(runName), err)
 	}
+	if err := d.endLeftovers(ctx); err != nil {
+		return fail("%w", err)
+	}
 	tmp, err := stage(d.dir, binary)
 	if err != nil {
 		return fail("%w", err)
@@ -446,6 +449,49 @@ func (d *duck) adoptNewGenerations(r *run) {
 			if err == nil && strings.TrimSuffix(exe, " (deleted)") == bin && ownedBy(pid, d.cfg.User) {
 				r.adopt(pid)
 			}
+		}
+	}
+}
+
+// endLeftovers stops the processes of an earlier run of this duck that no supervisor here knows:
+// those of an agent that was killed. They stop by themselves once their lifeline ends, saving
+// their state, but a node restarted at once started its duck while they still held its port
+// and before they had saved: the start failed on "address already in use", and the next one
+// read the older state (a POST lost, found by TestNemesis, seed 1795909888423381574). Each is
+// asked to stop (SIGTERM, the same graceful stop) and waited for, up to StopTimeout, then
+// killed.
+func (d *duck) endLeftovers(ctx context.Context) error {
+	pids := processesRunning(d.path(binaryName), d.cfg.User)
+	if len(pids) == 0 {
+		return nil
+	}
+	d.log.Warn("processes of an earlier run of the duck are still there (its agent was killed?); stopping them before the start", "pids", pids)
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGTERM)
+	}
+	deadline := time.Now().Add(d.cfg.StopTimeout)
+	for {
+		left := pids[:0]
+		for _, pid := range pids {
+			if !procGone(pid) {
+				left = append(left, pid)
+			}
+		}
+		pids = left
+		if len(pids) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			for _, pid := range pids {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+			d.log.Warn("processes of an earlier run did not stop within the bound; killed", "pids", pids, "bound", d.cfg.StopTimeout)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for processes %v of an earlier run of the duck to stop: %w", pids, ctx.Err())
+		case <-time.After(pollEvery):
 		}
 	}
 }

@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/duckuser"
 )
 
 // adoptPoll is how often a generation whose parent is another generation
@@ -116,6 +119,7 @@ func describeExit(ps *os.ProcessState, err error) string {
 type stat struct {
 	ppid  int
 	start uint64 // clock ticks after boot; tells a reused PID apart
+	state byte   // R, S, D, Z (zombie), ...
 }
 
 var errNoProc = errors.New("no such process")
@@ -142,7 +146,7 @@ func readStat(pid int) (stat, error) {
 	if err1 != nil || err2 != nil {
 		return stat{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
-	return stat{ppid: ppid, start: start}, nil
+	return stat{ppid: ppid, start: start, state: f[0][0]}, nil
 }
 
 // childrenOf lists the processes whose parent is pid. A swap uses it to see
@@ -169,6 +173,45 @@ func childrenOf(pid int) []int {
 		}
 	}
 	return out
+}
+
+// processesRunning lists the live processes, owned by the duck's user, whose program is the
+// file at bin (or was, before a swap renamed another over it).
+func processesRunning(bin string, u *duckuser.User) []int {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		exe, err := os.Readlink("/proc/" + e.Name() + "/exe")
+		if err == nil && strings.TrimSuffix(exe, " (deleted)") == bin && !procGone(pid) && ownedBy(pid, u) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// procGone reports whether pid has exited; a zombie has, and is reaped if it is this process's
+// child (an orphan may become one: a supervisor is a subreaper).
+func procGone(pid int) bool {
+	st, err := readStat(pid)
+	if err != nil {
+		return true
+	}
+	if st.state != 'Z' {
+		return false
+	}
+	if st.ppid == os.Getpid() {
+		if p, err := os.FindProcess(pid); err == nil {
+			p.Wait()
+		}
+	}
+	return true
 }
 
 func scanChildrenOf(pid int) []int {
