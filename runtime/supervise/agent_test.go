@@ -4,11 +4,12 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -100,41 +101,37 @@ func dead(pid int) bool {
 }
 
 // A node restarted at once after a kill -9 starts its duck again while the duck of its killed
-// agent may still be stopping: holding the port, its state not saved yet. The start stops it
-// first (here it is frozen until the start has begun, so without that the start fails on the
-// port in use), and then reads the state it saved: nothing answered is lost.
+// agent may still be stopping: holding its port, its state not saved yet. The start stops it
+// first and waits, then reads the state it saved: nothing answered is lost. Here the old duck
+// takes its time: a client has sent a POST's headers and half its body, and a stop waits up to
+// 5 s for a request under way; without the wait, the start fails on the port in use.
 func TestDuckOfAKilledAgentIsStoppedBeforeItsNextStart(t *testing.T) {
 	addr, dir := freeAddr(t), t.TempDir()
 	agent, pid := startFakeAgent(t, addr, dir)
 	quack(t, addr, 20)
-	syscall.Kill(pid, syscall.SIGSTOP)
-	defer syscall.Kill(pid, syscall.SIGCONT)
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	if _, err := io.WriteString(slow, "POST /quack HTTP/1.1\r\nHost: duck\r\nContent-Length: 100\r\n\r\n0123456789"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // the request is under way
 	agent.Process.Kill()
 	agent.Wait()
 
 	s := newSupervisor(t, Config{Dir: dir})
-	started := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		started <- s.Start(ctx, Spec{ID: "duck-1", Version: "v2", Binary: bins["duck-v2"], Addr: addr, Env: []string{"DUCK_INTERVAL=1h"}})
-	}()
-	// The start must wait for the old duck, frozen: it may not end before the duck goes on.
-	var err error
-	select {
-	case err = <-started:
-		t.Errorf("the start ended while the killed agent's duck still held its port and state (err: %v)", err)
-	case <-time.After(2 * time.Second):
-		syscall.Kill(pid, syscall.SIGCONT)
-		err = <-started
-	}
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Start(ctx, Spec{ID: "duck-1", Version: "v2", Binary: bins["duck-v2"], Addr: addr, Env: []string{"DUCK_INTERVAL=1h"}}); err != nil {
 		t.Fatalf("starting the duck again after its agent was killed: %v", err)
 	}
 	if !dead(pid) {
 		t.Fatalf("the killed agent's duck (PID %d) still runs beside the new one", pid)
 	}
-	if r := call(t, "GET", addr, "/"); r.Count != 20 {
-		t.Fatalf("the duck counts %d after its agent was killed and it started again, want the 20 it answered", r.Count)
+	// The half-sent POST was counted when its handler ran (it reads no body), and never answered.
+	if r := call(t, "GET", addr, "/"); r.Count < 20 {
+		t.Fatalf("the duck counts %d after its agent was killed and it started again, want at least the 20 it answered", r.Count)
 	}
 }

@@ -445,8 +445,7 @@ func (d *duck) adoptNewGenerations(r *run) {
 	}
 	for _, parent := range parents {
 		for _, pid := range childrenOf(parent) {
-			exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
-			if err == nil && strings.TrimSuffix(exe, " (deleted)") == bin && ownedBy(pid, d.cfg.User) {
+			if runs(pid, bin, d.cfg.User) {
 				r.adopt(pid)
 			}
 		}

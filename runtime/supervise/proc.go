@@ -178,18 +178,31 @@ func childrenOf(pid int) []int {
 // processesRunning lists the live processes, owned by the duck's user, whose program is the
 // file at bin (or was, before a swap renamed another over it).
 func processesRunning(bin string, u *duckuser.User) []int {
+	var out []int
+	for _, pid := range allPIDs() {
+		if pid != os.Getpid() && runs(pid, bin, u) && !procGone(pid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// runs reports whether pid, owned by the duck's user, runs the program at bin (or did, before
+// a swap renamed another over it).
+func runs(pid int, bin string, u *duckuser.User) bool {
+	exe, err := os.Readlink("/proc/" + strconv.Itoa(pid) + "/exe")
+	return err == nil && strings.TrimSuffix(exe, " (deleted)") == bin && ownedBy(pid, u)
+}
+
+// allPIDs lists the processes in /proc.
+func allPIDs() []int {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return nil
 	}
 	var out []int
 	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		exe, err := os.Readlink("/proc/" + e.Name() + "/exe")
-		if err == nil && strings.TrimSuffix(exe, " (deleted)") == bin && !procGone(pid) && ownedBy(pid, u) {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
 			out = append(out, pid)
 		}
 	}
@@ -215,16 +228,8 @@ func procGone(pid int) bool {
 }
 
 func scanChildrenOf(pid int) []int {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil
-	}
 	var out []int
-	for _, e := range ents {
-		n, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
+	for _, n := range allPIDs() {
 		if st, err := readStat(n); err == nil && st.ppid == pid {
 			out = append(out, n)
 		}
