@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // loopbackAddr is a free 127.0.0.1 address whose port lies below the kernel's ephemeral range.
@@ -24,6 +25,9 @@ func loopbackAddr() (string, error) {
 	}
 	for range 100 {
 		port := floor + rand.IntN(lo-floor)
+		if !reserve(port) {
+			continue // given to a node of this process already, which may not have bound it yet
+		}
 		l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
 			continue // taken: try another
@@ -50,4 +54,27 @@ func ephemeralLow() int {
 		return 32768
 	}
 	return lo
+}
+
+// given holds the ports loopbackAddr handed out in this process. A port is free when picked and
+// bound by its node only once that node has started: two nodes started at once could be given
+// the same port, and the second failed on "address already in use" (a hundred-node bench run
+// did). A port is handed out once.
+var given struct {
+	sync.Mutex
+	ports map[int]bool
+}
+
+// reserve marks port as handed out, false if it was already.
+func reserve(port int) bool {
+	given.Lock()
+	defer given.Unlock()
+	if given.ports[port] {
+		return false
+	}
+	if given.ports == nil {
+		given.ports = map[int]bool{}
+	}
+	given.ports[port] = true
+	return true
 }

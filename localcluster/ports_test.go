@@ -26,3 +26,21 @@ func TestLoopbackAddrIsFreeAndBelowTheEphemeralRange(t *testing.T) {
 		l.Close()
 	}
 }
+
+// Addresses handed out before their nodes bind them are never handed out twice: two nodes
+// started at once were given the same port, and one failed on "address already in use". Here
+// none is bound, as for nodes still starting, and a thousand picks must all differ (at random
+// they meet with a chance of about 1 - e^(-1000²/45,000): near certainty).
+func TestLoopbackAddrsHandedOutAreNeverRepeated(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		addr, err := loopbackAddr()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if seen[addr] {
+			t.Fatalf("%s handed out twice", addr)
+		}
+		seen[addr] = true
+	}
+}
