@@ -196,11 +196,12 @@ func (d *duck) start(ctx context.Context, binary string) error {
 	if err := duckDir(d.path(runName), d.cfg.User); err != nil {
 		return fail("making the duck's own folder: %w", err)
 	}
-	if err := d.moveOldState(); err != nil {
-		return fail("moving its state file into %s: %w", d.path(runName), err)
-	}
+	// Before the state file is looked at: a leftover saves its state as it stops.
 	if err := d.endLeftovers(ctx); err != nil {
 		return fail("%w", err)
+	}
+	if err := d.moveOldState(); err != nil {
+		return fail("moving its state file into %s: %w", d.path(runName), err)
 	}
 	tmp, err := stage(d.dir, binary)
 	if err != nil {
