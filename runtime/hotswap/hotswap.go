@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -204,10 +203,13 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("pid", os.Getpid(), "version", env.version)
 	parent := os.Getppid() // the previous generation, if this one has a parent
-	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: env.readyTimeout, PIDFile: env.pidFile})
+	// The PID file is this package's to write, not tableflip's: see pidFile.
+	upg, err := tableflip.New(tableflip.Options{UpgradeTimeout: env.readyTimeout})
 	if err != nil {
 		return fmt.Errorf("hotswap: starting tableflip: %w", err)
 	}
+	pid := preparePIDFile(env.pidFile)
+	defer pid.discard()
 	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{}), sigs: sigs}
 	// Ask for the state first: the previous generation stops and freezes
 	// while this one goes on starting.
@@ -254,6 +256,12 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		return fmt.Errorf("hotswap: duck setup failed: %w", err)
 	}
 	<-caught
+	// As tableflip's Ready did: the PID file names this process before the
+	// previous generation hears that it is Ready.
+	if err := pid.publish(); err != nil {
+		upg.Stop()
+		return fmt.Errorf("hotswap: writing the PID file %s: %w; check that its folder exists and this user may write it", env.pidFile, err)
+	}
 	if err := upg.Ready(); err != nil {
 		// tableflip says Ready to the previous generation last, after the PID file. If that
 		// generation died after it handed its state over (this process was reparented),
@@ -908,16 +916,10 @@ func (r *runner) reclaimPIDFile() {
 	if r.env.pidFile == "" || readPID(r.env.pidFile) == os.Getpid() {
 		return
 	}
-	dir, name := filepath.Split(r.env.pidFile)
-	f, err := os.CreateTemp(dir, name+".*")
+	tmp, err := writePIDTemp(r.env.pidFile)
 	if err == nil {
-		_, err = f.WriteString(strconv.Itoa(os.Getpid()))
-		err = errors.Join(err, f.Close())
-		if err == nil {
-			err = os.Rename(f.Name(), r.env.pidFile)
-		}
-		if err != nil {
-			os.Remove(f.Name())
+		if err = os.Rename(tmp, r.env.pidFile); err != nil {
+			os.Remove(tmp)
 		}
 	}
 	if err != nil {
