@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/duckraft/duckraft/runtime/build"
+	"github.com/duckraft/duckraft/runtime/hotswap"
 	"github.com/duckraft/duckraft/wire"
 )
 
@@ -74,6 +75,25 @@ func newMetrics(a *Agent) *metrics {
 		}
 		return float64(n)
 	}))
+	// What the ducks' old generations did with their client connections at each swap, as they
+	// report it: moved to the new generation, or kept and closed after one forwarded request
+	// (by reason), so that an operator sees which clients a swap may still disturb.
+	conns := func(name, help string, v func(hotswap.Connections) int, labels prometheus.Labels) {
+		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help, ConstLabels: labels},
+			func() float64 { return float64(v(a.sup.Connections())) }))
+	}
+	conns("duckraft_duck_connections_moved_total", "Client connections the ducks' old generations moved to the new one at a swap.",
+		func(c hotswap.Connections) int { return c.Moved }, nil)
+	conns("duckraft_duck_connections_moved_mid_request_total", "Of the connections moved, those moved partway through a request's line or headers, with its bytes.",
+		func(c hotswap.Connections) int { return c.MidRequest }, nil)
+	for _, why := range hotswap.FallbackReasons {
+		conns("duckraft_duck_connections_fell_back_total", "Client connections that could not move at a swap, by reason: their next request was forwarded to the new generation, then they closed.",
+			func(c hotswap.Connections) int { return c.FellBack[why] }, prometheus.Labels{"reason": why})
+	}
+	conns("duckraft_duck_connections_hijacked_total", "Client connections the ducks' handlers took over (WebSockets and the like): they end with their generation.",
+		func(c hotswap.Connections) int { return c.Hijacked }, nil)
+	conns("duckraft_duck_requests_forwarded_total", "Requests an old generation forwarded to the new one, on connections that could not move.",
+		func(c hotswap.Connections) int { return c.Forwarded }, nil)
 	for _, k := range wire.RefusalKinds() {
 		f(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "duckraft_connections_refused_total", Help: "Connections refused in the handshake, by reason.",

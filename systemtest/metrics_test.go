@@ -78,6 +78,14 @@ func TestMetricsWithoutCookie(t *testing.T) {
 			t.Errorf("%s = %v, want %v", series, got, want)
 		}
 	}
+	// What the old generations did with their connections: present from the start, whatever
+	// the swaps met (runtime/supervise counts them).
+	for _, series := range []string{"duckraft_duck_connections_moved_total", `duckraft_duck_connections_fell_back_total{reason="unframeable"}`,
+		`duckraft_duck_connections_fell_back_total{reason="not_taken"}`, "duckraft_duck_requests_forwarded_total"} {
+		if got := metric(page, series); got < 0 {
+			t.Errorf("%s missing from /metrics", series)
+		}
+	}
 	if strings.Contains(page, c.Cookie) || strings.Contains(page, a.API) {
 		t.Fatal("/metrics reveals the cookie or the API address")
 	}

@@ -34,15 +34,16 @@ type conn struct {
 	// the handler, read by a hold under the server's lock without ours.
 	framed, finished, entered atomic.Int64
 
-	mu       sync.Mutex
-	framer   framer
-	idles    int // times net/http went idle on it: requests it finished
-	state    http.ConnState
-	reading  bool
-	woken    bool      // we set a past read deadline to end an idle read
-	deadline time.Time // the read deadline net/http asked for
-	left     bool      // its socket belongs to the next generation
-	stays    string    // why it cannot move; "" while it can
+	mu        sync.Mutex
+	framer    framer
+	idles     int // times net/http went idle on it: requests it finished
+	state     http.ConnState
+	reading   bool
+	woken     bool      // we set a past read deadline to end an idle read
+	deadline  time.Time // the read deadline net/http asked for
+	left      bool      // its socket belongs to the next generation
+	stays     string    // why it cannot move; "" while it can
+	staysKind string    // which of the Fallback reasons stays is
 	// The bytes read of a request whose line or headers are not all here
 	// yet, which net/http holds and which move with the socket; tooLong
 	// when there are more than maxCarried (that request finishes here).
@@ -65,13 +66,17 @@ type conn struct {
 // aLongTimeAgo is a read deadline that ends a blocked read at once.
 var aLongTimeAgo = time.Unix(1, 0)
 
+// stay notes why c cannot move: kind is one of the Fallback reasons, why
+// says it for the log.
+func (c *conn) stay(kind, why string) { c.stays, c.staysKind = why, kind }
+
 func newConn(c net.Conn, s *server) *conn {
 	cn := &conn{Conn: c, s: s, aborted: make(chan struct{}, 1)}
 	if sc, ok := c.(syscall.Conn); ok {
 		cn.raw, _ = sc.SyscallConn()
 	}
 	if cn.raw == nil {
-		cn.stays = fmt.Sprintf("%T is not a socket", c)
+		cn.stay(FallbackNotSocket, fmt.Sprintf("%T is not a socket", c))
 	}
 	return cn
 }
@@ -158,8 +163,8 @@ func (c *conn) leaveWithRequest() bool {
 	}
 	// Held under c.mu while it is sent: no read of this connection starts.
 	if err := out.send(c.Conn, append(append([]byte(nil), c.req...), c.pending...)); err != nil {
-		c.stays = "sending it to the new generation failed: " + err.Error()
-		c.s.fellBack(c, c.stays)
+		c.stay(FallbackSendFailed, "sending it to the new generation failed: "+err.Error())
+		c.s.fellBack(c)
 		return false
 	}
 	c.left = true
@@ -199,8 +204,8 @@ func (c *conn) Read(p []byte) (int, error) {
 				// Bytes from the previous generation, unread, that the next
 				// one cannot take (an older SDK; or more than a message
 				// holds, which the sender never sends): the request runs here.
-				c.stays = "the new generation does not take the bytes it came with (an older SDK)"
-				c.s.fellBack(c, c.stays)
+				c.stay(FallbackNotTaken, "the new generation does not take the bytes it came with (an older SDK)")
+				c.s.fellBack(c)
 				c.mu.Unlock()
 				continue
 			}
@@ -240,9 +245,9 @@ func (c *conn) Read(p []byte) (int, error) {
 			c.keepRequest(p[:n], fresh)
 			c.framed.Store(int64(c.framer.complete))
 			if c.framer.unsure != "" && c.stays == "" {
-				c.stays = "cannot frame its requests: " + c.framer.unsure
+				c.stay(FallbackUnframeable, "cannot frame its requests: "+c.framer.unsure)
 				if c.s.leavingTo() != nil {
-					c.s.fellBack(c, c.stays)
+					c.s.fellBack(c)
 				}
 			}
 		}
@@ -379,8 +384,8 @@ func (c *conn) leave(out *handoff, carried []byte) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
-		c.stays = "sending it to the new generation failed: " + err.Error()
-		c.s.fellBack(c, c.stays)
+		c.stay(FallbackSendFailed, "sending it to the new generation failed: "+err.Error())
+		c.s.fellBack(c)
 		return false
 	}
 	c.left = true

@@ -93,7 +93,10 @@
 // connections accepted from Duck.Listen. Duck.Serve serves plain HTTP/1.1;
 // TLS, if any, ends in front of it. The exit line of each old process
 // counts the connections that moved, fell back and were hijacked, and each
-// fallback is logged with its reason.
+// fallback is logged with its reason. The old process also reports the
+// counts, the fallbacks by reason (FallbackReasons), to its supervisor
+// (EventHandedOver on DUCK_REPORT_FD), which adds them up for the node's
+// metrics.
 //
 // # Long requests
 //

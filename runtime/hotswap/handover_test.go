@@ -3,6 +3,7 @@ package hotswap_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/duckraft/duckraft/runtime/hotswap"
 )
 
 // EnvSkipPython, set to 1, skips the Python clients of the client matrix on
@@ -429,7 +432,8 @@ func vegetaClient(addr string, rate int, swapping <-chan *swapper, c *client) {
 // connections move at once, so it is gone long before a client idle for a
 // minute speaks again, and the client finds its connection still open.
 func TestOldGenerationExitsWithIdleClientsConnected(t *testing.T) {
-	d := startDuck(t, "duck", nil)
+	reported, withReports := reports(t)
+	d := startDuck(t, "duck", nil, withReports)
 	const clients = 5
 	conns := make([]net.Conn, clients)
 	readers := make([]*bufio.Reader, clients)
@@ -454,6 +458,9 @@ func TestOldGenerationExitsWithIdleClientsConnected(t *testing.T) {
 	if !strings.Contains(line, fmt.Sprintf("connections_moved=%d", clients)) || !strings.Contains(line, "connections_fell_back=0") {
 		t.Errorf("the old generation should have moved all %d connections: %s", clients, line)
 	}
+	if got := handedOver(t, reported, old); got.Moved != clients || len(got.FellBack) != 0 {
+		t.Errorf("the old generation reported %+v to its supervisor, want %d moved and none fallen back", got, clients)
+	}
 	noDrainWait(t, d, mark)
 	for i, nc := range conns {
 		nc.SetDeadline(time.Now().Add(10 * time.Second))
@@ -472,7 +479,8 @@ func TestOldGenerationExitsWithIdleClientsConnected(t *testing.T) {
 // request is forwarded and answered with "Connection: close". The log says
 // which connection fell back and why, and the exit line counts it.
 func TestUnframeableConnectionFallsBackToForwarding(t *testing.T) {
-	d := startDuck(t, "duck", nil)
+	reported, withReports := reports(t)
+	d := startDuck(t, "duck", nil, withReports)
 	nc, br := dialRaw(t, d.addr)
 	// net/http ignores Transfer-Encoding on HTTP/1.0 and reads 5 bytes by
 	// Content-Length; the framer will not guess which it is.
@@ -499,6 +507,9 @@ func TestUnframeableConnectionFallsBackToForwarding(t *testing.T) {
 	}
 	d.stderr.waitFor(t, mark, 5*time.Second, "connection stays with this generation", "cannot frame its requests")
 	d.stderr.waitFor(t, mark, 5*time.Second, "exiting: handed over", fmt.Sprintf("pid=%d", old), "connections_moved=0", "connections_fell_back=1", "requests_forwarded=1")
+	if got := handedOver(t, reported, old); got.Moved != 0 || got.FellBack[hotswap.FallbackUnframeable] != 1 || len(got.FellBack) != 1 || got.Forwarded != 1 {
+		t.Errorf("the old generation reported %+v to its supervisor, want one connection fallen back as %q and one request forwarded", got, hotswap.FallbackUnframeable)
+	}
 	if r := d.mustCall(http.MethodGet, "/"); r.Count != 2 || r.Version != "duck-v2" {
 		t.Errorf("GET / = %+v, want count 2 from duck-v2", r)
 	}
@@ -710,4 +721,16 @@ func noDrainWait(t *testing.T, d *duck, mark int) {
 			t.Errorf("the old generation waited out its drain bound: %s", l)
 		}
 	}
+}
+
+// handedOver waits for generation pid's hotswap.EventHandedOver report on the report pipe and returns
+// what it says of its connections.
+func handedOver(t *testing.T, reported *lines, pid int) hotswap.Connections {
+	t.Helper()
+	line := reported.waitFor(t, 0, 5*time.Second, `"event":"`+hotswap.EventHandedOver+`"`, fmt.Sprintf(`"pid":%d`, pid))
+	var rep hotswap.Report
+	if err := json.Unmarshal([]byte(line), &rep); err != nil || rep.Connections == nil {
+		t.Fatalf("report %q: %v, or no connections in it", line, err)
+	}
+	return *rep.Connections
 }

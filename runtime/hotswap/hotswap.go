@@ -424,13 +424,21 @@ func (r *runner) restore(handed *snapshot) (snapshot, error) {
 // channel by which a supervisor learns how a swap went, rather than by reading the duck's log.
 type Report struct {
 	PID   int    `json:"pid"`   // the generation that reports
-	Event string `json:"event"` // EventSwapFailed
+	Event string `json:"event"` // EventSwapFailed or EventHandedOver
 	Error string `json:"error,omitempty"`
+	// Connections is what a generation that handed over did with its
+	// connections (EventHandedOver), so that a supervisor can count them.
+	Connections *Connections `json:"connections,omitempty"`
 }
 
 // EventSwapFailed: the new generation failed or timed out; the reporting (old) generation
 // thawed and carries on with its state.
 const EventSwapFailed = "swap failed"
+
+// EventHandedOver: the reporting (old) generation handed its connections over
+// and exits; Report.Connections says how many moved and how many could not.
+// A supervisor that does not know the event ignores it.
+const EventHandedOver = "handed over"
 
 // openReport takes the report pipe, from the supervisor (the first generation) or from the
 // previous generation through tableflip, and passes it on to the next.
@@ -613,7 +621,10 @@ func (r *runner) swap() error {
 			}
 			return r.finishSwap(start, nil)
 		case r.stopping.Load() || time.Since(up.began) >= r.env.readyTimeout:
-			return errors.Join(fmt.Errorf("the new generation did not become Ready within %s: %w", r.env.readyTimeout, up.err), r.thaw())
+			// Not worth a second start: this generation is stopping, or the
+			// first start had its whole time. finishSwap says which, and
+			// renews the connection channel the dead generation held.
+			return r.finishSwap(start, up.err)
 		}
 		r.log.Warn("swap: the new generation exited before asking for the state; starting it again with the state written first, as an SDK from before the state was asked for expects",
 			"err", up.err)
@@ -974,8 +985,9 @@ func (r *runner) handOver(sigs <-chan os.Signal) error {
 	m := r.http.handOver(r.out, r.taker, DrainBound, stop)
 	r.waitSaved()
 	r.log.Info("exiting: handed over", "generation", r.generation, "took", time.Since(start),
-		"connections_moved", m.Moved, "connections_moved_mid_request", m.MidRequest, "connections_fell_back", m.FellBack, "connections_hijacked", m.Hijacked,
+		"connections_moved", m.Moved, "connections_moved_mid_request", m.MidRequest, "connections_fell_back", m.fellBackTotal(), "connections_hijacked", m.Hijacked,
 		"requests_forwarded", m.Forwarded)
+	r.tell(Report{PID: os.Getpid(), Event: EventHandedOver, Connections: &m})
 	return nil
 }
 

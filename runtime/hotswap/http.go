@@ -52,18 +52,50 @@ type server struct {
 	detached  int  // requests running that Detach has detached from the state
 	conns     map[*conn]http.ConnState
 	receiving bool // connections may still come from the previous generation
-	moves     moves
+	moves     Connections
 }
 
-// moves counts what became of a generation's connections when it handed
-// over, for its exit line.
-type moves struct {
-	Moved int // connections handed to the next generation
-	// of them, in the middle of a request's line or headers, with the bytes read of it
-	MidRequest int
-	FellBack   int // connections that could not move
-	Hijacked   int // connections their handler took (over the generation's life)
-	Forwarded  int // requests forwarded to the next generation
+// Connections is what became of a generation's connections when it handed
+// over: its exit line counts them, and it reports them to its supervisor
+// (EventHandedOver).
+type Connections struct {
+	Moved int `json:"moved"` // connections handed to the next generation
+	// MidRequest of them moved in the middle of a request's line or headers,
+	// with the bytes read of it.
+	MidRequest int `json:"moved_mid_request,omitempty"`
+	// FellBack counts the connections that could not move, by reason (one of
+	// FallbackReasons): each had its next request forwarded, then closed.
+	FellBack  map[string]int `json:"fell_back,omitempty"`
+	Hijacked  int            `json:"hijacked,omitempty"`  // connections their handler took (over the generation's life)
+	Forwarded int            `json:"forwarded,omitempty"` // requests forwarded to the next generation
+}
+
+// The reasons a connection stays with its generation instead of moving.
+const (
+	// FallbackUnframeable: requests the SDK cannot frame (HTTP/2's preface,
+	// a transfer coding other than chunked), so it cannot tell which bytes
+	// net/http holds.
+	FallbackUnframeable = "unframeable"
+	// FallbackNotTaken: the new generation takes no connections, or not the
+	// bytes one came with (it does not serve with Duck.Serve, or it is built
+	// on an older SDK).
+	FallbackNotTaken = "not_taken"
+	// FallbackSendFailed: sending it to the new generation failed.
+	FallbackSendFailed = "send_failed"
+	// FallbackNotSocket: the listener gave a connection that is not a socket.
+	FallbackNotSocket = "not_a_socket"
+)
+
+// FallbackReasons lists every reason in Connections.FellBack.
+var FallbackReasons = []string{FallbackUnframeable, FallbackNotTaken, FallbackSendFailed, FallbackNotSocket}
+
+// fellBackTotal is how many connections could not move.
+func (c Connections) fellBackTotal() int {
+	n := 0
+	for _, v := range c.FellBack {
+		n += v
+	}
+	return n
 }
 
 type connKey struct{}
@@ -255,11 +287,19 @@ func (s *server) noteMoved(c *conn, midRequest bool) {
 
 // fellBack notes a connection that stays: its next request is forwarded
 // with "Connection: close", as before connections could move.
-func (s *server) fellBack(c *conn, why string) {
+func (s *server) fellBack(c *conn) {
 	s.mu.Lock()
-	s.moves.FellBack++
+	s.noteFellBack(c.staysKind, 1)
 	s.mu.Unlock()
-	s.log.Warn("connection stays with this generation; its next request is forwarded, then it closes", "remote", c.RemoteAddr(), "why", why)
+	s.log.Warn("connection stays with this generation; its next request is forwarded, then it closes", "remote", c.RemoteAddr(), "why", c.stays)
+}
+
+// noteFellBack counts n connections that stay for reason kind; under s.mu.
+func (s *server) noteFellBack(kind string, n int) {
+	if s.moves.FellBack == nil {
+		s.moves.FellBack = map[string]int{}
+	}
+	s.moves.FellBack[kind] += n
 }
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -405,7 +445,7 @@ func (s *server) release(out *handoff) (taker bool) {
 // returns when no connection is left. Nothing waits for an idle client: an
 // idle connection moves at once. Only connections that cannot move wait, for
 // bound, to be closed while idle (see the package doc).
-func (s *server) handOver(out *handoff, taker bool, bound time.Duration, stop <-chan struct{}) (m moves) {
+func (s *server) handOver(out *handoff, taker bool, bound time.Duration, stop <-chan struct{}) (m Connections) {
 	if taker {
 		s.out.Store(out)
 	} else {
@@ -416,7 +456,7 @@ func (s *server) handOver(out *handoff, taker bool, bound time.Duration, stop <-
 	conns := s.snapshotConns()
 	if !taker && len(conns) > 0 {
 		s.mu.Lock()
-		s.moves.FellBack += len(conns)
+		s.noteFellBack(FallbackNotTaken, len(conns))
 		s.mu.Unlock()
 		s.log.Warn("connections stay with this generation; their next requests are forwarded, then they close",
 			"connections", len(conns), "why", "the new generation does not take connections (no Duck.Serve, or an older SDK)")
@@ -426,7 +466,7 @@ func (s *server) handOver(out *handoff, taker bool, bound time.Duration, stop <-
 			continue
 		}
 		if why := c.staysWhy(); why != "" {
-			s.fellBack(c, why)
+			s.fellBack(c)
 		} else {
 			c.wake()
 		}

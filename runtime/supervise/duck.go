@@ -273,7 +273,7 @@ func (d *duck) spawn() (*run, *proc, error) {
 	}
 	r := &run{lifeW: lifeW, drained: make(chan struct{})}
 	go func() {
-		readLines(repR, r.reported)
+		readLines(repR, func(line string) { r.reported(line, &d.s.conns) })
 		repR.Close()
 	}()
 	var wg sync.WaitGroup

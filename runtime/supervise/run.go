@@ -2,6 +2,7 @@ package supervise
 
 import (
 	"encoding/json"
+	"maps"
 
 	"github.com/duckraft/duckraft/runtime/hotswap"
 	"os"
@@ -99,19 +100,57 @@ func (r *run) stderrSince(mark int) []string {
 }
 
 // reported takes one line of the report pipe: a generation's hotswap.Report. A failed swap
-// reported by the generation being watched reaches watchFailures' channel; anything else (a
-// line that does not decode, from a duck built with another SDK) is logged nowhere and ignored.
-func (r *run) reported(line string) {
+// reported by the generation being watched reaches watchFailures' channel; what an old
+// generation did with its connections is added to conns; anything else (a line that does not
+// decode, from a duck built with another SDK) is logged nowhere and ignored.
+func (r *run) reported(line string, conns *connCounts) {
 	var rep hotswap.Report
-	if json.Unmarshal([]byte(line), &rep) != nil || rep.Event != hotswap.EventSwapFailed {
+	if json.Unmarshal([]byte(line), &rep) != nil {
 		return
 	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.failPID != 0 && rep.PID == r.failPID {
-		select {
-		case r.fails <- rep.Error:
-		default:
+	switch rep.Event {
+	case hotswap.EventHandedOver:
+		if rep.Connections != nil {
+			conns.add(*rep.Connections)
+		}
+	case hotswap.EventSwapFailed:
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.failPID != 0 && rep.PID == r.failPID {
+			select {
+			case r.fails <- rep.Error:
+			default:
+			}
 		}
 	}
+}
+
+// connCounts adds up what the old generations of every duck did with their connections as
+// they handed over (hotswap.Connections), for the node's metrics.
+type connCounts struct {
+	mu  sync.Mutex
+	sum hotswap.Connections
+}
+
+func (c *connCounts) add(m hotswap.Connections) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sum.Moved += m.Moved
+	c.sum.MidRequest += m.MidRequest
+	c.sum.Hijacked += m.Hijacked
+	c.sum.Forwarded += m.Forwarded
+	for why, n := range m.FellBack {
+		if c.sum.FellBack == nil {
+			c.sum.FellBack = map[string]int{}
+		}
+		c.sum.FellBack[why] += n
+	}
+}
+
+func (c *connCounts) get() hotswap.Connections {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.sum
+	out.FellBack = maps.Clone(c.sum.FellBack)
+	return out
 }

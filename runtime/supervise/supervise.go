@@ -75,6 +75,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/duckraft/duckraft/runtime/duckuser"
+	"github.com/duckraft/duckraft/runtime/hotswap"
 )
 
 // Config configures a Supervisor; zero fields take the defaults below.
@@ -175,7 +176,15 @@ type Supervisor struct {
 	mu     sync.Mutex
 	ducks  map[string]*duck
 	closed bool
+
+	conns connCounts
 }
+
+// Connections adds up what the old generations of this supervisor's ducks did with their
+// connections as they handed over, since it started: how many moved to the next generation,
+// and how many could not, by reason (hotswap.FallbackReasons). Generations on an SDK that
+// does not report it are not counted.
+func (s *Supervisor) Connections() hotswap.Connections { return s.conns.get() }
 
 // New returns a Supervisor keeping its ducks under cfg.Dir. It makes the
 // calling process a child subreaper (see the package doc), which lasts for

@@ -1,8 +1,12 @@
 package supervise
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -429,4 +433,41 @@ func TestStopDuringSwapLeavesNoProcess(t *testing.T) {
 	if left := ducksUnder(s.cfg.Dir); len(left) > 0 {
 		t.Fatalf("processes left after Stop: %v", left)
 	}
+}
+
+// The supervisor counts what the old generations did with their connections as they handed
+// over, as they report it: a keep-alive client idle across a swap has its connection moved,
+// and the count says so (the node's metrics show it).
+func TestSupervisorCountsConnectionsHandedOver(t *testing.T) {
+	s := newSupervisor(t, Config{})
+	spec := startDuck(t, s, "duck-1", "duck", "v1")
+	if got := s.Connections(); got.Moved != 0 || len(got.FellBack) != 0 {
+		t.Fatalf("before any swap: %+v", got)
+	}
+	nc, err := net.Dial("tcp", spec.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	br := bufio.NewReader(nc)
+	post := func() {
+		t.Helper()
+		nc.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(nc, "POST /quack HTTP/1.1\r\nHost: duck\r\nContent-Length: 0\r\n\r\n")
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("POST on the kept connection: %v", err)
+		}
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	post()
+	if err := swap(s, "duck-1", "v2", "duck-v2"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the old generation's report of its connections", func() bool { return s.Connections().Moved >= 1 })
+	if got := s.Connections(); got.Moved != 1 || len(got.FellBack) != 0 {
+		t.Errorf("after one swap with one idle client: %+v, want 1 moved and none fallen back", got)
+	}
+	post() // the moved connection still serves
 }
