@@ -61,11 +61,18 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 	case "undo":
 		if req.To != 0 {
 			// Going back to any kept version is a new rollout of its bundle.
+			if vs := n.Versions(); req.To < 0 || len(vs) == 0 || req.To > vs[len(vs)-1].N {
+				newest := "none has been"
+				if len(vs) > 0 {
+					newest = fmt.Sprintf("the newest is %d", vs[len(vs)-1].N)
+				}
+				return api.CommitResult{}, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("there is no version %d: %s committed ('rollout history' lists them)", req.To, newest)}
+			}
 			v, ok := n.Version(req.To)
 			if !ok || len(v.Bundle) == 0 {
 				return api.CommitResult{}, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("version %d is not kept any more (the log keeps the newest bundles): deploy its source again", req.To)}
 			}
-			return a.commit(n, api.CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo"})
+			return a.commit(n, api.CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo", NoRevert: req.NoRevert})
 		}
 		state = rollout.GoingBack
 	default:
@@ -107,7 +114,7 @@ func (a *Agent) stateInfo(ctx context.Context, r *rollout.Rollout) *rollout.Stat
 		a.log.Info("the previous version says nothing of its state", "err", err)
 		return nil
 	}
-	return &rollout.StateInfo{Schema: dt.Schema, Downgrades: dt.Downgrades, FromSchema: df.Schema}
+	return &rollout.StateInfo{Schema: dt.Schema, Downgrades: dt.Downgrades, FromSchema: df.Schema, FromMigrates: df.Migrates}
 }
 
 // buildInfo is the sum of the binary built for id and the toolchain that built it.

@@ -53,4 +53,7 @@ type Grant struct {
 type RolloutAction struct {
 	Action string         `json:"action"`
 	To     rollout.Number `json:"to,omitempty"`
+	// NoRevert, with undo To: the rollout back to To does not go back itself if it fails (as
+	// deploy --no-revert), so it may cross a state layout with no way back.
+	NoRevert bool `json:"no_revert,omitempty"`
 }

@@ -98,6 +98,11 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 	if r.State == Rolling && r.AutoRevert && r.FromID != "" && !r.anyTurnTaken() {
 		for _, name := range r.Order {
 			if st := r.Nodes[name].State; st != nil && !st.WayBack() {
+				if st.Schema < st.FromSchema {
+					return Step{Op: OpState, State: Halted, Message: fmt.Sprintf(
+						"version %d keeps its ducks' state in schema %d, and version %d (schema %d) has no Config.Migrate to read it back if this rollout went back: nothing was swapped; deploy with --no-revert (or undo with --no-revert) if you accept no way back",
+						r.Version, st.Schema, r.From, st.FromSchema)}
+				}
 				return Step{Op: OpState, State: Halted, Message: fmt.Sprintf(
 					"version %d keeps its ducks' state in schema %d and cannot hand it back to version %d's schema %d (no Config.Downgrade to it): nothing was swapped; give it a Downgrade, or deploy with --no-revert if the older version's Migrate reads the newer state or you accept no way back",
 					r.Version, st.Schema, r.From, st.FromSchema)}

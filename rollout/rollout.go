@@ -84,11 +84,24 @@ type StateInfo struct {
 	Schema     int   `json:"schema"`               // the target's
 	Downgrades []int `json:"downgrades,omitempty"` // older schemas the target renders its state in
 	FromSchema int   `json:"from_schema"`          // the version the node ran before
+	// FromMigrates: the version the node ran before has a Config.Migrate, so it reads the
+	// state of an older schema back (a version whose Migrate read schema 1 on the way up
+	// reads it again when a schema 1 version hands its state back).
+	FromMigrates bool `json:"from_migrates,omitempty"`
 }
 
-// WayBack reports whether state handed over by the target reaches the previous version.
+// WayBack reports whether state handed over by the target reaches the previous version: the
+// same schema; a newer one that the target's Downgrade renders in the previous schema; or an
+// older one that the previous version's Migrate reads. (A Migrate that reads a newer schema may
+// exist too, but a binary cannot say so of itself; that case needs --no-revert.)
 func (s StateInfo) WayBack() bool {
-	return s.Schema == s.FromSchema || slices.Contains(s.Downgrades, s.FromSchema)
+	switch {
+	case s.Schema > s.FromSchema:
+		return slices.Contains(s.Downgrades, s.FromSchema)
+	case s.Schema < s.FromSchema:
+		return s.FromMigrates
+	}
+	return true
 }
 
 // BuildInfo is what a node's build of the target made: every node builds from source with its

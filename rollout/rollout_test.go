@@ -485,3 +485,35 @@ func TestRunningSaidAgainIsTheSameTurn(t *testing.T) {
 		t.Fatalf("after running said again: %+v; want running since the first report", nr)
 	}
 }
+
+// Back to an older schema after a migration: the way back is the newer version's own Migrate,
+// which read the older state on the way up. A plain deploy of the older version after the
+// migration was refused as if it needed a Downgrade to the newer schema (found by trying it).
+func TestAnOlderSchemaAfterAMigrationGoesBackThroughTheNewerMigrate(t *testing.T) {
+	r := three()
+	r.ReportBuilt("a", BuildInfo{Sum: "s"}, &StateInfo{Schema: 1, FromSchema: 2, FromMigrates: true}, t0)
+	if st := r.Next(t0, inContact); st.Op != OpGrant {
+		t.Fatalf("schema 2 -> 1 with the schema 2 version's Migrate to come back through: %+v", st)
+	}
+	r = three()
+	r.ReportBuilt("a", BuildInfo{Sum: "s"}, &StateInfo{Schema: 1, FromSchema: 2}, t0)
+	st := r.Next(t0, inContact)
+	if st.Op != OpState || st.State != Halted || !strings.Contains(st.Message, "no Config.Migrate") || strings.Contains(st.Message, "Downgrade") {
+		t.Fatalf("schema 2 -> 1 with no Migrate in the schema 2 version: %+v, want halted naming the missing Migrate", st)
+	}
+	for _, c := range []struct {
+		s    StateInfo
+		want bool
+	}{
+		{StateInfo{Schema: 2, FromSchema: 2}, true},
+		{StateInfo{Schema: 3, Downgrades: []int{2, 1}, FromSchema: 1}, true},
+		{StateInfo{Schema: 3, Downgrades: []int{2}, FromSchema: 1}, false},
+		{StateInfo{Schema: 3, FromSchema: 1, FromMigrates: true}, false}, // a Migrate that reads newer state: unknowable
+		{StateInfo{Schema: 1, FromSchema: 3, FromMigrates: true}, true},
+		{StateInfo{Schema: 1, Downgrades: []int{0}, FromSchema: 3}, false},
+	} {
+		if got := c.s.WayBack(); got != c.want {
+			t.Errorf("%+v.WayBack() = %v, want %v", c.s, got, c.want)
+		}
+	}
+}

@@ -227,6 +227,10 @@ func TestUndoGoesBackInReverseOrderAndHistoryShowsIt(t *testing.T) {
 	if !strings.Contains(out, "version 3 runs on every node") {
 		t.Fatalf("undo --to 2 printed:\n%s", out)
 	}
+	// A version never committed is named as such, not as one the log no longer keeps.
+	if _, errOut, err := tryCLI(dc.c, dc.nodes[1].API, "rollout", "undo", "--to", "99"); err == nil || !strings.Contains(errOut, "there is no version 99: the newest is 3") {
+		t.Fatalf("undo --to 99: err=%v\n%s", err, errOut)
+	}
 }
 
 // State goes back too: undoing a version that changed the state's layout
@@ -261,6 +265,21 @@ func TestUndoAcrossSchemaChangeKeepsEveryCount(t *testing.T) {
 			t.Fatalf("duck on %s after undo: %+v, %v; want count 3 on v1", name, got, err)
 		}
 		post(name, addr, 4, "back on version 1")
+	}
+	// Forward again, then down with a plain deploy of the schema 1 source: its way back is
+	// duck-migrate's own Migrate, which read schema 1 on the way up. It was refused as if
+	// duck needed a Downgrade to schema 2 (found by trying it from outside).
+	if out := cli(t, dc.c, dc.nodes[2].API, "deploy", "../testdata/duck-migrate"); !strings.Contains(out, "runs on every node") {
+		t.Fatalf("deploy of schema 2 again printed:\n%s", out)
+	}
+	for name, addr := range dc.ducks {
+		post(name, addr, 5, "on schema 2 again")
+	}
+	if out := cli(t, dc.c, dc.nodes[0].API, "deploy", "../duck"); !strings.Contains(out, "runs on every node") {
+		t.Fatalf("deploy of schema 1 after schema 2 printed:\n%s", out)
+	}
+	for name, addr := range dc.ducks {
+		post(name, addr, 6, "after deploying schema 1 over schema 2")
 	}
 }
 

@@ -346,9 +346,18 @@ func runRollout(args []string) error {
 	c := clientFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	to := fs.Int("to", 0, "undo: go back to this version instead of the previous one")
+	noRevert := fs.Bool("no-revert", false, "undo --to: if the rollout back fails, leave upgraded nodes as they are (as deploy --no-revert; needed to go back across a state layout with no way back)")
 	pos, err := parse(fs, args, "status|history|pause|resume|undo")
 	if err != nil {
 		return err
+	}
+	toSet := false
+	fs.Visit(func(f *flag.Flag) { toSet = toSet || f.Name == "to" })
+	if toSet && (pos[0] != "undo" || *to < 1) {
+		return usageError{fmt.Sprintf("--to %d: give it with undo, and a version number (1 or more; 'rollout history' lists them)", *to)}
+	}
+	if *noRevert && (pos[0] != "undo" || !toSet) {
+		return usageError{"--no-revert goes with 'rollout undo --to N' (the rollout back to N); a plain undo already goes back"}
 	}
 	switch pos[0] {
 	case "status", "history":
@@ -373,7 +382,7 @@ func runRollout(args []string) error {
 		return nil
 	case "pause", "resume", "undo":
 		var res api.CommitResult
-		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to)}, &res); err != nil {
+		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to), NoRevert: *noRevert}, &res); err != nil {
 			return err
 		}
 		if *asJSON {

@@ -587,8 +587,8 @@ func TestDescribeIsAskedOncePerHost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if first.Schema != 2 {
-		t.Fatalf("duck-migrate describes schema %d, want 2", first.Schema)
+	if first.Schema != 2 || !first.Migrates {
+		t.Fatalf("duck-migrate describes schema %d, Migrate %v; want 2 and a Migrate", first.Schema, first.Migrates)
 	}
 	// The second node's binary no longer runs: only the kept answer can say what it says.
 	bin, _ := two.Binary(b.ID)

@@ -44,6 +44,9 @@ const (
 type Description struct {
 	Schema     int   `json:"schema"`
 	Downgrades []int `json:"downgrades,omitempty"`
+	// Migrates says the version has a Config.Migrate: it takes the state of another schema,
+	// an older one as a rule (a version that changed the layout reads the one before).
+	Migrates bool `json:"migrates,omitempty"`
 }
 
 // CanGoBackTo reports whether state handed over by this version reaches a version that keeps
@@ -55,7 +58,7 @@ func (d Description) CanGoBackTo(schema int) bool {
 
 // describe is Run's answer when EnvDescribe is set.
 func describe[S any](cfg Config[S]) error {
-	d := Description{Schema: cfg.Schema}
+	d := Description{Schema: cfg.Schema, Migrates: cfg.Migrate != nil}
 	if cfg.Downgrade != nil {
 		var zero S
 		for to := cfg.Schema - 1; to >= 0; to-- {
