@@ -13,6 +13,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"go/parser"
+	"go/token"
 	"io"
 	"os"
 	"os/exec"
@@ -230,6 +232,9 @@ func (b *Builder) build(ctx context.Context, id bundle.ID, data []byte) (string,
 		}
 	}
 
+	if err := mainPackage(src); err != nil {
+		return "", fmt.Errorf("build %s: %w", short(id), err)
+	}
 	out := filepath.Join(work, "duck")
 	if err := b.produce(ctx, id, goBin, src, out); err != nil {
 		return "", err
@@ -301,6 +306,9 @@ func (b *Builder) produce(ctx context.Context, id bundle.ID, goBin, src, out str
 	}
 	if err := b.run(ctx, id, goBin, src, out); err != nil {
 		return err
+	}
+	if err := isProgram(out); err != nil {
+		return fmt.Errorf("build %s: %w", short(id), err)
 	}
 	sum, err := fileSum(out)
 	if err != nil {
@@ -469,4 +477,48 @@ func hostLock(ctx context.Context) (func(), error) {
 		case <-time.After(wait):
 		}
 	}
+}
+
+// mainPackage checks that src holds a main package. go build of any other package succeeds and
+// writes an archive where the binary goes, so a library deployed as a version was "built" on
+// every node and failed only when a duck ran it ("exec format error"; found by trying it).
+func mainPackage(src string) error {
+	files, _ := filepath.Glob(filepath.Join(src, "*.go"))
+	fset := token.NewFileSet()
+	var other string
+	for _, name := range files {
+		if strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, name, nil, parser.PackageClauseOnly)
+		if err != nil {
+			return nil // the compiler says what is wrong, better
+		}
+		if f.Name.Name == "main" {
+			return nil
+		}
+		other = f.Name.Name
+	}
+	if other == "" {
+		return nil // no Go files: go build says so
+	}
+	return fmt.Errorf("the folder holds package %s, not a main package: a duck is a program (package main, with a func main that serves through the duckraft SDK); deploy the folder of that program", other)
+}
+
+// isProgram checks that go build made an executable, whatever mainPackage saw (build
+// constraints choose the files): on Linux an ELF file.
+func isProgram(path string) error {
+	if runtime.GOOS != "linux" {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	magic := make([]byte, 4)
+	if _, err := io.ReadFull(f, magic); err != nil || string(magic) != "\x7fELF" {
+		return errors.New("go build made no program (an archive: the package built is not main); a duck is a program: package main, with a func main")
+	}
+	return nil
 }

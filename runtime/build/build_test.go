@@ -614,3 +614,28 @@ func TestDescribeIsAskedOncePerHost(t *testing.T) {
 		t.Fatal("a node without the shared folder described a binary that does not run")
 	}
 }
+
+// A folder that holds a library is refused at its build, saying why: go build of a package that
+// is not main succeeds and writes an archive where the binary goes, which every node "built"
+// and no duck could run (found by deploying one). With a build constraint choosing the files,
+// the check on what go build made catches it too.
+func TestALibraryIsNotADuck(t *testing.T) {
+	realGo(t)
+	for name, files := range map[string]map[string]string{
+		"library": {"lib.go": "package lib\n\nfunc F() {}\n"},
+		"main only under a tag": {
+			"lib.go":  "package lib\n\nfunc F() {}\n",
+			"main.go": "//go:build never\n\npackage main\n\nfunc main() {}\n",
+		},
+	} {
+		b := pack(t, files)
+		builder := &Builder{Dir: t.TempDir()}
+		_, err := builder.Build(context.Background(), b.ID, b.Data)
+		if err == nil || !strings.Contains(err.Error(), "a duck is a program") {
+			t.Errorf("%s: Build = %v, want a refusal saying a duck is a program", name, err)
+		}
+		if _, ok := builder.Binary(b.ID); ok {
+			t.Errorf("%s: a binary is in place after the refusal", name)
+		}
+	}
+}
