@@ -122,6 +122,11 @@ func TestConnectToNothingFailsWithClearMessage(t *testing.T) {
 	if err == nil || !strings.Contains(errOut, "nothing listens") {
 		t.Fatalf("members on a dead address: err=%v, stderr=%q", err, errOut)
 	}
+	// A node's Raft port speaks the same wire but not HTTP: it said only "EOF".
+	_, errOut, err = tryCLI(c, nodes[0].Raft, "members")
+	if err == nil || !strings.Contains(errOut, "is that the node's --api-addr? (its --raft-addr answers only other nodes)") {
+		t.Fatalf("members on the Raft port: err=%v, stderr=%q", err, errOut)
+	}
 }
 
 func TestSecondNodeWithSameNameIsRefused(t *testing.T) {

@@ -411,6 +411,10 @@ func Explain(addr string, err error) error {
 		return fmt.Errorf("cookie refused by %s: %w; start both sides with the same --cookie-file or DUCKRAFT_COOKIE", addr, ErrCookieMismatch)
 	case strings.Contains(msg, "connection refused"):
 		return fmt.Errorf("nothing listens at %s (connection refused): is the node running, and is that its --api-addr?", addr)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		// The handshake passed and the far end closed without an answer: most often a node's
+		// Raft port, which speaks the same wire but not HTTP.
+		return fmt.Errorf("%s closed the connection without answering: is that the node's --api-addr? (its --raft-addr answers only other nodes) If it is, the node may have stopped mid-request: check that it runs (%w)", addr, err)
 	case errors.Is(err, context.DeadlineExceeded), strings.Contains(msg, "i/o timeout"):
 		return fmt.Errorf("no answer from %s within the time limit: is the node up and the address reachable? (%w)", addr, err)
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"unicode"
 )
@@ -100,8 +102,8 @@ func (id *Identity) CheckReach(addrs ...string) error {
 			continue
 		}
 		return fmt.Errorf("the cookie is too weak for a node other machines can reach (about %.0f bits, %d wanted; this node listens or advertises at %s): "+
-			"make a strong one with `(umask 077; duckraft cookie > ~/.duckraft.cookie)` (or start without --cookie, --cookie-file and %s to have ~/.duckraft.cookie made), "+
-			"then give every node and client that same file; a short cookie is for nodes on loopback only", bits, MinCookieBits, a, CookieEnv)
+			"make a strong one with `(umask 077; %s cookie > ~/.duckraft.cookie)` (or start without --cookie, --cookie-file and %s to have ~/.duckraft.cookie made), "+
+			"then give every node and client that same file; a short cookie is for nodes on loopback only", bits, MinCookieBits, a, filepath.Base(os.Args[0]), CookieEnv)
 	}
 	return nil
 }
