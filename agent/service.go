@@ -191,6 +191,7 @@ func (a *Agent) ping() api.Ping {
 		CommitIndex:  n.CommitIndex(),
 		AppliedIndex: n.AppliedIndex(),
 		StateIndex:   n.Index(),
+		Unreached:    n.Unreached(),
 	}
 }
 

@@ -66,6 +66,24 @@ func (c *contacts) stop(r *raft.Raft) {
 	close(c.done)
 }
 
+// Unreached is, on the leader, each member its heartbeats do not reach and the last heartbeat
+// that got through to it; nil on any other node.
+func (n *Node) Unreached() map[string]time.Time {
+	if n.RaftState() != raft.Leader {
+		return nil
+	}
+	n.contacts.mu.Lock()
+	defer n.contacts.mu.Unlock()
+	if len(n.contacts.failing) == 0 {
+		return nil
+	}
+	out := make(map[string]time.Time, len(n.contacts.failing))
+	for k, v := range n.contacts.failing {
+		out[string(k)] = v.UTC()
+	}
+	return out
+}
+
 // Silence is how long this node, as leader, has not reached each member: 0 for itself and for a
 // member its heartbeats reach, the time since the last heartbeat that got through for one they
 // do not, and for ever for a name outside Raft's configuration (nothing replicates to it).

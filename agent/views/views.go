@@ -76,6 +76,8 @@ func (v *Views) Members(ctx context.Context) ([]api.MemberStatus, error) {
 		return nil, err
 	}
 	var wg sync.WaitGroup
+	var leaderMu sync.Mutex
+	var unreached map[string]time.Time // the leader's view of the members its heartbeats miss
 	for i := range out {
 		out[i].Role, out[i].Reachable, out[i].LastContact = "unknown", false, time.Time{}
 		wg.Add(1)
@@ -98,9 +100,22 @@ func (v *Views) Members(ctx context.Context) ([]api.MemberStatus, error) {
 			st.Reachable = true
 			st.Role = p.State
 			st.LastContact = v.seen(st.Name, true)
+			if p.State == "leader" {
+				leaderMu.Lock()
+				unreached = p.Unreached
+				leaderMu.Unlock()
+			}
 		}(&out[i])
 	}
 	wg.Wait()
+	// A member that did not answer was last heard from when this node last reached it, or when
+	// the leader's heartbeats last did, whichever is later: this node asks only when someone
+	// lists the members, and showed a member killed a second ago as gone since its last listing.
+	for i := range out {
+		if t, ok := unreached[out[i].Name]; ok && !out[i].Reachable && t.After(out[i].LastContact) {
+			out[i].LastContact = t.Truncate(time.Millisecond)
+		}
+	}
 	slices.SortFunc(out, func(x, y api.MemberStatus) int { return strings.Compare(x.Name, y.Name) })
 	return out, nil
 }

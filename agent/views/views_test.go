@@ -146,6 +146,26 @@ func TestMembersMarksTheSilentOneUnreachableWithinTheDeadline(t *testing.T) {
 	}
 }
 
+// A member that does not answer was last heard from when the leader's heartbeats last reached
+// it, if that is later than this node's own last answer from it: otherwise a member killed a
+// moment ago showed as gone since whenever this node last listed the members (found by trying
+// it: "35s ago" one second after a kill, "never" on another node).
+func TestASilentMembersLastContactIsTheLeadersView(t *testing.T) {
+	v := cluster()
+	v.Self = "x" // not the leader: b leads, and its heartbeats last reached c at heard
+	heard := time.Now().Add(-time.Second).UTC().Truncate(time.Millisecond)
+	v.Peers.(fakePeers)["b:1"].answers["/v1/ping"] = api.Ping{Name: "b", State: "leader", Unreached: map[string]time.Time{"c": heard}}
+	ms, err := v.Members(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range ms {
+		if m.Name == "c" && (m.Reachable || !m.LastContact.Equal(heard)) {
+			t.Fatalf("c: reachable %v, last contact %v; want unreachable, last heard at the leader's %v", m.Reachable, m.LastContact, heard)
+		}
+	}
+}
+
 func TestMemberAnsweringForAnotherNameIsUnreachable(t *testing.T) {
 	v := cluster()
 	v.Peers.(fakePeers)["b:1"].answers["/v1/ping"] = api.Ping{Name: "someone-else", State: "follower"}

@@ -91,7 +91,7 @@ func runMembers(args []string) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tROLE\tSUFFRAGE\tREACHABLE\tLAST CONTACT\tAPI\tRAFT")
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.Suffrage, yesNo(m.Reachable), ago(m.LastContact), m.APIAddr, m.RaftAddr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.Suffrage, yesNo(m.Reachable), lastContact(m), m.APIAddr, m.RaftAddr)
 	}
 	return tw.Flush()
 }
@@ -139,4 +139,14 @@ func runLeave(args []string) error {
 	}
 	fmt.Println("left the cluster; the node carries on as a cluster of one")
 	return nil
+}
+
+// lastContact is a member's LAST CONTACT: "now" for one that answered this listing (the listing
+// waits for the slowest member, so its time would read "1s ago" beside a member that does not
+// answer), else how long ago it was last heard from.
+func lastContact(m api.MemberStatus) string {
+	if m.Reachable {
+		return "now"
+	}
+	return ago(m.LastContact)
 }
