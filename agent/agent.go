@@ -215,7 +215,7 @@ func Start(cfg Config) (*Agent, error) {
 	}
 	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log, Tell: a.tellGranted}
 	follow := a.follow
-	a.wg.Add(6)
+	a.wg.Add(7)
 	go func() {
 		defer a.wg.Done()
 		drive.Run(a.ctx)
@@ -239,6 +239,10 @@ func Start(cfg Config) (*Agent, error) {
 	go func() {
 		defer a.wg.Done()
 		a.mem.KeepVoters(a.ctx)
+	}()
+	go func() {
+		defer a.wg.Done()
+		a.mem.WatchRemoval(a.ctx)
 	}()
 
 	if a.mem.Node().Fresh(cfg.Name) {

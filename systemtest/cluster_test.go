@@ -185,6 +185,35 @@ func TestForgetDeadMemberAndLeave(t *testing.T) {
 	})
 }
 
+// A member forgotten while it was down and then started again on its old data folder is ignored
+// by the others; it used to campaign for ever while every write through it waited out its time
+// limit and said "no answer" (found by trying it). It now finds out from the members it
+// remembers, and says what to do.
+func TestAForgottenNodeStartedAgainSaysItWasRemoved(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	nodes[2].Kill()
+	waitFor(t, "c to be forgotten", 15*time.Second, func() bool {
+		_, _, err := tryCLI(c, nodes[0].API, "forget", "c")
+		return err == nil
+	})
+	if err := nodes[2].Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var errOut string
+	defer func() { t.Logf("last answer: %s", errOut) }()
+	waitFor(t, "c to say that it was taken out", 40*time.Second, func() bool {
+		_, errOut, _ = tryCLI(c, nodes[2].API, "deploy", "--timeout", "3s", "../duck")
+		return strings.Contains(errOut, "not a member of its cluster any more")
+	})
+	if !strings.Contains(errOut, "empty --data-dir") {
+		t.Errorf("c's refusal does not say what to do: %s", errOut)
+	}
+	if v := view(members(c, nodes[0].API)); v != "a:leader:true:voter b:follower:true:voter" && v != "a:follower:true:voter b:leader:true:voter" {
+		t.Errorf("a and b list %s, want only themselves", v)
+	}
+}
+
 // A client without the cookie is refused before any handler runs: a TLS client with no key gets
 // a 401 naming the cookie, and a plain HTTP one too.
 func TestClientWithoutCookieGets401(t *testing.T) {

@@ -75,6 +75,8 @@ type Membership struct {
 
 	// leaving is set while the node takes itself out, so it does not register itself again.
 	leaving atomic.Bool
+	// removed says why this node is no longer a member, once WatchRemoval found it taken out.
+	removed atomic.Pointer[string]
 }
 
 // Open starts this node's consensus member; bootstrap makes a node without history a cluster of
@@ -121,6 +123,7 @@ func (m *Membership) open(bootstrap bool) (*consensus.Node, error) {
 // Reset throws this node's Raft history away and reopens it: bootstrapped as a cluster of one,
 // or empty, waiting to be added by another cluster's leader.
 func (m *Membership) Reset(bootstrap bool) error {
+	m.removed.Store(nil)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.node.Close(); err != nil {
@@ -202,6 +205,9 @@ func (m *Membership) inConfiguration() bool {
 // OnLeader runs local on this node if it leads, or sends in to the same path on the leader,
 // waiting briefly through an election.
 func (m *Membership) OnLeader(ctx context.Context, path string, in, out any, local func(*consensus.Node) error) error {
+	if why := m.removed.Load(); why != nil {
+		return &api.APIError{Status: http.StatusConflict, Message: *why}
+	}
 	// Bounded whatever the caller's patience: without a leader the answer does not improve.
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
@@ -369,6 +375,74 @@ func (m *Membership) Leave(ctx context.Context, forget func()) error {
 		return fmt.Errorf("left the cluster, but could not restart as a cluster of one: %w; restart the node", err)
 	}
 	return nil
+}
+
+// WatchRemoval notices, until ctx ends, that this node was taken out of its cluster while it was
+// down (`forget`, then the node started again on its old data folder): its peers ignore it, and
+// it campaigned for ever while every write through it waited out its time limit with "no
+// answer" (found by trying it). After removalAfter without a leader it asks the members it
+// remembers whether it is still one of theirs; once one with a leader says no, writes through
+// this node fail at once saying what to do, and the log says it once.
+func (m *Membership) WatchRemoval(ctx context.Context) {
+	t := time.NewTicker(removalAfter / 3)
+	defer t.Stop()
+	var alone time.Time // since when no leader is known
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n := m.Node()
+		if name, _ := n.Leader(); name != "" || m.leaving.Load() {
+			alone = time.Time{}
+			m.removed.Store(nil) // led again: a member after all
+			continue
+		}
+		if alone.IsZero() {
+			alone = time.Now()
+		}
+		if time.Since(alone) < removalAfter || m.removed.Load() != nil {
+			continue
+		}
+		if why := m.askWhetherMember(ctx, n); why != "" {
+			m.removed.Store(&why)
+			m.log.Error(why)
+		}
+	}
+}
+
+// removalAfter is how long a node goes without a leader before it asks whether it was removed.
+const removalAfter = 6 * time.Second
+
+// askWhetherMember asks the members this node remembers, one at a time, until one that has a
+// leader answers; it returns why this node is not a member, or "" while it is (or none knows).
+func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) string {
+	for name, r := range n.Members() {
+		if name == m.self.Name || r.APIAddr == "" {
+			continue
+		}
+		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		var ms []api.MemberStatus
+		err := m.cfg.Peers.Do(actx, r.APIAddr, http.MethodGet, "/v1/members", nil, &ms)
+		cancel()
+		if err != nil {
+			continue
+		}
+		led, in := false, false
+		for _, s := range ms {
+			led = led || s.Role == "leader"
+			in = in || s.Name == m.self.Name
+		}
+		switch {
+		case !led:
+			continue // it knows no more than this node
+		case in:
+			return ""
+		}
+		return fmt.Sprintf("this node (%s) is not a member of its cluster any more: it was taken out (`forget`) while it was down, so the other members ignore it (%s says so). Stop it, start it again with an empty --data-dir, and `connect` it to a member", m.self.Name, name)
+	}
+	return ""
 }
 
 // KeepVoters is the leader's autopilot, until ctx ends: it keeps the cluster at its number of
