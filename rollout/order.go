@@ -9,13 +9,17 @@ import (
 // computes the same order from the same names.
 func Order(names []string) []string {
 	out := slices.Clone(names)
-	slices.SortFunc(out, func(a, b string) int {
-		if c := compareNatural(a, b); c != 0 {
-			return c
-		}
-		return strings.Compare(a, b) // n01 and n1: still one order on every node
-	})
+	slices.SortFunc(out, CompareNames)
 	return out
+}
+
+// CompareNames is Order's comparison, for every listing of nodes and ducks, so that `members`,
+// `ducks` and `status` show them in the order a rollout takes them.
+func CompareNames(a, b string) int {
+	if c := compareNatural(a, b); c != 0 {
+		return c
+	}
+	return strings.Compare(a, b) // n01 and n1: still one order on every node
 }
 
 // compareNatural compares runs of digits by their value and everything else as text.

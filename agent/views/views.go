@@ -13,12 +13,12 @@ import (
 	"io"
 	"net/http"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/rollout"
 )
 
 // Peers reaches the other members' APIs; *api.Client is one.
@@ -116,7 +116,7 @@ func (v *Views) Members(ctx context.Context) ([]api.MemberStatus, error) {
 			out[i].LastContact = t.Truncate(time.Millisecond)
 		}
 	}
-	slices.SortFunc(out, func(x, y api.MemberStatus) int { return strings.Compare(x.Name, y.Name) })
+	slices.SortFunc(out, func(x, y api.MemberStatus) int { return rollout.CompareNames(x.Name, y.Name) })
 	return out, nil
 }
 
@@ -183,13 +183,14 @@ func (v *Views) Ducks(ctx context.Context) []api.DuckInfo {
 	return out
 }
 
-// SortDucks orders ducks by node, then ID.
+// SortDucks orders ducks by node, then ID, numbers by their value (n2 before n10, duck-2
+// before duck-10), as a rollout orders nodes.
 func SortDucks(ds []api.DuckInfo) {
 	slices.SortFunc(ds, func(x, y api.DuckInfo) int {
 		if x.Node != y.Node {
-			return strings.Compare(x.Node, y.Node)
+			return rollout.CompareNames(x.Node, y.Node)
 		}
-		return strings.Compare(x.ID, y.ID)
+		return rollout.CompareNames(x.ID, y.ID)
 	})
 }
 
@@ -302,6 +303,6 @@ func (v *Views) Status(ctx context.Context) (api.Status, error) {
 		}(&out.Nodes[i])
 	}
 	wg.Wait()
-	slices.SortFunc(out.Nodes, func(x, y api.NodeStatus) int { return strings.Compare(x.Member.Name, y.Member.Name) })
+	slices.SortFunc(out.Nodes, func(x, y api.NodeStatus) int { return rollout.CompareNames(x.Member.Name, y.Member.Name) })
 	return out, nil
 }

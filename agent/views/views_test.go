@@ -244,3 +244,18 @@ func TestStatusLeavesTheUnreachableWithoutLocalAndCountsVoters(t *testing.T) {
 		}
 	}
 }
+
+// Listings order nodes and ducks as a rollout orders nodes: numbers by their value, so n2 comes
+// before n10 in `members`, `ducks` and `status` as in the rollout (found by trying it: the
+// listings sorted n1, n10, n2).
+func TestListingsOrderNamesAsTheRolloutDoes(t *testing.T) {
+	ds := []api.DuckInfo{{Node: "n10", ID: "duck-1"}, {Node: "n2", ID: "duck-10"}, {Node: "n2", ID: "duck-2"}, {Node: "n1", ID: "duck-1"}}
+	SortDucks(ds)
+	var got []string
+	for _, d := range ds {
+		got = append(got, d.Node+"/"+d.ID)
+	}
+	if want := "n1/duck-1 n2/duck-2 n2/duck-10 n10/duck-1"; strings.Join(got, " ") != want {
+		t.Fatalf("ducks in order %v, want %s", got, want)
+	}
+}
