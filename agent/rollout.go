@@ -3,7 +3,10 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +23,9 @@ import (
 
 func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResult, error) {
 	id := bundle.Sum(req.Bundle)
+	if err := waveLabelKnown(req.Policy.WaveBy, n.Members()); err != nil {
+		return api.CommitResult{}, err
+	}
 	// The fault suite kills a leader on this line, so that it dies with the commit in flight.
 	a.log.Info("committing version", "id", api.LabelOf(id))
 	err := n.Apply(consensus.Commit{
@@ -138,4 +144,28 @@ func (a *Agent) fetchAndBuild(ctx context.Context, id bundle.ID) error {
 
 func (a *Agent) logEvent(e api.Event) {
 	a.log.Info("swap", "phase", e.Phase, "duck", e.Duck, "version", e.Version, "msg", e.Message)
+}
+
+// waveLabelKnown refuses --wave-by with a label no member has: every node would land in the one
+// wave of nodes without it, which is not what was asked (found by trying it: accepted silently).
+// Checked here, before the commit, not when the log applies it: a refusal there would make a
+// log replayed by a newer node differ from the one the older nodes applied.
+func waveLabelKnown(key string, members map[string]consensus.Member) error {
+	if key == "" {
+		return nil
+	}
+	keys := map[string]bool{}
+	for _, m := range members {
+		if _, ok := m.Labels[key]; ok {
+			return nil
+		}
+		for k := range m.Labels {
+			keys[k] = true
+		}
+	}
+	have := "no node has a label; start nodes with --label KEY=VALUE"
+	if len(keys) > 0 {
+		have = "the nodes' labels are " + strings.Join(slices.Sorted(maps.Keys(keys)), ", ")
+	}
+	return &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("--wave-by %s: no node has the label %q (%s)", key, key, have)}
 }

@@ -85,6 +85,13 @@ func TestLoadSpawnAndHotSwapOnOneNode(t *testing.T) {
 		t.Fatalf("duck says %+v, %v; want count 3 at %s", r, err, v1)
 	}
 
+	// A second duck asked to serve where the first one does says which flags pick another
+	// address (the duck's own words name only DUCK_ADDR, which spawn does not take).
+	_, errOut, err = tryCLI(c, a.API, "spawn", "--detach", "--listen", addr)
+	if err == nil || !strings.Contains(errOut, "already serves on "+addr+": spawn it with another --port or --listen") {
+		t.Fatalf("spawn on a taken address: err=%v stderr=%q", err, errOut)
+	}
+
 	v2 := loadedVersion(t, cli(t, c, a.API, "load", "../testdata/duck-v2"))
 	if r, err := askDuck("GET", addr); err != nil || r.Count != 3 || r.Version != v2 {
 		t.Fatalf("after load of v2 the duck says %+v, %v; want count 3 at %s", r, err, v2)

@@ -442,6 +442,10 @@ func TestWavesByLabelGoOneAfterTheOther(t *testing.T) {
 		nodes = append(nodes, n)
 	}
 	connectAll(t, c, nodes)
+	// A label no node has is refused before anything is committed, naming the labels there are.
+	if _, errOut, err := tryCLI(c, nodes[0].API, "deploy", "--wave-by", "rack", "../duck"); err == nil || !strings.Contains(errOut, `no node has the label "rack" (the nodes' labels are zone)`) {
+		t.Fatalf("deploy --wave-by rack: err=%v\n%s", err, errOut)
+	}
 	out := cli(t, c, nodes[1].API, "deploy", "--wave-by", "zone", "--max-parallel", "2", "../duck")
 	if !strings.Contains(out, "runs on every node") {
 		t.Fatalf("deploy printed:\n%s", out)

@@ -372,7 +372,12 @@ func (h *Host) Spawn(ctx context.Context, req api.SpawnRequest) (api.DuckInfo, e
 		err = h.sup.Start(ctx, spec)
 	}
 	if err != nil {
-		return api.DuckInfo{}, &api.APIError{Status: http.StatusUnprocessableEntity, Message: fmt.Sprintf("duck %s did not start on %s: %v", id, h.name, err)}
+		msg := fmt.Sprintf("duck %s did not start on %s: %v", id, h.name, err)
+		if req.Addr != "" && strings.Contains(err.Error(), "address already in use") {
+			// The duck's own words name DUCK_ADDR, which spawn sets from --port or --listen.
+			msg += fmt.Sprintf("; something on %s already serves on %s: spawn it with another --port or --listen, or without either for a free port", h.name, req.Addr)
+		}
+		return api.DuckInfo{}, &api.APIError{Status: http.StatusUnprocessableEntity, Message: msg}
 	}
 	addr = spec.Addr
 	rec := Record{ID: id, Addr: addr, Env: req.Env}
