@@ -26,6 +26,11 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 	if err := waveLabelKnown(req.Policy.WaveBy, n.Members()); err != nil {
 		return api.CommitResult{}, err
 	}
+	if c, all := req.Policy.Canaries, len(n.MemberNames()); all > 1 && c >= all {
+		// Every node a canary leaves none to wait for the word: the rollout ended done at once,
+		// without the pause --canary promises (found by trying it).
+		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("--canary %d: the cluster has %d nodes, so no node would wait for 'rollout resume'; give fewer canaries, or deploy without --canary", c, all)}
+	}
 	// The fault suite kills a leader on this line, so that it dies with the commit in flight.
 	a.log.Info("committing version", "id", api.LabelOf(id))
 	err := n.Apply(consensus.Commit{

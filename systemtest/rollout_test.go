@@ -316,6 +316,10 @@ func TestAVersionThatCannotGoBackIsRefusedBeforeAnySwap(t *testing.T) {
 
 func TestCanaryWaitsForResume(t *testing.T) {
 	dc := newDuckCluster(t)
+	// As many canaries as nodes would leave none to wait: refused, nothing committed.
+	if _, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "--canary=3", "../testdata/duck-v2"); err == nil || !strings.Contains(errOut, "--canary 3: the cluster has 3 nodes") {
+		t.Fatalf("deploy --canary=3 on three nodes: err=%v\n%s", err, errOut)
+	}
 	out := cli(t, dc.c, dc.nodes[0].API, "deploy", "--canary", "../testdata/duck-v2")
 	if !strings.Contains(out, "paused") {
 		t.Fatalf("canary deploy printed:\n%s", out)

@@ -271,7 +271,7 @@ func summary(c *localcluster.Cluster, nodes []*localcluster.Node, ducks map[stri
 		if view.Rollout != nil {
 			if nr := view.Rollout.Nodes[n.Name]; nr != nil {
 				turn = fmt.Sprint(i + 1)
-				took = phaseTime(nr)
+				took = phaseTime(nr, view.Rollout.Ended)
 			}
 		}
 		same := count == fmt.Sprint(p.ok[n.Name].Load())

@@ -232,7 +232,11 @@ func runDucks(args []string) error {
 		if !d.Started.IsZero() && d.State == "running" {
 			up = time.Since(d.Started).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", d.ID, d.Node, d.Version, d.State, d.Addr, d.PID, d.Gen, d.Restarts, up)
+		pid, gen, restarts := strconv.Itoa(d.PID), strconv.Itoa(d.Gen), strconv.Itoa(d.Restarts)
+		if d.State == "node unreachable" {
+			pid, gen, restarts = "?", "?", "?" // its node did not answer: unknown, not zero
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Node, d.Version, d.State, d.Addr, pid, gen, restarts, up)
 	}
 	return tw.Flush()
 }

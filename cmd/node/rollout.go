@@ -212,7 +212,7 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	fmt.Fprintln(tw, "  #\tWAVE\tNODE\tPHASE\tFOR\tNOTE")
 	for i, name := range r.Order {
 		nr := r.Nodes[name]
-		fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\n", i+1, nr.Wave+1, name, nr.Phase, phaseTime(nr), firstLine(nr.Error))
+		fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\n", i+1, nr.Wave+1, name, nr.Phase, phaseTime(nr, r.Ended), firstLine(nr.Error))
 	}
 	tw.Flush()
 	w.Write(buf.Bytes())
@@ -265,8 +265,13 @@ func policyLine(p rollout.Policy) string {
 	return line
 }
 
-func phaseTime(nr *rollout.Node) string {
+// phaseTime is how long node nr has been in its phase, or took for its turn; for a rollout that
+// has ended (ended), how long it was in its phase until then, not a clock that runs on.
+func phaseTime(nr *rollout.Node, ended time.Time) string {
 	end := time.Now()
+	if !ended.IsZero() {
+		end = ended
+	}
 	if !nr.Done.IsZero() && !nr.Granted.IsZero() {
 		return nr.Done.Sub(nr.Granted).Round(time.Millisecond).String()
 	}
@@ -293,7 +298,7 @@ func printChanges(w io.Writer, r *rollout.Rollout, seen map[string]string) {
 		seen[name] = string(nr.Phase)
 		line := fmt.Sprintf("  %s: %s", name, nr.Phase)
 		if nr.Phase == rollout.Running || nr.Phase == rollout.Reverted {
-			line += " (" + phaseTime(nr) + ")"
+			line += " (" + phaseTime(nr, r.Ended) + ")"
 		}
 		if nr.Error != "" {
 			line += ": " + nr.Error
@@ -446,6 +451,10 @@ func runStatus(args []string) error {
 			fmt.Printf("  %s\n", firstLine(r.Reason))
 		}
 	}
+	var ended time.Time
+	if r := st.Rollout.Rollout; r != nil {
+		ended = r.Ended
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "NODE\tROLE\tREACHABLE\tVERSION\tPHASE\tFOR\tDUCKS")
 	for _, n := range st.Nodes {
@@ -460,7 +469,7 @@ func runStatus(args []string) error {
 		}
 		phase, since := "-", "-"
 		if n.Rollout != nil {
-			phase, since = string(n.Rollout.Phase), phaseTime(n.Rollout)
+			phase, since = string(n.Rollout.Phase), phaseTime(n.Rollout, ended)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Member.Name, n.Member.Role, yesNo(n.Reachable), version, phase, since, ducks)
 	}
