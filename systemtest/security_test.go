@@ -491,6 +491,9 @@ func TestWeakCookieOnlyOnLoopback(t *testing.T) {
 	if out := wide.out.String(); !strings.Contains(out, "too weak") || !strings.Contains(out, "duckraft cookie") {
 		t.Fatalf("the refusal does not say the cookie is weak and how to make one:\n%s", out)
 	}
+	if _, err := os.Lstat(filepath.Join(home, "b")); !os.IsNotExist(err) {
+		t.Errorf("the refused start left its data folder behind (%v): a later start would find an empty node there", err)
+	}
 
 	out, err := exec.Command(bin, "cookie").Output()
 	if err != nil {

@@ -105,12 +105,19 @@ func runStart(args []string) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name)
+	// A start that fails (a weak cookie, a port in use) leaves no data folder it made behind: a
+	// later start with other flags would find an empty node there.
+	_, statErr := os.Lstat(*dataDir)
+	madeDir := os.IsNotExist(statErr)
 	a, err := agent.Start(agent.Config{
 		Name: *name, DataDir: *dataDir, APIAddr: *apiAddr, RaftAddr: *raftAddr,
 		Advertise: *adv, Identity: id, Log: log, ReadyTimeout: *readyTimeout, Healthy: *healthy, MetricsAddr: *metricsAddr, Labels: labels, GoBin: *goBin,
 		Voters: *voters, ReplaceVoterAfter: *replaceAfter, DuckUser: duckUser,
 	})
 	if err != nil {
+		if madeDir {
+			os.RemoveAll(*dataDir)
+		}
 		return err
 	}
 	self := a.Self()
