@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -288,13 +289,19 @@ func firstLine(s string) string {
 	return s
 }
 
-// printChanges prints a line for each node whose phase changed since the last call.
+// printChanges prints a line for each node whose phase changed since the last call, in the order
+// the phases were entered (the rollout's order for ties): a poll that saw c reverted and b
+// reverting printed them in the rollout's order, as if they had gone back at once.
 func printChanges(w io.Writer, r *rollout.Rollout, seen map[string]string) {
+	var changed []string
 	for _, name := range r.Order {
-		nr := r.Nodes[name]
-		if seen[name] == string(nr.Phase) {
-			continue
+		if seen[name] != string(r.Nodes[name].Phase) {
+			changed = append(changed, name)
 		}
+	}
+	slices.SortStableFunc(changed, func(a, b string) int { return r.Nodes[a].Since.Compare(r.Nodes[b].Since) })
+	for _, name := range changed {
+		nr := r.Nodes[name]
 		seen[name] = string(nr.Phase)
 		line := fmt.Sprintf("  %s: %s", name, nr.Phase)
 		if nr.Phase == rollout.Running || nr.Phase == rollout.Reverted {
