@@ -271,7 +271,7 @@ func (d *duck) spawn() (*run, *proc, error) {
 		repR.Close()
 		return nil, nil, fmt.Errorf("starting %s: %w", stable, err)
 	}
-	r := &run{lifeW: lifeW, drained: make(chan struct{})}
+	r := &run{pgid: cmd.Process.Pid, lifeW: lifeW, drained: make(chan struct{})}
 	go func() {
 		readLines(repR, func(line string) { r.reported(line, &d.s.conns) })
 		repR.Close()
@@ -368,12 +368,18 @@ func (d *duck) waitDrained(r *run) {
 	}
 }
 
+// reapEvery is how often the supervisor reaps the exited processes a duck's generations left to
+// it (it is their subreaper): a daemon a duck started becomes a zombie here when it exits.
+const reapEvery = 5 * time.Second
+
 // keep runs the duck from its first Ready to its stop.
 func (d *duck) keep() {
 	defer close(d.finished)
+	reap := time.NewTicker(reapEvery)
+	defer reap.Stop()
 	for {
 		d.mu.Lock()
-		cur := d.cur
+		cur, r := d.cur, d.run
 		d.mu.Unlock()
 		var died <-chan struct{} // nil, never ready, once the duck failed
 		if cur != nil {
@@ -383,8 +389,20 @@ func (d *duck) keep() {
 		case <-d.ctx.Done():
 			d.shutdown()
 			return
+		case <-reap.C:
+			d.sweep(r, 0) // what a running generation left to this process, once it has exited
 		case op := <-d.ops:
-			op.reply <- d.swap(op)
+			err := d.swap(op)
+			d.mu.Lock()
+			next := d.cur
+			d.mu.Unlock()
+			if err == nil && next != nil {
+				// The old generation is gone: what it started and left behind goes with it.
+				if st, serr := readStat(next.pid); serr == nil {
+					d.sweep(r, st.start)
+				}
+			}
+			op.reply <- err
 		case <-died:
 			d.crashed(fmt.Sprintf("generation %d (PID %d) %s", cur.gen, cur.pid, cur.exited()))
 		}
@@ -425,8 +443,84 @@ func (d *duck) endRun(r *run, graceful bool) {
 		p.signal(syscall.SIGKILL)
 	}
 	waitAll(live, killWait)
+	// What the generations started and left in their process group ends with the run: it held
+	// the output pipes open, and outlived every stop (found by trying it: a duck's helper
+	// processes survived stop, swap and restart, and piled up as zombies of this process). Not
+	// by killing the group: a generation this run did not know of may still be saving its
+	// state there (TestStopAtSeededMomentsOfASwapLosesNothing lost POSTs so). What one of them
+	// started in turn becomes this process's child as it dies, and goes the same way.
+	for end := time.Now().Add(killWait); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		left := d.groupChildren(r)
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		d.sweep(r, 0) // reaps what has died
+		if len(left) == 0 {
+			break
+		}
+	}
 	r.closeLifeline()
 	d.waitDrained(r)
+}
+
+// groupChildren lists this process's live children in r's process group that are not
+// generations (they do not run the duck's binary).
+func (d *duck) groupChildren(r *run) []int {
+	var out []int
+	me, bin := os.Getpid(), d.path(binaryName)
+	for _, pid := range childrenOf(me) {
+		if st, err := readStat(pid); err == nil && st.ppid == me && st.pgid == r.pgid && st.state != 'Z' && !runs(pid, bin, d.cfg.User) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// sweep ends and reaps what generations of r left behind: processes they started that outlived
+// them, which this process (their subreaper) now parents, while still in the run's process
+// group. A live one that started before `before` (kernel clock ticks since boot, as in
+// /proc/PID/stat) gets SIGTERM, and SIGKILL if it is still there StopTimeout later: after a swap,
+// `before` is the new generation's start, so that what it started itself stays (a daemon it
+// left to us is the duck's while the duck runs). A zombie is reaped. The run's generations are
+// left alone: those it knows, and a new one not yet adopted (it runs the duck's binary). A
+// process that left the group (setsid) is beyond this: only a cgroup would hold it.
+func (d *duck) sweep(r *run, before uint64) {
+	if r == nil || r.pgid <= 0 {
+		return
+	}
+	me, bin := os.Getpid(), d.path(binaryName)
+	known := map[int]bool{}
+	r.mu.Lock()
+	for _, p := range r.procs {
+		known[p.pid] = true
+	}
+	r.mu.Unlock()
+	for _, pid := range childrenOf(me) {
+		st, err := readStat(pid)
+		if err != nil || st.ppid != me || st.pgid != r.pgid || known[pid] {
+			continue
+		}
+		if st.state == 'Z' {
+			var ws syscall.WaitStatus
+			syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+			continue
+		}
+		if st.start >= before || runs(pid, bin, d.cfg.User) {
+			continue
+		}
+		d.log.Info("ending a process the duck's generations left behind", "pid", pid)
+		syscall.Kill(pid, syscall.SIGTERM)
+		time.AfterFunc(d.cfg.StopTimeout, func() {
+			if now, err := readStat(pid); err == nil && now.start == st.start {
+				if now.state != 'Z' {
+					syscall.Kill(pid, syscall.SIGKILL)
+					time.Sleep(killWait)
+				}
+				var ws syscall.WaitStatus
+				syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
+			}
+		})
+	}
 }
 
 // adoptNewGenerations takes into r every child of its processes that runs the duck's binary: a

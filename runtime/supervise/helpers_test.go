@@ -36,7 +36,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	pkgs := []string{"./duck", "./testdata/duck-v2", "./testdata/duck-crash", "./testdata/duck-hang", "./runtime/supervise/testdata/duck-flaky"}
+	pkgs := []string{"./duck", "./testdata/duck-v2", "./testdata/duck-crash", "./testdata/duck-hang", "./runtime/supervise/testdata/duck-flaky", "./runtime/supervise/testdata/duck-forker"}
 	// One go build for all of them: the machine is shared.
 	cmd := exec.Command("go", append([]string{"build", "-o", dir + "/"}, pkgs...)...)
 	cmd.Dir = "../.."

@@ -118,6 +118,7 @@ func describeExit(ps *os.ProcessState, err error) string {
 
 type stat struct {
 	ppid  int
+	pgid  int
 	start uint64 // clock ticks after boot; tells a reused PID apart
 	state byte   // R, S, D, Z (zombie), ...
 }
@@ -142,11 +143,12 @@ func readStat(pid int) (stat, error) {
 		return stat{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
 	ppid, err1 := strconv.Atoi(string(f[1]))
+	pgid, err3 := strconv.Atoi(string(f[2]))
 	start, err2 := strconv.ParseUint(string(f[19]), 10, 64)
-	if err1 != nil || err2 != nil {
+	if err1 != nil || err2 != nil || err3 != nil {
 		return stat{}, fmt.Errorf("/proc/%d/stat: unexpected format", pid)
 	}
-	return stat{ppid: ppid, start: start, state: f[0][0]}, nil
+	return stat{ppid: ppid, pgid: pgid, start: start, state: f[0][0]}, nil
 }
 
 // childrenOf lists the processes whose parent is pid. A swap uses it to see

@@ -13,6 +13,7 @@ import (
 // generation that followed it by swaps, sharing one stdout pipe, one
 // stderr pipe and one lifeline.
 type run struct {
+	pgid     int // the process group of its first generation, which every later one shares
 	lifeW    *os.File
 	lifeOnce sync.Once
 	drained  chan struct{} // closed at EOF of both pipes: every process is gone

@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -470,4 +472,51 @@ func TestSupervisorCountsConnectionsHandedOver(t *testing.T) {
 		t.Errorf("after one swap with one idle client: %+v, want 1 moved and none fallen back", got)
 	}
 	post() // the moved connection still serves
+}
+
+// What a duck's generations start ends with them: a helper each generation keeps and one it
+// leaves to run alone (which this process, the subreaper, then parents) are gone once a swap
+// has replaced their generation, and all of them once the duck stops; none stays a zombie of
+// this process. They survived stop, swap and restart before (found by trying it from outside).
+func TestHelpersOfADuckEndWithTheirGeneration(t *testing.T) {
+	s := newSupervisor(t, Config{StopTimeout: 2 * time.Second})
+	tag := strconv.Itoa(100000 + rand.IntN(800000))
+	startDuck(t, s, "duck-1", "duck-forker", "v1", "DUCK_FORKER_TAG="+tag)
+	group := mustGet(t, s, "duck-1").PID // the first generation leads the run's process group
+	helpers := func(gen int) []int {
+		var out []int
+		for _, pid := range allPIDs() {
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			if args := strings.Split(string(b), "\x00"); len(args) > 1 && args[0] == "sleep" && strings.HasPrefix(args[1], "1000."+tag+strconv.Itoa(gen)) {
+				out = append(out, pid)
+			}
+		}
+		return out
+	}
+	waitFor(t, "generation 1's two helpers", func() bool { return len(helpers(1)) == 2 })
+	if err := swap(s, "duck-1", "v2", "duck-forker"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "generation 1's helpers to end with it", func() bool { return len(helpers(1)) == 0 })
+	waitFor(t, "generation 2's two helpers", func() bool { return len(helpers(2)) == 2 })
+	if err := s.Stop(context.Background(), "duck-1"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "every helper to end with the duck", func() bool { return len(helpers(2)) == 0 })
+	var zombie string
+	defer func() {
+		if t.Failed() && zombie != "" {
+			t.Logf("zombie: %s", zombie)
+		}
+	}()
+	waitFor(t, "no zombie of the duck's left to this process", func() bool {
+		for _, pid := range childrenOf(os.Getpid()) {
+			if st, err := readStat(pid); err == nil && st.state == 'Z' && st.pgid == group {
+				b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+				zombie = string(b)
+				return false
+			}
+		}
+		return true
+	})
 }

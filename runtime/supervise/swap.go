@@ -98,8 +98,10 @@ func (d *duck) swap(op swapOp) error {
 		}
 		// Watch the new process before it is Ready, so that it is reaped
 		// and killed with the run even if the old one dies first.
+		// Only a child that runs the duck's binary is a generation: the old generation's other
+		// children are its own helpers, which end with it (sweep), not with the run.
 		for _, pid := range childrenOf(old.pid) {
-			if ownedBy(pid, d.cfg.User) {
+			if runs(pid, stable, d.cfg.User) {
 				r.adopt(pid)
 			}
 		}
