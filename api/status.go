@@ -33,4 +33,7 @@ type Status struct {
 	// still commit.
 	Voters    int `json:"voters"`
 	Tolerates int `json:"tolerates"`
+	// VotersReachable is how many voters answered this status; with fewer than a majority of
+	// Voters the cluster cannot commit.
+	VotersReachable int `json:"voters_reachable"`
 }

@@ -272,6 +272,9 @@ func (v *Views) Status(ctx context.Context) (api.Status, error) {
 	for _, m := range ms {
 		if m.Suffrage == "voter" {
 			out.Voters++
+			if m.Reachable {
+				out.VotersReachable++
+			}
 		}
 	}
 	if v.Tolerates != nil {

@@ -171,12 +171,20 @@ func follow(c *client, on, duck string, n int, live bool) error {
 	})
 	if ctx.Err() != nil {
 		if duck != "" {
-			fmt.Fprintf(os.Stderr, "detached; %s keeps running (stop it with: %s stop %s)\n", duck, prog, duck)
+			name := duck
+			if on != "" && on != "*" {
+				name = on + "/" + duck // a duck ID is its node's: duck-2 on b is not duck-2 on a
+			}
+			fmt.Fprintf(os.Stderr, "detached; %s keeps running (stop it with: %s --addr %s stop %s)\n", name, prog, c.addr, name)
 		}
 		return nil
 	}
 	if gone != nil {
 		return gone
+	}
+	var refused *api.APIError
+	if errors.As(err, &refused) {
+		return err // the node answered: no such duck, or no such node behind it
 	}
 	if err != nil {
 		return fmt.Errorf("node at %s is gone, and its ducks with it: %w", c.addr, err)

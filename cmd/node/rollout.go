@@ -451,7 +451,7 @@ func runStatus(args []string) error {
 	if *asJSON {
 		return printJSON(st)
 	}
-	fmt.Printf("%d voters of %d members: the cluster can lose %d of them and still commit\n", st.Voters, len(st.Nodes), st.Tolerates)
+	fmt.Println(tolerance(st))
 	if r := st.Rollout.Rollout; r != nil {
 		fmt.Printf("version %d %s, order %s\n", r.Version, r.State, strings.Join(r.Order, " -> "))
 		if r.Reason != "" {
@@ -497,4 +497,19 @@ func printDuckUsers(st api.Status) {
 			return
 		}
 	}
+}
+
+// tolerance says how many more voters the cluster can lose and still commit, from those that
+// answered: it counted every voter, so with two of five gone it still said "can lose 2" (found
+// by trying it).
+func tolerance(st api.Status) string {
+	quorum := st.Voters/2 + 1
+	head := fmt.Sprintf("%d voters of %d members", st.Voters, len(st.Nodes))
+	switch down := st.Voters - st.VotersReachable; {
+	case st.VotersReachable < quorum:
+		return fmt.Sprintf("%s, %d of them answering: fewer than the %d needed, so the cluster cannot commit until enough are back", head, st.VotersReachable, quorum)
+	case down > 0:
+		return fmt.Sprintf("%s, %d not answering: the cluster can lose %d more of them and still commit", head, down, st.VotersReachable-quorum)
+	}
+	return fmt.Sprintf("%s: the cluster can lose %d of them and still commit", head, st.Tolerates)
 }
