@@ -513,3 +513,46 @@ func TestWeakCookieOnlyOnLoopback(t *testing.T) {
 		t.Fatal("duckraft cookie printed the same cookie twice")
 	}
 }
+
+// A descriptor the node inherited from whoever started it (a shell's pipe, an open file) reaches
+// no duck: ducks run as their own user, and held a root pipe of the launching shell (found by
+// trying it).
+func TestDucksInheritNoDescriptorOfTheNodesLauncher(t *testing.T) {
+	home := reachableTempDir(t)
+	marker := filepath.Join(home, "launcher-secret")
+	if err := os.WriteFile(marker, []byte("not for ducks"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := cleanEnv(home, "DUCKRAFT_COOKIE="+randomCookie())
+	// The shell opens fd 7 without close-on-exec and execs the node, as a launcher would.
+	n := startCommand(t, env, "sh", "-c", `exec 7<"$0"; exec "$1" start --name a --api-addr 127.0.0.1:0 --raft-addr 127.0.0.1:0`, marker, bin)
+	addr, _, exited := n.ready(t)
+	if exited {
+		t.Fatalf("node exited (%v):\n%s", n.err, n.out.String())
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command(bin, append([]string{"--addr", addr}, args...)...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	run("load", "../duck")
+	run("spawn", "--detach")
+	var ds []api.DuckInfo
+	if err := json.Unmarshal([]byte(run("ducks", "--json")), &ds); err != nil || len(ds) != 1 || ds[0].PID == 0 {
+		t.Fatalf("ducks: %v %+v", err, ds)
+	}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", ds[0].PID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, fd := range fds {
+		if target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", ds[0].PID, fd.Name())); target == marker {
+			t.Fatalf("the duck (pid %d) holds the node's launcher's file as fd %s", ds[0].PID, fd.Name())
+		}
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -111,6 +112,10 @@ func runSpawn(args []string) error {
 	fs.Var(&env, "env", "DUCK_*=value passed to the duck, e.g. DUCK_INTERVAL=200ms (repeatable)")
 	if _, err := parse(fs, args); err != nil {
 		return err
+	}
+	if _, p, err := net.SplitHostPort(*listen); *listen != "" && (err != nil || p == "0") {
+		// The duck binds it, and the node could not say which port port 0 became.
+		return usageError{fmt.Sprintf("--listen %q: give HOST:PORT with a port; leave out --listen and --port for a free port on 127.0.0.1", *listen)}
 	}
 	req := api.SpawnRequest{Addr: *listen, Env: env, On: *on}
 	if req.Addr == "" && *port != 0 {

@@ -7,7 +7,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -43,6 +45,7 @@ func runCookie(args []string) error {
 }
 
 func runStart(args []string) error {
+	closeInherited()
 	fs := flag.NewFlagSet("start", flag.ContinueOnError)
 	name := fs.String("name", "", "the node's name, unique in its cluster (required)")
 	dataDir := fs.String("data-dir", "", "the node's data folder (default ~/.duckraft/NAME; as root, "+duckuser.DataRoot+"/NAME if the duck user cannot pass through ~)")
@@ -64,6 +67,19 @@ func runStart(args []string) error {
 	}
 	if *name == "" {
 		return usageError{"a node needs a name: --name NAME"}
+	}
+	switch {
+	case *voters < 1:
+		return usageError{fmt.Sprintf("--voters %d: at least one member must vote; 3 or 5 is usual (an odd number: 4 voters take no more failures than 3)", *voters)}
+	case *replaceAfter <= 0:
+		return usageError{fmt.Sprintf("--replace-voter-after %s: give a positive duration such as 10s", *replaceAfter)}
+	case *healthy < 0 || *readyTimeout < 0:
+		return usageError{"--healthy and --ready-timeout take a positive duration (or 0 for the default)"}
+	}
+	if !validName.MatchString(*name) {
+		// Names appear in NODE/DUCK arguments, folder names and every listing: a slash, a
+		// space or a terminal escape in one broke each of those (found by trying it).
+		return usageError{fmt.Sprintf("--name %q: a node name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit, such as n1 or eu-west.a", *name)}
 	}
 	// Who the ducks run as, settled before anything else: a wrong --duck-user is the user's to fix.
 	duckUser, err := duckuser.Choose(*duckUserName, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("node", *name))
@@ -136,6 +152,25 @@ func runStart(args []string) error {
 	log.Info("stopped")
 	return nil
 }
+
+// closeInherited marks every descriptor above stderr close-on-exec: one the node inherited from
+// whoever started it (a shell's pipe, say) would otherwise pass to every duck and build, whatever
+// user they run as (found by trying it: ducks held a root pipe of the launching shell).
+func closeInherited() {
+	const closeRangeCloexec = 1 << 2 // CLOSE_RANGE_CLOEXEC, Linux 5.11
+	if unix.CloseRange(3, ^uint(0), closeRangeCloexec) == nil {
+		return
+	}
+	ents, _ := os.ReadDir("/proc/self/fd")
+	for _, e := range ents {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
+		}
+	}
+}
+
+// validName is what a node may be called.
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
 
 // labelFlag is a repeatable --label KEY=VALUE.
 type labelFlag map[string]string
