@@ -26,6 +26,11 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 	if err := waveLabelKnown(req.Policy.WaveBy, n.Members()); err != nil {
 		return api.CommitResult{}, err
 	}
+	if len(req.Message) > maxMessage || len(req.Author) > maxMessage {
+		// Every node keeps it in the log and prints it in every history (a 120,000-character
+		// message went in whole; found by trying it).
+		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("the version's message is %d bytes: at most %d, as a commit message's summary is; put the rest in the source", max(len(req.Message), len(req.Author)), maxMessage)}
+	}
 	if c, all := req.Policy.Canaries, len(n.MemberNames()); all > 1 && c >= all {
 		// Every node a canary leaves none to wait for the word: the rollout ended done at once,
 		// without the pause --canary promises (found by trying it).
@@ -150,6 +155,9 @@ func (a *Agent) fetchAndBuild(ctx context.Context, id bundle.ID) error {
 func (a *Agent) logEvent(e api.Event) {
 	a.log.Info("swap", "phase", e.Phase, "duck", e.Duck, "version", e.Version, "msg", e.Message)
 }
+
+// maxMessage bounds a version's message and author.
+const maxMessage = 4096
 
 // waveLabelKnown refuses --wave-by with a label no member has: every node would land in the one
 // wave of nodes without it, which is not what was asked (found by trying it: accepted silently).

@@ -204,7 +204,15 @@ func TestCrashingVersionStopsAtFirstNodeAndClusterKeepsServing(t *testing.T) {
 
 func TestUndoGoesBackInReverseOrderAndHistoryShowsIt(t *testing.T) {
 	dc := newDuckCluster(t)
-	cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "louder", "../testdata/duck-v2")
+	// A message is a summary: a long one is refused before the commit, and what it holds
+	// reaches the terminal escaped (both went into the log and out to the terminal as given).
+	if _, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "-m", strings.Repeat("m", 5000), "../testdata/duck-v2"); err == nil || !strings.Contains(errOut, "the version's message is 5000 bytes: at most 4096") {
+		t.Fatalf("deploy with a 5000-byte message: err=%v\n%s", err, errOut)
+	}
+	cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "louder \x1b]0;owned\a", "../testdata/duck-v2")
+	if hist := cli(t, dc.c, dc.nodes[1].API, "rollout", "history"); strings.ContainsAny(hist, "\x1b\a") || !strings.Contains(hist, "louder") {
+		t.Fatalf("history prints the message's escapes raw:\n%q", hist)
+	}
 	out := cli(t, dc.c, dc.nodes[2].API, "rollout", "undo")
 	if !strings.Contains(out, "version 2 reverted: every node is back on version 1") {
 		t.Fatalf("undo printed:\n%s", out)

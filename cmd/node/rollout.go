@@ -23,6 +23,7 @@ import (
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
+	"github.com/duckraft/duckraft/term"
 )
 
 // runDeploy is Erlang's nl with a rolling upgrade: commit DIR as a new version through the log
@@ -425,7 +426,7 @@ func printHistory(v api.RolloutView) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tID\tCOMMITTED\tBY\tROLLOUT\tMESSAGE")
 	for _, ver := range v.Versions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.LabelOf(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), ver.Author, outcome[ver.N], ver.Message)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.LabelOf(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), term.Safe(ver.Author), outcome[ver.N], term.Safe(ver.Message))
 	}
 	return tw.Flush()
 }
