@@ -142,6 +142,9 @@ func (u *User) CheckReach(path string) error {
 	if err != nil {
 		return err
 	}
+	// Every folder in the way, named at once: one at a time took a round of fixing each (found
+	// by following the README as root: ~/duckraft, then ~).
+	var blocked, how []string
 	for dir := filepath.Dir(abs); ; dir = filepath.Dir(dir) {
 		fi, err := os.Stat(dir)
 		if err != nil {
@@ -149,17 +152,23 @@ func (u *User) CheckReach(path string) error {
 		}
 		st, ok := fi.Sys().(*syscall.Stat_t)
 		if !ok {
-			return nil
+			break
 		}
 		m := fi.Mode().Perm()
 		can := m&0o001 != 0 || (st.Gid == u.GID && m&0o010 != 0) || (st.Uid == u.UID && m&0o100 != 0)
 		if !can {
-			return fmt.Errorf("the duck user %s cannot reach %s: %s (mode %04o, uid %d, gid %d) does not let it through; give it traversal only (chmod o+x %s), or choose a --data-dir it can reach, such as /var/lib/duckraft/NAME", u, path, dir, m, st.Uid, st.Gid, dir)
+			blocked = append([]string{dir}, blocked...)
+			how = append([]string{fmt.Sprintf("%s (mode %04o, uid %d, gid %d)", dir, m, st.Uid, st.Gid)}, how...)
 		}
 		if dir == "/" || dir == filepath.Dir(dir) {
-			return nil
+			break
 		}
 	}
+	if len(blocked) == 0 {
+		return nil
+	}
+	return fmt.Errorf("the duck user %s cannot reach %s: %s %s not let it through; give traversal only (chmod o+x %s), or choose a --data-dir it can reach, such as /var/lib/duckraft/NAME",
+		u, path, strings.Join(how, ", "), map[bool]string{true: "does", false: "do"}[len(blocked) == 1], strings.Join(blocked, " "))
 }
 
 // Choose returns who a node's ducks run as: the user name (which must exist) when given, else
