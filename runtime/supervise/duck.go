@@ -272,6 +272,9 @@ func (d *duck) spawn() (*run, *proc, error) {
 		return nil, nil, fmt.Errorf("starting %s: %w", stable, err)
 	}
 	r := &run{pgid: cmd.Process.Pid, lifeW: lifeW, drained: make(chan struct{})}
+	if st, err := readStat(cmd.Process.Pid); err == nil {
+		r.start = st.start
+	}
 	go func() {
 		readLines(repR, func(line string) { r.reported(line, &d.s.conns) })
 		repR.Close()
@@ -390,7 +393,11 @@ func (d *duck) keep() {
 			d.shutdown()
 			return
 		case <-reap.C:
-			d.sweep(r, 0) // what a running generation left to this process, once it has exited
+			if r != nil {
+				// What a helper of an earlier generation started, once the helper has gone;
+				// and the zombies of what the running one left to this process.
+				d.sweep(r, r.cutoff.Load())
+			}
 		case op := <-d.ops:
 			err := d.swap(op)
 			d.mu.Lock()
@@ -399,6 +406,7 @@ func (d *duck) keep() {
 			if err == nil && next != nil {
 				// The old generation is gone: what it started and left behind goes with it.
 				if st, serr := readStat(next.pid); serr == nil {
+					r.cutoff.Store(st.start)
 					d.sweep(r, st.start)
 				}
 			}
@@ -447,31 +455,73 @@ func (d *duck) endRun(r *run, graceful bool) {
 	// the output pipes open, and outlived every stop (found by trying it: a duck's helper
 	// processes survived stop, swap and restart, and piled up as zombies of this process). Not
 	// by killing the group: a generation this run did not know of may still be saving its
-	// state there (TestStopAtSeededMomentsOfASwapLosesNothing lost POSTs so). What one of them
-	// started in turn becomes this process's child as it dies, and goes the same way.
-	for end := time.Now().Add(killWait); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+	// state there (TestStopAtSeededMomentsOfASwapLosesNothing lost POSTs so). SIGTERM first, a
+	// moment to finish, then SIGKILL; what one of them started in turn becomes this process's
+	// child as it dies, and goes the same way.
+	sig := syscall.SIGTERM
+	for end := time.Now().Add(killWait + time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
 		left := d.groupChildren(r)
-		for _, pid := range left {
-			syscall.Kill(pid, syscall.SIGKILL)
+		for _, c := range left {
+			c.Signal(sig)
 		}
 		d.sweep(r, 0) // reaps what has died
 		if len(left) == 0 {
 			break
 		}
+		if time.Until(end) < killWait {
+			sig = syscall.SIGKILL
+		}
 	}
+	r.ended.Store(true) // its group's number may be given to another from now on
 	r.closeLifeline()
 	d.waitDrained(r)
 }
 
 // groupChildren lists this process's live children in r's process group that are not
-// generations (they do not run the duck's binary).
-func (d *duck) groupChildren(r *run) []int {
-	var out []int
-	me, bin := os.Getpid(), d.path(binaryName)
-	for _, pid := range childrenOf(me) {
-		if st, err := readStat(pid); err == nil && st.ppid == me && st.pgid == r.pgid && st.state != 'Z' && !runs(pid, bin, d.cfg.User) {
-			out = append(out, pid)
+// generations (they do not run the duck's binary), each held by a pidfd so that a signal never
+// reaches a process that took a PID over.
+func (d *duck) groupChildren(r *run) []*os.Process {
+	var out []*os.Process
+	for _, m := range d.groupMembers(r) {
+		if m.st.state != 'Z' && !runs(m.pid, d.path(binaryName), d.cfg.User) {
+			out = append(out, m.p)
 		}
+	}
+	return out
+}
+
+// member is a child of this process in a run's group, held by a pidfd.
+type member struct {
+	pid int
+	st  stat
+	p   *os.Process
+}
+
+// groupMembers lists this process's children in r's process group, zombies too. None once the
+// run has ended, or when the group's number is another's now (its leader is not r's first
+// generation): a group's number is free for reuse once its last process has gone.
+func (d *duck) groupMembers(r *run) []member {
+	if r == nil || r.pgid <= 0 || r.ended.Load() {
+		return nil
+	}
+	me := os.Getpid()
+	var out []member
+	for _, pid := range childrenOf(me) {
+		st, err := readStat(pid)
+		if err != nil || st.ppid != me || st.pgid != r.pgid {
+			continue
+		}
+		if pid == r.pgid && st.start != r.start {
+			return nil
+		}
+		p, err := os.FindProcess(pid) // a pidfd, opened while pid is surely this process
+		if err != nil {
+			continue
+		}
+		if again, err := readStat(pid); err != nil || again.start != st.start {
+			continue
+		}
+		out = append(out, member{pid: pid, st: st, p: p})
 	}
 	return out
 }
@@ -483,43 +533,35 @@ func (d *duck) groupChildren(r *run) []int {
 // `before` is the new generation's start, so that what it started itself stays (a daemon it
 // left to us is the duck's while the duck runs). A zombie is reaped. The run's generations are
 // left alone: those it knows, and a new one not yet adopted (it runs the duck's binary). A
-// process that left the group (setsid) is beyond this: only a cgroup would hold it.
+// process that left the group (setsid) is beyond this: only a cgroup would hold it. Signals and
+// reaping go through pidfds: a PID another process took over is never hit.
 func (d *duck) sweep(r *run, before uint64) {
-	if r == nil || r.pgid <= 0 {
-		return
-	}
-	me, bin := os.Getpid(), d.path(binaryName)
 	known := map[int]bool{}
 	r.mu.Lock()
 	for _, p := range r.procs {
 		known[p.pid] = true
 	}
 	r.mu.Unlock()
-	for _, pid := range childrenOf(me) {
-		st, err := readStat(pid)
-		if err != nil || st.ppid != me || st.pgid != r.pgid || known[pid] {
-			continue
-		}
-		if st.state == 'Z' {
-			var ws syscall.WaitStatus
-			syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
-			continue
-		}
-		if st.start >= before || runs(pid, bin, d.cfg.User) {
-			continue
-		}
-		d.log.Info("ending a process the duck's generations left behind", "pid", pid)
-		syscall.Kill(pid, syscall.SIGTERM)
-		time.AfterFunc(d.cfg.StopTimeout, func() {
-			if now, err := readStat(pid); err == nil && now.start == st.start {
-				if now.state != 'Z' {
-					syscall.Kill(pid, syscall.SIGKILL)
-					time.Sleep(killWait)
+	bin := d.path(binaryName)
+	for _, m := range d.groupMembers(r) {
+		switch {
+		case known[m.pid]:
+		case m.st.state == 'Z':
+			m.p.Wait() // a zombie: returns at once
+		case m.st.start >= before || runs(m.pid, bin, d.cfg.User):
+		default:
+			d.log.Info("ending a process the duck's generations left behind", "pid", m.pid)
+			m.p.Signal(syscall.SIGTERM)
+			go func(p *os.Process) {
+				done := make(chan struct{})
+				go func() { p.Wait(); close(done) }()
+				select {
+				case <-done:
+				case <-time.After(d.cfg.StopTimeout):
+					p.Signal(syscall.SIGKILL)
 				}
-				var ws syscall.WaitStatus
-				syscall.Wait4(pid, &ws, syscall.WNOHANG, nil)
-			}
-		})
+			}(m.p)
+		}
 	}
 }
 

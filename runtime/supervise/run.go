@@ -3,6 +3,7 @@ package supervise
 import (
 	"encoding/json"
 	"maps"
+	"sync/atomic"
 
 	"github.com/duckraft/duckraft/runtime/hotswap"
 	"os"
@@ -13,7 +14,12 @@ import (
 // generation that followed it by swaps, sharing one stdout pipe, one
 // stderr pipe and one lifeline.
 type run struct {
-	pgid     int // the process group of its first generation, which every later one shares
+	pgid  int    // the process group of its first generation, which every later one shares
+	start uint64 // the first generation's start (clock ticks since boot), to tell its group apart
+	ended atomic.Bool
+	// cutoff: what started before it in the group and is left to this process is an earlier
+	// generation's, to end (the start of the newest generation a swap brought in)
+	cutoff   atomic.Uint64
 	lifeW    *os.File
 	lifeOnce sync.Once
 	drained  chan struct{} // closed at EOF of both pipes: every process is gone

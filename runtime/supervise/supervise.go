@@ -197,10 +197,16 @@ func New(cfg Config) (*Supervisor, error) {
 	if err != nil {
 		return nil, fmt.Errorf("supervise: %w", err)
 	}
-	cfg.Dir = dir
 	if err := nodeDir(dir, cfg.User); err != nil {
 		return nil, fmt.Errorf("supervise: creating the ducks folder: %w", err)
 	}
+	// The folder as the kernel names it: /proc/PID/exe shows a duck's binary by its resolved
+	// path, and telling a generation by its binary compares the two (a home reached through a
+	// symbolic link, as /home -> /var/home, made every generation look like a stranger).
+	if real, err := filepath.EvalSymlinks(dir); err == nil {
+		dir = real
+	}
+	cfg.Dir = dir
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}

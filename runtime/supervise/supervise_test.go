@@ -520,3 +520,32 @@ func TestHelpersOfADuckEndWithTheirGeneration(t *testing.T) {
 		return true
 	})
 }
+
+// A ducks folder reached through a symbolic link (a home under /home -> /var/home): the kernel
+// names a generation's binary by its resolved path, and the supervisor must still know its
+// generations by it, or a swap would not adopt its new one and a stop would take it for a
+// helper.
+func TestGenerationsAreKnownThroughASymlinkedFolder(t *testing.T) {
+	real := t.TempDir()
+	link := filepath.Join(t.TempDir(), "ducks")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	s := newSupervisor(t, Config{Dir: link})
+	spec := startDuck(t, s, "duck-1", "duck", "v1")
+	quack(t, spec.Addr, 2)
+	if err := swap(s, "duck-1", "v2", "duck-v2"); err != nil {
+		t.Fatal(err)
+	}
+	st := mustGet(t, s, "duck-1")
+	d, err := s.duck("duck-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !runs(st.PID, d.path(binaryName), nil) {
+		t.Fatalf("the generation (pid %d) is not seen to run %s", st.PID, d.path(binaryName))
+	}
+	if r := call(t, "GET", spec.Addr, "/"); r.Count != 2 || r.Version != "v2" {
+		t.Fatalf("after the swap: %+v", r)
+	}
+}
