@@ -206,7 +206,7 @@ func TestAForgottenNodeStartedAgainSaysItWasRemoved(t *testing.T) {
 		_, errOut, _ = tryCLI(c, nodes[2].API, "deploy", "--timeout", "3s", "../duck")
 		return strings.Contains(errOut, "not a member of its cluster any more")
 	})
-	if !strings.Contains(errOut, "empty --data-dir") {
+	if !strings.Contains(errOut, "start it on an empty one and `connect` it") {
 		t.Errorf("c's refusal does not say what to do: %s", errOut)
 	}
 	if v := view(members(c, nodes[0].API)); v != "a:leader:true:voter b:follower:true:voter" && v != "a:follower:true:voter b:leader:true:voter" {

@@ -381,10 +381,11 @@ func (m *Membership) Leave(ctx context.Context, forget func()) error {
 // down (`forget`, then the node started again on its old data folder): its peers ignore it, and
 // it campaigned for ever while every write through it waited out its time limit with "no
 // answer" (found by trying it). After removalAfter without a leader it asks the members it
-// remembers whether it is still one of theirs; once one with a leader says no, writes through
-// this node fail at once saying what to do, and the log says it once.
+// remembers, each removalAfter, whether it is still one of theirs (askWhetherMember says whom it
+// believes); once the leader of its own cluster says no, writes through this node fail at once
+// saying what to do, and the log says it once. A later yes, or a leader, clears it.
 func (m *Membership) WatchRemoval(ctx context.Context) {
-	t := time.NewTicker(removalAfter / 3)
+	t := time.NewTicker(removalAfter)
 	defer t.Stop()
 	var alone time.Time // since when no leader is known
 	for {
@@ -402,47 +403,82 @@ func (m *Membership) WatchRemoval(ctx context.Context) {
 		if alone.IsZero() {
 			alone = time.Now()
 		}
-		if time.Since(alone) < removalAfter || m.removed.Load() != nil {
+		if time.Since(alone) < removalAfter {
 			continue
 		}
-		if why := m.askWhetherMember(ctx, n); why != "" {
-			m.removed.Store(&why)
+		why, known := m.askWhetherMember(ctx, n)
+		if !known || m.Node() != n {
+			continue // no leader answered, or this node was reset meanwhile
+		}
+		was := m.removed.Swap(nilIfEmpty(why))
+		if why != "" && was == nil {
 			m.log.Error(why)
 		}
 	}
 }
 
-// removalAfter is how long a node goes without a leader before it asks whether it was removed.
+func nilIfEmpty(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// removalAfter is how long a node goes without a leader before it asks whether it was removed,
+// and how often it asks again.
 const removalAfter = 6 * time.Second
 
-// askWhetherMember asks the members this node remembers, one at a time, until one that has a
-// leader answers; it returns why this node is not a member, or "" while it is (or none knows).
-func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) string {
-	for name, r := range n.Members() {
+// askWhetherMember asks a few of the members this node remembers whether it is one of theirs. It
+// believes only a leader of this node's own cluster: a member that answers with a leader is asked
+// who its members are, and the answer counts only if that leader is one this node remembers and
+// the members overlap with the ones it remembers beyond the one asked (a member that has since
+// left is a cluster of one, whose leader knows nothing of this node). known is false when no
+// such answer came; why is empty while this node is a member.
+func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) (why string, known bool) {
+	remembered := n.Members()
+	asked := 0
+	for name, r := range remembered {
 		if name == m.self.Name || r.APIAddr == "" {
 			continue
 		}
+		if asked == 3 {
+			break // the rest next round: no node asks a whole cluster while there is no leader
+		}
+		asked++
 		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		var p api.Ping
+		err := m.cfg.Peers.Do(actx, r.APIAddr, http.MethodGet, "/v1/ping", nil, &p)
+		if err != nil || p.Name != name || p.Leader == "" {
+			cancel()
+			continue // down, or no wiser than this node
+		}
+		if _, ok := remembered[p.Leader]; !ok {
+			cancel()
+			continue // led by a node this one never knew: another cluster
+		}
 		var ms []api.MemberStatus
-		err := m.cfg.Peers.Do(actx, r.APIAddr, http.MethodGet, "/v1/members", nil, &ms)
+		err = m.cfg.Peers.Do(actx, r.APIAddr, http.MethodGet, "/v1/members", nil, &ms)
 		cancel()
 		if err != nil {
 			continue
 		}
-		led, in := false, false
+		in, overlap := false, 0
 		for _, s := range ms {
-			led = led || s.Role == "leader"
-			in = in || s.Name == m.self.Name
+			if s.Name == m.self.Name {
+				in = true
+			} else if _, ok := remembered[s.Name]; ok && s.Name != name {
+				overlap++
+			}
 		}
 		switch {
-		case !led:
-			continue // it knows no more than this node
 		case in:
-			return ""
+			return "", true
+		case overlap == 0:
+			continue
 		}
-		return fmt.Sprintf("this node (%s) is not a member of its cluster any more: it was taken out (`forget`) while it was down, so the other members ignore it (%s says so). Stop it, start it again with an empty --data-dir, and `connect` it to a member", m.self.Name, name)
+		return fmt.Sprintf("this node (%s) is not a member of its cluster any more: it was taken out (`forget`) while it was down, so the other members ignore it (%s, led by %s, says so). To bring it back, stop it, move its --data-dir aside, start it on an empty one and `connect` it to a member", m.self.Name, name, p.Leader), true
 	}
-	return ""
+	return "", false
 }
 
 // KeepVoters is the leader's autopilot, until ctx ends: it keeps the cluster at its number of
