@@ -29,7 +29,7 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 	if len(req.Message) > maxMessage || len(req.Author) > maxMessage {
 		// Every node keeps it in the log and prints it in every history (a 120,000-character
 		// message went in whole; found by trying it).
-		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("the version's message is %d bytes: at most %d, as a commit message's summary is; put the rest in the source", max(len(req.Message), len(req.Author)), maxMessage)}
+		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("the version's message (or author) is %d bytes: at most %d, as a commit message's summary is; put the rest in the source", max(len(req.Message), len(req.Author)), maxMessage)}
 	}
 	if c, all := req.Policy.Canaries, len(n.MemberNames()); all > 1 && c >= all {
 		// Every node a canary leaves none to wait for the word: the rollout ended done at once,

@@ -206,7 +206,7 @@ func TestUndoGoesBackInReverseOrderAndHistoryShowsIt(t *testing.T) {
 	dc := newDuckCluster(t)
 	// A message is a summary: a long one is refused before the commit, and what it holds
 	// reaches the terminal escaped (both went into the log and out to the terminal as given).
-	if _, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "-m", strings.Repeat("m", 5000), "../testdata/duck-v2"); err == nil || !strings.Contains(errOut, "the version's message is 5000 bytes: at most 4096") {
+	if _, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "-m", strings.Repeat("m", 5000), "../testdata/duck-v2"); err == nil || !strings.Contains(errOut, "the version's message (or author) is 5000 bytes: at most 4096") {
 		t.Fatalf("deploy with a 5000-byte message: err=%v\n%s", err, errOut)
 	}
 	cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "louder \x1b]0;owned\a", "../testdata/duck-v2")

@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -76,9 +77,12 @@ func runStart(args []string) error {
 	case *healthy < 0 || *readyTimeout < 0:
 		return usageError{"--healthy and --ready-timeout take a positive duration (or 0 for the default)"}
 	}
-	if !validName.MatchString(*name) {
-		// Names appear in NODE/DUCK arguments, folder names and every listing: a slash, a
-		// space or a terminal escape in one broke each of those (found by trying it).
+
+	// Names appear in NODE/DUCK arguments, folder names and every listing: a slash, a space or a
+	// terminal escape in one broke each of those (found by trying it). A node that already has
+	// its data keeps the name it was made with (its node.json fixes it). Checked before the duck
+	// user is settled, which may make that user.
+	if !validName.MatchString(*name) && !hasIdentity(*dataDir, *name) {
 		return usageError{fmt.Sprintf("--name %q: a node name is 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit, such as n1 or eu-west.a", *name)}
 	}
 	// Who the ducks run as, settled before anything else: a wrong --duck-user is the user's to fix.
@@ -132,7 +136,7 @@ func runStart(args []string) error {
 	})
 	if err != nil {
 		if madeDir {
-			os.RemoveAll(*dataDir)
+			removeIfHollow(*dataDir)
 		}
 		return err
 	}
@@ -167,6 +171,37 @@ func closeInherited() {
 			unix.FcntlInt(uintptr(fd), unix.F_SETFD, unix.FD_CLOEXEC)
 		}
 	}
+}
+
+// removeIfHollow removes dir if it holds nothing but empty folders (what a start that failed
+// early makes): a file in it means a node, perhaps another start's, uses it, and it stays.
+func removeIfHollow(dir string) {
+	hollow := true
+	filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
+		if err != nil || !e.IsDir() {
+			hollow = false
+			return filepath.SkipAll
+		}
+		return nil
+	})
+	if hollow {
+		os.RemoveAll(dir)
+	}
+}
+
+// hasIdentity says whether a node's data already exists where this start would look for it:
+// the --data-dir given, or either default folder.
+func hasIdentity(dataDir, name string) bool {
+	dirs := []string{dataDir, filepath.Join(duckuser.DataRoot, name)}
+	if home, err := os.UserHomeDir(); err == nil {
+		dirs = append(dirs, filepath.Join(home, ".duckraft", name))
+	}
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "node.json")); d != "" && err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // validName is what a node may be called.
