@@ -92,8 +92,11 @@ type StateInfo struct {
 
 // WayBack reports whether state handed over by the target reaches the previous version: the
 // same schema; a newer one that the target's Downgrade renders in the previous schema; or an
-// older one that the previous version's Migrate reads. (A Migrate that reads a newer schema may
-// exist too, but a binary cannot say so of itself; that case needs --no-revert.)
+// older one that the previous version's Migrate reads. A binary says only that it has a Migrate,
+// not which schemas it reads: one that reads only the schema just before its own passes here
+// and fails the revert at its first node, which halts there (the state stays with the version
+// that holds it). A Migrate that reads a newer schema may exist too, but a binary cannot say so
+// of itself; that case needs --no-revert.
 func (s StateInfo) WayBack() bool {
 	switch {
 	case s.Schema > s.FromSchema:
