@@ -5,6 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
+	"time"
 )
 
 // pidFile names this process in the duck's PID file when it is Ready. The
@@ -30,9 +32,33 @@ func preparePIDFile(path string) *pidFile {
 	}
 	go func() {
 		defer close(p.made)
+		removeStalePIDTemps(path)
 		p.tmp, p.err = writePIDTemp(path)
 	}()
 	return p
+}
+
+// removeStalePIDTemps removes the files a generation that died before Ready wrote ahead (a
+// version that crashed in its setup, one the supervisor killed at its deadline): without this
+// each such swap left one beside the PID file. A file is stale when the process it names is
+// gone, or it is empty and over a minute old (a write cut short).
+func removeStalePIDTemps(path string) {
+	files, _ := filepath.Glob(path + ".*")
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		if pid, err := strconv.Atoi(string(b)); err == nil && pid > 0 {
+			if syscall.Kill(pid, 0) == syscall.ESRCH {
+				os.Remove(f)
+			}
+			continue
+		}
+		if fi, err := os.Stat(f); err == nil && len(b) == 0 && time.Since(fi.ModTime()) > time.Minute {
+			os.Remove(f)
+		}
+	}
 }
 
 // publish renames the file written ahead over the PID file: from then on it

@@ -4,7 +4,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -69,4 +71,28 @@ func dirNames(t *testing.T, dir string) []string {
 		names = append(names, e.Name())
 	}
 	return names
+}
+
+// A file written ahead by a generation that died before Ready is removed by the next one: each
+// failed swap left one beside the PID file. A live process's file stays.
+func TestPIDFilesOfGenerationsThatDiedBeforeReadyAreRemoved(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "duck.pid")
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale, live := path+".111", path+".222"
+	os.WriteFile(stale, []byte(strconv.Itoa(dead.Process.Pid)), 0o644)
+	os.WriteFile(live, []byte(strconv.Itoa(os.Getpid())), 0o644)
+	p := preparePIDFile(path)
+	if err := p.publish(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("the dead generation's file is still there (%v)", err)
+	}
+	if _, err := os.Stat(live); err != nil {
+		t.Errorf("a live process's file was removed: %v", err)
+	}
 }
