@@ -209,8 +209,8 @@ func TestUndoGoesBackInReverseOrderAndHistoryShowsIt(t *testing.T) {
 	if _, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "-m", strings.Repeat("m", 5000), "../testdata/duck-v2"); err == nil || !strings.Contains(errOut, "the version's message (or author) is 5000 bytes: at most 4096") {
 		t.Fatalf("deploy with a 5000-byte message: err=%v\n%s", err, errOut)
 	}
-	cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "louder \x1b]0;owned\a", "../testdata/duck-v2")
-	if hist := cli(t, dc.c, dc.nodes[1].API, "rollout", "history"); strings.ContainsAny(hist, "\x1b\a") || !strings.Contains(hist, "louder") {
+	cli(t, dc.c, dc.nodes[0].API, "deploy", "-m", "louder \x1b]0;owned\a\n3  fake row", "../testdata/duck-v2")
+	if hist := cli(t, dc.c, dc.nodes[1].API, "rollout", "history"); strings.ContainsAny(hist, "\x1b\a") || !strings.Contains(hist, "louder") || strings.Contains(hist, "\n3  fake row") {
 		t.Fatalf("history prints the message's escapes raw:\n%q", hist)
 	}
 	out := cli(t, dc.c, dc.nodes[2].API, "rollout", "undo")

@@ -476,7 +476,7 @@ func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) (w
 		case overlap == 0:
 			continue
 		}
-		return fmt.Sprintf("this node (%s) is not a member of its cluster any more: it was taken out (`forget`) while it was down, so the other members ignore it (%s, led by %s, says so). To bring it back, stop it, move its --data-dir aside, start it on an empty one and `connect` it to a member", m.self.Name, name, p.Leader), true
+		return fmt.Sprintf("this node (%s) is not a member of its cluster any more: it was taken out (`forget` while it was down, or a `leave` that did not finish), so the other members ignore it (%s, led by %s, says so). To bring it back, stop it, move its --data-dir aside, start it on an empty one and `connect` it to a member", m.self.Name, name, p.Leader), true
 	}
 	return "", false
 }

@@ -426,7 +426,7 @@ func printHistory(v api.RolloutView) error {
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VERSION\tID\tCOMMITTED\tBY\tROLLOUT\tMESSAGE")
 	for _, ver := range v.Versions {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.LabelOf(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), term.Safe(ver.Author), outcome[ver.N], term.Safe(ver.Message))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", ver.N, api.LabelOf(ver.ID), ver.Committed.Local().Format("2006-01-02 15:04:05"), cell(ver.Author), outcome[ver.N], cell(ver.Message))
 	}
 	return tw.Flush()
 }
@@ -513,4 +513,10 @@ func tolerance(st api.Status) string {
 		return fmt.Sprintf("%s, %d not answering: the cluster can lose %d more of them and still commit", head, down, st.VotersReachable-quorum)
 	}
 	return fmt.Sprintf("%s: the cluster can lose %d of them and still commit", head, st.Tolerates)
+}
+
+// cell is s for one cell of a table: escaped as term.Safe does, and its line breaks and tabs
+// too, which term.Safe keeps (a message could otherwise add rows to the table).
+func cell(s string) string {
+	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(term.Safe(s))
 }

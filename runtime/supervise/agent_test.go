@@ -5,11 +5,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -24,7 +26,11 @@ const agentEnv = "SUPERVISE_TEST_AGENT"
 func fakeAgent() {
 	s, err := New(Config{Dir: os.Getenv("AGENT_DIR"), Healthy: 100 * time.Millisecond})
 	if err == nil {
-		err = s.Start(context.Background(), Spec{ID: "duck-1", Version: "v1", Binary: os.Getenv("AGENT_DUCK"), Addr: os.Getenv("AGENT_ADDR"), Env: []string{"DUCK_INTERVAL=1h"}})
+		env := []string{"DUCK_INTERVAL=1h"}
+		if e := os.Getenv("AGENT_DUCK_ENV"); e != "" {
+			env = append(env, e)
+		}
+		err = s.Start(context.Background(), Spec{ID: "duck-1", Version: "v1", Binary: os.Getenv("AGENT_DUCK"), Addr: os.Getenv("AGENT_ADDR"), Env: env})
 	}
 	if err == nil {
 		err = s.Swap(context.Background(), "duck-1", "v2", os.Getenv("AGENT_DUCK_V2"), 0)
@@ -41,8 +47,19 @@ func fakeAgent() {
 // startFakeAgent runs a fake agent whose duck serves addr, and returns it and its duck's PID.
 func startFakeAgent(t *testing.T, addr, dir string) (*exec.Cmd, int) {
 	t.Helper()
+	agent, pid := startFakeAgentWith(t, addr, dir, bins["duck"], bins["duck-v2"], "")
+	if r := call(t, "GET", addr, "/"); r.Version != "v2" {
+		t.Fatalf("GET / = %+v", r)
+	}
+	return agent, pid
+}
+
+// startFakeAgentWith is startFakeAgent for the duck bin, swapped to v2, with one more setting
+// in its environment (env, "" for none).
+func startFakeAgentWith(t *testing.T, addr, dir, bin, v2, env string) (*exec.Cmd, int) {
+	t.Helper()
 	agent := exec.Command(os.Args[0], "-test.run=^$")
-	agent.Env = append(os.Environ(), agentEnv+"=1", "AGENT_DIR="+dir, "AGENT_DUCK="+bins["duck"], "AGENT_DUCK_V2="+bins["duck-v2"], "AGENT_ADDR="+addr)
+	agent.Env = append(os.Environ(), agentEnv+"=1", "AGENT_DIR="+dir, "AGENT_DUCK="+bin, "AGENT_DUCK_V2="+v2, "AGENT_ADDR="+addr, "AGENT_DUCK_ENV="+env)
 	agent.Stderr = os.Stderr
 	out, err := agent.StdoutPipe()
 	if err != nil {
@@ -60,10 +77,48 @@ func startFakeAgent(t *testing.T, addr, dir string) (*exec.Cmd, int) {
 	if err != nil {
 		t.Fatalf("fake agent said %q", line)
 	}
-	if r := call(t, "GET", addr, "/"); r.Version != "v2" {
-		t.Fatalf("GET / = %+v", r)
-	}
 	return agent, pid
+}
+
+// A node killed with its duck's helpers running (init takes them over, out of any supervisor's
+// reach) ends them when it starts the duck again: they ran on for good (found by trying it).
+func TestHelpersOfAKilledAgentsDuckEndAtTheNextStart(t *testing.T) {
+	addr, dir := freeAddr(t), t.TempDir()
+	tag := strconv.Itoa(100000 + rand.IntN(800000))
+	agent, _ := startFakeAgentWith(t, addr, dir, bins["duck-forker"], bins["duck-forker"], "DUCK_FORKER_TAG="+tag)
+	helpers := func() []int {
+		var out []int
+		for _, pid := range allPIDs() {
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			if args := strings.Split(string(b), "\x00"); len(args) > 1 && args[0] == "sleep" && strings.HasPrefix(args[1], "1000."+tag) {
+				out = append(out, pid)
+			}
+		}
+		return out
+	}
+	waitFor(t, "the current generation's two helpers", func() bool { return len(helpers()) == 2 })
+	agent.Process.Kill()
+	agent.Wait()
+	t.Cleanup(func() {
+		for _, pid := range helpers() {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	s := newSupervisor(t, Config{Dir: dir, StopTimeout: 2 * time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.Start(ctx, Spec{ID: "duck-1", Version: "v3", Binary: bins["duck-forker"], Addr: addr, Env: []string{"DUCK_FORKER_TAG=" + tag + "9"}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the killed agent's run's helpers to end, the new run's two to stay", func() bool {
+		for _, pid := range helpers() {
+			b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+			if !strings.Contains(string(b), "1000."+tag+"9") {
+				return false
+			}
+		}
+		return len(helpers()) == 2
+	})
 }
 
 func TestDuckDiesWithItsAgent(t *testing.T) {

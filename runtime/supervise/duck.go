@@ -274,6 +274,7 @@ func (d *duck) spawn() (*run, *proc, error) {
 	r := &run{pgid: cmd.Process.Pid, lifeW: lifeW, drained: make(chan struct{})}
 	if st, err := readStat(cmd.Process.Pid); err == nil {
 		r.start = st.start
+		writeFileAtomic(d.path(groupName), fmt.Sprintf("%d %d %s\n", r.pgid, r.start, bootID()))
 	}
 	go func() {
 		readLines(repR, func(line string) { r.reported(line, &d.s.conns) })
@@ -473,6 +474,7 @@ func (d *duck) endRun(r *run, graceful bool) {
 		}
 	}
 	r.ended.Store(true) // its group's number may be given to another from now on
+	os.Remove(d.path(groupName))
 	r.closeLifeline()
 	d.waitDrained(r)
 }
@@ -597,6 +599,65 @@ func (d *duck) adoptNewGenerations(r *run) {
 // asked to stop (SIGTERM, the same graceful stop) and waited for, up to StopTimeout, then
 // killed.
 func (d *duck) endLeftovers(ctx context.Context) error {
+	if err := d.endLeftoverGenerations(ctx); err != nil {
+		return err
+	}
+	d.endLeftoverHelpers()
+	return nil
+}
+
+// endLeftoverHelpers ends what the generations of a run this supervisor never ended (its
+// agent was killed) left in that run's process group: init took them over, and they ran on
+// for good (found by trying it). The group is the one recorded at that run's start, on this
+// boot; a process counts only if it is in it, the duck user's, and started after the group's
+// first generation, and none does if a live leader of that number is another process.
+func (d *duck) endLeftoverHelpers() {
+	b, err := os.ReadFile(d.path(groupName))
+	if err != nil {
+		return
+	}
+	defer os.Remove(d.path(groupName))
+	var pgid int
+	var start uint64
+	var boot string
+	if n, _ := fmt.Sscanf(string(b), "%d %d %s", &pgid, &start, &boot); n != 3 || pgid <= 1 || boot != bootID() {
+		return
+	}
+	if st, err := readStat(pgid); err == nil && st.start != start {
+		return // the number leads another group now
+	}
+	var left []*os.Process
+	for _, pid := range allPIDs() {
+		st, err := readStat(pid)
+		if err != nil || pid == os.Getpid() || st.pgid != pgid || st.start < start || !ownedBy(pid, d.cfg.User) {
+			continue
+		}
+		if p, err := os.FindProcess(pid); err == nil {
+			left = append(left, p)
+		}
+	}
+	if len(left) == 0 {
+		return
+	}
+	d.log.Warn("ending what an earlier run of the duck left in its process group", "processes", len(left))
+	for _, p := range left {
+		p.Signal(syscall.SIGTERM)
+	}
+	time.AfterFunc(d.cfg.StopTimeout, func() {
+		for _, p := range left {
+			p.Signal(syscall.SIGKILL) // through its pidfd: a process that has gone is not hit
+		}
+	})
+}
+
+// bootID tells this boot from the next: a process group recorded before a reboot means nothing.
+func bootID() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	return strings.TrimSpace(string(b))
+}
+
+// endLeftoverGenerations stops the generations of an earlier run that no supervisor here knows.
+func (d *duck) endLeftoverGenerations(ctx context.Context) error {
 	pids := processesRunning(d.path(binaryName), d.cfg.User)
 	if len(pids) == 0 {
 		return nil

@@ -21,6 +21,9 @@ const (
 	runName     = "run" // the duck's own folder; the next two are in it
 	pidName     = "run/pid"
 	stateName   = "run/state.json"
+	// groupName records the running run's process group (the node's file, outside run/), so
+	// that a node killed with its duck's helpers still running ends them at its next start.
+	groupName = "group"
 	// oldStateName is where the state file was before ducks had a folder
 	// of their own; a duck started again takes it from there once.
 	oldStateName = "state.json"
