@@ -86,16 +86,7 @@ func TestHelpersOfAKilledAgentsDuckEndAtTheNextStart(t *testing.T) {
 	addr, dir := freeAddr(t), t.TempDir()
 	tag := strconv.Itoa(100000 + rand.IntN(800000))
 	agent, _ := startFakeAgentWith(t, addr, dir, bins["duck-forker"], bins["duck-forker"], "DUCK_FORKER_TAG="+tag)
-	helpers := func() []int {
-		var out []int
-		for _, pid := range allPIDs() {
-			b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-			if args := strings.Split(string(b), "\x00"); len(args) > 1 && args[0] == "sleep" && strings.HasPrefix(args[1], "1000."+tag) {
-				out = append(out, pid)
-			}
-		}
-		return out
-	}
+	helpers := func() []int { return forkerHelpers(tag) }
 	waitFor(t, "the current generation's two helpers", func() bool { return len(helpers()) == 2 })
 	agent.Process.Kill()
 	agent.Wait()

@@ -483,16 +483,7 @@ func TestHelpersOfADuckEndWithTheirGeneration(t *testing.T) {
 	tag := strconv.Itoa(100000 + rand.IntN(800000))
 	startDuck(t, s, "duck-1", "duck-forker", "v1", "DUCK_FORKER_TAG="+tag)
 	group := mustGet(t, s, "duck-1").PID // the first generation leads the run's process group
-	helpers := func(gen int) []int {
-		var out []int
-		for _, pid := range allPIDs() {
-			b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-			if args := strings.Split(string(b), "\x00"); len(args) > 1 && args[0] == "sleep" && strings.HasPrefix(args[1], "1000."+tag+strconv.Itoa(gen)) {
-				out = append(out, pid)
-			}
-		}
-		return out
-	}
+	helpers := func(gen int) []int { return forkerHelpers(tag + strconv.Itoa(gen)) }
 	waitFor(t, "generation 1's two helpers", func() bool { return len(helpers(1)) == 2 })
 	if err := swap(s, "duck-1", "v2", "duck-forker"); err != nil {
 		t.Fatal(err)
@@ -548,4 +539,17 @@ func TestGenerationsAreKnownThroughASymlinkedFolder(t *testing.T) {
 	if r := call(t, "GET", spec.Addr, "/"); r.Count != 2 || r.Version != "v2" {
 		t.Fatalf("after the swap: %+v", r)
 	}
+}
+
+// forkerHelpers lists the helper processes duck-forker started under a tag beginning with
+// prefix (its DUCK_FORKER_TAG, then the generation).
+func forkerHelpers(prefix string) []int {
+	var out []int
+	for _, pid := range allPIDs() {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if args := strings.Split(string(b), "\x00"); len(args) > 1 && args[0] == "sleep" && strings.HasPrefix(args[1], "1000."+prefix) {
+			out = append(out, pid)
+		}
+	}
+	return out
 }
