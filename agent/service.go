@@ -131,7 +131,10 @@ func (r rollouts) Report(ctx context.Context, e api.Entry) error {
 	return r.a.mem.OnLeader(ctx, "/v1/report", e, nil, func(n *consensus.Node) error { return r.a.applyReport(n, c) })
 }
 
-func (r rollouts) View() api.RolloutView { return r.a.rolloutView() }
+func (r rollouts) View(ctx context.Context) api.RolloutView {
+	r.a.mem.CatchUp(ctx)
+	return r.a.rolloutView()
+}
 
 func (r rollouts) Granted(g api.Grant) {
 	if f := r.a.follow; f != nil {

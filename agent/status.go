@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"context"
 	"strings"
 
 	"github.com/duckraft/duckraft/api"
@@ -47,7 +48,10 @@ func (c clusterView) Placements() []api.DuckInfo {
 	return out
 }
 
-func (c clusterView) Rollout() api.RolloutView { return c.a.rolloutView() }
+func (c clusterView) Rollout(ctx context.Context) api.RolloutView {
+	c.a.mem.CatchUp(ctx)
+	return c.a.rolloutView()
+}
 
 // localAnswers are this node's own answers, given without a round trip.
 type localAnswers struct{ a *Agent }

@@ -55,7 +55,9 @@ type Rollouts interface {
 	Act(ctx context.Context, req api.RolloutAction) (api.CommitResult, error)
 	// Report has the leader commit a node's report (an entry whose op is "report").
 	Report(ctx context.Context, e api.Entry) error
-	View() api.RolloutView
+	// View is the rollout picture, caught up with the leader first (a read through any node
+	// shows what an answer through another showed).
+	View(ctx context.Context) api.RolloutView
 	// Granted is the leader's word that it granted this node a turn (see api.Grant).
 	Granted(g api.Grant)
 	BenchCommit(ctx context.Context, req api.CommitBench) (api.CommitLatency, error)
@@ -452,7 +454,7 @@ func (h *Service) handleCommit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Service) handleRollout(w http.ResponseWriter, r *http.Request) {
-	httpjson.Write(w, h.Rollouts.View())
+	httpjson.Write(w, h.Rollouts.View(r.Context()))
 }
 
 func (h *Service) handleRolloutAction(w http.ResponseWriter, r *http.Request) {

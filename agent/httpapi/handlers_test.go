@@ -59,7 +59,7 @@ func (f *fake) Act(_ context.Context, req api.RolloutAction) (api.CommitResult, 
 	return api.CommitResult{}, f.call("act " + req.Action)
 }
 func (f *fake) Report(_ context.Context, c api.Entry) error { return f.call("report") }
-func (f *fake) View() api.RolloutView                       { return api.RolloutView{Leader: "a"} }
+func (f *fake) View(context.Context) api.RolloutView        { return api.RolloutView{Leader: "a"} }
 func (f *fake) Granted(g api.Grant)                         { f.call(fmt.Sprint("granted ", g.Index)) }
 func (f *fake) BenchCommit(context.Context, api.CommitBench) (api.CommitLatency, error) {
 	return api.CommitLatency{}, f.call("bench")

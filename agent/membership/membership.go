@@ -272,6 +272,39 @@ func (m *Membership) awaitIndex(ctx context.Context, index uint64) error {
 	}
 }
 
+// catchUpBound bounds CatchUp: past it a read answers from what this node holds.
+const catchUpBound = 2 * time.Second
+
+// CatchUp waits, briefly, until this node's state holds every entry the leader's state held
+// when asked, so that a read through any node shows what an earlier answer through another
+// showed (`rollout undo` through one node says reverted; `rollout history` through the next
+// must not say reverting). Only reads call it. Without a leader in reach it returns and the
+// caller answers from what this node holds: a cluster that lost its leader still shows its
+// state. A leader deposed without knowing it yet answers with what it holds, which may miss
+// the newest entries of its successor for up to an election timeout.
+func (m *Membership) CatchUp(ctx context.Context) {
+	n := m.Node()
+	if n.IsLeader() {
+		// Every write this leader acknowledged was applied to its state before it answered.
+		return
+	}
+	name, _ := n.Leader()
+	r, ok := n.Member(name)
+	if !ok || name == m.self.Name {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, catchUpBound)
+	defer cancel()
+	var p api.Ping
+	if err := m.cfg.Peers.Do(ctx, r.APIAddr, http.MethodGet, "/v1/ping", nil, &p); err != nil {
+		m.log.Debug("read without catching up: the leader did not answer", "leader", name, "err", err)
+		return
+	}
+	if err := m.awaitIndex(ctx, p.StateIndex); err != nil {
+		m.log.Debug("read without catching up", "leader", name, "err", err)
+	}
+}
+
 // Apply has the leader commit c; a follower sends it to path on the leader, in the log's JSON.
 func (m *Membership) Apply(ctx context.Context, path string, c consensus.Change) error {
 	b, err := consensus.Encode(c)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -178,4 +179,86 @@ func TestFailedJoinReturnsToAClusterOfOne(t *testing.T) {
 		t.Fatalf("%v, want the join's failure", err)
 	}
 	waitFor(t, "a to lead its own cluster again", m.Node().IsLeader)
+}
+
+// pingPeers answers /v1/ping with what ping returns at the time of the call.
+type pingPeers struct{ ping func() (api.Ping, error) }
+
+func (p pingPeers) Do(_ context.Context, _, _, path string, _, out any) error {
+	if path != "/v1/ping" {
+		return errors.New("connection refused")
+	}
+	v, err := p.ping()
+	if err != nil {
+		return err
+	}
+	*out.(*api.Ping) = v
+	return nil
+}
+
+func (p pingPeers) Forward(ctx context.Context, addr, path string, in, out any) (uint64, error) {
+	return 0, p.Do(ctx, addr, "POST", path, in, out)
+}
+
+// A read through a follower waits for what the leader holds: an answer through one node is
+// never newer than the next through another (`rollout undo`, then `rollout history`).
+func TestCatchUpWaitsForWhatTheLeaderHolds(t *testing.T) {
+	a, ta := open(t, "a", true, &fakePeers{})
+	var leaderDown atomic.Bool
+	b, tb := open(t, "b", false, pingPeers{func() (api.Ping, error) {
+		if leaderDown.Load() {
+			return api.Ping{}, errors.New("connection refused")
+		}
+		return api.Ping{Name: "a", StateIndex: a.Node().Index()}, nil
+	}})
+	ta.Connect(tb.LocalAddr(), tb)
+	tb.Connect(ta.LocalAddr(), ta)
+	keepRegistered(t, a)
+	waitFor(t, "a registered", a.Registered)
+	if err := a.Join(context.Background(), b.Self()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to learn who leads", func() bool {
+		name, _ := b.Node().Leader()
+		return name == "a" && b.Node().State().Members["a"].APIAddr != ""
+	})
+
+	// b stops hearing from a; a takes a change b has not seen.
+	ta.Disconnect(tb.LocalAddr())
+	if err := a.Node().Apply(consensus.Place{Placement: consensus.Placement{Node: "a", ID: "duck-1", Addr: "x:1"}}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	want := a.Node().Index()
+	if b.Node().Index() >= want {
+		t.Fatalf("b already at %d of %d: the test needs it behind", b.Node().Index(), want)
+	}
+	done := make(chan uint64)
+	go func() { b.CatchUp(context.Background()); done <- b.Node().Index() }()
+	select {
+	case got := <-done:
+		t.Fatalf("CatchUp returned at %d while the leader holds %d and b cannot hear it", got, want)
+	case <-time.After(300 * time.Millisecond):
+	}
+	ta.Connect(tb.LocalAddr(), tb)
+	if got := <-done; got < want {
+		t.Fatalf("CatchUp returned at %d, want at least the leader's %d", got, want)
+	}
+
+	// Cut off for good, a read still answers, from what b holds, within the bound.
+	ta.Disconnect(tb.LocalAddr())
+	if err := a.Node().Apply(consensus.Unplace{Key: "a/duck-1"}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	b.CatchUp(context.Background())
+	if took := time.Since(start); took < catchUpBound-100*time.Millisecond || took > catchUpBound+time.Second {
+		t.Fatalf("CatchUp took %v cut off from the leader's log, want about its bound %v", took, catchUpBound)
+	}
+	// A leader that does not answer at all: at once.
+	leaderDown.Store(true)
+	start = time.Now()
+	b.CatchUp(context.Background())
+	if took := time.Since(start); took > catchUpBound/2 {
+		t.Fatalf("CatchUp took %v with the leader not answering, want at once", took)
+	}
 }

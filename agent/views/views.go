@@ -36,8 +36,8 @@ type Cluster interface {
 	Registered() map[string]string
 	// Placements is where the log says ducks run (node, ID and address of each).
 	Placements() []api.DuckInfo
-	// Rollout is the rollout picture.
-	Rollout() api.RolloutView
+	// Rollout is the rollout picture, caught up with the leader first.
+	Rollout(ctx context.Context) api.RolloutView
 }
 
 // Local answers for this node without a round trip.
@@ -267,7 +267,7 @@ func (v *Views) Status(ctx context.Context) (api.Status, error) {
 	if err != nil {
 		return api.Status{}, err
 	}
-	view := v.Cluster.Rollout()
+	view := v.Cluster.Rollout(ctx)
 	out := api.Status{Rollout: view, Nodes: make([]api.NodeStatus, len(ms))}
 	for _, m := range ms {
 		if m.Suffrage == "voter" {

@@ -78,8 +78,8 @@ func (c fakeCluster) Registered() map[string]string {
 	return out
 }
 
-func (c fakeCluster) Placements() []api.DuckInfo { return c.placements }
-func (c fakeCluster) Rollout() api.RolloutView   { return c.rollout }
+func (c fakeCluster) Placements() []api.DuckInfo              { return c.placements }
+func (c fakeCluster) Rollout(context.Context) api.RolloutView { return c.rollout }
 
 type fakeLocal struct{}
 
