@@ -196,7 +196,7 @@ func Start(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 
-	a.views = &views.Views{Self: a.self.Name, Cluster: clusterView{a}, Local: localAnswers{a}, Peers: a.client, Tolerates: consensus.FailureTolerance}
+	a.views = &views.Views{Self: a.self.Name, Cluster: clusterView{a}, Local: localAnswers{a}, Peers: a.client, Tolerates: consensus.FailureTolerance, Removed: a.mem.Removed}
 	a.metrics = newMetrics(a)
 	if cfg.MetricsAddr != "" {
 		if a.metricsAddr, err = a.serveMetrics(cfg.MetricsAddr); err != nil {

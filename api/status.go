@@ -36,4 +36,7 @@ type Status struct {
 	// VotersReachable is how many voters answered this status; with fewer than a majority of
 	// Voters the cluster cannot commit.
 	VotersReachable int `json:"voters_reachable"`
+	// Removed, from a node taken out of its cluster while it was down, says so and what to do:
+	// the rest of the answer is what that node last knew.
+	Removed string `json:"removed,omitempty"`
 }

@@ -286,3 +286,58 @@ func TestTimeoutsFollowTheClustersSize(t *testing.T) {
 		t.Fatal("the node lost its leadership over a change of timeouts")
 	}
 }
+
+// Taking a voter out while the voters left behind lack a reachable majority is refused before
+// anything changes: Raft would wait for the majority of the new configuration for ever and
+// leave the member half out (`leave` with another voter down hung 30 s, found by trying it).
+func TestRemoveRefusedWhenTheVotersLeftHaveNoMajority(t *testing.T) {
+	var trans []*raft.InmemTransport
+	var nodes []*Node
+	for i, name := range []string{"a", "b", "c"} {
+		_, tr := raft.NewInmemTransport(raft.ServerAddress(name))
+		for _, other := range trans {
+			tr.Connect(other.LocalAddr(), other)
+			other.Connect(tr.LocalAddr(), tr)
+		}
+		trans = append(trans, tr)
+		n, err := Open(Config{Name: name, Dir: t.TempDir(), Bootstrap: i == 0, Transport: tr})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { n.Close() })
+		nodes = append(nodes, n)
+	}
+	leader := nodes[0]
+	waitFor(t, "a leader", leader.IsLeader)
+	for _, n := range nodes {
+		if err := leader.Join(Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if err := leader.Promote(n.Name(), 0, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// c goes silent.
+	trans[0].Disconnect(trans[2].LocalAddr())
+	trans[1].Disconnect(trans[2].LocalAddr())
+	waitFor(t, "the leader to miss c", func() bool { _, ok := leader.Unreached()["c"]; return ok })
+
+	err := leader.Remove("b", 5*time.Second)
+	if !errors.Is(err, ErrNoMajorityLeft) || !strings.Contains(err.Error(), "without b the voters are a, c, and c does not answer") || !strings.Contains(err.Error(), "`forget c`") {
+		t.Fatalf("removing b with c down: %v, want ErrNoMajorityLeft naming c", err)
+	}
+	servers, _ := leader.Servers()
+	if _, ok := leader.Member("b"); !ok || len(servers) != 3 {
+		t.Fatalf("a refused removal changed something: servers %v, members %v", servers, leader.MemberNames())
+	}
+	// The silent one can go, and then b.
+	if err := leader.Remove("c", 5*time.Second); err != nil {
+		t.Fatalf("removing the silent voter: %v", err)
+	}
+	if err := leader.Remove("b", 5*time.Second); err != nil {
+		t.Fatalf("removing b once c is out: %v", err)
+	}
+	if servers, _ := leader.Servers(); len(servers) != 1 {
+		t.Fatalf("servers %v, want a alone", servers)
+	}
+}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -352,8 +353,16 @@ func (n *Node) Promote(name string, max int, timeout time.Duration) error {
 
 // Remove takes name out of the cluster: out of the voters and out of the registry.
 func (n *Node) Remove(name string, timeout time.Duration) error {
-	if !n.IsLeader() {
-		return ErrNotLeader
+	servers, err := n.leaderServers()
+	if err != nil {
+		return err
+	}
+	// Raft commits a configuration with the majority of the new one: taking out a voter while
+	// the voters left behind lack a reachable majority waits out the time limit and leaves the
+	// member half out (unregistered, still in the configuration until the others come back).
+	// Refuse it before anything changes.
+	if err := n.canLoseVoter(servers, name); err != nil {
+		return err
 	}
 	// Registry first: once the leader has removed itself it can no longer apply anything. If the
 	// removal then fails, the member re-registers itself (see the agent), so nothing is lost.
@@ -364,6 +373,44 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
 	return nil
+}
+
+// ErrNoMajorityLeft means a voter's removal would leave voters without a reachable majority.
+var ErrNoMajorityLeft = errors.New("the voters left would have no majority")
+
+// canLoseVoter refuses the removal of voter name when the voters left behind, as this leader's
+// heartbeats see them, are not a majority of themselves. A member that is not a voter can go.
+func (n *Node) canLoseVoter(servers []raft.Server, name string) error {
+	var left, down []string
+	isVoter := false
+	for _, s := range servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		if string(s.ID) == name {
+			isVoter = true
+			continue
+		}
+		left = append(left, string(s.ID))
+	}
+	if !isVoter {
+		return nil
+	}
+	unreached := n.Unreached()
+	for _, v := range left {
+		if _, ok := unreached[v]; ok {
+			down = append(down, v)
+		}
+	}
+	if len(left)-len(down) > len(left)/2 {
+		return nil
+	}
+	verb, them := "do not answer", "them"
+	if len(down) == 1 {
+		verb, them = "does not answer", "it"
+	}
+	return fmt.Errorf("%w: without %s the voters are %s, and %s %s, so the change could never be committed; bring %s back, or take %s out first (`forget %s` through a member that answers)",
+		ErrNoMajorityLeft, name, strings.Join(left, ", "), strings.Join(down, " and "), verb, them, them, down[0])
 }
 
 // Close shuts Raft down and closes its files and listener.

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/localcluster"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -170,6 +171,32 @@ func TestForgetDeadMemberAndLeave(t *testing.T) {
 		t.Fatalf("forget of a live member: err=%v, stderr=%q", err, errOut)
 	}
 	nodes[2].Kill()
+	// b may not leave while c is down: a and c would be the voters, and c cannot agree. It hung
+	// for 30 s and left b half out (found by trying it); now it is refused at once, as soon as
+	// the leader's heartbeats miss c, and b stays a member.
+	waitFor(t, "the leader to miss c", 15*time.Second, func() bool {
+		for _, n := range nodes[:2] {
+			var p api.Ping
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err := c.Do(ctx, n.API, http.MethodGet, "/v1/ping", nil, &p)
+			cancel()
+			if _, missed := p.Unreached["c"]; err == nil && p.State == "leader" && missed {
+				return true
+			}
+		}
+		return false
+	})
+	start := time.Now()
+	_, errOut, err = tryCLI(c, nodes[1].API, "leave")
+	if err == nil || !strings.Contains(errOut, "without b the voters are a, c, and c does not answer") || !strings.Contains(errOut, "`forget c`") {
+		t.Fatalf("leave of b with c down: err=%v, stderr=%q", err, errOut)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the refused leave took %v", took)
+	}
+	if v := view(members(c, nodes[0].API)); !strings.Contains(v, "b:") || !strings.Contains(v, "c:") {
+		t.Fatalf("a refused leave changed the members: %s", v)
+	}
 	waitFor(t, "c to be forgotten", 15*time.Second, func() bool {
 		_, _, err := tryCLI(c, nodes[1].API, "forget", "c")
 		return err == nil
@@ -208,6 +235,10 @@ func TestAForgottenNodeStartedAgainSaysItWasRemoved(t *testing.T) {
 	})
 	if !strings.Contains(errOut, "start it on an empty one and `connect` it") {
 		t.Errorf("c's refusal does not say what to do: %s", errOut)
+	}
+	// status through c says so first, not only a write through it.
+	if out, _, err := tryCLI(c, nodes[2].API, "status"); err != nil || !strings.Contains(strings.SplitN(out, "\n", 2)[0], "not a member of its cluster any more") {
+		t.Errorf("status through c: err=%v\n%s\nwant its first line to say c was taken out", err, out)
 	}
 	if v := view(members(c, nodes[0].API)); v != "a:leader:true:voter b:follower:true:voter" && v != "a:follower:true:voter b:leader:true:voter" {
 		t.Errorf("a and b list %s, want only themselves", v)

@@ -232,6 +232,8 @@ func statusOf(err error) int {
 		return ae.Status
 	case errors.Is(err, membership.ErrNoLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrNotLeader):
 		return http.StatusServiceUnavailable
+	case errors.Is(err, membership.ErrNoMajorityLeft):
+		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
 }
@@ -539,6 +541,10 @@ func (h *Service) handleSpawn(w http.ResponseWriter, r *http.Request) {
 			httpjson.Error(w, http.StatusBadRequest, fmt.Errorf("environment %q refused: a duck takes DUCK_* variables other than the ones the supervisor sets (e.g. DUCK_INTERVAL=200ms)", e))
 			return
 		}
+	}
+	if err := req.CheckAddr(); err != nil {
+		httpjson.Error(w, http.StatusBadRequest, err)
+		return
 	}
 	if req.On != "" && req.On != h.Self {
 		h.spawnElsewhere(w, r, req)

@@ -33,6 +33,9 @@ const ApplyTimeout = 10 * time.Second
 // ErrNoLeader means no leader is known: the cluster has lost its majority or is electing.
 var ErrNoLeader = errors.New("no leader")
 
+// ErrNoMajorityLeft means a voter's removal would leave the voters without a reachable majority.
+var ErrNoMajorityLeft = consensus.ErrNoMajorityLeft
+
 // ErrHasHistory means a node that has a history of its own was asked to join another cluster.
 var ErrHasHistory = errors.New("this node has history of its own")
 
@@ -448,6 +451,15 @@ func (m *Membership) WatchRemoval(ctx context.Context) {
 			m.log.Error(why)
 		}
 	}
+}
+
+// Removed says why this node is no longer a member of its cluster, once WatchRemoval found it
+// taken out; "" while it is one (or does not know otherwise).
+func (m *Membership) Removed() string {
+	if why := m.removed.Load(); why != nil {
+		return *why
+	}
+	return ""
 }
 
 func nilIfEmpty(s string) *string {

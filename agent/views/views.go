@@ -61,6 +61,8 @@ type Views struct {
 	Timeout time.Duration
 	// Tolerates is how many of n voters the cluster can lose and still commit (nil: none).
 	Tolerates func(voters int) int
+	// Removed says why this node is no longer a member ("" while it is one; nil: never).
+	Removed func() string
 
 	seenMu   sync.Mutex
 	lastSeen map[string]time.Time
@@ -279,6 +281,9 @@ func (v *Views) Status(ctx context.Context) (api.Status, error) {
 	}
 	if v.Tolerates != nil {
 		out.Tolerates = v.Tolerates(out.Voters)
+	}
+	if v.Removed != nil {
+		out.Removed = v.Removed()
 	}
 	var wg sync.WaitGroup
 	for i, m := range ms {

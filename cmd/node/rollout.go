@@ -452,6 +452,9 @@ func runStatus(args []string) error {
 	if *asJSON {
 		return printJSON(st)
 	}
+	if st.Removed != "" {
+		fmt.Printf("%s\nWhat follows is what this node last knew.\n", st.Removed)
+	}
 	fmt.Println(tolerance(st))
 	if r := st.Rollout.Rollout; r != nil {
 		fmt.Printf("version %d %s, order %s\n", r.Version, r.State, strings.Join(r.Order, " -> "))
