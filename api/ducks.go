@@ -1,6 +1,9 @@
 package api
 
 import (
+	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/duckraft/duckraft/runtime/bundle"
@@ -28,6 +31,20 @@ type SpawnRequest struct {
 	On      string    `json:"on,omitempty"`
 	Version bundle.ID `json:"version,omitempty"` // bundle ID; empty: the node's own version
 	From    string    `json:"from,omitempty"`    // the node the call came through
+}
+
+// CheckAddr says what is wrong with r.Addr, nil for an empty one (a free loopback port) or a
+// HOST:PORT with a port from 1 to 65535: a duck binds it itself, and port 0 would be a port the
+// node could not report.
+func (r SpawnRequest) CheckAddr() error {
+	if r.Addr == "" {
+		return nil
+	}
+	_, p, err := net.SplitHostPort(r.Addr)
+	if n, perr := strconv.Atoi(p); err != nil || perr != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("duck address %q: give HOST:PORT with a port from 1 to 65535 (--listen), a port alone (--port), or neither for a free port on 127.0.0.1", r.Addr)
+	}
+	return nil
 }
 
 // DuckInfo is one duck as `ducks` shows it.

@@ -235,6 +235,26 @@ func TestSpawnRefusesTheSupervisorsVariables(t *testing.T) {
 	}
 }
 
+// An address whose port is out of range reached the duck, which failed to bind it and was
+// reported as a duck that crashed on start.
+func TestSpawnRefusesAnAddressWithoutAUsablePort(t *testing.T) {
+	f := &fake{}
+	srv := serve(f)
+	defer srv.Close()
+	for _, addr := range []string{"127.0.0.1:70000", "127.0.0.1:0", "127.0.0.1:-1", "127.0.0.1", "127.0.0.1:http"} {
+		status, msg := do(t, srv, http.MethodPost, "/v1/spawn", jsonBody(api.SpawnRequest{Addr: addr}))
+		if status != http.StatusBadRequest || !strings.Contains(msg, "a port from 1 to 65535") {
+			t.Errorf("%s: %d %q, want a 400 saying which ports", addr, status, msg)
+		}
+	}
+	if f.recorded != 0 {
+		t.Fatalf("a refused spawn was recorded %d times", f.recorded)
+	}
+	if status, msg := do(t, srv, http.MethodPost, "/v1/spawn", jsonBody(api.SpawnRequest{Addr: "127.0.0.1:8080"})); status != http.StatusOK {
+		t.Fatalf("a good address: %d %q", status, msg)
+	}
+}
+
 func TestSpawnElsewhereNeedsCodeHereAndAKnownMember(t *testing.T) {
 	f := &fake{}
 	srv := serve(f)

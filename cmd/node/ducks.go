@@ -117,6 +117,9 @@ func runSpawn(args []string) error {
 		// The duck binds it, and the node could not say which port port 0 became.
 		return usageError{fmt.Sprintf("--listen %q: give HOST:PORT with a port; leave out --listen and --port for a free port on 127.0.0.1", *listen)}
 	}
+	if *port < 0 || *port > 65535 {
+		return usageError{fmt.Sprintf("--port %d: give a port from 1 to 65535, or leave it out for a free one", *port)}
+	}
 	req := api.SpawnRequest{Addr: *listen, Env: env, On: *on}
 	if req.Addr == "" && *port != 0 {
 		req.Addr = "127.0.0.1:" + strconv.Itoa(*port)
@@ -125,7 +128,7 @@ func runSpawn(args []string) error {
 	if err := c.call(http.MethodPost, "/v1/spawn", req, &d); err != nil {
 		return err
 	}
-	fmt.Printf("%s on %s serving http://%s (version %s)\n", d.ID, d.Node, d.Addr, d.Version)
+	fmt.Printf("%s on %s serving %s (version %s)\n", d.ID, d.Node, duckURL(d.Addr), d.Version)
 	if *detach {
 		return nil
 	}
@@ -275,6 +278,19 @@ func runLogs(args []string) error {
 		*on = "*"
 	}
 	return follow(c, *on, duck, *n, *f)
+}
+
+// duckURL is where a user reaches a duck serving on addr: one bound to every interface
+// (":8396", "0.0.0.0:8396") printed as http://:8396, which no browser or curl takes.
+func duckURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return "http://" + net.JoinHostPort("127.0.0.1", port) + " (every interface)"
+	}
+	return "http://" + addr
 }
 
 // validPort says whether p is a port a duck can be asked to listen on: 1 to 65535 (0 would be
