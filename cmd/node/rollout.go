@@ -47,7 +47,13 @@ func runDeploy(args []string) error {
 	fs.DurationVar(&p.Healthy, "healthy", rollout.DefaultHealthy, "each new duck must stay up this long after Ready for its swap to count")
 	fs.DurationVar(&p.StartDeadline, "start-deadline", rollout.DefaultStartDeadline, "a node silent this long in its turn is skipped and catches up when the rollout ends")
 	fs.DurationVar(&p.DownAfter, "down-after", rollout.DefaultDownAfter, "a node the leader cannot reach for this long is skipped, in any phase, and catches up when it returns")
-	pos, err := parse(fs, args, "DIR")
+	pos, err := parse(fs, canaryCount(args), "DIR")
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		// `deploy --canary 3` may mean one canary and the folder ./3.
+		if p2, err2 := parse(fs, args, "DIR"); err2 == nil {
+			pos, err = p2, nil
+		}
+	}
 	if err != nil {
 		return err
 	}
@@ -90,7 +96,41 @@ func runDeploy(args []string) error {
 	return watch(c, res.N, false, os.Stdout)
 }
 
-// canaryFlag is --canary (one canary) or --canary=N.
+// canaryCount joins `--canary N` into --canary=N, as every other flag with a value is written:
+// --canary alone means one canary (a boolean flag to the flag package), so N was taken for the
+// folder and the deploy failed with "want DIR, got 2 argument(s)". When joined they leave no
+// folder, runDeploy reads the arguments as given (`deploy --canary 3` deploys ./3 with one
+// canary).
+func canaryCount(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		if (a == "--canary" || a == "-canary") && i+1 < len(args) && isCount(args[i+1]) {
+			out = append(out, a+"="+args[i+1])
+			i++
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func isCount(s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, r := range s {
+		if r < '0' || r > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// canaryFlag is --canary (one canary), --canary=N or --canary N (canaryCount).
 type canaryFlag int
 
 func (c *canaryFlag) String() string   { return strconv.Itoa(int(*c)) }

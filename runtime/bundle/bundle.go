@@ -82,6 +82,12 @@ func ValidID(id string) bool {
 // time and no owner, so packing the same content twice gives the same bytes and the same ID.
 // Symbolic links and other non-regular files are refused: a bundle carries files, not links.
 func Pack(dir string) (Bundle, error) {
+	// WalkDir on a missing folder or a file says only "lstat DIR: no such file or directory".
+	if info, err := os.Stat(dir); err != nil {
+		return Bundle{}, fmt.Errorf("pack %s: %w; give the folder of the duck's source (its main package, such as ./duck)", dir, err)
+	} else if !info.IsDir() {
+		return Bundle{}, fmt.Errorf("pack %s: not a folder; give the folder of the duck's source (its main package, such as ./duck), not a file in it", dir)
+	}
 	var paths []string
 	var total int64
 	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {

@@ -149,6 +149,19 @@ func TestPackRefusesSymlink(t *testing.T) {
 	}
 }
 
+func TestPackSaysWhatToGiveForAMissingFolderOrAFile(t *testing.T) {
+	src := t.TempDir()
+	writeTree(t, src, duckFiles)
+	for path, want := range map[string]string{
+		filepath.Join(src, "nowhere"): "no such file or directory; give the folder of the duck's source",
+		filepath.Join(src, "main.go"): "not a folder; give the folder of the duck's source (its main package, such as ./duck), not a file in it",
+	} {
+		if _, err := Pack(path); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Pack(%s) = %v, want %q", path, err, want)
+		}
+	}
+}
+
 func TestPackRefusesOversizedBundle(t *testing.T) {
 	src := t.TempDir()
 	writeTree(t, src, duckFiles)
