@@ -121,6 +121,13 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			if !r.Nodes[odd].Phase.Ended() {
 				return r.report(odd, Failed, "its binary differs from the other nodes' (toolchain drift?): "+strings.Join(parts, "; "))
 			}
+			// A failure budget lets the rollout carry on past that node, and the other nodes of
+			// a drifted build with it: drift is not a failure to budget for, the policy halts.
+			state := Halted
+			if r.AutoRevert && r.FromID != "" {
+				state = GoingBack
+			}
+			return Step{Op: OpState, State: state, Message: fmt.Sprintf("%d distinct binaries with --same-binary (toolchain drift?): %s", len(groups), strings.Join(parts, "; "))}
 		}
 	}
 

@@ -416,6 +416,33 @@ func TestDriftedBinaryHaltsWithSameBinary(t *testing.T) {
 	if g := r.Binaries(); len(g) != 2 || len(g[0].Nodes) != 2 {
 		t.Fatalf("binaries %+v", g)
 	}
+	// With a failure budget the failed node does not halt the rollout; the drift still does,
+	// before any node of the odd build takes its turn.
+	for _, revert := range []bool{true, false} {
+		rb := New(2, "v2", 1, "v1", Members("a", "b", "c", "d"), false, revert, Policy{SameBinary: true, FailureBudget: 2}, t0)
+		for _, n := range []string{"a", "b"} {
+			rb.ReportBuilt(n, BuildInfo{Sum: "aaaa", Toolchain: "go1.26.8"}, nil, t0)
+		}
+		for _, n := range []string{"c", "d"} {
+			rb.ReportBuilt(n, BuildInfo{Sum: "cccc", Toolchain: "go1.26.7"}, nil, t0)
+		}
+		for i := 0; rb.forward() && i < 10; i++ {
+			st := rb.Next(t0, inContact)
+			if st.Op == OpGrant && (st.Node == "c" || st.Node == "d") {
+				t.Fatalf("budget 2, revert %v: %s of the drifted build granted its turn", revert, st.Node)
+			}
+			if err := rb.Apply(st, t0); err != nil {
+				t.Fatalf("apply %+v: %v", st, err)
+			}
+		}
+		want := Halted
+		if revert {
+			want = GoingBack
+		}
+		if rb.State != want || !strings.Contains(rb.Reason, "2 distinct binaries with --same-binary") || !strings.Contains(rb.Reason, "c, d built cccc with go1.26.7") {
+			t.Fatalf("budget 2, revert %v: %s (%s), want %s naming the drift", revert, rb.State, rb.Reason, want)
+		}
+	}
 	// Without the policy, drift is shown, not acted on.
 	r.Policy.SameBinary = false
 	if st := r.Next(t0, inContact); st.Op != OpGrant || st.Node != "a" {

@@ -518,6 +518,9 @@ func TestToolchainDriftIsShownAndHaltsWithSameBinary(t *testing.T) {
 	if !strings.Contains(status, "2 distinct binaries") || !strings.Contains(status, "go1.99-drift (1 node(s))") {
 		t.Fatalf("rollout status does not show the drift:\n%s", status)
 	}
+	if st := cli(t, c, nodes[1].API, "status"); !strings.Contains(st, "2 distinct binaries") {
+		t.Fatalf("status does not show the drift:\n%s", st)
+	}
 	_, errOut, err := tryCLI(c, nodes[0].API, "deploy", "--same-binary", "../testdata/duck-v2")
 	if err == nil || !strings.Contains(errOut, "c failed") || !strings.Contains(errOut, "go1.99-drift") || !strings.Contains(errOut, "a, b built") {
 		t.Fatalf("deploy --same-binary with c's toolchain drifting: err=%v\n%s", err, errOut)

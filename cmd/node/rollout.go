@@ -501,6 +501,9 @@ func runStatus(args []string) error {
 		if r.Reason != "" {
 			fmt.Printf("  %s\n", firstLine(r.Reason))
 		}
+		if line := binariesLine(r); line != "" {
+			fmt.Printf("  %s\n", line)
+		}
 	}
 	var ended time.Time
 	if r := st.Rollout.Rollout; r != nil {
