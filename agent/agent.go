@@ -213,7 +213,7 @@ func Start(cfg Config) (*Agent, error) {
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
-	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log, Tell: a.tellGranted}
+	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log, Tell: a.tellGranted, CanaryHealth: a.canaryHealth}
 	follow := a.follow
 	a.wg.Add(7)
 	go func() {

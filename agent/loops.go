@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -48,6 +49,45 @@ func (a *Agent) tellGranted(node string, index uint64, body []byte) {
 			a.log.Debug("telling a node of its turn", "node", node, "err", err)
 		}
 	}()
+}
+
+// canaryHealth is driver.Driver.CanaryHealth: it asks the canary how its ducks are.
+func (a *Agent) canaryHealth(node string, runningFor time.Duration) (string, error) {
+	ducks := a.host.List()
+	if node != a.self.Name {
+		m, ok := a.Node().Member(node)
+		if !ok || m.APIAddr == "" {
+			return "", fmt.Errorf("%s has no API address in the log", node)
+		}
+		ctx, cancel := context.WithTimeout(a.ctx, tellTimeout)
+		defer cancel()
+		var l api.Local
+		if err := a.client.Do(ctx, m.APIAddr, http.MethodGet, "/v1/local", nil, &l); err != nil {
+			return "", err
+		}
+		ducks = l.Ducks
+	}
+	return ducksHealth(ducks, runningFor)
+}
+
+// ducksHealth says why ducks are not healthy after runningFor since their node's turn ended ("":
+// they are), or that it cannot tell yet.
+func ducksHealth(ducks []api.DuckInfo, runningFor time.Duration) (string, error) {
+	for _, d := range ducks {
+		switch d.State {
+		case "running", "stopped":
+		case "starting", "swapping":
+			return "", fmt.Errorf("%s is %s", d.ID, d.State)
+		default:
+			return fmt.Sprintf("%s is %s (%d restarts; last error: %s)", d.ID, d.State, d.Restarts, cmp.Or(d.LastError, "none")), nil
+		}
+		// A duck started by hand since then has no restarts; one that crashed and was
+		// started again has, and its generation is younger than the turn's end.
+		if d.Restarts > 0 && d.State == "running" && d.UpFor < runningFor {
+			return fmt.Sprintf("%s crashed and was restarted %s after the turn ended (%d restarts; last error: %s)", d.ID, (runningFor - d.UpFor).Round(time.Millisecond), d.Restarts, cmp.Or(d.LastError, "none")), nil
+		}
+	}
+	return "", nil
 }
 
 // tellTimeout bounds telling a node of its turn: past it, the log has told it.

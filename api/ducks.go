@@ -58,10 +58,13 @@ type DuckInfo struct {
 	Gen int `json:"gen"`
 	// State is one of starting, running, swapping, restarting, failed, stopped; or "node
 	// unreachable" for a duck whose node did not answer.
-	State     string    `json:"state"`
-	Restarts  int       `json:"restarts"`
-	Started   time.Time `json:"started,omitzero"` // when the current generation became Ready
-	LastError string    `json:"last_error,omitempty"`
+	State    string    `json:"state"`
+	Restarts int       `json:"restarts"`
+	Started  time.Time `json:"started,omitzero"` // when the current generation became Ready
+	// UpFor is how long the current generation had been Ready when the node answered, by the
+	// node's own clock: another node compares it with its own durations, never with Started.
+	UpFor     time.Duration `json:"up_for_ns,omitempty"`
+	LastError string        `json:"last_error,omitempty"`
 }
 
 // StopRequest stops duck Name on node On (default: the node asked).

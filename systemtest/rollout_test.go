@@ -526,3 +526,66 @@ func TestToolchainDriftIsShownAndHaltsWithSameBinary(t *testing.T) {
 		t.Fatalf("deploy --same-binary with c's toolchain drifting: err=%v\n%s", err, errOut)
 	}
 }
+
+// --auto-promote-after promotes the canaries once they stayed healthy that long, and only
+// then: a canary whose duck crashes after its turn ended (after the healthy wait) sends the
+// rollout back instead of taking every node with it. The log alone said only that the
+// canary's turn had ended well, and it was promoted.
+func TestAutoPromotionAsksTheCanariesHowTheirDucksAre(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	cli(t, c, nodes[0].API, "deploy", "../duck")
+	ducks := map[string]string{}
+	for _, n := range nodes {
+		var id, addr string
+		// duck and duck-v2 ignore DUCK_CRASH_AFTER; duck-flaky dies that long after Ready.
+		out := cli(t, c, n.API, "spawn", "--detach", "--env", "DUCK_CRASH_AFTER=1500ms")
+		if _, err := fmt.Sscanf(out, "%s on "+n.Name+" serving http://%s", &id, &addr); err != nil {
+			t.Fatalf("spawn on %s printed %q", n.Name, out)
+		}
+		ducks[n.Name] = addr
+	}
+	state := func() (*rollout.Rollout, string) {
+		r := rolloutOf(t, c, nodes[1].API).Rollout
+		return r, fmt.Sprintf("version %d %s (%s)", r.Version, r.State, r.Reason)
+	}
+
+	// A healthy canary: paused, then promoted by itself, every node upgraded.
+	if out := cli(t, c, nodes[0].API, "deploy", "--canary", "1", "--auto-promote-after", "2s", "../testdata/duck-v2"); !strings.Contains(out, "paused") {
+		t.Fatalf("canary deploy printed:\n%s", out)
+	}
+	waitFor(t, "version 2 promoted and done", 30*time.Second, func() bool {
+		r, _ := state()
+		return r.Version == 2 && r.State == rollout.Done
+	})
+	for name, addr := range ducks {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v2" {
+			t.Fatalf("duck on %s after the promotion: %+v, %v", name, got, err)
+		}
+	}
+
+	// A canary whose duck crashes 1.5 s after Ready: its turn ends well (healthy wait 200 ms),
+	// and the promotion 4 s on finds the duck restarted.
+	if out := cli(t, c, nodes[0].API, "deploy", "--canary", "1", "--auto-promote-after", "4s", "../runtime/supervise/testdata/duck-flaky"); !strings.Contains(out, "paused") {
+		t.Fatalf("canary deploy of duck-flaky printed:\n%s", out)
+	}
+	var last string
+	waitFor(t, "version 3 not promoted", 40*time.Second, func() bool {
+		var r *rollout.Rollout
+		r, last = state()
+		return r.Version == 3 && !r.Active()
+	})
+	r, _ := state()
+	if r.State != rollout.WentBack || !strings.Contains(r.Reason, "canary a is not healthy, not promoted: duck-1") {
+		t.Fatalf("after a crashing canary: %s, want reverted naming a's duck", last)
+	}
+	for _, n := range []string{"b", "c"} {
+		if !r.Nodes[n].Granted.IsZero() {
+			t.Fatalf("%s took its turn after a crashing canary: %+v", n, r.Nodes[n])
+		}
+	}
+	waitFor(t, "a's duck back on v2", 20*time.Second, func() bool {
+		got, err := askDuck("GET", ducks["a"])
+		return err == nil && got.Version == "v2"
+	})
+}

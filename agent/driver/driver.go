@@ -8,6 +8,7 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"slices"
 	"time"
@@ -45,6 +46,13 @@ type Driver struct {
 	// the rollout as the leader has it then (api.Grant, encoded once for all), at log index
 	// index: a node learns of a commit from Raft only at the leader's next replication to it.
 	Tell func(node string, index uint64, grant []byte)
+	// CanaryHealth, when set, is asked about each canary before an automatic promotion
+	// (--auto-promote-after), with how long ago the leader took its report that its turn ended:
+	// why its ducks are not healthy ("" when every one ran that long without a crash), or an
+	// error when it cannot tell yet (the node does not answer, a duck is mid-swap): then the
+	// promotion waits. The log alone says only that the canaries' turns ended well; a duck that
+	// crashes after its healthy wait was promoted with the rest.
+	CanaryHealth func(node string, runningFor time.Duration) (why string, err error)
 }
 
 // Run drives rollouts until ctx ends: woken by the log (a report) at once, while a ticker
@@ -79,7 +87,7 @@ func (d *Driver) Round(now time.Time) []rollout.Step {
 	if !r.Active() {
 		return nil
 	}
-	steps := r.Steps(now, d.Log.Silence(), MaxSteps)
+	steps := d.checkPromotion(r, r.Steps(now, d.Log.Silence(), MaxSteps), now)
 	if len(steps) == 0 {
 		return nil
 	}
@@ -91,6 +99,36 @@ func (d *Driver) Round(now time.Time) []rollout.Step {
 		d.logger().Info("rollout", "version", r.Version, "step", step.Op, "node", step.Node, "phase", step.Phase, "state", step.State, "why", step.Message)
 	}
 	d.tell(steps)
+	return steps
+}
+
+// checkPromotion lets an automatic promotion of the canaries through only when CanaryHealth
+// says every canary is healthy; a canary that is not halts the rollout, or sends it back when
+// it reverts by itself, as a failed node would.
+func (d *Driver) checkPromotion(r *rollout.Rollout, steps []rollout.Step, now time.Time) []rollout.Step {
+	// Paused, the only step rollout.Next takes by itself is the automatic promotion (the
+	// grants it allows follow it in the same round).
+	if d.CanaryHealth == nil || r.State != rollout.Paused || !r.Canary || len(steps) == 0 || steps[0].Op != rollout.OpState || steps[0].State != rollout.Rolling {
+		return steps
+	}
+	for _, name := range r.Order {
+		nr := r.Nodes[name]
+		if nr.Wave != 0 || nr.Phase != rollout.Running {
+			continue
+		}
+		why, err := d.CanaryHealth(name, now.Sub(nr.Done))
+		if err != nil {
+			d.logger().Debug("canary promotion waits", "node", name, "err", err)
+			return nil
+		}
+		if why != "" {
+			state := rollout.Halted
+			if r.AutoRevert && r.FromID != "" {
+				state = rollout.GoingBack
+			}
+			return []rollout.Step{{Op: rollout.OpState, State: state, Message: fmt.Sprintf("canary %s is not healthy, not promoted: %s", name, why)}}
+		}
+	}
 	return steps
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -215,5 +216,77 @@ func TestGrantedNodesAreToldOnceCommitted(t *testing.T) {
 	d.Round(time.Now())
 	if len(told) != 0 {
 		t.Fatalf("told %v of grants the log did not take", told)
+	}
+}
+
+// pausedAfterCanary is a rollout over a, b, c whose canary a ended its turn at now and that
+// waits a minute before promoting itself.
+func pausedAfterCanary(t *testing.T, now time.Time) *rollout.Rollout {
+	t.Helper()
+	r := rollout.New(2, "new", 1, "old", rollout.Members("a", "b", "c"), false, true, rollout.Policy{Canaries: 1, AutoPromoteAfter: time.Minute}, now)
+	for _, n := range r.Order {
+		if err := r.ReportBuilt(n, rollout.BuildInfo{Sum: "sum"}, nil, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := r.Next(now, nil)
+	if st.Op != rollout.OpGrant || st.Node != "a" {
+		t.Fatalf("first step %+v, want a's turn", st)
+	}
+	for _, err := range []error{r.Apply(st, now), r.Report("a", rollout.Swapping, "", now), r.Report("a", rollout.Running, "", now)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := r.Next(now, nil); st.Op != rollout.OpState || st.State != rollout.Paused {
+		t.Fatalf("after the canary: %+v, want paused", st)
+	} else if err := r.Apply(st, now); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// The log says only that a canary's turn ended well; a duck that crashed after its healthy wait
+// was promoted with the rest. The driver asks the canaries first.
+func TestAutomaticPromotionAsksTheCanariesFirst(t *testing.T) {
+	t0 := time.Now()
+	later := t0.Add(time.Minute)
+	for _, c := range []struct {
+		name      string
+		why       string
+		err       error
+		wantState rollout.State // "": nothing committed
+	}{
+		{"healthy", "", nil, rollout.Rolling},
+		{"a duck crashed", "duck-1 crashed and was restarted", nil, rollout.GoingBack},
+		{"cannot tell", "", errors.New("connection refused"), ""},
+	} {
+		l := &fakeLog{leads: true, r: pausedAfterCanary(t, t0)}
+		var asked []string
+		var ranFor time.Duration
+		d := &Driver{Log: l, CanaryHealth: func(node string, runningFor time.Duration) (string, error) {
+			asked, ranFor = append(asked, node), runningFor
+			return c.why, c.err
+		}}
+		if steps := d.Round(t0.Add(30 * time.Second)); len(steps) != 0 || len(asked) != 0 {
+			t.Fatalf("%s: before the minute: steps %v, asked %v", c.name, steps, asked)
+		}
+		d.Round(later)
+		if len(asked) != 1 || asked[0] != "a" || ranFor != time.Minute {
+			t.Fatalf("%s: asked %v for %v, want the canary a for a minute", c.name, asked, ranFor)
+		}
+		got := l.Rollout()
+		if c.wantState == "" {
+			if len(l.entries) != 0 || got.State != rollout.Paused {
+				t.Fatalf("%s: committed %v, state %s; want nothing while it cannot tell", c.name, l.entries, got.State)
+			}
+			continue
+		}
+		if got.State != c.wantState {
+			t.Fatalf("%s: %s (%s), want %s", c.name, got.State, got.Reason, c.wantState)
+		}
+		if c.why != "" && !strings.Contains(got.Reason, "canary a is not healthy, not promoted: "+c.why) {
+			t.Fatalf("%s: reason %q does not say why", c.name, got.Reason)
+		}
 	}
 }

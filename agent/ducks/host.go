@@ -471,10 +471,14 @@ func (h *Host) List() []api.DuckInfo {
 
 // Info is how the API shows a duck the supervisor runs on node.
 func Info(node string, st supervise.Status) api.DuckInfo {
-	return api.DuckInfo{
+	d := api.DuckInfo{
 		Node: node, ID: st.ID, Version: api.Label(st.Version), Addr: st.Addr, PID: st.PID, Gen: st.Gen,
 		State: st.State, Restarts: st.Restarts, Started: st.Started, LastError: st.LastError,
 	}
+	if !st.Started.IsZero() {
+		d.UpFor = time.Since(st.Started)
+	}
+	return d
 }
 
 // VersionLabel names a version as users see it: vN once committed; a loaded but uncommitted one
