@@ -535,6 +535,39 @@ func TestNodesOnOneHostShareABuild(t *testing.T) {
 	}
 }
 
+// Two nodes that build one bundle each for itself, in folders of their own (as on two hosts),
+// produce the same binary, byte for byte: the build's flags leave the paths, the build's
+// folder and VCS stamps out of it. This is what lets --same-binary call a differing sum drift.
+func TestIndependentBuildsOfOneBundleAreIdentical(t *testing.T) {
+	b := pack(t, map[string]string{"main.go": tableflipDuck})
+	var sums []string
+	for _, dir := range []string{filepath.Join(t.TempDir(), "node-a", "builds"), filepath.Join(t.TempDir(), "a much longer", "folder", "for node b")} {
+		builder := &Builder{Dir: dir}
+		bin, err := builder.Build(context.Background(), b.ID, b.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(data, []byte(dir)) {
+			t.Errorf("the binary built in %s names its folder", dir)
+		}
+		sum, err := builder.Sum(b.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := sha256.Sum256(data); sum != hex.EncodeToString(want[:]) {
+			t.Fatalf("Sum = %s, not the sha256 of the binary", sum)
+		}
+		sums = append(sums, sum)
+	}
+	if sums[0] != sums[1] {
+		t.Fatalf("two builds of one bundle in two folders: %s and %s, want one binary", sums[0], sums[1])
+	}
+}
+
 // A node whose toolchain differs does not take another's build from the shared folder: it builds
 // for itself, and its binary's sum says what its toolchain made.
 func TestAnotherToolchainBuildsForItself(t *testing.T) {
