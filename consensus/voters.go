@@ -21,10 +21,14 @@ type VoterChange struct {
 // PlanVoters decides the next change to who votes, in the manner of Consul's and Nomad's
 // autopilot: keep up to max voters; a voter the leader has not reached for replaceAfter is
 // replaced by a non-voter it reaches (promoted first, then the lost one demoted, so the cluster
-// never has fewer voters in between); below max, a reachable non-voter is promoted. One change at
-// a time: Raft changes its configuration one server at a time. It never demotes self (the
-// leader). A pure function of the configuration and the leader's view, so it is tested alone.
-func PlanVoters(servers []raft.Server, silent func(string) time.Duration, self string, max int, replaceAfter time.Duration) VoterChange {
+// never has fewer voters in between); below max, a reachable non-voter is promoted. Only a
+// non-voter caughtUp says holds the log is promoted (nil: any): a voter that lags counts in the
+// quorum while it cannot yet vote for anything new, and the one it replaces is already down.
+// caughtUp is asked only when a promotion is due, of one candidate after another until one is.
+// One change at a time: Raft changes its configuration one server at a time. It never demotes
+// self (the leader). A pure function of the configuration and the leader's view, so it is
+// tested alone.
+func PlanVoters(servers []raft.Server, silent func(string) time.Duration, self string, max int, replaceAfter time.Duration, caughtUp func(string) bool) VoterChange {
 	if max <= 0 {
 		max = DefaultVoters
 	}
@@ -57,7 +61,11 @@ func PlanVoters(servers []raft.Server, silent func(string) time.Duration, self s
 		if len(voters) >= max {
 			why = fmt.Sprintf("replaces %s, unreachable for over %s", lost[0], replaceAfter)
 		}
-		return VoterChange{Promote: spare[0], Why: why}
+		for _, name := range spare {
+			if caughtUp == nil || caughtUp(name) {
+				return VoterChange{Promote: name, Why: why}
+			}
+		}
 	case len(lost) > 0 && len(voters) >= max && len(spare) == 0:
 		// Nobody to replace it with: keep it; a demotion alone would only lower the quorum's
 		// margin.

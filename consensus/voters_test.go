@@ -48,11 +48,34 @@ func TestVotersAreKeptAtMaxAndLostOnesReplaced(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got := PlanVoters(c.srv, c.silent, "n1", 5, 10*time.Second)
+			got := PlanVoters(c.srv, c.silent, "n1", 5, 10*time.Second, nil)
 			if got.Promote != c.want.Promote || got.Demote != c.want.Demote {
 				t.Fatalf("PlanVoters = %+v, want promote %q demote %q", got, c.want.Promote, c.want.Demote)
 			}
 		})
+	}
+	// Only a non-voter that holds the log takes a lost voter's place; asked one after another.
+	var asked []string
+	behind := func(lagging ...string) func(string) bool {
+		asked = nil
+		return func(name string) bool {
+			asked = append(asked, name)
+			for _, l := range lagging {
+				if l == name {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	if got := PlanVoters(servers(5, 3), quiet("n2"), "n1", 5, 10*time.Second, behind("n6")); got.Promote != "n7" || len(asked) != 2 {
+		t.Fatalf("n6 behind: %+v after asking %v, want n7 after asking n6 and n7", got, asked)
+	}
+	if got := PlanVoters(servers(5, 2), quiet("n2"), "n1", 5, 10*time.Second, behind("n6", "n7")); got.Promote != "" || got.Demote != "" {
+		t.Fatalf("every non-voter behind: %+v, want nothing", got)
+	}
+	if PlanVoters(servers(5, 95), quiet(), "n1", 5, 10*time.Second, behind()); len(asked) != 0 {
+		t.Fatalf("asked %v with nothing to promote", asked)
 	}
 	if FailureTolerance(5) != 2 || FailureTolerance(3) != 1 || FailureTolerance(1) != 0 || FailureTolerance(4) != 1 {
 		t.Fatal("failure tolerance")

@@ -526,9 +526,37 @@ func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) (w
 	return "", false
 }
 
+// maxTrailing is how many entries a non-voter's state may be behind the leader's and still be
+// promoted, as Consul's autopilot allows 250 (MaxTrailingLogs): entries arrive in batches, so a
+// member that follows the log is seldom exactly level.
+const maxTrailing = 256
+
+// caughtUp asks member name how far its state holds the log: a non-voter the leader's
+// heartbeats reach may still be receiving an old stretch of it (just joined, or back from a
+// partition), and promoted then it counts in the quorum before it can help make one.
+func (m *Membership) caughtUp(ctx context.Context, n *consensus.Node, name string) bool {
+	mem, ok := n.Member(name)
+	if !ok || mem.APIAddr == "" {
+		return false
+	}
+	want := n.Index()
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	var p api.Ping
+	if err := m.cfg.Peers.Do(ctx, mem.APIAddr, http.MethodGet, "/v1/ping", nil, &p); err != nil || p.Name != name {
+		m.log.Debug("not promoted: did not answer", "member", name, "err", err)
+		return false
+	}
+	if p.StateIndex+maxTrailing < want {
+		m.log.Info("not promoted yet: behind the log", "member", name, "at", p.StateIndex, "leader at", want)
+		return false
+	}
+	return true
+}
+
 // KeepVoters is the leader's autopilot, until ctx ends: it keeps the cluster at its number of
 // voters, replacing a voter it has lost for long with a non-voter it reaches
-// (consensus.PlanVoters decides).
+// and that holds the log (consensus.PlanVoters decides).
 func (m *Membership) KeepVoters(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -547,7 +575,7 @@ func (m *Membership) KeepVoters(ctx context.Context) {
 		if err != nil {
 			continue
 		}
-		ch := consensus.PlanVoters(servers, n.Silence(), m.self.Name, m.cfg.Voters, replaceAfter)
+		ch := consensus.PlanVoters(servers, n.Silence(), m.self.Name, m.cfg.Voters, replaceAfter, func(name string) bool { return m.caughtUp(ctx, n, name) })
 		switch {
 		case ch.Promote != "":
 			err = n.Promote(ch.Promote, len(servers), ApplyTimeout)

@@ -262,3 +262,39 @@ func TestCatchUpWaitsForWhatTheLeaderHolds(t *testing.T) {
 		t.Fatalf("CatchUp took %v with the leader not answering, want at once", took)
 	}
 }
+
+// The autopilot promotes a non-voter only once its state holds the log, within maxTrailing.
+func TestCaughtUpAsksTheMemberWhereItsStateIs(t *testing.T) {
+	var at atomic.Int64 // the index b says its state holds; -1: b does not answer
+	peers := pingPeers{func() (api.Ping, error) {
+		if at.Load() < 0 {
+			return api.Ping{}, errors.New("connection refused")
+		}
+		return api.Ping{Name: "b", StateIndex: uint64(at.Load())}, nil
+	}}
+	a, _ := open(t, "a", true, peers)
+	keepRegistered(t, a)
+	waitFor(t, "a registered", a.Registered)
+	n := a.Node()
+	if a.caughtUp(context.Background(), n, "b") {
+		t.Fatal("caught up: b is not in the registry, so nobody can ask it")
+	}
+	if err := n.Apply(consensus.Register{Member: consensus.Member{Name: "b", RaftAddr: "b:raft", APIAddr: "b:api"}}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for range maxTrailing + 10 {
+		if err := n.Apply(consensus.Noop{}, time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := int64(n.Index())
+	for _, c := range []struct {
+		at   int64
+		want bool
+	}{{want, true}, {want - maxTrailing, true}, {want - maxTrailing - 1, false}, {0, false}, {-1, false}} {
+		at.Store(c.at)
+		if got := a.caughtUp(context.Background(), n, "b"); got != c.want {
+			t.Errorf("b at %d of %d: caught up %v, want %v", c.at, want, got, c.want)
+		}
+	}
+}
