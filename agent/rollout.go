@@ -69,6 +69,9 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 		return api.CommitResult{}, &api.APIError{Status: http.StatusConflict, Message: "nothing has been deployed yet"}
 	}
 	var state rollout.State
+	if req.Wave && req.Action != "pause" && req.Action != "resume" {
+		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: "wave by wave, a rollout pauses or resumes; undo goes back a wave at a time by itself"}
+	}
 	switch req.Action {
 	case "pause":
 		state = rollout.Paused
@@ -94,7 +97,11 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 	default:
 		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
 	}
-	err := n.Apply(consensus.SetState{N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}, applyTimeout)
+	var ch consensus.Change = consensus.SetState{N: r.Version, State: state, Reason: req.Action + " by hand", Time: time.Now().UTC()}
+	if req.Wave {
+		ch = consensus.WaveState{N: r.Version, State: state, Time: time.Now().UTC()}
+	}
+	err := n.Apply(ch, applyTimeout)
 	if err != nil {
 		return api.CommitResult{}, refusal(err)
 	}

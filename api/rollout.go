@@ -56,4 +56,7 @@ type RolloutAction struct {
 	// NoRevert, with undo To: the rollout back to To does not go back itself if it fails (as
 	// deploy --no-revert), so it may cross a state layout with no way back.
 	NoRevert bool `json:"no_revert,omitempty"`
+	// Wave, with pause: pause once the wave under way has ended; with resume: run the next wave
+	// only, then pause again.
+	Wave bool `json:"wave,omitempty"`
 }

@@ -60,6 +60,16 @@ type SetState struct {
 	Time   time.Time
 }
 
+// WaveState pauses rollout N at the end of the wave under way, or resumes it for one wave
+// (rollout.Rollout.SetWaveState). An op of its own, not a flag of SetState: a node of an older
+// duckraft does not know it and leaves its state as it was, instead of pausing at once; the
+// pause the leader commits at the wave's end is a SetState every node applies alike.
+type WaveState struct {
+	N     rollout.Number
+	State rollout.State
+	Time  time.Time
+}
+
 // Steps are the leader's moves of one round in rollout N, applied in order, all or none, at
 // one time: a wave's grants cost one round trip.
 type Steps struct {
@@ -91,6 +101,7 @@ const (
 	opGrant      = "grant"
 	opReport     = "report"
 	opSetState   = "rollout-state"
+	opWaveState  = "rollout-wave-state"
 	opSteps      = "steps"
 	opNoop       = "noop"
 	opPlace      = "place"
@@ -103,6 +114,7 @@ func (Commit) op() string     { return opCommit }
 func (Grant) op() string      { return opGrant }
 func (Report) op() string     { return opReport }
 func (SetState) op() string   { return opSetState }
+func (WaveState) op() string  { return opWaveState }
 func (Steps) op() string      { return opSteps }
 func (Noop) op() string       { return opNoop }
 func (Place) op() string      { return opPlace }
@@ -158,6 +170,8 @@ func toCommand(c Change) (command, error) {
 		w.N, w.Name, w.Phase, w.Error, w.Build, w.States, w.Time = c.N, c.Node, c.Phase, c.Error, c.Build, c.States, c.Time
 	case SetState:
 		w.N, w.State, w.Reason, w.Time = c.N, c.State, c.Reason, c.Time
+	case WaveState:
+		w.N, w.State, w.Time = c.N, c.State, c.Time
 	case Steps:
 		w.N, w.Time = c.N, c.Time
 		for _, st := range c.Steps {
@@ -216,6 +230,8 @@ func (w command) change() (Change, error) {
 		return Report{N: w.N, Node: w.Name, Phase: w.Phase, Error: w.Error, Build: w.Build, States: w.States, Time: w.Time}, nil
 	case opSetState:
 		return SetState{N: w.N, State: w.State, Reason: w.Reason, Time: w.Time}, nil
+	case opWaveState:
+		return WaveState{N: w.N, State: w.State, Time: w.Time}, nil
 	case opSteps:
 		s := Steps{N: w.N, Time: w.Time}
 		for i, sw := range w.Steps {

@@ -180,6 +180,12 @@ func (s *State) apply(c Change) error {
 		return s.report(c)
 	case SetState:
 		return s.setRolloutState(c)
+	case WaveState:
+		r, err := s.rolloutFor(c.N)
+		if err != nil {
+			return err
+		}
+		return r.SetWaveState(c.State, c.Time)
 	case Steps:
 		return s.steps(c)
 	default:

@@ -113,6 +113,41 @@ func (r *Rollout) Report(node string, phase Phase, msg string, now time.Time) er
 	return nil
 }
 
+// SetWaveState works wave by wave: Paused has a rolling rollout pause once the wave under way
+// has ended (`rollout pause --after-wave`); Rolling resumes a paused one for its next wave only,
+// to pause again at that wave's end (`rollout resume --one-wave`).
+func (r *Rollout) SetWaveState(state State, now time.Time) error {
+	wave := r.waveUnderWay()
+	if wave < 0 {
+		return fmt.Errorf("version %d has no wave left to run", r.Version)
+	}
+	switch state {
+	case Paused:
+		if r.State != Rolling {
+			return fmt.Errorf("version %d is %s, not rolling: nothing to pause", r.Version, r.State)
+		}
+		r.PauseAfter = wave + 1
+		return nil
+	case Rolling:
+		if err := r.SetState(Rolling, "", now); err != nil {
+			return err
+		}
+		r.PauseAfter = wave + 1
+		return nil
+	}
+	return fmt.Errorf("wave by wave, a rollout pauses or resumes; not %q", state)
+}
+
+// waveUnderWay is the first wave with a node whose turn has not ended, -1 when none has.
+func (r *Rollout) waveUnderWay() int {
+	for _, name := range r.Order {
+		if nr := r.Nodes[name]; !nr.Phase.Ended() {
+			return nr.Wave
+		}
+	}
+	return -1
+}
+
 // SetState pauses, resumes, undoes or ends the rollout.
 func (r *Rollout) SetState(state State, reason string, now time.Time) error {
 	switch state {
@@ -126,6 +161,7 @@ func (r *Rollout) SetState(state State, reason string, now time.Time) error {
 			return fmt.Errorf("version %d is %s, not paused: nothing to resume", r.Version, r.State)
 		}
 		r.Canary = false // resume carries on to every node
+		r.PauseAfter = 0
 	case GoingBack:
 		if !r.Active() && r.State != Done && r.State != Halted {
 			return fmt.Errorf("version %d is %s: nothing to undo", r.Version, r.State)

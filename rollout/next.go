@@ -133,18 +133,13 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 
 	switch r.State {
 	case Paused:
-		if r.Canary && p.AutoPromoteAfter > 0 && forwardTurns == 0 && now.Sub(r.PausedAt) >= p.AutoPromoteAfter && r.canariesHealthy() {
+		// A pause asked for by hand at a wave's end is the operator's to lift.
+		if r.Canary && p.AutoPromoteAfter > 0 && r.PauseAfter == 0 && forwardTurns == 0 && now.Sub(r.PausedAt) >= p.AutoPromoteAfter && r.canariesHealthy() {
 			return Step{Op: OpState, State: Rolling, Message: fmt.Sprintf("the canaries stayed healthy for %s: promoted", p.AutoPromoteAfter)}
 		}
 		return Step{Why: "paused: waiting for the operator"}
 	case Rolling:
-		wave := -1
-		for _, name := range r.Order {
-			if !r.Nodes[name].Phase.Ended() {
-				wave = r.Nodes[name].Wave
-				break
-			}
-		}
+		wave := r.waveUnderWay()
 		if wave < 0 {
 			for _, name := range r.Order {
 				if r.Nodes[name].Phase == Running {
@@ -154,6 +149,9 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			// Every node was skipped or failed: nothing has shown the version works, so
 			// nobody should catch up with it.
 			return Step{Op: OpState, State: Halted, Message: "no node ran the version (every node was skipped or failed): deploy it again once the nodes are back"}
+		}
+		if r.PauseAfter > 0 && wave >= r.PauseAfter {
+			return Step{Op: OpState, State: Paused, Message: fmt.Sprintf("wave %d ended: paused as asked; resume to carry on (--one-wave: wave %d only), undo to go back", r.PauseAfter, wave+1)}
 		}
 		if r.Canary && wave > 0 && !r.anyRunning(0) {
 			return Step{Op: OpState, State: Halted, Message: "no canary ran the version (each was skipped or failed): deploy it again once they are back"}

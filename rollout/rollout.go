@@ -167,6 +167,9 @@ type Rollout struct {
 	Ended   time.Time `json:"ended,omitzero"`
 	// PausedAt is when the rollout last paused (auto-promotion counts from it).
 	PausedAt time.Time `json:"paused_at,omitzero"`
+	// PauseAfter is 1 + the wave at whose end the rollout pauses by itself (`rollout pause
+	// --after-wave`, `rollout resume --one-wave`); 0: none.
+	PauseAfter int `json:"pause_after,omitempty"`
 }
 
 // Member is what a rollout's plan needs of a node.

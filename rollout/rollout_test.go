@@ -544,3 +544,99 @@ func TestAnOlderSchemaAfterAMigrationGoesBackThroughTheNewerMigrate(t *testing.T
 		}
 	}
 }
+
+// An operator steps through the waves: pause at the end of the wave under way, resume one wave
+// at a time, then resume the rest.
+func TestPauseAndResumeWaveByWave(t *testing.T) {
+	var members []Member
+	for i, zone := range []string{"1", "1", "2", "2", "3", "3"} {
+		members = append(members, Member{Name: fmt.Sprintf("n%d", i+1), Labels: map[string]string{"zone": zone}})
+	}
+	r := New(2, "v2", 1, "v1", members, false, true, Policy{WaveBy: "zone", MaxParallel: 1}, t0)
+	for _, n := range r.Order {
+		r.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
+	}
+	now := t0
+	// step runs the rollout until Next waits with no turn under way, ending each turn it grants.
+	step := func() {
+		t.Helper()
+		for range 100 {
+			now = now.Add(time.Second)
+			st := r.Next(now, inContact)
+			if st.Op == "" {
+				return
+			}
+			if err := r.Apply(st, now); err != nil {
+				t.Fatal(err)
+			}
+			if st.Op == OpGrant && st.Phase == Granted {
+				r.Report(st.Node, Swapping, "", now)
+				r.Report(st.Node, Running, "", now)
+			}
+		}
+		t.Fatal("the rollout never waited")
+	}
+	ran := func() string {
+		var out []string
+		for _, n := range r.Order {
+			if r.Nodes[n].Phase == Running {
+				out = append(out, n)
+			}
+		}
+		return strings.Join(out, " ")
+	}
+	// The first node of wave 1 in its turn: the pause waits for its wave to end.
+	st := r.Next(now, inContact)
+	r.Apply(st, now)
+	r.Report("n1", Swapping, "", now)
+	if err := r.SetWaveState(Paused, now); err != nil {
+		t.Fatal(err)
+	}
+	if r.State != Rolling {
+		t.Fatalf("paused at once: %s", r.State)
+	}
+	r.Report("n1", Running, "", now)
+	step()
+	if r.State != Paused || ran() != "n1 n2" || !strings.Contains(r.Reason, "wave 1 ended: paused as asked") {
+		t.Fatalf("after pause --after-wave: %s (%s), running %q; want paused after wave 1", r.State, r.Reason, ran())
+	}
+	if err := r.SetWaveState(Rolling, now); err != nil {
+		t.Fatal(err)
+	}
+	step()
+	if r.State != Paused || ran() != "n1 n2 n3 n4" {
+		t.Fatalf("after resume --one-wave: %s, running %q; want paused after wave 2", r.State, ran())
+	}
+	if err := r.SetState(Rolling, "resume by hand", now); err != nil {
+		t.Fatal(err)
+	}
+	step()
+	if r.State != Done || r.PauseAfter != 0 {
+		t.Fatalf("after a plain resume: %s, pause after %d; want done", r.State, r.PauseAfter)
+	}
+	if err := r.SetWaveState(Paused, now); err == nil {
+		t.Fatal("a finished rollout took a pause at a wave's end")
+	}
+}
+
+// A pause asked for at a wave's end is not lifted by the canaries' automatic promotion.
+func TestAPauseByHandHoldsAgainstAutoPromotion(t *testing.T) {
+	r := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{Canaries: 1, AutoPromoteAfter: time.Minute}, t0)
+	for _, n := range r.Order {
+		r.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
+	}
+	r.Apply(r.Next(t0, inContact), t0)
+	r.Report("a", Swapping, "", t0)
+	if err := r.SetWaveState(Paused, t0); err != nil {
+		t.Fatal(err)
+	}
+	r.Report("a", Running, "", t0)
+	if st := r.Next(t0, inContact); st.State != Paused {
+		t.Fatalf("after the canary: %+v, want paused", st)
+	} else {
+		r.Apply(st, t0)
+	}
+	if st := r.Next(t0.Add(time.Hour), inContact); st.Op != "" {
+		t.Fatalf("an hour on: %+v, want it to wait for the operator", st)
+	}
+}

@@ -152,6 +152,12 @@ type sim struct {
 	faultsUntil time.Time
 	policy      Policy
 	operator    bool // resumes a paused rollout after a while
+	// waveOps: the operator also goes wave by wave (pause --after-wave once a rollout, resume
+	// --one-wave half the time), drawn from a stream of its own so that the other draws of a
+	// seed stay as they were.
+	waveOps   bool
+	opRng     *rand.Rand
+	wavePause map[Number]bool
 	// swaps counts the switches each node made per incarnation, rollout and version.
 	swaps map[string]int
 	err   error
@@ -391,10 +397,23 @@ func (s *sim) elect() {
 	})
 }
 
-// operatorTick is someone who resumes a paused rollout a while after it paused.
+// operatorTick is someone who resumes a paused rollout a while after it paused, and with
+// waveOps asks for a pause at the end of a wave and resumes one wave at a time.
 func (s *sim) operatorTick() {
 	defer s.at(time.Second, s.operatorTick)
-	if !s.operator || s.log.State != Paused || s.leader == "" || s.now.Sub(s.log.PausedAt) < 5*time.Second {
+	if !s.operator || s.leader == "" {
+		return
+	}
+	if s.waveOps && s.log.State == Rolling && !s.wavePause[s.log.Version] {
+		s.wavePause[s.log.Version] = true
+		s.change("operator pauses after the wave", func(r *Rollout) error { return r.SetWaveState(Paused, s.now) })
+		return
+	}
+	if s.log.State != Paused || s.now.Sub(s.log.PausedAt) < 5*time.Second {
+		return
+	}
+	if s.waveOps && s.opRng.IntN(2) == 0 {
+		s.change("operator resumes one wave", func(r *Rollout) error { return r.SetWaveState(Rolling, s.now) })
 		return
 	}
 	s.change("operator resumes", func(r *Rollout) error { return r.SetState(Rolling, "resume by hand", s.now) })
@@ -681,7 +700,10 @@ func simulate(seed uint64, trace bool, logf func(string, ...any)) error {
 		s.policy.FailureBudget = 1
 	}
 	s.operator = s.rng.IntN(2) == 0
-	s.logf("%d nodes, policy %+v, operator %v", size, s.policy, s.operator)
+	s.opRng = rand.New(rand.NewPCG(seed^0x5bd1e995, seed))
+	s.waveOps = s.operator && s.opRng.IntN(2) == 0
+	s.wavePause = map[Number]bool{}
+	s.logf("%d nodes, policy %+v, operator %v, wave by wave %v", size, s.policy, s.operator, s.waveOps)
 	// Version 1 runs everywhere, as after a first rollout.
 	s.versions, s.current = 1, "v1"
 	s.kinds["v1"] = kindGood

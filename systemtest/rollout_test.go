@@ -483,6 +483,29 @@ func TestWavesByLabelGoOneAfterTheOther(t *testing.T) {
 	if !strings.Contains(status, "waves by zone") || !strings.Contains(status, "2 at once") {
 		t.Errorf("rollout status does not show the policy:\n%s", status)
 	}
+
+	// Wave by wave: a pause asked for while the first wave is under way (its turns each last
+	// the 2 s healthy wait) waits for that wave to end; resume --one-wave runs the next.
+	cli(t, c, nodes[0].API, "deploy", "--detach", "--wave-by", "zone", "--max-parallel", "2", "--healthy", "2s", "../testdata/duck-v2")
+	if out := cli(t, c, nodes[2].API, "rollout", "pause", "--after-wave"); !strings.Contains(out, "pauses once the wave under way has ended") {
+		t.Fatalf("pause --after-wave printed:\n%s", out)
+	}
+	if status := cli(t, c, nodes[1].API, "rollout", "status"); !strings.Contains(status, "pauses when wave 1 has ended, as asked") && !strings.Contains(status, "paused") {
+		t.Errorf("rollout status does not show the pause to come:\n%s", status)
+	}
+	waitFor(t, "version 2 paused", 30*time.Second, func() bool {
+		return rolloutOf(t, c, nodes[3].API).Rollout.State == rollout.Paused
+	})
+	r = rolloutOf(t, c, nodes[3].API).Rollout
+	if r.Nodes["n1"].Phase != rollout.Running || r.Nodes["n3"].Phase != rollout.Running || !r.Nodes["n2"].Granted.IsZero() || !r.Nodes["n10"].Granted.IsZero() || !strings.Contains(r.Reason, "wave 1 ended: paused as asked") {
+		t.Fatalf("paused with %+v (%s); want the first wave done and the second not started", r.Nodes, r.Reason)
+	}
+	if out := cli(t, c, nodes[0].API, "rollout", "resume", "--one-wave"); !strings.Contains(out, "resumed for one wave") || !strings.Contains(out, "version 2 runs on every node") {
+		t.Fatalf("resume --one-wave of the last wave printed:\n%s", out)
+	}
+	if _, errOut, err := tryCLI(c, nodes[0].API, "rollout", "undo", "--one-wave"); err == nil || !strings.Contains(errOut, "--one-wave with 'rollout resume'") {
+		t.Fatalf("undo --one-wave: err=%v\n%s", err, errOut)
+	}
 }
 
 // Every node builds from source with its own toolchain: with --same-binary a node whose

@@ -250,6 +250,9 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	if line := binariesLine(r); line != "" {
 		fmt.Fprintf(&buf, "  %s\n", line)
 	}
+	if r.PauseAfter > 0 && r.State == rollout.Rolling {
+		fmt.Fprintf(&buf, "  pauses when wave %d has ended, as asked\n", r.PauseAfter)
+	}
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  #\tWAVE\tNODE\tPHASE\tFOR\tNOTE")
 	for i, name := range r.Order {
@@ -400,6 +403,8 @@ func runRollout(args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON")
 	to := fs.Int("to", 0, "undo: go back to this version instead of the previous one")
 	noRevert := fs.Bool("no-revert", false, "undo --to: if the rollout back fails, leave upgraded nodes as they are (as deploy --no-revert; needed to go back across a state layout with no way back)")
+	afterWave := fs.Bool("after-wave", false, "pause: let the wave under way end, then pause")
+	oneWave := fs.Bool("one-wave", false, "resume: run the next wave only, then pause again")
 	pos, err := parse(fs, args, "status|history|pause|resume|undo")
 	if err != nil {
 		return err
@@ -411,6 +416,9 @@ func runRollout(args []string) error {
 	}
 	if *noRevert && (pos[0] != "undo" || !toSet) {
 		return usageError{"--no-revert goes with 'rollout undo --to N' (the rollout back to N); a plain undo already goes back"}
+	}
+	if *afterWave && pos[0] != "pause" || *oneWave && pos[0] != "resume" {
+		return usageError{"--after-wave goes with 'rollout pause', --one-wave with 'rollout resume'"}
 	}
 	switch pos[0] {
 	case "status", "history":
@@ -435,7 +443,7 @@ func runRollout(args []string) error {
 		return nil
 	case "pause", "resume", "undo":
 		var res api.CommitResult
-		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to), NoRevert: *noRevert}, &res); err != nil {
+		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to), NoRevert: *noRevert, Wave: *afterWave || *oneWave}, &res); err != nil {
 			return err
 		}
 		if *asJSON {
@@ -445,7 +453,14 @@ func runRollout(args []string) error {
 			fmt.Printf("committed version %d (%s), the source of version %d\n", res.N, api.LabelOf(res.ID), *to)
 			return watch(c, res.N, false, os.Stdout)
 		}
-		fmt.Printf("version %d: %s\n", res.N, pos[0])
+		switch {
+		case *afterWave:
+			fmt.Printf("version %d: pauses once the wave under way has ended\n", res.N)
+		case *oneWave:
+			fmt.Printf("version %d: resumed for one wave\n", res.N)
+		default:
+			fmt.Printf("version %d: %s\n", res.N, pos[0])
+		}
 		if pos[0] != "pause" {
 			// The node asked answered once it had applied the change (a change it forwards to
 			// the leader waits for that), so what it shows from now on includes it.
