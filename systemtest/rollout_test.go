@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -437,6 +438,49 @@ func TestNodeThatJoinsLaterGetsTheVersionAndSameBundleIsNotNew(t *testing.T) {
 	out := cli(t, dc.c, d.API, "spawn", "--detach")
 	if !strings.Contains(out, "(version v1)") {
 		t.Fatalf("spawn on d printed %q", out)
+	}
+}
+
+// A node that joins while a rollout is under way is not in its order (fixed at the commit): it
+// takes the version the cluster runs, and the new one once the rollout has ended, never in
+// between.
+func TestNodeThatJoinsMidRolloutGetsTheVersionAfterIt(t *testing.T) {
+	dc := newDuckCluster(t)
+	d, err := dc.c.Start("d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each turn lasts the 2 s healthy wait: six seconds for three nodes, and d connects at once.
+	cli(t, dc.c, dc.nodes[0].API, "deploy", "--detach", "--healthy", "2s", "../testdata/duck-v2")
+	cli(t, dc.c, d.API, "connect", dc.nodes[1].API)
+	sawActive := false
+	waitFor(t, "d to run version 2", 60*time.Second, func() bool {
+		var st api.Status
+		out, _, err := tryCLI(dc.c, d.API, "status", "--json")
+		if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Rollout.Rollout == nil {
+			return false
+		}
+		r := st.Rollout.Rollout
+		for _, n := range st.Nodes {
+			if n.Member.Name != "d" || n.Local == nil {
+				continue
+			}
+			if r.Version == 2 && r.Active() {
+				sawActive = true
+				if n.Local.Label == "v2" {
+					t.Fatalf("d runs v2 while version 2 is still %s", r.State)
+				}
+			}
+			return n.Local.Label == "v2" && r.State == rollout.Done
+		}
+		return false
+	})
+	if !sawActive {
+		t.Fatal("d never saw version 2 under way: it joined too late for the case this test is for")
+	}
+	r := rolloutOf(t, dc.c, d.API).Rollout
+	if slices.Contains(r.Order, "d") {
+		t.Fatalf("d joined the order of a rollout under way: %v", r.Order)
 	}
 }
 
