@@ -161,7 +161,9 @@ func (f *Follower) Run(ctx context.Context) {
 	for {
 		// Taken before the round, so that a grant applied while it runs wakes the next one.
 		changed := f.cfg.Log.Changed()
-		f.round(f.cfg.Log.Rollout(), false)
+		// The index first: the rollout read after it is at least as new.
+		at := f.cfg.Log.Index()
+		f.round(f.cfg.Log.Rollout(), at, false)
 		select {
 		case <-f.ctx.Done():
 			return
@@ -169,7 +171,7 @@ func (f *Follower) Run(ctx context.Context) {
 		case <-changed:
 		case g := <-f.granted:
 			if f.newer(g) {
-				f.round(g.r, true)
+				f.round(g.r, g.index, true)
 			}
 		}
 	}
@@ -189,7 +191,12 @@ func (f *Follower) newer(g grant) bool {
 // once, by the leader's word of a grant (told: r is the leader's, and only a turn is taken from
 // it), while a ticker catches what the log does not announce (timeouts, a leader change, a Raft
 // reset on connect).
-func (f *Follower) round(r *rollout.Rollout, told bool) {
+//
+// at is the log index r is at least as new as: whether the node has the whole log is judged by
+// r's index, not by the index when the leader answers (the log goes on applying while the node
+// asks; a restarted node judged by the later index acted on a rollout from its replay, and
+// swapped its ducks to a version undone long ago for a moment, found by trying it).
+func (f *Follower) round(r *rollout.Rollout, at uint64, told bool) {
 	if r == nil {
 		return
 	}
@@ -235,7 +242,7 @@ func (f *Follower) round(r *rollout.Rollout, told bool) {
 	// stamps the grant, and of the node are assumed to agree within a fraction of a second; a
 	// turn taken on a view that was stale after all is refused at its end and undone.
 	fresh := duty.Kind == rollout.Turn && r.GrantedWithin(f.cfg.Name, time.Now(), probeEvery)
-	if !fresh && !f.caughtUp() {
+	if !fresh && !f.caughtUp(at) {
 		return
 	}
 	switch duty.Kind {
@@ -261,7 +268,7 @@ const probeEvery = time.Second
 // entries that never reach an FSM: a node that joined last would wait for ever. The leader is
 // asked once a second, not at every look, so a node is not left behind by a leader that keeps
 // committing.
-func (f *Follower) caughtUp() bool {
+func (f *Follower) caughtUp(at uint64) bool {
 	if f.cfg.Log.IsLeader() {
 		return true
 	}
@@ -279,7 +286,7 @@ func (f *Follower) caughtUp() bool {
 		f.upTo, f.askedAt = target, time.Now()
 		f.mu.Unlock()
 	}
-	return target > 0 && f.cfg.Log.Index() >= target
+	return target > 0 && at >= target
 }
 
 // prebuild starts building the rollout's target at once, so that the rollout waits on swaps, not

@@ -74,12 +74,17 @@ type fakeLeader struct {
 	refuse  func(Report) bool
 	fail    int
 	index   uint64 // the leader's state index, for a follower that does not lead
+	// asked, when set, runs while the leader is asked for its index: the log goes on meanwhile.
+	asked func()
 	// lag is how long after taking a report the node's log shows it (0: at once), as for a
 	// follower that applies the leader's entries a moment after the leader.
 	lag time.Duration
 }
 
 func (l *fakeLeader) StateIndex(context.Context) (uint64, error) {
+	if l.asked != nil {
+		l.asked()
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.index == 0 {
@@ -462,5 +467,33 @@ func TestNoCatchUpWithoutALeader(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	if sw := g.ducks.switched(); len(sw) != 0 {
 		t.Fatalf("caught up to %v with no leader to say how far the log goes", sw)
+	}
+}
+
+// A node replaying its log after a restart asks the leader how far the log goes, and the log
+// goes on applying while it asks: judged by the index at the answer, it acted on the rollout it
+// had read before asking, a state from its replay, and swapped its ducks to a version the
+// cluster had long left (found by trying it). It acts on what it reads after.
+func TestARoundActsOnlyOnARolloutAsNewAsTheLeadersIndex(t *testing.T) {
+	later := done(t)
+	later.Version, later.Target, later.From, later.FromID = 3, "newer", 2, "new"
+	var once sync.Once
+	var g *rig
+	g = start(t, done(t), func(r *rig) {
+		g = r
+		r.log.leads, r.log.index = false, 5
+		r.leader.index = 7
+		r.leader.asked = func() {
+			// The replay reaches the leader's index while the node waits for its answer.
+			once.Do(func() {
+				g.log.mu.Lock()
+				g.log.r, g.log.index = later, 7
+				g.log.mu.Unlock()
+			})
+		}
+	})
+	waitFor(t, "the catch-up", func() bool { return g.ducks.Local().Synced != "" })
+	if sw := g.ducks.switched(); len(sw) != 1 || sw[0] != "newer" {
+		t.Fatalf("switched to %v, want [newer]: version 2's rollout was history by the time the leader answered", sw)
 	}
 }
