@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -319,6 +320,48 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 		return fmt.Errorf("add %s: %w", m.Name, err)
 	}
 	return n.Apply(Register{Member: m}, timeout)
+}
+
+// ErrNotConfigured means a node asked to be registered is not in Raft's configuration: it was
+// taken out (forgotten while down, or its leave did not finish).
+var ErrNotConfigured = errors.New("not in the cluster's configuration")
+
+// Register records member m's addresses, on the leader, if m is in Raft's configuration. A
+// node forgotten while it was down and started again on its old data still thinks it is a
+// member and registers itself; recorded, it was put in the order of every later rollout (and
+// counted for --canary) as a node that is never there, and `forget` could not find it.
+func (n *Node) Register(m Member, timeout time.Duration) error {
+	servers, err := n.leaderServers()
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == m.Name }) {
+		return fmt.Errorf("%w: %s was taken out of the cluster (forgotten while it was down, or a leave that did not finish); to bring it back, stop it, move its --data-dir aside, start it on an empty one and `connect` it", ErrNotConfigured, m.Name)
+	}
+	return n.Apply(Register{Member: m}, timeout)
+}
+
+// DropUnconfigured unregisters, on the leader, every recorded member that is not in Raft's
+// configuration, and returns their names: registrations a removed node made before
+// Register refused them (recorded by an older duckraft) go this way. A member is added to the
+// configuration before it is registered, and unregistered before it is removed, so no member
+// on its way in or out is taken for one.
+func (n *Node) DropUnconfigured(timeout time.Duration) ([]string, error) {
+	servers, err := n.leaderServers()
+	if err != nil {
+		return nil, err
+	}
+	var dropped []string
+	for _, name := range n.MemberNames() {
+		if slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == name }) {
+			continue
+		}
+		if err := n.Apply(Unregister{Name: name}, timeout); err != nil {
+			return dropped, err
+		}
+		dropped = append(dropped, name)
+	}
+	return dropped, nil
 }
 
 // Promote makes a member that has caught up with the log a voter, unless the cluster already

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -235,6 +236,13 @@ func TestAForgottenNodeStartedAgainSaysItWasRemoved(t *testing.T) {
 	})
 	if !strings.Contains(errOut, "start it on an empty one and `connect` it") {
 		t.Errorf("c's refusal does not say what to do: %s", errOut)
+	}
+	// The rollouts of a and b leave c out: it registers itself as before, and a registration
+	// from outside the configuration is refused (it was recorded, and every later rollout
+	// waited for c in its order and skipped it).
+	cli(t, c, nodes[0].API, "deploy", "--detach", "../duck")
+	if r := rolloutOf(t, c, nodes[1].API).Rollout; r == nil || slices.Contains(r.Order, "c") {
+		t.Errorf("a rollout after c was forgotten has c in its order: %+v", r)
 	}
 	// status through c says so first, not only a write through it.
 	if out, _, err := tryCLI(c, nodes[2].API, "status"); err != nil || !strings.Contains(strings.SplitN(out, "\n", 2)[0], "not a member of its cluster any more") {

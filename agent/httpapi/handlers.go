@@ -232,7 +232,7 @@ func statusOf(err error) int {
 		return ae.Status
 	case errors.Is(err, membership.ErrNoLeader), errors.Is(err, raft.ErrLeadershipLost), errors.Is(err, raft.ErrEnqueueTimeout), errors.Is(err, raft.ErrNotLeader):
 		return http.StatusServiceUnavailable
-	case errors.Is(err, membership.ErrNoMajorityLeft):
+	case errors.Is(err, membership.ErrNoMajorityLeft), errors.Is(err, membership.ErrNotConfigured):
 		return http.StatusConflict
 	}
 	return http.StatusInternalServerError

@@ -33,6 +33,9 @@ const ApplyTimeout = 10 * time.Second
 // ErrNoLeader means no leader is known: the cluster has lost its majority or is electing.
 var ErrNoLeader = errors.New("no leader")
 
+// ErrNotConfigured means a node asked to be registered was taken out of the cluster.
+var ErrNotConfigured = consensus.ErrNotConfigured
+
 // ErrNoMajorityLeft means a voter's removal would leave the voters without a reachable majority.
 var ErrNoMajorityLeft = consensus.ErrNoMajorityLeft
 
@@ -177,7 +180,7 @@ func (m *Membership) KeepRegistered(ctx context.Context, each func()) {
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			self := m.self
 			err := m.OnLeader(rctx, "/v1/register", self, nil, func(n *consensus.Node) error {
-				return n.Apply(consensus.Register{Member: self}, ApplyTimeout)
+				return n.Register(self, ApplyTimeout)
 			})
 			cancel()
 			if err != nil {
@@ -375,7 +378,7 @@ func (m *Membership) Join(ctx context.Context, r consensus.Member) error {
 // Register has the leader record member r's addresses.
 func (m *Membership) Register(ctx context.Context, r consensus.Member) error {
 	return m.OnLeader(ctx, "/v1/register", r, nil, func(n *consensus.Node) error {
-		return n.Apply(consensus.Register{Member: r}, ApplyTimeout)
+		return n.Register(r, ApplyTimeout)
 	})
 }
 
@@ -570,6 +573,11 @@ func (m *Membership) KeepVoters(ctx context.Context) {
 		n := m.Node()
 		if !n.IsLeader() {
 			continue
+		}
+		if dropped, err := n.DropUnconfigured(ApplyTimeout); err != nil {
+			m.log.Warn("dropping registrations of nodes taken out", "err", err)
+		} else if len(dropped) > 0 {
+			m.log.Info("dropped the registrations of nodes taken out of the cluster", "names", dropped)
 		}
 		servers, err := n.Servers()
 		if err != nil {

@@ -145,7 +145,9 @@ func TestConnectRefusesANodeWithHistory(t *testing.T) {
 	keepRegistered(t, m)
 	waitFor(t, "a registered", m.Registered)
 	other := consensus.Member{Name: "z", RaftAddr: "z:raft", APIAddr: "z:api"}
-	if err := m.Register(context.Background(), other); err != nil {
+	// History: a member recorded in the log (directly: Register refuses a node outside the
+	// configuration).
+	if err := m.Node().Apply(consensus.Register{Member: other}, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	err := m.Connect(context.Background(), "other:api")
@@ -296,5 +298,33 @@ func TestCaughtUpAsksTheMemberWhereItsStateIs(t *testing.T) {
 		if got := a.caughtUp(context.Background(), n, "b"); got != c.want {
 			t.Errorf("b at %d of %d: caught up %v, want %v", c.at, want, got, c.want)
 		}
+	}
+}
+
+// A node taken out of the cluster while it was down, started again on its old data, registers
+// itself as before: refused, and a registration recorded before that (by an older duckraft) is
+// dropped by the leader. Recorded, it was in the order of every later rollout as a node never
+// there, counted for --canary, and `forget` could not find it.
+func TestARegistrationFromOutsideTheConfigurationIsRefusedAndDropped(t *testing.T) {
+	m, _ := open(t, "a", true, &fakePeers{})
+	keepRegistered(t, m)
+	waitFor(t, "a registered", m.Registered)
+	ghost := consensus.Member{Name: "ghost", RaftAddr: "ghost:raft", APIAddr: "ghost:api"}
+	err := m.Register(context.Background(), ghost)
+	if !errors.Is(err, ErrNotConfigured) || !strings.Contains(err.Error(), "ghost was taken out of the cluster") {
+		t.Fatalf("register of a node outside the configuration: %v, want ErrNotConfigured", err)
+	}
+	if _, ok := m.Node().Member("ghost"); ok {
+		t.Fatal("the refused registration was recorded")
+	}
+	if err := m.Node().Apply(consensus.Register{Member: ghost}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := m.Node().DropUnconfigured(time.Second)
+	if err != nil || len(dropped) != 1 || dropped[0] != "ghost" {
+		t.Fatalf("dropped %v, %v; want the ghost", dropped, err)
+	}
+	if names := m.Node().MemberNames(); len(names) != 1 || names[0] != "a" {
+		t.Fatalf("members %v after the drop, want a alone", names)
 	}
 }
