@@ -100,7 +100,8 @@ type Agent struct {
 	metricsSrv  *http.Server
 	metricsAddr string
 
-	stop chan struct{}
+	stop    chan struct{}
+	started time.Time
 	// ctx ends when the agent stops, so that builds, swaps and reports in flight end with it
 	// rather than report a stop as a failure.
 	ctx    context.Context
@@ -159,10 +160,11 @@ func Start(cfg Config) (*Agent, error) {
 	}
 
 	a := &Agent{
-		cfg:    cfg,
-		client: api.NewClient(cfg.Identity),
-		log:    cfg.Log,
-		stop:   make(chan struct{}),
+		started: time.Now(),
+		cfg:     cfg,
+		client:  api.NewClient(cfg.Identity),
+		log:     cfg.Log,
+		stop:    make(chan struct{}),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if err := a.startRuntime(); err != nil {

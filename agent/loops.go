@@ -53,7 +53,7 @@ func (a *Agent) tellGranted(node string, index uint64, body []byte) {
 
 // canaryHealth is driver.Driver.CanaryHealth: it asks the canary how its ducks are.
 func (a *Agent) canaryHealth(node string, runningFor time.Duration) (string, error) {
-	ducks := a.host.List()
+	ducks, up := a.host.List(), time.Since(a.started)
 	if node != a.self.Name {
 		m, ok := a.Node().Member(node)
 		if !ok || m.APIAddr == "" {
@@ -65,7 +65,12 @@ func (a *Agent) canaryHealth(node string, runningFor time.Duration) (string, err
 		if err := a.client.Do(ctx, m.APIAddr, http.MethodGet, "/v1/local", nil, &l); err != nil {
 			return "", err
 		}
-		ducks = l.Ducks
+		ducks, up = l.Ducks, l.UpFor
+	}
+	if up > 0 && up < runningFor {
+		// Its ducks restarted with it, their restart counts gone with the old process: what
+		// they did since the turn is not known, and a node that went down is no proof.
+		return fmt.Sprintf("the node restarted %s after its turn ended", (runningFor - up).Round(time.Millisecond)), nil
 	}
 	return ducksHealth(ducks, runningFor)
 }

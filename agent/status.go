@@ -3,13 +3,14 @@ package agent
 import (
 	"context"
 	"strings"
+	"time"
 
 	"github.com/duckraft/duckraft/api"
 )
 
 func (a *Agent) localView() api.Local {
 	id := a.host.Local().Version
-	return api.Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.host.VersionLabel(id), Ducks: a.host.List(), DuckUser: a.duckUser()}
+	return api.Local{Name: a.self.Name, Role: a.ping().State, Version: id, Label: a.host.VersionLabel(id), Ducks: a.host.List(), DuckUser: a.duckUser(), UpFor: time.Since(a.started)}
 }
 
 // clusterView is the log's picture of the cluster, as the views read it.

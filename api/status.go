@@ -1,6 +1,8 @@
 package api
 
 import (
+	"time"
+
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
@@ -15,6 +17,9 @@ type Local struct {
 	// DuckUser says whose authority ducks run with: a user of their own on a root node, else
 	// "shared with the node (uid N)". See docs/SECURITY.md for what a duck can and cannot reach.
 	DuckUser string `json:"duck_user,omitempty"`
+	// UpFor is how long the node's process has run, by its own clock: a canary restarted since
+	// its turn restarted its ducks with it, and their restart counts went with the old process.
+	UpFor time.Duration `json:"up_for_ns,omitempty"`
 }
 
 // NodeStatus is one row of `status`.

@@ -225,7 +225,10 @@ func watch(c *client, n rollout.Number, wantBack bool, w *os.File) error {
 		} else {
 			printChanges(w, r, seen)
 		}
-		if !r.Active() || r.State == rollout.Paused {
+		// A pause the canaries lift by themselves is not an outcome: the verdict comes after
+		// (a deploy that exited 0 there was counted a success by a script, and then went back).
+		autoPromote := r.State == rollout.Paused && r.Canary && r.Policy.AutoPromoteAfter > 0 && r.PauseAfter == 0
+		if !r.Active() || r.State == rollout.Paused && !autoPromote {
 			if wantBack && r.State == rollout.WentBack {
 				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
 				return nil
@@ -253,6 +256,9 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	if r.PauseAfter > 0 && r.State == rollout.Rolling {
 		fmt.Fprintf(&buf, "  pauses when wave %d has ended, as asked\n", r.PauseAfter)
 	}
+	if note := promotionNote(r, time.Now()); note != "" {
+		fmt.Fprintf(&buf, "  %s\n", note)
+	}
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "  #\tWAVE\tNODE\tPHASE\tFOR\tNOTE")
 	for i, name := range r.Order {
@@ -279,6 +285,21 @@ func binariesLine(r *rollout.Rollout) string {
 		word = "binary"
 	}
 	return fmt.Sprintf("%d distinct %s: %s", len(groups), word, strings.Join(parts, "; "))
+}
+
+// promotionNote says why an automatic promotion that is due has not happened: the leader asks
+// every canary how its ducks are first, and waits while one does not answer (a canary whose
+// node was killed kept the rollout paused with nothing to say why).
+func promotionNote(r *rollout.Rollout, now time.Time) string {
+	p := r.Policy.WithDefaults()
+	if r.State != rollout.Paused || !r.Canary || p.AutoPromoteAfter <= 0 || r.PauseAfter != 0 {
+		return ""
+	}
+	late := now.Sub(r.PausedAt) - p.AutoPromoteAfter
+	if late < 2*time.Second {
+		return ""
+	}
+	return fmt.Sprintf("the promotion is %s past due: the leader promotes only once every canary answers that its ducks are healthy; `members` and `ducks` show which does not", late.Round(time.Second))
 }
 
 // policyLine is the rules a rollout runs under, each bound a phase has.
@@ -518,6 +539,9 @@ func runStatus(args []string) error {
 		}
 		if line := binariesLine(r); line != "" {
 			fmt.Printf("  %s\n", line)
+		}
+		if note := promotionNote(r, time.Now()); note != "" {
+			fmt.Printf("  %s\n", note)
 		}
 	}
 	var ended time.Time
