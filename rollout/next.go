@@ -148,7 +148,23 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			}
 			// Every node was skipped or failed: nothing has shown the version works, so
 			// nobody should catch up with it.
-			return Step{Op: OpState, State: Halted, Message: "no node ran the version (every node was skipped or failed): deploy it again once the nodes are back"}
+			failed, skipped := 0, 0
+			for _, name := range r.Order {
+				switch r.Nodes[name].Phase {
+				case Failed:
+					failed++
+				case Skipped:
+					skipped++
+				}
+			}
+			msg := fmt.Sprintf("no node ran the version: %d failed and %d were skipped (down); deploy it again once the nodes are back", failed, skipped)
+			switch {
+			case skipped == 0:
+				msg = fmt.Sprintf("no node ran the version: all %d failed (`rollout status` has each one's error); the cluster keeps the version it ran", failed)
+			case failed == 0:
+				msg = "no node ran the version (every node was skipped: down or silent); deploy it again once the nodes are back"
+			}
+			return Step{Op: OpState, State: Halted, Message: msg}
 		}
 		if r.PauseAfter > 0 && wave >= r.PauseAfter {
 			return Step{Op: OpState, State: Paused, Message: fmt.Sprintf("wave %d ended: paused as asked; resume to carry on (--one-wave: wave %d only), undo to go back", r.PauseAfter, wave+1)}

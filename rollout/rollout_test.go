@@ -361,6 +361,22 @@ func TestFailureBudgetHaltsOnlyPastIt(t *testing.T) {
 	}
 }
 
+// When no node ran the version, the halt says whether the version failed everywhere (it does
+// not work) or the nodes were away (deploy again once they are back): it said the latter for both.
+func TestNoNodeRanTheVersionSaysWhy(t *testing.T) {
+	r := New(2, "v2", 1, "v1", Members("a", "b"), false, true, Policy{FailureBudget: 5}, t0)
+	drive(t, r, func(string) Phase { return Failed })
+	if r.State != Halted || !strings.Contains(r.Reason, "all 2 failed") || strings.Contains(r.Reason, "once the nodes are back") {
+		t.Fatalf("every node failed: %s (%s)", r.State, r.Reason)
+	}
+	r = New(2, "v2", 1, "v1", Members("a", "b"), false, true, Policy{FailureBudget: 5}, t0)
+	r.Report("a", Skipped, "down", t0)
+	drive(t, r, func(string) Phase { return Failed })
+	if r.State != Halted || !strings.Contains(r.Reason, "1 failed and 1 were skipped") {
+		t.Fatalf("one failed, one skipped: %s (%s)", r.State, r.Reason)
+	}
+}
+
 func TestCanariesPauseThenPromoteThemselves(t *testing.T) {
 	p := Policy{Canaries: 2, AutoPromoteAfter: time.Minute}
 	r := New(2, "v2", 1, "v1", Members("a", "b", "c", "d"), false, true, p, t0)

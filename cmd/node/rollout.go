@@ -387,11 +387,24 @@ func printChanges(w io.Writer, r *rollout.Rollout, seen map[string]string) {
 func outcome(r *rollout.Rollout) error {
 	switch r.State {
 	case rollout.Done:
-		var skipped []string
+		var skipped, failed []string
 		for _, name := range r.Order {
-			if r.Nodes[name].Phase == rollout.Skipped {
+			switch r.Nodes[name].Phase {
+			case rollout.Skipped:
 				skipped = append(skipped, name)
+			case rollout.Failed:
+				failed = append(failed, name)
 			}
+		}
+		if len(failed) > 0 {
+			// Within the failure budget the rollout carries on, and says so: "runs on every
+			// node" hid a node that failed and runs the version before.
+			verb := "run"
+			if len(failed) == 1 {
+				verb = "runs"
+			}
+			return fmt.Errorf("version %d rolled out, but %s failed (within the failure budget of %d) and %s version %d: `rollout status` has the errors",
+				r.Version, strings.Join(failed, ", "), r.Policy.FailureBudget, verb, r.From)
 		}
 		if len(skipped) > 0 {
 			if len(skipped) == 1 {

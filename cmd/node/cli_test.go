@@ -42,3 +42,18 @@ func TestPromotionNoteOnlyWhenThePromotionIsLate(t *testing.T) {
 		}
 	}
 }
+
+// A rollout done within its failure budget says which nodes failed, and fails the command:
+// "runs on every node" hid them.
+func TestOutcomeNamesTheNodesThatFailedWithinTheBudget(t *testing.T) {
+	r := rollout.New(3, "v3", 2, "v2", rollout.Members("a", "b", "c"), false, true, rollout.Policy{FailureBudget: 1}, time.Now())
+	for _, n := range []string{"a", "c"} {
+		r.Nodes[n].Phase = rollout.Running
+	}
+	r.Nodes["b"].Phase = rollout.Failed
+	r.State = rollout.Done
+	err := outcome(r)
+	if err == nil || !strings.Contains(err.Error(), "version 3 rolled out, but b failed (within the failure budget of 1) and runs version 2") {
+		t.Fatalf("outcome = %v", err)
+	}
+}
