@@ -36,6 +36,14 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 		// without the pause --canary promises (found by trying it).
 		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("--canary %d: the cluster has %d nodes, so no node would wait for 'rollout resume'; give fewer canaries, or deploy without --canary", c, all)}
 	}
+	if r := n.Rollout(); r.Active() && r.Target == id {
+		// The log takes it as a retry and changes nothing. The same request again (this
+		// call's own commit before a leader change) was committed; any other (another
+		// message, another policy) hears that nothing new was: its flags were dropped.
+		v, _ := n.Version(r.Version)
+		same := v.Message == req.Message && v.Author == req.Author && r.Policy == req.Policy && r.AutoRevert == !req.NoRevert
+		return api.CommitResult{N: r.Version, ID: id, Already: !same}, nil
+	}
 	// The fault suite kills a leader on this line, so that it dies with the commit in flight.
 	a.log.Info("committing version", "id", api.LabelOf(id))
 	err := n.Apply(consensus.Commit{

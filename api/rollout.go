@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/duckraft/duckraft/rollout"
@@ -22,6 +23,18 @@ type CommitRequest struct {
 type CommitResult struct {
 	N  rollout.Number `json:"n"`
 	ID bundle.ID      `json:"id"`
+	// Already: this bundle is the version rolling out now, committed before (by this call
+	// before a leader change, or by another): nothing new was committed, and the message and
+	// policy it was committed with stay.
+	Already bool `json:"already,omitempty"`
+}
+
+// Committed is how the CLI says what a commit did.
+func (c CommitResult) Committed() string {
+	if c.Already {
+		return fmt.Sprintf("version %d (%s) is this source, already committed and rolling out: nothing new committed; its message and policy stay as they were", c.N, LabelOf(c.ID))
+	}
+	return fmt.Sprintf("committed version %d (%s)", c.N, LabelOf(c.ID))
 }
 
 // VersionInfo is a committed version without its bundle.

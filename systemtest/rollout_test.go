@@ -344,6 +344,11 @@ func TestCanaryWaitsForResume(t *testing.T) {
 	if v := versions(); v != "v2,v1,v1" {
 		t.Fatalf("after the canary the ducks run %s, want v2 on the first node only", v)
 	}
+	// The same source again, with another message, while it is paused: nothing new is
+	// committed, and it says so (it printed "committed version 2" and dropped the flags).
+	if out := cli(t, dc.c, dc.nodes[1].API, "deploy", "-m", "again", "--canary=2", "../testdata/duck-v2"); !strings.Contains(out, "version 2 (") || !strings.Contains(out, "is this source, already committed and rolling out: nothing new committed") {
+		t.Fatalf("deploying the paused version's source again printed:\n%s", out)
+	}
 	cli(t, dc.c, dc.nodes[2].API, "rollout", "resume")
 	if v := versions(); v != "v2,v2,v2" {
 		t.Fatalf("after resume the ducks run %s", v)

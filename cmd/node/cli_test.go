@@ -57,3 +57,12 @@ func TestOutcomeNamesTheNodesThatFailedWithinTheBudget(t *testing.T) {
 		t.Fatalf("outcome = %v", err)
 	}
 }
+
+func TestPhaseTimeOfANodeGoingBackIsNotNegative(t *testing.T) {
+	now := time.Now()
+	// Running from t-10s to t-8s, granted its way back at t-3s.
+	nr := &rollout.Node{Phase: rollout.Reverting, Granted: now.Add(-3 * time.Second), Done: now.Add(-8 * time.Second), Since: now.Add(-3 * time.Second)}
+	if got := phaseTime(nr, time.Time{}); strings.HasPrefix(got, "-") || !strings.HasPrefix(got, "3") {
+		t.Fatalf("phaseTime = %s, want about 3s", got)
+	}
+}

@@ -117,6 +117,9 @@ func runSpawn(args []string) error {
 		// The duck binds it, and the node could not say which port port 0 became.
 		return usageError{fmt.Sprintf("--listen %q: give HOST:PORT with a port; leave out --listen and --port for a free port on 127.0.0.1", *listen)}
 	}
+	if *port != 0 && *listen != "" {
+		return usageError{"give --port or --listen, not both: --listen is the whole address, --port a port on 127.0.0.1"}
+	}
 	if *port < 0 || *port > 65535 {
 		return usageError{fmt.Sprintf("--port %d: give a port from 1 to 65535, or leave it out for a free one", *port)}
 	}

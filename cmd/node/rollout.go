@@ -89,7 +89,7 @@ func runDeploy(args []string) error {
 	if err := cl.Do(ctx, c.addr, http.MethodPost, "/v1/deploy", req, &res); err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, api.LabelOf(res.ID))
+	fmt.Println(res.Committed())
 	if *detach {
 		return nil
 	}
@@ -119,6 +119,8 @@ func canaryCount(args []string) []string {
 }
 
 func isCount(s string) bool {
+	// A negative one too, so that it is refused as a count ("deploy has no flag --1" before).
+	s = strings.TrimPrefix(s, "-")
 	if s == "" {
 		return false
 	}
@@ -166,7 +168,7 @@ func runSpread(args []string) error {
 	if err := c.call(http.MethodPost, "/v1/spread?"+q.Encode(), nil, &res); err != nil {
 		return err
 	}
-	fmt.Printf("committed version %d (%s)\n", res.N, api.LabelOf(res.ID))
+	fmt.Println(res.Committed())
 	if *detach {
 		return nil
 	}
@@ -338,7 +340,9 @@ func phaseTime(nr *rollout.Node, ended time.Time) string {
 	if !ended.IsZero() {
 		end = ended
 	}
-	if !nr.Done.IsZero() && !nr.Granted.IsZero() {
+	// A node going back was granted again after its turn's end: its Done is the earlier turn's
+	// (it printed -3.039s).
+	if !nr.Done.IsZero() && !nr.Granted.IsZero() && !nr.Done.Before(nr.Granted) {
 		return nr.Done.Sub(nr.Granted).Round(time.Millisecond).String()
 	}
 	if nr.Since.IsZero() {
