@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"reflect"
 	"strings"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/duckraft/duckraft/internal/waitfor"
+	"github.com/duckraft/duckraft/wire"
 )
 
 func entry(t *testing.T, i uint64, c Change) *raft.Log {
@@ -339,5 +341,24 @@ func TestRemoveRefusedWhenTheVotersLeftHaveNoMajority(t *testing.T) {
 	}
 	if servers, _ := leader.Servers(); len(servers) != 1 {
 		t.Fatalf("servers %v, want a alone", servers)
+	}
+}
+
+// A member's Raft port that refuses connections is logged at every heartbeat: the words are
+// about a member, not the --api-addr a user may have mistyped.
+func TestDialToADownMemberSaysItIsDown(t *testing.T) {
+	id, err := wire.FromCookie("a-cookie-long-enough-for-the-tests-sake-1234567890")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err = (&streamLayer{id: id}).Dial(raft.ServerAddress(addr), time.Second)
+	if err == nil || !strings.Contains(err.Error(), "member's raft address "+addr+" refuses connections") || strings.Contains(err.Error(), "api-addr") {
+		t.Fatalf("dial to a down member: %v", err)
 	}
 }

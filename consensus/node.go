@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -479,7 +480,13 @@ type streamLayer struct {
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return s.id.Dial(ctx, "tcp", string(addr))
+	c, err := s.id.Dial(ctx, "tcp", string(addr))
+	if err != nil && errors.Is(err, syscall.ECONNREFUSED) {
+		// wire explains a refused dial to a user who typed an address (is that the node's
+		// --api-addr?); here it is a member's Raft port, logged at every heartbeat.
+		return nil, fmt.Errorf("member's raft address %s refuses connections: the node is down or restarting", addr)
+	}
+	return c, err
 }
 
 func (s *streamLayer) Addr() net.Addr { return s.advertise }

@@ -153,7 +153,7 @@ func TestRolloutUpgradesInAnnouncedOrderUnderLoad(t *testing.T) {
 func TestVersionThatDoesNotCompileHaltsBeforeAnySwap(t *testing.T) {
 	dc := newDuckCluster(t)
 	_, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "../testdata/duck-broken")
-	if err == nil || !strings.Contains(errOut, "does not compile") {
+	if err == nil || !strings.Contains(errOut, "does not compile") || !strings.Contains(errOut, "stopped before any node swapped, so every node runs what it ran") {
 		t.Fatalf("deploy of a broken version: err=%v\n%s", err, errOut)
 	}
 	// The first node to build it (all build at once, the first in the order may already have its

@@ -399,6 +399,16 @@ func (id *Identity) Dial(ctx context.Context, network, addr string) (*tls.Conn, 
 	return conn, nil
 }
 
+// explained is an error said for a user that still is the error it explains (errors.Is finds
+// syscall.ECONNREFUSED in it).
+type explained struct {
+	msg string
+	err error
+}
+
+func (e explained) Error() string { return e.msg }
+func (e explained) Unwrap() error { return e.err }
+
 // Explain turns a dial or handshake error into one that says what happened and what to do next.
 // Errors it does not recognise pass through unchanged.
 func Explain(addr string, err error) error {
@@ -410,7 +420,7 @@ func Explain(addr string, err error) error {
 	case errors.Is(err, ErrCookieMismatch):
 		return fmt.Errorf("cookie refused by %s: %w; start both sides with the same --cookie-file or DUCKRAFT_COOKIE", addr, ErrCookieMismatch)
 	case strings.Contains(msg, "connection refused"):
-		return fmt.Errorf("nothing listens at %s (connection refused): is the node running, and is that its --api-addr?", addr)
+		return explained{fmt.Sprintf("nothing listens at %s (connection refused): is the node running, and is that its --api-addr?", addr), err}
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		// The handshake passed and the far end closed without an answer: most often a node's
 		// Raft port, which speaks the same wire but not HTTP.

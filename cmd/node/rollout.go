@@ -421,6 +421,12 @@ func outcome(r *rollout.Rollout) error {
 	case rollout.Paused:
 		fmt.Printf("version %d paused: %s\n", r.Version, r.Reason)
 		return nil
+	case rollout.WentBack, rollout.Halted:
+		if !slices.ContainsFunc(r.Order, func(n string) bool { return !r.Nodes[n].Granted.IsZero() }) {
+			// "reverted" said a swap was undone where none had happened (a version that does
+			// not compile fails at its first build).
+			return fmt.Errorf("version %d stopped before any node swapped, so every node runs what it ran: %s", r.Version, r.Reason)
+		}
 	}
 	return fmt.Errorf("version %d %s: %s", r.Version, r.State, r.Reason)
 }
