@@ -67,8 +67,18 @@ type Builder struct {
 	toolchain string                      // the go command's GOVERSION, once asked
 }
 
+// archLevel is, per GOARCH, the go env variable that picks the instructions a binary may use,
+// and its default: two nodes of one toolchain with different levels build different binaries.
+var archLevel = map[string][2]string{
+	"amd64": {"GOAMD64", "v1"}, "arm64": {"GOARM64", "v8.0"}, "arm": {"GOARM", "7"},
+	"386": {"GO386", "sse2"}, "ppc64": {"GOPPC64", "power8"}, "ppc64le": {"GOPPC64", "power8"},
+	"riscv64": {"GORISCV64", "rva20u64"},
+}
+
 // Toolchain is the version of the go command builds run with (its GOVERSION, such as
-// go1.26.8): nodes that report different ones may build different binaries from one bundle.
+// go1.26.8), followed by the settings that change what it makes when they are not the
+// defaults (GOAMD64=v3, GOEXPERIMENT=...): nodes that report different ones may build
+// different binaries from one bundle, and nodes on one host share a build only if theirs agree.
 func (b *Builder) Toolchain(ctx context.Context) (string, error) {
 	b.mu.Lock()
 	v := b.toolchain
@@ -80,13 +90,25 @@ func (b *Builder) Toolchain(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	cmd := exec.CommandContext(ctx, goBin, "env", "GOVERSION")
+	level, hasLevel := archLevel[runtime.GOARCH]
+	args := []string{"env", "GOVERSION", "GOEXPERIMENT"}
+	if hasLevel {
+		args = append(args, level[0])
+	}
+	cmd := exec.CommandContext(ctx, goBin, args...)
 	cmd.Env = b.env()
 	out, err := cmd.Output()
 	if err != nil {
 		return "", fmt.Errorf("asking %s for its version: %w", goBin, err)
 	}
-	v = strings.TrimSpace(string(out))
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	v = strings.TrimSpace(lines[0])
+	if len(lines) > 1 && strings.TrimSpace(lines[1]) != "" {
+		v += " GOEXPERIMENT=" + strings.TrimSpace(lines[1])
+	}
+	if len(lines) > 2 && hasLevel && strings.TrimSpace(lines[2]) != "" && strings.TrimSpace(lines[2]) != level[1] {
+		v += " " + level[0] + "=" + strings.TrimSpace(lines[2])
+	}
 	b.mu.Lock()
 	b.toolchain = v
 	b.mu.Unlock()
@@ -286,7 +308,7 @@ func (b *Builder) produce(ctx context.Context, id bundle.ID, goBin, src, out str
 		if err != nil {
 			return err
 		}
-		shared = filepath.Join(b.Shared, tc+"-sdk"+sdkPrint(), string(id), "duck")
+		shared = filepath.Join(b.Shared, strings.ReplaceAll(tc, " ", "-")+"-sdk"+sdkPrint(), string(id), "duck")
 	}
 	// Another node on this host built it already: take it without waiting for the host's one
 	// go build at a time.

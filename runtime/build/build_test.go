@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -565,6 +566,38 @@ func TestIndependentBuildsOfOneBundleAreIdentical(t *testing.T) {
 	}
 	if sums[0] != sums[1] {
 		t.Fatalf("two builds of one bundle in two folders: %s and %s, want one binary", sums[0], sums[1])
+	}
+}
+
+// A node whose go builds for another instruction level (GOAMD64=v3) says so in its toolchain,
+// and builds for itself instead of taking the binary of a node on the default level from the
+// shared folder (it took it, so the drift --same-binary is for never showed on one host).
+func TestAnotherInstructionLevelBuildsForItself(t *testing.T) {
+	nonDefault := map[string]string{"amd64": "v3", "arm64": "v8.1"}[runtime.GOARCH]
+	level := archLevel[runtime.GOARCH][0]
+	if nonDefault == "" {
+		t.Fatalf("no other instruction level known for GOARCH %s: add one to this test", runtime.GOARCH)
+	}
+	shared := t.TempDir()
+	b := pack(t, map[string]string{"main.go": tableflipDuck})
+	one := &Builder{Dir: t.TempDir(), Shared: shared}
+	if _, err := one.Build(context.Background(), b.ID, b.Data); err != nil {
+		t.Fatal(err)
+	}
+	if tc, _ := one.Toolchain(context.Background()); strings.Contains(tc, level) {
+		t.Fatalf("the default level is named in the toolchain: %q", tc)
+	}
+	t.Setenv(level, nonDefault)
+	two := &Builder{Dir: t.TempDir(), Shared: shared}
+	tc, err := two.Toolchain(context.Background())
+	if err != nil || !strings.HasSuffix(tc, " "+level+"="+nonDefault) {
+		t.Fatalf("toolchain %q, %v; want it to name %s=%s", tc, err, level, nonDefault)
+	}
+	if _, err := two.Build(context.Background(), b.ID, b.Data); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(shared); len(entries) != 2 {
+		t.Fatalf("the shared folder holds %d builds' keys, want one per level", len(entries))
 	}
 }
 
