@@ -194,6 +194,7 @@ func (a *Agent) ping() api.Ping {
 		CommitIndex:  n.CommitIndex(),
 		AppliedIndex: n.AppliedIndex(),
 		StateIndex:   n.Index(),
+		Cluster:      n.Cluster(),
 		Unreached:    n.Unreached(),
 	}
 }

@@ -16,6 +16,8 @@ type Ping struct {
 	// StateIndex is the log index of the last command the node's state machine applied. Raft's
 	// own indexes count configuration entries too, which never reach the state machine.
 	StateIndex uint64 `json:"state_index"`
+	// Cluster is the name of the node's cluster (consensus.State.Cluster), "" before it has one.
+	Cluster string `json:"cluster,omitempty"`
 	// Unreached, from the leader: each member its heartbeats do not reach, with the last
 	// heartbeat that got through. `members` takes a member's last contact from it, on every node.
 	Unreached map[string]time.Time `json:"unreached,omitempty"`

@@ -87,6 +87,9 @@ type Step interface {
 // Noop changes nothing: it measures a commit's round trip.
 type Noop struct{}
 
+// NameCluster names the cluster, once (State.Cluster): the first name applied stays.
+type NameCluster struct{ Name string }
+
 // Place records a duck started on a node.
 type Place struct{ Placement Placement }
 
@@ -102,23 +105,25 @@ const (
 	opReport     = "report"
 	opSetState   = "rollout-state"
 	opWaveState  = "rollout-wave-state"
+	opCluster    = "name-cluster"
 	opSteps      = "steps"
 	opNoop       = "noop"
 	opPlace      = "place"
 	opUnplace    = "unplace"
 )
 
-func (Register) op() string   { return opRegister }
-func (Unregister) op() string { return opUnregister }
-func (Commit) op() string     { return opCommit }
-func (Grant) op() string      { return opGrant }
-func (Report) op() string     { return opReport }
-func (SetState) op() string   { return opSetState }
-func (WaveState) op() string  { return opWaveState }
-func (Steps) op() string      { return opSteps }
-func (Noop) op() string       { return opNoop }
-func (Place) op() string      { return opPlace }
-func (Unplace) op() string    { return opUnplace }
+func (Register) op() string    { return opRegister }
+func (Unregister) op() string  { return opUnregister }
+func (Commit) op() string      { return opCommit }
+func (Grant) op() string       { return opGrant }
+func (Report) op() string      { return opReport }
+func (SetState) op() string    { return opSetState }
+func (WaveState) op() string   { return opWaveState }
+func (NameCluster) op() string { return opCluster }
+func (Steps) op() string       { return opSteps }
+func (Noop) op() string        { return opNoop }
+func (Place) op() string       { return opPlace }
+func (Unplace) op() string     { return opUnplace }
 
 func (Grant) step()    {}
 func (Report) step()   {}
@@ -172,6 +177,8 @@ func toCommand(c Change) (command, error) {
 		w.N, w.State, w.Reason, w.Time = c.N, c.State, c.Reason, c.Time
 	case WaveState:
 		w.N, w.State, w.Time = c.N, c.State, c.Time
+	case NameCluster:
+		w.Name = c.Name
 	case Steps:
 		w.N, w.Time = c.N, c.Time
 		for _, st := range c.Steps {
@@ -232,6 +239,8 @@ func (w command) change() (Change, error) {
 		return SetState{N: w.N, State: w.State, Reason: w.Reason, Time: w.Time}, nil
 	case opWaveState:
 		return WaveState{N: w.N, State: w.State, Time: w.Time}, nil
+	case opCluster:
+		return NameCluster{Name: w.Name}, nil
 	case opSteps:
 		s := Steps{N: w.N, Time: w.Time}
 		for i, sw := range w.Steps {

@@ -23,6 +23,7 @@ func TestChangesCrossTheLogAsTheyAre(t *testing.T) {
 		Report{N: 2, Node: "c", Phase: rollout.Failed, Error: "duck exited with status 3", Time: t0},
 		SetState{N: 2, State: rollout.Paused, Reason: "pause by hand", Time: t0},
 		WaveState{N: 2, State: rollout.Paused, Time: t0},
+		NameCluster{Name: "0123456789abcdef"},
 		Steps{N: 2, Time: t0, Steps: []Step{
 			Grant{N: 2, Node: "a", Phase: rollout.Granted},
 			Report{N: 2, Node: "b", Phase: rollout.Skipped, Error: "down"},

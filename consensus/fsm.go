@@ -38,6 +38,10 @@ type State struct {
 	// Index is the log index of the last entry applied (a refused one included), so that a
 	// node can tell whether it has caught up with what the leader has committed.
 	Index uint64 `json:"index,omitempty"`
+	// Cluster names the cluster this log is of, set once by its first leader that knows to
+	// (NameCluster): a member that left starts a cluster of its own with another name, so a
+	// node can tell its own cluster's members from former ones.
+	Cluster string `json:"cluster,omitempty"`
 }
 
 // Placement is one duck on one node.
@@ -131,6 +135,12 @@ func (f *fsm) apply(l *raft.Log) any {
 }
 
 // Index is the log index of the last entry this FSM applied.
+func (f *fsm) Cluster() string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Cluster
+}
+
 func (f *fsm) Index() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -164,6 +174,10 @@ func (s *State) apply(c Change) error {
 			}
 		}
 	case Noop:
+	case NameCluster:
+		if s.Cluster == "" {
+			s.Cluster = c.Name // once: a later name (two leaders proposing at once) changes nothing
+		}
 	case Place:
 		if c.Placement.Node == "" || c.Placement.ID == "" {
 			return fmt.Errorf("place without a node and duck")

@@ -515,6 +515,9 @@ func (n *Node) Rollout() *rollout.Rollout { return n.fsm.Rollout() }
 // Changed returns a channel closed at the next change of the state.
 func (n *Node) Changed() <-chan struct{} { return n.fsm.Changed() }
 
+// Cluster is the cluster's name (State.Cluster), "" until its leader named it.
+func (n *Node) Cluster() string { return n.fsm.Cluster() }
+
 // Index is the log index of the last command this node's state applied.
 func (n *Node) Index() uint64 { return n.fsm.Index() }
 

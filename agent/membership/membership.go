@@ -8,6 +8,9 @@ package membership
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,6 +27,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/atomicfile"
 	"github.com/duckraft/duckraft/consensus"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -83,6 +88,8 @@ type Membership struct {
 	leaving atomic.Bool
 	// removed says why this node is no longer a member, once WatchRemoval found it taken out.
 	removed atomic.Pointer[string]
+	// lastKnown is what rememberKnown wrote last (under mu).
+	lastKnown *known
 }
 
 // Open starts this node's consensus member; bootstrap makes a node without history a cluster of
@@ -138,6 +145,7 @@ func (m *Membership) Reset(bootstrap bool) error {
 	if err := os.RemoveAll(m.cfg.RaftDir); err != nil {
 		return fmt.Errorf("clear raft folder: %w", err)
 	}
+	m.lastKnown = nil // went with the folder
 	n, err := m.open(bootstrap)
 	if err != nil {
 		return err
@@ -173,6 +181,7 @@ func (m *Membership) KeepRegistered(ctx context.Context, each func()) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for {
+		m.rememberKnown()
 		if m.Registered() && each != nil {
 			each()
 		}
@@ -472,6 +481,67 @@ func nilIfEmpty(s string) *string {
 	return &s
 }
 
+// known is what this node last knew of its cluster, kept beside its Raft data (and gone with it
+// at a reset): after a restart its state holds only what was committed up to its snapshot
+// until a leader says how far the log is committed, and a node taken out of its cluster never
+// hears from one (its peers ignore it). Without this it had nobody to ask whether it was still
+// a member, and `status` through it showed every member with no address.
+type known struct {
+	Cluster string            `json:"cluster,omitempty"`
+	Members map[string]string `json:"members"` // name -> API address
+}
+
+func (m *Membership) knownPath() string { return filepath.Join(m.cfg.RaftDir, "known.json") }
+
+// rememberKnown writes what this node's state says of its cluster when it differs from what was
+// written last, and only while the state knows more than the file (a restarted node's state
+// starts from its snapshot).
+func (m *Membership) rememberKnown() {
+	n := m.Node()
+	now := known{Cluster: n.Cluster(), Members: map[string]string{}}
+	for name, r := range n.Members() {
+		if r.APIAddr != "" {
+			now.Members[name] = r.APIAddr
+		}
+	}
+	if now.Cluster == "" || len(now.Members) == 0 {
+		return
+	}
+	m.mu.Lock()
+	same := m.lastKnown != nil && m.lastKnown.Cluster == now.Cluster && maps.Equal(m.lastKnown.Members, now.Members)
+	m.mu.Unlock()
+	if same {
+		return
+	}
+	b, _ := json.Marshal(now)
+	if err := atomicfile.Write(m.knownPath(), b, 0o600); err != nil {
+		m.log.Debug("remembering the cluster", "err", err)
+		return
+	}
+	m.mu.Lock()
+	m.lastKnown = &now
+	m.mu.Unlock()
+}
+
+// remembered is the members to ask whether this node is still one of them (name -> API
+// address) and its cluster's name: its state's, completed by what it wrote last.
+func (m *Membership) remembered(n *consensus.Node) (map[string]string, string) {
+	var k known
+	if b, err := os.ReadFile(m.knownPath()); err == nil {
+		json.Unmarshal(b, &k)
+	}
+	out := map[string]string{}
+	for name, addr := range k.Members {
+		out[name] = addr
+	}
+	for name, r := range n.Members() {
+		if r.APIAddr != "" {
+			out[name] = r.APIAddr
+		}
+	}
+	return out, cmp.Or(n.Cluster(), k.Cluster)
+}
+
 // removalAfter is how long a node goes without a leader before it asks whether it was removed,
 // and how often it asks again.
 const removalAfter = 6 * time.Second
@@ -483,10 +553,10 @@ const removalAfter = 6 * time.Second
 // left is a cluster of one, whose leader knows nothing of this node). known is false when no
 // such answer came; why is empty while this node is a member.
 func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) (why string, known bool) {
-	remembered := n.Members()
+	remembered, own := m.remembered(n)
 	asked := 0
-	for name, r := range remembered {
-		if name == m.self.Name || r.APIAddr == "" {
+	for name, apiAddr := range remembered {
+		if name == m.self.Name {
 			continue
 		}
 		if asked == 3 {
@@ -495,7 +565,7 @@ func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) (w
 		asked++
 		actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		var p api.Ping
-		err := m.cfg.Peers.Do(actx, r.APIAddr, http.MethodGet, "/v1/ping", nil, &p)
+		err := m.cfg.Peers.Do(actx, apiAddr, http.MethodGet, "/v1/ping", nil, &p)
 		if err != nil || p.Name != name || p.Leader == "" {
 			cancel()
 			continue // down, or no wiser than this node
@@ -504,8 +574,16 @@ func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) (w
 			cancel()
 			continue // led by a node this one never knew: another cluster
 		}
+		// Named clusters say outright whether the member is of this node's cluster: one that
+		// left leads a cluster of its own with another name, and the cluster this node was
+		// taken out of may be down to one member, which the overlap below cannot tell apart.
+		sameCluster := own != "" && p.Cluster == own
+		if own != "" && p.Cluster != "" && !sameCluster {
+			cancel()
+			continue
+		}
 		var ms []api.MemberStatus
-		err = m.cfg.Peers.Do(actx, r.APIAddr, http.MethodGet, "/v1/members", nil, &ms)
+		err = m.cfg.Peers.Do(actx, apiAddr, http.MethodGet, "/v1/members", nil, &ms)
 		cancel()
 		if err != nil {
 			continue
@@ -521,7 +599,7 @@ func (m *Membership) askWhetherMember(ctx context.Context, n *consensus.Node) (w
 		switch {
 		case in:
 			return "", true
-		case overlap == 0:
+		case overlap == 0 && !sameCluster:
 			continue
 		}
 		return fmt.Sprintf("this node (%s) is not a member of its cluster any more: it was taken out (`forget` while it was down, or a `leave` that did not finish), so the other members ignore it (%s, led by %s, says so). To bring it back, stop it, move its --data-dir aside, start it on an empty one and `connect` it to a member", m.self.Name, name, p.Leader), true
@@ -573,6 +651,14 @@ func (m *Membership) KeepVoters(ctx context.Context) {
 		n := m.Node()
 		if !n.IsLeader() {
 			continue
+		}
+		if n.Cluster() == "" {
+			// A cluster from before clusters had names, or just started: name it, once.
+			var b [8]byte
+			rand.Read(b[:])
+			if err := n.Apply(consensus.NameCluster{Name: hex.EncodeToString(b[:])}, ApplyTimeout); err != nil {
+				m.log.Warn("naming the cluster", "err", err)
+			}
 		}
 		if dropped, err := n.DropUnconfigured(ApplyTimeout); err != nil {
 			m.log.Warn("dropping registrations of nodes taken out", "err", err)
