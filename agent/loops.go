@@ -88,7 +88,8 @@ func ducksHealth(ducks []api.DuckInfo, runningFor time.Duration) (string, error)
 		}
 		// A duck started by hand since then has no restarts; one that crashed and was
 		// started again has, and its generation is younger than the turn's end.
-		if d.Restarts > 0 && d.State == "running" && d.UpFor < runningFor {
+		// A node of an older duckraft does not say UpFor: its restarts tell nothing then.
+		if d.Restarts > 0 && d.State == "running" && d.UpFor > 0 && d.UpFor < runningFor {
 			return fmt.Sprintf("%s crashed and was restarted %s after the turn ended (%d restarts; last error: %s)", d.ID, (runningFor - d.UpFor).Round(time.Millisecond), d.Restarts, cmp.Or(d.LastError, "none")), nil
 		}
 	}

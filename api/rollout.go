@@ -32,7 +32,7 @@ type CommitResult struct {
 // Committed is how the CLI says what a commit did.
 func (c CommitResult) Committed() string {
 	if c.Already {
-		return fmt.Sprintf("version %d (%s) is this source, already committed and rolling out: nothing new committed; its message and policy stay as they were", c.N, LabelOf(c.ID))
+		return fmt.Sprintf("version %d (%s) is this source, already committed and its rollout under way: nothing new committed; its message and policy stay as they were", c.N, LabelOf(c.ID))
 	}
 	return fmt.Sprintf("committed version %d (%s)", c.N, LabelOf(c.ID))
 }

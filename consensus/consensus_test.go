@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/duckraft/duckraft/internal/waitfor"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/wire"
 )
 
@@ -39,13 +40,13 @@ func TestFSMSnapshotRestoreRoundTrip(t *testing.T) {
 	c := Member{Name: "c", RaftAddr: "127.0.0.1:5", APIAddr: "127.0.0.1:6"}
 	for i, cmd := range []Change{
 		Register{Member: a}, Register{Member: b}, Register{Member: c},
-		Unregister{Name: "b"},
+		Unregister{Name: "b"}, NameCluster{Name: "x1"}, NameCluster{Name: "x2"},
 	} {
 		if r := f.Apply(entry(t, uint64(i+1), cmd)); r != nil {
 			t.Fatalf("apply %v: %v", cmd, r)
 		}
 	}
-	want := State{Members: map[string]Member{"a": a, "c": c}, Index: 4}
+	want := State{Members: map[string]Member{"a": a, "c": c}, Index: 6, Cluster: "x1"}
 	if got := f.State(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("state = %+v, want %+v", got, want)
 	}
@@ -360,5 +361,50 @@ func TestDialToADownMemberSaysItIsDown(t *testing.T) {
 	_, err = (&streamLayer{id: id}).Dial(raft.ServerAddress(addr), time.Second)
 	if err == nil || !strings.Contains(err.Error(), "member's raft address "+addr+" refuses connections") || strings.Contains(err.Error(), "api-addr") {
 		t.Fatalf("dial to a down member: %v", err)
+	}
+}
+
+// State copies every field of the state: a field it left out (the cluster's name, once) is
+// missing from every snapshot, so nodes restored from one differ from the rest.
+func TestStateCopiesEveryField(t *testing.T) {
+	f := newFSM()
+	r := rollout.New(1, "v1", 0, "", rollout.Members("a"), false, true, rollout.Policy{}, time.Now())
+	f.state = State{
+		Members:  map[string]Member{"a": {Name: "a"}},
+		Versions: []Version{{N: 1, ID: "v1"}},
+		Rollout:  r,
+		Past:     []*rollout.Rollout{r.Clone()},
+		Ducks:    map[string]Placement{"a/duck-1": {Node: "a", ID: "duck-1"}},
+		Index:    7,
+		Cluster:  "x",
+	}
+	set, got := reflect.ValueOf(f.state), reflect.ValueOf(f.State())
+	for i := range set.NumField() {
+		name := set.Type().Field(i).Name
+		if set.Field(i).IsZero() {
+			t.Fatalf("this test does not set State.%s: give it a value above", name)
+		}
+		if !reflect.DeepEqual(set.Field(i).Interface(), got.Field(i).Interface()) {
+			t.Errorf("State() leaves out or changes State.%s", name)
+		}
+	}
+}
+
+// The only voter cannot go: there would be nobody to commit its removal (it panicked).
+func TestRemovingTheOnlyVoterIsRefused(t *testing.T) {
+	nodes := inmemCluster(t, "a", "b")
+	leader := nodes[0]
+	for _, n := range nodes {
+		if err := leader.Join(Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// b stays a non-voter.
+	err := leader.Remove("a", 5*time.Second)
+	if !errors.Is(err, ErrNoMajorityLeft) || !strings.Contains(err.Error(), "a is the only voter") {
+		t.Fatalf("removing the only voter: %v", err)
+	}
+	if err := leader.Remove("b", 5*time.Second); err != nil {
+		t.Fatalf("removing the non-voter: %v", err)
 	}
 }

@@ -134,13 +134,14 @@ func (f *fsm) apply(l *raft.Log) any {
 	return f.state.apply(c)
 }
 
-// Index is the log index of the last entry this FSM applied.
+// Cluster is the cluster's name, "" before its leader named it.
 func (f *fsm) Cluster() string {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	return f.state.Cluster
 }
 
+// Index is the log index of the last entry this FSM applied.
 func (f *fsm) Index() uint64 {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -219,6 +220,7 @@ func (f *fsm) State() State {
 		Rollout:  f.state.Rollout.Clone(),
 		Ducks:    maps.Clone(f.state.Ducks),
 		Index:    f.state.Index,
+		Cluster:  f.state.Cluster,
 	}
 	for _, r := range f.state.Past {
 		s.Past = append(s.Past, r.Clone())

@@ -348,12 +348,15 @@ func (n *Node) Register(m Member, timeout time.Duration) error {
 // configuration before it is registered, and unregistered before it is removed, so no member
 // on its way in or out is taken for one.
 func (n *Node) DropUnconfigured(timeout time.Duration) ([]string, error) {
+	// The registry first: a join adds to the configuration before it registers, so a member
+	// that joins between the two reads is in the configuration read second.
+	names := n.MemberNames()
 	servers, err := n.leaderServers()
 	if err != nil {
 		return nil, err
 	}
 	var dropped []string
-	for _, name := range n.MemberNames() {
+	for _, name := range names {
 		if slices.ContainsFunc(servers, func(s raft.Server) bool { return string(s.ID) == name }) {
 			continue
 		}
@@ -439,6 +442,9 @@ func (n *Node) canLoseVoter(servers []raft.Server, name string) error {
 	}
 	if !isVoter {
 		return nil
+	}
+	if len(left) == 0 {
+		return fmt.Errorf("%w: %s is the only voter, and the cluster cannot commit without one; start or promote another member first (--voters), or stop the whole cluster instead", ErrNoMajorityLeft, name)
 	}
 	unreached := n.Unreached()
 	for _, v := range left {

@@ -133,8 +133,7 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 
 	switch r.State {
 	case Paused:
-		// A pause asked for by hand at a wave's end is the operator's to lift.
-		if r.Canary && p.AutoPromoteAfter > 0 && r.PauseAfter == 0 && forwardTurns == 0 && now.Sub(r.PausedAt) >= p.AutoPromoteAfter && r.canariesHealthy() {
+		if r.AutoPromoting() && forwardTurns == 0 && now.Sub(r.PausedAt) >= p.AutoPromoteAfter && r.canariesHealthy() {
 			return Step{Op: OpState, State: Rolling, Message: fmt.Sprintf("the canaries stayed healthy for %s: promoted", p.AutoPromoteAfter)}
 		}
 		return Step{Why: "paused: waiting for the operator"}
@@ -166,11 +165,13 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			}
 			return Step{Op: OpState, State: Halted, Message: msg}
 		}
-		if r.PauseAfter > 0 && wave >= r.PauseAfter {
-			return Step{Op: OpState, State: Paused, Message: fmt.Sprintf("wave %d ended: paused as asked; resume to carry on (--one-wave: wave %d only), undo to go back", r.PauseAfter, wave+1)}
-		}
 		if r.Canary && wave > 0 && !r.anyRunning(0) {
 			return Step{Op: OpState, State: Halted, Message: "no canary ran the version (each was skipped or failed): deploy it again once they are back"}
+		}
+		// After the check that a canary ran: a pause asked for at the canary wave's end must not
+		// let a resume carry a version no canary ran to every node.
+		if r.PauseAfter > 0 && wave >= r.PauseAfter {
+			return Step{Op: OpState, State: Paused, Message: fmt.Sprintf("wave %d ended: paused as asked; resume to carry on (--one-wave: wave %d only), undo to go back", r.PauseAfter, wave+1)}
 		}
 		if r.Canary && wave > 0 {
 			msg := "the canaries run the version: resume to carry on, undo to go back"
@@ -233,6 +234,22 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 		return Step{Why: "waiting for nodes to go back"}
 	}
 	return Step{}
+}
+
+// AutoPromoting reports whether the rollout waits for its canaries' automatic promotion
+// (--auto-promote-after): paused at the end of the canary wave, not by hand. A pause asked for
+// at a wave's end is the operator's; so is one made while a canary was in its turn, which came
+// before that canary's turn ended (the promotion overrode it, and deploy waited for ever).
+func (r *Rollout) AutoPromoting() bool {
+	if r == nil || r.State != Paused || !r.Canary || r.Policy.AutoPromoteAfter <= 0 || r.PauseAfter != 0 {
+		return false
+	}
+	for _, name := range r.Order {
+		if nr := r.Nodes[name]; nr.Wave == 0 && (!nr.Phase.Ended() || nr.Done.After(r.PausedAt)) {
+			return false
+		}
+	}
+	return true
 }
 
 // anyRunning reports whether a node of the wave runs the version.

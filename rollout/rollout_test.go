@@ -656,3 +656,36 @@ func TestAPauseByHandHoldsAgainstAutoPromotion(t *testing.T) {
 		t.Fatalf("an hour on: %+v, want it to wait for the operator", st)
 	}
 }
+
+// A pause made by hand while the canary is in its turn is the operator's: the canary ending
+// its turn well does not lift it (it was promoted with the rest after the wait).
+func TestAHandPauseDuringTheCanaryTurnIsNotPromoted(t *testing.T) {
+	r := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{Canaries: 1, AutoPromoteAfter: time.Minute}, t0)
+	for _, n := range r.Order {
+		r.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
+	}
+	r.Apply(r.Next(t0, inContact), t0)
+	r.Report("a", Swapping, "", t0)
+	if err := r.SetState(Paused, "pause by hand", t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r.Report("a", Running, "", t0.Add(2*time.Second))
+	if r.AutoPromoting() {
+		t.Fatal("a pause by hand counts as the canaries' pause")
+	}
+	if st := r.Next(t0.Add(time.Hour), inContact); st.Op != "" {
+		t.Fatalf("an hour on: %+v, want it to wait for the operator", st)
+	}
+	// The canaries' own pause promotes.
+	r2 := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{Canaries: 1, AutoPromoteAfter: time.Minute}, t0)
+	for _, n := range r2.Order {
+		r2.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
+	}
+	r2.Apply(r2.Next(t0, inContact), t0)
+	r2.Report("a", Swapping, "", t0)
+	r2.Report("a", Running, "", t0.Add(2*time.Second))
+	r2.Apply(r2.Next(t0.Add(2*time.Second), inContact), t0.Add(2*time.Second))
+	if !r2.AutoPromoting() {
+		t.Fatalf("the canaries' pause (%s, %s) does not count as one", r2.State, r2.Reason)
+	}
+}

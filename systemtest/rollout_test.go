@@ -346,7 +346,7 @@ func TestCanaryWaitsForResume(t *testing.T) {
 	}
 	// The same source again, with another message, while it is paused: nothing new is
 	// committed, and it says so (it printed "committed version 2" and dropped the flags).
-	if out := cli(t, dc.c, dc.nodes[1].API, "deploy", "-m", "again", "--canary=2", "../testdata/duck-v2"); !strings.Contains(out, "version 2 (") || !strings.Contains(out, "is this source, already committed and rolling out: nothing new committed") {
+	if out := cli(t, dc.c, dc.nodes[1].API, "deploy", "-m", "again", "--canary=2", "../testdata/duck-v2"); !strings.Contains(out, "version 2 (") || !strings.Contains(out, "is this source, already committed and its rollout under way: nothing new committed") {
 		t.Fatalf("deploying the paused version's source again printed:\n%s", out)
 	}
 	cli(t, dc.c, dc.nodes[2].API, "rollout", "resume")

@@ -121,6 +121,11 @@ func (d *Driver) checkPromotion(r *rollout.Rollout, steps []rollout.Step, now ti
 			d.logger().Debug("canary promotion waits", "node", name, "err", err)
 			return nil
 		}
+		if cur := d.Log.Rollout(); cur == nil || cur.Version != r.Version || cur.State != r.State {
+			// The operator (undo, resume) or another leader moved it while the canaries were
+			// asked: the verdict is about a rollout that is no more.
+			return nil
+		}
 		if why != "" {
 			state := rollout.Halted
 			if r.AutoRevert && r.FromID != "" {

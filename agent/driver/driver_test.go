@@ -290,3 +290,22 @@ func TestAutomaticPromotionAsksTheCanariesFirst(t *testing.T) {
 		}
 	}
 }
+
+// A verdict about a rollout the operator moved while the canaries were asked (undo) is not
+// committed: Halted would have stopped the way back partway.
+func TestAPromotionVerdictAboutAMovedRolloutIsDropped(t *testing.T) {
+	t0 := time.Now()
+	l := &fakeLog{leads: true, r: pausedAfterCanary(t, t0)}
+	d := &Driver{Log: l, CanaryHealth: func(string, time.Duration) (string, error) {
+		moved := l.Rollout().Clone()
+		if err := moved.SetState(rollout.GoingBack, "undo by hand", t0); err != nil {
+			t.Fatal(err)
+		}
+		l.change(moved)
+		return "duck-1 crashed", nil
+	}}
+	d.Round(t0.Add(time.Minute))
+	if len(l.entries) != 0 {
+		t.Fatalf("committed %v after the rollout went back under the check", l.entries)
+	}
+}

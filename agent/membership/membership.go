@@ -507,10 +507,11 @@ func (m *Membership) rememberKnown() {
 	if now.Cluster == "" || len(now.Members) == 0 {
 		return
 	}
+	// Under mu, and only for the node still in place: a Reset (connect, leave) between the
+	// read and the write put the old cluster into the new Raft folder.
 	m.mu.Lock()
-	same := m.lastKnown != nil && m.lastKnown.Cluster == now.Cluster && maps.Equal(m.lastKnown.Members, now.Members)
-	m.mu.Unlock()
-	if same {
+	defer m.mu.Unlock()
+	if m.node != n || m.lastKnown != nil && m.lastKnown.Cluster == now.Cluster && maps.Equal(m.lastKnown.Members, now.Members) {
 		return
 	}
 	b, _ := json.Marshal(now)
@@ -518,9 +519,7 @@ func (m *Membership) rememberKnown() {
 		m.log.Debug("remembering the cluster", "err", err)
 		return
 	}
-	m.mu.Lock()
 	m.lastKnown = &now
-	m.mu.Unlock()
 }
 
 // remembered is the members to ask whether this node is still one of them (name -> API

@@ -229,7 +229,17 @@ func watch(c *client, n rollout.Number, wantBack bool, w *os.File) error {
 		}
 		// A pause the canaries lift by themselves is not an outcome: the verdict comes after
 		// (a deploy that exited 0 there was counted a success by a script, and then went back).
-		autoPromote := r.State == rollout.Paused && r.Canary && r.Policy.AutoPromoteAfter > 0 && r.PauseAfter == 0
+		// Unless the promotion is long past due (a canary that does not answer holds it).
+		autoPromote := r.AutoPromoting()
+		if note := promotionNote(r, time.Now()); autoPromote && note != "" {
+			if !tty && seen["\x00note"] == "" {
+				fmt.Fprintf(w, "version %d: %s\n", r.Version, note)
+				seen["\x00note"] = note
+			}
+			if late := time.Since(r.PausedAt) - r.Policy.AutoPromoteAfter; late > max(30*time.Second, r.Policy.AutoPromoteAfter) {
+				return fmt.Errorf("version %d stays paused: %s; `rollout resume` carries on, `rollout undo` goes back", r.Version, note)
+			}
+		}
 		if !r.Active() || r.State == rollout.Paused && !autoPromote {
 			if wantBack && r.State == rollout.WentBack {
 				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
@@ -294,7 +304,7 @@ func binariesLine(r *rollout.Rollout) string {
 // node was killed kept the rollout paused with nothing to say why).
 func promotionNote(r *rollout.Rollout, now time.Time) string {
 	p := r.Policy.WithDefaults()
-	if r.State != rollout.Paused || !r.Canary || p.AutoPromoteAfter <= 0 || r.PauseAfter != 0 {
+	if !r.AutoPromoting() {
 		return ""
 	}
 	late := now.Sub(r.PausedAt) - p.AutoPromoteAfter
@@ -499,7 +509,7 @@ func runRollout(args []string) error {
 		}
 		switch {
 		case *afterWave:
-			fmt.Printf("version %d: pauses once the wave under way has ended\n", res.N)
+			fmt.Printf("version %d: pauses once the wave under way has ended (after the last wave, it is done)\n", res.N)
 		case *oneWave:
 			fmt.Printf("version %d: resumed for one wave\n", res.N)
 		default:
