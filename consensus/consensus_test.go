@@ -161,6 +161,13 @@ func TestFreshMeansOnlySelf(t *testing.T) {
 // inmemCluster opens n nodes on raft's in-memory transport, the first bootstrapped.
 func inmemCluster(t *testing.T, names ...string) []*Node {
 	t.Helper()
+	nodes, _ := inmemClusterWithTransports(t, names...)
+	return nodes
+}
+
+// inmemClusterWithTransports is inmemCluster with each node's transport, to cut a node off.
+func inmemClusterWithTransports(t *testing.T, names ...string) ([]*Node, []*raft.InmemTransport) {
+	t.Helper()
 	var trans []*raft.InmemTransport
 	var nodes []*Node
 	for i, name := range names {
@@ -178,7 +185,7 @@ func inmemCluster(t *testing.T, names ...string) []*Node {
 		nodes = append(nodes, n)
 	}
 	waitFor(t, "a leader", func() bool { return nodes[0].IsLeader() })
-	return nodes
+	return nodes, trans
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
@@ -294,24 +301,8 @@ func TestTimeoutsFollowTheClustersSize(t *testing.T) {
 // anything changes: Raft would wait for the majority of the new configuration for ever and
 // leave the member half out (`leave` with another voter down hung 30 s, found by trying it).
 func TestRemoveRefusedWhenTheVotersLeftHaveNoMajority(t *testing.T) {
-	var trans []*raft.InmemTransport
-	var nodes []*Node
-	for i, name := range []string{"a", "b", "c"} {
-		_, tr := raft.NewInmemTransport(raft.ServerAddress(name))
-		for _, other := range trans {
-			tr.Connect(other.LocalAddr(), other)
-			other.Connect(tr.LocalAddr(), tr)
-		}
-		trans = append(trans, tr)
-		n, err := Open(Config{Name: name, Dir: t.TempDir(), Bootstrap: i == 0, Transport: tr})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.Close() })
-		nodes = append(nodes, n)
-	}
+	nodes, trans := inmemClusterWithTransports(t, "a", "b", "c")
 	leader := nodes[0]
-	waitFor(t, "a leader", leader.IsLeader)
 	for _, n := range nodes {
 		if err := leader.Join(Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}, 5*time.Second); err != nil {
 			t.Fatal(err)

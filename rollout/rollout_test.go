@@ -635,14 +635,21 @@ func TestPauseAndResumeWaveByWave(t *testing.T) {
 	}
 }
 
-// A pause asked for at a wave's end is not lifted by the canaries' automatic promotion.
-func TestAPauseByHandHoldsAgainstAutoPromotion(t *testing.T) {
+// canaryInItsTurn is a rollout over a, b, c whose canary a is swapping, promoted by itself a
+// minute after the canary wave.
+func canaryInItsTurn() *Rollout {
 	r := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{Canaries: 1, AutoPromoteAfter: time.Minute}, t0)
 	for _, n := range r.Order {
 		r.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
 	}
 	r.Apply(r.Next(t0, inContact), t0)
 	r.Report("a", Swapping, "", t0)
+	return r
+}
+
+// A pause asked for at a wave's end is not lifted by the canaries' automatic promotion.
+func TestAPauseByHandHoldsAgainstAutoPromotion(t *testing.T) {
+	r := canaryInItsTurn()
 	if err := r.SetWaveState(Paused, t0); err != nil {
 		t.Fatal(err)
 	}
@@ -660,12 +667,7 @@ func TestAPauseByHandHoldsAgainstAutoPromotion(t *testing.T) {
 // A pause made by hand while the canary is in its turn is the operator's: the canary ending
 // its turn well does not lift it (it was promoted with the rest after the wait).
 func TestAHandPauseDuringTheCanaryTurnIsNotPromoted(t *testing.T) {
-	r := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{Canaries: 1, AutoPromoteAfter: time.Minute}, t0)
-	for _, n := range r.Order {
-		r.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
-	}
-	r.Apply(r.Next(t0, inContact), t0)
-	r.Report("a", Swapping, "", t0)
+	r := canaryInItsTurn()
 	if err := r.SetState(Paused, "pause by hand", t0.Add(time.Second)); err != nil {
 		t.Fatal(err)
 	}
@@ -677,12 +679,7 @@ func TestAHandPauseDuringTheCanaryTurnIsNotPromoted(t *testing.T) {
 		t.Fatalf("an hour on: %+v, want it to wait for the operator", st)
 	}
 	// The canaries' own pause promotes.
-	r2 := New(2, "v2", 1, "v1", Members("a", "b", "c"), false, true, Policy{Canaries: 1, AutoPromoteAfter: time.Minute}, t0)
-	for _, n := range r2.Order {
-		r2.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
-	}
-	r2.Apply(r2.Next(t0, inContact), t0)
-	r2.Report("a", Swapping, "", t0)
+	r2 := canaryInItsTurn()
 	r2.Report("a", Running, "", t0.Add(2*time.Second))
 	r2.Apply(r2.Next(t0.Add(2*time.Second), inContact), t0.Add(2*time.Second))
 	if !r2.AutoPromoting() {

@@ -94,10 +94,12 @@ func TestFreshNodeLeadsAndRegistersItself(t *testing.T) {
 	}
 }
 
-func TestFollowerSendsChangesToTheLeader(t *testing.T) {
-	peers := &fakePeers{answers: map[string]any{"/v1/x": map[string]bool{"ok": true}}}
-	a, ta := open(t, "a", true, &fakePeers{})
-	b, tb := open(t, "b", false, peers)
+// pair is leader a and follower b joined to it, b reaching other nodes through peers; each
+// with its transport, to cut b off.
+func pair(t *testing.T, peers Peers) (a, b *Membership, ta, tb *raft.InmemTransport) {
+	t.Helper()
+	a, ta = open(t, "a", true, &fakePeers{})
+	b, tb = open(t, "b", false, peers)
 	ta.Connect(tb.LocalAddr(), tb)
 	tb.Connect(ta.LocalAddr(), ta)
 	keepRegistered(t, a)
@@ -109,6 +111,12 @@ func TestFollowerSendsChangesToTheLeader(t *testing.T) {
 		name, _ := b.Node().Leader()
 		return name == "a" && b.Node().State().Members["a"].APIAddr != ""
 	})
+	return a, b, ta, tb
+}
+
+func TestFollowerSendsChangesToTheLeader(t *testing.T) {
+	peers := &fakePeers{answers: map[string]any{"/v1/x": map[string]bool{"ok": true}}}
+	_, b, _, _ := pair(t, peers)
 	ran := false
 	err := b.OnLeader(context.Background(), "/v1/x", nil, nil, func(*consensus.Node) error { ran = true; return nil })
 	if err != nil || ran {
@@ -205,25 +213,15 @@ func (p pingPeers) Forward(ctx context.Context, addr, path string, in, out any) 
 // A read through a follower waits for what the leader holds: an answer through one node is
 // never newer than the next through another (`rollout undo`, then `rollout history`).
 func TestCatchUpWaitsForWhatTheLeaderHolds(t *testing.T) {
-	a, ta := open(t, "a", true, &fakePeers{})
 	var leaderDown atomic.Bool
-	b, tb := open(t, "b", false, pingPeers{func() (api.Ping, error) {
-		if leaderDown.Load() {
+	var leader atomic.Pointer[Membership]
+	a, b, ta, tb := pair(t, pingPeers{func() (api.Ping, error) {
+		if leaderDown.Load() || leader.Load() == nil {
 			return api.Ping{}, errors.New("connection refused")
 		}
-		return api.Ping{Name: "a", StateIndex: a.Node().Index()}, nil
+		return api.Ping{Name: "a", StateIndex: leader.Load().Node().Index()}, nil
 	}})
-	ta.Connect(tb.LocalAddr(), tb)
-	tb.Connect(ta.LocalAddr(), ta)
-	keepRegistered(t, a)
-	waitFor(t, "a registered", a.Registered)
-	if err := a.Join(context.Background(), b.Self()); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "b to learn who leads", func() bool {
-		name, _ := b.Node().Leader()
-		return name == "a" && b.Node().State().Members["a"].APIAddr != ""
-	})
+	leader.Store(a)
 
 	// b stops hearing from a; a takes a change b has not seen.
 	ta.Disconnect(tb.LocalAddr())
