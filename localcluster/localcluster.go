@@ -227,8 +227,15 @@ func (n *Node) Stop(timeout time.Duration) error {
 		}
 		return nil
 	case <-time.After(timeout):
+		// SIGQUIT first: the Go runtime writes every goroutine's stack to the node's log, which
+		// says where it was stuck.
+		n.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-n.done:
+		case <-time.After(2 * time.Second):
+		}
 		n.Kill()
-		return fmt.Errorf("node %s did not stop within %s and was killed", n.Name, timeout)
+		return fmt.Errorf("node %s did not stop within %s and was killed (its log ends with its goroutines' stacks)", n.Name, timeout)
 	}
 }
 

@@ -368,6 +368,10 @@ func (m *Membership) Connect(ctx context.Context, addr string) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	// Written down at once: a node killed a moment after joining, and forgotten, had nobody to
+	// ask whether it was still a member once started again (its state starts from a snapshot
+	// it had not taken yet).
+	m.rememberKnown()
 	// Caught up (the log has reached our own registration): now we may vote.
 	if err := m.Promote(ctx, m.self.Name); err != nil {
 		return fmt.Errorf("joined through %s as a non-voter, but could not ask to vote: %w; run connect again", addr, err)
@@ -494,17 +498,21 @@ type known struct {
 func (m *Membership) knownPath() string { return filepath.Join(m.cfg.RaftDir, "known.json") }
 
 // rememberKnown writes what this node's state says of its cluster when it differs from what was
-// written last, and only while the state knows more than the file (a restarted node's state
-// starts from its snapshot).
+// written last, and only while the node has a leader: a restarted node's state starts from its
+// snapshot, older than the file, until a leader says what is committed, and a node taken out
+// never hears from one.
 func (m *Membership) rememberKnown() {
 	n := m.Node()
+	if leader, _ := n.Leader(); leader == "" {
+		return
+	}
 	now := known{Cluster: n.Cluster(), Members: map[string]string{}}
 	for name, r := range n.Members() {
 		if r.APIAddr != "" {
 			now.Members[name] = r.APIAddr
 		}
 	}
-	if now.Cluster == "" || len(now.Members) == 0 {
+	if len(now.Members) == 0 {
 		return
 	}
 	// Under mu, and only for the node still in place: a Reset (connect, leave) between the
