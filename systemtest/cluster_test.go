@@ -384,3 +384,31 @@ func TestAForgottenNodeFindsOutFromAClusterDownToOne(t *testing.T) {
 		t.Errorf("c believed another than a, its own cluster's last member:\n%s", out)
 	}
 }
+
+// Without a majority of voters there is no leader to take a membership change: forget and leave
+// waited out 30 s before saying so, where status knew at once. They say it at once now.
+func TestForgetAndLeaveWithoutAMajoritySayItAtOnce(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	nodes[1].Kill()
+	nodes[2].Kill()
+	waitFor(t, "a to know no leader", 20*time.Second, func() bool {
+		var p api.Ping
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		return c.Do(ctx, nodes[0].API, http.MethodGet, "/v1/ping", nil, &p) == nil && p.Leader == ""
+	})
+	for _, args := range [][]string{{"forget", "c"}, {"leave"}} {
+		start := time.Now()
+		_, errOut, err := tryCLI(c, nodes[0].API, args...)
+		if err == nil || !strings.Contains(errOut, "only 1 of the 3 voters answer (b, c do not)") {
+			t.Fatalf("%v without a majority: err=%v\n%s", args, err, errOut)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("%v took %v to say there is no majority", args, took)
+		}
+	}
+	if ms := members(c, nodes[0].API); len(ms) != 3 {
+		t.Fatalf("a refused change changed the members: %s", view(ms))
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -405,9 +406,69 @@ func (m *Membership) Promote(ctx context.Context, name string) error {
 
 // Remove has the leader take member name out of the cluster.
 func (m *Membership) Remove(ctx context.Context, name string) error {
+	if err := m.quorum(ctx); err != nil {
+		return err
+	}
 	return m.OnLeader(ctx, "/v1/remove", api.NameRequest{Name: name}, nil, func(n *consensus.Node) error {
 		return n.Remove(name, ApplyTimeout)
 	})
+}
+
+// quorum says, while this node knows no leader, whether too few voters answer for one to be
+// elected: `forget` and `leave` waited out OnLeader's 30 s before saying there was no leader,
+// where `status` knew at once that the cluster could not commit. With a leader known, or a
+// majority answering (an election under way), it says nothing and the change goes ahead.
+func (m *Membership) quorum(ctx context.Context) error {
+	if why := m.removed.Load(); why != nil {
+		return &api.APIError{Status: http.StatusConflict, Message: *why}
+	}
+	n := m.Node()
+	if name, _ := n.Leader(); name != "" {
+		return nil
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return nil
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	voters, up := 0, 0
+	var down []string
+	for _, s := range servers {
+		if s.Suffrage != raft.Voter {
+			continue
+		}
+		voters++
+		name := string(s.ID)
+		if name == m.self.Name {
+			up++
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok := false
+			if r, known := n.Member(name); known && r.APIAddr != "" {
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				var p api.Ping
+				ok = m.cfg.Peers.Do(pctx, r.APIAddr, http.MethodGet, "/v1/ping", nil, &p) == nil && p.Name == name
+				cancel()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if ok {
+				up++
+			} else {
+				down = append(down, name)
+			}
+		}()
+	}
+	wg.Wait()
+	if voters == 0 || up > voters/2 {
+		return nil
+	}
+	slices.Sort(down)
+	return &api.APIError{Status: http.StatusServiceUnavailable, Message: fmt.Sprintf("%v: only %d of the %d voters answer (%s do not), fewer than the %d needed to elect a leader and commit the change; bring them back first (`members` shows who is reachable)", ErrNoLeader, up, voters, strings.Join(down, ", "), voters/2+1)}
 }
 
 // Leave takes this node out of its cluster; it carries on as a fresh cluster of one, so it can
