@@ -41,11 +41,7 @@ func (a *Agent) commit(n *consensus.Node, req api.CommitRequest) (api.CommitResu
 		// call's own commit before a leader change) was committed; any other (another
 		// message, another policy) hears that nothing new was: its flags were dropped.
 		v, _ := n.Version(r.Version)
-		p := req.Policy
-		if req.Canary && p.Canaries == 0 {
-			p.Canaries = 1 // as the commit records it
-		}
-		same := v.Message == req.Message && v.Author == req.Author && r.Policy == p && r.AutoRevert == !req.NoRevert
+		same := v.Message == req.Message && v.Author == req.Author && r.Policy == req.Policy.WithCanary(req.Canary) && r.AutoRevert == !req.NoRevert
 		return api.CommitResult{N: r.Version, ID: id, Already: !same}, nil
 	}
 	// The fault suite kills a leader on this line, so that it dies with the commit in flight.

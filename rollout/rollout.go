@@ -235,13 +235,20 @@ func Plan(members []Member, p Policy) (order []string, wave map[string]int) {
 	return order, wave
 }
 
+// WithCanary is p as a rollout records it when committed with the older canary flag: one canary
+// unless p names how many.
+func (p Policy) WithCanary(canary bool) Policy {
+	if canary && p.Canaries == 0 {
+		p.Canaries = 1
+	}
+	return p
+}
+
 // New starts the rollout of version n (bundle target) from version from (bundle fromID; 0 and ""
 // for the first version) over members, in the order and waves Plan gives them. canary is the
 // older way of asking for one canary.
 func New(n Number, target bundle.ID, from Number, fromID bundle.ID, members []Member, canary, autoRevert bool, p Policy, now time.Time) *Rollout {
-	if canary && p.Canaries == 0 {
-		p.Canaries = 1
-	}
+	p = p.WithCanary(canary)
 	order, wave := Plan(members, p)
 	r := &Rollout{
 		Version: n, Target: target, From: from, FromID: fromID, Order: order,

@@ -567,12 +567,7 @@ func (m *Membership) rememberKnown() {
 	if leader, _ := n.Leader(); leader == "" {
 		return
 	}
-	now := known{Cluster: n.Cluster(), Members: map[string]string{}}
-	for name, r := range n.Members() {
-		if r.APIAddr != "" {
-			now.Members[name] = r.APIAddr
-		}
-	}
+	now := known{Cluster: n.Cluster(), Members: apiAddrs(n)}
 	if len(now.Members) == 0 {
 		return
 	}
@@ -598,16 +593,24 @@ func (m *Membership) remembered(n *consensus.Node) (map[string]string, string) {
 	if b, err := os.ReadFile(m.knownPath()); err == nil {
 		json.Unmarshal(b, &k)
 	}
-	out := map[string]string{}
+	out := apiAddrs(n)
 	for name, addr := range k.Members {
-		out[name] = addr
+		if _, ok := out[name]; !ok {
+			out[name] = addr
+		}
 	}
+	return out, cmp.Or(n.Cluster(), k.Cluster)
+}
+
+// apiAddrs is the API address of every member n's state records one for.
+func apiAddrs(n *consensus.Node) map[string]string {
+	out := map[string]string{}
 	for name, r := range n.Members() {
 		if r.APIAddr != "" {
 			out[name] = r.APIAddr
 		}
 	}
-	return out, cmp.Or(n.Cluster(), k.Cluster)
+	return out
 }
 
 // removalAfter is how long a node goes without a leader before it asks whether it was removed,

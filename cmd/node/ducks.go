@@ -113,7 +113,7 @@ func runSpawn(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	if _, p, err := net.SplitHostPort(*listen); *listen != "" && (err != nil || !validPort(p)) {
+	if (api.SpawnRequest{Addr: *listen}).CheckAddr() != nil {
 		// The duck binds it, and the node could not say which port port 0 became.
 		return usageError{fmt.Sprintf("--listen %q: give HOST:PORT with a port; leave out --listen and --port for a free port on 127.0.0.1", *listen)}
 	}
@@ -294,11 +294,4 @@ func duckURL(addr string) string {
 		return "http://" + net.JoinHostPort("127.0.0.1", port) + " (every interface)"
 	}
 	return "http://" + addr
-}
-
-// validPort says whether p is a port a duck can be asked to listen on: 1 to 65535 (0 would be
-// any, which the node could not report).
-func validPort(p string) bool {
-	n, err := strconv.Atoi(p)
-	return err == nil && n >= 1 && n <= 65535
 }
