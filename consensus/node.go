@@ -455,6 +455,12 @@ func (n *Node) canLoseVoter(servers []raft.Server, name string) error {
 	if len(left)-len(down) > len(left)/2 {
 		return nil
 	}
+	return NoMajorityLeft(name, left, down)
+}
+
+// NoMajorityLeft is the refusal to remove voter name when, of the voters left behind, those in
+// down do not answer and the rest are no majority.
+func NoMajorityLeft(name string, left, down []string) error {
 	verb, them := "do not answer", "them"
 	if len(down) == 1 {
 		verb, them = "does not answer", "it"

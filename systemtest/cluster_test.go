@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -411,4 +412,65 @@ func TestForgetAndLeaveWithoutAMajoritySayItAtOnce(t *testing.T) {
 	if ms := members(c, nodes[0].API); len(ms) != 3 {
 		t.Fatalf("a refused change changed the members: %s", view(ms))
 	}
+}
+
+// Right after an election the new leader has not yet found out which members its heartbeats
+// cannot reach (a stopped process takes raft's transport timeout, 5 s, to fail one), and a
+// removal that left the voters without a majority went ahead in those seconds: it waited out
+// its time limit and left the member half out. The leader now asks the voters left first.
+func TestRemovalRightAfterAnElectionAsksTheVotersLeft(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	leader := leaderOf(members(c, nodes[0].API))
+	var stopped *localcluster.Node
+	var live []*localcluster.Node
+	for _, n := range nodes {
+		if n.Name == leader {
+			stopped = n
+		} else {
+			live = append(live, n)
+		}
+	}
+	if stopped == nil {
+		t.Fatalf("no leader among the three: %s", view(members(c, nodes[0].API)))
+	}
+	// Stopped, not killed: its listeners still take connections (the kernel accepts them), so
+	// nothing fails at once and the new leader's heartbeat view stays empty for seconds.
+	if err := syscall.Kill(stopped.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(stopped.PID(), syscall.SIGCONT)
+	var newLeader, other *localcluster.Node
+	waitFor(t, "a new leader", 20*time.Second, func() bool {
+		for i, n := range live {
+			var p api.Ping
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			err := c.Do(ctx, n.API, http.MethodGet, "/v1/ping", nil, &p)
+			cancel()
+			if err == nil && p.Leader == n.Name {
+				newLeader, other = n, live[1-i]
+				return true
+			}
+		}
+		return false
+	})
+	start := time.Now()
+	_, errOut, err := tryCLI(c, other.API, "leave")
+	if err == nil || !strings.Contains(errOut, "does not answer") || !strings.Contains(errOut, stopped.Name) {
+		t.Fatalf("%s leaving right after %s was elected, with %s stopped: err=%v\n%s", other.Name, newLeader.Name, stopped.Name, err, errOut)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("the refusal took %v", took)
+	}
+	syscall.Kill(stopped.PID(), syscall.SIGCONT)
+	waitFor(t, "all three members again", 20*time.Second, func() bool {
+		ms := members(c, newLeader.API)
+		up := 0
+		for _, m := range ms {
+			if m.Reachable {
+				up++
+			}
+		}
+		return len(ms) == 3 && up == 3 && leaderOf(ms) != ""
+	})
 }

@@ -410,8 +410,76 @@ func (m *Membership) Remove(ctx context.Context, name string) error {
 		return err
 	}
 	return m.OnLeader(ctx, "/v1/remove", api.NameRequest{Name: name}, nil, func(n *consensus.Node) error {
+		if err := m.votersLeftAnswer(ctx, n, name); err != nil {
+			return err
+		}
 		return n.Remove(name, ApplyTimeout)
 	})
+}
+
+// votersLeftAnswer refuses, on the leader, the removal of voter name when the voters left
+// behind do not answer as a majority. The leader's own heartbeat view (consensus.Node.Remove
+// checks it too) starts empty at each election and learns of a member that stopped only when a
+// heartbeat to it fails, up to raft's transport timeout later: a removal in those seconds went
+// ahead, waited out its time limit and left the member half out. So the leader also asks each
+// of them.
+func (m *Membership) votersLeftAnswer(ctx context.Context, n *consensus.Node, name string) error {
+	servers, err := n.Servers()
+	if err != nil {
+		return nil // consensus.Node.Remove says why
+	}
+	var left []string
+	isVoter := false
+	for _, s := range servers {
+		switch {
+		case s.Suffrage != raft.Voter:
+		case string(s.ID) == name:
+			isVoter = true
+		default:
+			left = append(left, string(s.ID))
+		}
+	}
+	if !isVoter || len(left) == 0 {
+		return nil // not a voter, or the only one: consensus.Node.Remove says which
+	}
+	slices.Sort(left)
+	down := m.silent(ctx, n, left)
+	if len(left)-len(down) > len(left)/2 {
+		return nil
+	}
+	return consensus.NoMajorityLeft(name, left, down)
+}
+
+// silent is, of the members named, those other than this node that do not answer a ping
+// within a second, sorted.
+func (m *Membership) silent(ctx context.Context, n *consensus.Node, names []string) []string {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var down []string
+	for _, name := range names {
+		if name == m.self.Name {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ok := false
+			if r, known := n.Member(name); known && r.APIAddr != "" {
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				var p api.Ping
+				ok = m.cfg.Peers.Do(pctx, r.APIAddr, http.MethodGet, "/v1/ping", nil, &p) == nil && p.Name == name
+				cancel()
+			}
+			if !ok {
+				mu.Lock()
+				down = append(down, name)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	slices.Sort(down)
+	return down
 }
 
 // quorum says, while this node knows no leader, whether too few voters answer for one to be
@@ -430,45 +498,18 @@ func (m *Membership) quorum(ctx context.Context) error {
 	if err != nil {
 		return nil
 	}
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	voters, up := 0, 0
-	var down []string
+	var voters []string
 	for _, s := range servers {
-		if s.Suffrage != raft.Voter {
-			continue
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, string(s.ID))
 		}
-		voters++
-		name := string(s.ID)
-		if name == m.self.Name {
-			up++
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ok := false
-			if r, known := n.Member(name); known && r.APIAddr != "" {
-				pctx, cancel := context.WithTimeout(ctx, time.Second)
-				var p api.Ping
-				ok = m.cfg.Peers.Do(pctx, r.APIAddr, http.MethodGet, "/v1/ping", nil, &p) == nil && p.Name == name
-				cancel()
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			if ok {
-				up++
-			} else {
-				down = append(down, name)
-			}
-		}()
 	}
-	wg.Wait()
-	if voters == 0 || up > voters/2 {
+	down := m.silent(ctx, n, voters)
+	up := len(voters) - len(down)
+	if len(voters) == 0 || up > len(voters)/2 {
 		return nil
 	}
-	slices.Sort(down)
-	return &api.APIError{Status: http.StatusServiceUnavailable, Message: fmt.Sprintf("%v: only %d of the %d voters answer (%s do not), fewer than the %d needed to elect a leader and commit the change; bring them back first (`members` shows who is reachable)", ErrNoLeader, up, voters, strings.Join(down, ", "), voters/2+1)}
+	return &api.APIError{Status: http.StatusServiceUnavailable, Message: fmt.Sprintf("%v: only %d of the %d voters answer (%s do not), fewer than the %d needed to elect a leader and commit the change; bring them back first (`members` shows who is reachable)", ErrNoLeader, up, len(voters), strings.Join(down, ", "), len(voters)/2+1)}
 }
 
 // Leave takes this node out of its cluster; it carries on as a fresh cluster of one, so it can
