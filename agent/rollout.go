@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -71,6 +72,53 @@ func (a *Agent) rolloutView() api.RolloutView {
 	return v
 }
 
+// checkCanaries asks each canary of r how its ducks are, while r waits after its canary wave and
+// no later wave has begun; nil otherwise. A canary's duck that crash-loops once its healthy wait
+// is over was seen only in `status`'s DUCKS column, and `rollout resume` spread it.
+func (a *Agent) checkCanaries(r *rollout.Rollout) []api.CanaryCheck {
+	if r == nil || !r.Canary || r.State != rollout.Paused {
+		return nil
+	}
+	var canaries []string
+	for _, name := range r.Order {
+		nr := r.Nodes[name]
+		switch {
+		case nr.Wave != 0 && !nr.Granted.IsZero():
+			return nil // past the canaries: this pause is another's
+		case nr.Wave == 0 && nr.Phase == rollout.Running:
+			canaries = append(canaries, name)
+		}
+	}
+	out := make([]api.CanaryCheck, len(canaries))
+	var wg sync.WaitGroup
+	for i, name := range canaries {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			why, err := a.canaryHealth(name, time.Since(r.Nodes[name].Done))
+			out[i] = api.CanaryCheck{Node: name, Healthy: err == nil && why == "", Unknown: err != nil, Why: why}
+			if err != nil {
+				out[i].Why = err.Error()
+			}
+		}()
+	}
+	wg.Wait()
+	return out
+}
+
+// canariesVerdict refuses a resume past canaries that are not healthy, or cannot say.
+func canariesVerdict(checks []api.CanaryCheck) error {
+	for _, c := range checks {
+		switch {
+		case c.Unknown:
+			return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("cannot tell whether canary %s is healthy (%s): try again in a moment, `rollout undo` to go back, or `rollout resume --force` to carry on without knowing", c.Node, c.Why)}
+		case !c.Healthy:
+			return &api.APIError{Status: http.StatusConflict, Message: fmt.Sprintf("canary %s is not healthy: %s; `logs --on %s` shows its ducks' output, `rollout undo` goes back, `rollout resume --force` carries on anyway", c.Node, c.Why, c.Node)}
+		}
+	}
+	return nil
+}
+
 func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.CommitResult, error) {
 	r := n.Rollout()
 	if r == nil {
@@ -85,6 +133,11 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 		state = rollout.Paused
 	case "resume":
 		state = rollout.Rolling
+		if !req.Force {
+			if err := canariesVerdict(a.checkCanaries(r)); err != nil {
+				return api.CommitResult{}, err
+			}
+		}
 	case "undo":
 		if req.To != 0 {
 			// Going back to any kept version is a new rollout of its bundle.

@@ -133,7 +133,9 @@ func (r rollouts) Report(ctx context.Context, e api.Entry) error {
 
 func (r rollouts) View(ctx context.Context) api.RolloutView {
 	r.a.mem.CatchUp(ctx)
-	return r.a.rolloutView()
+	v := r.a.rolloutView()
+	v.Canaries = r.a.checkCanaries(v.Rollout)
+	return v
 }
 
 func (r rollouts) Granted(g api.Grant) {

@@ -52,6 +52,19 @@ type RolloutView struct {
 	Rollout  *rollout.Rollout   `json:"rollout,omitempty"`
 	Past     []*rollout.Rollout `json:"past,omitempty"`
 	Versions []VersionInfo      `json:"versions"`
+	// Canaries is how each canary's ducks are, asked while the rollout waits after its canary
+	// wave for `rollout resume` (a canary whose duck crash-loops after its healthy wait showed
+	// only in `status`'s DUCKS column).
+	Canaries []CanaryCheck `json:"canaries,omitempty"`
+}
+
+// CanaryCheck is one canary's answer: Healthy, or Why not; Unknown when it could not tell (no
+// answer, a duck still starting).
+type CanaryCheck struct {
+	Node    string `json:"node"`
+	Healthy bool   `json:"healthy"`
+	Unknown bool   `json:"unknown,omitempty"`
+	Why     string `json:"why,omitempty"`
 }
 
 // Grant is the leader telling a node of the turn it granted it, once the grant is committed:
@@ -72,4 +85,6 @@ type RolloutAction struct {
 	// Wave, with pause: pause once the wave under way has ended; with resume: run the next wave
 	// only, then pause again.
 	Wave bool `json:"wave,omitempty"`
+	// Force, with resume: carry on past canaries that are not healthy, or cannot say.
+	Force bool `json:"force,omitempty"`
 }

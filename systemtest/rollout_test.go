@@ -655,4 +655,26 @@ func TestAutoPromotionAsksTheCanariesHowTheirDucksAre(t *testing.T) {
 		got, err := askDuck("GET", ducks["a"])
 		return err == nil && got.Version == "v2"
 	})
+
+	// The same canary promoted by hand: once its duck has crashed, `rollout status` says so
+	// and `rollout resume` refuses to spread it, unless forced.
+	if out := cli(t, c, nodes[0].API, "deploy", "--canary", "1", "../runtime/supervise/testdata/duck-flaky"); !strings.Contains(out, "paused") {
+		t.Fatalf("manual canary deploy of duck-flaky printed:\n%s", out)
+	}
+	var status string
+	waitFor(t, "rollout status to call canary a not healthy", 20*time.Second, func() bool {
+		status = cli(t, c, nodes[2].API, "rollout", "status")
+		return strings.Contains(status, "canary a: NOT HEALTHY: duck-1 crashed")
+	})
+	_, errOut, err = tryCLI(c, nodes[1].API, "rollout", "resume")
+	if err == nil || !strings.Contains(errOut, "canary a is not healthy: duck-1 crashed") || !strings.Contains(errOut, "--force") {
+		t.Fatalf("resume past a crashing canary: err=%v\n%s\nstatus was:\n%s", err, errOut, status)
+	}
+	if r, last := state(); r.State != rollout.Paused || !r.Nodes["b"].Granted.IsZero() {
+		t.Fatalf("a refused resume moved the rollout: %s", last)
+	}
+	cli(t, c, nodes[1].API, "rollout", "resume", "--force", "--json")
+	if r, last := state(); r.State == rollout.Paused {
+		t.Fatalf("resume --force left the rollout paused: %s", last)
+	}
 }

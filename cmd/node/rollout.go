@@ -459,6 +459,7 @@ func runRollout(args []string) error {
 	noRevert := fs.Bool("no-revert", false, "undo --to: if the rollout back fails, leave upgraded nodes as they are (as deploy --no-revert; needed to go back across a state layout with no way back)")
 	afterWave := fs.Bool("after-wave", false, "pause: let the wave under way end, then pause")
 	oneWave := fs.Bool("one-wave", false, "resume: run the next wave only, then pause again")
+	force := fs.Bool("force", false, "resume: carry on past canaries whose ducks are not healthy, or cannot say")
 	pos, err := parse(fs, args, "status|history|pause|resume|undo")
 	if err != nil {
 		return err
@@ -471,8 +472,8 @@ func runRollout(args []string) error {
 	if *noRevert && (pos[0] != "undo" || !toSet) {
 		return usageError{"--no-revert goes with 'rollout undo --to N' (the rollout back to N); a plain undo already goes back"}
 	}
-	if *afterWave && pos[0] != "pause" || *oneWave && pos[0] != "resume" {
-		return usageError{"--after-wave goes with 'rollout pause', --one-wave with 'rollout resume'"}
+	if *afterWave && pos[0] != "pause" || *oneWave && pos[0] != "resume" || *force && pos[0] != "resume" {
+		return usageError{"--after-wave goes with 'rollout pause', --one-wave and --force with 'rollout resume'"}
 	}
 	switch pos[0] {
 	case "status", "history":
@@ -491,13 +492,16 @@ func runRollout(args []string) error {
 			return nil
 		}
 		drawRollout(os.Stdout, v.Rollout, v.Leader)
+		for _, c := range v.Canaries {
+			fmt.Println(canaryLine(c))
+		}
 		if strings.Contains(v.Rollout.Reason, "\n") {
 			fmt.Println(v.Rollout.Reason) // the compiler's words, whole
 		}
 		return nil
 	case "pause", "resume", "undo":
 		var res api.CommitResult
-		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to), NoRevert: *noRevert, Wave: *afterWave || *oneWave}, &res); err != nil {
+		if err := c.call(http.MethodPost, "/v1/rollout", api.RolloutAction{Action: pos[0], To: rollout.Number(*to), NoRevert: *noRevert, Wave: *afterWave || *oneWave, Force: *force}, &res); err != nil {
 			return err
 		}
 		if *asJSON {
@@ -523,6 +527,18 @@ func runRollout(args []string) error {
 		return nil
 	}
 	return usageError{fmt.Sprintf("unknown rollout command %q: status, history, pause, resume or undo", pos[0])}
+}
+
+// canaryLine is one canary's health as `rollout status` shows it while the rollout waits after
+// its canaries.
+func canaryLine(c api.CanaryCheck) string {
+	switch {
+	case c.Unknown:
+		return fmt.Sprintf("canary %s: cannot tell yet (%s)", c.Node, c.Why)
+	case !c.Healthy:
+		return fmt.Sprintf("canary %s: NOT HEALTHY: %s (`rollout undo` goes back; `rollout resume --force` carries on anyway)", c.Node, c.Why)
+	}
+	return fmt.Sprintf("canary %s: healthy", c.Node)
 }
 
 func printHistory(v api.RolloutView) error {
