@@ -15,6 +15,7 @@ import (
 	"github.com/duckraft/duckraft/agent/membership"
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/consensus"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
@@ -133,10 +134,10 @@ func (r rollouts) Report(ctx context.Context, e api.Entry) error {
 
 func (r rollouts) View(ctx context.Context) api.RolloutView {
 	r.a.mem.CatchUp(ctx)
-	v := r.a.rolloutView()
-	v.Canaries = r.a.checkCanaries(v.Rollout)
-	return v
+	return r.a.rolloutView()
 }
+
+func (r rollouts) Canaries(ro *rollout.Rollout) []api.CanaryCheck { return r.a.checkCanaries(ro) }
 
 func (r rollouts) Granted(g api.Grant) {
 	if f := r.a.follow; f != nil {

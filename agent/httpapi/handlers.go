@@ -27,6 +27,7 @@ import (
 	"github.com/duckraft/duckraft/agent/httpjson"
 	"github.com/duckraft/duckraft/agent/membership"
 	"github.com/duckraft/duckraft/api"
+	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/runtime/build"
 	"github.com/duckraft/duckraft/runtime/bundle"
 	"github.com/duckraft/duckraft/runtime/supervise"
@@ -58,6 +59,9 @@ type Rollouts interface {
 	// View is the rollout picture, caught up with the leader first (a read through any node
 	// shows what an answer through another showed).
 	View(ctx context.Context) api.RolloutView
+	// Canaries asks the canaries of r how their ducks are, while r waits after its canary
+	// wave for `rollout resume`; nil otherwise. Network calls: only on request.
+	Canaries(r *rollout.Rollout) []api.CanaryCheck
 	// Granted is the leader's word that it granted this node a turn (see api.Grant).
 	Granted(g api.Grant)
 	BenchCommit(ctx context.Context, req api.CommitBench) (api.CommitLatency, error)
@@ -456,7 +460,11 @@ func (h *Service) handleCommit(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Service) handleRollout(w http.ResponseWriter, r *http.Request) {
-	httpjson.Write(w, h.Rollouts.View(r.Context()))
+	v := h.Rollouts.View(r.Context())
+	if r.URL.Query().Get("canaries") != "" {
+		v.Canaries = h.Rollouts.Canaries(v.Rollout)
+	}
+	httpjson.Write(w, v)
 }
 
 func (h *Service) handleRolloutAction(w http.ResponseWriter, r *http.Request) {

@@ -60,6 +60,7 @@ func (f *fake) Act(_ context.Context, req api.RolloutAction) (api.CommitResult, 
 }
 func (f *fake) Report(_ context.Context, c api.Entry) error { return f.call("report") }
 func (f *fake) View(context.Context) api.RolloutView        { return api.RolloutView{Leader: "a"} }
+func (f *fake) Canaries(*rollout.Rollout) []api.CanaryCheck { return nil }
 func (f *fake) Granted(g api.Grant)                         { f.call(fmt.Sprint("granted ", g.Index)) }
 func (f *fake) BenchCommit(context.Context, api.CommitBench) (api.CommitLatency, error) {
 	return api.CommitLatency{}, f.call("bench")

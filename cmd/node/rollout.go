@@ -478,7 +478,11 @@ func runRollout(args []string) error {
 	switch pos[0] {
 	case "status", "history":
 		var v api.RolloutView
-		if err := c.call(http.MethodGet, "/v1/rollout", nil, &v); err != nil {
+		path := "/v1/rollout"
+		if pos[0] == "status" {
+			path += "?canaries=1" // a rollout waiting after its canaries says how they are
+		}
+		if err := c.call(http.MethodGet, path, nil, &v); err != nil {
 			return err
 		}
 		if *asJSON {
