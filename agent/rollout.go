@@ -106,6 +106,20 @@ func (a *Agent) checkCanaries(r *rollout.Rollout) []api.CanaryCheck {
 	return out
 }
 
+// wayBack refuses to send r back when a node that runs its target says its state cannot reach
+// the previous version's layout: every turn back would fail and leave its node where it is (a
+// plain undo after a --no-revert rollout across a schema change tried, failed on every node,
+// and was reported as gone back).
+func wayBack(r *rollout.Rollout) error {
+	for _, name := range r.OnTarget() {
+		if st := r.Nodes[name].State; st != nil && !st.WayBack() {
+			return &api.APIError{Status: http.StatusConflict, Message: st.NoWayBack(r.Version, r.From) +
+				fmt.Sprintf(": going back would fail on every node that runs it and leave the ducks there; deploy a version that takes over their state, or `rollout undo --force` to try anyway (version %d's Migrate may read the newer state)", r.From)}
+		}
+	}
+	return nil
+}
+
 // canariesVerdict refuses a resume past canaries that are not healthy, or cannot say.
 func canariesVerdict(checks []api.CanaryCheck) error {
 	for _, c := range checks {
@@ -155,6 +169,11 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 			return a.commit(n, api.CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo", NoRevert: req.NoRevert})
 		}
 		state = rollout.GoingBack
+		if !req.Force {
+			if err := wayBack(r); err != nil {
+				return api.CommitResult{}, err
+			}
+		}
 	default:
 		return api.CommitResult{}, &api.APIError{Status: http.StatusBadRequest, Message: fmt.Sprintf("unknown rollout action %q: pause, resume or undo", req.Action)}
 	}

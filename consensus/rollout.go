@@ -49,7 +49,10 @@ func (s *State) commit(c Commit) error {
 	var from *Version
 	if len(s.Versions) > 0 {
 		from = &s.Versions[len(s.Versions)-1]
-		if cur := s.current(); cur != nil && cur.ID == c.Version.ID {
+		// A rollout that halted with nodes on its target leaves two versions running: the
+		// source of either is a new version then, not the one the cluster runs (a failed go-back
+		// was refused a deploy of the previous source as "already running").
+		if cur := s.current(); cur != nil && cur.ID == c.Version.ID && !s.Rollout.Mixed() {
 			return fmt.Errorf("%w: this bundle is version %d, which the cluster already runs", ErrSameVersion, cur.N)
 		}
 	}

@@ -106,8 +106,11 @@ func drive(t *testing.T, f *fsm, clk *clock, outcome func(name string, phase rol
 			continue // the node says nothing (down)
 		}
 		errMsg := ""
-		if res == rollout.Failed {
+		switch res {
+		case rollout.Failed:
 			errMsg = "duck exited with status 3"
+		case couldNotGoBack:
+			res, errMsg = rollout.Reverted, "could not go back: no Migrate reads schema 3"
 		}
 		mustApply(t, f, Report{N: r.Version, Node: name, Phase: res, Error: errMsg, Time: clk.now()})
 	}
@@ -148,6 +151,40 @@ func TestSameBundleTwiceIsNotANewVersion(t *testing.T) {
 	}
 	if n := len(f.State().Versions); n != 1 {
 		t.Fatalf("%d versions after a repeated commit", n)
+	}
+}
+
+// couldNotGoBack, as drive's outcome of a turn back, is a node whose revert failed (reported as
+// Reverted with the reason, as the agent does).
+const couldNotGoBack rollout.Phase = "test: could not go back"
+
+// A rollout whose going back failed on a node ends halted with nodes on its target: the cluster
+// runs two versions, and the previous one's source is a new version, not "already running" (a
+// deploy of it was refused, and so was every way back).
+func TestAFailedGoingBackLeavesThePreviousSourceDeployable(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	grants := drive(t, f, clk, func(name string, phase rollout.Phase) rollout.Phase {
+		switch {
+		case phase == rollout.Reverting:
+			return couldNotGoBack
+		case name == "c":
+			return rollout.Failed
+		}
+		return rollout.Running
+	})
+	if want := []string{"granted:a", "granted:b", "granted:c", "reverting:b"}; !slices.Equal(grants, want) {
+		t.Fatalf("grants %v, want %v (the going back stops at the first node that could not)", grants, want)
+	}
+	r := f.Rollout()
+	if r.State != rollout.Halted || !strings.Contains(r.Reason, "going back failed on b") || !strings.Contains(r.Reason, "version 2 still runs on a, b") {
+		t.Fatalf("rollout %s (%s)", r.State, r.Reason)
+	}
+	if err := commit(t, f, clk, "v1", false); err != nil {
+		t.Fatalf("deploying version 1's source again after a failed going back: %v", err)
+	}
+	if r := f.Rollout(); r.Version != 3 || r.Target != idOf("v1") {
+		t.Fatalf("the new rollout: %+v", r)
 	}
 }
 

@@ -99,13 +99,11 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 		for _, name := range r.Order {
 			if st := r.Nodes[name].State; st != nil && !st.WayBack() {
 				if st.Schema < st.FromSchema {
-					return Step{Op: OpState, State: Halted, Message: fmt.Sprintf(
-						"version %d keeps its ducks' state in schema %d, and version %d (schema %d) has no Config.Migrate to read it back if this rollout went back: nothing was swapped; deploy with --no-revert (or undo with --no-revert) if you accept no way back",
-						r.Version, st.Schema, r.From, st.FromSchema)}
+					return Step{Op: OpState, State: Halted, Message: st.NoWayBack(r.Version, r.From) +
+						" if this rollout went back: nothing was swapped; deploy with --no-revert (or undo with --no-revert) if you accept no way back"}
 				}
-				return Step{Op: OpState, State: Halted, Message: fmt.Sprintf(
-					"version %d keeps its ducks' state in schema %d and cannot hand it back to version %d's schema %d (no Config.Downgrade to it): nothing was swapped; give it a Downgrade, or deploy with --no-revert if the older version's Migrate reads the newer state or you accept no way back",
-					r.Version, st.Schema, r.From, st.FromSchema)}
+				return Step{Op: OpState, State: Halted, Message: st.NoWayBack(r.Version, r.From) +
+					": nothing was swapped; give it a Downgrade, or deploy with --no-revert if the older version's Migrate reads the newer state or you accept no way back"}
 			}
 		}
 	}
@@ -208,6 +206,27 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 	case GoingBack:
 		if forwardTurns > 0 {
 			return Step{Why: "waiting for the turns under way to end before going back"}
+		}
+		// A node that could not go back stops the going back where it is, as a failure stops
+		// a rollout going forward: the others would fail the same way, and the cluster must
+		// not be told it runs the previous version while some nodes still run this one.
+		var stuck []string
+		for _, name := range r.Order {
+			if r.Nodes[name].CouldNotGoBack() {
+				stuck = append(stuck, name)
+			}
+		}
+		if len(stuck) > 0 {
+			if backTurns > 0 {
+				return Step{Why: "waiting for the turns back under way to end before halting"}
+			}
+			why := r.Nodes[stuck[0]].Error
+			msg := fmt.Sprintf("going back failed on %s (%s); version %d still runs on %s: deploy a version that can take over their ducks' state, or fix version %d and deploy it again",
+				strings.Join(stuck, ", "), why, r.Version, strings.Join(r.OnTarget(), ", "), r.Version)
+			if r.Reason != "" {
+				msg = r.Reason + "; then " + msg
+			}
+			return Step{Op: OpState, State: Halted, Message: msg}
 		}
 		// The highest wave that still runs the target, or is on its way back, goes back first.
 		wave := -1

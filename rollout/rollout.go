@@ -79,6 +79,37 @@ type Node struct {
 	State *StateInfo `json:"state,omitempty"`
 }
 
+// NoWayBack says why the state of version (the target) does not reach version from's layout,
+// as WayBack judges it.
+func (s StateInfo) NoWayBack(version, from Number) string {
+	if s.Schema < s.FromSchema {
+		return fmt.Sprintf("version %d keeps its ducks' state in schema %d, and version %d (schema %d) has no Config.Migrate to read it back", version, s.Schema, from, s.FromSchema)
+	}
+	return fmt.Sprintf("version %d keeps its ducks' state in schema %d and cannot hand it back to version %d's schema %d (no Config.Downgrade to it)", version, s.Schema, from, s.FromSchema)
+}
+
+// CouldNotGoBack reports whether the node's turn back failed: the node reports such a turn as
+// Reverted with the reason (see the agent's follower), and its ducks stay on the target.
+func (n *Node) CouldNotGoBack() bool { return n != nil && n.Phase == Reverted && n.Error != "" }
+
+// OnTarget is the nodes that run the target as far as the rollout knows: those whose turn ended
+// Running, and those a failed turn back left on it.
+func (r *Rollout) OnTarget() []string {
+	var out []string
+	for _, name := range r.Order {
+		if nr := r.Nodes[name]; nr.Phase == Running || nr.CouldNotGoBack() {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
+// Mixed reports whether the rollout ended halted with some nodes on the target: the cluster runs
+// two versions, neither of which it can be said to run.
+func (r *Rollout) Mixed() bool {
+	return r != nil && r.State == Halted && r.FromID != "" && len(r.OnTarget()) > 0
+}
+
 // StateInfo is what a node learned of the state's layout from the binaries it holds.
 type StateInfo struct {
 	Schema     int   `json:"schema"`               // the target's
@@ -337,8 +368,8 @@ func (r *Rollout) Desired(node string) bundle.ID {
 	case WentBack:
 		return from
 	case Halted:
-		if phase == Running {
-			return r.Target // left as it was: halted without going back
+		if phase == Running || r.Nodes[node].CouldNotGoBack() {
+			return r.Target // left as it was: halted without going back, or unable to
 		}
 		return from
 	}

@@ -686,3 +686,49 @@ func TestAHandPauseDuringTheCanaryTurnIsNotPromoted(t *testing.T) {
 		t.Fatalf("the canaries' pause (%s, %s) does not count as one", r2.State, r2.Reason)
 	}
 }
+
+// A node that could not go back (its turn back reported with the reason) stops the going back
+// there, halted, naming the nodes still on the target: it ended "went back" with every node's
+// failure in a note, the CLI said every node was back, and the log refused the previous source
+// as the version the cluster ran (found by trying it from outside).
+func TestAFailedTurnBackHaltsWithTheNodesLeftOnTheTarget(t *testing.T) {
+	r := three()
+	drive(t, r, func(string) Phase { return Running })
+	if err := r.SetState(GoingBack, "undo by hand", t0); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(time.Minute)
+	st := r.Next(now, inContact)
+	if st.Op != OpGrant || st.Node != "c" || st.Phase != Reverting {
+		t.Fatalf("first step back: %+v, want c reverting", st)
+	}
+	if err := r.Grant(st.Node, st.Phase, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Report("c", Reverted, "could not go back: no Migrate reads schema 3", now); err != nil {
+		t.Fatal(err)
+	}
+	st = r.Next(now, inContact)
+	if st.Op != OpState || st.State != Halted || !strings.Contains(st.Message, "going back failed on c (could not go back: no Migrate reads schema 3); version 2 still runs on a, b, c") {
+		t.Fatalf("after c could not go back: %+v, want halted naming c and the nodes on version 2", st)
+	}
+	if err := r.SetState(st.State, st.Message, now); err != nil {
+		t.Fatal(err)
+	}
+	if !r.Mixed() || r.Next(now, inContact).Op != "" {
+		t.Fatalf("halted rollout: mixed %v, next %+v", r.Mixed(), r.Next(now, inContact))
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		if got := r.Desired(n); got != "v2" {
+			t.Errorf("%s should stay on the version it runs, v2; catching up to %s would fail again", n, got)
+		}
+	}
+	// A plain revert that worked is no mixture.
+	ok := three()
+	drive(t, ok, func(string) Phase { return Running })
+	ok.SetState(GoingBack, "undo by hand", t0)
+	drive(t, ok, func(string) Phase { return Running })
+	if ok.State != WentBack || ok.Mixed() {
+		t.Fatalf("a revert that worked: %s, mixed %v", ok.State, ok.Mixed())
+	}
+}

@@ -321,6 +321,25 @@ func TestAVersionThatCannotGoBackIsRefusedBeforeAnySwap(t *testing.T) {
 			t.Fatalf("duck on %s on the one-way version: %+v %v; want v4 with its count", name, got, err)
 		}
 	}
+	// A plain undo of it is refused before anything moves, for the same reason.
+	_, errOut, err = tryCLI(dc.c, dc.nodes[2].API, "rollout", "undo")
+	if err == nil || !strings.Contains(errOut, "cannot hand it back") || !strings.Contains(errOut, "--force") {
+		t.Fatalf("undo of a version with no way back: err=%v\n%s", err, errOut)
+	}
+	// Forced, it fails at the first node back, halts there and says so: it said "every node
+	// is back on version 2" and exited 0 with every node still on version 4.
+	out, errOut, err = tryCLI(dc.c, dc.nodes[2].API, "rollout", "undo", "--force")
+	if err == nil || strings.Contains(out, "every node is back") || !strings.Contains(errOut, "going back failed on c") || !strings.Contains(errOut, "version 4 still runs on a, b, c") {
+		t.Fatalf("undo --force of a version with no way back: err=%v\n%s%s", err, out, errOut)
+	}
+	for name, addr := range dc.ducks {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v4" || got.Count != 1 {
+			t.Fatalf("duck on %s after a failed going back: %+v %v; want v4 with its count", name, got, err)
+		}
+	}
+	if r := rolloutOf(t, dc.c, dc.nodes[0].API).Rollout; r.State != rollout.Halted {
+		t.Fatalf("rollout after a failed going back: %s (%s), want halted", r.State, r.Reason)
+	}
 }
 
 func TestCanaryWaitsForResume(t *testing.T) {

@@ -41,7 +41,7 @@ func commands() []command {
 		{"ducks", "[--local] [--json]", "list the ducks of every node", runDucks},
 		{"logs", "[-f] [-n N] [--on NODE] [[NODE/]DUCK]", "print a duck's recent output (every duck's without DUCK); -f follows it", runLogs},
 		{"deploy", "DIR [-m MSG] [--canary[=N]] [--max-parallel N|P%] [--wave-by KEY] [--detach]", "commit DIR as the cluster's new version and follow its rollout, as Erlang's nl loads a module on every node, but one node at a time", runDeploy},
-		{"rollout", "status|history|pause [--after-wave]|resume [--one-wave] [--force]|undo [--to N] [--json]", "inspect or steer the rollout", runRollout},
+		{"rollout", "status|history|pause [--after-wave]|resume [--one-wave] [--force]|undo [--to N] [--force] [--json]", "inspect or steer the rollout", runRollout},
 		{"status", "[--json]", "every node: role, version, rollout phase, ducks", runStatus},
 		{"watch", "", "follow the current rollout live", runWatch},
 		{"bench", "[--rounds N]", "start a local cluster and measure swaps, rollouts, restarts, Raft commits and memory", runBench},

@@ -459,7 +459,7 @@ func runRollout(args []string) error {
 	noRevert := fs.Bool("no-revert", false, "undo --to: if the rollout back fails, leave upgraded nodes as they are (as deploy --no-revert; needed to go back across a state layout with no way back)")
 	afterWave := fs.Bool("after-wave", false, "pause: let the wave under way end, then pause")
 	oneWave := fs.Bool("one-wave", false, "resume: run the next wave only, then pause again")
-	force := fs.Bool("force", false, "resume: carry on past canaries whose ducks are not healthy, or cannot say")
+	force := fs.Bool("force", false, "resume: carry on past canaries whose ducks are not healthy, or cannot say; undo: go back even though the versions' state layouts say it would fail")
 	pos, err := parse(fs, args, "status|history|pause|resume|undo")
 	if err != nil {
 		return err
@@ -472,8 +472,8 @@ func runRollout(args []string) error {
 	if *noRevert && (pos[0] != "undo" || !toSet) {
 		return usageError{"--no-revert goes with 'rollout undo --to N' (the rollout back to N); a plain undo already goes back"}
 	}
-	if *afterWave && pos[0] != "pause" || *oneWave && pos[0] != "resume" || *force && pos[0] != "resume" {
-		return usageError{"--after-wave goes with 'rollout pause', --one-wave and --force with 'rollout resume'"}
+	if *afterWave && pos[0] != "pause" || *oneWave && pos[0] != "resume" || *force && pos[0] != "resume" && pos[0] != "undo" {
+		return usageError{"--after-wave goes with 'rollout pause', --one-wave with 'rollout resume', --force with 'rollout resume' or 'rollout undo'"}
 	}
 	switch pos[0] {
 	case "status", "history":
