@@ -3,6 +3,7 @@ package systemtest
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -473,4 +474,30 @@ func TestRemovalRightAfterAnElectionAsksTheVotersLeft(t *testing.T) {
 		}
 		return len(ms) == 3 && up == 3 && leaderOf(ms) != ""
 	})
+}
+
+// /proc/PID/cmdline is readable by every process on the host, ducks of another user included: a
+// node started with --cookie starts itself again with the cookie in its environment (which it
+// keeps to itself) instead of its arguments, and serves with it.
+func TestACookieGivenOnTheCommandLineLeavesIt(t *testing.T) {
+	c, nodes := newCluster(t, "a")
+	b, err := c.Start("b", "--cookie", " "+c.Cookie+" ", "--cookie-file", "/nonexistent/cookie")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", b.PID()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if strings.Contains(string(cmdline), c.Cookie) || slices.Contains(args, "--cookie") || slices.Contains(args, "--cookie-file") {
+		t.Fatalf("node b's command line holds its cookie: %q", args)
+	}
+	if !slices.Contains(args, "--name") || !slices.Contains(args, "b") {
+		t.Fatalf("node b's command line lost its other arguments: %q", args)
+	}
+	connectAll(t, c, []*localcluster.Node{nodes[0], b})
+	if ms := members(c, b.API); len(ms) != 2 {
+		t.Fatalf("b with the cookie given on its command line (spaces around it): %s", view(ms))
+	}
 }

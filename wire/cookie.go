@@ -36,13 +36,15 @@ type CookieSource struct {
 // Load returns the cookie: --cookie, else --cookie-file, else $DUCKRAFT_COOKIE, else the
 // default file (made at random, mode 0600, when Create is set).
 func (s CookieSource) Load() (string, error) {
-	if s.Flag != "" {
-		return s.Flag, nil
+	// Spaces around a cookie are a slip of the paste, as in a file, where they were already
+	// dropped: the same cookie given with them was refused as another.
+	if f := strings.TrimSpace(s.Flag); f != "" {
+		return f, nil
 	}
 	if s.File != "" {
 		return ReadCookieFile(s.File)
 	}
-	if env := os.Getenv(CookieEnv); env != "" {
+	if env := strings.TrimSpace(os.Getenv(CookieEnv)); env != "" {
 		return env, nil
 	}
 	path, err := DefaultCookieFile()
@@ -80,7 +82,7 @@ func ReadCookieFile(path string) (string, error) {
 	}
 	c := strings.TrimSpace(string(b))
 	if c == "" {
-		return "", fmt.Errorf("cookie file %s is empty: write a secret into it or delete it to have one made", path)
+		return "", fmt.Errorf("cookie file %s is empty: write a secret into it (`node cookie` prints a fresh one), or delete it and start a node to have one made", path)
 	}
 	return c, nil
 }

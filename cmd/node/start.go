@@ -69,6 +69,9 @@ func runStart(args []string) error {
 	if *name == "" {
 		return usageError{"a node needs a name: --name NAME"}
 	}
+	if cookie.Flag != "" {
+		return startAgainWithoutCookieArg(args, cookie.Flag)
+	}
 	switch {
 	case *voters < 1:
 		return usageError{fmt.Sprintf("--voters %d: at least one member must vote; 3 or 5 is usual (an odd number: 4 voters take no more failures than 3)", *voters)}
@@ -155,6 +158,45 @@ func runStart(args []string) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// startAgainWithoutCookieArg executes this program again as the same process, with the cookie
+// given by --cookie in its environment instead of its arguments. /proc/PID/cmdline is readable
+// by every process on the host, whatever their user and however the node guards itself: a duck
+// running as a user of its own read the cookie there (found by trying it from outside), and
+// with it could act as the node. The environment a node keeps to itself (it is not dumpable).
+// --cookie-file goes too, since --cookie came before it.
+func startAgainWithoutCookieArg(args []string, cookie string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("find this program to start it again without the cookie in its arguments: %w; pass the cookie with --cookie-file or $%s instead", err, wire.CookieEnv)
+	}
+	kept := []string{os.Args[0], "start"}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			kept = append(kept, args[i:]...)
+			break
+		}
+		name, _, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && (name == "cookie" || name == "cookie-file") {
+			if !hasValue {
+				i++ // the value is the next argument
+			}
+			continue
+		}
+		kept = append(kept, a)
+	}
+	env := []string{wire.CookieEnv + "=" + cookie} // the only one: --cookie came before it
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, wire.CookieEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	if err := syscall.Exec(self, kept, env); err != nil {
+		return fmt.Errorf("start again without the cookie in the arguments: %w; pass the cookie with --cookie-file or $%s instead", err, wire.CookieEnv)
+	}
+	return nil // not reached
 }
 
 // closeInherited marks every descriptor above stderr close-on-exec: one the node inherited from
