@@ -164,7 +164,7 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 			}
 			v, ok := n.Version(req.To)
 			if !ok || len(v.Bundle) == 0 {
-				return api.CommitResult{}, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("version %d is not kept any more (the log keeps the newest bundles): deploy its source again", req.To)}
+				return api.CommitResult{}, &api.APIError{Status: http.StatusNotFound, Message: fmt.Sprintf("version %d is not kept any more (the log keeps the source of the newest five versions and of the last three that rolled out everywhere): deploy its source again", req.To)}
 			}
 			return a.commit(n, api.CommitRequest{Bundle: v.Bundle, Message: fmt.Sprintf("undo to version %d", req.To), Author: "rollout undo", NoRevert: req.NoRevert})
 		}

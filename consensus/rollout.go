@@ -63,10 +63,13 @@ func (s *State) commit(c Commit) error {
 	}
 	v.Committed = c.Time
 	s.Versions = append(s.Versions, v)
-	// Drop old bundles, but never the one the cluster runs: a revert needs it.
+	// Drop old bundles, but never the one the cluster runs (a revert needs it), nor those of the
+	// newest keepGood versions that rolled out everywhere: failed versions counted among the
+	// newest five, and after a few of them `undo --to` could not reach the last good one.
 	cur := s.current()
+	good := s.lastDone(keepGood)
 	for i := 0; i < len(s.Versions)-keepBundles; i++ {
-		if cur == nil || s.Versions[i].N != cur.N {
+		if (cur == nil || s.Versions[i].N != cur.N) && !good[s.Versions[i].N] {
 			s.Versions[i].Bundle = nil
 		}
 	}
@@ -81,6 +84,23 @@ func (s *State) commit(c Commit) error {
 	r := rollout.New(v.N, v.ID, fromN, fromID, members, c.Canary, !c.NoRevert, policy, c.Time)
 	s.Rollout = r
 	return nil
+}
+
+// keepGood is how many of the newest versions that rolled out everywhere keep their bundle
+// whatever came after them.
+const keepGood = 3
+
+// lastDone is the newest n versions whose rollout ended done (the rollout under way, s.Rollout,
+// is not yet in s.Past).
+func (s *State) lastDone(n int) map[rollout.Number]bool {
+	out := map[rollout.Number]bool{}
+	rs := append(slices.Clone(s.Past), s.Rollout)
+	for i := len(rs) - 1; i >= 0 && len(out) < n; i-- {
+		if r := rs[i]; r != nil && r.State == rollout.Done {
+			out[r.Version] = true
+		}
+	}
+	return out
 }
 
 // current is the version the cluster runs: the last rollout's target once done (or while it

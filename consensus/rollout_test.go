@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"slices"
 	"strconv"
@@ -449,5 +450,36 @@ func TestStepsApplyAllOrNone(t *testing.T) {
 	}
 	if more := r.Steps(clk.now(), nil, 100); len(more) != 0 {
 		t.Errorf("with every slot taken the leader still has moves: %+v", more)
+	}
+}
+
+// Failed versions no longer push the last good ones' bundles out: after six versions that
+// failed at their first node, `undo --to` still reaches the good versions before the one the
+// cluster runs.
+func TestTheLastGoodVersionsKeepTheirBundles(t *testing.T) {
+	f, clk := cluster3(t)
+	for _, src := range []string{"v2", "v3"} {
+		commit(t, f, clk, src, false)
+		drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
+	}
+	for i := range 6 {
+		if err := commit(t, f, clk, fmt.Sprintf("bad%d", i), false); err != nil {
+			t.Fatal(err)
+		}
+		drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Failed })
+		if r := f.Rollout(); r.Active() || r.State == rollout.Done {
+			t.Fatalf("bad version %d: %s", i, r.State)
+		}
+	}
+	st := f.State()
+	kept := map[rollout.Number]bool{}
+	for _, v := range st.Versions {
+		kept[v.N] = len(v.Bundle) > 0
+	}
+	if !kept[2] || !kept[3] {
+		t.Fatalf("versions 2 and 3, good ones, lost their bundles: %v", kept)
+	}
+	if kept[4] {
+		t.Fatalf("version 4, failed and older than the newest five, kept its bundle: %v", kept)
 	}
 }
