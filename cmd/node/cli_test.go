@@ -65,4 +65,9 @@ func TestPhaseTimeOfANodeGoingBackIsNotNegative(t *testing.T) {
 	if got := phaseTime(nr, time.Time{}); strings.HasPrefix(got, "-") || !strings.HasPrefix(got, "3") {
 		t.Fatalf("phaseTime = %s, want about 3s", got)
 	}
+	// Built 100 ms after the rollout halted (the build's report came late): no time in it.
+	built := &rollout.Node{Phase: rollout.Built, Since: now}
+	if got := phaseTime(built, now.Add(-100*time.Millisecond)); got != "-" {
+		t.Fatalf("phaseTime of a phase entered after the end = %s, want -", got)
+	}
 }

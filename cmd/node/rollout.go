@@ -355,7 +355,8 @@ func phaseTime(nr *rollout.Node, ended time.Time) string {
 	if !nr.Done.IsZero() && !nr.Granted.IsZero() && !nr.Done.Before(nr.Granted) {
 		return nr.Done.Sub(nr.Granted).Round(time.Millisecond).String()
 	}
-	if nr.Since.IsZero() {
+	// A build that ended after the rollout halted is still reported (-100ms before).
+	if nr.Since.IsZero() || end.Before(nr.Since) {
 		return "-"
 	}
 	return end.Sub(nr.Since).Round(100 * time.Millisecond).String()
