@@ -5,12 +5,12 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"sync"
 )
 
 const (
-	// RingSize is how many recent lines are kept per duck, and for all
-	// ducks together.
+	// RingSize is how many recent lines are kept per duck.
 	RingSize = 1000
 	// SubscriberBuffer is how far a subscriber may fall behind before it
 	// loses lines.
@@ -51,7 +51,6 @@ type hub struct {
 	onLine func(Line)
 
 	mu     sync.Mutex
-	all    ring
 	byDuck map[string]*ring
 	subs   map[chan Line]struct{}
 	closed bool
@@ -63,7 +62,6 @@ func newHub(onLine func(Line)) *hub {
 
 func (h *hub) publish(l Line) {
 	h.mu.Lock()
-	h.all.add(l)
 	r := h.byDuck[l.Duck]
 	if r == nil {
 		r = new(ring)
@@ -86,7 +84,14 @@ func (h *hub) recent(id string, n int) []Line {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if id == "" {
-		return h.all.last(n)
+		// Each duck's last n, in the order they were printed: the last n of all the ducks
+		// together left a quiet duck out (`logs -n 1` is each duck's last line).
+		var out []Line
+		for _, r := range h.byDuck {
+			out = append(out, r.last(n)...)
+		}
+		slices.SortStableFunc(out, func(a, b Line) int { return a.Time.Compare(b.Time) })
+		return out
 	}
 	r := h.byDuck[id]
 	if r == nil {

@@ -368,8 +368,8 @@ func (s *Supervisor) Get(id string) (Status, bool) {
 }
 
 // Recent returns the last n lines (at most RingSize) of duck id, oldest
-// first, or of every duck when id is "". Lines of a stopped duck stay until
-// its ID prints again.
+// first, or the last n of each duck when id is "", in the order printed.
+// Lines of a stopped duck stay until its ID prints again.
 func (s *Supervisor) Recent(id string, n int) []Line {
 	return s.lines.recent(id, n)
 }
