@@ -729,7 +729,7 @@ func (h *Service) handleSpread(w http.ResponseWriter, r *http.Request) {
 		httpjson.Error(w, http.StatusInternalServerError, fmt.Errorf("node %s runs %s but lost its bundle (%v): load its folder again", h.Self, api.LabelOf(id), err))
 		return
 	}
-	h.answerCommit(w, r, api.CommitRequest{Bundle: data, Message: cmp.Or(q.Get("m"), "spread from "+h.Self), Author: q.Get("author")})
+	h.answerCommit(w, r, api.CommitRequest{Bundle: data, Message: cmp.Or(q.Get("m"), "spread from "+h.Self), Author: q.Get("author"), NoRevert: q.Get("no_revert") == "1"})
 }
 
 func (h *Service) handleLocal(w http.ResponseWriter, r *http.Request) {

@@ -35,7 +35,7 @@ func commands() []command {
 		{"forget", "NAME", "remove a dead member from the cluster", runForget},
 		{"leave", "", "take the node at --addr out of its cluster (it carries on alone)", runLeave},
 		{"load", "DIR", "build DIR's Go main package on the node at --addr and hot-swap that node's ducks to it, as Erlang's c/1 compiles and loads a module on one node", runLoad},
-		{"spread", "[-m MSG] [--detach]", "give the whole cluster the version `load` put on the node at --addr and follow its rollout, as Erlang's nl loads a module on every node", runSpread},
+		{"spread", "[-m MSG] [--detach] [--no-revert]", "give the whole cluster the version `load` put on the node at --addr and follow its rollout, as Erlang's nl loads a module on every node", runSpread},
 		{"spawn", "[--on NODE] [--port P | --listen H:P] [--env DUCK_X=V] [--detach]", "start a duck (on another node with --on, as Erlang's Node.spawn) and follow its output; Ctrl-C leaves it running", runSpawn},
 		{"stop", "[NODE/]DUCK", "stop a duck", runStop},
 		{"ducks", "[--local] [--json]", "list the ducks of every node", runDucks},

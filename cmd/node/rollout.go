@@ -160,11 +160,15 @@ func runSpread(args []string) error {
 	c := clientFlags(fs)
 	msg := fs.String("m", "", "a message for the version")
 	detach := fs.Bool("detach", false, "return once the version is committed")
+	noRevert := fs.Bool("no-revert", false, "on failure, leave upgraded nodes as they are instead of going back (as deploy --no-revert)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
 	var res api.CommitResult
 	q := url.Values{"m": {*msg}, "author": {author()}}
+	if *noRevert {
+		q.Set("no_revert", "1") // a node of an older duckraft ignores it
+	}
 	if err := c.call(http.MethodPost, "/v1/spread?"+q.Encode(), nil, &res); err != nil {
 		return err
 	}
