@@ -5,9 +5,11 @@
 package owned
 
 import (
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"syscall"
 )
 
@@ -32,9 +34,14 @@ func Check(path string) error {
 }
 
 // Dir makes the folder path (mode 0700) if it does not exist, then checks it and makes it
-// private to this user.
+// private to this user. Folders it makes above path may be passed through, not listed (0711):
+// a root node's ducks run as a user of their own that must reach their binary below path, and a
+// parent made 0700 here was then reported as one that does not let them through.
 func Dir(path string) error {
-	if err := os.MkdirAll(path, 0o700); err != nil {
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(path)), 0o711); err != nil {
+		return err
+	}
+	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 		return err
 	}
 	if err := Check(path); err != nil {

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -41,5 +42,29 @@ func TestWritableByOthersIsRefused(t *testing.T) {
 		if err := Dir(dir); err == nil || !strings.Contains(err.Error(), "chmod go-w") {
 			t.Errorf("mode %04o: %v", mode, err)
 		}
+	}
+}
+
+// Folders made above the data folder let a duck user pass through (0711), not list; the data
+// folder itself is private. A root node with --data-dir under a folder that did not exist made
+// it 0700 and then warned that its ducks could not get through it.
+func TestDirMakesItsParentsPassable(t *testing.T) {
+	defer syscall.Umask(syscall.Umask(0o022)) // as most shells have it; a umask of 077 closes them
+	root := t.TempDir()
+	path := filepath.Join(root, "c1", "n1")
+	if err := Dir(path); err != nil {
+		t.Fatal(err)
+	}
+	for p, want := range map[string]os.FileMode{filepath.Join(root, "c1"): 0o711, path: 0o700} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := fi.Mode().Perm(); got != want {
+			t.Errorf("%s: mode %04o, want %04o", p, got, want)
+		}
+	}
+	if err := Dir(path); err != nil {
+		t.Fatalf("Dir of a folder that exists: %v", err)
 	}
 }
