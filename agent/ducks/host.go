@@ -244,7 +244,10 @@ func (h *Host) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration
 	h.opMu.Lock()
 	defer h.opMu.Unlock()
 	l := h.Local()
-	old := l.Version
+	old, oldLabel := l.Version, l.Label
+	if oldLabel == "" {
+		oldLabel = api.LabelOf(old)
+	}
 	// Already there (a node that loaded the version it now spreads, a turn taken again after a
 	// restart): nothing to swap, unless a duck still shows the version under its old name.
 	if old == id && !slices.ContainsFunc(l.Ducks, func(d Record) bool {
@@ -264,7 +267,7 @@ func (h *Host) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration
 		}
 		if err != nil {
 			h.revert(ctx, old, swapped, event)
-			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, api.LabelOf(old), err)
+			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, oldLabel, err)
 		}
 		swapped = append(swapped, d.ID)
 		event(api.Event{Phase: "swapped", Duck: d.ID, Version: v})

@@ -179,7 +179,7 @@ func TestDuckThatDoesNotComeUpTakesTheSwappedOnesBack(t *testing.T) {
 	g, h := running(t)
 	g.sup.failSwap["duck-2"] = true
 	err := h.SwitchTo(context.Background(), newID, 0, func(api.Event) {})
-	if err == nil || !strings.Contains(err.Error(), "duck duck-2 did not come up on v2, so the ducks stay on "+string(api.LabelOf(oldID))) {
+	if err == nil || !strings.Contains(err.Error(), "duck duck-2 did not come up on v2, so the ducks stay on v1") {
 		t.Fatalf("error %v, want it to name the duck and the version kept", err)
 	}
 	if got := strings.Join(g.sup.swaps, ","); got != "duck-1 v2,duck-2 v2,duck-1 v1" {
