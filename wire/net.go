@@ -425,6 +425,9 @@ func Explain(addr string, err error) error {
 		// The handshake passed and the far end closed without an answer: most often a node's
 		// Raft port, which speaks the same wire but not HTTP.
 		return fmt.Errorf("%s closed the connection without answering: is that the node's --api-addr? (its --raft-addr answers only other nodes) If it is, the node may have stopped mid-request: check that it runs (%w)", addr, err)
+	case strings.Contains(msg, "server gave HTTP response to HTTPS client"):
+		// A duck's address, most often: ducks serve plain HTTP, nodes only over the wire.
+		return explained{fmt.Sprintf("%s answers plain HTTP, not as a duckraft node: is it a duck's address? --addr takes a node's --api-addr (`ducks` lists the ducks' addresses, `members` the nodes')", addr), err}
 	case errors.Is(err, context.DeadlineExceeded), strings.Contains(msg, "i/o timeout"):
 		return fmt.Errorf("no answer from %s within the time limit: is the node up and the address reachable? (%w)", addr, err)
 	}
