@@ -71,3 +71,15 @@ func TestPhaseTimeOfANodeGoingBackIsNotNegative(t *testing.T) {
 		t.Fatalf("phaseTime of a phase entered after the end = %s, want -", got)
 	}
 }
+
+// A rollout halted without going back (--no-revert) says what to do with the nodes it upgraded.
+func TestOutcomeOfAHaltWithoutGoingBackSaysWhatNext(t *testing.T) {
+	r := rollout.New(3, "v3", 2, "v2", rollout.Members("a", "b", "c"), false, false, rollout.Policy{}, time.Now())
+	r.Nodes["a"].Phase, r.Nodes["a"].Granted = rollout.Running, time.Now()
+	r.Nodes["b"].Phase, r.Nodes["b"].Granted = rollout.Failed, time.Now()
+	r.State, r.Reason = rollout.Halted, "b failed: duck exited with status 3"
+	err := outcome(r)
+	if err == nil || !strings.Contains(err.Error(), "b failed: duck exited with status 3; it runs on a: `rollout undo` takes them back to version 2, or deploy a fixed version") {
+		t.Fatalf("outcome = %v", err)
+	}
+}

@@ -443,6 +443,10 @@ func outcome(r *rollout.Rollout) error {
 			return fmt.Errorf("version %d stopped before any node swapped, so every node runs what it ran: %s", r.Version, r.Reason)
 		}
 	}
+	if on := r.OnTarget(); r.State == rollout.Halted && r.FromID != "" && len(on) > 0 && !r.Nodes[on[0]].CouldNotGoBack() {
+		// Halted without going back (--no-revert): it said what failed, not what to do.
+		return fmt.Errorf("version %d %s: %s; it runs on %s: `rollout undo` takes them back to version %d, or deploy a fixed version", r.Version, r.State, r.Reason, strings.Join(on, ", "), r.From)
+	}
 	return fmt.Errorf("version %d %s: %s", r.Version, r.State, r.Reason)
 }
 
