@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -72,28 +71,7 @@ func (a *Agent) canaryHealth(node string, runningFor time.Duration) (string, err
 		// they did since the turn is not known, and a node that went down is no proof.
 		return fmt.Sprintf("the node restarted %s after its turn ended", (runningFor - up).Round(time.Millisecond)), nil
 	}
-	return ducksHealth(ducks, runningFor)
-}
-
-// ducksHealth says why ducks are not healthy after runningFor since their node's turn ended ("":
-// they are), or that it cannot tell yet.
-func ducksHealth(ducks []api.DuckInfo, runningFor time.Duration) (string, error) {
-	for _, d := range ducks {
-		switch d.State {
-		case "running", "stopped":
-		case "starting", "swapping":
-			return "", fmt.Errorf("%s is %s", d.ID, d.State)
-		default:
-			return fmt.Sprintf("%s is %s (%d restarts; last error: %s)", d.ID, d.State, d.Restarts, cmp.Or(d.LastError, "none")), nil
-		}
-		// A duck started by hand since then has no restarts; one that crashed and was
-		// started again has, and its generation is younger than the turn's end.
-		// A node of an older duckraft does not say UpFor: its restarts tell nothing then.
-		if d.Restarts > 0 && d.State == "running" && d.UpFor > 0 && d.UpFor < runningFor {
-			return fmt.Sprintf("%s crashed and was restarted %s after the turn ended (%d restarts; last error: %s)", d.ID, (runningFor - d.UpFor).Round(time.Millisecond), d.Restarts, cmp.Or(d.LastError, "none")), nil
-		}
-	}
-	return "", nil
+	return api.DucksHealth(ducks, runningFor)
 }
 
 // tellTimeout bounds telling a node of its turn: past it, the log has told it.

@@ -25,7 +25,7 @@ func TestDucksHealthTellsACrashSinceTheTurnFromOneBefore(t *testing.T) {
 		{"given up on", api.DuckInfo{ID: "duck-1", State: "failed", Restarts: 6}, "duck-1 is failed", false},
 		{"mid-swap", api.DuckInfo{ID: "duck-1", State: "swapping"}, "", true},
 	} {
-		why, err := ducksHealth([]api.DuckInfo{{ID: "duck-0", State: "running", UpFor: 2 * turn}, c.duck}, turn)
+		why, err := api.DucksHealth([]api.DuckInfo{{ID: "duck-0", State: "running", UpFor: 2 * turn}, c.duck}, turn)
 		if (err != nil) != c.unknown {
 			t.Errorf("%s: err %v, want unknown=%v", c.name, err, c.unknown)
 		}

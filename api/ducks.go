@@ -1,6 +1,7 @@
 package api
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"strconv"
@@ -95,3 +96,24 @@ type Label string
 
 // LabelOf labels a version by its bundle's ID alone, for one not committed (or not known to be).
 func LabelOf(id bundle.ID) Label { return Label(id.Short()) }
+
+// DucksHealth says why the ducks of one node are not healthy runningFor after its rollout turn
+// ended ("": they are), or that it cannot tell yet.
+func DucksHealth(ducks []DuckInfo, runningFor time.Duration) (string, error) {
+	for _, d := range ducks {
+		switch d.State {
+		case "running", "stopped":
+		case "starting", "swapping":
+			return "", fmt.Errorf("%s is %s", d.ID, d.State)
+		default:
+			return fmt.Sprintf("%s is %s (%d restarts; last error: %s)", d.ID, d.State, d.Restarts, cmp.Or(d.LastError, "none")), nil
+		}
+		// A duck started by hand since then has no restarts; one that crashed and was
+		// started again has, and its generation is younger than the turn's end.
+		// A node of an older duckraft does not say UpFor: its restarts tell nothing then.
+		if d.Restarts > 0 && d.State == "running" && d.UpFor > 0 && d.UpFor < runningFor {
+			return fmt.Sprintf("%s crashed and was restarted %s after the turn ended (%d restarts; last error: %s)", d.ID, (runningFor - d.UpFor).Round(time.Millisecond), d.Restarts, cmp.Or(d.LastError, "none")), nil
+		}
+	}
+	return "", nil
+}

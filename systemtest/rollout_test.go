@@ -697,3 +697,23 @@ func TestAutoPromotionAsksTheCanariesHowTheirDucksAre(t *testing.T) {
 		t.Fatalf("resume --force left the rollout paused: %s", last)
 	}
 }
+
+// A rollout is done once every node's ducks stayed up for the healthy wait; a duck that crashes
+// after it was shown only in `status`'s DUCKS column while deploy said the version ran
+// everywhere. deploy now warns, naming the node and the crash (the rollout stays done).
+func TestDeployWarnsOfDucksThatCrashedAfterTheirTurn(t *testing.T) {
+	c, nodes := newCluster(t, "a", "b", "c")
+	connectAll(t, c, nodes)
+	cli(t, c, nodes[0].API, "deploy", "../duck")
+	for _, n := range nodes {
+		// duck ignores DUCK_CRASH_AFTER; duck-flaky dies that long after Ready.
+		cli(t, c, n.API, "spawn", "--detach", "--env", "DUCK_CRASH_AFTER=1500ms")
+	}
+	out, errOut, err := tryCLI(c, nodes[0].API, "deploy", "--healthy", "1s", "../runtime/supervise/testdata/duck-flaky")
+	if err != nil || !strings.Contains(out, "version 2 runs on every node") {
+		t.Fatalf("deploy of duck-flaky: err=%v\n%s%s", err, out, errOut)
+	}
+	if !strings.Contains(errOut, "warning: on a, duck-1 ") || !strings.Contains(errOut, "exit status 4") || !strings.Contains(errOut, "`logs --on a`") {
+		t.Fatalf("deploy said nothing of a's duck, which crashed 1.5 s after its turn's Ready:\n%s%s", out, errOut)
+	}
+}

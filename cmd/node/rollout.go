@@ -249,11 +249,47 @@ func watch(c *client, n rollout.Number, wantBack bool, w *os.File) error {
 				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
 				return nil
 			}
-			return outcome(r)
+			err := outcome(r)
+			if err == nil && r.State == rollout.Done {
+				warnUnhealthyDucks(ctx, cl, c.addr, r, os.Stderr)
+			}
+			return err
 		}
 		select {
 		case <-ctx.Done():
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// warnUnhealthyDucks says, once a rollout is done, on which nodes a duck crashed since the node's
+// turn ended: the healthy wait covers only a turn's first moments, and a duck that crash-looped
+// after it showed only in `status`'s DUCKS column while deploy said the version ran everywhere.
+// The rollout stays done; whether to undo is the operator's call.
+func warnUnhealthyDucks(ctx context.Context, cl *api.Client, addr string, r *rollout.Rollout, w io.Writer) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	var ds []api.DuckInfo
+	if cl.Do(ctx, addr, http.MethodGet, "/v1/ducks?scope=cluster", nil, &ds) != nil {
+		return
+	}
+	byNode := map[string][]api.DuckInfo{}
+	for _, d := range ds {
+		if d.State != "node unreachable" {
+			byNode[d.Node] = append(byNode[d.Node], d)
+		}
+	}
+	now := time.Now()
+	for _, name := range r.Order {
+		nr := r.Nodes[name]
+		if nr.Phase != rollout.Running || nr.Done.IsZero() {
+			continue
+		}
+		// A margin: the turn's end is the leader's stamp, a duck's age its node's (a duck that
+		// did not crash is older than that by the healthy wait besides).
+		why, err := api.DucksHealth(byNode[name], now.Sub(nr.Done)-250*time.Millisecond)
+		if err == nil && why != "" {
+			fmt.Fprintf(w, "warning: on %s, %s: `logs --on %s` shows why; `rollout undo` goes back\n", name, why, name)
 		}
 	}
 }
