@@ -5,6 +5,7 @@ package systemtest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"github.com/duckraft/duckraft/api"
 	"os"
@@ -143,6 +144,18 @@ func cli(t testing.TB, c *localcluster.Cluster, addr string, args ...string) str
 	out, errOut, err := tryCLI(c, addr, args...)
 	if err != nil {
 		t.Fatalf("%s %s: %v\n%s%s", "node", strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// cliPaused runs a command that must return with the rollout paused for the operator: exit
+// status 3, told apart from done (0) and halted (1).
+func cliPaused(t testing.TB, c *localcluster.Cluster, addr string, args ...string) string {
+	t.Helper()
+	out, errOut, err := tryCLI(c, addr, args...)
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+		t.Fatalf("%s %s: %v, want exit status 3 (paused)\n%s%s", "node", strings.Join(args, " "), err, out, errOut)
 	}
 	return out
 }

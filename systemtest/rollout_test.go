@@ -348,7 +348,7 @@ func TestCanaryWaitsForResume(t *testing.T) {
 	if _, errOut, err := tryCLI(dc.c, dc.nodes[0].API, "deploy", "--canary=3", "../testdata/duck-v2"); err == nil || !strings.Contains(errOut, "--canary 3: the cluster has 3 nodes") {
 		t.Fatalf("deploy --canary=3 on three nodes: err=%v\n%s", err, errOut)
 	}
-	out := cli(t, dc.c, dc.nodes[0].API, "deploy", "--canary", "../testdata/duck-v2")
+	out := cliPaused(t, dc.c, dc.nodes[0].API, "deploy", "--canary", "../testdata/duck-v2")
 	if !strings.Contains(out, "paused") {
 		t.Fatalf("canary deploy printed:\n%s", out)
 	}
@@ -365,7 +365,7 @@ func TestCanaryWaitsForResume(t *testing.T) {
 	}
 	// The same source again, with another message, while it is paused: nothing new is
 	// committed, and it says so (it printed "committed version 2" and dropped the flags).
-	if out := cli(t, dc.c, dc.nodes[1].API, "deploy", "-m", "again", "--canary=2", "../testdata/duck-v2"); !strings.Contains(out, "version 2 (") || !strings.Contains(out, "is this source, already committed and its rollout under way: nothing new committed") {
+	if out := cliPaused(t, dc.c, dc.nodes[1].API, "deploy", "-m", "again", "--canary=2", "../testdata/duck-v2"); !strings.Contains(out, "version 2 (") || !strings.Contains(out, "is this source, already committed and its rollout under way: nothing new committed") {
 		t.Fatalf("deploying the paused version's source again printed:\n%s", out)
 	}
 	cli(t, dc.c, dc.nodes[2].API, "rollout", "resume")
@@ -677,7 +677,7 @@ func TestAutoPromotionAsksTheCanariesHowTheirDucksAre(t *testing.T) {
 
 	// The same canary promoted by hand: once its duck has crashed, `rollout status` says so
 	// and `rollout resume` refuses to spread it, unless forced.
-	if out := cli(t, c, nodes[0].API, "deploy", "--canary", "1", "../runtime/supervise/testdata/duck-flaky"); !strings.Contains(out, "paused") {
+	if out := cliPaused(t, c, nodes[0].API, "deploy", "--canary", "1", "../runtime/supervise/testdata/duck-flaky"); !strings.Contains(out, "paused") {
 		t.Fatalf("manual canary deploy of duck-flaky printed:\n%s", out)
 	}
 	var status string

@@ -87,6 +87,10 @@ func main() {
 		if errors.Is(err, flag.ErrHelp) {
 			return
 		}
+		var paused pausedError
+		if errors.As(err, &paused) {
+			os.Exit(3) // the rollout waits for the operator; the command said so on stdout
+		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "%s %s: %v\n", prog, name, err)
 			var ue usageError
@@ -155,6 +159,13 @@ func globalList() string {
 	sort.Strings(names)
 	return strings.Join(names, ", ")
 }
+
+// pausedError is a rollout that was paused for the operator (after its canaries, or by hand)
+// when the command following it returned: exit status 3, told apart from done (0) and from
+// halted or gone back (1), so that a script does not take a pause for the end (exit 0 did).
+type pausedError struct{ version int }
+
+func (e pausedError) Error() string { return fmt.Sprintf("version %d paused", e.version) }
 
 // usageError is a mistake in how a command was called.
 type usageError struct{ msg string }

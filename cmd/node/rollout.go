@@ -471,7 +471,7 @@ func outcome(r *rollout.Rollout) error {
 		return nil
 	case rollout.Paused:
 		fmt.Printf("version %d paused: %s\n", r.Version, r.Reason)
-		return nil
+		return pausedError{int(r.Version)}
 	case rollout.WentBack, rollout.Halted:
 		if !slices.ContainsFunc(r.Order, func(n string) bool { return !r.Nodes[n].Granted.IsZero() }) {
 			// "reverted" said a swap was undone where none had happened (a version that does
