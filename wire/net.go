@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"syscall"
 	"sync/atomic"
 	"time"
 )
@@ -63,6 +64,9 @@ type pendingConn struct {
 // TLS, gets a 401 naming the cookie and the connection is closed.
 func (id *Identity) Listen(network, addr string, explainHTTP bool, log *slog.Logger) (*Listener, error) {
 	inner, err := net.Listen(network, addr)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		return nil, explained{err.Error() + ": another process listens there, or an outgoing connection took the port as its own end (any port in net.ipv4.ip_local_port_range, 32768 to 60999 by default, can be taken that way, and a node restarted at once found its port gone); pick a free port below that range", err}
+	}
 	if err != nil {
 		return nil, err
 	}

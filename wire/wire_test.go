@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -350,5 +351,23 @@ func TestCookieFileThroughSymlinkIsRefused(t *testing.T) {
 	}
 	if _, err := (CookieSource{File: link}).Load(); err == nil || !strings.Contains(err.Error(), "symbolic link") {
 		t.Fatalf("cookie file through a link: %v", err)
+	}
+}
+
+// A port in use says what else may hold it: an outgoing connection can take a port of the
+// ephemeral range as its own end, and a node restarted at once found its port gone.
+func TestAPortInUseSaysWhatMayHoldIt(t *testing.T) {
+	id, err := FromCookie("duck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	_, err = id.Listen("tcp", held.Addr().String(), false, nil)
+	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "ip_local_port_range") {
+		t.Fatalf("listening on a port in use: %v", err)
 	}
 }
