@@ -11,8 +11,8 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"syscall"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
