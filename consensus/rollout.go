@@ -111,7 +111,7 @@ func (s *State) current() *Version {
 		return nil
 	}
 	n := r.Version
-	if (r.State == rollout.WentBack || r.State == rollout.Halted) && r.From != 0 {
+	if (r.State == rollout.WentBack || r.State == rollout.Halted) && r.From != 0 && !r.HaltedOnTarget() {
 		n = r.From
 	}
 	for i := range s.Versions {

@@ -189,6 +189,33 @@ func TestAFailedGoingBackLeavesThePreviousSourceDeployable(t *testing.T) {
 	}
 }
 
+// A going back that failed at its first node leaves every node on the target: the cluster runs
+// it, and the next version comes from it. It came from the version before, and when that next
+// version went back every node tried, every 5 s, to catch up to a version whose state it could
+// not take (found by trying it from outside).
+func TestAFailedGoingBackAtTheFirstNodeLeavesTheClusterOnTheTarget(t *testing.T) {
+	f, clk := cluster3(t)
+	commit(t, f, clk, "v2", false)
+	drive(t, f, clk, func(string, rollout.Phase) rollout.Phase { return rollout.Running })
+	mustApply(t, f, SetState{N: 2, State: rollout.GoingBack, Reason: "undo by hand", Time: clk.now()})
+	drive(t, f, clk, func(name string, phase rollout.Phase) rollout.Phase { return couldNotGoBack })
+	if r := f.Rollout(); r.State != rollout.Halted || !r.HaltedOnTarget() {
+		t.Fatalf("after a failed going back: %s (%s)", r.State, r.Reason)
+	}
+	if v, _ := f.Current(); v.N != 2 {
+		t.Fatalf("the cluster runs version %d, want 2 (every node stayed on it)", v.N)
+	}
+	if err := commit(t, f, clk, "v2", false); !errors.Is(err, ErrSameVersion) {
+		t.Fatalf("version 2's source again: %v, want it refused as the version the cluster runs", err)
+	}
+	if err := commit(t, f, clk, "v3", false); err != nil {
+		t.Fatal(err)
+	}
+	if r := f.Rollout(); r.From != 2 || r.FromID != idOf("v2") {
+		t.Fatalf("the next rollout comes from version %d, want 2", r.From)
+	}
+}
+
 func TestFailureHaltsAndRevertsInReverseOrder(t *testing.T) {
 	f, clk := cluster3(t)
 	commit(t, f, clk, "v2", false)

@@ -104,10 +104,34 @@ func (r *Rollout) OnTarget() []string {
 	return out
 }
 
-// Mixed reports whether the rollout ended halted with some nodes on the target: the cluster runs
-// two versions, neither of which it can be said to run.
+// Mixed reports whether the rollout ended halted with some nodes on the target and some on the
+// previous version: the cluster runs two versions, neither of which it can be said to run.
 func (r *Rollout) Mixed() bool {
-	return r != nil && r.State == Halted && r.FromID != "" && len(r.OnTarget()) > 0
+	return r != nil && r.State == Halted && r.FromID != "" && len(r.OnTarget()) > 0 && r.anyOnFrom()
+}
+
+// HaltedOnTarget reports whether the rollout halted with every node that took part on the
+// target: its going back failed at the first node, say. The cluster runs the target then, and
+// the next version goes back to it, not to the version before (which sent every node into a
+// catch-up to a version whose state they could not take, again and again).
+func (r *Rollout) HaltedOnTarget() bool {
+	return r != nil && r.State == Halted && len(r.OnTarget()) > 0 && !r.anyOnFrom()
+}
+
+// anyOnFrom reports whether some node runs the previous version: it never swapped, its swap
+// failed, or it went back. A skipped node is not known to run either.
+func (r *Rollout) anyOnFrom() bool {
+	for _, name := range r.Order {
+		switch nr := r.Nodes[name]; nr.Phase {
+		case Pending, Building, Built, Failed:
+			return true
+		case Reverted:
+			if !nr.CouldNotGoBack() {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // StateInfo is what a node learned of the state's layout from the binaries it holds.

@@ -101,6 +101,11 @@ type Follower struct {
 	building map[rollout.Number]bool // rollouts whose target this process has started building
 	busy     bool                    // a turn or catch-up is running
 	retryAt  time.Time               // a failed catch-up is not tried again before this
+	// failedKey and failures count the catch-ups of one rollout's end that failed in a row: each
+	// holds the ducks' requests while a new generation starts and dies, so they come further
+	// apart (5 s, doubling, up to catchUpBackoffMax).
+	failedKey string
+	failures  int
 	// told is the key of the last turn whose end the log took from this process: until this
 	// node's state shows it, its view of that turn is older than what it said.
 	told string
@@ -460,15 +465,35 @@ func (f *Follower) catchUp(r *rollout.Rollout, duty rollout.Duty) {
 		f.log.Info("catching up with the cluster", "version", r.Version, "to", api.LabelOf(duty.Version))
 		if err := f.cfg.Ducks.SwitchTo(ctx, duty.Version, p.Healthy); err != nil {
 			if f.ctx.Err() == nil {
-				f.log.Error("catch up failed; will retry in 5s", "err", err)
 				f.mu.Lock()
-				f.retryAt = time.Now().Add(5 * time.Second)
+				if f.failedKey != duty.Key {
+					f.failedKey, f.failures = duty.Key, 0
+				}
+				f.failures++
+				wait := catchUpBackoff(f.failures)
+				f.retryAt = time.Now().Add(wait)
 				f.mu.Unlock()
+				f.log.Error("catch up failed; will retry", "in", wait, "failures", f.failures, "err", err)
 			}
 			return
 		}
+		f.mu.Lock()
+		f.failedKey, f.failures = "", 0
+		f.mu.Unlock()
 		f.setSynced(duty.Key)
 	}()
+}
+
+// catchUpBackoffMax bounds the wait between catch-ups that keep failing.
+const catchUpBackoffMax = 5 * time.Minute
+
+// catchUpBackoff is the wait after the nth catch-up in a row that failed: 5 s, doubling.
+func catchUpBackoff(n int) time.Duration {
+	d := 5 * time.Second
+	for i := 1; i < n && d < catchUpBackoffMax; i++ {
+		d *= 2
+	}
+	return min(d, catchUpBackoffMax)
 }
 
 // end reports how the turn key ended, and remembers that the log took it.

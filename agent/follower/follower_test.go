@@ -497,3 +497,17 @@ func TestARoundActsOnlyOnARolloutAsNewAsTheLeadersIndex(t *testing.T) {
 		t.Fatalf("switched to %v, want [newer]: version 2's rollout was history by the time the leader answered", sw)
 	}
 }
+
+// Catch-ups that keep failing come further apart: each one holds the ducks' requests while a
+// new generation starts and dies (an outside probe saw one every 5 s for ever).
+func TestCatchUpBackoffDoublesUpToItsBound(t *testing.T) {
+	want := []time.Duration{5 * time.Second, 10 * time.Second, 20 * time.Second, 40 * time.Second}
+	for i, w := range want {
+		if got := catchUpBackoff(i + 1); got != w {
+			t.Fatalf("after %d failures: %s, want %s", i+1, got, w)
+		}
+	}
+	if got := catchUpBackoff(100); got != catchUpBackoffMax {
+		t.Fatalf("after 100 failures: %s, want the bound %s", got, catchUpBackoffMax)
+	}
+}

@@ -20,6 +20,7 @@ import (
 
 	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/runtime/bundle"
+	"github.com/duckraft/duckraft/runtime/supervise"
 	"github.com/duckraft/duckraft/term"
 )
 
@@ -135,7 +136,8 @@ func runSpawn(args []string) error {
 	if *detach {
 		return nil
 	}
-	return follow(c, d.Node, d.ID, 0, true)
+	// Every line the new duck printed so far, then what comes next.
+	return follow(c, d.Node, d.ID, supervise.RingSize, true)
 }
 
 // follow prints a duck's (or every duck's) output, live if live is set, until Ctrl-C or the
@@ -264,11 +266,15 @@ func runLogs(args []string) error {
 	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
 	c := clientFlags(fs)
 	f := fs.Bool("f", false, "follow: keep printing new lines until Ctrl-C")
-	n := fs.Int("n", 100, "how many recent lines to print first")
+	n := fs.Int("n", 100, "how many recent lines of each duck to print first (0: none, with -f only what comes next)")
 	on := fs.String("on", "", "the node the duck runs on (default: the node at --addr; every node's ducks without DUCK)")
 	pos, err := parse(fs, args, "[DUCK]")
 	if err != nil {
 		return err
+	}
+	if *n < 0 {
+		// Checked here: every node refused it, and each refusal read as that node being gone.
+		return usageError{fmt.Sprintf("-n %d: give how many lines, 0 or more", *n)}
 	}
 	duck := ""
 	if len(pos) == 1 {

@@ -244,7 +244,7 @@ func watch(c *client, n rollout.Number, wantBack bool, w *os.File) error {
 				return fmt.Errorf("version %d stays paused: %s; `rollout resume` carries on, `rollout undo` goes back", r.Version, note)
 			}
 		}
-		if !r.Active() || r.State == rollout.Paused && !autoPromote {
+		if !r.Active() || r.State == rollout.Paused && !autoPromote && !turnsUnderWay(r) {
 			if wantBack && r.State == rollout.WentBack {
 				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
 				return nil
@@ -294,11 +294,27 @@ func warnUnhealthyDucks(ctx context.Context, cl *api.Client, addr string, r *rol
 	}
 }
 
+// turnsUnderWay reports whether a node is in its turn: a pause lets them end, and a command
+// that followed the rollout said "paused" (exit 3) before knowing how the turn went.
+func turnsUnderWay(r *rollout.Rollout) bool {
+	for _, name := range r.Order {
+		switch r.Nodes[name].Phase {
+		case rollout.Granted, rollout.Swapping, rollout.Reverting:
+			return true
+		}
+	}
+	return false
+}
+
 // drawRollout writes the rollout as a table and returns how many lines it took.
 func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	var buf bytes.Buffer
 	fmt.Fprintf(&buf, "version %d %s (leader %s)\n", r.Version, r.State, leader)
-	fmt.Fprintf(&buf, "  policy: %s\n", policyLine(r.Policy))
+	line := policyLine(r.Policy)
+	if !r.AutoRevert {
+		line += ", no auto-revert"
+	}
+	fmt.Fprintf(&buf, "  policy: %s\n", line)
 	if r.Reason != "" {
 		fmt.Fprintf(&buf, "  %s\n", firstLine(r.Reason))
 	}
@@ -315,7 +331,7 @@ func drawRollout(w io.Writer, r *rollout.Rollout, leader string) int {
 	fmt.Fprintln(tw, "  #\tWAVE\tNODE\tPHASE\tFOR\tNOTE")
 	for i, name := range r.Order {
 		nr := r.Nodes[name]
-		fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\n", i+1, nr.Wave+1, name, nr.Phase, phaseTime(nr, r.Ended), firstLine(nr.Error))
+		fmt.Fprintf(tw, "  %d\t%d\t%s\t%s\t%s\t%s\n", i+1, nr.Wave+1, name, phaseLabel(nr), phaseTime(nr, r.Ended), firstLine(nr.Error))
 	}
 	tw.Flush()
 	w.Write(buf.Bytes())
@@ -402,6 +418,15 @@ func phaseTime(nr *rollout.Node, ended time.Time) string {
 	return end.Sub(nr.Since).Round(100 * time.Millisecond).String()
 }
 
+// phaseLabel is a node's phase as the tables show it: a turn back that failed is recorded as
+// reverted with the reason, and the node stayed on the target.
+func phaseLabel(nr *rollout.Node) string {
+	if nr.CouldNotGoBack() {
+		return "not reverted"
+	}
+	return string(nr.Phase)
+}
+
 func firstLine(s string) string {
 	if i := strings.IndexByte(s, '\n'); i >= 0 {
 		return s[:i] + " ..."
@@ -423,7 +448,7 @@ func printChanges(w io.Writer, r *rollout.Rollout, seen map[string]string) {
 	for _, name := range changed {
 		nr := r.Nodes[name]
 		seen[name] = string(nr.Phase)
-		line := fmt.Sprintf("  %s: %s", name, nr.Phase)
+		line := fmt.Sprintf("  %s: %s", name, phaseLabel(nr))
 		if nr.Phase == rollout.Running || nr.Phase == rollout.Reverted {
 			line += " (" + phaseTime(nr, r.Ended) + ")"
 		}
@@ -479,7 +504,7 @@ func outcome(r *rollout.Rollout) error {
 			return fmt.Errorf("version %d stopped before any node swapped, so every node runs what it ran: %s", r.Version, r.Reason)
 		}
 	}
-	if on := r.OnTarget(); r.State == rollout.Halted && r.FromID != "" && len(on) > 0 && !r.Nodes[on[0]].CouldNotGoBack() {
+	if on := r.OnTarget(); r.State == rollout.Halted && r.FromID != "" && len(on) > 0 && !slices.ContainsFunc(on, func(n string) bool { return r.Nodes[n].CouldNotGoBack() }) {
 		// Halted without going back (--no-revert): it said what failed, not what to do.
 		return fmt.Errorf("version %d %s: %s; it runs on %s: `rollout undo` takes them back to version %d, or deploy a fixed version", r.Version, r.State, r.Reason, strings.Join(on, ", "), r.From)
 	}
@@ -654,13 +679,18 @@ func runStatus(args []string) error {
 			version = string(n.Local.Label)
 			var ds []string
 			for _, d := range n.Local.Ducks {
+				if d.Restarts > 0 {
+					// A duck that crash-loops read "running" between its crashes.
+					ds = append(ds, fmt.Sprintf("%s(%s,%s,%d restarts)", d.ID, d.Version, d.State, d.Restarts))
+					continue
+				}
 				ds = append(ds, fmt.Sprintf("%s(%s,%s)", d.ID, d.Version, d.State))
 			}
 			ducks = strings.Join(ds, " ")
 		}
 		phase, since := "-", "-"
 		if n.Rollout != nil {
-			phase, since = string(n.Rollout.Phase), phaseTime(n.Rollout, ended)
+			phase, since = phaseLabel(n.Rollout), phaseTime(n.Rollout, ended)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Member.Name, n.Member.Role, yesNo(n.Reachable), version, phase, since, ducks)
 	}

@@ -141,7 +141,7 @@ func waitLine(t *testing.T, s *Supervisor, what string, match func(Line) bool) L
 	t.Helper()
 	var found Line
 	waitFor(t, what, func() bool {
-		for _, l := range s.Recent("", 0) {
+		for _, l := range s.Recent("", RingSize) {
 			if match(l) {
 				found = l
 				return true

@@ -83,6 +83,9 @@ func (h *hub) publish(l Line) {
 func (h *hub) recent(id string, n int) []Line {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if n <= 0 {
+		return nil // `logs -f -n 0`: only what comes next, as tail -n 0 -f (it printed every line kept)
+	}
 	if id == "" {
 		// Each duck's last n, in the order they were printed: the last n of all the ducks
 		// together left a quiet duck out (`logs -n 1` is each duck's last line).

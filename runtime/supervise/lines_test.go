@@ -22,4 +22,7 @@ func TestRecentOfEveryDuckIsEachDucksLastLines(t *testing.T) {
 	if got := h.recent("", 2); len(got) != 3 || got[1].Text != "quack 3" {
 		t.Fatalf("last two lines of each duck, in the order printed: %+v", got)
 	}
+	if got := h.recent("", 0); len(got) != 0 {
+		t.Fatalf("no recent lines asked (-n 0): %+v", got)
+	}
 }
