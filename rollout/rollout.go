@@ -392,8 +392,10 @@ func (r *Rollout) Desired(node string) bundle.ID {
 	case WentBack:
 		return from
 	case Halted:
-		if phase == Running || r.Nodes[node].CouldNotGoBack() {
-			return r.Target // left as it was: halted without going back, or unable to
+		if phase == Running || r.Nodes[node].CouldNotGoBack() || r.HaltedOnTarget() {
+			// Left as it was: halted without going back, or unable to; and a node that was
+			// away joins the others where every one of them stayed.
+			return r.Target
 		}
 		return from
 	}
