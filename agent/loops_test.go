@@ -20,7 +20,7 @@ func TestDucksHealthTellsACrashSinceTheTurnFromOneBefore(t *testing.T) {
 		{"restarted before the rollout, swapped since", api.DuckInfo{ID: "duck-1", State: "running", Restarts: 2, UpFor: turn + time.Second}, "", false},
 		{"spawned by hand since", api.DuckInfo{ID: "duck-2", State: "running", UpFor: time.Second}, "", false},
 		{"stopped by hand", api.DuckInfo{ID: "duck-1", State: "stopped"}, "", false},
-		{"crashed since and running again", api.DuckInfo{ID: "duck-1", State: "running", Restarts: 1, UpFor: 20 * time.Second, LastError: "exit status 3"}, "duck-1 crashed and was restarted 40s after the turn ended (1 restarts; last error: exit status 3)", false},
+		{"crashed since and running again", api.DuckInfo{ID: "duck-1", State: "running", Restarts: 1, UpFor: 20 * time.Second, LastError: "exit status 3"}, "duck-1 crashed and was restarted since the turn ended (1 restarts, the last 40s after the turn; last error: exit status 3)", false},
 		{"crash looping", api.DuckInfo{ID: "duck-1", State: "restarting", Restarts: 3}, "duck-1 is restarting", false},
 		{"given up on", api.DuckInfo{ID: "duck-1", State: "failed", Restarts: 6}, "duck-1 is failed", false},
 		{"mid-swap", api.DuckInfo{ID: "duck-1", State: "swapping"}, "", true},

@@ -112,7 +112,9 @@ func DucksHealth(ducks []DuckInfo, runningFor time.Duration) (string, error) {
 		// started again has, and its generation is younger than the turn's end.
 		// A node of an older duckraft does not say UpFor: its restarts tell nothing then.
 		if d.Restarts > 0 && d.State == "running" && d.UpFor > 0 && d.UpFor < runningFor {
-			return fmt.Sprintf("%s crashed and was restarted %s after the turn ended (%d restarts; last error: %s)", d.ID, (runningFor - d.UpFor).Round(time.Millisecond), d.Restarts, cmp.Or(d.LastError, "none")), nil
+			// The generation's age dates only the last restart: the first crash may have come
+			// sooner (it read as when the duck crashed).
+			return fmt.Sprintf("%s crashed and was restarted since the turn ended (%d restarts, the last %s after the turn; last error: %s)", d.ID, d.Restarts, (runningFor - d.UpFor).Round(time.Millisecond), cmp.Or(d.LastError, "none")), nil
 		}
 	}
 	return "", nil

@@ -223,7 +223,10 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 			why := r.Nodes[stuck[0]].Error
 			msg := fmt.Sprintf("going back failed on %s (%s); version %d still runs on %s: deploy a version that can take over their ducks' state, or fix version %d and deploy it again",
 				strings.Join(stuck, ", "), why, r.Version, strings.Join(r.OnTarget(), ", "), r.Version)
-			if r.Reason != "" {
+			switch {
+			case strings.Contains(r.Reason, "going back failed on"):
+				msg = r.Reason // an undo tried again: the reason says it already
+			case r.Reason != "":
 				msg = r.Reason + "; then " + msg
 			}
 			return Step{Op: OpState, State: Halted, Message: msg}

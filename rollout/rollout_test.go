@@ -719,6 +719,18 @@ func TestAFailedTurnBackHaltsWithTheNodesLeftOnTheTarget(t *testing.T) {
 	if !r.HaltedOnTarget() || r.Mixed() || r.Next(now, inContact).Op != "" {
 		t.Fatalf("halted rollout: on target %v, mixed %v, next %+v", r.HaltedOnTarget(), r.Mixed(), r.Next(now, inContact))
 	}
+	// An undo tried again halts at once, and the reason does not grow.
+	reason := r.Reason
+	if err := r.SetState(GoingBack, "undo by hand", now); err != nil {
+		t.Fatal(err)
+	}
+	st = r.Next(now, inContact)
+	if st.Op != OpState || st.State != Halted || st.Message != reason {
+		t.Fatalf("an undo tried again: %+v, want halted with the same reason %q", st, reason)
+	}
+	if err := r.SetState(st.State, st.Message, now); err != nil {
+		t.Fatal(err)
+	}
 	for _, n := range []string{"a", "b", "c"} {
 		if got := r.Desired(n); got != "v2" {
 			t.Errorf("%s should stay on the version it runs, v2; catching up to %s would fail again", n, got)
