@@ -79,16 +79,12 @@ func (a *Agent) checkCanaries(r *rollout.Rollout) []api.CanaryCheck {
 	if r == nil || !r.Canary || r.State != rollout.Paused {
 		return nil
 	}
-	var canaries []string
 	for _, name := range r.Order {
-		nr := r.Nodes[name]
-		switch {
-		case nr.Wave != 0 && !nr.Granted.IsZero():
+		if nr := r.Nodes[name]; nr.Wave != 0 && !nr.Granted.IsZero() {
 			return nil // past the canaries: this pause is another's
-		case nr.Wave == 0 && nr.Phase == rollout.Running:
-			canaries = append(canaries, name)
 		}
 	}
+	canaries := r.RanCanaries()
 	out := make([]api.CanaryCheck, len(canaries))
 	var wg sync.WaitGroup
 	for i, name := range canaries {

@@ -85,6 +85,7 @@ type RolloutAction struct {
 	// Wave, with pause: pause once the wave under way has ended; with resume: run the next wave
 	// only, then pause again.
 	Wave bool `json:"wave,omitempty"`
-	// Force, with resume: carry on past canaries that are not healthy, or cannot say.
+	// Force, with resume: carry on past canaries that are not healthy, or cannot say; with
+	// undo: go back even though the versions' state layouts say it would fail.
 	Force bool `json:"force,omitempty"`
 }

@@ -88,6 +88,18 @@ func (s StateInfo) NoWayBack(version, from Number) string {
 	return fmt.Sprintf("version %d keeps its ducks' state in schema %d and cannot hand it back to version %d's schema %d (no Config.Downgrade to it)", version, s.Schema, from, s.FromSchema)
 }
 
+// RanCanaries is the canaries (the first wave of a rollout with Canary) whose turn ended
+// running: the nodes the leader asks about before a promotion, automatic or by hand.
+func (r *Rollout) RanCanaries() []string {
+	var out []string
+	for _, name := range r.Order {
+		if nr := r.Nodes[name]; nr.Wave == 0 && nr.Phase == Running {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // CouldNotGoBack reports whether the node's turn back failed: the node reports such a turn as
 // Reverted with the reason (see the agent's follower), and its ducks stay on the target.
 func (n *Node) CouldNotGoBack() bool { return n != nil && n.Phase == Reverted && n.Error != "" }

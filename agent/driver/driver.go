@@ -111,12 +111,8 @@ func (d *Driver) checkPromotion(r *rollout.Rollout, steps []rollout.Step, now ti
 	if d.CanaryHealth == nil || r.State != rollout.Paused || !r.Canary || len(steps) == 0 || steps[0].Op != rollout.OpState || steps[0].State != rollout.Rolling {
 		return steps
 	}
-	for _, name := range r.Order {
-		nr := r.Nodes[name]
-		if nr.Wave != 0 || nr.Phase != rollout.Running {
-			continue
-		}
-		why, err := d.CanaryHealth(name, now.Sub(nr.Done))
+	for _, name := range r.RanCanaries() {
+		why, err := d.CanaryHealth(name, now.Sub(r.Nodes[name].Done))
 		if err != nil {
 			d.logger().Debug("canary promotion waits", "node", name, "err", err)
 			return nil
