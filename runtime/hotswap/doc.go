@@ -14,17 +14,27 @@
 // file the state will be written in and a gate (a Unix socket pair) to ask
 // for it through. The old generation goes on serving meanwhile, so the new
 // process's exec and the Go runtime's start, most of a swap, hold no
-// request. Once its runtime is up, before the duck's setup (which needs
-// the state), the new generation asks through the gate and waits. Only then
-// does the old generation stop accepting (it closes its listener;
+// request. Nor does the duck's setup: the new generation greets the old one
+// through the gate and runs its setup first, with a State whose value has
+// still to come, and asks for the state once setup has returned or reads
+// the state (Read waits for it; Update waits for Ready anyway). A setup
+// that takes its time, or hangs until the ready timeout, or fails before it
+// reads the state, holds no request and freezes nothing: the old generation
+// serves on, and a failure is reported once. Only once asked does the old
+// generation stop accepting (it closes its listener;
 // tableflip keeps a copy of the socket, so the kernel queues new connections
 // for the next process), stop reading new requests on open connections
 // (a request that comes now waits in its socket's kernel buffer), let the
 // requests already read finish (but detached ones, see below), freeze the
 // state (Update blocks), snapshot it as JSON with its schema number into the
-// file, and say so through the gate. The new generation reads it, runs the
-// duck's setup and becomes Ready. The wait for running requests counts in
-// the new generation's DUCK_READY_TIMEOUT, which runs from its start.
+// file, and say so through the gate. The new generation reads it, lets the
+// duck's setup finish and becomes Ready. The wait for running requests
+// counts in the new generation's DUCK_READY_TIMEOUT, which runs from its
+// start. The greeting goes only to an old generation that said it takes one
+// (it sets DUCK_NEXT_GENERATION, with its own PID, for the new process,
+// which also learns its Generation there before the state has come); a new
+// generation started by an older SDK asks for the state before its setup,
+// as that SDK expects.
 //
 // Until asked for, the file says the state is pending, which a new
 // generation built on an SDK from before the gate does not understand: it

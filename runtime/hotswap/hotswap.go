@@ -214,12 +214,30 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	pid := preparePIDFile(env.pidFile)
 	defer pid.discard()
 	r := &runner{env: env, log: log, upg: upg, schema: cfg.Schema, lifeline: make(chan struct{}), sigs: sigs}
-	// Ask for the state first: the previous generation stops and freezes
-	// while this one goes on starting.
-	handed, waitState, err := r.inheritState()
+	handed, gate, err := r.inheritState()
 	if err != nil {
 		upg.Stop()
 		return err
+	}
+	// The setup first, while the previous generation serves on, when that one can be told so
+	// (it set envNextGeneration): a setup that takes a while, or hangs, holds no request. The
+	// state is asked for once the setup is done or reads it. Otherwise ask for the state first:
+	// the previous generation stops and freezes while this one goes on starting.
+	var early *earlySetup[S]
+	var waitState func() error
+	if gate != nil {
+		if next := nextGeneration(parent); next > 0 {
+			early, err = startSetupEarly(gate, next, cfg, r, setup)
+		} else {
+			waitState, err = askForState(gate)
+			if err != nil {
+				err = fmt.Errorf("hotswap: %w", err)
+			}
+		}
+		if err != nil {
+			upg.Stop()
+			return err
+		}
 	}
 	if err := r.watchLifeline(); err != nil {
 		upg.Stop()
@@ -228,6 +246,12 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	if err := r.openReport(); err != nil {
 		upg.Stop()
 		return err
+	}
+	if early != nil {
+		if waitState, err = early.askWhenWanted(); err != nil {
+			upg.Stop()
+			return err
+		}
 	}
 	if waitState != nil {
 		if err := waitState(); err != nil {
@@ -252,11 +276,19 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		}
 	}
 	r.generation = snap.Generation + 1
-	d := &Duck[S]{State: newState(v, downgrades(cfg, log)), Version: env.version, Generation: r.generation, r: r}
-	r.state = d.State
-	if err := setup(d); err != nil {
-		upg.Stop()
-		return fmt.Errorf("hotswap: duck setup failed: %w", err)
+	if early != nil {
+		early.d.State.restore(v)
+		if err := <-early.done; err != nil {
+			upg.Stop()
+			return fmt.Errorf("hotswap: duck setup failed: %w", err)
+		}
+	} else {
+		d := &Duck[S]{State: newState(v, downgrades(cfg, log)), Version: env.version, Generation: r.generation, r: r}
+		r.state = d.State
+		if err := setup(d); err != nil {
+			upg.Stop()
+			return fmt.Errorf("hotswap: duck setup failed: %w", err)
+		}
 	}
 	<-caught
 	// As tableflip's Ready did: the PID file names this process before the
@@ -348,7 +380,7 @@ func (r *runner) listen(network, addr string) (*listener, error) {
 // already (a previous generation on an older SDK, or one that froze first);
 // if it is pending, it asks for it, and wait returns once it has been
 // written.
-func (r *runner) inheritState() (handed *snapshot, wait func() error, err error) {
+func (r *runner) inheritState() (handed *snapshot, gate *os.File, err error) {
 	if !r.upg.HasParent() {
 		return nil, nil, nil
 	}
@@ -377,11 +409,65 @@ func (r *runner) inheritState() (handed *snapshot, wait func() error, err error)
 	if g == nil {
 		return nil, nil, errors.New("hotswap: the previous generation's state is still to come, but it passed no gate to ask for it through")
 	}
-	wait, err = askForState(g)
-	if err != nil {
-		return nil, nil, fmt.Errorf("hotswap: %w", err)
+	return nil, g, nil
+}
+
+// nextGeneration is this generation's number as the previous one, parent, said it through
+// envNextGeneration, or 0 if it did not: a previous generation on an older SDK does not, and
+// passes on the variable as it got it from its own previous generation (so the PID in it must
+// be the parent's).
+func nextGeneration(parent int) int {
+	var gen, pid int
+	if n, _ := fmt.Sscanf(os.Getenv(envNextGeneration), "%d %d", &gen, &pid); n != 2 || pid != parent || gen <= 0 {
+		return 0
 	}
-	return nil, wait, nil
+	return gen
+}
+
+// earlySetup is a new generation's setup running before the state has come (Run).
+type earlySetup[S any] struct {
+	d    *Duck[S]
+	gate *net.UnixConn
+	done chan error // setup's outcome
+}
+
+// startSetupEarly greets the previous generation through the gate and starts setup with a
+// pending state.
+func startSetupEarly[S any](gate *os.File, generation int, cfg Config[S], r *runner, setup func(*Duck[S]) error) (*earlySetup[S], error) {
+	uc, err := openGate(gate)
+	if err == nil {
+		err = sayHello(uc)
+		if err != nil {
+			uc.Close()
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("hotswap: %w", err)
+	}
+	d := &Duck[S]{State: newPendingState(downgrades(cfg, r.log)), Version: r.env.version, Generation: generation, r: r}
+	r.state = d.State
+	e := &earlySetup[S]{d: d, gate: uc, done: make(chan error, 1)}
+	go func() { e.done <- setup(d) }()
+	return e, nil
+}
+
+// askWhenWanted asks for the state once the setup has returned or reads the state. A setup
+// that fails does not ask: the previous generation, greeted, carries on having frozen nothing.
+func (e *earlySetup[S]) askWhenWanted() (wait func() error, err error) {
+	select {
+	case err := <-e.done:
+		if err != nil {
+			e.gate.Close()
+			return nil, fmt.Errorf("hotswap: duck setup failed: %w", err)
+		}
+		e.done <- nil // for Run, once the state is in
+	case <-e.d.State.wantedNow():
+	}
+	wait, err = ask(e.gate)
+	if err != nil {
+		return nil, fmt.Errorf("hotswap: %w", err)
+	}
+	return wait, nil
 }
 
 // restore returns the snapshot handed over by the previous generation
@@ -603,6 +689,8 @@ func (r *runner) swap() error {
 		return r.swapFrozenFirst(start)
 	}
 	defer gate.close()
+	// The next generation runs its setup before it asks, and greets us through the gate first.
+	os.Setenv(envNextGeneration, fmt.Sprintf("%d %d", r.generation+1, os.Getpid()))
 	up := r.startUpgrade()
 	select {
 	case err := <-gate.asked():
@@ -613,6 +701,10 @@ func (r *runner) swap() error {
 		}
 	case <-up.done:
 		switch {
+		case up.err != nil && gate.hello():
+			// It greeted us: on this SDK, and its setup failed (or it died) before it needed
+			// the state. Nothing was frozen.
+			return r.finishSwap(start, up.err)
 		case up.err == nil:
 			// Ready without the state: not a duck on this SDK. The state
 			// is frozen and saved all the same, and the hand-over goes on.

@@ -20,16 +20,42 @@ type State[S any] struct {
 	thawed *sync.Cond
 	v      S
 	frozen bool
+	// pending: the state has still to come from the previous generation, which serves on
+	// meanwhile (setup runs first; see Run). Read waits, and says so on wanted, so that the
+	// new generation asks for the state at once.
+	pending    bool
+	wanted     chan struct{}
+	wantedOnce sync.Once
 	// older renders the state in the layouts of older schemas; nil without
 	// Config.Downgrade.
 	older func(S) map[int]json.RawMessage
 }
 
 func newState[S any](v S, older func(S) map[int]json.RawMessage) *State[S] {
-	s := &State[S]{v: v, frozen: true, older: older}
+	s := &State[S]{v: v, frozen: true, older: older, wanted: make(chan struct{})}
 	s.thawed = sync.NewCond(&s.mu)
 	return s
 }
+
+// newPendingState is a State whose value the previous generation has still to hand over:
+// restore gives it.
+func newPendingState[S any](older func(S) map[int]json.RawMessage) *State[S] {
+	var zero S
+	s := newState(zero, older)
+	s.pending = true
+	return s
+}
+
+// restore gives a pending State its value and wakes those waiting in Read.
+func (s *State[S]) restore(v S) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.v, s.pending = v, false
+	s.thawed.Broadcast()
+}
+
+// wantedNow is closed once a Read waits for the state to come.
+func (s *State[S]) wantedNow() <-chan struct{} { return s.wanted }
 
 // Update calls f with a pointer to the state, f being the only code to touch
 // it while it runs. Side effects that must not repeat (printing, counting a
@@ -46,10 +72,17 @@ func (s *State[S]) Update(f func(*S)) {
 }
 
 // Read calls f with the state; f must not keep or change anything the state
-// points to. Reading never waits for a swap.
+// points to. Reading never waits for a swap, with one exception: called
+// during setup in a new generation, Read waits for the previous generation
+// to hand the state over (setup runs while that one still serves, and asks
+// for the state only when it needs it, or once it is done).
 func (s *State[S]) Read(f func(S)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	for s.pending {
+		s.wantedOnce.Do(func() { close(s.wanted) })
+		s.thawed.Wait()
+	}
 	f(s.v)
 }
 

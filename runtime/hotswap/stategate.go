@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"sync/atomic"
 )
 
 // The new generation is started before the old one freezes its state, so
@@ -24,7 +25,19 @@ import (
 const (
 	askByte     = 'w' // the new generation waits for the state
 	writtenByte = 's' // the state is in the file
+	// gateHelloByte: the new generation runs its setup before it asks (Run), while the old one
+	// serves on. Sent only to an old generation that said it understands it (envNextGeneration):
+	// one that does not would take it for a bad ask. An old generation that heard it knows the
+	// new one is on this SDK, and does not start it again the older SDKs' way if it exits
+	// before asking: its setup failed.
+	gateHelloByte = 'h'
 )
+
+// envNextGeneration is set by an old generation before it starts the next one: the next one's
+// generation number, which also says that this old generation takes a hello on the gate. A
+// duck's setup reads Duck.Generation, and it runs before the state (with the generation in
+// it) has come.
+const envNextGeneration = "DUCK_NEXT_GENERATION" // "<generation> <PID of the one that set it>"
 
 // pendingState is the content of the state file while the next generation
 // has still to ask for the state. It has no "state" field, so an SDK from
@@ -33,8 +46,9 @@ var pendingState = []byte(`{"pending":true}`)
 
 // stateGate is the old generation's end of the gate.
 type stateGate struct {
-	uc  *net.UnixConn
-	ask chan error // the outcome of the gate's one read: nil for an ask
+	uc      *net.UnixConn
+	ask     chan error // the outcome of reading the ask: nil for an ask
+	helloed atomic.Bool
 }
 
 // newStateGate makes the gate and registers its far end with tableflip, so
@@ -47,17 +61,27 @@ func newStateGate(add func(name string, f *os.File) error) (*stateGate, error) {
 	}
 	g := &stateGate{uc: uc, ask: make(chan error, 1)}
 	go func() {
-		var b [8]byte
-		n, err := g.uc.Read(b[:])
-		switch {
-		case err != nil:
-		case n != 1 || b[0] != askByte:
-			err = fmt.Errorf("the new generation sent %q through the state gate, not an ask", b[:n])
+		var b [1]byte
+		for {
+			n, err := g.uc.Read(b[:])
+			switch {
+			case err != nil:
+			case n == 1 && b[0] == gateHelloByte && !g.helloed.Load():
+				g.helloed.Store(true)
+				continue
+			case n != 1 || b[0] != askByte:
+				err = fmt.Errorf("the new generation sent %q through the state gate, not an ask", b[:n])
+			}
+			g.ask <- err
+			return
 		}
-		g.ask <- err
 	}()
 	return g, nil
 }
+
+// hello reports whether the next generation said hello: it is on an SDK that runs its setup
+// before it asks for the state.
+func (g *stateGate) hello() bool { return g.helloed.Load() }
 
 // asked delivers nil once the next generation has asked for the state, or
 // why it will not (the gate closed).
@@ -81,6 +105,15 @@ var errNoState = errors.New("the previous generation closed the state gate witho
 // errNoState. Asking is split from waiting so that the new generation can
 // go on starting while the old one freezes.
 func askForState(f *os.File) (wait func() error, err error) {
+	uc, err := openGate(f)
+	if err != nil {
+		return nil, err
+	}
+	return ask(uc)
+}
+
+// openGate is the new generation's end of the gate, from the file it inherited.
+func openGate(f *os.File) (*net.UnixConn, error) {
 	c, err := net.FileConn(f)
 	f.Close()
 	if err != nil {
@@ -91,6 +124,19 @@ func askForState(f *os.File) (wait func() error, err error) {
 		c.Close()
 		return nil, fmt.Errorf("the state gate from the previous generation is a %T, not a Unix socket", c)
 	}
+	return uc, nil
+}
+
+// sayHello tells the old generation that this one runs its setup before it asks.
+func sayHello(uc *net.UnixConn) error {
+	if _, err := uc.Write([]byte{gateHelloByte}); err != nil {
+		return fmt.Errorf("greeting the previous generation through the state gate: %w", err)
+	}
+	return nil
+}
+
+// ask asks through the gate uc; see askForState.
+func ask(uc *net.UnixConn) (wait func() error, err error) {
 	if _, err := uc.Write([]byte{askByte}); err != nil {
 		uc.Close()
 		return nil, fmt.Errorf("asking the previous generation for the state: %w", err)

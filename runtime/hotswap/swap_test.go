@@ -201,7 +201,7 @@ func TestHangingVersionTimesOutAndOldDuckCarriesOn(t *testing.T) {
 	d.stderr.waitFor(t, mark, 20*time.Second, "duck-hang: never becoming Ready")
 
 	// While the swap decides: a second SIGHUP is ignored, and a request is
-	// held, not failed.
+	// answered (the new generation's setup runs before it asks for the state).
 	d.signal(old, syscall.SIGHUP)
 	held := make(chan reply, 1)
 	heldErr := make(chan error, 1)
@@ -225,6 +225,70 @@ func TestHangingVersionTimesOutAndOldDuckCarriesOn(t *testing.T) {
 	}
 	// The old duck quacks on after thawing.
 	d.stdout.waitFor(t, d.stdout.len(), 20*time.Second, "Quack!")
+}
+
+// TestSetupThatHangsHoldsNoRequest: a new generation runs its setup before it asks for the
+// state, while the old one serves on, so a version whose setup hangs (or takes its time) holds
+// no request: the old generation answers throughout, freezes nothing, and carries on when the
+// ready timeout ends the swap. Before, the state was asked for first, and every request waited
+// for the ready timeout (10 s by default) behind the hanging setup.
+func TestSetupThatHangsHoldsNoRequest(t *testing.T) {
+	d := startDuck(t, "duck", []string{"DUCK_READY_TIMEOUT=4s"})
+	d.mustCall(http.MethodPost, "/quack")
+	old := d.pid()
+	mark := d.stderr.len()
+	d.install("duck-hang")
+	d.signal(old, syscall.SIGHUP)
+	d.stderr.waitFor(t, mark, 20*time.Second, "duck-hang: never becoming Ready")
+	for i := range 5 {
+		if r := d.mustCall(http.MethodPost, "/quack"); r.Count != 2+i || r.Version != "duck" {
+			t.Fatalf("POST %d during the hanging setup = %+v, want count %d from duck", i, r, 2+i)
+		}
+	}
+	// Answered while the swap is still undecided: none waited for its end.
+	for _, l := range d.stderr.snapshot()[mark:] {
+		if strings.Contains(l, "swap failed") || strings.Contains(l, "state frozen") {
+			t.Fatalf("before the five POSTs were answered the old generation logged %q: they waited for the swap", l)
+		}
+	}
+	d.stderr.waitFor(t, mark, 20*time.Second, "swap failed", "did not become Ready within 4s")
+	if r := d.mustCall(http.MethodGet, "/"); r.Count != 6 || r.Version != "duck" || d.pid() != old {
+		t.Errorf("after the failed swap GET / = %+v from PID %d, want count 6 from duck, PID %d", r, d.pid(), old)
+	}
+}
+
+// TestSetupFailingBeforeTheStateFreezesNothing: a new generation whose setup fails before it
+// reads the state ends the swap then and there: the old generation, greeted through the gate,
+// knows it is on this SDK and does not start it a second time the way an older SDK's needs
+// (state written first, requests held); it froze nothing, and one failure is reported.
+func TestSetupFailingBeforeTheStateFreezesNothing(t *testing.T) {
+	got, withReports := reports(t)
+	d := startDuck(t, "duck", []string{"DUCK_CRASH_BEFORE_STATE=1"}, withReports)
+	for range 3 {
+		d.mustCall(http.MethodPost, "/quack")
+	}
+	old := d.pid()
+	mark := d.stderr.len()
+	d.install("duck-crash")
+	d.signal(old, syscall.SIGHUP)
+	line := got.waitFor(t, 0, 20*time.Second, `"event":"swap failed"`, "exit status 3")
+	t.Logf("reported: %s", line)
+	oldStillServes(t, d, old, 4)
+	if n := failedReports(got); n != 1 {
+		t.Errorf("%d swap failed reports, want one: %q", n, got.snapshot())
+	}
+	starts := 0
+	for _, l := range d.stderr.snapshot()[mark:] {
+		if strings.Contains(l, "state frozen") || strings.Contains(l, "state written first") {
+			t.Errorf("the old generation logged %q: it froze for a setup that failed before it asked", l)
+		}
+		if strings.Contains(l, "duck-crash: crashing") {
+			starts++
+		}
+	}
+	if starts != 1 {
+		t.Errorf("the failing version started %d times, want once", starts)
+	}
 }
 
 func TestBrokenVersionDoesNotBuild(t *testing.T) {

@@ -17,6 +17,11 @@ type state struct {
 
 func main() {
 	err := hotswap.Run(hotswap.Config[state]{Schema: 1}, func(d *hotswap.Duck[state]) error {
+		// Setup runs before the state has come, while the old generation serves on; reading
+		// the state waits for it. DUCK_CRASH_BEFORE_STATE=1 crashes before that instead.
+		if os.Getenv("DUCK_CRASH_BEFORE_STATE") != "1" {
+			d.State.Read(func(state) {})
+		}
 		fmt.Fprintln(os.Stderr, "duck-crash: crashing before Ready on purpose")
 		os.Exit(3)
 		return nil

@@ -29,7 +29,11 @@ func main() {
 		os.Exit(2)
 	}
 	err = hotswap.Run(hotswap.Config[state]{Schema: 1}, func(d *hotswap.Duck[state]) error {
-		time.Sleep(2 * time.Second) // slow to start: the window the fault tests aim at
+		// The state first, then slow to start: the window the fault tests aim at, with the
+		// state handed over and the old generation holding requests. (A setup that does not
+		// read the state runs while the old generation still serves.)
+		d.State.Read(func(state) {})
+		time.Sleep(2 * time.Second)
 		go func() {
 			for range time.Tick(interval) {
 				d.State.Update(func(s *state) {
