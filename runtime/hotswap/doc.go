@@ -17,10 +17,16 @@
 // request. Nor does the duck's setup: the new generation greets the old one
 // through the gate and runs its setup first, with a State whose value has
 // still to come, and asks for the state once setup has returned or reads
-// the state (Read waits for it; Update waits for Ready anyway). A setup
-// that takes its time, or hangs until the ready timeout, or fails before it
-// reads the state, holds no request and freezes nothing: the old generation
-// serves on, and a failure is reported once. Only once asked does the old
+// the state (Read waits for it; Update waits for Ready anyway). A Read
+// anywhere before the state has come, in a goroutine setup started too,
+// asks at once. A setup that takes its time, or hangs until the ready
+// timeout, or fails before it reads the state, holds no request and freezes
+// nothing: the old generation serves on, and a failure is reported once.
+// So setup runs while the old generation is fully live, and in a new
+// generation that may never become Ready (its state fails to decode, or it
+// times out): a setup must not commit effects outside the state (a schema
+// change in a database, a file others read) before it has read the state,
+// or must make them safe for the old version to run beside. Only once asked does the old
 // generation stop accepting (it closes its listener;
 // tableflip keeps a copy of the socket, so the kernel queues new connections
 // for the next process), stop reading new requests on open connections
@@ -43,7 +49,9 @@
 // state frozen and written before the new process starts (the order
 // before the gate), and logs that it did; so does it when the gate could
 // not be made. A new version that exits before asking for any other
-// reason is started twice so, and the failure reported once. A
+// reason without greeting the old one first (it failed before its setup,
+// or it is on an SDK from before the greeting) is started twice so, and the
+// failure reported once; one that greeted is not started again. A
 // generation on this SDK takes a state file that is complete at once, as
 // an older SDK's generation hands it over.
 //

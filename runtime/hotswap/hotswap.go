@@ -701,7 +701,7 @@ func (r *runner) swap() error {
 		}
 	case <-up.done:
 		switch {
-		case up.err != nil && gate.hello():
+		case up.err != nil && gate.helloFrom():
 			// It greeted us: on this SDK, and its setup failed (or it died) before it needed
 			// the state. Nothing was frozen.
 			return r.finishSwap(start, up.err)

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync/atomic"
+	"time"
 )
 
 // The new generation is started before the old one freezes its state, so
@@ -47,7 +48,8 @@ var pendingState = []byte(`{"pending":true}`)
 // stateGate is the old generation's end of the gate.
 type stateGate struct {
 	uc      *net.UnixConn
-	ask     chan error // the outcome of reading the ask: nil for an ask
+	ask     chan error    // the outcome of reading the ask: nil for an ask
+	helloC  chan struct{} // closed at the hello
 	helloed atomic.Bool
 }
 
@@ -59,7 +61,7 @@ func newStateGate(add func(name string, f *os.File) error) (*stateGate, error) {
 	if err != nil {
 		return nil, err
 	}
-	g := &stateGate{uc: uc, ask: make(chan error, 1)}
+	g := &stateGate{uc: uc, ask: make(chan error, 1), helloC: make(chan struct{})}
 	go func() {
 		var b [1]byte
 		for {
@@ -68,6 +70,7 @@ func newStateGate(add func(name string, f *os.File) error) (*stateGate, error) {
 			case err != nil:
 			case n == 1 && b[0] == gateHelloByte && !g.helloed.Load():
 				g.helloed.Store(true)
+				close(g.helloC)
 				continue
 			case n != 1 || b[0] != askByte:
 				err = fmt.Errorf("the new generation sent %q through the state gate, not an ask", b[:n])
@@ -79,9 +82,22 @@ func newStateGate(add func(name string, f *os.File) error) (*stateGate, error) {
 	return g, nil
 }
 
-// hello reports whether the next generation said hello: it is on an SDK that runs its setup
-// before it asks for the state.
-func (g *stateGate) hello() bool { return g.helloed.Load() }
+// helloFrom reports whether the next generation, which has exited, said hello: it is on an SDK
+// that runs its setup before it asks for the state. Its hello, if any, is in the gate's buffer
+// by then, but the reader may not have run yet (found by review: one swap in ninety took a
+// setup that failed for an older SDK's exit): it gets a moment.
+func (g *stateGate) helloFrom() bool {
+	select {
+	case <-g.helloC:
+		return true
+	case <-time.After(helloWait):
+		return g.helloed.Load()
+	}
+}
+
+// helloWait bounds helloFrom's wait; only a new generation that exits before it asks, without
+// a hello (one on an older SDK), waits it out.
+const helloWait = 100 * time.Millisecond
 
 // asked delivers nil once the next generation has asked for the state, or
 // why it will not (the gate closed).
