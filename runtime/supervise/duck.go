@@ -422,9 +422,43 @@ func (d *duck) keep() {
 				d.shutdown()
 				return
 			}
+			if d.followSwap(r, cur) {
+				continue
+			}
 			d.crashed(fmt.Sprintf("generation %d (PID %d) %s", cur.gen, cur.pid, cur.exited()))
 		}
 	}
+}
+
+// followSwap takes in the new generation of a swap this supervisor did not start (a SIGHUP
+// sent to the duck by hand: the SDK swaps on it) once the old generation, having handed over,
+// has exited: the PID file names a live generation of the duck's binary. Taken for a crash,
+// the restart SIGKILLed the new generation, serving already, and started the duck again from
+// the state saved at the hand-over, losing what was answered since (found by review).
+func (d *duck) followSwap(r *run, old *proc) bool {
+	if r == nil {
+		return false
+	}
+	pid := readPIDFile(d.path(pidName))
+	if pid == 0 || pid == old.pid || !runs(pid, d.path(binaryName), d.cfg.User) || procGone(pid) {
+		return false
+	}
+	next := r.adopt(pid)
+	if !next.alive() {
+		return false
+	}
+	d.mu.Lock()
+	d.gen++
+	next.gen = d.gen
+	d.cur, d.started = next, time.Now()
+	d.mu.Unlock()
+	d.log.Info("the duck swapped itself (a SIGHUP this node did not send): following its new generation", "old_pid", old.pid, "old_exit", old.exited(), "pid", pid, "gen", next.gen)
+	// As after a swap: what the old generation left behind goes with it.
+	if st, err := readStat(pid); err == nil {
+		r.cutoff.Store(st.start)
+		d.sweep(r, st.start)
+	}
+	return true
 }
 
 // shutdown stops the current run gracefully: SIGTERM to every generation

@@ -557,3 +557,38 @@ func forkerHelpers(prefix string) []int {
 	}
 	return out
 }
+
+// TestASwapByHandIsFollowed: the SDK swaps on SIGHUP, so an operator may send one to a duck
+// by hand. The old generation hands over and exits; the supervisor must follow the new one,
+// not take the exit for a crash (its restart SIGKILLed the new generation and went back to the
+// state saved at the hand-over, losing what was answered since).
+func TestASwapByHandIsFollowed(t *testing.T) {
+	s := newSupervisor(t, Config{})
+	spec := startDuck(t, s, "duck-1", "duck", "v1")
+	quack(t, spec.Addr, 3)
+	first := mustGet(t, s, "duck-1")
+	if err := syscall.Kill(first.PID, syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	var st Status
+	waitFor(t, "the supervisor to follow the new generation", func() bool {
+		st = mustGet(t, s, "duck-1")
+		return st.PID != 0 && st.PID != first.PID && gone(first.PID)
+	})
+	quack(t, spec.Addr, 2)
+	time.Sleep(300 * time.Millisecond) // a restart, had there been one, is under way by now
+	st = mustGet(t, s, "duck-1")
+	if st.Restarts != 0 || st.State != "running" || st.Gen != first.Gen+1 || st.Version != "v1" {
+		t.Fatalf("after a SIGHUP by hand: %+v, want running v1, generation %d, no restart", st, first.Gen+1)
+	}
+	if r := call(t, "GET", spec.Addr, "/"); r.Count != 5 {
+		t.Fatalf("GET / after a swap by hand = %+v, want count 5", r)
+	}
+	if err := s.Stop(context.Background(), "duck-1"); err != nil {
+		t.Fatal(err)
+	}
+	spec = startDuck(t, s, "duck-1", "duck", "v1")
+	if r := call(t, "GET", spec.Addr, "/"); r.Count != 5 {
+		t.Fatalf("GET / after a stop and a start = %+v, want count 5: the followed generation saved its state", r)
+	}
+}
