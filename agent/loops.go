@@ -55,7 +55,12 @@ func (a *Agent) canaryHealth(node string, runningFor time.Duration) (string, err
 	ducks, up := a.host.List(), time.Since(a.started)
 	if node != a.self.Name {
 		m, ok := a.Node().Member(node)
-		if !ok || m.APIAddr == "" {
+		if !ok {
+			// Not "cannot tell, try again": it will not come back to say (found by an outside
+			// probe: a resume past a canary that had left was refused that way for good).
+			return "it is no longer a member of the cluster (it left, or was forgotten)", nil
+		}
+		if m.APIAddr == "" {
 			return "", fmt.Errorf("%s has no API address in the log", node)
 		}
 		ctx, cancel := context.WithTimeout(a.ctx, tellTimeout)

@@ -717,3 +717,71 @@ func TestDeployWarnsOfDucksThatCrashedAfterTheirTurn(t *testing.T) {
 		t.Fatalf("deploy said nothing of a's duck, which crashed 1.5 s after its turn's Ready:\n%s%s", out, errOut)
 	}
 }
+
+// TestATurnPastItsDeadlineLeavesNoDuckOnTheVersion: a node with three ducks takes a version
+// whose ducks need two seconds each to come up, under a progress deadline of three seconds. The
+// deadline ends the node's wait for its second duck's swap, not the swap: that duck came up on
+// the new version after the node had gone back, and stayed there for good (found by an outside
+// probe, 4 runs of 4). Every duck ends on the version the node went back to, with its count.
+func TestATurnPastItsDeadlineLeavesNoDuckOnTheVersion(t *testing.T) {
+	dc := newDuckCluster(t)
+	a := dc.nodes[0]
+	addrs := []string{dc.ducks[a.Name]}
+	for range 2 {
+		var id, addr string
+		out := cli(t, dc.c, a.API, "spawn", "--detach")
+		if _, err := fmt.Sscanf(out, "%s on "+a.Name+" serving http://%s", &id, &addr); err != nil {
+			t.Fatalf("spawn on %s printed %q", a.Name, out)
+		}
+		addrs = append(addrs, addr)
+	}
+	for _, addr := range addrs {
+		if _, err := askDuck("POST", addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, errOut, err := tryCLI(dc.c, a.API, "deploy", "--progress-deadline", "3s", "../testdata/duck-slow")
+	if err == nil {
+		t.Fatalf("deploy past the progress deadline succeeded:\n%s", errOut)
+	}
+	t.Logf("deploy: %s", errOut)
+	// The swap the deadline cut off ends within its ready timeout, and then goes back.
+	for _, addr := range addrs {
+		var got duckReply
+		waitFor(t, "the duck at "+addr+" to be back on v1", 60*time.Second, func() bool {
+			got, err = askDuck("GET", addr)
+			return err == nil && got.Version == "v1"
+		})
+		if got.Count != 1 {
+			t.Errorf("duck at %s counts %d after going back, want 1", addr, got.Count)
+		}
+	}
+	// And stays there: nothing still under way brings one forward again.
+	time.Sleep(3 * time.Second)
+	for _, addr := range addrs {
+		if got, err := askDuck("GET", addr); err != nil || got.Version != "v1" {
+			t.Errorf("duck at %s a moment later: %+v, %v; want v1", addr, got, err)
+		}
+	}
+}
+
+// TestACanaryThatLeftIsNamedAtResume: a canary forgotten while the rollout waits for `rollout
+// resume` was "cannot tell whether canary a is healthy (a has no API address in the log): try
+// again in a moment", for good (found by an outside probe). It is named as no longer a member,
+// with what to do.
+func TestACanaryThatLeftIsNamedAtResume(t *testing.T) {
+	dc := newDuckCluster(t)
+	a, b := dc.nodes[0], dc.nodes[1]
+	cliPaused(t, dc.c, a.API, "deploy", "--canary", "../testdata/duck-v2")
+	if err := a.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a to be forgotten", 30*time.Second, func() bool {
+		_, _, err := tryCLI(dc.c, b.API, "forget", "a")
+		return err == nil
+	})
+	_, errOut, err := tryCLI(dc.c, b.API, "rollout", "resume")
+	if err == nil || !strings.Contains(errOut, "canary a is not healthy: it is no longer a member of the cluster") || !strings.Contains(errOut, "--force") {
+		t.Fatalf("resume past a canary that was forgotten: err=%v\n%s", err, errOut)
+	}
+}

@@ -266,7 +266,18 @@ func (h *Host) SwitchTo(ctx context.Context, id bundle.ID, healthy time.Duration
 			h.metrics.Swapped(time.Since(t0), err)
 		}
 		if err != nil {
-			h.revert(ctx, old, swapped, event)
+			// A turn's deadline ends the wait for a swap, not the swap: this duck may still
+			// come up on v, after the error. It goes back too, after that swap, and the going
+			// back has a context of its own, since the turn's has ended (found by an outside
+			// probe: with --progress-deadline a node's ducks stayed on the version the node
+			// went back from, for good).
+			back := swapped
+			if ctx.Err() != nil {
+				back = append(back, d.ID)
+			}
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revertBound)
+			h.revert(rctx, old, back, event)
+			cancel()
 			return fmt.Errorf("duck %s did not come up on %s, so the ducks stay on %s: %w", d.ID, v, oldLabel, err)
 		}
 		swapped = append(swapped, d.ID)
@@ -296,7 +307,13 @@ func (h *Host) swapOrStart(ctx context.Context, d Record, v api.Label, bin strin
 	return h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: string(v), Binary: bin, Addr: d.Addr, Env: d.Env})
 }
 
-// revert swaps the ducks that already took a failed version back to the one they had.
+// revertBound bounds a going back after a failed switch: a swap is bounded by the supervisor
+// (three ready timeouts and a healthy wait), and a duck's swap still under way is waited for.
+const revertBound = 5 * time.Minute
+
+// revert swaps the ducks that already took a failed version back to the one they had. One
+// whose swap is still under way goes back after it (the supervisor queues the operation): if
+// that swap failed, the duck is swapped to the version it runs, at no cost to its clients.
 func (h *Host) revert(ctx context.Context, old bundle.ID, ids []string, event func(api.Event)) {
 	if old == "" || len(ids) == 0 {
 		return
