@@ -17,7 +17,10 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/duckraft/duckraft/agent/driver"
@@ -81,6 +84,7 @@ const applyTimeout = membership.ApplyTimeout
 // Agent is a running node.
 type Agent struct {
 	cfg    Config
+	lock   *os.File // the data folder's lock, held while the node runs
 	self   consensus.Member
 	client *api.Client
 	log    *slog.Logger
@@ -131,6 +135,16 @@ func Start(cfg Config) (*Agent, error) {
 	if err := owned.Dir(cfg.DataDir); err != nil {
 		return nil, fmt.Errorf("data folder: %w", err)
 	}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	started := false
+	defer func() {
+		if !started {
+			lock.Close()
+		}
+	}()
 	if u := cfg.DuckUser; u != nil {
 		if err := openToDucks(cfg.DataDir, u); err != nil {
 			return nil, fmt.Errorf("data folder: %w", err)
@@ -165,6 +179,7 @@ func Start(cfg Config) (*Agent, error) {
 		client:  api.NewClient(cfg.Identity),
 		log:     cfg.Log,
 		stop:    make(chan struct{}),
+		lock:    lock,
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if err := a.startRuntime(); err != nil {
@@ -255,6 +270,7 @@ func Start(cfg Config) (*Agent, error) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
+	started = true
 	return a, nil
 }
 
@@ -316,7 +332,37 @@ func (a *Agent) Close() error {
 	// Ducks stop gracefully, each saving its state for the next start.
 	serr := a.sup.Close(ctx)
 	a.wg.Wait()
-	return errors.Join(serr, a.mem.Close())
+	err := errors.Join(serr, a.mem.Close())
+	a.lock.Close()
+	return err
+}
+
+// lockDataDir takes the data folder for this process: a second node started on it waited
+// without a word for bbolt's lock on the Raft log, holding its API port, deaf to SIGTERM (found
+// by an outside probe). The lock is the kernel's (flock), so it goes with a process that dies,
+// and the file names the PID that holds it, for the message.
+func lockDataDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("data folder: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := os.ReadFile(path)
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			who := "another process"
+			if pid := strings.TrimSpace(string(holder)); pid != "" {
+				who = "another node process (PID " + pid + ")"
+			}
+			return nil, fmt.Errorf("data folder %s is in use by %s: stop that node first, or give this one its own --data-dir", dir, who)
+		}
+		return nil, fmt.Errorf("data folder: locking %s: %w", path, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
 }
 
 func loadIdentity(dir string) (*identity, error) {

@@ -501,3 +501,22 @@ func TestACookieGivenOnTheCommandLineLeavesIt(t *testing.T) {
 		t.Fatalf("b with the cookie given on its command line (spaces around it): %s", view(ms))
 	}
 }
+
+// TestASecondNodeOnADataFolderInUseIsRefused: a node started on a data folder another node
+// process runs on waited without a word (bbolt's lock on the Raft log), holding its API port
+// and deaf to SIGTERM (found by an outside probe). It is refused at once, naming the holder.
+func TestASecondNodeOnADataFolderInUseIsRefused(t *testing.T) {
+	c, nodes := newCluster(t, "a")
+	a := nodes[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, errOut, err := c.Run(ctx, "", "start", "--name", "a", "--data-dir", filepath.Join(c.Root, "a"),
+		"--api-addr", "127.0.0.1:0", "--raft-addr", "127.0.0.1:0")
+	want := fmt.Sprintf("is in use by another node process (PID %d)", a.PID())
+	if err == nil || ctx.Err() != nil || !strings.Contains(errOut, want) {
+		t.Fatalf("a second start on a's data folder: err=%v (deadline: %v)\n%s\nwant it refused at once with %q", err, ctx.Err(), errOut, want)
+	}
+	if out := cli(t, c, a.API, "status"); !strings.Contains(out, "a") {
+		t.Fatalf("a after the refused start:\n%s", out)
+	}
+}
