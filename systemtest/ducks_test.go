@@ -138,3 +138,23 @@ func TestLoadSpawnAndHotSwapOnOneNode(t *testing.T) {
 		t.Fatalf("ducks after stop = %+v", ds)
 	}
 }
+
+// TestASpawnFromACanaryToAnotherNodeIsRefusedDuringTheRollout: Node.spawn runs the caller's
+// version on the other node. During a rollout that put a duck of the canary's version on a
+// node the rollout had not reached, out of its undo: `rollout undo` said every node was back
+// while it ran the version undone (found by an outside probe). Refused now while the versions
+// differ; a spawn between nodes on the same version goes on.
+func TestASpawnFromACanaryToAnotherNodeIsRefusedDuringTheRollout(t *testing.T) {
+	dc := newDuckCluster(t)
+	a, b, c := dc.nodes[0], dc.nodes[1], dc.nodes[2]
+	cliPaused(t, dc.c, a.API, "deploy", "--canary", "../testdata/duck-v2")
+	_, errOut, err := tryCLI(dc.c, a.API, "spawn", "--on", b.Name, "--detach")
+	if err == nil || !strings.Contains(errOut, "would stay out of that rollout") {
+		t.Fatalf("spawn --on %s from the canary during the rollout: err=%v\n%s", b.Name, err, errOut)
+	}
+	out := cli(t, dc.c, c.API, "spawn", "--on", b.Name, "--detach")
+	if !strings.Contains(out, "on "+b.Name+" serving") {
+		t.Fatalf("spawn --on %s from %s (both on the version before) printed %q", b.Name, c.Name, out)
+	}
+	cli(t, dc.c, a.API, "rollout", "undo")
+}

@@ -558,6 +558,10 @@ func (h *Service) handleSpawn(w http.ResponseWriter, r *http.Request) {
 		h.spawnElsewhere(w, r, req)
 		return
 	}
+	if err := h.spawnBesideARollout(r.Context(), req); err != nil {
+		httpjson.Error(w, http.StatusConflict, err)
+		return
+	}
 	d, err := h.Ducks.Spawn(context.WithoutCancel(r.Context()), req)
 	if err != nil {
 		httpjson.Error(w, statusOf(err), err)
@@ -565,6 +569,24 @@ func (h *Service) handleSpawn(w http.ResponseWriter, r *http.Request) {
 	}
 	h.Ducks.Record() // so that every node lists it from now on
 	httpjson.Write(w, d)
+}
+
+// spawnBesideARollout refuses a duck sent from another node (Node.spawn) at a version this node
+// does not run while a rollout is under way: it would stay out of the rollout, and its undo
+// would not take it back (found by an outside probe: after `rollout undo` said every node was
+// back, a node ran a duck of the version undone; and a canary kept a duck of the version
+// before after the rollout said it ran everywhere). Outside a rollout the duck runs the
+// caller's version, as in Erlang.
+func (h *Service) spawnBesideARollout(ctx context.Context, req api.SpawnRequest) error {
+	if req.From == "" || req.Version == "" || req.Version == h.Ducks.Version() {
+		return nil
+	}
+	v := h.Rollouts.View(ctx)
+	if !v.Rollout.Active() {
+		return nil
+	}
+	return fmt.Errorf("node %s runs %s and version %d is %s: a duck of %s sent from %s would stay out of that rollout (and of its undo); spawn it from %s itself (--addr), or once the rollout has ended",
+		h.Self, api.LabelOf(h.Ducks.Version()), v.Rollout.Version, v.Rollout.State, api.LabelOf(req.Version), req.From, h.Self)
 }
 
 // spawnElsewhere is Node.spawn: the duck starts on another node, at the version this node runs.
