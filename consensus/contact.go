@@ -108,7 +108,7 @@ func (n *Node) Silence() rollout.Silence {
 			}
 		}
 		if !in {
-			return time.Duration(1<<63 - 1)
+			return rollout.NotAMember
 		}
 		if since, ok := failing[raft.ServerID(name)]; ok {
 			return now.Sub(since)

@@ -33,6 +33,42 @@ type Step struct {
 // configuration) is silent for ever.
 type Silence func(node string) time.Duration
 
+// NotAMember is the silence of a node the leader's Raft configuration no longer has: it left,
+// or was forgotten, and will not catch up.
+const NotAMember = time.Duration(1<<63 - 1)
+
+// LeftMessage begins the error of a node skipped because it is no longer a member.
+const LeftMessage = "no longer a member of the cluster"
+
+// end is the step that ends a rollout whose every turn has ended: done when a node runs the
+// version, else halted saying why.
+func (r *Rollout) end() Step {
+	for _, name := range r.Order {
+		if r.Nodes[name].Phase == Running {
+			return Step{Op: OpState, State: Done}
+		}
+	}
+	// Every node was skipped or failed: nothing has shown the version works, so
+	// nobody should catch up with it.
+	failed, skipped := 0, 0
+	for _, name := range r.Order {
+		switch r.Nodes[name].Phase {
+		case Failed:
+			failed++
+		case Skipped:
+			skipped++
+		}
+	}
+	msg := fmt.Sprintf("no node ran the version: %d failed and %d were skipped (down); deploy it again once the nodes are back", failed, skipped)
+	switch {
+	case skipped == 0:
+		msg = fmt.Sprintf("no node ran the version: all %d failed (`rollout status` has each one's error); the cluster keeps the version it ran", failed)
+	case failed == 0:
+		msg = "no node ran the version (every node was skipped: down or silent); deploy it again once the nodes are back"
+	}
+	return Step{Op: OpState, State: Halted, Message: msg}
+}
+
 // Next decides the leader's next move at time now. It is a pure function of the rollout and the
 // leader's view of its members, so that any leader, old or new, makes the same move.
 //
@@ -51,6 +87,10 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 	p := r.Policy.WithDefaults()
 	down := func(name string) bool { return silent != nil && silent(name) > p.DownAfter }
 	lost := func(name string, what string) Step {
+		if silent(name) == NotAMember {
+			// Not "it catches up": it will not come back (found by an outside probe).
+			return r.report(name, Skipped, fmt.Sprintf("%s (it left, or was forgotten) %s", LeftMessage, what))
+		}
 		return r.report(name, Skipped, fmt.Sprintf("lost contact for over %s %s: it catches up when the rollout ends", p.DownAfter, what))
 	}
 	par := p.parallel(len(r.Order))
@@ -134,34 +174,17 @@ func (r *Rollout) Next(now time.Time, silent Silence) Step {
 		if r.AutoPromoting() && forwardTurns == 0 && now.Sub(r.PausedAt) >= p.AutoPromoteAfter && r.canariesHealthy() {
 			return Step{Op: OpState, State: Rolling, Message: fmt.Sprintf("the canaries stayed healthy for %s: promoted", p.AutoPromoteAfter)}
 		}
+		if forwardTurns == 0 && r.waveUnderWay() < 0 {
+			// Paused by hand during the last turns, which have all ended: nothing is left to
+			// hold, and a rollout that waits for the operator with every node done refused the
+			// next deploy until someone resumed it (found by an outside probe).
+			return r.end()
+		}
 		return Step{Why: "paused: waiting for the operator"}
 	case Rolling:
 		wave := r.waveUnderWay()
 		if wave < 0 {
-			for _, name := range r.Order {
-				if r.Nodes[name].Phase == Running {
-					return Step{Op: OpState, State: Done}
-				}
-			}
-			// Every node was skipped or failed: nothing has shown the version works, so
-			// nobody should catch up with it.
-			failed, skipped := 0, 0
-			for _, name := range r.Order {
-				switch r.Nodes[name].Phase {
-				case Failed:
-					failed++
-				case Skipped:
-					skipped++
-				}
-			}
-			msg := fmt.Sprintf("no node ran the version: %d failed and %d were skipped (down); deploy it again once the nodes are back", failed, skipped)
-			switch {
-			case skipped == 0:
-				msg = fmt.Sprintf("no node ran the version: all %d failed (`rollout status` has each one's error); the cluster keeps the version it ran", failed)
-			case failed == 0:
-				msg = "no node ran the version (every node was skipped: down or silent); deploy it again once the nodes are back"
-			}
-			return Step{Op: OpState, State: Halted, Message: msg}
+			return r.end()
 		}
 		if r.Canary && wave > 0 && !r.anyRunning(0) {
 			return Step{Op: OpState, State: Halted, Message: "no canary ran the version (each was skipped or failed): deploy it again once they are back"}

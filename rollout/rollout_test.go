@@ -745,3 +745,66 @@ func TestAFailedTurnBackHaltsWithTheNodesLeftOnTheTarget(t *testing.T) {
 		t.Fatalf("a revert that worked: %s, mixed %v", ok.State, ok.Mixed())
 	}
 }
+
+// A pause by hand that comes during the last turn ends with the rollout once that turn ends:
+// it stayed paused with every node done, and the next deploy was refused as "still rolling out
+// (paused)" until someone resumed it (found by an outside probe, 6 runs of 6).
+func TestAPauseDuringTheLastTurnEndsWithIt(t *testing.T) {
+	r := three()
+	for _, n := range r.Order {
+		r.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
+	}
+	for _, n := range []string{"a", "b", "c"} {
+		st := r.Next(t0, inContact)
+		if st.Op != OpGrant || st.Node != n {
+			t.Fatalf("want %s granted, got %+v", n, st)
+		}
+		r.Apply(st, t0)
+		r.Report(n, Swapping, "", t0)
+		if n == "c" {
+			if err := r.SetState(Paused, "pause by hand", t0); err != nil {
+				t.Fatal(err)
+			}
+			if st := r.Next(t0, inContact); st.Op != "" {
+				t.Fatalf("paused with c in its turn: %+v, want a wait", st)
+			}
+		}
+		r.Report(n, Running, "", t0)
+	}
+	if st := r.Next(t0, inContact); st.Op != OpState || st.State != Done {
+		t.Fatalf("paused, every node done: %+v, want the rollout done", st)
+	}
+	// A pause that still holds a node back stays.
+	r2 := three()
+	for _, n := range r2.Order {
+		r2.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
+	}
+	r2.Apply(r2.Next(t0, inContact), t0)
+	r2.SetState(Paused, "pause by hand", t0)
+	r2.Report("a", Running, "", t0)
+	if st := r2.Next(t0, inContact); st.Op != "" {
+		t.Fatalf("paused with b and c to go: %+v, want a wait", st)
+	}
+}
+
+// A node the leader's configuration no longer has (it left, or was forgotten) is skipped as
+// such, not as down and catching up "when it returns" (found by an outside probe).
+func TestANodeThatLeftIsSkippedAsNoLongerAMember(t *testing.T) {
+	r := three()
+	for _, n := range r.Order {
+		r.ReportBuilt(n, BuildInfo{Sum: "s"}, nil, t0)
+	}
+	left := func(name string) time.Duration {
+		if name == "a" {
+			return NotAMember
+		}
+		return 0
+	}
+	st := r.Next(t0, left)
+	if st.Op != OpReport || st.Node != "a" || st.Phase != Skipped || !strings.HasPrefix(st.Message, LeftMessage) {
+		t.Fatalf("a left before its turn: %+v, want it skipped as no longer a member", st)
+	}
+	if st := r.Next(t0, silentFor("a", time.Hour)); strings.HasPrefix(st.Message, LeftMessage) {
+		t.Fatalf("a down for an hour: %+v, want it skipped as down", st)
+	}
+}

@@ -246,8 +246,7 @@ func watch(c *client, n rollout.Number, wantBack bool, w *os.File) error {
 		}
 		if !r.Active() || r.State == rollout.Paused && !autoPromote && !turnsUnderWay(r) {
 			if wantBack && r.State == rollout.WentBack {
-				fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
-				return nil
+				return wentBack(r)
 			}
 			err := outcome(r)
 			if err == nil && r.State == rollout.Done {
@@ -483,14 +482,35 @@ func outcome(r *rollout.Rollout) error {
 			if len(failed) == 1 {
 				verb = "runs"
 			}
-			return fmt.Errorf("version %d rolled out, but %s failed (within the failure budget of %d) and %s version %d: `rollout status` has the errors",
-				r.Version, strings.Join(failed, ", "), r.Policy.FailureBudget, verb, r.From)
+			also := ""
+			if len(skipped) > 0 {
+				// Said too: the message left skipped nodes out (found by an outside probe).
+				also = fmt.Sprintf("; %s %s down and skipped (%s when %s)", strings.Join(skipped, ", "), plural(len(skipped), "was", "were"),
+					plural(len(skipped), "it catches up", "they catch up"), plural(len(skipped), "it returns", "they return"))
+			}
+			return fmt.Errorf("version %d rolled out, but %s failed (within the failure budget of %d) and %s version %d%s: `rollout status` has the errors",
+				r.Version, strings.Join(failed, ", "), r.Policy.FailureBudget, verb, r.From, also)
 		}
 		if len(skipped) > 0 {
-			if len(skipped) == 1 {
-				return fmt.Errorf("version %d rolled out, but %s was down and skipped; it catches up when it returns", r.Version, skipped[0])
+			var left, down []string
+			for _, name := range skipped {
+				if strings.HasPrefix(r.Nodes[name].Error, rollout.LeftMessage) {
+					left = append(left, name)
+				} else {
+					down = append(down, name)
+				}
 			}
-			return fmt.Errorf("version %d rolled out, but %s were down and skipped; they catch up when they return", r.Version, strings.Join(skipped, ", "))
+			var parts []string
+			if len(down) > 0 {
+				parts = append(parts, fmt.Sprintf("%s %s down and skipped; %s when %s", strings.Join(down, ", "), plural(len(down), "was", "were"),
+					plural(len(down), "it catches up", "they catch up"), plural(len(down), "it returns", "they return")))
+			}
+			if len(left) > 0 {
+				// Not "catches up when it returns": it left, or was forgotten (found by an
+				// outside probe).
+				parts = append(parts, fmt.Sprintf("%s left the cluster during it", strings.Join(left, ", ")))
+			}
+			return fmt.Errorf("version %d rolled out, but %s", r.Version, strings.Join(parts, "; "))
 		}
 		fmt.Printf("version %d runs on every node (%s)\n", r.Version, r.Ended.Sub(r.Started).Round(time.Millisecond))
 		return nil
@@ -732,4 +752,30 @@ func tolerance(st api.Status) string {
 // too, which term.Safe keeps (a message could otherwise add rows to the table).
 func cell(s string) string {
 	return strings.NewReplacer("\n", `\n`, "\r", `\r`, "\t", `\t`).Replace(term.Safe(s))
+}
+
+// wentBack is how an undo that went back ends. A node skipped after its turn began (down, or
+// silent) may still run the version: "every node is back" and exit 0 hid it (found by an
+// outside probe).
+func wentBack(r *rollout.Rollout) error {
+	var away []string
+	for _, name := range r.Order {
+		if nr := r.Nodes[name]; nr.Phase == rollout.Skipped && !nr.Granted.IsZero() {
+			away = append(away, name)
+		}
+	}
+	if len(away) > 0 {
+		return fmt.Errorf("version %d reverted, but %s %s skipped while down and may still run it; %s back to version %d when %s", r.Version,
+			strings.Join(away, ", "), plural(len(away), "was", "were"), plural(len(away), "it goes", "they go"), r.From, plural(len(away), "it returns", "they return"))
+	}
+	fmt.Printf("version %d reverted: every node is back on version %d\n", r.Version, r.From)
+	return nil
+}
+
+// plural picks one or many by n.
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
