@@ -156,5 +156,9 @@ func TestASpawnFromACanaryToAnotherNodeIsRefusedDuringTheRollout(t *testing.T) {
 	if !strings.Contains(out, "on "+b.Name+" serving") {
 		t.Fatalf("spawn --on %s from %s (both on the version before) printed %q", b.Name, c.Name, out)
 	}
+	// A load meanwhile was reported done, then undone at the rollout's end: refused too.
+	if _, errOut, err := tryCLI(dc.c, c.API, "load", "../testdata/duck-v2"); err == nil || !strings.Contains(errOut, "would be undone when it ends") {
+		t.Fatalf("load on %s during the rollout: err=%v\n%s", c.Name, err, errOut)
+	}
 	cli(t, dc.c, a.API, "rollout", "undo")
 }

@@ -520,6 +520,12 @@ func (h *Service) handleLoad(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// A load while a rollout is under way was reported done, then undone when the rollout ended
+	// and the node caught up with the cluster (found by an outside probe).
+	if v := h.Rollouts.View(r.Context()); v.Rollout.Active() {
+		httpjson.Error(w, http.StatusConflict, fmt.Errorf("version %d is %s: a load on %s now would be undone when it ends (the node catches up with the cluster); wait for it (`watch`), or `rollout undo`", v.Rollout.Version, v.Rollout.State, h.Self))
+		return
+	}
 	// The work goes on if the caller hangs up: stopping half-way would leave ducks on two versions.
 	ctx := context.WithoutCancel(r.Context())
 	s := httpjson.NewStreamer(w)

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -97,8 +98,18 @@ func runLoad(args []string) error {
 
 type envFlags []string
 
-func (e *envFlags) String() string     { return strings.Join(*e, ",") }
-func (e *envFlags) Set(v string) error { *e = append(*e, v); return nil }
+func (e *envFlags) String() string { return strings.Join(*e, ",") }
+func (e *envFlags) Set(v string) error {
+	// A mistake in the command, said before any node is asked (it exited 1, as if the node had
+	// refused something).
+	if !duckEnv.MatchString(v) {
+		return fmt.Errorf("a duck takes DUCK_*=value variables, e.g. DUCK_INTERVAL=200ms")
+	}
+	*e = append(*e, v)
+	return nil
+}
+
+var duckEnv = regexp.MustCompile(`^DUCK_[A-Z0-9_]+=`)
 
 // runSpawn is the walkthrough's QuackingDuck.start: start a duck and follow its output until Ctrl-C,
 // which leaves it running.
@@ -218,7 +229,19 @@ func runStop(args []string) error {
 	}
 	duck := pos[0]
 	if node, id, ok := strings.Cut(duck, "/"); ok {
+		// NODE/DUCK names the node too: one that --on contradicts, or an empty part, is a
+		// mistake in the command (found by an outside probe: --on was ignored, "/duck-1" and
+		// "" went to the node and came back as "runs no duck").
+		if node == "" || id == "" {
+			return usageError{fmt.Sprintf("%q: give a duck as DUCK or NODE/DUCK, as `ducks` lists them", duck)}
+		}
+		if *on != "" && *on != node {
+			return usageError{fmt.Sprintf("--on %s and %s name two nodes: give one", *on, duck)}
+		}
 		*on, duck = node, id
+	}
+	if duck == "" {
+		return usageError{"give a duck to stop, as `ducks` lists them"}
 	}
 	if err := c.call(http.MethodPost, "/v1/stop", api.StopRequest{Name: duck, On: *on}, nil); err != nil {
 		return err

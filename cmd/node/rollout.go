@@ -65,8 +65,9 @@ func runDeploy(args []string) error {
 			return usageError{fmt.Sprintf("--max-parallel %q: give a number or a share such as 20%%", *maxPar)}
 		}
 		p.MaxParallelPercent = n
-	} else if n, err := strconv.Atoi(*maxPar); err != nil {
-		return usageError{fmt.Sprintf("--max-parallel %q: give a number or a share such as 20%%", *maxPar)}
+	} else if n, err := strconv.Atoi(*maxPar); err != nil || n == 0 {
+		// 0 read as one (the policy's zero value): said, not taken silently (an outside probe).
+		return usageError{fmt.Sprintf("--max-parallel %q: give a number of nodes (1 or more) or a share such as 20%%", *maxPar)}
 	} else {
 		p.MaxParallel = n
 	}
