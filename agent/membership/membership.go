@@ -228,8 +228,20 @@ func (m *Membership) OnLeader(ctx context.Context, path string, in, out any, loc
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	var unreachable error
+	began, asked := time.Now(), false
 	for {
 		n := m.Node()
+		if name, _ := n.Leader(); name == "" && !asked && operatorWrite(path) && time.Since(began) > quorumAfter {
+			// No leader past an election's usual length: ask whether a majority of voters
+			// answers at all. Without one an operator waits for nothing, and deploy, undo and
+			// pause waited out the 30 s before saying so (found by an outside probe). A node's
+			// own writes (reports, registration) wait on: they are retried, and the voters may
+			// be back by then.
+			asked = true
+			if err := m.quorum(ctx); err != nil {
+				return err
+			}
+		}
 		if n.IsLeader() {
 			// Leadership lost under an entry means it may or may not commit: every command
 			// through here is safe to propose again (commits of the same bundle, reports and
@@ -270,6 +282,14 @@ func (m *Membership) OnLeader(ctx context.Context, path string, in, out any, loc
 		}
 	}
 }
+
+// operatorWrite reports whether a write through path is an operator's (deploy, and what
+// `rollout` changes), told at once when no majority of voters answers.
+func operatorWrite(path string) bool { return path == "/v1/commit" || path == "/v1/rollout" }
+
+// quorumAfter is how long a write waits for a leader before it asks whether enough voters
+// answer to elect one (an election here takes well under a second).
+const quorumAfter = 1500 * time.Millisecond
 
 // awaitIndex waits until this node's state holds the log up to index, or ctx ends (OnLeader
 // bounds it at 30 s). A follower learns of a commit up to raft's CommitTimeout after the leader.
