@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -91,6 +92,11 @@ type Host struct {
 	opMu    sync.Mutex
 	localMu sync.Mutex
 	local   State
+	// notStarted is the ducks RestartAll could not start again, with why (localMu): shown as
+	// failed and tried again, where they vanished from `ducks --local` and `status` with the
+	// reason in the node's log alone, for good (found by an outside probe: a port taken
+	// meanwhile).
+	notStarted map[string]string
 }
 
 // Open reads what the node ran from its data folder.
@@ -172,19 +178,75 @@ func (h *Host) RestartAll(ctx context.Context) {
 	h.opMu.Lock()
 	defer h.opMu.Unlock()
 	l := h.Local()
+	failed := map[string]string{}
 	for _, d := range l.Ducks {
-		version := cmp.Or(d.Version, l.Version)
-		bin, err := h.Binary(ctx, version)
-		if err != nil {
-			h.log.Error("cannot restart duck", "duck", d.ID, "version", api.LabelOf(version), "err", err)
-			continue
+		if err := h.startAgain(ctx, l, d); err != nil {
+			h.log.Error("restart duck", "duck", d.ID, "err", err, "next", "tried again every "+retryFirst.String()+" to "+retryMost.String())
+			failed[d.ID] = err.Error()
 		}
-		err = h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: string(h.Label(version)), Binary: bin, Addr: d.Addr, Env: d.Env})
-		if err != nil {
-			h.log.Error("restart duck", "duck", d.ID, "err", err)
-			continue
+	}
+	if len(failed) == 0 {
+		return
+	}
+	h.localMu.Lock()
+	h.notStarted = failed
+	h.localMu.Unlock()
+	go h.retryNotStarted(ctx)
+}
+
+// startAgain starts duck d of l (the node's state) from its last saved state.
+func (h *Host) startAgain(ctx context.Context, l State, d Record) error {
+	version := cmp.Or(d.Version, l.Version)
+	bin, err := h.Binary(ctx, version)
+	if err != nil {
+		return fmt.Errorf("no binary of %s: %w", api.LabelOf(version), err)
+	}
+	if err := h.sup.Start(ctx, supervise.Spec{ID: d.ID, Version: string(h.Label(version)), Binary: bin, Addr: d.Addr, Env: d.Env}); err != nil {
+		return err
+	}
+	h.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", api.LabelOf(version))
+	return nil
+}
+
+// How often a duck that could not start again is tried again: from retryFirst, doubling.
+const (
+	retryFirst = 5 * time.Second
+	retryMost  = time.Minute
+)
+
+// retryNotStarted tries the ducks RestartAll could not start again until each runs, is stopped,
+// or ctx ends. One a rollout started meanwhile (swapOrStart) counts as started.
+func (h *Host) retryNotStarted(ctx context.Context) {
+	for wait := retryFirst; ; wait = min(2*wait, retryMost) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
 		}
-		h.log.Info("restarted duck", "duck", d.ID, "addr", d.Addr, "version", api.LabelOf(version))
+		h.opMu.Lock()
+		l := h.Local()
+		h.localMu.Lock()
+		left := maps.Clone(h.notStarted)
+		h.localMu.Unlock()
+		for id := range left {
+			i := slices.IndexFunc(l.Ducks, func(d Record) bool { return d.ID == id })
+			if _, known := h.sup.Get(id); i < 0 || known {
+				delete(left, id)
+				continue
+			}
+			if err := h.startAgain(ctx, l, l.Ducks[i]); err != nil {
+				left[id] = err.Error()
+				continue
+			}
+			delete(left, id)
+		}
+		h.localMu.Lock()
+		h.notStarted = left
+		h.localMu.Unlock()
+		h.opMu.Unlock()
+		if len(left) == 0 {
+			return
+		}
 	}
 }
 
@@ -483,8 +545,20 @@ func (h *Host) Restart(ctx context.Context, id string) error {
 // List is every duck the supervisor runs here, as the API shows it.
 func (h *Host) List() []api.DuckInfo {
 	out := []api.DuckInfo{}
+	known := map[string]bool{}
 	for _, st := range h.sup.List() {
 		out = append(out, Info(h.name, st))
+		known[st.ID] = true
+	}
+	l := h.Local()
+	h.localMu.Lock()
+	notStarted := maps.Clone(h.notStarted)
+	h.localMu.Unlock()
+	for _, d := range l.Ducks {
+		if why, ok := notStarted[d.ID]; ok && !known[d.ID] {
+			out = append(out, api.DuckInfo{Node: h.name, ID: d.ID, Version: h.Label(cmp.Or(d.Version, l.Version)), Addr: d.Addr, State: "failed",
+				LastError: "could not start again after the node restarted (tried again now and then; `stop` forgets it): " + why})
+		}
 	}
 	return out
 }

@@ -322,3 +322,41 @@ func TestFreeLoopbackAddrCanBeBound(t *testing.T) {
 		t.Fatalf("%s is not on loopback", addr)
 	}
 }
+
+// A duck that cannot start again when its node restarts (its port taken meanwhile) is listed
+// as failed with why, and tried again until it runs: it vanished from `ducks --local` and
+// `status`, its error in the node's log alone, and was never tried again (found by an outside
+// probe).
+func TestADuckThatCannotStartAgainIsListedAndTriedAgain(t *testing.T) {
+	g, _ := running(t)
+	g.sup = newSupervisor() // the node restarted: its supervisor runs nothing
+	g.sup.failStart = errors.New("address 127.0.0.1:1 already in use")
+	h := g.open(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.RestartAll(ctx)
+	var failed *api.DuckInfo
+	for _, d := range h.List() {
+		if d.State == "failed" {
+			failed = &d
+		}
+	}
+	if len(h.List()) != 2 || failed == nil || !strings.Contains(failed.LastError, "already in use") || failed.Version != "v1" {
+		t.Fatalf("after a restart with one duck's start failing, List = %+v; want both, one failed saying why", h.List())
+	}
+	deadline := time.Now().Add(3 * retryFirst)
+	for {
+		if _, ok := g.sup.Get(failed.ID); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not started again within %s", failed.ID, 3*retryFirst)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, d := range h.List() {
+		if d.State != "running" {
+			t.Fatalf("once started again List = %+v", h.List())
+		}
+	}
+}
