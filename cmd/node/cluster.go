@@ -8,6 +8,7 @@ import (
 	"github.com/duckraft/duckraft/api"
 	"net/http"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +35,7 @@ func clientFlags(fs *flag.FlagSet) *client {
 // open derives the identity from the cookie (slow on purpose, so once, and only now that the
 // flags are parsed) and returns the API client.
 func (c *client) open() (*api.Client, error) {
+	c.addr = apiAddr(c.addr)
 	if c.api != nil {
 		return c.api, nil
 	}
@@ -149,4 +151,15 @@ func lastContact(m api.MemberStatus) string {
 		return "now"
 	}
 	return ago(m.LastContact)
+}
+
+// apiAddr takes a node's address as HOST:PORT also when given as a URL (http://HOST:PORT/, as
+// a browser shows it): "http" was read as a host and failed on DNS (found by an outside probe).
+func apiAddr(v string) string {
+	for _, scheme := range []string{"https://", "http://"} {
+		if rest, ok := strings.CutPrefix(v, scheme); ok {
+			return strings.TrimSuffix(rest, "/")
+		}
+	}
+	return v
 }
