@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/duckraft/duckraft/api"
 	"github.com/duckraft/duckraft/rollout"
 )
 
@@ -119,5 +120,24 @@ func TestOutcomeSaysANodeLeft(t *testing.T) {
 	err := outcome(r)
 	if err == nil || !strings.Contains(err.Error(), "version 3 rolled out, but c was down and skipped; it catches up when it returns; b left the cluster during it") {
 		t.Fatalf("outcome = %v", err)
+	}
+}
+
+// status shows a node skipped by an ended rollout that now runs what the rollout left the
+// cluster on as caught up, not as skipped alone (found by an outside probe).
+func TestASkippedNodeThatCaughtUpIsShownSo(t *testing.T) {
+	r := rollout.New(3, "v3", 2, "v2", rollout.Members("a", "b"), false, true, rollout.Policy{}, time.Now())
+	r.Nodes["a"].Phase = rollout.Running
+	r.Nodes["b"].Phase = rollout.Skipped
+	r.State = rollout.Done
+	if !caughtUp(r, r.Nodes["b"], &api.Local{Label: "v3"}) {
+		t.Fatal("b on v3 after v3 rolled out: not shown as caught up")
+	}
+	if caughtUp(r, r.Nodes["b"], &api.Local{Label: "v2"}) {
+		t.Fatal("b still on v2: shown as caught up")
+	}
+	r.State = rollout.WentBack
+	if !caughtUp(r, r.Nodes["b"], &api.Local{Label: "v2"}) {
+		t.Fatal("b on v2 after v3 went back: not shown as caught up")
 	}
 }
