@@ -337,12 +337,15 @@ func (a *Agent) Close() error {
 	return err
 }
 
+// LockFile is the file in a data folder that a running node holds locked.
+const LockFile = "lock"
+
 // lockDataDir takes the data folder for this process: a second node started on it waited
 // without a word for bbolt's lock on the Raft log, holding its API port, deaf to SIGTERM (found
 // by an outside probe). The lock is the kernel's (flock), so it goes with a process that dies,
 // and the file names the PID that holds it, for the message.
 func lockDataDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, "lock")
+	path := filepath.Join(dir, LockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("data folder: %w", err)

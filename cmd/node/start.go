@@ -219,7 +219,11 @@ func closeInherited() {
 // early makes): a file in it means a node, perhaps another start's, uses it, and it stays.
 func removeIfHollow(dir string) {
 	hollow := true
-	filepath.WalkDir(dir, func(_ string, e fs.DirEntry, err error) error {
+	filepath.WalkDir(dir, func(path string, e fs.DirEntry, err error) error {
+		// The lock file the failed start took says nothing about a node.
+		if err == nil && path == filepath.Join(dir, agent.LockFile) && e.Type().IsRegular() {
+			return nil
+		}
 		if err != nil || !e.IsDir() {
 			hollow = false
 			return filepath.SkipAll
