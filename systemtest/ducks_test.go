@@ -1,6 +1,7 @@
 package systemtest
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -161,4 +162,33 @@ func TestASpawnFromACanaryToAnotherNodeIsRefusedDuringTheRollout(t *testing.T) {
 		t.Fatalf("load on %s during the rollout: err=%v\n%s", c.Name, err, errOut)
 	}
 	cli(t, dc.c, a.API, "rollout", "undo")
+}
+
+// TestFollowingEveryNodesLogsTakesANodeBackAfterItReturns: `logs -f` of every node said a node
+// that went away was gone, and never showed its ducks again after it came back (found by an
+// outside probe). It follows the node again once it answers.
+func TestFollowingEveryNodesLogsTakesANodeBackAfterItReturns(t *testing.T) {
+	dc := newDuckCluster(t)
+	a, b := dc.nodes[0], dc.nodes[1]
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cmd := dc.c.Command(ctx, a.API, "logs", "-f", "-n", "0")
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); cmd.Wait() }()
+	waitFor(t, "b's duck's lines in logs -f", 20*time.Second, func() bool { return strings.Contains(out.String(), "["+b.Name+"/") })
+	if err := b.Stop(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "logs -f to say b is gone", 20*time.Second, func() bool { return strings.Contains(out.String(), "node "+b.Name+" is gone") })
+	mark := len(out.String())
+	if err := b.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b's duck's lines again after b came back", 60*time.Second, func() bool {
+		return strings.Contains(out.String()[mark:], "["+b.Name+"/")
+	})
 }

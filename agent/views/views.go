@@ -11,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -227,32 +229,45 @@ func (v *Views) Logs(w http.ResponseWriter, r *http.Request) {
 	q.Del("on")
 	lines := make(chan json.RawMessage, 256)
 	var wg sync.WaitGroup
+	follow := q.Get("follow") == "1"
 	for name, addr := range v.Cluster.Registered() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Recent lines come with a deadline, so that one silent member (cut off, not yet
-			// known to be down) cannot hold up the listing of a hundred; following has none.
-			ctx := r.Context()
-			if q.Get("follow") != "1" {
-				var cancel context.CancelFunc
-				ctx, cancel = context.WithTimeout(ctx, 2*v.timeout())
-				defer cancel()
-			}
-			err := v.Peers.Stream(ctx, addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
+			nq := maps.Clone(q)
+			for down := false; ; {
+				err := v.streamLogs(r.Context(), addr, nq, follow, lines)
+				if r.Context().Err() != nil {
+					return
+				}
+				var ae *api.APIError
+				if err == nil && !follow || errors.As(err, &ae) {
+					return
+				}
+				if err != nil && !down {
+					msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", name, err)
+					if errors.Is(err, context.DeadlineExceeded) {
+						msg = fmt.Sprintf("node %s did not answer within %s: its lines are missing", name, 2*v.timeout())
+					}
+					if follow {
+						msg += "; followed again once it answers"
+					}
+					b, _ := json.Marshal(api.LogLine{Node: name, Error: msg})
+					lines <- b
+				}
+				if !follow {
+					return
+				}
+				// Following: the node may come back (a restart), and its ducks with it. It was
+				// left out until the command was run again (found by an outside probe). From
+				// then on, only new lines: those before were shown or are the restart's.
+				down = err != nil
 				select {
-				case lines <- raw:
 				case <-r.Context().Done():
+					return
+				case <-time.After(followAgain):
 				}
-				return nil
-			})
-			if err != nil && r.Context().Err() == nil {
-				msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", name, err)
-				if ctx.Err() != nil {
-					msg = fmt.Sprintf("node %s did not answer within %s: its lines are missing", name, 2*v.timeout())
-				}
-				b, _ := json.Marshal(api.LogLine{Node: name, Error: msg})
-				lines <- b
+				nq.Set("n", "0")
 			}
 		}()
 	}
@@ -261,6 +276,27 @@ func (v *Views) Logs(w http.ResponseWriter, r *http.Request) {
 	for raw := range lines {
 		s.Raw(raw)
 	}
+}
+
+// followAgain is how often `logs -f` of every node asks a node that went away again.
+const followAgain = 2 * time.Second
+
+// streamLogs streams a node's log lines into lines: recent ones with a deadline, so that one
+// silent member (cut off, not yet known to be down) cannot hold up the listing of a hundred;
+// following has none.
+func (v *Views) streamLogs(ctx context.Context, addr string, q url.Values, follow bool, lines chan<- json.RawMessage) error {
+	if !follow {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 2*v.timeout())
+		defer cancel()
+	}
+	return v.Peers.Stream(ctx, addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
+		select {
+		case lines <- raw:
+		case <-ctx.Done():
+		}
+		return nil
+	})
 }
 
 // Status is every member with what it runs and its part in the rollout.
