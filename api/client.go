@@ -41,6 +41,10 @@ type APIError struct {
 
 func (e *APIError) Error() string { return e.Message }
 
+// ErrLost is in Stream's error when the stream broke after the node had answered: the node was
+// reached, which a caller following it needs to tell from a node it cannot reach at all.
+var ErrLost = errors.New("lost the connection")
+
 // ErrorBody is how every error leaves the API.
 type ErrorBody struct {
 	Error string `json:"error"`
@@ -110,7 +114,7 @@ func (c *Client) Stream(ctx context.Context, addr, method, path string, body io.
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("lost the connection to %s: %w", addr, err)
+			return fmt.Errorf("%w to %s: %w", ErrLost, addr, err)
 		}
 		if err := each(raw); err != nil {
 			return err

@@ -237,25 +237,33 @@ func (v *Views) Logs(w http.ResponseWriter, r *http.Request) {
 			nq := maps.Clone(q)
 			for down := false; ; {
 				err := v.streamLogs(r.Context(), addr, nq, follow, lines)
-				if r.Context().Err() != nil {
+				if r.Context().Err() != nil || err == nil && !follow {
 					return
 				}
+				// A stream that was answered ends an outage: the next one is news (a second
+				// outage went unsaid when this was only reset by a failure).
+				if err == nil || errors.Is(err, api.ErrLost) {
+					down = false
+				}
+				// A refusal (a node taken out, a query it rejects) does not change by asking
+				// again; an error of the node's own (5xx, say while it comes back) may.
 				var ae *api.APIError
-				if err == nil && !follow || errors.As(err, &ae) {
-					return
-				}
+				refused := errors.As(err, &ae) && ae.Status < 500
 				if err != nil && !down {
 					msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", name, err)
-					if errors.Is(err, context.DeadlineExceeded) {
+					switch {
+					case ae != nil:
+						msg = fmt.Sprintf("node %s: %s", name, ae.Message)
+					case errors.Is(err, context.DeadlineExceeded):
 						msg = fmt.Sprintf("node %s did not answer within %s: its lines are missing", name, 2*v.timeout())
 					}
-					if follow {
+					if follow && !refused {
 						msg += "; followed again once it answers"
 					}
 					b, _ := json.Marshal(api.LogLine{Node: name, Error: msg})
 					lines <- b
 				}
-				if !follow {
+				if !follow || refused {
 					return
 				}
 				// Following: the node may come back (a restart), and its ducks with it. It was
@@ -279,24 +287,30 @@ func (v *Views) Logs(w http.ResponseWriter, r *http.Request) {
 }
 
 // followAgain is how often `logs -f` of every node asks a node that went away again.
-const followAgain = 2 * time.Second
+var followAgain = 2 * time.Second
 
 // streamLogs streams a node's log lines into lines: recent ones with a deadline, so that one
 // silent member (cut off, not yet known to be down) cannot hold up the listing of a hundred;
 // following has none.
 func (v *Views) streamLogs(ctx context.Context, addr string, q url.Values, follow bool, lines chan<- json.RawMessage) error {
+	parent := ctx
 	if !follow {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, 2*v.timeout())
 		defer cancel()
 	}
-	return v.Peers.Stream(ctx, addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
+	err := v.Peers.Stream(ctx, addr, http.MethodGet, "/v1/logs?"+q.Encode(), nil, "", func(raw json.RawMessage) error {
 		select {
 		case lines <- raw:
 		case <-ctx.Done():
 		}
 		return nil
 	})
+	// A deadline met while dialling comes back as an i/o timeout, which read as "gone".
+	if err != nil && ctx.Err() != nil && parent.Err() == nil {
+		return context.DeadlineExceeded
+	}
+	return err
 }
 
 // Status is every member with what it runs and its part in the rollout.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -257,5 +258,79 @@ func TestListingsOrderNamesAsTheRolloutDoes(t *testing.T) {
 	}
 	if want := "n1/duck-1 n2/duck-2 n2/duck-10 n10/duck-1"; strings.Join(got, " ") != want {
 		t.Fatalf("ducks in order %v, want %s", got, want)
+	}
+}
+
+// scripted answers each Stream call with the next outcome: lines then an error, or, past the
+// end, silence until the caller gives up.
+type scripted struct {
+	outcomes []error
+	calls    int
+}
+
+func (s *scripted) Do(context.Context, string, string, string, any, any) error {
+	return errors.New("not asked")
+}
+
+func (s *scripted) Stream(ctx context.Context, _, _, _ string, _ io.Reader, _ string, each func(json.RawMessage) error) error {
+	if s.calls >= len(s.outcomes) {
+		<-ctx.Done()
+		return ctx.Err()
+	}
+	err := s.outcomes[s.calls]
+	s.calls++
+	b, _ := json.Marshal(api.LogLine{Node: "b", Duck: "duck-1", Text: "quack"})
+	if err == nil || errors.Is(err, api.ErrLost) {
+		each(b)
+	}
+	return err
+}
+
+// followed runs `logs -f` of every node against b's scripted outcomes and returns the error
+// lines it printed once they are all used up.
+func followed(t *testing.T, outcomes ...error) []string {
+	t.Helper()
+	old := followAgain
+	followAgain = time.Millisecond
+	defer func() { followAgain = old }()
+	p := &scripted{outcomes: outcomes}
+	v := &Views{Self: "a", Cluster: fakeCluster{members: []api.MemberStatus{{Name: "b", APIAddr: "b:1", Suffrage: "voter"}}},
+		Local: fakeLocal{}, Peers: p, Timeout: 100 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	w := httptest.NewRecorder()
+	v.Logs(w, httptest.NewRequestWithContext(ctx, http.MethodGet, "/v1/logs?on=*&follow=1", nil))
+	var errs []string
+	for _, line := range strings.Split(strings.TrimSpace(w.Body.String()), "\n") {
+		var l api.LogLine
+		if json.Unmarshal([]byte(line), &l) == nil && l.Error != "" {
+			errs = append(errs, l.Error)
+		}
+	}
+	return errs
+}
+
+func TestFollowingSaysEveryOutageOfANode(t *testing.T) {
+	lost := fmt.Errorf("%w to b:1: EOF", api.ErrLost)
+	refused := errors.New("b:1: connection refused")
+	errs := followed(t, lost, refused, refused, lost, refused, nil)
+	if len(errs) != 2 {
+		t.Fatalf("said %q, want the two outages each said once", errs)
+	}
+	for _, e := range errs {
+		if !strings.Contains(e, "followed again once it answers") {
+			t.Errorf("%q does not say the node is followed again", e)
+		}
+	}
+}
+
+func TestFollowingStopsAtARefusalAndSaysIt(t *testing.T) {
+	errs := followed(t, &api.APIError{Status: http.StatusConflict, Message: "node b was taken out of the cluster"}, nil)
+	if len(errs) != 1 || !strings.Contains(errs[0], "taken out") || strings.Contains(errs[0], "followed again") {
+		t.Fatalf("said %q, want the refusal once, not followed again", errs)
+	}
+	errs = followed(t, &api.APIError{Status: http.StatusServiceUnavailable, Message: "starting"}, nil)
+	if len(errs) != 1 || !strings.Contains(errs[0], "followed again") {
+		t.Fatalf("said %q, want a node's own error followed again", errs)
 	}
 }
