@@ -245,6 +245,15 @@ func freeAddr(t testing.TB) string {
 
 // install puts the named program at the stable path by rename, as a
 // supervisor does before SIGHUP, with its name as the version.
+// startSwap installs version and asks the current generation to swap to it, returning that
+// generation's PID and how many lines its stderr had before.
+func (d *duck) startSwap(version string) (old, mark int) {
+	old, mark = d.pid(), d.stderr.len()
+	d.install(version)
+	d.signal(old, syscall.SIGHUP)
+	return old, mark
+}
+
 func (d *duck) install(name string) {
 	d.t.Helper()
 	if err := d.installing(name); err != nil {

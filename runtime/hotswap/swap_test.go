@@ -167,10 +167,7 @@ func TestCrashingVersionLeavesOldDuckServing(t *testing.T) {
 	for range 3 {
 		d.mustCall(http.MethodPost, "/quack")
 	}
-	old := d.pid()
-	mark := d.stderr.len()
-	d.install("duck-crash")
-	d.signal(old, syscall.SIGHUP)
+	old, mark := d.startSwap("duck-crash")
 	line := d.stderr.waitFor(t, mark, 20*time.Second, "swap failed", "exit status 3")
 	t.Logf("reported: %s", line)
 
@@ -194,10 +191,7 @@ func TestHangingVersionTimesOutAndOldDuckCarriesOn(t *testing.T) {
 	d := startDuck(t, "duck", []string{"DUCK_READY_TIMEOUT=2s", "DUCK_INTERVAL=50ms"})
 	d.mustCall(http.MethodPost, "/quack")
 	d.mustCall(http.MethodPost, "/quack")
-	old := d.pid()
-	mark := d.stderr.len()
-	d.install("duck-hang")
-	d.signal(old, syscall.SIGHUP)
+	old, mark := d.startSwap("duck-hang")
 	d.stderr.waitFor(t, mark, 20*time.Second, "duck-hang: never becoming Ready")
 
 	// While the swap decides: a second SIGHUP is ignored, and a request is
@@ -235,10 +229,7 @@ func TestHangingVersionTimesOutAndOldDuckCarriesOn(t *testing.T) {
 func TestSetupThatHangsHoldsNoRequest(t *testing.T) {
 	d := startDuck(t, "duck", []string{"DUCK_READY_TIMEOUT=4s"})
 	d.mustCall(http.MethodPost, "/quack")
-	old := d.pid()
-	mark := d.stderr.len()
-	d.install("duck-hang")
-	d.signal(old, syscall.SIGHUP)
+	old, mark := d.startSwap("duck-hang")
 	d.stderr.waitFor(t, mark, 20*time.Second, "duck-hang: never becoming Ready")
 	for i := range 5 {
 		if r := d.mustCall(http.MethodPost, "/quack"); r.Count != 2+i || r.Version != "duck" {
@@ -267,10 +258,7 @@ func TestSetupFailingBeforeTheStateFreezesNothing(t *testing.T) {
 	for range 3 {
 		d.mustCall(http.MethodPost, "/quack")
 	}
-	old := d.pid()
-	mark := d.stderr.len()
-	d.install("duck-crash")
-	d.signal(old, syscall.SIGHUP)
+	old, mark := d.startSwap("duck-crash")
 	line := got.waitFor(t, 0, 20*time.Second, `"event":"swap failed"`, "exit status 3")
 	t.Logf("reported: %s", line)
 	oldStillServes(t, d, old, 4)
@@ -388,10 +376,7 @@ func TestGoingBackWithoutDowngradeIsRefused(t *testing.T) {
 	d.mustCall(http.MethodPost, "/quack")
 	d.swap("oneway")
 	d.mustCall(http.MethodPost, "/quack")
-	old := d.pid()
-	mark := d.stderr.len()
-	d.install("duck-migrate")
-	d.signal(old, syscall.SIGHUP)
+	_, mark := d.startSwap("duck-migrate")
 	d.stderr.waitFor(t, mark, 20*time.Second, "swap failed")
 	d.stderr.waitFor(t, mark, 5*time.Second, "migrating state from schema 3 to 2", "the version that wrote it has no Config.Downgrade to schema 2")
 	if r := d.mustCall(http.MethodGet, "/"); r.Count != 2 || r.Version != "oneway" {
