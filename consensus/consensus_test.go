@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"github.com/duckraft/duckraft/internal/waitfor"
@@ -397,5 +399,26 @@ func TestRemovingTheOnlyVoterIsRefused(t *testing.T) {
 	}
 	if err := leader.Remove("b", 5*time.Second); err != nil {
 		t.Fatalf("removing the non-voter: %v", err)
+	}
+}
+
+// The TCP transport replicates without raft's pipeline, which can deadlock a leader's
+// replication to a follower that once answered Success=false, and with it the leader's
+// Shutdown (seen in TestNemesisCuts, seed 1796648837655718667: a node did not stop in 30 s).
+func TestTheTCPTransportDoesNotPipeline(t *testing.T) {
+	id, err := wire.FromCookie("a-cookie-long-enough-for-the-tests-sake-1234567890")
+	if err != nil {
+		t.Fatal(err)
+	}
+	trans, err := newTCPTransport(Config{Name: "a", Bind: "127.0.0.1:0", Identity: id, Log: slog.New(slog.DiscardHandler)}, hclog.NewNullLogger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer trans.Close()
+	if p, err := trans.AppendEntriesPipeline("b", "127.0.0.1:1"); !errors.Is(err, raft.ErrPipelineReplicationNotSupported) {
+		if p != nil {
+			p.Close()
+		}
+		t.Fatalf("AppendEntriesPipeline: %v, want raft.ErrPipelineReplicationNotSupported", err)
 	}
 }

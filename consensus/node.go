@@ -221,6 +221,13 @@ func newTCPTransport(cfg Config, rlog hclog.Logger) (*raft.NetworkTransport, err
 		MaxPool: 3,
 		Timeout: 5 * time.Second,
 		Logger:  rlog,
+		// One AppendEntries in flight: raft v1.7.3's pipeline (2 in flight, the default) can
+		// deadlock once a follower answers Success=false (after a cut, say): the sender waits
+		// on a queue the reader of responses no longer drains. The follower then gets no
+		// entry until the leader changes, and the leader's Shutdown hangs (a nemesis run
+		// caught a node that did not stop). Raft's own notes find pipelining of little use
+		// but on high-latency links.
+		MaxRPCsInFlight: 1,
 	}), nil
 }
 
