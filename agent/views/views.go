@@ -214,13 +214,17 @@ func (v *Views) ProxyLogs(w http.ResponseWriter, r *http.Request, on string) {
 		return nil
 	})
 	if err != nil && r.Context().Err() == nil {
-		var ae *api.APIError
-		msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", on, err)
-		if errors.As(err, &ae) {
-			msg = ae.Message
-		}
-		s.Send(api.LogLine{Node: on, Error: msg})
+		s.Send(api.LogLine{Node: on, Error: whyStopped(on, err)})
 	}
+}
+
+// whyStopped says why a node's lines stopped: its own refusal, or that it is gone.
+func whyStopped(name string, err error) string {
+	var ae *api.APIError
+	if errors.As(err, &ae) {
+		return ae.Message
+	}
+	return fmt.Sprintf("node %s is gone, and its ducks with it (%v)", name, err)
 }
 
 // Logs merges the output of every duck on every node.
@@ -250,10 +254,10 @@ func (v *Views) Logs(w http.ResponseWriter, r *http.Request) {
 				var ae *api.APIError
 				refused := errors.As(err, &ae) && ae.Status < 500
 				if err != nil && !down {
-					msg := fmt.Sprintf("node %s is gone, and its ducks with it (%v)", name, err)
+					msg := whyStopped(name, err)
 					switch {
-					case ae != nil:
-						msg = fmt.Sprintf("node %s: %s", name, ae.Message)
+					case ae != nil: // among every node's lines, say whose refusal it is
+						msg = "node " + name + ": " + msg
 					case errors.Is(err, context.DeadlineExceeded):
 						msg = fmt.Sprintf("node %s did not answer within %s: its lines are missing", name, 2*v.timeout())
 					}

@@ -326,7 +326,7 @@ func TestFollowingSaysEveryOutageOfANode(t *testing.T) {
 
 func TestFollowingStopsAtARefusalAndSaysIt(t *testing.T) {
 	errs := followed(t, &api.APIError{Status: http.StatusConflict, Message: "node b was taken out of the cluster"}, nil)
-	if len(errs) != 1 || !strings.Contains(errs[0], "taken out") || strings.Contains(errs[0], "followed again") {
+	if len(errs) != 1 || !strings.Contains(errs[0], "node b: node b was taken out") || strings.Contains(errs[0], "followed again") {
 		t.Fatalf("said %q, want the refusal once, not followed again", errs)
 	}
 	errs = followed(t, &api.APIError{Status: http.StatusServiceUnavailable, Message: "starting"}, nil)
