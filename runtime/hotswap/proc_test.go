@@ -243,8 +243,6 @@ func freeAddr(t testing.TB) string {
 	return ln.Addr().String()
 }
 
-// install puts the named program at the stable path by rename, as a
-// supervisor does before SIGHUP, with its name as the version.
 // startSwap installs version and asks the current generation to swap to it, returning that
 // generation's PID and how many lines its stderr had before.
 func (d *duck) startSwap(version string) (old, mark int) {
@@ -254,6 +252,8 @@ func (d *duck) startSwap(version string) (old, mark int) {
 	return old, mark
 }
 
+// install puts the named program at the stable path by rename, as a
+// supervisor does before SIGHUP, with its name as the version.
 func (d *duck) install(name string) {
 	d.t.Helper()
 	if err := d.installing(name); err != nil {
