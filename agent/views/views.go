@@ -245,15 +245,13 @@ func (v *Views) Logs(w http.ResponseWriter, r *http.Request) {
 					return
 				}
 				// A stream that was answered ends an outage: the next one is news (a second
-				// outage went unsaid when this was only reset by a failure).
-				if err == nil || errors.Is(err, api.ErrLost) {
-					down = false
-				}
+				// outage went unsaid when only a failure set down).
+				reached := err == nil || errors.Is(err, api.ErrLost)
 				// A refusal (a node taken out, a query it rejects) does not change by asking
 				// again; an error of the node's own (5xx, say while it comes back) may.
 				var ae *api.APIError
 				refused := errors.As(err, &ae) && ae.Status < 500
-				if err != nil && !down {
+				if err != nil && (!down || reached) {
 					msg := whyStopped(name, err)
 					switch {
 					case ae != nil: // among every node's lines, say whose refusal it is
