@@ -123,8 +123,11 @@ func (n *Node) start() error {
 	argv := append(append(slices.Clone(n.Prefix), n.c.Bin), n.Args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), "DUCKRAFT_COOKIE="+n.c.Cookie)
-	// Own process group, so a stop reaches the node and anything it started.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Own process group, so a stop reaches the node and anything it started. Killed when the
+	// process that started it dies: a test that timed out (Go's test binary panics and exits)
+	// left its nodes running, with their ducks, ports and CPU, until someone found them. The
+	// node's ducks die with it through their lifeline.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return err
