@@ -536,6 +536,48 @@ func TestNodesOnOneHostShareABuild(t *testing.T) {
 	}
 }
 
+// A node waiting for the host's build takes the shared binary as soon as it is there, without
+// the host's lock: the waiters used to take the lock one after another to find the work done,
+// and at a hundred nodes their built reports spread over 1.3 s.
+func TestAWaitingNodeTakesTheSharedBuildWithoutTheLock(t *testing.T) {
+	goBin, runs := countingGo(t)
+	shared := t.TempDir()
+	b := pack(t, map[string]string{"main.go": tableflipDuck})
+	if _, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data); err != nil {
+		t.Fatal(err)
+	}
+	// The shared binary is put aside while another "build" holds the host's lock.
+	aside := shared + ".aside"
+	if err := os.Rename(shared, aside); err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := hostLock(context.Background(), nil)
+	if err != nil || unlock == nil {
+		t.Fatalf("taking the host's lock: %v", err)
+	}
+	defer unlock()
+	built := make(chan error, 1)
+	go func() {
+		_, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data)
+		built <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // it waits for the lock now
+	if err := os.Rename(aside, shared); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-built:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the waiting node did not take the shared binary while the host's lock was held")
+	}
+	if n := runs(); n != 1 {
+		t.Errorf("go ran %d times, want 1", n)
+	}
+}
+
 // Two nodes that build one bundle each for itself, in folders of their own (as on two hosts),
 // produce the same binary, byte for byte: the build's flags leave the paths, the build's
 // folder and VCS stamps out of it. This is what lets --same-binary call a differing sum drift.

@@ -77,9 +77,14 @@ func (b *Builder) Describe(ctx context.Context, id bundle.ID, cred *syscall.Cred
 	if d, ok := readDescription(kept, shared); ok {
 		return d, nil
 	}
-	// One node of the host asks while the others wait for its answer.
-	unlock, err := hostLock(ctx)
-	if err != nil {
+	// One node of the host asks while the others wait for its answer, and take it without
+	// the lock once it is there.
+	unlock, err := hostLock(ctx, func() bool {
+		var ok bool
+		d, ok = readDescription(kept, shared)
+		return ok
+	})
+	if err != nil || unlock == nil {
 		return d, err
 	}
 	defer unlock()
