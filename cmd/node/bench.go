@@ -30,6 +30,7 @@ func runBench(args []string) error {
 	commits := fs.Int("commits", 300, "Raft commits to time")
 	healthy := fs.Duration("healthy", 200*time.Millisecond, "the healthy wait of each swap (the nodes' --healthy and the rollouts' policy)")
 	sizes := fs.String("nodes", "", "instead: measure clusters of these sizes in turn, e.g. 3,30,100 (commit to all running in waves of 20%, leader CPU and memory, Raft commits, status)")
+	keep := fs.String("keep", "", "with --nodes: write every node's log and the rollout as it ended (JSON) under this folder, one subfolder per size, to read where a slow run's time went")
 	withDucks := fs.Bool("ducks", true, "with --nodes: a duck on each node, under keep-alive load while the rollout runs (false: what the protocol and the builds cost alone)")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -43,7 +44,7 @@ func runBench(args []string) error {
 			}
 			ns = append(ns, n)
 		}
-		return runScaleBench(ns, *commits, *withDucks)
+		return runScaleBench(ns, *commits, *withDucks, *keep)
 	}
 	c, v1, _, err := tempCluster("duckraft-bench-")
 	if err != nil {

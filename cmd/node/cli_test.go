@@ -1,6 +1,7 @@
 package main
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -139,5 +140,27 @@ func TestASkippedNodeThatCaughtUpIsShownSo(t *testing.T) {
 	r.State = rollout.WentBack
 	if !caughtUp(r, r.Nodes["b"], &api.Local{Label: "v2"}) {
 		t.Fatal("b on v2 after v3 went back: not shown as caught up")
+	}
+}
+
+// A slot's wait between two turns is read from the stamps: the first wave waits for no turn,
+// and a grant made at a report's own commit waited nothing.
+func TestTimelineReadsTheWaitBetweenTurns(t *testing.T) {
+	t0 := time.Date(2026, 12, 7, 14, 0, 0, 0, time.UTC)
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	r := &rollout.Rollout{Started: t0, Ended: at(2000), Nodes: map[string]*rollout.Node{
+		"n1": {Built: at(100), Granted: at(200), Done: at(900)},
+		"n2": {Built: at(100), Granted: at(200), Done: at(1000)},
+		"n3": {Built: at(150), Granted: at(900), Done: at(1500)},  // at n1's report
+		"n4": {Built: at(150), Granted: at(1150), Done: at(1800)}, // 150 ms after n2's
+		"n5": {Built: at(150)},                                    // never granted
+	}}
+	tl := timelineOf(r)
+	if tl.firstGrant != 200*time.Millisecond || tl.lastBuilt != 150*time.Millisecond {
+		t.Fatalf("first grant %s, last built %s; want 200ms and 150ms", tl.firstGrant, tl.lastBuilt)
+	}
+	slices.Sort(tl.gaps)
+	if want := []time.Duration{0, 150 * time.Millisecond}; !slices.Equal(tl.gaps, want) {
+		t.Fatalf("gaps %v, want %v", tl.gaps, want)
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"os"
@@ -47,6 +48,9 @@ type rolloutTimeline struct {
 	lastBuilt  time.Duration   // commit to the last node's built report
 	firstGrant time.Duration   // commit to the first grant
 	turns      []time.Duration // each node's turn: its grant to its running report
+	// gaps is, for each node granted after another's turn ended, the time from the last
+	// running report before its grant to the grant: what a slot waits between two turns.
+	gaps []time.Duration
 }
 
 // timelineOf reads where the time of rollout r went.
@@ -63,6 +67,17 @@ func timelineOf(r *rollout.Rollout) rolloutTimeline {
 			}
 		}
 	}
+	for _, nr := range r.Nodes {
+		var last time.Time
+		for _, o := range r.Nodes {
+			if !o.Done.IsZero() && !o.Done.After(nr.Granted) && o.Done.After(last) {
+				last = o.Done
+			}
+		}
+		if !nr.Granted.IsZero() && !last.IsZero() {
+			tl.gaps = append(tl.gaps, nr.Granted.Sub(last))
+		}
+	}
 	return tl
 }
 
@@ -72,11 +87,11 @@ func timelineOf(r *rollout.Rollout) rolloutTimeline {
 // many members, and the time of `status`. With ducks, each node runs one under keep-alive load
 // during the rollout (the healthy wait is then the ducks' own); without, the figures are what the
 // protocol and the builds cost alone.
-func runScaleBench(sizes []int, commits int, ducks bool) error {
+func runScaleBench(sizes []int, commits int, ducks bool, keep string) error {
 	var all []scaleFigures
 	for _, size := range sizes {
 		fmt.Fprintf(os.Stderr, "%d nodes ...\n", size)
-		f, err := benchSize(size, commits, ducks)
+		f, err := benchSize(size, commits, ducks, keep)
 		if err != nil {
 			return fmt.Errorf("%d nodes: %w", size, err)
 		}
@@ -110,6 +125,9 @@ func runScaleBench(sizes []int, commits int, ducks bool) error {
 	row("  a node's turn, grant to running, p50 / max", func(f scaleFigures) string {
 		return pct(f.timeline.turns, 50) + " / " + pct(f.timeline.turns, 100)
 	})
+	row("  a turn's running to the next grant, p50 / max", func(f scaleFigures) string {
+		return pct(f.timeline.gaps, 50) + " / " + pct(f.timeline.gaps, 100)
+	})
 	row("  requests failed / served during the rollout", func(f scaleFigures) string {
 		if !f.ducks {
 			return "-"
@@ -131,13 +149,17 @@ func runScaleBench(sizes []int, commits int, ducks bool) error {
 	return tw.Flush()
 }
 
-func benchSize(size, commits int, withDucks bool) (scaleFigures, error) {
+func benchSize(size, commits int, withDucks bool, keep string) (scaleFigures, error) {
 	f := scaleFigures{nodes: size, ducks: withDucks}
 	c, v1, _, err := tempCluster("duckraft-scale-")
 	if err != nil {
 		return f, err
 	}
 	defer os.RemoveAll(c.Root)
+	if keep != "" {
+		// After the nodes stopped (deferred calls run last first), so their logs are whole.
+		defer keepLogs(filepath.Join(keep, strconv.Itoa(size)), c)
+	}
 	defer c.StopAll(30 * time.Second)
 	ctx := context.Background()
 	var names []string
@@ -240,6 +262,11 @@ func benchSize(size, commits int, withDucks bool) (scaleFigures, error) {
 		return f, err
 	}
 	f.rollout, f.leaderRolloutCPU, f.clusterRolloutCPU, f.timeline = r.Ended.Sub(r.Started), cpu, allCPU, timelineOf(r)
+	if keep != "" {
+		if err := writeJSON(filepath.Join(keep, strconv.Itoa(size), "rollout.json"), r); err != nil {
+			return f, err
+		}
+	}
 	// Asked in parts, for at most a minute: at a hundred members on a busy machine, 300 commits
 	// in one call outlasted the call's time limit and lost the whole run's figures.
 	var samples []time.Duration
@@ -286,4 +313,31 @@ func procCPU(pid int) time.Duration {
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	const ticks = 100 // USER_HZ on Linux
 	return time.Duration(utime+stime) * time.Second / ticks
+}
+
+// keepLogs writes every node's log under dir, as NAME.log; a log that cannot be written is said
+// on stderr, and the figures stand.
+func keepLogs(dir string, c *localcluster.Cluster) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, "keeping the nodes' logs:", err)
+		return
+	}
+	for _, n := range c.Nodes() {
+		if err := os.WriteFile(filepath.Join(dir, n.Name+".log"), []byte(n.Log()), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "keeping the nodes' logs:", err)
+			return
+		}
+	}
+}
+
+// writeJSON writes v, indented, to path, making its folder.
+func writeJSON(path string, v any) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o644)
 }
