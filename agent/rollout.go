@@ -186,9 +186,6 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 
 func (a *Agent) applyReport(n *consensus.Node, c consensus.Report) error {
 	c.Time = time.Now().UTC()
-	if c.Build == nil && a.drive.EndTurn(c.N, c.Node, c.Phase, c.Error, c.Time) {
-		return nil
-	}
 	return refusal(n.Apply(c, applyTimeout))
 }
 

@@ -373,30 +373,3 @@ func (r *Rollout) Steps(now time.Time, silent Silence, limit int) []Step {
 	}
 	return steps
 }
-
-// EndTurn is what the leader commits, in one entry, when node reports phase at now: the report
-// and the grants it frees (the ones the next round would make, at most limit), or nil when the
-// report ends no turn (only running going forward and reverted going back do), the rollout
-// refuses it, or it frees no grant; the report then goes into the log alone. It saves the round
-// trip between a node's report and the next grant in its slot (150 to 240 ms of each turn at a
-// hundred members). Only grants follow the report: a pause for the operator, a skip or the end
-// of the rollout is left to the next round, as before.
-func (r *Rollout) EndTurn(node string, phase Phase, msg string, now time.Time, silent Silence, limit int) []Step {
-	if phase != Running && phase != Reverted || !r.Active() {
-		return nil
-	}
-	report := Step{Op: OpReport, Node: node, Phase: phase, Message: msg, Why: "its turn ended"}
-	after := r.Clone()
-	if after.Apply(report, now) != nil {
-		return nil // the log refuses it too, and says why
-	}
-	next := after.Steps(now, silent, limit)
-	grants := 0
-	for grants < len(next) && next[grants].Op == OpGrant {
-		grants++
-	}
-	if grants == 0 {
-		return nil
-	}
-	return append([]Step{report}, next[:grants]...)
-}

@@ -309,19 +309,7 @@ func (s *sim) send(n *simNode, version Number, phase Phase, msg string, done fun
 				}
 				return
 			}
-			var err error
-			if steps := s.log.EndTurn(n.name, phase, msg, s.now, s.silence, maxSteps-1); steps != nil && s.rng.IntN(4) != 0 {
-				// As the agent on the leader: the report with the grants it frees, in one
-				// entry (each step checked as its own entry, as in leaderTick), and the
-				// granted told. A quarter of the time the report goes alone, as when the
-				// combined entry lost a race with a round.
-				err = s.change(fmt.Sprintf("%s reports %s, with %d grants", n.name, phase, len(steps)-1), func(r *Rollout) error { return r.Apply(steps[0], s.now) })
-				if err == nil {
-					s.commitSteps(steps[1:])
-				}
-			} else {
-				err = s.change(fmt.Sprintf("%s reports %s", n.name, phase), func(r *Rollout) error { return r.Report(n.name, phase, msg, s.now) })
-			}
+			err := s.change(fmt.Sprintf("%s reports %s", n.name, phase), func(r *Rollout) error { return r.Report(n.name, phase, msg, s.now) })
 			if s.inFaults() && s.rng.IntN(10) == 0 {
 				// The log took it (or refused it), but the answer is lost: the node says it
 				// again, as agent.report retries a call that failed.
@@ -352,11 +340,7 @@ func (s *sim) leaderTick() {
 	}
 	// As driveRollouts: every move the leader can make now, in one entry (each step is checked
 	// as its own entry here, so that the invariants see every intermediate state).
-	s.commitSteps(s.log.Steps(s.now, s.silence, maxSteps))
-}
-
-// commitSteps commits the leader's steps and tells the nodes it granted a turn.
-func (s *sim) commitSteps(steps []Step) {
+	steps := s.log.Steps(s.now, s.silence, maxSteps)
 	for _, st := range steps {
 		what := fmt.Sprintf("leader %s: %s %s %s %s", s.leader, st.Op, st.Node, st.Phase, st.State)
 		if s.change(what, func(r *Rollout) error { return r.Apply(st, s.now) }) != nil {

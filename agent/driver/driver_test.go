@@ -23,7 +23,6 @@ type fakeLog struct {
 	entries [][]rollout.Step
 	changed chan struct{}  // closed at the next change; nil: never
 	during  func(*fakeLog) // runs inside CommitSteps, as the log applies other entries
-	before  func(*fakeLog) // runs inside CommitSteps before the entry applies: it is in flight
 }
 
 func (l *fakeLog) IsLeader() bool { return l.leads }
@@ -56,10 +55,6 @@ func (l *fakeLog) change(r *rollout.Rollout) {
 func (l *fakeLog) CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time.Time) error {
 	if l.err != nil {
 		return l.err
-	}
-	if before := l.before; before != nil {
-		l.before = nil
-		before(l)
 	}
 	l.mu.Lock()
 	l.entries = append(l.entries, steps)
@@ -312,131 +307,5 @@ func TestAPromotionVerdictAboutAMovedRolloutIsDropped(t *testing.T) {
 	d.Round(t0.Add(time.Minute))
 	if len(l.entries) != 0 {
 		t.Fatalf("committed %v after the rollout went back under the check", l.entries)
-	}
-}
-
-// oneAtATime is a rollout over names, one node at a time, with a's turn under way.
-func oneAtATime(t *testing.T, now time.Time, names ...string) *rollout.Rollout {
-	t.Helper()
-	r := built(t, names...)
-	r.Policy.MaxParallelPercent = 0
-	r.Policy.MaxParallel = 1
-	for _, err := range []error{r.Grant("a", rollout.Granted, now), r.Report("a", rollout.Swapping, "", now)} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	return r
-}
-
-// A node's report that its turn ended goes into the log in one entry with the next grant, and
-// the granted node is told.
-func TestAnEndedTurnIsCommittedWithTheGrantItFrees(t *testing.T) {
-	now := time.Now()
-	l := &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b", "c")}
-	var told []string
-	d := &Driver{Log: l, Tell: func(node string, _ uint64, _ []byte) { told = append(told, node) }}
-	if !d.EndTurn(l.r.Version, "a", rollout.Running, "", now) {
-		t.Fatal("EndTurn committed nothing")
-	}
-	if len(l.entries) != 1 || len(l.entries[0]) != 2 {
-		t.Fatalf("committed %v, want one entry: a's report and b's grant", l.entries)
-	}
-	rep, grant := l.entries[0][0], l.entries[0][1]
-	if rep.Op != rollout.OpReport || rep.Node != "a" || rep.Phase != rollout.Running {
-		t.Fatalf("first step %+v, want a's running report", rep)
-	}
-	if grant.Op != rollout.OpGrant || grant.Node != "b" {
-		t.Fatalf("second step %+v, want b's grant", grant)
-	}
-	if got := l.r.Nodes["a"].Phase; got != rollout.Running {
-		t.Fatalf("a is %s after the entry, want running", got)
-	}
-	if len(told) != 1 || told[0] != "b" {
-		t.Fatalf("told %v, want b", told)
-	}
-}
-
-// Where the report frees nothing, or the log refuses the entry, EndTurn commits nothing and
-// says so, so that the report goes in alone: a report is never lost to its grants.
-func TestAnEndedTurnThatFreesNothingIsLeftToTheReportAlone(t *testing.T) {
-	now := time.Now()
-	for _, c := range []struct {
-		name  string
-		log   func() *fakeLog
-		node  string
-		phase rollout.Phase
-	}{
-		{"not the leader", func() *fakeLog { return &fakeLog{r: oneAtATime(t, now, "a", "b")} }, "a", rollout.Running},
-		{"the last node", func() *fakeLog { return &fakeLog{leads: true, r: oneAtATime(t, now, "a")} }, "a", rollout.Running},
-		{"a turn that has not ended", func() *fakeLog { return &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b")} }, "a", rollout.Swapping},
-		{"a failure", func() *fakeLog { return &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b")} }, "a", rollout.Failed},
-		{"a report the rollout refuses", func() *fakeLog { return &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b")} }, "b", rollout.Running},
-		{"an entry the log refuses", func() *fakeLog {
-			return &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b"), err: errors.New("b was granted meanwhile")}
-		}, "a", rollout.Running},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			l := c.log()
-			if (&Driver{Log: l}).EndTurn(l.r.Version, c.node, c.phase, "", now) {
-				t.Fatalf("EndTurn says it committed %v", l.entries)
-			}
-			if len(l.entries) != 0 {
-				t.Fatalf("committed %v", l.entries)
-			}
-		})
-	}
-}
-
-// Two turns that end at once each free a slot: the second report, read while the first's entry
-// is still on its way, grants the node after the one the first grants, instead of the same one
-// (which the log would refuse, and the report would go in a round trip later).
-func TestTurnsEndingAtOnceGrantDifferentNodes(t *testing.T) {
-	now := time.Now()
-	r := built(t, "a", "b", "c", "d")
-	r.Policy.MaxParallelPercent = 0
-	r.Policy.MaxParallel = 2
-	for _, err := range []error{r.Grant("a", rollout.Granted, now), r.Grant("b", rollout.Granted, now), r.Report("a", rollout.Swapping, "", now), r.Report("b", rollout.Swapping, "", now)} {
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	l := &fakeLog{leads: true, r: r}
-	d := &Driver{Log: l}
-	var second bool
-	l.before = func(*fakeLog) { second = d.EndTurn(r.Version, "b", rollout.Running, "", now) }
-	if !d.EndTurn(r.Version, "a", rollout.Running, "", now) {
-		t.Fatalf("a's report with its grant was refused; entries %v", l.entries)
-	}
-	if !second {
-		t.Fatalf("b's report with its grant was refused; entries %v", l.entries)
-	}
-	for _, name := range []string{"c", "d"} {
-		if ph := l.r.Nodes[name].Phase; ph != rollout.Granted {
-			t.Errorf("%s is %s, want granted", name, ph)
-		}
-	}
-	// A round that runs while such an entry is in flight does not grant what the entry grants:
-	// a's report frees a slot beside the one free already, and its entry grants b and c.
-	r2 := built(t, "a", "b", "c")
-	r2.Policy.MaxParallelPercent = 0
-	r2.Policy.MaxParallel = 2
-	if err := r2.Grant("a", rollout.Granted, now); err != nil {
-		t.Fatal(err)
-	}
-	if err := r2.Report("a", rollout.Swapping, "", now); err != nil {
-		t.Fatal(err)
-	}
-	l.r, l.entries = r2, nil
-	l.before = func(*fakeLog) {
-		if steps := d.Round(now); len(steps) != 0 {
-			t.Errorf("a round during the entry committed %v", steps)
-		}
-	}
-	if !d.EndTurn(r2.Version, "a", rollout.Running, "", now) {
-		t.Fatalf("a's report with its grants was refused; entries %v", l.entries)
-	}
-	if len(l.entries) != 1 || len(l.entries[0]) != 3 {
-		t.Fatalf("entries %v, want one: a's report and the grants of b and c", l.entries)
 	}
 }
