@@ -347,7 +347,8 @@ func (b *Builder) produce(ctx context.Context, id bundle.ID, goBin, src, out str
 		// Best effort: a node that cannot share still has its own binary. The sum goes in first,
 		// so that a binary found there always has its sum.
 		if os.MkdirAll(filepath.Dir(shared), 0o700) == nil {
-			if _, err := copyFile(out+".sha256", shared+".sha256"); err == nil {
+			// By rename, as the binary: waiters read the sum without the host's lock.
+			if _, err := copyFile(out+".sha256", shared+".sha256.tmp"); err == nil && os.Rename(shared+".sha256.tmp", shared+".sha256") == nil {
 				tmp := shared + ".tmp"
 				if _, err := copyFile(out, tmp); err == nil {
 					os.Rename(tmp, shared)
