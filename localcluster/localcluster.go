@@ -126,7 +126,9 @@ func (n *Node) start() error {
 	// Own process group, so a stop reaches the node and anything it started. Killed when the
 	// process that started it dies: a test that timed out (Go's test binary panics and exits)
 	// left its nodes running, with their ducks, ports and CPU, until someone found them. The
-	// node's ducks die with it through their lifeline.
+	// node's ducks die with it through their lifeline. (The signal comes when the thread that
+	// started the node ends; Go ends a thread only when a goroutine locked to it exits, which
+	// nothing here does.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

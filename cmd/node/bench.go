@@ -35,6 +35,9 @@ func runBench(args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	if *keep != "" && *sizes == "" {
+		return usageError{"--keep goes with --nodes: it keeps the nodes' logs of the cluster sizes measured"}
+	}
 	if *sizes != "" {
 		var ns []int
 		for _, s := range strings.Split(*sizes, ",") {

@@ -149,18 +149,19 @@ func TestTimelineReadsTheWaitBetweenTurns(t *testing.T) {
 	t0 := time.Date(2026, 12, 7, 14, 0, 0, 0, time.UTC)
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	r := &rollout.Rollout{Started: t0, Ended: at(2000), Nodes: map[string]*rollout.Node{
-		"n1": {Built: at(100), Granted: at(200), Done: at(900)},
-		"n2": {Built: at(100), Granted: at(200), Done: at(1000)},
-		"n3": {Built: at(150), Granted: at(900), Done: at(1500)},  // at n1's report
-		"n4": {Built: at(150), Granted: at(1150), Done: at(1800)}, // 150 ms after n2's
-		"n5": {Built: at(150)},                                    // never granted
+		"n1": {Phase: rollout.Running, Built: at(100), Granted: at(200), Done: at(900)},
+		"n2": {Phase: rollout.Running, Built: at(100), Granted: at(200), Done: at(1000)},
+		"n3": {Phase: rollout.Running, Built: at(150), Granted: at(900), Done: at(1500)},  // at n1's report
+		"n4": {Phase: rollout.Running, Built: at(150), Granted: at(1150), Done: at(1800)}, // 150 ms after n2's
+		"n6": {Phase: rollout.Failed, Built: at(150), Granted: at(1000), Done: at(1100)},  // at n2's; its end is no turn's
+		"n5": {Built: at(150)},                                                            // never granted
 	}}
 	tl := timelineOf(r)
 	if tl.firstGrant != 200*time.Millisecond || tl.lastBuilt != 150*time.Millisecond {
 		t.Fatalf("first grant %s, last built %s; want 200ms and 150ms", tl.firstGrant, tl.lastBuilt)
 	}
 	slices.Sort(tl.gaps)
-	if want := []time.Duration{0, 150 * time.Millisecond}; !slices.Equal(tl.gaps, want) {
+	if want := []time.Duration{0, 0, 150 * time.Millisecond}; !slices.Equal(tl.gaps, want) {
 		t.Fatalf("gaps %v, want %v", tl.gaps, want)
 	}
 }

@@ -70,7 +70,7 @@ func timelineOf(r *rollout.Rollout) rolloutTimeline {
 	for _, nr := range r.Nodes {
 		var last time.Time
 		for _, o := range r.Nodes {
-			if !o.Done.IsZero() && !o.Done.After(nr.Granted) && o.Done.After(last) {
+			if o.Phase == rollout.Running && !o.Done.After(nr.Granted) && o.Done.After(last) {
 				last = o.Done
 			}
 		}
@@ -211,13 +211,21 @@ func benchSize(size, commits int, withDucks bool, keep string) (scaleFigures, er
 	// leader, and the cores all the nodes, took meanwhile.
 	deploy := func(dir string) (*rollout.Rollout, float64, float64, error) {
 		cpu0, all0, t0 := procCPU(leader.PID()), all(), time.Now()
-		if out, errOut, err := c.Run(ctx, nodes[len(nodes)-1].API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir); err != nil {
-			return nil, 0, 0, fmt.Errorf("deploy: %v\n%s%s", err, out, errOut)
-		}
+		out, errOut, deployErr := c.Run(ctx, nodes[len(nodes)-1].API, "deploy", "--max-parallel", "20%", "--healthy", "200ms", dir)
 		took := time.Since(t0).Seconds()
 		cpu, allCPU := (procCPU(leader.PID())-cpu0).Seconds()/took, (all()-all0).Seconds()/took
 		var v api.RolloutView
-		if err := c.Do(ctx, nodes[len(nodes)-1].API, http.MethodGet, "/v1/rollout", nil, &v); err != nil {
+		err := c.Do(ctx, nodes[len(nodes)-1].API, http.MethodGet, "/v1/rollout", nil, &v)
+		if keep != "" && err == nil {
+			// Kept whether or not the rollout went well: a failed one is what needs reading.
+			if err := writeJSON(filepath.Join(keep, strconv.Itoa(size), "rollout.json"), v.Rollout); err != nil {
+				fmt.Fprintln(os.Stderr, "keeping the rollout:", err)
+			}
+		}
+		switch {
+		case deployErr != nil:
+			return nil, 0, 0, fmt.Errorf("deploy: %v\n%s%s", deployErr, out, errOut)
+		case err != nil:
 			return nil, 0, 0, fmt.Errorf("reading the rollout: %w", err)
 		}
 		return v.Rollout, cpu, allCPU, nil
@@ -262,11 +270,6 @@ func benchSize(size, commits int, withDucks bool, keep string) (scaleFigures, er
 		return f, err
 	}
 	f.rollout, f.leaderRolloutCPU, f.clusterRolloutCPU, f.timeline = r.Ended.Sub(r.Started), cpu, allCPU, timelineOf(r)
-	if keep != "" {
-		if err := writeJSON(filepath.Join(keep, strconv.Itoa(size), "rollout.json"), r); err != nil {
-			return f, err
-		}
-	}
 	// Asked in parts, for at most a minute: at a hundred members on a busy machine, 300 commits
 	// in one call outlasted the call's time limit and lost the whole run's figures.
 	var samples []time.Duration
