@@ -89,6 +89,7 @@ type Agent struct {
 	client *api.Client
 	log    *slog.Logger
 	follow *follower.Follower // this node's side of rollouts
+	drive  *driver.Driver     // the leader's side
 
 	api    *wire.Listener
 	server *http.Server
@@ -221,6 +222,7 @@ func Start(cfg Config) (*Agent, error) {
 			return nil, err
 		}
 	}
+	a.drive = &driver.Driver{Log: nodeLog{a}, Logger: a.log, Tell: a.tellGranted, CanaryHealth: a.canaryHealth}
 	a.follow = follower.New(follower.Config{Name: a.self.Name, Log: nodeLog{a}, Leader: leader{a}, Builder: builder{a}, Ducks: hostDucks{a}, Logger: a.log})
 	a.server = &http.Server{
 		Handler:           a.service().Handler(),
@@ -230,7 +232,7 @@ func Start(cfg Config) (*Agent, error) {
 		IdleTimeout: 2 * time.Minute,
 		ErrorLog:    slog.NewLogLogger(cfg.Log.Handler(), slog.LevelDebug),
 	}
-	drive := &driver.Driver{Log: nodeLog{a}, Logger: a.log, Tell: a.tellGranted, CanaryHealth: a.canaryHealth}
+	drive := a.drive
 	follow := a.follow
 	a.wg.Add(7)
 	go func() {

@@ -186,6 +186,9 @@ func (a *Agent) rolloutAction(n *consensus.Node, req api.RolloutAction) (api.Com
 
 func (a *Agent) applyReport(n *consensus.Node, c consensus.Report) error {
 	c.Time = time.Now().UTC()
+	if c.Build == nil && a.drive.EndTurn(c.N, c.Node, c.Phase, c.Error) {
+		return nil // committed by the driver's round, with the grants it freed
+	}
 	return refusal(n.Apply(c, applyTimeout))
 }
 

@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,8 +23,24 @@ type fakeLog struct {
 	silent  map[string]time.Duration
 	err     error
 	entries [][]rollout.Step
-	changed chan struct{}  // closed at the next change; nil: never
-	during  func(*fakeLog) // runs inside CommitSteps, as the log applies other entries
+	changed chan struct{}          // closed at the next change; nil: never
+	during  func(*fakeLog)         // runs inside CommitSteps, as the log applies other entries
+	check   func(*rollout.Rollout) // runs on the state after every entry, under mu
+}
+
+// report applies a node's report alone, as the leader's log does when no round takes it.
+func (l *fakeLog) report(node string, phase rollout.Phase) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	next := l.r.Clone()
+	if err := next.Report(node, phase, "", time.Now()); err != nil {
+		return err
+	}
+	l.r = next
+	if l.check != nil {
+		l.check(next)
+	}
+	return nil
 }
 
 func (l *fakeLog) IsLeader() bool { return l.leads }
@@ -67,6 +85,9 @@ func (l *fakeLog) CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time
 		}
 	}
 	l.r = next
+	if l.check != nil {
+		l.check(next)
+	}
 	during := l.during
 	l.mu.Unlock()
 	if during != nil {
@@ -307,5 +328,184 @@ func TestAPromotionVerdictAboutAMovedRolloutIsDropped(t *testing.T) {
 	d.Round(t0.Add(time.Minute))
 	if len(l.entries) != 0 {
 		t.Fatalf("committed %v after the rollout went back under the check", l.entries)
+	}
+}
+
+// running starts d's loop with a short tick and returns its stop.
+func running(d *Driver) func() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.Run(ctx)
+	}()
+	for {
+		d.mu.Lock()
+		runs := d.runs
+		d.mu.Unlock()
+		if runs {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return func() { cancel(); <-done }
+}
+
+// oneAtATime is a rollout over names, one node at a time, with a's turn under way.
+func oneAtATime(t *testing.T, now time.Time, names ...string) *rollout.Rollout {
+	t.Helper()
+	r := built(t, names...)
+	r.Policy.MaxParallelPercent = 0
+	r.Policy.MaxParallel = 1
+	for _, err := range []error{r.Grant("a", rollout.Granted, now), r.Report("a", rollout.Swapping, "", now)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return r
+}
+
+// A node's report that its turn ended goes into the log in the round's entry, with the grant it
+// frees, and the granted node is told.
+func TestAnEndedTurnIsCommittedWithTheGrantItFrees(t *testing.T) {
+	l := &fakeLog{leads: true, r: oneAtATime(t, time.Now(), "a", "b", "c")}
+	var mu sync.Mutex
+	var told []string
+	d := &Driver{Log: l, Tick: time.Hour, Tell: func(node string, _ uint64, _ []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		told = append(told, node)
+	}}
+	defer running(d)()
+	if !d.EndTurn(l.Rollout().Version, "a", rollout.Running, "") {
+		t.Fatalf("EndTurn committed nothing; entries %v", l.entries)
+	}
+	l.mu.Lock()
+	entries := l.entries
+	l.mu.Unlock()
+	if len(entries) != 1 || len(entries[0]) != 2 {
+		t.Fatalf("committed %v, want one entry: a's report and b's grant", entries)
+	}
+	if rep, grant := entries[0][0], entries[0][1]; rep.Op != rollout.OpReport || rep.Node != "a" || rep.Phase != rollout.Running || grant.Op != rollout.OpGrant || grant.Node != "b" {
+		t.Fatalf("committed %v, want a's running report, then b's grant", entries[0])
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != 1 || told[0] != "b" {
+		t.Fatalf("told %v, want b", told)
+	}
+}
+
+// Where no round can take the report, or the log refuses the entry, EndTurn says so and the
+// report goes in alone: a report is never lost to its grants.
+func TestAnEndedTurnNotTakenIsLeftToTheReportAlone(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		name  string
+		log   *fakeLog
+		run   bool
+		node  string
+		phase rollout.Phase
+	}{
+		{"no loop running", &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b")}, false, "a", rollout.Running},
+		{"not the leader", &fakeLog{r: oneAtATime(t, now, "a", "b")}, true, "a", rollout.Running},
+		{"a turn that has not ended", &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b")}, true, "a", rollout.Swapping},
+		{"a report the rollout refuses", &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b")}, true, "b", rollout.Running},
+		{"an entry the log refuses", &fakeLog{leads: true, r: oneAtATime(t, now, "a", "b"), err: errors.New("leadership lost")}, true, "a", rollout.Running},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := &Driver{Log: c.log, Tick: time.Hour}
+			if c.run {
+				defer running(d)()
+			}
+			if d.EndTurn(c.log.Rollout().Version, c.node, c.phase, "") {
+				t.Fatalf("EndTurn says it committed %v", c.log.entries)
+			}
+			if c.log.Rollout().Nodes[c.node].Phase == rollout.Running && c.phase == rollout.Running && c.name != "a report the rollout refuses" {
+				t.Fatalf("%s is running: the report went in", c.node)
+			}
+		})
+	}
+}
+
+// Many turns ending at once, beside the rounds, never grant a node before one earlier in the
+// order, nor more at once than the policy lets: every entry is checked. (Reports committed by
+// their own handlers, each with the grants it freed, did both.)
+func TestTurnsEndingAtOnceKeepTheOrderAndTheSlots(t *testing.T) {
+	var names []string
+	for i := range 24 {
+		names = append(names, fmt.Sprintf("n%02d", i))
+	}
+	r := built(t, names...)
+	r.Policy.MaxParallelPercent = 0
+	r.Policy.MaxParallel = 3
+	l := &fakeLog{leads: true, r: r}
+	var bad []string
+	l.check = func(r *rollout.Rollout) {
+		inTurn, waiting := 0, false
+		for _, name := range r.Order {
+			switch r.Nodes[name].Phase {
+			case rollout.Granted, rollout.Swapping:
+				inTurn++
+				if waiting {
+					bad = append(bad, name+" granted before a node earlier in the order")
+				}
+			case rollout.Running:
+				if waiting {
+					bad = append(bad, name+" ran before a node earlier in the order")
+				}
+			case rollout.Built:
+				waiting = true
+			}
+		}
+		if inTurn > 3 {
+			bad = append(bad, fmt.Sprintf("%d nodes in their turn, at most 3", inTurn))
+		}
+	}
+	d := &Driver{Log: l, Tick: time.Millisecond}
+	defer running(d)()
+	// Each node, once granted, reports its swap alone and then the end of its turn.
+	var wg sync.WaitGroup
+	var withRound atomic.Int32
+	for _, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			deadline := time.Now().Add(30 * time.Second)
+			for l.Rollout().Nodes[name].Phase != rollout.Granted {
+				if time.Now().After(deadline) {
+					t.Errorf("%s was never granted", name)
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			n := l.Rollout().Version
+			if err := l.report(name, rollout.Swapping); err != nil {
+				t.Errorf("%s swapping: %v", name, err)
+				return
+			}
+			if d.EndTurn(n, name, rollout.Running, "") {
+				withRound.Add(1)
+			} else {
+				if err := l.report(name, rollout.Running); err != nil {
+					t.Errorf("%s running: %v", name, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	t.Logf("%d of %d reports went in with a round's steps", withRound.Load(), len(names))
+	if withRound.Load() == 0 {
+		t.Fatal("no report went in with a round's steps")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(bad) > 0 {
+		t.Fatalf("%d entries broke the order or the slots, first: %s", len(bad), bad[0])
+	}
+	for _, name := range names {
+		if ph := l.r.Nodes[name].Phase; ph != rollout.Running {
+			t.Fatalf("%s ended %s, want running", name, ph)
+		}
 	}
 }
