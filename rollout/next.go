@@ -373,3 +373,24 @@ func (r *Rollout) Steps(now time.Time, silent Silence, limit int) []Step {
 	}
 	return steps
 }
+
+// SameWave keeps steps, computed after reports were applied to r, up to the first grant into a
+// wave none of the reports' nodes is in: the leader commits a report that ends a turn with the
+// grants it frees in its wave (agent/driver), and a grant that starts a wave waits for a round
+// computed from the log with the wave's end applied. The operator's pause at the end of a wave
+// (`pause --after-wave`), committed while the entry was on its way, saw the wave still under way
+// and let it end, and the entry had granted the next wave already (found by a review).
+func (r *Rollout) SameWave(reports, steps []Step) []Step {
+	waves := map[int]bool{}
+	for _, rep := range reports {
+		if nr := r.Nodes[rep.Node]; nr != nil {
+			waves[nr.Wave] = true
+		}
+	}
+	for i, st := range steps {
+		if nr := r.Nodes[st.Node]; st.Op == OpGrant && nr != nil && !waves[nr.Wave] {
+			return steps[:i]
+		}
+	}
+	return steps
+}

@@ -309,14 +309,17 @@ func (s *sim) send(n *simNode, version Number, phase Phase, msg string, done fun
 				}
 				return
 			}
+			// As the agent's driver.EndTurn: the leader's round takes a report that ends a turn
+			// while the rollout rolls or goes back, and commits, in the same entry, the steps it
+			// frees in the report's wave (each step checked as its own entry here, as in
+			// leaderTick). A quarter of the time it goes alone, as when no round could take it.
+			byRound := (phase == Running || phase == Reverted) && (s.log.State == Rolling || s.log.State == GoingBack) && s.quorum() && s.rng.IntN(4) != 0
+			before := s.log.Clone()
 			err := s.change(fmt.Sprintf("%s reports %s", n.name, phase), func(r *Rollout) error { return r.Report(n.name, phase, msg, s.now) })
-			if err == nil && (phase == Running || phase == Reverted) && s.log.Active() && s.quorum() && s.rng.IntN(4) != 0 {
-				// As the agent's driver.EndTurn: the leader's round takes the report that ends a
-				// turn and commits, in the same entry, the steps it frees (each step checked as
-				// its own entry here, as in leaderTick). A quarter of the time it goes alone,
-				// as when the round could not take it.
+			if err == nil && byRound && s.log.Active() {
 				s.logf("%s's report taken by the leader's round", n.name)
-				s.commitSteps(s.log.Steps(s.now, s.silence, maxSteps))
+				report := []Step{{Op: OpReport, Node: n.name, Phase: phase}}
+				s.commitSteps(before.SameWave(report, s.log.Steps(s.now, s.silence, maxSteps)))
 			}
 			if s.inFaults() && s.rng.IntN(10) == 0 {
 				// The log took it (or refused it), but the answer is lost: the node says it

@@ -79,9 +79,10 @@ func (d *Driver) init() {
 
 // EndTurn hands the report of a node whose turn ended (running, or reverted going back) to the
 // next round, which commits it in one entry with the grants it frees, and says whether that entry
-// was committed. False, with nothing committed, when this node does not lead, the report ends no
-// turn of the rollout under way, the round could not take it or the log refused the entry: the
-// caller then appends the report alone.
+// was committed. False when this node does not lead, the report ends no turn of the rollout under
+// way, the round could not take it or the log did not take the entry: the caller then appends the
+// report alone. (An entry whose commit raft could not confirm, leadership lost, may still be
+// committed: the report is then proposed again, as on the plain path.)
 //
 // Before, the leader committed the report, and its next round granted the node after it in a
 // second entry: 30 to 99 ms p50 between a turn and the next at a hundred members. The round is
@@ -129,12 +130,20 @@ func (d *Driver) EndTurn(n rollout.Number, node string, phase rollout.Phase, msg
 	}
 }
 
-// takeEnded takes the reports waiting for a round.
+// takeEnded takes the reports waiting for a round, at most MaxSteps of them (an entry stays
+// bounded); the rest wait for the next round, which runs at once.
 func (d *Driver) takeEnded() []turnEnd {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	ended := d.ended
-	d.ended = nil
+	n := min(len(d.ended), MaxSteps)
+	ended := slices.Clone(d.ended[:n])
+	d.ended = slices.Delete(d.ended, 0, n)
+	if len(d.ended) > 0 {
+		select {
+		case d.wake <- struct{}{}:
+		default:
+		}
+	}
 	return ended
 }
 
@@ -148,6 +157,10 @@ func (d *Driver) takeEnded() []turnEnd {
 func (d *Driver) Run(ctx context.Context) {
 	d.init()
 	d.mu.Lock()
+	if d.runs {
+		d.mu.Unlock()
+		panic("driver: Run called twice")
+	}
 	d.runs = true
 	d.mu.Unlock()
 	defer func() {
@@ -205,8 +218,14 @@ func (d *Driver) Round(now time.Time) []rollout.Step {
 			took, reports = append(took, te), append(reports, te.step)
 		}
 		ended = took
+	} else {
+		answer(false) // not now: each goes in alone, without waiting for the round
 	}
-	steps := d.checkPromotion(r, after.Steps(now, d.Log.Silence(), MaxSteps-len(reports)), now)
+	steps := after.Steps(now, d.Log.Silence(), MaxSteps-len(reports))
+	if len(reports) > 0 {
+		steps = r.SameWave(reports, steps)
+	}
+	steps = d.checkPromotion(r, steps, now)
 	if len(reports)+len(steps) == 0 {
 		return nil
 	}

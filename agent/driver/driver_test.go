@@ -26,6 +26,9 @@ type fakeLog struct {
 	changed chan struct{}          // closed at the next change; nil: never
 	during  func(*fakeLog)         // runs inside CommitSteps, as the log applies other entries
 	check   func(*rollout.Rollout) // runs on the state after every entry, under mu
+	before  func(*fakeLog)         // runs inside CommitSteps before the entry applies: it is on its way
+	refuse  int                    // when > 0, every refuse-th entry is refused (as a lost leadership)
+	commits int
 }
 
 // report applies a node's report alone, as the leader's log does when no round takes it.
@@ -73,6 +76,17 @@ func (l *fakeLog) change(r *rollout.Rollout) {
 func (l *fakeLog) CommitSteps(r *rollout.Rollout, steps []rollout.Step, now time.Time) error {
 	if l.err != nil {
 		return l.err
+	}
+	l.mu.Lock()
+	l.commits++
+	refused := l.refuse > 0 && l.commits%l.refuse == 0
+	l.mu.Unlock()
+	if refused {
+		return errors.New("refused, as a lost leadership")
+	}
+	if before := l.before; before != nil {
+		l.before = nil
+		before(l)
 	}
 	l.mu.Lock()
 	l.entries = append(l.entries, steps)
@@ -439,7 +453,8 @@ func TestTurnsEndingAtOnceKeepTheOrderAndTheSlots(t *testing.T) {
 	r := built(t, names...)
 	r.Policy.MaxParallelPercent = 0
 	r.Policy.MaxParallel = 3
-	l := &fakeLog{leads: true, r: r}
+	// Every third entry is refused: its reports go in alone, beside the rounds.
+	l := &fakeLog{leads: true, r: r, refuse: 3}
 	var bad []string
 	l.check = func(r *rollout.Rollout) {
 		inTurn, waiting := 0, false
@@ -494,9 +509,9 @@ func TestTurnsEndingAtOnceKeepTheOrderAndTheSlots(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	t.Logf("%d of %d reports went in with a round's steps", withRound.Load(), len(names))
-	if withRound.Load() == 0 {
-		t.Fatal("no report went in with a round's steps")
+	t.Logf("%d of %d reports went in with a round's steps, the rest alone", withRound.Load(), len(names))
+	if n := withRound.Load(); n == 0 || n == int32(len(names)) {
+		t.Fatalf("%d of %d reports went in with a round's steps: both ways must be taken", n, len(names))
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -507,5 +522,50 @@ func TestTurnsEndingAtOnceKeepTheOrderAndTheSlots(t *testing.T) {
 		if ph := l.r.Nodes[name].Phase; ph != rollout.Running {
 			t.Fatalf("%s ended %s, want running", name, ph)
 		}
+	}
+}
+
+// The report that ends a wave goes in with no grant of the next wave: the operator's pause at
+// the end of the wave, committed while the round's entry was on its way, saw the wave still
+// under way, and the entry had granted the next wave already (found by a review).
+func TestAReportThatEndsAWaveGrantsNoneOfTheNext(t *testing.T) {
+	now := time.Now()
+	members := []rollout.Member{{Name: "a", Labels: map[string]string{"zone": "1"}}, {Name: "b", Labels: map[string]string{"zone": "2"}}, {Name: "c", Labels: map[string]string{"zone": "2"}}}
+	r := rollout.New(2, "new", 1, "old", members, false, true, rollout.Policy{WaveBy: "zone", MaxParallel: 1}, now)
+	for _, n := range []string{"a", "b", "c"} {
+		if err := r.ReportBuilt(n, rollout.BuildInfo{Sum: "sum"}, nil, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, err := range []error{r.Grant("a", rollout.Granted, now), r.Report("a", rollout.Swapping, "", now)} {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r.Nodes["a"].Wave == r.Nodes["b"].Wave {
+		t.Fatalf("a and b in one wave (%d): the test needs two", r.Nodes["a"].Wave)
+	}
+	l := &fakeLog{leads: true, r: r}
+	// The operator's pause lands just before the round's entry.
+	l.before = func(l *fakeLog) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		next := l.r.Clone()
+		if err := next.SetWaveState(rollout.Paused, now); err != nil {
+			t.Errorf("pausing after the wave: %v", err)
+		}
+		l.r = next
+	}
+	d := &Driver{Log: l, Tick: time.Hour}
+	defer running(d)()
+	if !d.EndTurn(r.Version, "a", rollout.Running, "") {
+		t.Fatalf("a's report was not taken; entries %v", l.entries)
+	}
+	got := l.Rollout()
+	if ph := got.Nodes["b"].Phase; ph == rollout.Granted {
+		t.Fatalf("b, of the next wave, was granted with a's report although the rollout was to pause after a's wave; entries %v", l.entries)
+	}
+	if got.Nodes["a"].Phase != rollout.Running {
+		t.Fatalf("a is %s, want running", got.Nodes["a"].Phase)
 	}
 }
