@@ -97,15 +97,12 @@ func (d *Driver) EndTurn(n rollout.Number, node string, phase rollout.Phase, msg
 	if r := d.Log.Rollout(); !r.Active() || r.Version != n {
 		return false
 	}
-	d.init()
-	d.mu.Lock()
-	runs := d.runs
-	d.mu.Unlock()
-	if !runs {
-		return false
-	}
 	te := turnEnd{n: n, step: rollout.Step{Op: rollout.OpReport, Node: node, Phase: phase, Message: msg, Why: node + " " + string(phase)}, taken: make(chan bool, 1)}
 	d.mu.Lock()
+	if !d.runs { // Run made wake and stopped before it set runs
+		d.mu.Unlock()
+		return false
+	}
 	d.ended = append(d.ended, te)
 	d.mu.Unlock()
 	select {
