@@ -747,3 +747,35 @@ func TestALibraryIsNotADuck(t *testing.T) {
 		}
 	}
 }
+
+// A waiter for the host's build is woken by the lock's release, not only by its next poll:
+// waitRelease's channel stays open while the exclusive lock is held and closes once it is let go.
+func TestWaitReleaseWakesWhenTheLockIsLetGo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "build.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	released := waitRelease(path)
+	select {
+	case <-released:
+		t.Fatal("waitRelease said the lock was let go while it was held")
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-released:
+	case <-time.After(20 * time.Second):
+		t.Fatal("waitRelease did not wake when the lock was let go")
+	}
+	// Taken again at once: the waiter let its shared lock go.
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatalf("the lock is still held after the waiter woke: %v", err)
+	}
+}
