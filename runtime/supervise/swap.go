@@ -55,11 +55,15 @@ func (d *duck) swap(op swapOp) error {
 		putBack()
 		return fail("writing the version file: %w; %s keeps running", err, oldVersion)
 	}
-	if err := install(tmp, stable); err != nil {
+	// Renamed in now, made durable (with the version file) once the old generation has its
+	// signal: the folder's sync took 19 ms (median) of each node's turn when twenty of a hundred
+	// nodes swapped at once, and the new process needs only the name.
+	if err := os.Rename(tmp, stable); err != nil {
 		os.Remove(tmp)
 		putBack()
 		return fail("installing the binary: %w; %s keeps running", err, oldVersion)
 	}
+	os.Remove(tmp) // left by a rename onto a link of the same file (see install)
 
 	d.setState("swapping")
 	failures := r.watchFailures(old.pid)
@@ -81,6 +85,10 @@ func (d *duck) swap(op swapOp) error {
 	start := time.Now()
 	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
 	old.signal(syscall.SIGHUP)
+	if err := syncDir(d.dir); err != nil {
+		// The swap goes on; only a power loss now could find the old binary named again.
+		d.log.Warn("could not sync the duck's folder after installing the new binary", "err", err)
+	}
 
 	// hotswap starts the new generation at once and gives it ReadyTimeout, running requests
 	// included; one that exits before asking for the state (an older SDK) is started again
