@@ -199,6 +199,7 @@ func (a *Agent) ping() api.Ping {
 		StateIndex:   n.Index(),
 		Cluster:      n.Cluster(),
 		Unreached:    n.Unreached(),
+		Log:          map[bool]string{true: "synced", false: "unsynced"}[n.LogSynced()],
 	}
 }
 

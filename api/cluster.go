@@ -21,6 +21,10 @@ type Ping struct {
 	// Unreached, from the leader: each member its heartbeats do not reach, with the last
 	// heartbeat that got through. `members` takes a member's last contact from it, on every node.
 	Unreached map[string]time.Time `json:"unreached,omitempty"`
+	// Log is how the node writes its copy of the log: "synced" (every write reaches the disk
+	// before it is acknowledged, as a voter's must) or "unsynced" (a non-voter's copy, sent
+	// again by the leader if a restart of the machine loses it).
+	Log string `json:"log,omitempty"`
 }
 
 // MemberStatus is one row of `members`.
@@ -32,6 +36,7 @@ type MemberStatus struct {
 	Suffrage    string    `json:"suffrage"` // voter, nonvoter
 	Reachable   bool      `json:"reachable"`
 	LastContact time.Time `json:"last_contact,omitzero"`
+	Log         string    `json:"log,omitempty"` // synced, unsynced (Ping.Log); "" when it did not say
 }
 
 // ConnectRequest asks a node to join the cluster that Addr (any member's API) belongs to.

@@ -158,7 +158,7 @@ func cluster(b *testing.B, transport func(*testing.B, *consensus.Config), names 
 	}
 	for _, n := range nodes[1:] {
 		waitUntil(b, n.Name()+" to catch up", func() bool { return len(n.MemberNames()) == len(names) })
-		if err := leader.Promote(n.Name(), 0, 10*time.Second); err != nil {
+		if err := leader.Promote(n.Name(), 0, 10*time.Second, n.SyncLog); err != nil {
 			b.Fatal(err)
 		}
 	}

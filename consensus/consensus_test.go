@@ -213,8 +213,19 @@ func TestJoinAndRemove(t *testing.T) {
 			t.Fatalf("%s votes before it has caught up: %v", s.ID, s.Suffrage)
 		}
 	}
+	// Non-voters keep the log unsynced; the node bootstrapped alone votes, synced.
+	for _, n := range nodes {
+		if synced := n.LogSynced(); synced != (n == leader) {
+			t.Fatalf("%s's log synced = %v", n.Name(), synced)
+		}
+	}
+	// Not ready to vote (it could not sync): it stays a non-voter, and the leader says why.
+	err := leader.Promote("b", 0, 5*time.Second, func() error { return errors.New("disk gone") })
+	if err == nil || !strings.Contains(err.Error(), "disk gone") {
+		t.Fatalf("promotion of a node that could not sync: err = %v", err)
+	}
 	for _, n := range nodes[1:] {
-		if err := leader.Promote(n.Name(), 0, 5*time.Second); err != nil {
+		if err := leader.Promote(n.Name(), 0, 5*time.Second, n.SyncLog); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -224,7 +235,12 @@ func TestJoinAndRemove(t *testing.T) {
 			t.Fatalf("%s is %v after promotion", s.ID, s.Suffrage)
 		}
 	}
-	err := leader.Join(Member{Name: "b", RaftAddr: "elsewhere"}, 5*time.Second)
+	for _, n := range nodes {
+		if !n.LogSynced() {
+			t.Fatalf("%s votes with an unsynced log", n.Name())
+		}
+	}
+	err = leader.Join(Member{Name: "b", RaftAddr: "elsewhere"}, 5*time.Second)
 	if !errors.Is(err, ErrNameTaken) {
 		t.Fatalf("second node named b: err = %v, want ErrNameTaken", err)
 	}
@@ -309,7 +325,7 @@ func TestRemoveRefusedWhenTheVotersLeftHaveNoMajority(t *testing.T) {
 		if err := leader.Join(Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}, 5*time.Second); err != nil {
 			t.Fatal(err)
 		}
-		if err := leader.Promote(n.Name(), 0, 5*time.Second); err != nil {
+		if err := leader.Promote(n.Name(), 0, 5*time.Second, n.SyncLog); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -421,4 +437,26 @@ func TestTheTCPTransportDoesNotPipeline(t *testing.T) {
 		}
 		t.Fatalf("AppendEntriesPipeline: %v, want raft.ErrPipelineReplicationNotSupported", err)
 	}
+}
+
+// A voter whose log is unsynced (made a voter without being asked to sync, by an older leader)
+// syncs it as soon as it sees itself vote; a non-voter does not.
+func TestAVoterWithAnUnsyncedLogSyncsIt(t *testing.T) {
+	nodes := inmemCluster(t, "a", "b")
+	leader, b := nodes[0], nodes[1]
+	for _, n := range nodes {
+		if err := leader.Join(Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if did, err := b.SyncLogIfVoter(); err != nil || did || b.LogSynced() {
+		t.Fatalf("a non-voter: SyncLogIfVoter = %v, %v; synced %v", did, err, b.LogSynced())
+	}
+	if err := leader.Promote("b", 0, 5*time.Second, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "b to see itself vote and sync its log", func() bool {
+		b.SyncLogIfVoter()
+		return b.LogSynced()
+	})
 }

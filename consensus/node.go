@@ -20,8 +20,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
+	"github.com/duckraft/duckraft/consensus/logstore"
 	"github.com/duckraft/duckraft/rollout"
 	"github.com/duckraft/duckraft/wire"
 )
@@ -64,7 +64,7 @@ type Node struct {
 	fsm  *fsm
 
 	name      string
-	store     *raftboltdb.BoltStore
+	store     *logstore.Store
 	transport raft.Transport
 	log       *slog.Logger
 	contacts  *contacts
@@ -146,7 +146,9 @@ func Open(cfg Config) (*Node, error) {
 	}
 	rlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
 
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.Dir, "raft.db")})
+	// A node opened to join a cluster joins as a non-voter: its log is not synced until it is
+	// about to vote (SyncLog). One bootstrapped alone is a voter from the start.
+	store, err := logstore.Open(filepath.Join(cfg.Dir, "raft.db"), !cfg.Bootstrap, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %s: %w (is another node running on this data folder?)", filepath.Join(cfg.Dir, "raft.db"), err)
 	}
@@ -281,6 +283,33 @@ func (n *Node) Servers() ([]raft.Server, error) {
 	return f.Configuration().Servers, nil
 }
 
+// SyncLog makes this node's copy of the log durable, now and at every later write: a node joins
+// as a non-voter with its log unsynced (consensus/logstore), and must call this before it is
+// made a voter, since from then on its copy counts towards commits.
+func (n *Node) SyncLog() error { return n.store.Sync() }
+
+// LogSynced says whether this node's log is synced at every write (a voter's must be).
+func (n *Node) LogSynced() bool { return !n.store.Unsynced() }
+
+// SyncLogIfVoter syncs the log of a node that votes in the configuration it sees although its
+// log is unsynced: made a voter without SyncLog (by a leader of an older release). It says
+// whether it did.
+func (n *Node) SyncLogIfVoter() (bool, error) {
+	if !n.store.Unsynced() {
+		return false, nil
+	}
+	servers, err := n.Servers()
+	if err != nil {
+		return false, err
+	}
+	for _, s := range servers {
+		if string(s.ID) == n.name && s.Suffrage == raft.Voter {
+			return true, n.store.Sync()
+		}
+	}
+	return false, nil
+}
+
 // Apply commits a change through the log and returns the FSM's verdict. Only the leader may.
 func (n *Node) Apply(c Change, timeout time.Duration) error {
 	b, err := Encode(c)
@@ -376,8 +405,10 @@ func (n *Node) DropUnconfigured(timeout time.Duration) ([]string, error) {
 }
 
 // Promote makes a member that has caught up with the log a voter, unless the cluster already
-// has max voters (0: DefaultVoters): then it stays a non-voter that follows the log.
-func (n *Node) Promote(name string, max int, timeout time.Duration) error {
+// has max voters (0: DefaultVoters): then it stays a non-voter that follows the log. ready, when
+// not nil, is called just before: it must have the member sync its log (SyncLog), since the
+// leader counts the member's copy from the configuration that makes it a voter on.
+func (n *Node) Promote(name string, max int, timeout time.Duration, ready func() error) error {
 	servers, err := n.leaderServers()
 	if err != nil {
 		return err
@@ -395,6 +426,11 @@ func (n *Node) Promote(name string, max int, timeout time.Duration) error {
 		if string(s.ID) == name {
 			if s.Suffrage == raft.Voter || voters >= max {
 				return nil
+			}
+			if ready != nil {
+				if err := ready(); err != nil {
+					return fmt.Errorf("%s is not ready to vote, so it stays a non-voter: %w", name, err)
+				}
 			}
 			if err := n.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
 				return fmt.Errorf("make %s a voter: %w", name, err)

@@ -10,6 +10,20 @@ import (
 	"github.com/duckraft/duckraft/localcluster"
 )
 
+// votersSynced fails the test if a voter's log is not synced (its copy counts towards commits),
+// or, when nonvotersToo, if a non-voter's is (it need not be, and syncing costs every commit).
+func votersSynced(t *testing.T, ms []api.MemberStatus, nonvotersToo bool) {
+	t.Helper()
+	for _, m := range ms {
+		switch {
+		case m.Suffrage == "voter" && m.Log != "synced":
+			t.Fatalf("voter %s's log is %q, want synced: %+v", m.Name, m.Log, ms)
+		case nonvotersToo && m.Suffrage == "nonvoter" && m.Log != "unsynced":
+			t.Fatalf("non-voter %s's log is %q, want unsynced: %+v", m.Name, m.Log, ms)
+		}
+	}
+}
+
 func suffrages(ms []api.MemberStatus) (voters, nonvoters []string) {
 	for _, m := range ms {
 		if m.Suffrage == "voter" {
@@ -41,6 +55,10 @@ func TestFiveVotersAndALostOneIsReplaced(t *testing.T) {
 		voters, nonvoters = suffrages(members(c, first.API))
 		return len(voters) == 5 && len(nonvoters) == 2
 	})
+	votersSynced(t, members(c, first.API), true)
+	if out := cli(t, c, first.API, "members"); !strings.Contains(out, "LOG") || !strings.Contains(out, " unsynced ") {
+		t.Fatalf("members does not show how each member writes its log:\n%s", out)
+	}
 	status := cli(t, c, first.API, "status")
 	if !strings.Contains(status, "5 voters of 7 members: the cluster can lose 2 of them") {
 		t.Fatalf("status does not say how many failures the cluster takes:\n%s", status)
@@ -75,6 +93,7 @@ func TestFiveVotersAndALostOneIsReplaced(t *testing.T) {
 		return true
 	})
 	t.Logf("voter %s killed: replaced by a non-voter %s later", victim.Name, time.Since(t0).Round(time.Millisecond))
+	votersSynced(t, members(c, first.API), false)
 	if err := victim.Restart(); err != nil {
 		t.Fatal(err)
 	}

@@ -39,6 +39,9 @@ type Cluster interface {
 	Join(ctx context.Context, m api.Member) error
 	Register(ctx context.Context, m api.Member) error
 	Promote(ctx context.Context, name string) error
+	// SyncLog makes this node's copy of the log durable: the leader asks before it makes the
+	// node a voter.
+	SyncLog() error
 	Remove(ctx context.Context, name string) error
 	// Leave takes this node out; forget runs once it is out.
 	Leave(ctx context.Context, forget func()) error
@@ -221,6 +224,7 @@ func (h *Service) peerRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/join", h.handleJoin)
 	mux.HandleFunc("POST /v1/register", h.handleRegister)
 	mux.HandleFunc("POST /v1/promote", h.handlePromote)
+	mux.HandleFunc("POST /v1/sync-log", h.handleSyncLog)
 	mux.HandleFunc("POST /v1/remove", h.handleRemove)
 	mux.HandleFunc("POST /v1/place", h.handlePlace)
 	mux.HandleFunc("POST /v1/commit", h.handleCommit)
@@ -343,6 +347,14 @@ func (h *Service) handlePromote(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	httpjson.Write(w, map[string]bool{"promoted": true})
+}
+
+func (h *Service) handleSyncLog(w http.ResponseWriter, r *http.Request) {
+	if err := h.Cluster.SyncLog(); err != nil {
+		httpjson.Error(w, http.StatusInternalServerError, err)
+		return
+	}
+	httpjson.Write(w, map[string]bool{"synced": true})
 }
 
 func (h *Service) handleRemove(w http.ResponseWriter, r *http.Request) {

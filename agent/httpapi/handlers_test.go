@@ -42,6 +42,7 @@ func (f *fake) Connect(_ context.Context, addr string) error { return f.call("co
 func (f *fake) Join(_ context.Context, m api.Member) error   { return f.call("join " + m.Name) }
 func (f *fake) Register(context.Context, api.Member) error   { return f.call("register") }
 func (f *fake) Promote(_ context.Context, name string) error { return f.call("promote " + name) }
+func (f *fake) SyncLog() error                               { return f.call("sync-log") }
 func (f *fake) Remove(_ context.Context, name string) error  { return f.call("remove " + name) }
 func (f *fake) Leave(_ context.Context, forget func()) error { return f.call("leave") }
 func (f *fake) Place(_ context.Context, c api.Entry) error {

@@ -420,8 +420,31 @@ func (m *Membership) Register(ctx context.Context, r consensus.Member) error {
 // number of voters.
 func (m *Membership) Promote(ctx context.Context, name string) error {
 	return m.OnLeader(ctx, "/v1/promote", api.NameRequest{Name: name}, nil, func(n *consensus.Node) error {
-		return n.Promote(name, m.cfg.Voters, ApplyTimeout)
+		return n.Promote(name, m.cfg.Voters, ApplyTimeout, func() error { return m.readyToVote(ctx, n, name) })
 	})
+}
+
+// SyncLog makes this node's copy of the log durable (see consensus.Node.SyncLog): a leader asks
+// it of a non-voter before it makes it a voter.
+func (m *Membership) SyncLog() error { return m.Node().SyncLog() }
+
+// readyToVote has member name sync its log, on the leader n, before n makes it a voter: a
+// non-voter's log is not synced (consensus/logstore), and a voter's copy counts towards
+// commits. A member that cannot say it did stays a non-voter.
+func (m *Membership) readyToVote(ctx context.Context, n *consensus.Node, name string) error {
+	if name == m.self.Name {
+		return n.SyncLog()
+	}
+	mem, ok := n.Member(name)
+	if !ok || mem.APIAddr == "" {
+		return fmt.Errorf("%s is not registered: no address to ask it to sync its log", name)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := m.cfg.Peers.Do(ctx, mem.APIAddr, http.MethodPost, "/v1/sync-log", struct{}{}, nil); err != nil {
+		return fmt.Errorf("asking %s to sync its log: %w", name, err)
+	}
+	return nil
 }
 
 // Remove has the leader take member name out of the cluster.
@@ -782,6 +805,13 @@ func (m *Membership) KeepVoters(ctx context.Context) {
 		}
 		n := m.Node()
 		if !n.IsLeader() {
+			// A voter with an unsynced log was promoted without being asked to sync it (by a
+			// leader of an earlier release): its copy counts, so it goes to disk now.
+			if did, err := n.SyncLogIfVoter(); err != nil {
+				m.log.Error("syncing the log of this voter", "err", err)
+			} else if did {
+				m.log.Warn("this node votes but its log was not synced: synced it now")
+			}
 			continue
 		}
 		if n.Cluster() == "" {
@@ -804,7 +834,7 @@ func (m *Membership) KeepVoters(ctx context.Context) {
 		ch := consensus.PlanVoters(servers, n.Silence(), m.self.Name, m.cfg.Voters, replaceAfter, func(name string) bool { return m.caughtUp(ctx, n, name) })
 		switch {
 		case ch.Promote != "":
-			err = n.Promote(ch.Promote, len(servers), ApplyTimeout)
+			err = n.Promote(ch.Promote, len(servers), ApplyTimeout, func() error { return m.readyToVote(ctx, n, ch.Promote) })
 		case ch.Demote != "":
 			err = n.Demote(ch.Demote, ApplyTimeout)
 		default:

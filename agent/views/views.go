@@ -102,7 +102,7 @@ func (v *Views) Members(ctx context.Context) ([]api.MemberStatus, error) {
 				}
 			}
 			st.Reachable = true
-			st.Role = p.State
+			st.Role, st.Log = p.State, p.Log
 			st.LastContact = v.seen(st.Name, true)
 			if p.State == "leader" {
 				leaderMu.Lock()

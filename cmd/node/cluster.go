@@ -91,9 +91,9 @@ func runMembers(args []string) error {
 		return printJSON(ms)
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tROLE\tSUFFRAGE\tREACHABLE\tLAST CONTACT\tAPI\tRAFT")
+	fmt.Fprintln(tw, "NAME\tROLE\tSUFFRAGE\tLOG\tREACHABLE\tLAST CONTACT\tAPI\tRAFT")
 	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.Suffrage, yesNo(m.Reachable), lastContact(m), m.APIAddr, m.RaftAddr)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, m.Role, m.Suffrage, cmp.Or(m.Log, "-"), yesNo(m.Reachable), lastContact(m), m.APIAddr, m.RaftAddr)
 	}
 	return tw.Flush()
 }
