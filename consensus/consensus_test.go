@@ -460,3 +460,50 @@ func TestAVoterWithAnUnsyncedLogSyncsIt(t *testing.T) {
 		return b.LogSynced()
 	})
 }
+
+// A node stopped in the middle of a connect (its log opened unsynced to join, nothing in it
+// yet) starts again as a cluster of one, as before, and then it votes: its log is synced.
+func TestANodeThatBootstrapsSyncsItsLog(t *testing.T) {
+	dir := t.TempDir()
+	_, tr := raft.NewInmemTransport("a")
+	n, err := Open(Config{Name: "a", Dir: dir, Transport: tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.LogSynced() {
+		t.Fatal("a node opened to join has a synced log")
+	}
+	n.Close()
+	_, tr = raft.NewInmemTransport("a")
+	n, err = Open(Config{Name: "a", Dir: dir, Bootstrap: true, Transport: tr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	waitFor(t, "a to lead its cluster of one", n.IsLeader)
+	if !n.LogSynced() {
+		t.Fatal("a node that bootstrapped leads with an unsynced log")
+	}
+}
+
+// A configuration that changes while the member syncs its log (it was removed meanwhile) makes
+// the promotion fail: it does not put the member back as a voter.
+func TestAPromotionPastAConfigurationChangeIsRefused(t *testing.T) {
+	nodes := inmemCluster(t, "a", "b", "c")
+	leader := nodes[0]
+	for _, n := range nodes {
+		if err := leader.Join(Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := leader.Promote("c", 0, 5*time.Second, func() error { return leader.Remove("c", 5*time.Second) })
+	if err == nil {
+		t.Fatal("a promotion past the member's removal succeeded")
+	}
+	servers, _ := leader.Servers()
+	for _, s := range servers {
+		if s.ID == "c" {
+			t.Fatalf("c is back in the configuration as %v after its removal", s.Suffrage)
+		}
+	}
+}

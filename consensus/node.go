@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -70,6 +71,9 @@ type Node struct {
 	contacts  *contacts
 	stopFit   chan struct{} // stops fitTimeouts
 	fitDone   chan struct{}
+
+	cfgMu      sync.Mutex // held while this node changes raft's configuration
+	cfgChanges uint64     // how many changes it made (Promote checks that none came between)
 }
 
 // Timings for a cluster on one machine or a LAN.
@@ -195,6 +199,12 @@ func Open(cfg Config) (*Node, error) {
 			return nil, err
 		}
 		if !has {
+			// A node that bootstraps votes: its log is synced whatever it was opened as (a node
+			// stopped in the middle of a connect, say, opened unsynced to join).
+			if err := store.Sync(); err != nil {
+				n.Close()
+				return nil, err
+			}
 			boot := raft.Configuration{Servers: []raft.Server{{
 				Suffrage: raft.Voter, ID: raft.ServerID(cfg.Name), Address: trans.LocalAddr(),
 			}}}
@@ -353,7 +363,9 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 			return n.Apply(Register{Member: m}, timeout)
 		}
 	}
-	if err := n.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
+	if err := n.changeConfig(func() error {
+		return n.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error()
+	}); err != nil {
 		return fmt.Errorf("add %s: %w", m.Name, err)
 	}
 	return n.Apply(Register{Member: m}, timeout)
@@ -404,11 +416,34 @@ func (n *Node) DropUnconfigured(timeout time.Duration) ([]string, error) {
 	return dropped, nil
 }
 
+// changeConfig makes a change to raft's configuration, counted (see Promote).
+func (n *Node) changeConfig(change func() error) error {
+	n.cfgMu.Lock()
+	defer n.cfgMu.Unlock()
+	n.cfgChanges++
+	return change()
+}
+
+// changeConfigIf makes the change only if no other was made through this node since the count
+// before: a promotion decided on a configuration that another change overtook is refused.
+func (n *Node) changeConfigIf(before uint64, change func() error, name string) error {
+	n.cfgMu.Lock()
+	defer n.cfgMu.Unlock()
+	if n.cfgChanges != before {
+		return fmt.Errorf("the cluster's configuration changed while %s synced its log: not promoted now; the voters' autopilot, or `connect`, tries again", name)
+	}
+	n.cfgChanges++
+	return change()
+}
+
 // Promote makes a member that has caught up with the log a voter, unless the cluster already
 // has max voters (0: DefaultVoters): then it stays a non-voter that follows the log. ready, when
 // not nil, is called just before: it must have the member sync its log (SyncLog), since the
 // leader counts the member's copy from the configuration that makes it a voter on.
 func (n *Node) Promote(name string, max int, timeout time.Duration, ready func() error) error {
+	n.cfgMu.Lock()
+	before := n.cfgChanges
+	n.cfgMu.Unlock()
 	servers, err := n.leaderServers()
 	if err != nil {
 		return err
@@ -432,10 +467,16 @@ func (n *Node) Promote(name string, max int, timeout time.Duration, ready func()
 					return fmt.Errorf("%s is not ready to vote, so it stays a non-voter: %w", name, err)
 				}
 			}
-			if err := n.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
-				return fmt.Errorf("make %s a voter: %w", name, err)
-			}
-			return nil
+			// Only on the configuration read above: one this leader changed while ready ran (the
+			// member removed, or back from an empty folder, unsynced, at the same address) is
+			// refused, not overwritten. (raft's own check, AddVoter's prevIndex, cannot be used:
+			// raft v1.7.3's GetConfiguration reports index 0.)
+			return n.changeConfigIf(before, func() error {
+				if err := n.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
+					return fmt.Errorf("make %s a voter: %w", name, err)
+				}
+				return nil
+			}, name)
 		}
 	}
 	return fmt.Errorf("%s is not a member: connect it first", name)
@@ -459,7 +500,7 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 	if err := n.Apply(Unregister{Name: name}, timeout); err != nil {
 		return err
 	}
-	if err := n.raft.RemoveServer(raft.ServerID(name), 0, timeout).Error(); err != nil {
+	if err := n.changeConfig(func() error { return n.raft.RemoveServer(raft.ServerID(name), 0, timeout).Error() }); err != nil {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
 	return nil

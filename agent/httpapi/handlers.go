@@ -350,6 +350,14 @@ func (h *Service) handlePromote(w http.ResponseWriter, r *http.Request) {
 }
 
 func (h *Service) handleSyncLog(w http.ResponseWriter, r *http.Request) {
+	var req api.NameRequest
+	if !httpjson.Decode(w, r, &req) {
+		return
+	}
+	if req.Name != h.Self {
+		httpjson.Error(w, http.StatusConflict, fmt.Errorf("this node is %s, not %s: the registry's address for %s is out of date", h.Self, req.Name, req.Name))
+		return
+	}
 	if err := h.Cluster.SyncLog(); err != nil {
 		httpjson.Error(w, http.StatusInternalServerError, err)
 		return

@@ -316,3 +316,18 @@ func TestLogsOfAnUnknownDuckIs404(t *testing.T) {
 		t.Errorf("n=-1: %d, want 400", status)
 	}
 }
+
+// A node syncs its log only when asked by its own name: an address the registry holds for
+// another member, now this node's, must not answer for that member's promotion.
+func TestSyncLogIsAskedByName(t *testing.T) {
+	f := &fake{}
+	srv := serve(f)
+	defer srv.Close()
+	status, msg := do(t, srv, http.MethodPost, "/v1/sync-log", jsonBody(api.NameRequest{Name: "b"}))
+	if status != http.StatusConflict || !strings.Contains(msg, "this node is a, not b") || len(f.calls) != 0 {
+		t.Fatalf("asked as b: %d %q, calls %v; want 409 naming a, nothing synced", status, msg, f.calls)
+	}
+	if status, msg := do(t, srv, http.MethodPost, "/v1/sync-log", jsonBody(api.NameRequest{Name: "a"})); status != http.StatusOK || len(f.calls) != 1 {
+		t.Fatalf("asked as a: %d %q, calls %v", status, msg, f.calls)
+	}
+}

@@ -441,7 +441,8 @@ func (m *Membership) readyToVote(ctx context.Context, n *consensus.Node, name st
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := m.cfg.Peers.Do(ctx, mem.APIAddr, http.MethodPost, "/v1/sync-log", struct{}{}, nil); err != nil {
+	// Named: the address may be another node's by now, which must not answer for it.
+	if err := m.cfg.Peers.Do(ctx, mem.APIAddr, http.MethodPost, "/v1/sync-log", api.NameRequest{Name: name}, nil); err != nil {
 		return fmt.Errorf("asking %s to sync its log: %w", name, err)
 	}
 	return nil
@@ -804,14 +805,14 @@ func (m *Membership) KeepVoters(ctx context.Context) {
 		case <-t.C:
 		}
 		n := m.Node()
+		// A voter whose log is unsynced (promoted without being asked to sync it, by a leader
+		// of an earlier release) syncs it now, leader or not: its copy counts.
+		if did, err := n.SyncLogIfVoter(); err != nil {
+			m.log.Error("syncing the log of this voter", "err", err)
+		} else if did {
+			m.log.Warn("this node votes but its log was not synced: synced it now")
+		}
 		if !n.IsLeader() {
-			// A voter with an unsynced log was promoted without being asked to sync it (by a
-			// leader of an earlier release): its copy counts, so it goes to disk now.
-			if did, err := n.SyncLogIfVoter(); err != nil {
-				m.log.Error("syncing the log of this voter", "err", err)
-			} else if did {
-				m.log.Warn("this node votes but its log was not synced: synced it now")
-			}
 			continue
 		}
 		if n.Cluster() == "" {

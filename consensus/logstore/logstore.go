@@ -65,14 +65,15 @@ func Open(path string, unsynced bool, log *slog.Logger) (*Store, error) {
 	boot := bootID()
 	_, statErr := os.Stat(path)
 	exists := statErr == nil
+	discarded, hadMarker := false, false
 	switch was, err := os.ReadFile(marker); {
 	case err == nil:
-		unsynced = true
+		unsynced, hadMarker = true, true
 		if was := string(bytes.TrimSpace(was)); was != closedMark && (boot == "" || was != boot) {
 			if err := s.discard(exists); err != nil {
 				return nil, err
 			}
-			exists = false
+			exists, discarded = false, true
 		}
 	case !errors.Is(err, os.ErrNotExist):
 		return nil, fmt.Errorf("reading %s: %w", marker, err)
@@ -80,7 +81,14 @@ func Open(path string, unsynced bool, log *slog.Logger) (*Store, error) {
 		unsynced = false // a log written synced stays synced
 	}
 	if unsynced && boot == "" {
+		// Synced from here on: the marker goes, or a later start that can read a boot ID would
+		// take this log for an unsynced one (a voter's, maybe).
 		unsynced = false
+		if hadMarker {
+			if err := os.Remove(marker); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+		}
 	}
 	if unsynced {
 		// The marker is on disk before anything unsynced is written.
@@ -93,8 +101,18 @@ func Open(path string, unsynced bool, log *slog.Logger) (*Store, error) {
 		return nil, err
 	}
 	s.bolt, s.unsynced = bolt, unsynced
-	if !exists && statErr == nil {
-		// Thrown away: a term, so that raft sees history and does not bootstrap a cluster of one.
+	if !exists || hadMarker && !unsynced {
+		// The new file's (and the marker's removal's) entry in the folder reaches the disk.
+		if err := syncDir(filepath.Dir(path)); err != nil {
+			bolt.Close()
+			return nil, err
+		}
+	}
+	if discarded {
+		// Thrown away: a term, so that raft sees history and does not bootstrap a cluster of
+		// one. Also when no file was there to throw away: the marker alone says this node had
+		// joined a cluster (a crash between the two removals of discard, or a machine that
+		// stopped before the folder's entries reached the disk).
 		if err := bolt.SetUint64(keyCurrentTerm, 1); err != nil {
 			bolt.Close()
 			return nil, err
@@ -143,6 +161,8 @@ func (s *Store) Sync() error {
 	}
 	bolt, err := raftboltdb.New(raftboltdb.Options{Path: s.path})
 	if err != nil {
+		// The store is closed now: raft's next read fails (it panics on some), and the node
+		// must be started again, which opens the log synced or not as the marker says.
 		return fmt.Errorf("reopening the raft log synced: %w; stop the node and start it again", err)
 	}
 	s.bolt = bolt

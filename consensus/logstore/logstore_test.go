@@ -118,6 +118,19 @@ func TestAnUnsyncedLogFromAnotherBootIsThrownAway(t *testing.T) {
 	if !s.Unsynced() || marker(t, path) != bootID() {
 		t.Fatalf("after throwing the log away: unsynced %v, marker %q; want unsynced, this boot", s.Unsynced(), marker(t, path))
 	}
+	// The marker alone, from another boot, its file gone (a crash in the middle of throwing a
+	// log away): the node had joined a cluster, so a term again.
+	s.Close()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path+markerSuffix, []byte("0a2c5a4e-boot-before\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path, true)
+	if has, err := raft.HasExistingState(s, s, raft.NewInmemSnapshotStore()); err != nil || !has {
+		t.Fatalf("a marker without its log: HasExistingState = %v, %v; raft would bootstrap a member", has, err)
+	}
 	// A log closed cleanly before the machine stopped is kept.
 	write(t, s, 1, 4)
 	s.Close()
@@ -169,8 +182,28 @@ func TestSyncedUnlessToldAndAble(t *testing.T) {
 	bootIDPath = filepath.Join(t.TempDir(), "no-boot-id")
 	defer func() { bootIDPath = old }()
 	s = open(t, filepath.Join(t.TempDir(), "raft.db"), true)
-	defer s.Close()
 	if s.Unsynced() {
 		t.Fatal("unsynced without a boot ID: a restart of the machine could not be told")
+	}
+	s.Close()
+
+	// A log closed unsynced, opened where no boot ID can be read: synced, and for good (its
+	// marker goes, or a later start with a boot ID would take it for unsynced again).
+	bootIDPath = old
+	path = filepath.Join(t.TempDir(), "raft.db")
+	s = open(t, path, true)
+	write(t, s, 1, 3)
+	s.Close()
+	bootIDPath = filepath.Join(t.TempDir(), "no-boot-id")
+	s = open(t, path, true)
+	if s.Unsynced() || marker(t, path) != "" {
+		t.Fatalf("without a boot ID: unsynced %v, marker %q; want synced, no marker", s.Unsynced(), marker(t, path))
+	}
+	s.Close()
+	bootIDPath = old
+	s = open(t, path, true)
+	defer s.Close()
+	if s.Unsynced() || last(t, s) != 3 {
+		t.Fatalf("with a boot ID again: unsynced %v, last %d; want synced, 3", s.Unsynced(), last(t, s))
 	}
 }
