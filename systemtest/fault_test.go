@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -286,4 +287,77 @@ func TestNodeStoppedMidTurnTakesItAgain(t *testing.T) {
 	l.finish()
 	t.Logf("node b stopped mid-turn and restarted: %d requests failed (b's duck stopped with its node), %d served", l.failed.Load(), l.total())
 	checkNothingLost(t, dc, l)
+}
+
+// A non-voter's log is not synced (consensus/logstore). Killed -9 at a moment the seed picks
+// in a rollout, and started again on the same boot, it keeps its log (the kernel's page cache
+// has every write), catches up, takes or catches up on the version, and its log stays unsynced;
+// nothing the ducks answered is lost elsewhere. DUCKRAFT_NONVOTER_KILL_SEED=N replays a
+// moment; a seed that ever failed joins nonVoterKillSeeds.
+func TestANonVoterKilledAtSeededMomentsCatchesUp(t *testing.T) {
+	seeds := append(slices.Clone(nonVoterKillSeeds), uint64(time.Now().UnixNano()))
+	if s := os.Getenv("DUCKRAFT_NONVOTER_KILL_SEED"); s != "" {
+		n, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("DUCKRAFT_NONVOTER_KILL_SEED=%q is not a number", s)
+		}
+		seeds = []uint64{n}
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint(seed), func(t *testing.T) {
+			t.Logf("seed %d; replay with DUCKRAFT_NONVOTER_KILL_SEED=%d go test ./systemtest/ -run TestANonVoterKilledAtSeededMomentsCatchesUp -v", seed, seed)
+			nonVoterKilled(t, seed)
+		})
+	}
+}
+
+// nonVoterKillSeeds are the seeds of TestANonVoterKilledAtSeededMomentsCatchesUp that ever
+// failed, run every time (none yet).
+var nonVoterKillSeeds = []uint64{}
+
+func nonVoterKilled(t *testing.T, seed uint64) {
+	after := time.Duration(seed%2000) * time.Millisecond // from the commit to past the rollout
+	down := time.Duration(seed/2000%1500) * time.Millisecond
+	dc := newDuckCluster(t, "--voters", "2")
+	c := dc.nodes[2]
+	waitFor(t, "c to follow as a non-voter with its log unsynced", 30*time.Second, func() bool {
+		for _, m := range members(dc.c, dc.nodes[0].API) {
+			if m.Name == c.Name {
+				return m.Suffrage == "nonvoter" && m.Log == "unsynced"
+			}
+		}
+		return false
+	})
+	postInitial(t, dc)
+	l := startLoad(dc.ducks)
+	defer l.stopOnce()
+	cli(t, dc.c, dc.nodes[0].API, "deploy", "--detach", "../testdata/duck-v2")
+	time.Sleep(after)
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(down)
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("c killed -9 %s after the commit, started again %s later", after, down)
+	waitFor(t, "the rollout to end", 90*time.Second, func() bool {
+		return rolloutOf(t, dc.c, dc.nodes[0].API).Rollout.State == rollout.Done
+	})
+	for name, addr := range dc.ducks {
+		waitFor(t, "the duck on "+name+" on version 2", 60*time.Second, func() bool {
+			got, err := askDuck("GET", addr)
+			return err == nil && got.Version == "v2"
+		})
+	}
+	for _, m := range members(dc.c, c.API) {
+		if m.Name == c.Name && (m.Suffrage != "nonvoter" || m.Log != "unsynced" || !m.Reachable) {
+			t.Fatalf("c after its restart: %+v; want a reachable non-voter with its log unsynced", m)
+		}
+	}
+	if strings.Contains(c.Log(), "throwing the log away") {
+		t.Fatalf("c threw its log away after a kill on the same boot:\n%s", c.Log())
+	}
+	l.finish()
+	checkCounts(t, dc, l, map[string]bool{c.Name: true})
 }

@@ -8,6 +8,7 @@ package build
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -43,6 +44,7 @@ type CompileError struct {
 	ID bundle.ID
 	// Output is the go command's stderr, verbatim: file:line: message lines from the compiler.
 	Output string
+	code   int // the go command's exit status (1 for a source that does not compile)
 }
 
 func (e *CompileError) Error() string {
@@ -310,28 +312,43 @@ func (b *Builder) produce(ctx context.Context, id bundle.ID, goBin, src, out str
 		}
 		shared = filepath.Join(b.Shared, strings.ReplaceAll(tc, " ", "-")+"-sdk"+sdkPrint(), string(id), "duck")
 	}
-	// Another node on this host built it already: take it without waiting for the host's one
-	// go build at a time.
-	if shared != "" && takeShared(shared, out) == nil {
-		return nil
+	// Another node on this host built it already, or found just now that it does not compile:
+	// take its binary, or its compiler's words, without waiting for the host's one go build at
+	// a time.
+	var failed error
+	taken := func() bool {
+		if takeShared(shared, out) == nil {
+			return true
+		}
+		failed = sharedFailure(shared, id)
+		return failed != nil
 	}
-	var taken func() bool
-	if shared != "" {
-		taken = func() bool { return takeShared(shared, out) == nil }
+	if shared != "" && taken() {
+		return failed
+	}
+	if shared == "" {
+		taken = nil
 	}
 	unlock, err := hostLock(ctx, taken)
 	if err != nil || unlock == nil {
-		return err // nil: taken while waiting
+		return cmp.Or(err, failed) // nil: taken while waiting
 	}
 	defer unlock()
-	if shared != "" && takeShared(shared, out) == nil {
-		return nil
+	if shared != "" && taken() {
+		return failed
 	}
 	if err := writeVendor(src); err != nil {
 		return fmt.Errorf("build %s: %w", short(id), err)
 	}
 	if err := b.run(ctx, id, goBin, src, out); err != nil {
+		var ce *CompileError
+		if shared != "" && errors.As(err, &ce) && ce.code == 1 {
+			shareFailure(shared, ce.Output)
+		}
 		return err
+	}
+	if shared != "" {
+		os.Remove(shared + failedSuffix) // an earlier failure was not the source's (a full disk, say)
 	}
 	if err := isProgram(out); err != nil {
 		return fmt.Errorf("build %s: %w", short(id), err)
@@ -357,6 +374,42 @@ func (b *Builder) produce(ctx context.Context, id bundle.ID, goBin, src, out str
 		}
 	}
 	return nil
+}
+
+// failedSuffix names, beside a host's shared binary, the compiler's words of a build of it that
+// failed.
+const failedSuffix = ".failed"
+
+// sharedFailureFresh is how long a host's failed build stands for the other nodes' builds of the
+// same source and toolchain. A hundred nodes of one host built a version that did not compile
+// one after another, each failing after the host's lock (and the next version's build queued
+// behind them): the failure is the source's, the same for all. Bounded, since go also exits with
+// status 1 for what is the machine's (a full disk): a build asked for later runs again.
+const sharedFailureFresh = time.Minute
+
+// shareFailure leaves the compiler's words of a failed build where the host's other nodes look.
+func shareFailure(shared, output string) {
+	if os.MkdirAll(filepath.Dir(shared), 0o700) != nil {
+		return
+	}
+	tmp := shared + failedSuffix + ".tmp"
+	if os.WriteFile(tmp, []byte(output), 0o600) == nil {
+		os.Rename(tmp, shared+failedSuffix)
+	}
+}
+
+// sharedFailure is the failure another node of this host met building the same source with the
+// same toolchain in the last sharedFailureFresh, or nil.
+func sharedFailure(shared string, id bundle.ID) error {
+	fi, err := os.Stat(shared + failedSuffix)
+	if err != nil || time.Since(fi.ModTime()) > sharedFailureFresh {
+		return nil
+	}
+	out, err := os.ReadFile(shared + failedSuffix)
+	if err != nil {
+		return nil
+	}
+	return &CompileError{ID: id, Output: string(out), code: 1}
 }
 
 // takeShared takes the binary another node of this host built, with its sum: linked where the
@@ -427,7 +480,7 @@ func (b *Builder) run(ctx context.Context, id bundle.ID, goBin, src, out string)
 	}
 	var exit *exec.ExitError
 	if errors.As(err, &exit) {
-		return &CompileError{ID: id, Output: stderr.String()}
+		return &CompileError{ID: id, Output: stderr.String(), code: exit.ExitCode()}
 	}
 	return fmt.Errorf("build %s: running %s: %w", short(id), goBin, err)
 }

@@ -779,3 +779,43 @@ func TestWaitReleaseWakesWhenTheLockIsLetGo(t *testing.T) {
 		t.Fatalf("the lock is still held after the waiter woke: %v", err)
 	}
 }
+
+// A source that does not compile fails once per host, not once per node: the others take the
+// compiler's words from the shared folder (a hundred nodes used to fail one after another, each
+// after the host's lock, with the next version's build queued behind them). After
+// sharedFailureFresh, or once the same source built, a node builds again.
+func TestAHostsNodesShareAFailedBuild(t *testing.T) {
+	goBin, runs := countingGo(t)
+	shared := t.TempDir()
+	b := pack(t, map[string]string{"main.go": "package main\n\nfunc main() { undefinedThing() }\n"})
+	var outputs []string
+	for i := 0; i < 3; i++ {
+		_, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data)
+		var ce *CompileError
+		if !errors.As(err, &ce) || !strings.Contains(ce.Output, "undefinedThing") {
+			t.Fatalf("node %d: err = %v, want the compiler's error", i+1, err)
+		}
+		outputs = append(outputs, ce.Output)
+	}
+	if n := runs(); n != 1 {
+		t.Fatalf("go ran %d times for three nodes of one host, want 1", n)
+	}
+	if outputs[1] != outputs[0] || outputs[2] != outputs[0] {
+		t.Fatalf("the nodes that took the failure report other words:\n%q\n%q", outputs[0], outputs[1])
+	}
+	// Older than sharedFailureFresh: built again.
+	matches, _ := filepath.Glob(filepath.Join(shared, "*", string(b.ID), "duck"+failedSuffix))
+	if len(matches) != 1 {
+		t.Fatalf("shared failures: %v, want one", matches)
+	}
+	old := time.Now().Add(-2 * sharedFailureFresh)
+	if err := os.Chtimes(matches[0], old, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (&Builder{Dir: t.TempDir(), GoBin: goBin, Shared: shared}).Build(context.Background(), b.ID, b.Data); err == nil {
+		t.Fatal("a source that does not compile built")
+	}
+	if n := runs(); n != 2 {
+		t.Fatalf("go ran %d times after the shared failure went stale, want 2", n)
+	}
+}
