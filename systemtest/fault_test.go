@@ -361,3 +361,58 @@ func nonVoterKilled(t *testing.T, seed uint64) {
 	l.finish()
 	checkCounts(t, dc, l, map[string]bool{c.Name: true})
 }
+
+// After a restart of the machine a non-voter's unsynced log may be torn, so the node throws it
+// away and the leader sends it again. Here the restart of the machine is the marker's boot ID
+// changed while the node was down (a reboot cannot be had in a test): the node comes back with
+// an empty log but a term, does not bootstrap a cluster of its own, catches up, answers for the
+// cluster's state and takes the next version.
+func TestANonVoterAfterAMachineRestartGetsItsLogAgain(t *testing.T) {
+	dc := newDuckCluster(t, "--voters", "2")
+	c := dc.nodes[2]
+	waitFor(t, "c to follow as a non-voter with its log unsynced", 30*time.Second, func() bool {
+		for _, m := range members(dc.c, dc.nodes[0].API) {
+			if m.Name == c.Name {
+				return m.Suffrage == "nonvoter" && m.Log == "unsynced"
+			}
+		}
+		return false
+	})
+	if err := c.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(c.Dir, "raft", "raft.db.unsynced")
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("the non-voter's log has no marker: %v", err)
+	}
+	if err := os.WriteFile(marker, []byte("00000000-0000-0000-0000-a-boot-before\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(c.Log(), "throwing the log away") {
+		t.Fatalf("c did not say it threw its log away:\n%s", c.Log())
+	}
+	// Its own view: still a member of the cluster, led by a, with version 1 rolled out.
+	waitFor(t, "c to catch up with the log", 30*time.Second, func() bool {
+		r := rolloutOf(t, dc.c, c.API).Rollout
+		if r == nil || r.Version != 1 || r.State != rollout.Done {
+			return false
+		}
+		for _, m := range members(dc.c, c.API) {
+			if m.Name == c.Name && m.Role == "follower" && m.Suffrage == "nonvoter" && m.Log == "unsynced" {
+				return true
+			}
+		}
+		return false
+	})
+	out := cli(t, dc.c, dc.nodes[0].API, "deploy", "../testdata/duck-v2")
+	if !strings.Contains(out, "runs on every node") {
+		t.Fatalf("deploy after c's log was thrown away:\n%s", out)
+	}
+	waitFor(t, "the duck on c on version 2", 30*time.Second, func() bool {
+		got, err := askDuck("GET", dc.ducks[c.Name])
+		return err == nil && got.Version == "v2"
+	})
+}

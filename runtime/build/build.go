@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -387,22 +388,53 @@ const failedSuffix = ".failed"
 // status 1 for what is the machine's (a full disk): a build asked for later runs again.
 const sharedFailureFresh = time.Minute
 
-// shareFailure leaves the compiler's words of a failed build where the host's other nodes look.
+// compilerMessage is a line of the compiler's: file.go:line:column: message.
+var compilerMessage = regexp.MustCompile(`(?m)\.go:\d+:\d+: `)
+
+// notTheSource are words of go's exit status 1 that say the machine failed, not the source.
+var notTheSource = []string{"signal: killed", "no space left", "permission denied", "too many open files", "cannot allocate memory"}
+
+// shareable says whether a failed build's output is the source's fault alone.
+func shareable(output string) bool {
+	if !compilerMessage.MatchString(output) {
+		return false
+	}
+	for _, w := range notTheSource {
+		if strings.Contains(output, w) {
+			return false
+		}
+	}
+	return true
+}
+
+// shareFailure leaves the compiler's words of a failed build where the host's other nodes look,
+// when they are the source's fault.
 func shareFailure(shared, output string) {
-	if os.MkdirAll(filepath.Dir(shared), 0o700) != nil {
+	if !shareable(output) || os.MkdirAll(filepath.Dir(shared), 0o700) != nil {
 		return
 	}
-	tmp := shared + failedSuffix + ".tmp"
-	if os.WriteFile(tmp, []byte(output), 0o600) == nil {
-		os.Rename(tmp, shared+failedSuffix)
+	tmp, err := os.CreateTemp(filepath.Dir(shared), filepath.Base(shared)+failedSuffix+".*")
+	if err != nil {
+		return
+	}
+	_, err = tmp.WriteString(output)
+	if cerr := tmp.Close(); err == nil && cerr == nil {
+		err = os.Rename(tmp.Name(), shared+failedSuffix)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
 	}
 }
 
 // sharedFailure is the failure another node of this host met building the same source with the
-// same toolchain in the last sharedFailureFresh, or nil.
+// same toolchain in the last sharedFailureFresh, or nil. (A time ahead of the clock, after the
+// clock stepped back, is stale too.)
 func sharedFailure(shared string, id bundle.ID) error {
 	fi, err := os.Stat(shared + failedSuffix)
-	if err != nil || time.Since(fi.ModTime()) > sharedFailureFresh {
+	if err != nil {
+		return nil
+	}
+	if age := time.Since(fi.ModTime()); age < 0 || age > sharedFailureFresh {
 		return nil
 	}
 	out, err := os.ReadFile(shared + failedSuffix)
@@ -556,7 +588,7 @@ func hostLock(ctx context.Context, done func() bool) (func(), error) {
 	// Polling alone, a hundred nodes found the build 50 ms after it on average, spread over
 	// 100 ms, and the first wave of a rollout, granted in order, waited for the last of them; a
 	// hundred nodes asking every 10 ms took CPU from that build.
-	var released chan struct{}
+	woken := false
 	for wait := 10 * time.Millisecond; ; wait = min(wait*3/2, 100*time.Millisecond) {
 		if done != nil && done() {
 			f.Close()
@@ -565,26 +597,49 @@ func hostLock(ctx context.Context, done func() bool) (func(), error) {
 		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err == nil {
 			return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 		}
-		if released == nil {
+		// Woken by a release that left nothing to take (another waiter took the lock, or the
+		// build failed): the next wake is the timer's, or the waiters, each holding the shared
+		// lock a moment, would keep each other from the exclusive one in a spin.
+		var released <-chan struct{}
+		if !woken {
 			released = waitRelease(f.Name())
 		}
+		woken = false
 		select {
 		case <-ctx.Done():
 			f.Close()
 			return nil, ctx.Err()
 		case <-released:
-			released = nil
+			woken = true
 		case <-time.After(wait):
 		}
 	}
 }
 
+// releases is the one watcher per lock file of this process (see waitRelease).
+var releases = struct {
+	sync.Mutex
+	watch map[string]chan struct{}
+}{watch: map[string]chan struct{}{}}
+
 // waitRelease returns a channel closed once the exclusive lock on the file at path is let go.
-// The goroutine behind it cannot be called off, and ends with the build that holds the lock.
-func waitRelease(path string) chan struct{} {
+// One goroutine watches per file, whoever asks: it cannot be called off (it waits in flock), so
+// one per caller would pile up behind a build that hangs or a holder that is stopped.
+func waitRelease(path string) <-chan struct{} {
+	releases.Lock()
+	defer releases.Unlock()
+	if ch, ok := releases.watch[path]; ok {
+		return ch
+	}
 	released := make(chan struct{})
+	releases.watch[path] = released
 	go func() {
-		defer close(released)
+		defer func() {
+			releases.Lock()
+			delete(releases.watch, path)
+			releases.Unlock()
+			close(released)
+		}()
 		g, err := os.Open(path)
 		if err != nil {
 			time.Sleep(100 * time.Millisecond) // the poll carries on alone

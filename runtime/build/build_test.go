@@ -761,6 +761,10 @@ func TestWaitReleaseWakesWhenTheLockIsLetGo(t *testing.T) {
 		t.Fatal(err)
 	}
 	released := waitRelease(path)
+	// A second waiter shares the watch: one goroutine per file, however many ask.
+	if again := waitRelease(path); again != released {
+		t.Fatal("a second waiter got a watch of its own")
+	}
 	select {
 	case <-released:
 		t.Fatal("waitRelease said the lock was let go while it was held")
@@ -817,5 +821,21 @@ func TestAHostsNodesShareAFailedBuild(t *testing.T) {
 	}
 	if n := runs(); n != 2 {
 		t.Fatalf("go ran %d times after the shared failure went stale, want 2", n)
+	}
+}
+
+// Only the compiler's words about the source are shared: go exits with status 1 for a full
+// disk or a killed compiler too, which are the machine's and may be gone on the next try.
+func TestOnlyTheSourcesFailuresAreShared(t *testing.T) {
+	for out, want := range map[string]bool{
+		"# duck\n./main.go:3:15: undefined: undefinedThing\n":                                    true,
+		"# duck\n./main.go:3:15: undefined: x\ncompile: writing output: no space left on device": false,
+		"go build duck: /usr/lib/go/pkg/tool/linux_amd64/compile: signal: killed\n":              false,
+		"go: cannot write GOCACHE: permission denied\n":                                          false,
+		"": false,
+	} {
+		if got := shareable(out); got != want {
+			t.Errorf("shareable(%q) = %v, want %v", out, got, want)
+		}
 	}
 }
