@@ -36,3 +36,14 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	}
 	return nil
 }
+
+// SyncDir makes the changes to dir's entries (a rename, a new file, a removal) durable: Write's
+// rename is in the folder, and reaches the disk only with it.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}

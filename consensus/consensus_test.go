@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"reflect"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -504,6 +506,64 @@ func TestAPromotionPastAConfigurationChangeIsRefused(t *testing.T) {
 	for _, s := range servers {
 		if s.ID == "c" {
 			t.Fatalf("c is back in the configuration as %v after its removal", s.Suffrage)
+		}
+	}
+}
+
+// Promotions run one at a time: members asked at once for one free seat are not all made to
+// sync their logs (one is promoted, the rest stay non-voters, unsynced), a member promoted twice
+// at once (its own ask after joining, the autopilot's) is promoted once without an error, and a
+// member joining meanwhile does not spoil a promotion.
+func TestPromotionsOneAtATime(t *testing.T) {
+	nodes := inmemCluster(t, "a", "b", "c", "d", "e")
+	leader := nodes[0]
+	for _, n := range nodes[:4] {
+		if err := leader.Join(Member{Name: n.Name(), RaftAddr: n.Addr(), APIAddr: "api-" + n.Name()}, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	var readied []string
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for _, n := range []*Node{nodes[1], nodes[2], nodes[3], nodes[1]} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- leader.Promote(n.Name(), 2, 5*time.Second, func() error {
+				mu.Lock()
+				readied = append(readied, n.Name())
+				mu.Unlock()
+				if n == nodes[1] { // another member joins while b syncs
+					if err := leader.Join(Member{Name: "e", RaftAddr: nodes[4].Addr(), APIAddr: "api-e"}, 5*time.Second); err != nil {
+						return err
+					}
+				}
+				return n.SyncLog()
+			})
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("a promotion failed: %v", err)
+		}
+	}
+	servers, _ := leader.Servers()
+	var voters []string
+	for _, s := range servers {
+		if s.Suffrage == raft.Voter {
+			voters = append(voters, string(s.ID))
+		}
+	}
+	if len(voters) != 2 || len(readied) != 1 {
+		t.Fatalf("voters %v, asked to sync %v: want two voters and one member asked", voters, readied)
+	}
+	for _, n := range nodes[1:] {
+		isVoter := slices.Contains(voters, n.Name())
+		if n.LogSynced() != isVoter {
+			t.Errorf("%s: voter %v, log synced %v", n.Name(), isVoter, n.LogSynced())
 		}
 	}
 }

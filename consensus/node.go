@@ -72,8 +72,9 @@ type Node struct {
 	stopFit   chan struct{} // stops fitTimeouts
 	fitDone   chan struct{}
 
-	cfgMu      sync.Mutex // held while this node changes raft's configuration
-	cfgChanges uint64     // how many changes it made (Promote checks that none came between)
+	promoting sync.Mutex // held by Promote: one promotion at a time
+	cfgMu     sync.Mutex // held while a member is taken out, and by Promote's last check
+	removals  uint64     // members taken out of the voters or the cluster (Promote checks)
 }
 
 // Timings for a cluster on one machine or a LAN.
@@ -363,9 +364,7 @@ func (n *Node) Join(m Member, timeout time.Duration) error {
 			return n.Apply(Register{Member: m}, timeout)
 		}
 	}
-	if err := n.changeConfig(func() error {
-		return n.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error()
-	}); err != nil {
+	if err := n.raft.AddNonvoter(raft.ServerID(m.Name), raft.ServerAddress(m.RaftAddr), 0, timeout).Error(); err != nil {
 		return fmt.Errorf("add %s: %w", m.Name, err)
 	}
 	return n.Apply(Register{Member: m}, timeout)
@@ -416,23 +415,12 @@ func (n *Node) DropUnconfigured(timeout time.Duration) ([]string, error) {
 	return dropped, nil
 }
 
-// changeConfig makes a change to raft's configuration, counted (see Promote).
-func (n *Node) changeConfig(change func() error) error {
+// removing makes a change that takes a member out of the voters or the cluster, counted (see
+// Promote).
+func (n *Node) removing(change func() error) error {
 	n.cfgMu.Lock()
 	defer n.cfgMu.Unlock()
-	n.cfgChanges++
-	return change()
-}
-
-// changeConfigIf makes the change only if no other was made through this node since the count
-// before: a promotion decided on a configuration that another change overtook is refused.
-func (n *Node) changeConfigIf(before uint64, change func() error, name string) error {
-	n.cfgMu.Lock()
-	defer n.cfgMu.Unlock()
-	if n.cfgChanges != before {
-		return fmt.Errorf("the cluster's configuration changed while %s synced its log: not promoted now; the voters' autopilot, or `connect`, tries again", name)
-	}
-	n.cfgChanges++
+	n.removals++
 	return change()
 }
 
@@ -440,16 +428,57 @@ func (n *Node) changeConfigIf(before uint64, change func() error, name string) e
 // has max voters (0: DefaultVoters): then it stays a non-voter that follows the log. ready, when
 // not nil, is called just before: it must have the member sync its log (SyncLog), since the
 // leader counts the member's copy from the configuration that makes it a voter on.
+//
+// Promotions through this node run one at a time, so that two (a member's own, after it joins,
+// and the voters' autopilot; or the first members joining together) do not each have a member
+// sync for one free seat. One is refused if this node took a member out of the voters or the
+// cluster while ready ran (removed, and back from an empty folder, unsynced, at the same
+// address): raft's own guard, AddVoter's prevIndex, cannot be used, since raft v1.7.3's
+// GetConfiguration reports index 0.
 func (n *Node) Promote(name string, max int, timeout time.Duration, ready func() error) error {
+	n.promoting.Lock()
+	defer n.promoting.Unlock()
 	n.cfgMu.Lock()
-	before := n.cfgChanges
+	before := n.removals
 	n.cfgMu.Unlock()
-	servers, err := n.leaderServers()
+	s, voters, err := n.seat(name)
 	if err != nil {
 		return err
 	}
 	if max <= 0 {
 		max = DefaultVoters
+	}
+	if s.Suffrage == raft.Voter || voters >= max {
+		return nil
+	}
+	if ready != nil {
+		if err := ready(); err != nil {
+			return fmt.Errorf("%s is not ready to vote, so it stays a non-voter: %w", name, err)
+		}
+	}
+	n.cfgMu.Lock()
+	defer n.cfgMu.Unlock()
+	if n.removals != before {
+		return fmt.Errorf("a member was taken out while %s synced its log: not promoted now; the voters' autopilot, or `connect`, tries again", name)
+	}
+	if again, _, err := n.seat(name); err != nil {
+		return err
+	} else if again.Suffrage == raft.Voter {
+		return nil
+	} else if again.Address != s.Address {
+		return fmt.Errorf("%s moved to raft address %s while it synced its log: not promoted now", name, again.Address)
+	}
+	if err := n.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
+		return fmt.Errorf("make %s a voter: %w", name, err)
+	}
+	return nil
+}
+
+// seat is member name's place in the leader's configuration, and how many vote.
+func (n *Node) seat(name string) (raft.Server, int, error) {
+	servers, err := n.leaderServers()
+	if err != nil {
+		return raft.Server{}, 0, err
 	}
 	voters := 0
 	for _, s := range servers {
@@ -459,27 +488,10 @@ func (n *Node) Promote(name string, max int, timeout time.Duration, ready func()
 	}
 	for _, s := range servers {
 		if string(s.ID) == name {
-			if s.Suffrage == raft.Voter || voters >= max {
-				return nil
-			}
-			if ready != nil {
-				if err := ready(); err != nil {
-					return fmt.Errorf("%s is not ready to vote, so it stays a non-voter: %w", name, err)
-				}
-			}
-			// Only on the configuration read above: one this leader changed while ready ran (the
-			// member removed, or back from an empty folder, unsynced, at the same address) is
-			// refused, not overwritten. (raft's own check, AddVoter's prevIndex, cannot be used:
-			// raft v1.7.3's GetConfiguration reports index 0.)
-			return n.changeConfigIf(before, func() error {
-				if err := n.raft.AddVoter(s.ID, s.Address, 0, timeout).Error(); err != nil {
-					return fmt.Errorf("make %s a voter: %w", name, err)
-				}
-				return nil
-			}, name)
+			return s, voters, nil
 		}
 	}
-	return fmt.Errorf("%s is not a member: connect it first", name)
+	return raft.Server{}, 0, fmt.Errorf("%s is not a member: connect it first", name)
 }
 
 // Remove takes name out of the cluster: out of the voters and out of the registry.
@@ -500,7 +512,7 @@ func (n *Node) Remove(name string, timeout time.Duration) error {
 	if err := n.Apply(Unregister{Name: name}, timeout); err != nil {
 		return err
 	}
-	if err := n.changeConfig(func() error { return n.raft.RemoveServer(raft.ServerID(name), 0, timeout).Error() }); err != nil {
+	if err := n.removing(func() error { return n.raft.RemoveServer(raft.ServerID(name), 0, timeout).Error() }); err != nil {
 		return fmt.Errorf("remove %s: %w", name, err)
 	}
 	return nil

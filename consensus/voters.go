@@ -78,7 +78,7 @@ func (n *Node) Demote(name string, timeout time.Duration) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	if err := n.changeConfig(func() error { return n.raft.DemoteVoter(raft.ServerID(name), 0, timeout).Error() }); err != nil {
+	if err := n.removing(func() error { return n.raft.DemoteVoter(raft.ServerID(name), 0, timeout).Error() }); err != nil {
 		return fmt.Errorf("make %s a non-voter: %w", name, err)
 	}
 	return nil

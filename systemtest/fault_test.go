@@ -320,14 +320,7 @@ func nonVoterKilled(t *testing.T, seed uint64) {
 	down := time.Duration(seed/2000%1500) * time.Millisecond
 	dc := newDuckCluster(t, "--voters", "2")
 	c := dc.nodes[2]
-	waitFor(t, "c to follow as a non-voter with its log unsynced", 30*time.Second, func() bool {
-		for _, m := range members(dc.c, dc.nodes[0].API) {
-			if m.Name == c.Name {
-				return m.Suffrage == "nonvoter" && m.Log == "unsynced"
-			}
-		}
-		return false
-	})
+	waitUnsyncedNonVoter(t, dc, c)
 	postInitial(t, dc)
 	l := startLoad(dc.ducks)
 	defer l.stopOnce()
@@ -370,14 +363,7 @@ func nonVoterKilled(t *testing.T, seed uint64) {
 func TestANonVoterAfterAMachineRestartGetsItsLogAgain(t *testing.T) {
 	dc := newDuckCluster(t, "--voters", "2")
 	c := dc.nodes[2]
-	waitFor(t, "c to follow as a non-voter with its log unsynced", 30*time.Second, func() bool {
-		for _, m := range members(dc.c, dc.nodes[0].API) {
-			if m.Name == c.Name {
-				return m.Suffrage == "nonvoter" && m.Log == "unsynced"
-			}
-		}
-		return false
-	})
+	waitUnsyncedNonVoter(t, dc, c)
 	if err := c.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -414,5 +400,18 @@ func TestANonVoterAfterAMachineRestartGetsItsLogAgain(t *testing.T) {
 	waitFor(t, "the duck on c on version 2", 30*time.Second, func() bool {
 		got, err := askDuck("GET", dc.ducks[c.Name])
 		return err == nil && got.Version == "v2"
+	})
+}
+
+// waitUnsyncedNonVoter waits until the leader lists n as a non-voter whose log is not synced.
+func waitUnsyncedNonVoter(t *testing.T, dc *duckCluster, n *localcluster.Node) {
+	t.Helper()
+	waitFor(t, n.Name+" to follow as a non-voter with its log unsynced", 30*time.Second, func() bool {
+		for _, m := range members(dc.c, dc.nodes[0].API) {
+			if m.Name == n.Name {
+				return m.Suffrage == "nonvoter" && m.Log == "unsynced"
+			}
+		}
+		return false
 	})
 }

@@ -32,6 +32,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+
+	"github.com/duckraft/duckraft/atomicfile"
 )
 
 // Store is raft's LogStore and StableStore.
@@ -103,7 +105,7 @@ func Open(path string, unsynced bool, log *slog.Logger) (*Store, error) {
 	s.bolt, s.unsynced = bolt, unsynced
 	if !exists || hadMarker && !unsynced {
 		// The new file's (and the marker's removal's) entry in the folder reaches the disk.
-		if err := syncDir(filepath.Dir(path)); err != nil {
+		if err := atomicfile.SyncDir(filepath.Dir(path)); err != nil {
 			bolt.Close()
 			return nil, err
 		}
@@ -135,7 +137,7 @@ func (s *Store) discard(exists bool) error {
 	if err := os.Remove(s.path + markerSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(s.path))
+	return atomicfile.SyncDir(filepath.Dir(s.path))
 }
 
 // Unsynced says whether writes return before they reach the disk.
@@ -171,7 +173,7 @@ func (s *Store) Sync() error {
 	if err := os.Remove(s.path + markerSuffix); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	if err := syncDir(filepath.Dir(s.path)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(s.path)); err != nil {
 		return err
 	}
 	s.unsynced = false
@@ -262,29 +264,10 @@ func bootID() string {
 	return string(bytes.TrimSpace(b))
 }
 
+// writeSynced writes a small file and its folder's entry to disk.
 func writeSynced(path, content string) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
-	if err != nil {
+	if err := atomicfile.Write(path, []byte(content), 0o600); err != nil {
 		return err
 	}
-	_, err = f.WriteString(content)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	return syncDir(filepath.Dir(path))
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(filepath.Dir(path))
 }

@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/duckraft/duckraft/atomicfile"
 	"github.com/duckraft/duckraft/runtime/duckuser"
 )
 
@@ -151,17 +152,7 @@ func install(tmp, path string) error {
 		return err
 	}
 	os.Remove(tmp)
-	return syncDir(filepath.Dir(path))
-}
-
-// syncDir makes the renames in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.SyncDir(filepath.Dir(path))
 }
 
 // stageCopy stages a copy of src in dir.

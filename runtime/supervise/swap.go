@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/duckraft/duckraft/atomicfile"
 )
 
 // A swap: the old generation hands over to a new binary, which must become Ready and stay up;
@@ -85,7 +87,7 @@ func (d *duck) swap(op swapOp) error {
 	start := time.Now()
 	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
 	old.signal(syscall.SIGHUP)
-	if err := syncDir(d.dir); err != nil {
+	if err := atomicfile.SyncDir(d.dir); err != nil {
 		// The swap goes on; only a power loss now could find the old binary named again.
 		d.log.Warn("could not sync the duck's folder after installing the new binary", "err", err)
 	}
