@@ -442,7 +442,15 @@ func (m *Membership) readyToVote(ctx context.Context, n *consensus.Node, name st
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	// Named: the address may be another node's by now, which must not answer for it.
-	if err := m.cfg.Peers.Do(ctx, mem.APIAddr, http.MethodPost, "/v1/sync-log", api.NameRequest{Name: name}, nil); err != nil {
+	err := m.cfg.Peers.Do(ctx, mem.APIAddr, http.MethodPost, "/v1/sync-log", api.NameRequest{Name: name}, nil)
+	var ae *api.APIError
+	if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
+		// A node of an earlier release, which has no such route: it syncs its log at every
+		// write. (Refusing it would leave the autopilot unable to replace a lost voter while
+		// the nodes themselves are being upgraded.)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("asking %s to sync its log: %w", name, err)
 	}
 	return nil

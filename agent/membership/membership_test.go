@@ -326,3 +326,43 @@ func TestARegistrationFromOutsideTheConfigurationIsRefusedAndDropped(t *testing.
 		t.Fatalf("members %v after the drop, want a alone", names)
 	}
 }
+
+// errPeers answers every call with err.
+type errPeers struct{ err error }
+
+func (p errPeers) Do(context.Context, string, string, string, any, any) error { return p.err }
+func (p errPeers) Forward(context.Context, string, string, any, any) (uint64, error) {
+	return 0, p.err
+}
+
+// Before the leader makes a member a voter it has it sync its log; a member that cannot is not
+// promoted, but one of an earlier release (no such route, and a log synced at every write) is.
+func TestReadyToVoteAsksTheMemberToSyncItsLog(t *testing.T) {
+	a, _ := open(t, "a", true, &fakePeers{})
+	keepRegistered(t, a)
+	waitFor(t, "a registered", a.Registered)
+	n := a.Node()
+	if err := n.Apply(consensus.Register{Member: consensus.Member{Name: "b", RaftAddr: "b:raft", APIAddr: "b:api"}}, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{nil, true},
+		{&api.APIError{Status: http.StatusNotFound, Message: "404 page not found"}, true},
+		{&api.APIError{Status: http.StatusConflict, Message: "this node is c, not b"}, false},
+		{errors.New("connection refused"), false},
+	} {
+		a.cfg.Peers = errPeers{c.err}
+		if err := a.readyToVote(context.Background(), n, "b"); (err == nil) != c.want {
+			t.Errorf("b answers %v: readyToVote = %v, want ready %v", c.err, err, c.want)
+		}
+	}
+	if err := a.readyToVote(context.Background(), n, "a"); err != nil || !n.LogSynced() {
+		t.Fatalf("the leader itself: %v, synced %v", err, n.LogSynced())
+	}
+	if err := a.readyToVote(context.Background(), n, "nobody"); err == nil {
+		t.Fatal("a member nobody registered is ready to vote")
+	}
+}
