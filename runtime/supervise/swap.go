@@ -88,8 +88,12 @@ func (d *duck) swap(op swapOp) error {
 	d.log.Info("swapping", "from", oldVersion, "to", op.version, "pid", old.pid)
 	old.signal(syscall.SIGHUP)
 	if err := atomicfile.SyncDir(d.dir); err != nil {
-		// The swap goes on; only a power loss now could find the old binary named again.
-		d.log.Warn("could not sync the duck's folder after installing the new binary", "err", err)
+		// The swap goes on (the new process needs only the name); a power loss could find the
+		// old binary named again, which the node's next start repairs (it installs the binary
+		// local.json names). Said where `ducks` shows it, not only in the log.
+		err = fmt.Errorf("could not sync the duck's folder after installing the new binary: %w; check the disk", err)
+		d.setError(err)
+		d.log.Warn(err.Error())
 	}
 
 	// hotswap starts the new generation at once and gives it ReadyTimeout, running requests
