@@ -27,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/duckraft/duckraft/atomicfile"
 	"github.com/duckraft/duckraft/runtime/bundle"
 )
 
@@ -317,25 +318,25 @@ func (b *Builder) produce(ctx context.Context, id bundle.ID, goBin, src, out str
 	// take its binary, or its compiler's words, without waiting for the host's one go build at
 	// a time.
 	var failed error
-	taken := func() bool {
-		if takeShared(shared, out) == nil {
-			return true
+	var taken func() bool
+	if shared != "" {
+		taken = func() bool {
+			if takeShared(shared, out) == nil {
+				return true
+			}
+			failed = sharedFailure(shared, id)
+			return failed != nil
 		}
-		failed = sharedFailure(shared, id)
-		return failed != nil
-	}
-	if shared != "" && taken() {
-		return failed
-	}
-	if shared == "" {
-		taken = nil
+		if taken() {
+			return failed
+		}
 	}
 	unlock, err := hostLock(ctx, taken)
 	if err != nil || unlock == nil {
 		return cmp.Or(err, failed) // nil: taken while waiting
 	}
 	defer unlock()
-	if shared != "" && taken() {
+	if taken != nil && taken() {
 		return failed
 	}
 	if err := writeVendor(src); err != nil {
@@ -413,17 +414,7 @@ func shareFailure(shared, output string) {
 	if !shareable(output) || os.MkdirAll(filepath.Dir(shared), 0o700) != nil {
 		return
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(shared), filepath.Base(shared)+failedSuffix+".*")
-	if err != nil {
-		return
-	}
-	_, err = tmp.WriteString(output)
-	if cerr := tmp.Close(); err == nil && cerr == nil {
-		err = os.Rename(tmp.Name(), shared+failedSuffix)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-	}
+	atomicfile.Write(shared+failedSuffix, []byte(output), 0o600) // best effort: the others build
 }
 
 // sharedFailure is the failure another node of this host met building the same source with the

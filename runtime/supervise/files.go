@@ -148,11 +148,20 @@ func link(dir, src string) (string, error) {
 // does nothing and leaves tmp (staging the build a duck already runs, at every restart): it is
 // removed.
 func install(tmp, path string) error {
+	if err := place(tmp, path); err != nil {
+		return err
+	}
+	return atomicfile.SyncDir(filepath.Dir(path))
+}
+
+// place is install without the folder's sync, which its caller makes later (a swap, once the
+// old generation has its signal).
+func place(tmp, path string) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
 	os.Remove(tmp)
-	return atomicfile.SyncDir(filepath.Dir(path))
+	return nil
 }
 
 // stageCopy stages a copy of src in dir.

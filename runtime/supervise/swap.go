@@ -60,12 +60,11 @@ func (d *duck) swap(op swapOp) error {
 	// Renamed in now, made durable (with the version file) once the old generation has its
 	// signal: the folder's sync took 19 ms (median) of each node's turn when twenty of a hundred
 	// nodes swapped at once, and the new process needs only the name.
-	if err := os.Rename(tmp, stable); err != nil {
+	if err := place(tmp, stable); err != nil {
 		os.Remove(tmp)
 		putBack()
 		return fail("installing the binary: %w; %s keeps running", err, oldVersion)
 	}
-	os.Remove(tmp) // left by a rename onto a link of the same file (see install)
 
 	d.setState("swapping")
 	failures := r.watchFailures(old.pid)
