@@ -177,6 +177,11 @@
 //	                    when it becomes Ready (atomically, by rename); a
 //	                    generation whose swap failed writes its own back,
 //	                    as the new one may have died after writing it.
+//	                    During a swap the file being replaced has a second
+//	                    name, <file>.prev.<new PID>, removed once the old
+//	                    generation has exited (so the rename at Ready does
+//	                    not free its inode), and the next one is written
+//	                    ahead as <file>.<random>.
 //	DUCK_READY_TIMEOUT  how long a new generation may take to become Ready,
 //	                    from its start, which includes its wait for the old
 //	                    generation's running requests; a Go duration
