@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -183,6 +184,13 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	if os.Getenv(EnvDescribe) == "1" {
 		return describe(cfg)
 	}
+	// When the agent dies, its end of our stdout and stderr pipes goes with it, and Go kills a
+	// program that writes to a broken stdout or stderr pipe with SIGPIPE: the duck would die on
+	// its first quack or log line, before the lifeline's graceful stop saves its state. Ignored,
+	// the write just fails and the stop goes on. Ignored first: Notify below holds the
+	// os/signal package's lock through its round trips to the signal-mask thread, and Ignore
+	// waited for all of them (0.1 ms of a swap).
+	signal.Ignore(syscall.SIGPIPE)
 	// Catch signals before Ready writes the PID file: a supervisor may
 	// send SIGHUP as soon as it sees it, and SIGHUP's default is to die.
 	// Asking for them takes a few hundred microseconds on a busy machine
@@ -195,11 +203,6 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
 		close(caught)
 	}()
-	// When the agent dies, its end of our stdout and stderr pipes goes with it, and Go kills a
-	// program that writes to a broken stdout or stderr pipe with SIGPIPE: the duck would die on
-	// its first quack or log line, before the lifeline's graceful stop saves its state. Ignored,
-	// the write just fails and the stop goes on.
-	signal.Ignore(syscall.SIGPIPE)
 	env, err := readEnv()
 	if err != nil {
 		return err
@@ -310,14 +313,24 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 		log.Warn("the previous generation died before it heard that this one was Ready; carrying on as the duck with the state it handed over", "err", err)
 	}
 	// Learn of the previous generation's exit as it happens, not when the
-	// next SIGHUP asks: a swap then need not wait on it.
+	// next SIGHUP asks: a swap then need not wait on it. The next swap's
+	// gate and connection channel are made then too, not at Ready: made
+	// while the previous generation exits (a file created in the temporary
+	// folder, two socket pairs), they took the CPU its dying threads waited
+	// for on a busy machine, and a swap waits for the previous generation
+	// anyway.
 	r.parentGone = make(chan struct{})
+	r.prepared = make(chan struct{})
 	go func() {
-		if upg.WaitForParent(context.Background()) == nil {
+		err := upg.WaitForParent(context.Background())
+		pid.dropPrev()
+		r.prepareNext()
+		close(r.prepared)
+		if err == nil {
 			close(r.parentGone)
 		}
 	}()
-	if err := r.thaw(); err != nil {
+	if err := r.resume(); err != nil {
 		upg.Stop()
 		return err
 	}
@@ -351,6 +364,7 @@ type runner struct {
 	handing    atomic.Int32
 	taker      bool          // the new generation takes connections (known once it is Ready)
 	parentGone chan struct{} // closed once the previous generation has exited
+	prepared   chan struct{} // closed once the next swap's gate and connection channel are made
 	lifeline   chan struct{}
 	report     *os.File // the supervisor's report pipe, nil without one
 	sigs       chan os.Signal
@@ -429,6 +443,12 @@ type earlySetup[S any] struct {
 	d    *Duck[S]
 	gate *net.UnixConn
 	done chan error // setup's outcome
+	// The ask goes once: from setup's goroutine as soon as setup has returned (Run may still be
+	// starting), or from askWhenWanted when a Read waits for the state first.
+	once  sync.Once
+	asked chan struct{} // closed once the ask has gone, or failed
+	wait  func() error
+	err   error
 }
 
 // startSetupEarly greets the previous generation through the gate and starts setup with a
@@ -446,9 +466,23 @@ func startSetupEarly[S any](gate *os.File, generation int, cfg Config[S], r *run
 	}
 	d := &Duck[S]{State: newPendingState(downgrades(cfg, r.log)), Version: r.env.version, Generation: generation, r: r}
 	r.state = d.State
-	e := &earlySetup[S]{d: d, gate: uc, done: make(chan error, 1)}
-	go func() { e.done <- setup(d) }()
+	e := &earlySetup[S]{d: d, gate: uc, done: make(chan error, 1), asked: make(chan struct{})}
+	go func() {
+		err := setup(d)
+		if err == nil {
+			e.ask()
+		}
+		e.done <- err
+	}()
 	return e, nil
+}
+
+// ask asks for the state, once.
+func (e *earlySetup[S]) ask() {
+	e.once.Do(func() {
+		e.wait, e.err = ask(e.gate)
+		close(e.asked)
+	})
 }
 
 // askWhenWanted asks for the state once the setup has returned or reads the state. A setup
@@ -462,12 +496,13 @@ func (e *earlySetup[S]) askWhenWanted() (wait func() error, err error) {
 		}
 		e.done <- nil // for Run, once the state is in
 	case <-e.d.State.wantedNow():
+		e.ask()
 	}
-	wait, err = ask(e.gate)
-	if err != nil {
-		return nil, fmt.Errorf("hotswap: %w", err)
+	<-e.asked
+	if e.err != nil {
+		return nil, fmt.Errorf("hotswap: %w", e.err)
 	}
-	return wait, nil
+	return e.wait, nil
 }
 
 // restore returns the snapshot handed over by the previous generation
@@ -677,6 +712,7 @@ func (r *runner) swap() error {
 	if err := r.waitForParent(); err != nil {
 		return err
 	}
+	<-r.prepared // made as the previous generation exited: at once from here
 	if r.http != nil && r.out == nil {
 		// It could not be made at Ready; try again, before the new
 		// generation starts with the files registered by then. Without it
@@ -990,9 +1026,19 @@ func (r *runner) waitSaved() {
 	r.saved = nil
 }
 
-// thaw lets this generation serve and change its state: at the first Ready,
-// and again after a failed swap.
+// thaw lets this generation serve and change its state again after a failed
+// swap, and makes what the next swap needs (at the first Ready, Run does
+// the two apart).
 func (r *runner) thaw() error {
+	if err := r.resume(); err != nil {
+		return err
+	}
+	r.prepareNext()
+	return nil
+}
+
+// resume lets this generation serve and change its state.
+func (r *runner) resume() error {
 	r.ready = true
 	r.state.thaw()
 	r.reclaimPIDFile()
@@ -1000,17 +1046,22 @@ func (r *runner) thaw() error {
 		if err := r.http.carryOn(); err != nil {
 			return fmt.Errorf("hotswap: %w", err)
 		}
-		if r.out == nil {
-			r.prepareHandoff()
-		}
 	}
 	for _, l := range r.listeners {
 		if err := l.resume(); err != nil {
 			return fmt.Errorf("hotswap: %w", err)
 		}
 	}
-	r.prepareGate()
 	return nil
+}
+
+// prepareNext makes what the next swap needs ahead of it: the channel its
+// connections move through and the gate its state is asked for through.
+func (r *runner) prepareNext() {
+	if r.http != nil && r.out == nil {
+		r.prepareHandoff()
+	}
+	r.prepareGate()
 }
 
 // reclaimPIDFile names this process in the PID file again after a failed
