@@ -189,7 +189,7 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	// its first quack or log line, before the lifeline's graceful stop saves its state. Ignored,
 	// the write just fails and the stop goes on. Ignored first: Notify below holds the
 	// os/signal package's lock through its round trips to the signal-mask thread, and Ignore
-	// waited for all of them (0.1 ms of a swap).
+	// waited for all of them (0.04 ms of a swap, idle).
 	signal.Ignore(syscall.SIGPIPE)
 	// Catch signals before Ready writes the PID file: a supervisor may
 	// send SIGHUP as soon as it sees it, and SIGHUP's default is to die.
