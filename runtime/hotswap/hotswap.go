@@ -322,13 +322,17 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	r.parentGone = make(chan struct{})
 	r.prepared = make(chan struct{})
 	go func() {
-		err := upg.WaitForParent(context.Background())
-		pid.dropPrev()
+		// tableflip reports an error only once the previous generation's
+		// pipe has ended too (data it did not expect): gone either way.
+		if err := upg.WaitForParent(context.Background()); err != nil {
+			log.Warn("the previous generation ended oddly", "err", err)
+		}
 		r.prepareNext()
 		close(r.prepared)
-		if err == nil {
-			close(r.parentGone)
-		}
+		close(r.parentGone)
+		// Last: the unlink frees the old PID file's inode, which a swap
+		// or a stop waiting on the two above need not wait for.
+		pid.dropPrev()
 	}()
 	if err := r.resume(); err != nil {
 		upg.Stop()
@@ -443,12 +447,12 @@ type earlySetup[S any] struct {
 	d    *Duck[S]
 	gate *net.UnixConn
 	done chan error // setup's outcome
-	// The ask goes once: from setup's goroutine as soon as setup has returned (Run may still be
-	// starting), or from askWhenWanted when a Read waits for the state first.
-	once  sync.Once
-	asked chan struct{} // closed once the ask has gone, or failed
-	wait  func() error
-	err   error
+	// The ask goes once: from setup's goroutine as soon as setup has returned, if Run's own
+	// steps that may fail are done by then (cleared), or else from askWhenWanted.
+	cleared chan struct{}
+	once    sync.Once
+	wait    func() error
+	err     error
 }
 
 // startSetupEarly greets the previous generation through the gate and starts setup with a
@@ -466,28 +470,30 @@ func startSetupEarly[S any](gate *os.File, generation int, cfg Config[S], r *run
 	}
 	d := &Duck[S]{State: newPendingState(downgrades(cfg, r.log)), Version: r.env.version, Generation: generation, r: r}
 	r.state = d.State
-	e := &earlySetup[S]{d: d, gate: uc, done: make(chan error, 1), asked: make(chan struct{})}
+	e := &earlySetup[S]{d: d, gate: uc, done: make(chan error, 1), cleared: make(chan struct{})}
 	go func() {
 		err := setup(d)
 		if err == nil {
-			e.ask()
+			select {
+			case <-e.cleared:
+				e.ask()
+			default: // Run may still fail before it needs the state: it asks then
+			}
 		}
 		e.done <- err
 	}()
 	return e, nil
 }
 
-// ask asks for the state, once.
+// ask asks for the state, once; a second caller waits for the first's outcome.
 func (e *earlySetup[S]) ask() {
-	e.once.Do(func() {
-		e.wait, e.err = ask(e.gate)
-		close(e.asked)
-	})
+	e.once.Do(func() { e.wait, e.err = ask(e.gate) })
 }
 
 // askWhenWanted asks for the state once the setup has returned or reads the state. A setup
 // that fails does not ask: the previous generation, greeted, carries on having frozen nothing.
 func (e *earlySetup[S]) askWhenWanted() (wait func() error, err error) {
+	close(e.cleared) // Run's steps that may fail are behind it
 	select {
 	case err := <-e.done:
 		if err != nil {
@@ -496,9 +502,8 @@ func (e *earlySetup[S]) askWhenWanted() (wait func() error, err error) {
 		}
 		e.done <- nil // for Run, once the state is in
 	case <-e.d.State.wantedNow():
-		e.ask()
 	}
-	<-e.asked
+	e.ask()
 	if e.err != nil {
 		return nil, fmt.Errorf("hotswap: %w", e.err)
 	}
@@ -712,7 +717,13 @@ func (r *runner) swap() error {
 	if err := r.waitForParent(); err != nil {
 		return err
 	}
-	<-r.prepared // made as the previous generation exited: at once from here
+	select {
+	case <-r.prepared: // made as the previous generation exited: at once from here
+	case <-r.upg.Exit():
+		// Stopping; a gate or channel stuck in its making (a hung file
+		// system) must not keep the stop from saving.
+		return errors.New("stopping before the swap's gate and connection channel were made")
+	}
 	if r.http != nil && r.out == nil {
 		// It could not be made at Ready; try again, before the new
 		// generation starts with the files registered by then. Without it

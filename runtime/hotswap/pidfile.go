@@ -137,10 +137,6 @@ func (p *pidFile) discard() {
 	p.dropPrev()
 }
 
-// fallocKeepSize is FALLOC_FL_KEEP_SIZE: the block is allocated, the file stays as long as
-// what is written.
-const fallocKeepSize = 1
-
 // writePIDTemp writes this process's PID into a new file beside path, to be
 // renamed over it (so that a reader never sees a PID file half written).
 func writePIDTemp(path string) (string, error) {
@@ -153,8 +149,9 @@ func writePIDTemp(path string) (string, error) {
 		return "", err
 	}
 	// The file's block allocated now rather than by the rename (ext4 allocates a delayed block
-	// of a file renamed over another); without fallocate (EOPNOTSUPP) the rename does it.
-	syscall.Fallocate(int(f.Fd()), fallocKeepSize, 0, 4096)
+	// of a file renamed over another); without fallocate (EOPNOTSUPP, not Linux) the rename
+	// does it.
+	allocateAhead(f)
 	_, err = f.WriteString(strconv.Itoa(os.Getpid()))
 	if err = errors.Join(err, f.Close()); err != nil {
 		os.Remove(f.Name())

@@ -106,11 +106,18 @@ func TestThePIDFileReplacedKeepsASecondNameUntilDropped(t *testing.T) {
 	if err := os.WriteFile(path, []byte("999999"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	replaced, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
 	p := preparePIDFile(path)
 	if err := p.publish(); err != nil {
 		t.Fatal(err)
 	}
 	prev := path + prevInfix + strconv.Itoa(os.Getpid())
+	if fi, err := os.Stat(prev); err != nil || !os.SameFile(fi, replaced) {
+		t.Fatalf("%s is not a second name of the replaced PID file (%v): a copy would leave the rename freeing its inode", prev, err)
+	}
 	if got := readPID(prev); got != 999999 {
 		t.Fatalf("the replaced PID file's second name %s holds %d, want the previous generation's 999999", prev, got)
 	}
@@ -152,8 +159,11 @@ func TestSecondNamesOfDeadGenerationsAreRemoved(t *testing.T) {
 	// tells the dead one's from the live one's.
 	stale := path + prevInfix + strconv.Itoa(dead.Process.Pid)
 	live := path + prevInfix + "1"
-	os.WriteFile(stale, []byte(strconv.Itoa(os.Getpid())), 0o644)
-	os.WriteFile(live, []byte(strconv.Itoa(os.Getpid())), 0o644)
+	for _, f := range []string{stale, live} {
+		if err := os.WriteFile(f, []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	p := preparePIDFile(path)
 	if err := p.publish(); err != nil {
 		t.Fatal(err)

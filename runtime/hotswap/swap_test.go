@@ -439,3 +439,22 @@ func TestOlderVersionRestartsFromNewerSavedState(t *testing.T) {
 	}
 	again.stderr.waitFor(t, 0, 5*time.Second, "state downgraded", "from_schema=2", "to_schema=1")
 }
+
+// Swaps leave nothing beside the PID file: the second name each new generation gives the file it
+// replaces goes once the old generation has exited, and nothing it wrote ahead stays.
+func TestSwapsLeaveOnlyThePIDFile(t *testing.T) {
+	d := startDuck(t, "duck", nil)
+	for i := range 3 {
+		old, _ := d.swap("duck")
+		var left []string
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			left, _ = filepath.Glob(d.pidFile + ".*")
+			if len(left) == 0 || time.Now().After(deadline) {
+				break
+			}
+		}
+		if len(left) != 0 {
+			t.Fatalf("swap %d (old generation %d gone): %v still beside the PID file 10 s later", i+1, old, left)
+		}
+	}
+}
