@@ -320,7 +320,6 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 	// for on a busy machine, and a swap waits for the previous generation
 	// anyway.
 	r.parentGone = make(chan struct{})
-	r.prepared = make(chan struct{})
 	go func() {
 		// tableflip reports an error only once the previous generation's
 		// pipe has ended too (data it did not expect): gone either way.
@@ -328,7 +327,6 @@ func Run[S any](cfg Config[S], setup func(d *Duck[S]) error) error {
 			log.Warn("the previous generation ended oddly", "err", err)
 		}
 		r.prepareNext()
-		close(r.prepared)
 		close(r.parentGone)
 		// Last: the unlink frees the old PID file's inode, which a swap
 		// or a stop waiting on the two above need not wait for.
@@ -367,8 +365,7 @@ type runner struct {
 	// new generation (handGiven) or a stop keeps it here (handKept), whichever comes first.
 	handing    atomic.Int32
 	taker      bool          // the new generation takes connections (known once it is Ready)
-	parentGone chan struct{} // closed once the previous generation has exited
-	prepared   chan struct{} // closed once the next swap's gate and connection channel are made
+	parentGone chan struct{} // closed once the previous generation has exited and the next swap's gate and channel are made
 	lifeline   chan struct{}
 	report     *os.File // the supervisor's report pipe, nil without one
 	sigs       chan os.Signal
@@ -717,13 +714,6 @@ func (r *runner) swap() error {
 	if err := r.waitForParent(); err != nil {
 		return err
 	}
-	select {
-	case <-r.prepared: // made as the previous generation exited: at once from here
-	case <-r.upg.Exit():
-		// Stopping; a gate or channel stuck in its making (a hung file
-		// system) must not keep the stop from saving.
-		return errors.New("stopping before the swap's gate and connection channel were made")
-	}
 	if r.http != nil && r.out == nil {
 		// It could not be made at Ready; try again, before the new
 		// generation starts with the files registered by then. Without it
@@ -925,27 +915,26 @@ func (r *runner) prepareHandoff() {
 
 // waitForParent waits for the previous generation to finish draining:
 // tableflip refuses to swap until it has exited, and a SIGHUP that comes
-// while it drains is better served late than refused.
+// while it drains is better served late than refused. It also waits for the
+// gate and connection channel made once it has gone (Run).
 func (r *runner) waitForParent() error {
 	select {
 	case <-r.parentGone:
 		return nil
 	default:
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), DrainBound+10*time.Second)
-	defer cancel()
-	go func() {
-		// A stop (upg.Stop closes Exit) should not wait for the parent.
-		select {
-		case <-r.upg.Exit():
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	if err := r.upg.WaitForParent(ctx); err != nil && ctx.Err() != nil {
-		return fmt.Errorf("the previous generation has not exited (%w); swap again once it has", ctx.Err())
+	bound := time.NewTimer(DrainBound + 10*time.Second)
+	defer bound.Stop()
+	select {
+	case <-r.parentGone:
+		return nil
+	case <-r.upg.Exit():
+		// A stop should not wait for the parent, nor for a gate stuck in its
+		// making (a hung file system): it must get to save the state.
+		return errors.New("stopping; the swap is not made")
+	case <-bound.C:
+		return fmt.Errorf("the previous generation has not exited after %s; swap again once it has", DrainBound+10*time.Second)
 	}
-	return nil
 }
 
 // upgrade is tableflip's Upgrade, retried while tableflip has not yet
