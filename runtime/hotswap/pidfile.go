@@ -21,11 +21,11 @@ import (
 // The rename alone took 0.1 ms there, and up to 0.4 under load, most of it
 // ext4 freeing the replaced file's inode (on a file system mounted with
 // discard, waiting for the disk's discard of its block) and allocating the
-// new file's delayed block. Both are taken off the path ahead: the new file's block is
-// allocated when it is made (fallocate), and the PID file gets a second name
-// (prev), so the rename only drops a link; prev is removed once the previous
-// generation has exited. Together the rename took 12 us instead of 110
-// (runtime/hotswap, BenchmarkPIDFileRename).
+// new file's delayed block. Both are taken off the path: the new file's
+// block is allocated when it is made (fallocate), and the PID file gets a
+// second name (prev), so the rename only drops a link; prev is removed once
+// the previous generation has exited. The rename then took 12 us instead of
+// 110 (BenchmarkPIDFileRename).
 type pidFile struct {
 	path string
 	made chan struct{}
